@@ -1,0 +1,474 @@
+"""DockerSandbox: one container running a runtime, with commands and files.
+
+Safe defaults, each overridable by an argument of the same name:
+
+- the code runs as an unprivileged user (``user="1000:1000"``), never root;
+- every Linux capability is dropped (``drop_capabilities``) and ``no-new-privileges`` is set;
+- a process limit (``pids_limit=512``), memory (``memory="2g"``) and CPU (``cpus=1.0``) limits;
+- an init process reaps orphaned children;
+- no network unless the runtime or the sandbox asks for it (``network=True``);
+- labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
+  ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import functools
+import html
+import io
+import json
+import os
+import posixpath
+import shlex
+import socket
+import threading
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+import docker
+from docker.errors import APIError, NotFound
+
+from .archive import copy_stream, entries_tar, file_tar, iter_single_file
+from .builder import Progress
+from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
+from .channel import DockerExecChannel
+from .engine import docker_client
+from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
+from .images import ensure_runtime_image
+from .paths import UPLOADS_DIR, resolve_sandbox_path
+from .runtimes import resolve_runtime
+from .types import ExecuteResult, FileInfo, RuntimeConfig
+
+__all__ = ["DockerSandbox", "SandboxState"]
+
+HOME_DIR = "/home/sandbox"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# Go's os.ModeDir, as the engine reports it in a path's stat.
+_GO_MODE_DIR = 1 << 31
+
+
+class SandboxState(enum.Enum):
+    """Where a sandbox is in its life."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def _async_twin(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[
+    Concatenate[DockerSandbox, _P], Awaitable[_R]
+]:
+    """The async form of a blocking method: the same call, run in a worker thread."""
+
+    @functools.wraps(method)
+    async def twin(self: DockerSandbox, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(method, self, *args, **kwargs)
+
+    twin.__doc__ = f"Async form of :meth:`{method.__name__}`; same arguments, same result."
+    return twin
+
+
+def _remove_container(client: docker.DockerClient, container_id: str) -> None:
+    try:
+        client.api.remove_container(container_id, force=True)
+    except NotFound:
+        pass
+
+
+def _parse_user(user: str) -> tuple[int, int]:
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise ValueError(f"user must be numeric 'uid' or 'uid:gid', not {user!r}")
+    return int(uid), int(gid or uid)
+
+
+class DockerSandbox:
+    """An isolated Docker container running a runtime, for agents and notebooks.
+
+    The container starts on :meth:`start`, or lazily on first use; :meth:`stop` removes it. Every
+    blocking method has an async twin prefixed with ``a`` (``aexecute``, ``aread_file``, ...), and
+    the sandbox is a context manager in both worlds.
+
+    Example:
+        ```python
+        with DockerSandbox(runtime="python-datascience") as sandbox:
+            sandbox.write_file("/uploads/data.csv", b"x,y\\n1,2\\n")
+            print(sandbox.execute("python -c 'import pandas; print(pandas.__version__)'").output)
+        ```
+
+    Args:
+        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`.
+        network: Give the container network access; ``None`` follows ``runtime.network``.
+        user: The numeric ``uid:gid`` that commands run as.
+        memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
+        cpus: CPU limit in cores, or ``None`` for none.
+        pids_limit: Most processes at once, or ``None`` for none.
+        drop_capabilities: Drop every Linux capability.
+        no_new_privileges: Forbid gaining privileges through setuid binaries.
+        command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
+        max_output: Bytes of output kept per command; the rest is discarded and flagged.
+        ca_bundle: Extra CA certificates for HTTPS in builds and the container (see
+            :mod:`pydantic_deep.certs`); ``None`` picks up the host's ``SSL_CERT_FILE`` and the like,
+            ``False`` hands in none.
+        progress: Called with each line of an image build's log, when a build is needed.
+        session_id: Recorded in the container's labels; a random one by default.
+        labels: Extra container labels.
+    """
+
+    def __init__(
+        self,
+        runtime: str | RuntimeConfig = "python-minimal",
+        *,
+        network: bool | None = None,
+        user: str = "1000:1000",
+        memory: str | None = "2g",
+        cpus: float | None = 1.0,
+        pids_limit: int | None = 512,
+        drop_capabilities: bool = True,
+        no_new_privileges: bool = True,
+        command_timeout: float = 600,
+        max_output: int = 1_000_000,
+        ca_bundle: str | os.PathLike[str] | bool | None = None,
+        progress: Progress | None = None,
+        session_id: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.runtime: RuntimeConfig = resolve_runtime(runtime)
+        self.network = self.runtime.network if network is None else network
+        self.user = user
+        self._uid, self._gid = _parse_user(user)
+        self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
+        self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
+        if command_timeout <= 0 or max_output <= 0:
+            raise ValueError("command_timeout and max_output must be positive")
+        self.command_timeout, self.max_output = command_timeout, max_output
+        self.ca_bundle: CaBundle | None = resolve_ca_bundle(ca_bundle)
+        self.progress = progress
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self.labels = dict(labels or {})
+        self.image: str | None = None
+        self.container_id: str | None = None
+        self.state = SandboxState.NEW
+        self._lock = threading.Lock()
+        self._channel: DockerExecChannel | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def work_dir(self) -> str:
+        """The working directory of commands, and the base of relative file paths."""
+        return self.runtime.work_dir
+
+    @property
+    def allowed_roots(self) -> tuple[str, ...]:
+        """The directories the file API may read and write."""
+        return (self.work_dir, UPLOADS_DIR)
+
+    def start(self) -> Self:
+        """Build the runtime's image if needed and start the container; a no-op when running.
+
+        Concurrent callers start exactly one container. After :meth:`stop`, ``start()`` starts a
+        fresh one.
+
+        Raises:
+            DockerUnavailableError: no Docker engine answers.
+            ImageNotAvailableError, ImageBuildError: the runtime's image cannot be had.
+        """
+        with self._lock:
+            if self.state is SandboxState.RUNNING:
+                return self
+            client = docker_client()
+            self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
+                                              progress=self.progress)
+            container = client.containers.create(self.image, **self._container_options())
+            try:
+                container.put_archive("/", self._filesystem_setup(container.id))
+                container.start()
+            except BaseException:
+                _remove_container(client, container.id)
+                raise
+            self.container_id = container.id
+            self._finalizer = weakref.finalize(self, _remove_container, client, container.id)
+            self._channel = DockerExecChannel(client, container.id)
+            self.state = SandboxState.RUNNING
+        return self
+
+    def stop(self) -> None:
+        """Remove the container and everything in it. Safe to call more than once."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()  # removes the container, once
+            self._finalizer = self._channel = None
+            if self.state is SandboxState.RUNNING:
+                self.state = SandboxState.STOPPED
+
+    def _container_options(self) -> dict[str, Any]:
+        environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
+        volumes = {}
+        if self.ca_bundle is not None:
+            environment.update(self.ca_bundle.environment())
+            volumes[str(self.ca_bundle.host_file())] = {"bind": CONTAINER_CA_PATH, "mode": "ro"}
+        return dict(
+            entrypoint=["sleep", "infinity"],
+            name=f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}",
+            user=f"{self._uid}:{self._gid}",
+            working_dir=self.work_dir,
+            environment=environment,
+            volumes=volumes,
+            labels={
+                **self.labels,
+                "pydantic-deep.managed": "true",
+                "pydantic-deep.session": self.session_id,
+                "pydantic-deep.runtime": self.runtime.name,
+                "pydantic-deep.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "pydantic-deep.owner-pid": str(os.getpid()),
+                "pydantic-deep.owner-host": socket.gethostname(),
+            },
+            init=True,
+            network_mode=None if self.network else "none",
+            cap_drop=["ALL"] if self.drop_capabilities else None,
+            security_opt=["no-new-privileges"] if self.no_new_privileges else None,
+            pids_limit=self.pids_limit,
+            mem_limit=self.memory,
+            nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+        )
+
+    def _filesystem_setup(self, container_id: str) -> bytes:
+        """A tar that gives the sandbox user a name, a home, the work dir and ``/uploads``.
+
+        Works for any image, built here or not. Parent directories that already exist are left
+        out: writing their entry again would reset their owner and mode (``/tmp`` would lose its
+        sticky bit).
+        """
+        directories: dict[str, tuple[int, int]] = {}
+        for directory in (*self.allowed_roots, HOME_DIR):
+            directories[directory] = (self._uid, self._gid)
+            parent = posixpath.dirname(directory)
+            while parent != "/" and parent not in directories and self._stat(container_id, parent) is None:
+                directories[parent] = (0, 0)
+                parent = posixpath.dirname(parent)
+        files = {}
+        if self._uid != 0:
+            # Without a passwd entry, `whoami`, getpass.getuser() and git fail for the user.
+            for name, number, entry in (
+                ("etc/passwd", self._uid, f"sandbox:x:{self._uid}:{self._gid}::{HOME_DIR}:/bin/sh"),
+                ("etc/group", self._gid, f"sandbox:x:{self._gid}:"),
+            ):
+                current = self._read_existing(container_id, "/" + name)
+                taken = {line.split(b":")[2] for line in current.splitlines() if line.count(b":") >= 2}
+                if str(number).encode() not in taken:
+                    files[name] = current.rstrip(b"\n") + b"\n" + entry.encode() + b"\n"
+        return entries_tar(
+            [(path.lstrip("/"), uid, gid) for path, (uid, gid) in sorted(directories.items())], files
+        )
+
+    def _read_existing(self, container_id: str, path: str) -> bytes:
+        try:
+            chunks, _stat = docker_client().api.get_archive(container_id, path)
+        except NotFound:
+            return b""
+        return b"".join(iter_single_file(chunks))
+
+    def _stat(self, container_id: str, path: str) -> dict[str, Any] | None:
+        """The engine's stat of ``path`` in the container, or ``None`` when it does not exist."""
+        api = docker_client().api
+        # docker-py has no call for the archive endpoint's HEAD form, which stats without copying.
+        response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
+        if response.status_code == 404:
+            return None
+        api._raise_for_status(response)
+        return json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
+
+    def _running_id(self) -> str:
+        """The container id, starting the container first when it never was."""
+        if self.state is SandboxState.NEW:
+            self.start()
+        if self.state is SandboxState.STOPPED or self.container_id is None:
+            raise SandboxStateError("this sandbox was stopped; call start() to run a fresh container")
+        return self.container_id
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await self.astart()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.astop()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def execute(self, command: str, timeout: float | None = None) -> ExecuteResult:
+        """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
+
+        Args:
+            command: A shell command line: quoting, pipes and variables work as in ``sh``.
+            timeout: Seconds before the command's whole process group is killed (default
+                :attr:`command_timeout`); the result then has ``timed_out=True``.
+        """
+        container_id = self._running_id()
+        channel = self._channel
+        if channel is None:
+            raise SandboxStateError("this sandbox was stopped while the command was starting")
+        try:
+            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output)
+        except NotFound:
+            raise SandboxStateError(f"the container {container_id[:12]} is gone (removed from outside?)") from None
+        except APIError as exc:
+            raise SandboxError(f"running a command failed: {exc.explanation or exc}") from exc
+
+    # -- files --------------------------------------------------------------------------------
+
+    def write_file(self, path: str, content: bytes | str) -> str:
+        """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
+
+        Missing parent directories are created. Returns the absolute path written.
+        """
+        data = content.encode() if isinstance(content, str) else bytes(content)
+        return self._put_file(path, io.BytesIO(data), len(data))
+
+    def upload(self, source: str | os.PathLike[str], dest: str | None = None) -> str:
+        """Copy the host file ``source`` into the sandbox, streamed (a 100 MB file is fine).
+
+        Args:
+            source: A file on the host.
+            dest: Where it goes; default ``/uploads/<its name>``. A path ending in ``/`` is a
+                directory to put it in.
+
+        Returns:
+            The absolute path inside the sandbox.
+        """
+        source_path = Path(source)
+        if not source_path.is_file():
+            raise FileNotFoundError(f"no such file on the host: {source_path}")
+        if dest is None or dest.endswith("/"):
+            dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
+        with source_path.open("rb") as handle:
+            return self._put_file(dest, handle, source_path.stat().st_size)
+
+    def _put_file(self, path: str, content: io.IOBase | Any, size: int) -> str:
+        target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        if target in self.allowed_roots:
+            raise IsADirectoryError(f"{target} is a directory")
+        container_id = self._running_id()
+        root = next(r for r in self.allowed_roots if target.startswith(r + "/"))
+        parents = []
+        parent = posixpath.dirname(target)
+        while parent != root and self._stat(container_id, parent) is None:
+            parents.append(posixpath.relpath(parent, root))
+            parent = posixpath.dirname(parent)
+        with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
+                      parents=reversed(parents)) as archive:
+            docker_client().api.put_archive(container_id, root, archive)
+        return target
+
+    def read_file(self, path: str) -> bytes:
+        """The content of the file at ``path``.
+
+        Raises:
+            SandboxFileNotFoundError: there is no such file.
+            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
+        """
+        buffer = io.BytesIO()
+        self._copy_out(path, buffer)
+        return buffer.getvalue()
+
+    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
+        """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``."""
+        dest_path = Path(dest)
+        partial = dest_path.with_name(dest_path.name + ".part")
+        try:
+            with partial.open("wb") as handle:
+                self._copy_out(path, handle)
+            partial.replace(dest_path)  # a half-copied file never carries the final name
+        finally:
+            partial.unlink(missing_ok=True)
+        return dest_path
+
+    def _copy_out(self, path: str, target: Any) -> int:
+        source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        container_id = self._running_id()
+        try:
+            chunks, _stat = docker_client().api.get_archive(container_id, source)
+            return copy_stream(iter_single_file(chunks), target)
+        except NotFound:
+            raise SandboxFileNotFoundError(f"no such file in the sandbox: {source}") from None
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
+
+    def exists(self, path: str) -> bool:
+        """Whether a file or directory exists at ``path``."""
+        target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        return self._stat(self._running_id(), target) is not None
+
+    def list_files(self, path: str = ".") -> list[FileInfo]:
+        """The entries of the directory ``path``, sorted by name.
+
+        Raises:
+            SandboxFileNotFoundError: the directory does not exist.
+        """
+        directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        stat = self._stat(self._running_id(), directory)
+        if stat is None:
+            raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
+        if not stat["mode"] & _GO_MODE_DIR:
+            raise NotADirectoryError(f"{directory} is not a directory")
+        result = self.execute(
+            f"find {shlex.quote(directory)} -mindepth 1 -maxdepth 1 -printf '%y\\t%s\\t%T@\\t%f\\0'", timeout=60
+        )
+        if result.exit_code != 0:
+            raise SandboxError(f"listing {directory} failed: {result.stderr.strip()}")
+        entries = []
+        for record in filter(None, result.stdout.split("\0")):
+            kind, size, modified, name = record.split("\t", 3)
+            entries.append(FileInfo(name=name, path=posixpath.join(directory, name), size=int(size),
+                                    is_dir=kind == "d", modified=float(modified)))
+        return sorted(entries, key=lambda entry: entry.name)
+
+    # -- async twins --------------------------------------------------------------------------
+
+    astart = _async_twin(start)
+    astop = _async_twin(stop)
+    aexecute = _async_twin(execute)
+    awrite_file = _async_twin(write_file)
+    aupload = _async_twin(upload)
+    aread_file = _async_twin(read_file)
+    adownload = _async_twin(download)
+    aexists = _async_twin(exists)
+    alist_files = _async_twin(list_files)
+
+    # -- display ------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        container = self.container_id[:12] if self.container_id else None
+        return (f"<DockerSandbox runtime={self.runtime.name!r} image={self.image!r} "
+                f"state={self.state.value} container={container}>")
+
+    def _repr_html_(self) -> str:
+        rows = {
+            "Runtime": self.runtime.name,
+            "Description": self.runtime.description,
+            "Image": self.image or "(built on start)",
+            "State": self.state.value,
+            "Container": self.container_id[:12] if self.container_id else "-",
+            "Work dir": self.work_dir,
+            "Network": "on" if self.network else "off",
+        }
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+            f"{html.escape(str(v))}</td></tr>" for k, v in rows.items()
+        )
+        return f"<table><caption style='text-align:left'><b>DockerSandbox</b></caption>{body}</table>"
+
