@@ -60,12 +60,14 @@ PYTHON = AirgappedBase("pydantic-deep/debian-python:3.11-bookworm", "python", "D
 NODE = AirgappedBase("pydantic-deep/debian-node:20-bookworm", "node", "Debian 12, Node.js 20, npm 10")
 AIRGAPPED_BASES: dict[str, AirgappedBase] = {base.replaces: base for base in (MINBASE, PYTHON, NODE)}
 
+# apt's package lists and binary caches are rebuilt by `apt-get update`; images need not carry them.
+APT_CLEANUP = "apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin"
 _PYTHON_DOCKERFILE = f"""\
 FROM {MINBASE.tag}
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
       python3 python3-pip python3-venv python-is-python3 \\
- && rm -rf /var/lib/apt/lists/*
+ && {APT_CLEANUP}
 # Like the python:* images: pip installs into the system Python, as root at build time.
 ENV PIP_BREAK_SYSTEM_PACKAGES=1
 CMD ["python3"]

@@ -70,7 +70,7 @@ def _prune(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    print(run_demo())
+    print(run_demo().rstrip())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,3 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except SandboxError as exc:
         sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 from docker.errors import DockerException
+from requests.exceptions import ConnectionError as EngineConnectionError
 
 from .errors import DockerUnavailableError
 
-__all__ = ["docker_client", "engine_address", "start_engine"]
+__all__ = ["docker_client", "engine_address", "engine_errors", "start_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,20 @@ def docker_client() -> docker.DockerClient:
                 ) from exc
             _client = client
         return _client
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turn a lost connection to the engine into one clear :class:`DockerUnavailableError`.
+
+    Also a decorator, for every public method that talks to the engine.
+    """
+    try:
+        yield
+    except EngineConnectionError as exc:
+        raise DockerUnavailableError(
+            f"Lost the Docker engine at {engine_address()} ({_reason(exc)}). {_HOW_TO_START}"
+        ) from exc
 
 
 def _reason(exc: Exception) -> str:

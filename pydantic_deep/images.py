@@ -18,7 +18,7 @@ import time
 
 import docker
 
-from .base_images import ensure_base_image
+from .base_images import APT_CLEANUP, ensure_base_image
 from .builder import Progress, build_image, image_exists, image_lock
 from .certs import CONTAINER_CA_PATH, CaBundle
 from .types import RuntimeConfig
@@ -28,7 +28,7 @@ __all__ = ["ensure_runtime_image", "render_dockerfile", "runtime_image_tag"]
 logger = logging.getLogger("pydantic_deep.images")
 
 # Bump when the Dockerfile recipe changes, so images built by an older recipe are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 _INSTALL_COMMANDS = {
     "pip": "python3 -m pip install --no-cache-dir --disable-pip-version-check --progress-bar off {packages}",
@@ -37,8 +37,10 @@ _INSTALL_COMMANDS = {
     "npm": 'npm install --global --no-audit --no-fund --loglevel=warn {packages} '
     '&& ln -sfn "$(npm root --global)" /node_modules',
     "apt": "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-    "{packages} && rm -rf /var/lib/apt/lists/*",
-    "cargo": "CARGO_HOME=/tmp/cargo-home cargo install --root /usr/local {packages} && rm -rf /tmp/cargo-home",
+    f"{{packages}} && {APT_CLEANUP}",
+    # The default CARGO_HOME keeps a source replacement set up in ~/.cargo/config.toml (a mirror,
+    # or Debian's vendored crates where crates.io cannot be reached); its download cache goes.
+    "cargo": "cargo install --root /usr/local {packages} && rm -rf ~/.cargo/registry ~/.cargo/git",
 }
 
 

@@ -39,7 +39,7 @@ from .archive import copy_stream, entries_tar, file_tar, iter_single_file
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from .channel import DockerExecChannel
-from .engine import docker_client
+from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
 from .images import ensure_runtime_image
 from .paths import UPLOADS_DIR, resolve_sandbox_path
@@ -173,6 +173,7 @@ class DockerSandbox:
         """The directories the file API may read and write."""
         return (self.work_dir, UPLOADS_DIR)
 
+    @engine_errors()
     def start(self) -> Self:
         """Build the runtime's image if needed and start the container; a no-op when running.
 
@@ -310,6 +311,7 @@ class DockerSandbox:
 
     # -- commands -----------------------------------------------------------------------------
 
+    @engine_errors()
     def execute(self, command: str, timeout: float | None = None) -> ExecuteResult:
         """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
 
@@ -331,6 +333,7 @@ class DockerSandbox:
 
     # -- files --------------------------------------------------------------------------------
 
+    @engine_errors()
     def write_file(self, path: str, content: bytes | str) -> str:
         """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
 
@@ -339,17 +342,22 @@ class DockerSandbox:
         data = content.encode() if isinstance(content, str) else bytes(content)
         return self._put_file(path, io.BytesIO(data), len(data))
 
-    def upload(self, source: str | os.PathLike[str], dest: str | None = None) -> str:
-        """Copy the host file ``source`` into the sandbox, streamed (a 100 MB file is fine).
+    @engine_errors()
+    def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
+        """Copy a host file, or bytes, into the sandbox; a file is streamed (100 MB is fine).
 
         Args:
-            source: A file on the host.
-            dest: Where it goes; default ``/uploads/<its name>``. A path ending in ``/`` is a
-                directory to put it in.
+            source: A file on the host, or the content itself.
+            dest: Where it goes; default ``/uploads/<the file's name>`` (required for bytes). A
+                relative path is taken from the work dir; one ending in ``/`` is a directory.
 
         Returns:
             The absolute path inside the sandbox.
         """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if not dest or dest.endswith("/"):
+                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
+            return self.write_file(dest, bytes(source))
         source_path = Path(source)
         if not source_path.is_file():
             raise FileNotFoundError(f"no such file on the host: {source_path}")
@@ -374,6 +382,7 @@ class DockerSandbox:
             docker_client().api.put_archive(container_id, root, archive)
         return target
 
+    @engine_errors()
     def read_file(self, path: str) -> bytes:
         """The content of the file at ``path``.
 
@@ -385,6 +394,7 @@ class DockerSandbox:
         self._copy_out(path, buffer)
         return buffer.getvalue()
 
+    @engine_errors()
     def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
         """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``."""
         dest_path = Path(dest)
@@ -408,11 +418,13 @@ class DockerSandbox:
         except IsADirectoryError:
             raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
 
+    @engine_errors()
     def exists(self, path: str) -> bool:
         """Whether a file or directory exists at ``path``."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         return self._stat(self._running_id(), target) is not None
 
+    @engine_errors()
     def list_files(self, path: str = ".") -> list[FileInfo]:
         """The entries of the directory ``path``, sorted by name.
 

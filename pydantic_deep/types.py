@@ -23,8 +23,9 @@ _PACKAGE_PATTERNS: dict[str, re.Pattern[str]] = {
         r"(?:,(?:===|==|!=|~=|>=|<=|<|>)[A-Za-z0-9.*+!_-]+)*)?"  # version specifiers
     ),
     "npm": re.compile(r"(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*(?:@[A-Za-z0-9.^~<>=*+_-]+)?"),
-    "apt": re.compile(r"[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+:~-]+)?"),
-    "cargo": re.compile(r"[A-Za-z0-9_-]+(?:@[A-Za-z0-9.^~<>=*+_-]+)?"),
+    # A trailing "-" would tell apt-get to remove the package.
+    "apt": re.compile(r"[a-z0-9][a-z0-9+.-]*[a-z0-9+](?:=[A-Za-z0-9.+:~-]+)?"),
+    "cargo": re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:@[A-Za-z0-9.^~<>=*+_-]+)?"),
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

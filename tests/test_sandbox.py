@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 
 from conftest import own_containers
+import docker
+
 from pydantic_deep import (
     DockerSandbox,
+    DockerUnavailableError,
     PathOutsideSandboxError,
     RuntimeConfig,
     SandboxFileNotFoundError,
     SandboxState,
     SandboxStateError,
 )
+from pydantic_deep import engine
 from pydantic_deep.engine import docker_client
 
 
@@ -143,6 +147,13 @@ def test_a_container_removed_from_outside_gives_a_clear_error() -> None:
             box.execute("echo hi")
 
 
+def test_lost_engine_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An engine that went away: the shared client now points at a socket nobody listens on.
+    monkeypatch.setattr(engine, "_client", docker.DockerClient(base_url=f"unix://{tmp_path}/gone.sock", version="1.41"))
+    with pytest.raises(DockerUnavailableError, match="Lost the Docker engine .*pydantic-deep engine start"):
+        DockerSandbox("python-minimal").start()
+
+
 # -- files ------------------------------------------------------------------------------------
 
 
@@ -164,6 +175,13 @@ def test_upload_into_uploads_and_download(sandbox: DockerSandbox, tmp_path: Path
     assert sandbox.upload(source, "inputs/") == "/workspace/inputs/data.csv"
     assert sandbox.execute("cat /uploads/data.csv").output == "a,b\n1,2\n"
     assert sandbox.download("/uploads/data.csv", tmp_path / "back.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_upload_bytes_needs_a_destination(sandbox: DockerSandbox) -> None:
+    assert sandbox.upload(b"raw", "/uploads/raw.bin") == "/uploads/raw.bin"
+    assert sandbox.read_file("/uploads/raw.bin") == b"raw"
+    with pytest.raises(ValueError, match="needs dest"):
+        sandbox.upload(b"raw")
 
 
 def test_100_mb_file_round_trips(sandbox: DockerSandbox, tmp_path: Path) -> None:
