@@ -2,7 +2,8 @@
 
 Data flows one way: a :class:`RuntimeConfig` becomes an image (:mod:`pydantic_deep.images`), the
 image a container (:class:`DockerSandbox`), and commands run through an execution channel
-(:mod:`pydantic_deep.channel`) into an :class:`ExecuteResult`.
+(:mod:`pydantic_deep.channel`) into an :class:`ExecuteResult`. A :class:`SandboxPool` keeps
+started sandboxes ready.
 """
 
 from .certs import CaBundle, resolve_ca_bundle
@@ -16,23 +17,28 @@ from .errors import (
     SandboxStateError,
     UnknownRuntimeError,
 )
+from .channel import CommandStream
+from .pool import SandboxPool
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
 from .sandbox import DockerSandbox, SandboxState
-from .types import ExecuteResult, FileInfo, RuntimeConfig
+from .types import ExecuteResult, FileInfo, OutputChunk, RuntimeConfig
 
 __all__ = [
     "BUILTIN_RUNTIMES",
     "CaBundle",
+    "CommandStream",
     "DockerSandbox",
     "DockerUnavailableError",
     "ExecuteResult",
     "FileInfo",
     "ImageBuildError",
     "ImageNotAvailableError",
+    "OutputChunk",
     "PathOutsideSandboxError",
     "RuntimeConfig",
     "SandboxError",
     "SandboxFileNotFoundError",
+    "SandboxPool",
     "SandboxState",
     "SandboxStateError",
     "UnknownRuntimeError",

@@ -14,12 +14,11 @@ Safe defaults, each overridable by an argument of the same name:
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
 import functools
 import html
 import io
-import json
+import logging
 import os
 import posixpath
 import shlex
@@ -35,10 +34,11 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 import docker
 from docker.errors import APIError, NotFound
 
-from .archive import copy_stream, entries_tar, file_tar, iter_single_file
+from .archive import copy_stream, file_tar, iter_single_file
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
-from .channel import DockerExecChannel
+from .channel import Channel, ChannelClosedError, CommandStream, DockerExecChannel, OutputCallback, SupervisorChannel
+from .container import HOME_DIR, SUPERVISOR_PATH, container_setup, path_stat, remove_container
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
 from .images import ensure_runtime_image
@@ -48,11 +48,15 @@ from .types import ExecuteResult, FileInfo, RuntimeConfig
 
 __all__ = ["DockerSandbox", "SandboxState"]
 
-HOME_DIR = "/home/sandbox"
+logger = logging.getLogger("pydantic_deep.sandbox")
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # Go's os.ModeDir, as the engine reports it in a path's stat.
 _GO_MODE_DIR = 1 << 31
+
+
+_exec_fallback_logged: set[str | None] = set()
 
 
 class SandboxState(enum.Enum):
@@ -74,13 +78,6 @@ def _async_twin(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callabl
 
     twin.__doc__ = f"Async form of :meth:`{method.__name__}`; same arguments, same result."
     return twin
-
-
-def _remove_container(client: docker.DockerClient, container_id: str) -> None:
-    try:
-        client.api.remove_container(container_id, force=True)
-    except NotFound:
-        pass
 
 
 def _parse_user(user: str) -> tuple[int, int]:
@@ -158,8 +155,9 @@ class DockerSandbox:
         self.container_id: str | None = None
         self.state = SandboxState.NEW
         self._lock = threading.Lock()
-        self._channel: DockerExecChannel | None = None
+        self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
+        self._python: str | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -172,6 +170,13 @@ class DockerSandbox:
     def allowed_roots(self) -> tuple[str, ...]:
         """The directories the file API may read and write."""
         return (self.work_dir, UPLOADS_DIR)
+
+    @property
+    def alive(self) -> bool:
+        """Running, with its execution channel open (false once the container died, as far as
+        the channel can tell; the ``docker exec`` fallback cannot tell)."""
+        channel = self._channel
+        return self.state is SandboxState.RUNNING and channel is not None and channel.alive
 
     @engine_errors()
     def start(self) -> Self:
@@ -192,25 +197,59 @@ class DockerSandbox:
                                               progress=self.progress)
             container = client.containers.create(self.image, **self._container_options())
             try:
-                container.put_archive("/", self._filesystem_setup(container.id))
+                setup = container_setup(client, container.id, container.attrs["Image"], self._uid, self._gid,
+                                        self.allowed_roots)
+                client.api.put_archive(container.id, "/", setup.archive)
                 container.start()
+                self._python = setup.python
+                self._channel = self._open_channel(container.id)
             except BaseException:
-                _remove_container(client, container.id)
+                remove_container(client, container.id)
                 raise
             self.container_id = container.id
-            self._finalizer = weakref.finalize(self, _remove_container, client, container.id)
-            self._channel = DockerExecChannel(client, container.id)
+            self._finalizer = weakref.finalize(self, remove_container, client, container.id)
             self.state = SandboxState.RUNNING
         return self
 
     def stop(self) -> None:
         """Remove the container and everything in it. Safe to call more than once."""
         with self._lock:
+            if self._channel is not None:
+                self._channel.close()  # the supervisor kills what still runs
             if self._finalizer is not None:
                 self._finalizer()  # removes the container, once
             self._finalizer = self._channel = None
             if self.state is SandboxState.RUNNING:
                 self.state = SandboxState.STOPPED
+
+    def _open_channel(self, container_id: str) -> Channel:
+        """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
+        client = docker_client()
+        if self._python is not None:
+            try:
+                return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
+            except ChannelClosedError:
+                reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
+        else:
+            reason = "it has no python3"
+        if self.image not in _exec_fallback_logged:
+            _exec_fallback_logged.add(self.image)
+            logger.warning("Image %s: %s, so commands use one docker exec each (about 50 ms)", self.image, reason)
+        return DockerExecChannel(client, container_id)
+
+    def _live_channel(self) -> Channel:
+        """The running sandbox's channel, re-opened if it died (the container must still be there)."""
+        container_id = self._running_id()
+        with self._lock:
+            if self._channel is None:
+                raise SandboxStateError("this sandbox was stopped while the command was starting")
+            if not self._channel.alive:
+                try:
+                    self._channel = self._open_channel(container_id)
+                except NotFound:
+                    raise SandboxStateError(
+                        f"the container {container_id[:12]} is gone (removed from outside?)") from None
+            return self._channel
 
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
@@ -243,52 +282,6 @@ class DockerSandbox:
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
         )
 
-    def _filesystem_setup(self, container_id: str) -> bytes:
-        """A tar that gives the sandbox user a name, a home, the work dir and ``/uploads``.
-
-        Works for any image, built here or not. Parent directories that already exist are left
-        out: writing their entry again would reset their owner and mode (``/tmp`` would lose its
-        sticky bit).
-        """
-        directories: dict[str, tuple[int, int]] = {}
-        for directory in (*self.allowed_roots, HOME_DIR):
-            directories[directory] = (self._uid, self._gid)
-            parent = posixpath.dirname(directory)
-            while parent != "/" and parent not in directories and self._stat(container_id, parent) is None:
-                directories[parent] = (0, 0)
-                parent = posixpath.dirname(parent)
-        files = {}
-        if self._uid != 0:
-            # Without a passwd entry, `whoami`, getpass.getuser() and git fail for the user.
-            for name, number, entry in (
-                ("etc/passwd", self._uid, f"sandbox:x:{self._uid}:{self._gid}::{HOME_DIR}:/bin/sh"),
-                ("etc/group", self._gid, f"sandbox:x:{self._gid}:"),
-            ):
-                current = self._read_existing(container_id, "/" + name)
-                taken = {line.split(b":")[2] for line in current.splitlines() if line.count(b":") >= 2}
-                if str(number).encode() not in taken:
-                    files[name] = current.rstrip(b"\n") + b"\n" + entry.encode() + b"\n"
-        return entries_tar(
-            [(path.lstrip("/"), uid, gid) for path, (uid, gid) in sorted(directories.items())], files
-        )
-
-    def _read_existing(self, container_id: str, path: str) -> bytes:
-        try:
-            chunks, _stat = docker_client().api.get_archive(container_id, path)
-        except NotFound:
-            return b""
-        return b"".join(iter_single_file(chunks))
-
-    def _stat(self, container_id: str, path: str) -> dict[str, Any] | None:
-        """The engine's stat of ``path`` in the container, or ``None`` when it does not exist."""
-        api = docker_client().api
-        # docker-py has no call for the archive endpoint's HEAD form, which stats without copying.
-        response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
-        if response.status_code == 404:
-            return None
-        api._raise_for_status(response)
-        return json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
-
     def _running_id(self) -> str:
         """The container id, starting the container first when it never was."""
         if self.state is SandboxState.NEW:
@@ -312,24 +305,47 @@ class DockerSandbox:
     # -- commands -----------------------------------------------------------------------------
 
     @engine_errors()
-    def execute(self, command: str, timeout: float | None = None) -> ExecuteResult:
+    def execute(self, command: str, timeout: float | None = None, *,
+                on_output: OutputCallback | None = None) -> ExecuteResult:
         """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
 
         Args:
             command: A shell command line: quoting, pipes and variables work as in ``sh``.
             timeout: Seconds before the command's whole process group is killed (default
                 :attr:`command_timeout`); the result then has ``timed_out=True``.
+            on_output: Called with each :class:`OutputChunk` as the command produces it.
         """
-        container_id = self._running_id()
-        channel = self._channel
-        if channel is None:
-            raise SandboxStateError("this sandbox was stopped while the command was starting")
+        channel = self._live_channel()
         try:
-            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output)
+            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output,
+                               on_output=on_output)
         except NotFound:
-            raise SandboxStateError(f"the container {container_id[:12]} is gone (removed from outside?)") from None
+            raise SandboxStateError(f"the container {self.container_id} is gone (removed from outside?)") from None
         except APIError as exc:
             raise SandboxError(f"running a command failed: {exc.explanation or exc}") from exc
+
+    async def aexecute(self, command: str, timeout: float | None = None, *,
+                       on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Async form of :meth:`execute`: waits on the event loop, not on a thread, so many
+        commands can run at once."""
+        channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
+            self._live_channel)
+        with engine_errors():
+            return await channel.arun(command, timeout=timeout or self.command_timeout,
+                                      max_output=self.max_output, on_output=on_output)
+
+    def astream(self, command: str, timeout: float | None = None) -> CommandStream:
+        """Run ``command`` and iterate over its output as it is produced.
+
+        Example:
+            ```python
+            stream = sandbox.astream("pip install rich")
+            async for chunk in stream:
+                print(chunk.text, end="")
+            print(stream.result.exit_code)
+            ```
+        """
+        return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
 
     # -- files --------------------------------------------------------------------------------
 
@@ -374,7 +390,7 @@ class DockerSandbox:
         root = next(r for r in self.allowed_roots if target.startswith(r + "/"))
         parents = []
         parent = posixpath.dirname(target)
-        while parent != root and self._stat(container_id, parent) is None:
+        while parent != root and path_stat(docker_client(), container_id, parent) is None:
             parents.append(posixpath.relpath(parent, root))
             parent = posixpath.dirname(parent)
         with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
@@ -422,7 +438,7 @@ class DockerSandbox:
     def exists(self, path: str) -> bool:
         """Whether a file or directory exists at ``path``."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return self._stat(self._running_id(), target) is not None
+        return path_stat(docker_client(), self._running_id(), target) is not None
 
     @engine_errors()
     def list_files(self, path: str = ".") -> list[FileInfo]:
@@ -432,7 +448,7 @@ class DockerSandbox:
             SandboxFileNotFoundError: the directory does not exist.
         """
         directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        stat = self._stat(self._running_id(), directory)
+        stat = path_stat(docker_client(), self._running_id(), directory)
         if stat is None:
             raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
         if not stat["mode"] & _GO_MODE_DIR:
@@ -453,7 +469,6 @@ class DockerSandbox:
 
     astart = _async_twin(start)
     astop = _async_twin(stop)
-    aexecute = _async_twin(execute)
     awrite_file = _async_twin(write_file)
     aupload = _async_twin(upload)
     aread_file = _async_twin(read_file)

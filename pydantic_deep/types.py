@@ -9,7 +9,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ExecuteResult", "FileInfo", "PackageManager", "RuntimeConfig"]
+__all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "PackageManager", "RuntimeConfig"]
 
 PackageManager = Literal["pip", "npm", "apt", "cargo"]
 
@@ -180,6 +180,19 @@ class ExecuteResult:
     def ok(self) -> bool:
         """True when the command exited with status 0."""
         return self.exit_code == 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """A piece of a running command's output, as it was produced.
+
+    Attributes:
+        stream: ``"stdout"`` or ``"stderr"``.
+        text: The new text, decoded as UTF-8 (a character split across chunks is kept whole).
+    """
+
+    stream: Literal["stdout", "stderr"]
+    text: str
 
 
 @dataclass(frozen=True, slots=True)

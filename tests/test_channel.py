@@ -1,0 +1,112 @@
+"""The execution channel against real containers: concurrency, streaming, recovery, fallback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from pydantic_deep import DockerSandbox, OutputChunk, SandboxError
+from pydantic_deep.channel import DockerExecChannel, SupervisorChannel
+
+
+def test_commands_go_through_the_supervisor_not_docker_exec(sandbox: DockerSandbox) -> None:
+    assert isinstance(sandbox._channel, SupervisorChannel)
+    # One exec session (the supervisor's) serves every command.
+    execs_before = len(_inspect(sandbox)["ExecIDs"] or [])
+    for _ in range(20):
+        assert sandbox.execute("true").exit_code == 0
+    assert len(_inspect(sandbox)["ExecIDs"] or []) == execs_before
+
+
+@pytest.mark.anyio
+async def test_twenty_commands_run_at_once_in_one_sandbox(sandbox: DockerSandbox) -> None:
+    # Each command records when it started and ended; overlap proves they ran together.
+    command = "s=$(date +%s%N); sleep 1; e=$(date +%s%N); echo $s $e"
+    results = await asyncio.gather(*(sandbox.aexecute(command) for _ in range(20)))
+    spans = [tuple(map(int, r.output.split())) for r in results]
+    assert all(r.exit_code == 0 for r in results)
+    assert max(start for start, _ in spans) < min(end for _, end in spans)
+
+
+def test_output_streams_to_a_callback_as_it_is_produced(sandbox: DockerSandbox) -> None:
+    chunks: list[OutputChunk] = []
+    # The command waits for proof that its first line was delivered before it writes the second.
+    result = sandbox.execute(
+        "echo first; while [ ! -e seen ]; do sleep 0.01; done; echo second >&2; rm seen",
+        timeout=20,
+        on_output=lambda chunk: (chunks.append(chunk), chunk.text == "first\n" and sandbox_touch(sandbox)),
+    )
+    assert chunks == [OutputChunk("stdout", "first\n"), OutputChunk("stderr", "second\n")]
+    assert result.exit_code == 0 and result.stdout == "first\n" and result.stderr == "second\n"
+
+
+def sandbox_touch(sandbox: DockerSandbox) -> None:
+    # Called from the channel's reader thread while the command still runs.
+    sandbox.write_file("seen", b"")
+
+
+@pytest.mark.anyio
+async def test_async_stream_yields_chunks_then_the_result(sandbox: DockerSandbox) -> None:
+    stream = sandbox.astream("for i in 1 2 3; do echo line $i; done; printf '\\303'; printf '\\251\\n'; exit 3")
+    with pytest.raises(RuntimeError, match="iterate"):
+        stream.result
+    texts = [chunk.text async for chunk in stream]
+    assert "".join(texts) == "line 1\nline 2\nline 3\n\u00e9\n"  # a character split across chunks
+    assert stream.result.exit_code == 3 and stream.result.output == "".join(texts)
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_command_kills_its_process_group(sandbox: DockerSandbox) -> None:
+    task = asyncio.ensure_future(sandbox.aexecute("sleep 300 & echo $! > cancel.pid; sleep 300"))
+    while not await sandbox.aexists("cancel.pid"):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    result = await sandbox.aexecute("pid=$(cat cancel.pid); while kill -0 $pid 2>/dev/null; do sleep 0.01; done; echo gone",
+                                    timeout=10)
+    assert result.output == "gone\n"
+
+
+def test_background_process_outlives_its_command(sandbox: DockerSandbox) -> None:
+    # Like starting a server with `&`: the command returns at once, the process keeps running and
+    # its later output does not block it.
+    result = sandbox.execute("(while true; do echo tick; sleep 0.01; done) & echo $! > ticker.pid; echo started",
+                             timeout=10)
+    assert result.output.startswith("started\n") and result.exit_code == 0
+    assert sandbox.execute("kill -0 $(cat ticker.pid) && kill $(cat ticker.pid) && echo alive").output == "alive\n"
+
+
+def test_a_dead_channel_is_reopened_and_the_interrupted_command_fails_clearly(sandbox: DockerSandbox) -> None:
+    first = sandbox._channel
+    with pytest.raises(SandboxError, match="channel closed while the command ran"):
+        sandbox.execute("kill -9 $PPID; sleep 30", timeout=20)  # $PPID: the supervisor
+    assert sandbox.execute("echo back").output == "back\n"
+    assert sandbox._channel is not first and sandbox.alive
+
+
+def test_image_without_python_falls_back_to_exec_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pydantic_deep.sandbox"):
+        with DockerSandbox("node-minimal") as first, DockerSandbox("node-minimal") as second:
+            assert isinstance(first._channel, DockerExecChannel)
+            assert first.execute("node -e 'console.log(6*7)'").output == "42\n"
+            assert second.execute("echo $((6*7))").output == "42\n"
+            chunks: list[OutputChunk] = []
+            assert second.execute("echo streamed", on_output=chunks.append).exit_code == 0
+            assert chunks == [OutputChunk("stdout", "streamed\n")]
+    messages = [r.getMessage() for r in caplog.records if "docker exec" in r.getMessage()]
+    assert len(messages) == 1 and "it has no python3" in messages[0]
+
+
+def test_supervisor_is_not_visible_as_a_user_file(sandbox: DockerSandbox) -> None:
+    # It lives outside the work dir and /uploads, read-only for the sandbox user.
+    assert sandbox.execute("stat -c '%U %a' /opt/pydantic-deep/supervisor.py").output == "root 644\n"
+    assert sandbox.execute("echo x > /opt/pydantic-deep/supervisor.py").exit_code != 0
+
+
+def _inspect(sandbox: DockerSandbox) -> dict:
+    from pydantic_deep.engine import docker_client
+
+    return docker_client().api.inspect_container(sandbox.container_id)
