@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import itertools
 import json
 import logging
@@ -194,8 +195,9 @@ class SupervisorChannel:
     false, so the owner can open a new channel.
     """
 
-    def __init__(self, sock: socket.socket, container_id: str) -> None:
+    def __init__(self, sock: socket.socket, client: docker.DockerClient, container_id: str) -> None:
         self._sock = sock
+        self._client = client
         self.container_id = container_id
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -217,7 +219,7 @@ class SupervisorChannel:
         exec_id = client.api.exec_create(container_id, [python, script], stdin=True)["Id"]
         sock = client.api.exec_start(exec_id, socket=True)._sock
         sock.settimeout(None)
-        channel = cls(sock, container_id)
+        channel = cls(sock, client, container_id)
         if not channel._hello.done.wait(_HELLO_TIMEOUT) or channel._hello.error is not None:
             channel.close()
             raise ChannelClosedError(f"the supervisor did not start in container {container_id[:12]}")
@@ -277,6 +279,14 @@ class SupervisorChannel:
 
     def _give_up(self, timeout: float) -> None:
         self.close()
+        # A supervisor that stopped answering (frozen, say) cannot act on the closed stream: kill
+        # the process group of each of its commands (each leads its own), then the supervisor.
+        pid = json.loads(self._hello.outcome().output)["pid"]
+        script = (f'for p in /proc/[0-9]*; do [ "$(cut -d" " -f4 $p/stat)" = {pid} ] && '
+                  f'kill -9 -${{p#/proc/}}; done; kill -9 {pid}')
+        with contextlib.suppress(docker.errors.DockerException):
+            exec_id = self._client.api.exec_create(self.container_id, ["sh", "-c", script])["Id"]
+            self._client.api.exec_start(exec_id)
         raise ChannelClosedError(
             f"the sandbox did not answer within {timeout + _GRACE:.0f} s of starting a command "
             f"with a {timeout:.0f} s timeout; the channel was closed"

@@ -313,7 +313,9 @@ class DockerSandbox:
             command: A shell command line: quoting, pipes and variables work as in ``sh``.
             timeout: Seconds before the command's whole process group is killed (default
                 :attr:`command_timeout`); the result then has ``timed_out=True``.
-            on_output: Called with each :class:`OutputChunk` as the command produces it.
+            on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
+                on the channel's reader thread: keep it quick, and do not wait in it for another
+                command of this sandbox.
         """
         channel = self._live_channel()
         try:

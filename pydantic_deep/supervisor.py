@@ -15,7 +15,7 @@ Host to supervisor:
     SIGNAL  JSON ``{"signal": n}``: send the signal to the command's process group.
 
 Supervisor to host:
-    HELLO   JSON ``{"version", "python"}``, once, when ready.
+    HELLO   JSON ``{"version", "python", "pid"}``, once, when ready.
     STDOUT / STDERR   output bytes, at most ``max_output`` in all per command; the rest is dropped.
     EXIT    JSON ``{"exit_code", "timed_out", "dropped"}``; exit code 128+n after signal n.
     ERROR   JSON ``{"message"}``: the command could not be started.
@@ -117,7 +117,7 @@ class Supervisor:
 
     def serve(self) -> None:
         self._keep_spare()
-        self.send_json(HELLO, 0, {"version": VERSION, "python": sys.version.split()[0]})
+        self.send_json(HELLO, 0, {"version": VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
         while True:
             for key, _events in self.selector.select(self._next_timeout()):
                 role, command = key.data
