@@ -21,7 +21,6 @@ builds them on purpose.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import docker
 from docker.errors import DockerException
@@ -225,7 +225,7 @@ def _node_root_tar(workdir: Path, progress: Progress | None) -> Path:
     return root_tar
 
 
-def _members(tgz: Path) -> Iterator[tuple[tarfile.TarInfo, io.BufferedReader | None]]:
+def _members(tgz: Path) -> Iterator[tuple[tarfile.TarInfo, IO[bytes] | None]]:
     with tarfile.open(tgz, "r:gz") as archive:
         for member in archive:
             yield member, archive.extractfile(member) if member.isfile() else None

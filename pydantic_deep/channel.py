@@ -37,7 +37,7 @@ __all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel"
 
 logger = logging.getLogger("pydantic_deep.channel")
 
-OutputCallback = Callable[[OutputChunk], None]
+OutputCallback = Callable[[OutputChunk], object]
 """Receives output as it is produced, decoded, one chunk of one stream at a time."""
 
 # Extra seconds the host waits past a command's own timeout before it calls the channel dead.
@@ -160,7 +160,7 @@ class _Pending:
     result: ExecuteResult | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    _callbacks: list[Callable[[], None]] = field(default_factory=list)
+    _callbacks: list[Callable[[], object]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def finish(self, result: ExecuteResult | None = None, error: BaseException | None = None) -> None:
@@ -173,7 +173,7 @@ class _Pending:
         for callback in callbacks:
             callback()
 
-    def on_done(self, callback: Callable[[], None]) -> None:
+    def on_done(self, callback: Callable[[], object]) -> None:
         with self._lock:
             if not self.done.is_set():
                 self._callbacks.append(callback)
@@ -216,7 +216,9 @@ class SupervisorChannel:
         Raises:
             ChannelClosedError: the supervisor did not start (too old a Python, for example).
         """
-        exec_id = client.api.exec_create(container_id, [python, script], stdin=True)["Id"]
+        # -I -S: no site-packages, user site or PYTHON* variables; a quicker start, and nothing
+        # of the user's can change how the supervisor runs.
+        exec_id = client.api.exec_create(container_id, [python, "-I", "-S", script], stdin=True)["Id"]
         sock = client.api.exec_start(exec_id, socket=True)._sock
         sock.settimeout(None)
         channel = cls(sock, client, container_id)
@@ -263,7 +265,7 @@ class SupervisorChannel:
         pending.on_done(lambda: loop.call_soon_threadsafe(_resolve, finished))
         try:
             await asyncio.wait_for(finished, timeout + _GRACE)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._give_up(timeout)
         except asyncio.CancelledError:
             self.kill(request_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import UnknownRuntimeError
 from .types import RuntimeConfig

@@ -27,18 +27,17 @@ import threading
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
-import docker
 from docker.errors import APIError, NotFound
 
 from .archive import copy_stream, file_tar, iter_single_file
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from .channel import Channel, ChannelClosedError, CommandStream, DockerExecChannel, OutputCallback, SupervisorChannel
-from .container import HOME_DIR, SUPERVISOR_PATH, container_setup, path_stat, remove_container
+from .container import HOME_DIR, SUPERVISOR_PATH, path_stat, prepare_image, remove_container
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
 from .images import ensure_runtime_image
@@ -195,13 +194,11 @@ class DockerSandbox:
             client = docker_client()
             self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                               progress=self.progress)
-            container = client.containers.create(self.image, **self._container_options())
+            prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            container = client.containers.create(prepared.tag, **self._container_options())
             try:
-                setup = container_setup(client, container.id, container.attrs["Image"], self._uid, self._gid,
-                                        self.allowed_roots)
-                client.api.put_archive(container.id, "/", setup.archive)
                 container.start()
-                self._python = setup.python
+                self._python = prepared.python
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
@@ -269,7 +266,7 @@ class DockerSandbox:
                 "pydantic-deep.managed": "true",
                 "pydantic-deep.session": self.session_id,
                 "pydantic-deep.runtime": self.runtime.name,
-                "pydantic-deep.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "pydantic-deep.created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "pydantic-deep.owner-pid": str(os.getpid()),
                 "pydantic-deep.owner-host": socket.gethostname(),
             },
@@ -297,7 +294,8 @@ class DockerSandbox:
         self.stop()
 
     async def __aenter__(self) -> Self:
-        return await self.astart()
+        await self.astart()
+        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.astop()
@@ -384,7 +382,7 @@ class DockerSandbox:
         with source_path.open("rb") as handle:
             return self._put_file(dest, handle, source_path.stat().st_size)
 
-    def _put_file(self, path: str, content: io.IOBase | Any, size: int) -> str:
+    def _put_file(self, path: str, content: BinaryIO, size: int) -> str:
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")

@@ -197,13 +197,16 @@ class Supervisor:
         shell = None
         if self.spare is not None and not spec.get("stdin") and len(script) <= _SCRIPT_PIPE_LIMIT:
             shell, self.spare = self.spare, None
+            script_fd = shell.script_fd
+            assert script_fd is not None  # a waiting shell always has its script pipe
             try:
-                os.write(shell.script_fd, script)  # fits the pipe's buffer: never blocks
+                os.write(script_fd, script)  # fits the pipe's buffer: never blocks
             except BrokenPipeError:  # the spare was killed (by a `pkill sh`, say)
                 shell.close_parent_ends()
                 shell = None
             else:
-                os.close(shell.script_fd)
+                os.close(script_fd)
+                shell.script_fd = None
         if shell is None:
             try:
                 shell = self._spawn(spec["command"].encode(), bool(spec.get("stdin")))

@@ -51,4 +51,4 @@ def test_a_file_without_certificates_is_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     with pytest.raises(ValueError, match="holds no PEM certificate"):
-        resolve_ca_bundle(junk).pem  # type: ignore[union-attr]
+        _ = resolve_ca_bundle(junk).pem  # type: ignore[union-attr]

@@ -54,6 +54,14 @@ def test_runtime_env_vars_and_user(sandbox: DockerSandbox) -> None:
         assert box.execute("touch /srv/app/x ~/y /uploads/z").exit_code == 0
 
 
+def test_other_user_gets_its_own_prepared_image() -> None:
+    with DockerSandbox("python-minimal", user="1001:1002") as box:
+        assert box.execute("id -u; id -g; whoami; stat -c %u /workspace /uploads").output == (
+            "1001\n1002\nsandbox\n1001\n1001\n")
+    tags = [tag for image in docker_client().images.list("pydantic-deep/prepared") for tag in image.tags]
+    assert len(tags) >= 2  # one per image, user and directories
+
+
 def test_timeout_kills_the_process_group_and_the_sandbox_stays_usable(sandbox: DockerSandbox) -> None:
     result = sandbox.execute("sleep 60 & echo $! > bg.pid; echo started; sleep 60", timeout=1)
     assert result.timed_out and result.exit_code == 137
@@ -163,7 +171,8 @@ def test_write_read_list_exists(sandbox: DockerSandbox) -> None:
     assert sandbox.execute("wc -l < notes/deep/todo.txt; stat -c %U notes/deep notes/deep/todo.txt").output == (
         "2\nsandbox\nsandbox\n")
     [entry] = sandbox.list_files("notes/deep")
-    assert (entry.name, entry.path, entry.size, entry.is_dir) == ("todo.txt", "/workspace/notes/deep/todo.txt", 8, False)
+    assert (entry.name, entry.path, entry.size, entry.is_dir) == (
+        "todo.txt", "/workspace/notes/deep/todo.txt", 8, False)
     assert [(e.name, e.is_dir) for e in sandbox.list_files("notes")] == [("deep", True)]
     assert sandbox.exists("notes/deep") and not sandbox.exists("notes/missing")
 

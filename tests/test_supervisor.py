@@ -65,8 +65,8 @@ def test_stdin_frames_feed_the_command(driver: Driver) -> None:
 
 
 def test_signal_frame_reaches_the_process_group(driver: Driver) -> None:
-    driver.send(protocol.RUN, 2, {"command": "trap 'echo got INT; exit 5' INT; echo ready; while :; do sleep 0.01; done",
-                                  "timeout": 10, "max_output": 100})
+    command = "trap 'echo got INT; exit 5' INT; echo ready; while :; do sleep 0.01; done"
+    driver.send(protocol.RUN, 2, {"command": command, "timeout": 10, "max_output": 100})
     assert driver.read() == (protocol.STDOUT, 2, b"ready\n")
     driver.send(protocol.SIGNAL, 2, {"signal": int(signal.SIGINT)})
     output, status = driver.until_exit(2)
