@@ -19,9 +19,11 @@ from .errors import (
 )
 from .channel import CommandStream
 from .pool import SandboxPool
+from .registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
 from .sandbox import DockerSandbox, SandboxState
-from .types import ExecuteResult, FileInfo, OutputChunk, RuntimeConfig
+from .sessions import SessionInfo, SessionLimitError, SessionManager
+from .types import ExecuteResult, FileInfo, OutputChunk, ResourceUsage, RuntimeConfig
 
 __all__ = [
     "BUILTIN_RUNTIMES",
@@ -33,14 +35,22 @@ __all__ = [
     "FileInfo",
     "ImageBuildError",
     "ImageNotAvailableError",
+    "InMemoryRegistry",
     "OutputChunk",
     "PathOutsideSandboxError",
+    "RedisRegistry",
+    "ResourceUsage",
     "RuntimeConfig",
     "SandboxError",
     "SandboxFileNotFoundError",
     "SandboxPool",
     "SandboxState",
     "SandboxStateError",
+    "SessionInfo",
+    "SessionLimitError",
+    "SessionManager",
+    "SessionRecord",
+    "SessionRegistry",
     "UnknownRuntimeError",
     "get_runtime",
     "list_runtimes",

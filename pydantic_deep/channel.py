@@ -126,7 +126,11 @@ class DockerExecChannel:
 
     @property
     def alive(self) -> bool:
-        return True
+        """Whether the container still runs (no stream to tell, so the engine is asked)."""
+        try:
+            return bool(self.client.api.inspect_container(self.container_id)["State"]["Running"])
+        except docker.errors.NotFound:
+            return False
 
     def run(self, command: str, *, timeout: float, max_output: int,
             on_output: OutputCallback | None = None) -> ExecuteResult:

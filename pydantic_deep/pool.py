@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Self
 
 from .errors import SandboxStateError
@@ -40,15 +41,18 @@ class SandboxPool:
     Args:
         runtime: A runtime name or config, as for :class:`DockerSandbox`.
         size: How many started sandboxes to keep ready.
+        factory: Makes each (unstarted) sandbox instead, for options that differ per sandbox.
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
     """
 
-    def __init__(self, runtime: str | RuntimeConfig = "python-minimal", size: int = 2, **sandbox_options: Any) -> None:
+    def __init__(self, runtime: str | RuntimeConfig = "python-minimal", size: int = 2, *,
+                 factory: Callable[[], DockerSandbox] | None = None, **sandbox_options: Any) -> None:
         if size < 1:
             raise ValueError("a pool needs a size of at least 1")
         self.runtime = runtime
         self.size = size
         self.sandbox_options = sandbox_options
+        self._factory = factory
         self._ready: deque[DockerSandbox] = deque()
         self._changed = threading.Condition()
         self._closed = False
@@ -107,9 +111,11 @@ class SandboxPool:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         for sandbox in waiting:
-            sandbox.stop()
+            sandbox.stop(remove_volumes=True)  # nobody's files yet
 
     def _new_sandbox(self) -> DockerSandbox:
+        if self._factory is not None:
+            return self._factory()
         return DockerSandbox(self.runtime, **self.sandbox_options)
 
     def _refill(self) -> None:

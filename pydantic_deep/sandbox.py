@@ -14,6 +14,7 @@ Safe defaults, each overridable by an argument of the same name:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import html
@@ -24,13 +25,15 @@ import posixpath
 import shlex
 import socket
 import threading
+import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, UTC
 from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
+import docker
 from docker.errors import APIError, NotFound
 
 from .archive import copy_stream, file_tar, iter_single_file
@@ -43,7 +46,8 @@ from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
 from .images import ensure_runtime_image
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
-from .types import ExecuteResult, FileInfo, RuntimeConfig
+from .volumes import ensure_volume, remove_volume
+from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
 
 __all__ = ["DockerSandbox", "SandboxState"]
 
@@ -77,6 +81,18 @@ def _async_twin(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callabl
 
     twin.__doc__ = f"Async form of :meth:`{method.__name__}`; same arguments, same result."
     return twin
+
+
+def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Concatenate[DockerSandbox, _P], _R]:
+    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and turn a lost
+    engine into :class:`DockerUnavailableError`."""
+
+    @functools.wraps(method)
+    def tracked(self: DockerSandbox, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._activity(), engine_errors():
+            return method(self, *args, **kwargs)
+
+    return tracked
 
 
 def _parse_user(user: str) -> tuple[int, int]:
@@ -117,6 +133,12 @@ class DockerSandbox:
         progress: Called with each line of an image build's log, when a build is needed.
         session_id: Recorded in the container's labels; a random one by default.
         labels: Extra container labels.
+        name: The container's name; a random one by default.
+        volumes: Named volumes to mount, ``{volume name: path in the container}``. They are created
+            (labelled ``pydantic-deep.managed``) when missing, start with the image's content at that
+            path, and outlive the container: ``stop()`` keeps them unless ``remove_volumes=True``.
+        remove_on_exit: Remove the container when this object is garbage-collected or the
+            interpreter exits (``stop()`` always removes it).
     """
 
     def __init__(
@@ -136,6 +158,9 @@ class DockerSandbox:
         progress: Progress | None = None,
         session_id: str | None = None,
         labels: dict[str, str] | None = None,
+        name: str | None = None,
+        volumes: Mapping[str, str] | None = None,
+        remove_on_exit: bool = True,
     ) -> None:
         self.runtime: RuntimeConfig = resolve_runtime(runtime)
         self.network = self.runtime.network if network is None else network
@@ -150,13 +175,19 @@ class DockerSandbox:
         self.progress = progress
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.labels = dict(labels or {})
+        self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
+        self.volumes = dict(volumes or {})
+        self.remove_on_exit = remove_on_exit
         self.image: str | None = None
         self.container_id: str | None = None
         self.state = SandboxState.NEW
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # start, stop and the channel
+        self._activity_lock = threading.Lock()
         self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
         self._python: str | None = None
+        self._busy = 0
+        self.last_used = time.monotonic()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -169,6 +200,27 @@ class DockerSandbox:
     def allowed_roots(self) -> tuple[str, ...]:
         """The directories the file API may read and write."""
         return (self.work_dir, UPLOADS_DIR)
+
+    @property
+    def busy(self) -> bool:
+        """A command or file transfer is under way."""
+        return self._busy > 0
+
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds since the last command or file operation ended (0 while one runs)."""
+        return 0.0 if self._busy else time.monotonic() - self.last_used
+
+    @contextlib.contextmanager
+    def _activity(self) -> Iterator[None]:
+        with self._activity_lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._activity_lock:
+                self._busy -= 1
+                self.last_used = time.monotonic()
 
     @property
     def alive(self) -> bool:
@@ -195,6 +247,8 @@ class DockerSandbox:
             self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                               progress=self.progress)
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            for volume in self.volumes:
+                ensure_volume(volume)
             container = client.containers.create(prepared.tag, **self._container_options())
             try:
                 container.start()
@@ -203,21 +257,76 @@ class DockerSandbox:
             except BaseException:
                 remove_container(client, container.id)
                 raise
-            self.container_id = container.id
-            self._finalizer = weakref.finalize(self, remove_container, client, container.id)
-            self.state = SandboxState.RUNNING
+            self._adopt(client, container.id)
         return self
 
-    def stop(self) -> None:
-        """Remove the container and everything in it. Safe to call more than once."""
+    def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
+        self.container_id = container_id
+        if self.remove_on_exit:
+            self._finalizer = weakref.finalize(self, remove_container, client, container_id)
+        self.state = SandboxState.RUNNING
+        self.last_used = time.monotonic()
+
+    @classmethod
+    def attach(cls, container: str, *, remove_on_exit: bool = False, **options: Any) -> DockerSandbox:
+        """A sandbox object for a running sandbox container that this object did not start.
+
+        The runtime, user, session id and volumes come from the container itself. Used to adopt the
+        sessions of a process that was killed, or to share one sandbox between worker processes.
+
+        Args:
+            container: The container's id or name.
+            remove_on_exit: Remove the container when this object goes away (by default only
+                ``stop()`` removes it).
+            **options: Other :class:`DockerSandbox` arguments (``command_timeout``, ...).
+
+        Raises:
+            SandboxStateError: the container is not a running pydantic_deep sandbox.
+        """
+        client = docker_client()
+        with engine_errors():
+            try:
+                attrs = client.api.inspect_container(container)
+            except NotFound:
+                raise SandboxStateError(f"no sandbox container {container!r}") from None
+        labels = attrs["Config"]["Labels"] or {}
+        if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
+            raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
+        sandbox = cls(
+            RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
+            user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
+            name=attrs["Name"].lstrip("/"), remove_on_exit=remove_on_exit,
+            volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
+            labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
+        )
+        sandbox.image = labels.get("pydantic-deep.image")
+        with sandbox._lock, engine_errors():
+            sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
+            sandbox._channel = sandbox._open_channel(attrs["Id"])
+            sandbox._adopt(client, attrs["Id"])
+        return sandbox
+
+    def stop(self, *, remove_volumes: bool = False) -> None:
+        """Remove the container and everything in it but its named volumes. Safe to call more than
+        once.
+
+        Args:
+            remove_volumes: Remove the named ``volumes`` too, and the files in them.
+        """
         with self._lock:
             if self._channel is not None:
                 self._channel.close()  # the supervisor kills what still runs
             if self._finalizer is not None:
-                self._finalizer()  # removes the container, once
-            self._finalizer = self._channel = None
-            if self.state is SandboxState.RUNNING:
+                self._finalizer.detach()
+            if self.state is SandboxState.RUNNING and self.container_id is not None:
+                with engine_errors():
+                    remove_container(docker_client(), self.container_id)
                 self.state = SandboxState.STOPPED
+            self._finalizer = self._channel = None
+            if remove_volumes:
+                with engine_errors():
+                    for volume in self.volumes:
+                        remove_volume(volume)
 
     def _open_channel(self, container_id: str) -> Channel:
         """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
@@ -250,13 +359,13 @@ class DockerSandbox:
 
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
-        volumes = {}
+        volumes = {name: {"bind": path, "mode": "rw"} for name, path in self.volumes.items()}
         if self.ca_bundle is not None:
             environment.update(self.ca_bundle.environment())
             volumes[str(self.ca_bundle.host_file())] = {"bind": CONTAINER_CA_PATH, "mode": "ro"}
         return dict(
             entrypoint=["sleep", "infinity"],
-            name=f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}",
+            name=self.name,
             user=f"{self._uid}:{self._gid}",
             working_dir=self.work_dir,
             environment=environment,
@@ -266,6 +375,8 @@ class DockerSandbox:
                 "pydantic-deep.managed": "true",
                 "pydantic-deep.session": self.session_id,
                 "pydantic-deep.runtime": self.runtime.name,
+                "pydantic-deep.runtime-config": self.runtime.model_dump_json(),
+                "pydantic-deep.image": self.image or "",
                 "pydantic-deep.created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "pydantic-deep.owner-pid": str(os.getpid()),
                 "pydantic-deep.owner-host": socket.gethostname(),
@@ -302,7 +413,7 @@ class DockerSandbox:
 
     # -- commands -----------------------------------------------------------------------------
 
-    @engine_errors()
+    @_in_use
     def execute(self, command: str, timeout: float | None = None, *,
                 on_output: OutputCallback | None = None) -> ExecuteResult:
         """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
@@ -328,11 +439,12 @@ class DockerSandbox:
                        on_output: OutputCallback | None = None) -> ExecuteResult:
         """Async form of :meth:`execute`: waits on the event loop, not on a thread, so many
         commands can run at once."""
-        channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
-            self._live_channel)
-        with engine_errors():
-            return await channel.arun(command, timeout=timeout or self.command_timeout,
-                                      max_output=self.max_output, on_output=on_output)
+        with self._activity():
+            channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
+                self._live_channel)
+            with engine_errors():
+                return await channel.arun(command, timeout=timeout or self.command_timeout,
+                                          max_output=self.max_output, on_output=on_output)
 
     def astream(self, command: str, timeout: float | None = None) -> CommandStream:
         """Run ``command`` and iterate over its output as it is produced.
@@ -349,7 +461,7 @@ class DockerSandbox:
 
     # -- files --------------------------------------------------------------------------------
 
-    @engine_errors()
+    @_in_use
     def write_file(self, path: str, content: bytes | str) -> str:
         """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
 
@@ -358,7 +470,7 @@ class DockerSandbox:
         data = content.encode() if isinstance(content, str) else bytes(content)
         return self._put_file(path, io.BytesIO(data), len(data))
 
-    @engine_errors()
+    @_in_use
     def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
         """Copy a host file, or bytes, into the sandbox; a file is streamed (100 MB is fine).
 
@@ -398,7 +510,7 @@ class DockerSandbox:
             docker_client().api.put_archive(container_id, root, archive)
         return target
 
-    @engine_errors()
+    @_in_use
     def read_file(self, path: str) -> bytes:
         """The content of the file at ``path``.
 
@@ -410,7 +522,7 @@ class DockerSandbox:
         self._copy_out(path, buffer)
         return buffer.getvalue()
 
-    @engine_errors()
+    @_in_use
     def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
         """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``."""
         dest_path = Path(dest)
@@ -434,13 +546,13 @@ class DockerSandbox:
         except IsADirectoryError:
             raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
 
-    @engine_errors()
+    @_in_use
     def exists(self, path: str) -> bool:
         """Whether a file or directory exists at ``path``."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         return path_stat(docker_client(), self._running_id(), target) is not None
 
-    @engine_errors()
+    @_in_use
     def list_files(self, path: str = ".") -> list[FileInfo]:
         """The entries of the directory ``path``, sorted by name.
 
@@ -464,6 +576,31 @@ class DockerSandbox:
             entries.append(FileInfo(name=name, path=posixpath.join(directory, name), size=int(size),
                                     is_dir=kind == "d", modified=float(modified)))
         return sorted(entries, key=lambda entry: entry.name)
+
+    # -- the container ------------------------------------------------------------------------
+
+    @_in_use
+    def rename(self, name: str) -> None:
+        """Give the container a new name (a session manager names a pooled sandbox for its user)."""
+        docker_client().api.rename(self._running_id(), name)
+        self.name = name
+
+    @engine_errors()
+    def usage(self) -> ResourceUsage:
+        """The container's memory in use and CPU time so far (one cheap stats call)."""
+        stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+        return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
+                             cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
+
+    @engine_errors()
+    def container_running(self) -> bool:
+        """Ask the engine whether the container still runs (``alive`` only knows about the channel)."""
+        if self.container_id is None:
+            return False
+        try:
+            return bool(docker_client().api.inspect_container(self.container_id)["State"]["Running"])
+        except NotFound:
+            return False
 
     # -- async twins --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "PackageManager", "RuntimeConfig"]
+__all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "PackageManager", "ResourceUsage", "RuntimeConfig"]
 
 PackageManager = Literal["pip", "npm", "apt", "cargo"]
 
@@ -193,6 +193,14 @@ class OutputChunk:
 
     stream: Literal["stdout", "stderr"]
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    """What a sandbox's container uses now."""
+
+    memory_bytes: int
+    cpu_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
