@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pydantic_deep import DockerSandbox, SandboxPool
+from pydantic_deep import DockerSandbox, SandboxPool, SessionManager
 from pydantic_deep.engine import docker_client
 
 RUNTIME = "python-minimal"
@@ -283,6 +283,48 @@ def bench_idle(count: int) -> None:
         f"{elapsed:.1f} s", "", "")
 
 
+def bench_sessions(count: int) -> None:
+    """Sessions for ``count`` users at once, one command each; then shutdown() of them all."""
+    client = docker_client()
+    image = image_of(RUNTIME)
+
+    async def ours() -> tuple[float, float, float]:
+        manager = SessionManager(RUNTIME, name="bench")
+        before = current_rss_mb()
+        started = time.perf_counter()
+
+        async def one(user: str) -> None:
+            sandbox = await manager.get_or_create(user)
+            assert (await sandbox.aexecute("echo hi")).output == "hi\n"
+
+        await asyncio.gather(*(one(f"user-{i}") for i in range(count)))
+        serve = time.perf_counter() - started
+        memory = current_rss_mb() - before
+        started = time.perf_counter()
+        assert await manager.shutdown(keep_files=False) == count
+        return serve, memory, time.perf_counter() - started
+
+    serve, memory, shutdown = asyncio.run(ours())
+    started = time.perf_counter()
+    with ThreadPoolExecutor() as executor:
+        def naive(_: int) -> object:
+            container = client.containers.run(image, ["sleep", "infinity"], detach=True, init=True)
+            container.exec_run(["sh", "-c", "echo hi"])
+            return container
+
+        containers = list(executor.map(naive, range(count)))
+    base_serve = time.perf_counter() - started
+    started = time.perf_counter()
+    with ThreadPoolExecutor() as executor:
+        list(executor.map(lambda c: c.remove(force=True), containers))
+    base_shutdown = time.perf_counter() - started
+    row(f"{count} users' get_or_create + one command, concurrently (vs containers.run + exec_run in a thread pool)",
+        f"{serve:.1f} s", f"{base_serve:.1f} s", f"{base_serve / serve:.2f}x", "")
+    row(f"{count} users: host memory growth (sessions held by one SessionManager)", f"{memory:.1f} MB", "", "", "")
+    row(f"shutdown() of {count} sessions, files removed (vs container.remove in a thread pool)",
+        f"{shutdown:.1f} s", f"{base_shutdown:.1f} s", f"{base_shutdown / shutdown:.2f}x", "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer calls and sandboxes")
@@ -300,6 +342,7 @@ def main() -> None:
     bench_files()
     bench_output()
     bench_idle(20 if args.quick else 100)
+    bench_sessions(20 if args.quick else 100)
     print(f"\npydantic_deep benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores\n")
     print("| case | ours | baseline | ratio | target |\n|---|---|---|---|---|")
     for case, ours, baseline, ratio, target in ROWS:

@@ -6,13 +6,15 @@ skipped with the issue that brings them, so a new or renamed block fails here un
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from pydantic_deep import DockerSandbox, SandboxState
+from pydantic_deep import DockerSandbox, SandboxState, SessionManager
 from pydantic_deep.base_images import PYTHON
 from pydantic_deep.engine import docker_client
 from pydantic_deep.images import runtime_image_tag
@@ -20,11 +22,8 @@ from pydantic_deep.images import runtime_image_tag
 GUIDE = Path(__file__).parents[1] / "docs" / "docker-runtimes.md"
 LATER = {
     "Quick Start": "agents (DeepAgentDeps, create_deep_agent): issue 5",
-    "Basic Usage": "SessionManager: issue 4",
-    "Session Persistence": "SessionManager: issue 4",
-    "Automatic Cleanup": "SessionManager: issue 4",
-    "Configuration Options": "SessionManager: issue 4",
-    "Complete Example": "SessionManager and agents: issues 4 and 5",
+    "Basic Usage": "agents (DeepAgentDeps, create_deep_agent): issue 5",
+    "Complete Example": "agents (DeepAgentDeps, create_deep_agent): issue 5",
 }
 
 
@@ -43,7 +42,7 @@ def python_blocks() -> dict[str, str]:
 
 # Some blocks are fragments that rely on the imports of the blocks above them, as a reader who runs
 # the page top to bottom has them.
-EARLIER_IMPORTS = "from pydantic_deep import BUILTIN_RUNTIMES, DockerSandbox, RuntimeConfig\n"
+EARLIER_IMPORTS = "from pydantic_deep import BUILTIN_RUNTIMES, DockerSandbox, RuntimeConfig, SessionManager\n"
 
 
 def run_block(heading: str, check: str = "") -> dict[str, object]:
@@ -62,7 +61,7 @@ def run_block(heading: str, check: str = "") -> dict[str, object]:
 @pytest.mark.parametrize("heading", sorted(python_blocks()))
 def test_every_block_is_checked_here(heading: str) -> None:
     checked = {"Using Built-in Runtimes", "Creating Custom Runtimes", "Runtime Configuration Options",
-               "Best Practices"}
+               "Best Practices", "Session Persistence", "Automatic Cleanup", "Configuration Options"}
     if heading in LATER:
         pytest.skip(LATER[heading])
     assert heading in checked, f"a Python block under {heading!r} is not run by any test"
@@ -94,3 +93,34 @@ def test_configuration_options_block_lists_alternatives_and_is_refused_as_such()
 def test_best_practices_prewarm_starts_the_container() -> None:
     namespace = run_block("Best Practices", check="assert sandbox.state.value == 'running'")
     assert namespace["sandbox"].state is SandboxState.STOPPED  # type: ignore[attr-defined]
+
+
+async def run_session_blocks(*headings: str) -> dict[str, object]:
+    """Run blocks that use the guide's ``manager`` (made as in "Basic Usage") and top-level await."""
+    namespace: dict[str, object] = {"manager": SessionManager(default_runtime="python-datascience",
+                                                              name="test-seed-docs")}
+    try:
+        for heading in headings:
+            code = compile(EARLIER_IMPORTS + python_blocks()[heading], f"{GUIDE.name}: {heading}", "exec",
+                           flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            result = eval(code, namespace)
+            if inspect.iscoroutine(result):
+                await result
+    finally:
+        await namespace["manager"].shutdown(keep_files=False)  # type: ignore[attr-defined]
+    return namespace
+
+
+@pytest.mark.anyio
+async def test_session_persistence(capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = await run_session_blocks("Session Persistence")
+    assert capsys.readouterr().out.strip() == "hello"  # the guide: print(result.output)  # "hello"
+    assert namespace["result"].exit_code == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_automatic_cleanup_and_configuration_options() -> None:
+    namespace = await run_session_blocks("Automatic Cleanup", "Configuration Options")
+    assert namespace["manager"]._cleanup_thread is None  # type: ignore[attr-defined]
+    configured = SessionManager(default_runtime="python-datascience", default_idle_timeout=3600)
+    assert configured.default_idle_timeout == 3600 and configured.default_runtime.name == "python-datascience"
