@@ -187,7 +187,9 @@ class SessionManager:
         wanted = resolve_runtime(runtime) if runtime is not None else None
         await self._ensure_recovered()
         sandbox = self._sandboxes.get(key)
-        if sandbox is not None and sandbox.alive and wanted in (None, sandbox.runtime):
+        # `alive` may ask the engine (images without the supervisor): never on the event loop.
+        if sandbox is not None and wanted in (None, sandbox.runtime) and await asyncio.to_thread(
+                lambda: sandbox.alive):
             return sandbox
         with self._guard:
             future = self._creating.get(key)
