@@ -186,11 +186,10 @@ class SessionManager:
         key = self._key(user_id)
         wanted = resolve_runtime(runtime) if runtime is not None else None
         await self._ensure_recovered()
-        sandbox = self._sandboxes.get(key)
+        known = self._sandboxes.get(key)
         # `alive` may ask the engine (images without the supervisor): never on the event loop.
-        if sandbox is not None and wanted in (None, sandbox.runtime) and await asyncio.to_thread(
-                lambda: sandbox.alive):
-            return sandbox
+        if known is not None and wanted in (None, known.runtime) and await asyncio.to_thread(getattr, known, "alive"):
+            return known
         with self._guard:
             future = self._creating.get(key)
             creator = future is None
