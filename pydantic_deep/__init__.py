@@ -18,6 +18,7 @@ from .errors import (
     UnknownRuntimeError,
 )
 from .channel import CommandStream
+from .deps import DeepAgentDeps, UploadedFile
 from .pool import SandboxPool
 from .registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
@@ -29,6 +30,7 @@ __all__ = [
     "BUILTIN_RUNTIMES",
     "CaBundle",
     "CommandStream",
+    "DeepAgentDeps",
     "DockerSandbox",
     "DockerUnavailableError",
     "ExecuteResult",
@@ -52,8 +54,19 @@ __all__ = [
     "SessionRecord",
     "SessionRegistry",
     "UnknownRuntimeError",
+    "UploadedFile",
+    "create_deep_agent",
     "get_runtime",
     "list_runtimes",
     "register_runtime",
     "resolve_ca_bundle",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Pydantic AI takes about a second to import: only agent users pay for it.
+    if name == "create_deep_agent":
+        from .agent import create_deep_agent
+
+        return create_deep_agent
+    raise AttributeError(f"module 'pydantic_deep' has no attribute {name!r}")
