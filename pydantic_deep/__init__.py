@@ -6,6 +6,8 @@ image a container (:class:`DockerSandbox`), and commands run through an executio
 started sandboxes ready.
 """
 
+from typing import Any
+
 from .certs import CaBundle, resolve_ca_bundle
 from .errors import (
     DockerUnavailableError,
@@ -61,6 +63,30 @@ __all__ = [
     "register_runtime",
     "resolve_ca_bundle",
 ]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext pydantic_deep``: register the ``%%sandbox`` magics (twice is harmless)."""
+    from .magics import SandboxMagics
+
+    if "SandboxMagics" in ipython.magics_manager.registry:
+        return
+    magics = SandboxMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.configurables.append(magics)  # so that %config SandboxMagics.runtime = ... works
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext pydantic_deep``: stop the notebook's sandboxes and remove the magics."""
+    magics = ipython.magics_manager.registry.pop("SandboxMagics", None)
+    if magics is None:
+        return
+    magics.close()
+    for kind, names in magics.magics.items():
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
+    if magics in ipython.configurables:
+        ipython.configurables.remove(magics)
 
 
 def __getattr__(name: str) -> object:

@@ -33,7 +33,8 @@ from . import supervisor as protocol
 from .errors import SandboxError
 from .types import ExecuteResult, OutputChunk
 
-__all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "OutputCallback", "SupervisorChannel"]
+__all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "OutputCallback", "RunningCommand",
+           "SupervisorChannel"]
 
 logger = logging.getLogger("pydantic_deep.channel")
 
@@ -237,17 +238,23 @@ class SupervisorChannel:
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _submit(self, command: str, timeout: float, max_output: int,
-                on_output: OutputCallback | None) -> tuple[int, _Pending]:
+    def _submit(self, command: str, timeout: float | None, max_output: int | None,
+                on_output: OutputCallback | None, *, stdin: bool = False) -> tuple[int, _Pending]:
         request_id = next(self._ids)
-        pending = _Pending(_Collector(max_output, on_output))
+        # max_output None: everything goes to on_output and nothing is kept (a long-lived process).
+        pending = _Pending(_Collector(max_output if max_output is not None else 0, on_output))
         with self._state_lock:
             if self._closed:
                 raise ChannelClosedError("the execution channel is closed")
             self._pending[request_id] = pending
-        spec = {"command": command, "timeout": timeout, "max_output": max_output, "stdin": False}
+        spec = {"command": command, "timeout": timeout, "max_output": max_output, "stdin": stdin}
         self._send(protocol.RUN, request_id, json.dumps(spec).encode())
         return request_id, pending
+
+    def spawn(self, command: str, on_output: OutputCallback) -> RunningCommand:
+        """Start a long-lived command with an open stdin; its output goes to ``on_output`` alone."""
+        request_id, pending = self._submit(command, None, None, on_output, stdin=True)
+        return RunningCommand(self, request_id, pending)
 
     def run(self, command: str, *, timeout: float, max_output: int,
             on_output: OutputCallback | None = None) -> ExecuteResult:
@@ -374,6 +381,36 @@ class SupervisorChannel:
         self._hello.finish(error=error)
         for item in pending.values():
             item.finish(error=error)
+
+
+class RunningCommand:
+    """A command started with :meth:`SupervisorChannel.spawn`: write to it, signal it, wait for it."""
+
+    def __init__(self, channel: SupervisorChannel, request_id: int, pending: _Pending) -> None:
+        self._channel, self._request_id, self._pending = channel, request_id, pending
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the command's standard input."""
+        if data:
+            self._channel._send(protocol.STDIN, self._request_id, data)
+
+    def close_stdin(self) -> None:
+        """Close the command's standard input (it sees end of file)."""
+        self._channel._send(protocol.STDIN, self._request_id, b"")
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command's process group."""
+        self._channel.kill(self._request_id, signum)
+
+    @property
+    def finished(self) -> bool:
+        return self._pending.done.is_set()
+
+    def wait(self, timeout: float | None = None) -> ExecuteResult | None:
+        """The result once the command ended; ``None`` if ``timeout`` passed first."""
+        if not self._pending.done.wait(timeout):
+            return None
+        return self._pending.outcome()
 
 
 _END = object()

@@ -25,10 +25,12 @@ from docker.errors import ImageNotFound, NotFound
 from .archive import entries_tar, iter_single_file
 from .builder import image_lock
 
-__all__ = ["HOME_DIR", "SUPERVISOR_PATH", "PreparedImage", "path_stat", "prepare_image", "remove_container"]
+__all__ = ["HOME_DIR", "KERNEL_PATH", "SUPERVISOR_PATH", "PreparedImage", "path_stat", "prepare_image",
+           "remove_container"]
 
 HOME_DIR = "/home/sandbox"
 SUPERVISOR_PATH = "/opt/pydantic-deep/supervisor.py"
+KERNEL_PATH = "/opt/pydantic-deep/kernel.py"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
 _PYTHON_LABEL = "pydantic-deep.python"
 
@@ -77,13 +79,15 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
         if key in _prepared:
             return _prepared[key]
     supervisor = files("pydantic_deep").joinpath("supervisor.py").read_bytes()
-    setup_hash = hashlib.sha256(json.dumps([uid, gid, roots]).encode() + supervisor).hexdigest()
+    kernel = files("pydantic_deep").joinpath("kernel.py").read_bytes()
+    setup_hash = hashlib.sha256(json.dumps([uid, gid, roots]).encode() + supervisor + kernel).hexdigest()
     tag = f"pydantic-deep/prepared:{image_id.removeprefix('sha256:')[:12]}-{setup_hash[:12]}"
     with image_lock(tag):
         try:
             labels = client.images.get(tag).labels
         except ImageNotFound:
-            labels = _commit_prepared(client, image_id, tag, uid, gid, roots, supervisor)
+            labels = _commit_prepared(client, image_id, tag, uid, gid, roots,
+                                      {SUPERVISOR_PATH: supervisor, KERNEL_PATH: kernel})
     prepared = PreparedImage(tag, labels.get(_PYTHON_LABEL) or None)
     with _prepared_lock:
         _prepared[key] = prepared
@@ -91,10 +95,10 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
 
 
 def _commit_prepared(client: docker.DockerClient, image_id: str, tag: str, uid: int, gid: int,
-                     roots: tuple[str, ...], supervisor: bytes) -> dict[str, str]:
+                     roots: tuple[str, ...], tools: dict[str, bytes]) -> dict[str, str]:
     container = client.api.create_container(image_id, labels={"pydantic-deep.managed": "true"})["Id"]
     try:
-        client.api.put_archive(container, "/", _setup_archive(client, container, uid, gid, roots, supervisor))
+        client.api.put_archive(container, "/", _setup_archive(client, container, uid, gid, roots, tools))
         python = next((p for p in _PYTHON_CANDIDATES if path_stat(client, container, p)), "")
         labels = {"pydantic-deep.managed": "true", "pydantic-deep.kind": "prepared", _PYTHON_LABEL: python}
         repository, version = tag.rsplit(":", 1)
@@ -106,7 +110,7 @@ def _commit_prepared(client: docker.DockerClient, image_id: str, tag: str, uid: 
 
 
 def _setup_archive(client: docker.DockerClient, container_id: str, uid: int, gid: int,
-                   roots: tuple[str, ...], supervisor: bytes) -> bytes:
+                   roots: tuple[str, ...], tools: dict[str, bytes]) -> bytes:
     # Parent directories that already exist are left out: writing their entry again would reset
     # their owner and mode (/tmp would lose its sticky bit).
     directories: dict[str, tuple[int, int]] = {}
@@ -117,7 +121,7 @@ def _setup_archive(client: docker.DockerClient, container_id: str, uid: int, gid
         while parent != "/" and parent not in directories and path_stat(client, container_id, parent) is None:
             directories[parent] = (0, 0)
             parent = posixpath.dirname(parent)
-    entries = {SUPERVISOR_PATH.lstrip("/"): supervisor}
+    entries = {path.lstrip("/"): content for path, content in tools.items()}
     if uid != 0:
         # Without a passwd entry, `whoami`, getpass.getuser() and git fail for the user.
         for name, number, entry in (

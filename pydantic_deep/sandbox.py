@@ -39,7 +39,15 @@ from docker.errors import APIError, NotFound
 from .archive import copy_stream, file_tar, iter_single_file
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
-from .channel import Channel, ChannelClosedError, CommandStream, DockerExecChannel, OutputCallback, SupervisorChannel
+from .channel import (
+    Channel,
+    ChannelClosedError,
+    CommandStream,
+    DockerExecChannel,
+    OutputCallback,
+    RunningCommand,
+    SupervisorChannel,
+)
 from .container import HOME_DIR, SUPERVISOR_PATH, path_stat, prepare_image, remove_container
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
@@ -221,6 +229,11 @@ class DockerSandbox:
             with self._activity_lock:
                 self._busy -= 1
                 self.last_used = time.monotonic()
+
+    @property
+    def has_python(self) -> bool:
+        """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
+        return isinstance(self._channel, SupervisorChannel)
 
     @property
     def alive(self) -> bool:
@@ -458,6 +471,21 @@ class DockerSandbox:
             ```
         """
         return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
+
+    @_in_use
+    def spawn(self, command: str, *, on_output: OutputCallback) -> RunningCommand:
+        """Start a long-lived ``command`` (an interpreter, say) with an open standard input.
+
+        Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
+
+        Raises:
+            SandboxError: the image has no ``python3`` for the supervisor, which this needs.
+        """
+        channel = self._live_channel()
+        if not isinstance(channel, SupervisorChannel):
+            raise SandboxError(f"image {self.image} has no python3 (3.8+): long-lived processes need the "
+                               "supervisor, which runs on it")
+        return channel.spawn(command, on_output)
 
     # -- files --------------------------------------------------------------------------------
 
