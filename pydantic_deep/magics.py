@@ -12,6 +12,7 @@ Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -52,6 +53,8 @@ class SandboxMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self.sandboxes: dict[str, DockerSandbox] = {}
         self.interpreters: dict[str, SandboxInterpreter] = {}
+        self.progress: Callable[[str], None] = _print_progress  # where image build logs go
+        self.widgets: list[Any] = []  # closed (their threads stopped) on %unload_ext
 
     @property
     def _user_ns(self) -> dict[str, Any]:
@@ -69,7 +72,7 @@ class SandboxMagics(Magics):
             return current
         if current is not None:
             self.stop(name)
-        sandbox = DockerSandbox(wanted or get_runtime(self.runtime), progress=_print_progress)
+        sandbox = DockerSandbox(wanted or get_runtime(self.runtime), progress=self.progress)
         self.sandboxes[name] = sandbox.start()
         return sandbox
 
@@ -89,7 +92,10 @@ class SandboxMagics(Magics):
             sandbox.stop()
 
     def close(self) -> None:
-        """Stop every sandbox of this notebook (on ``%unload_ext``)."""
+        """Stop every sandbox of this notebook and every widget's thread (on ``%unload_ext``)."""
+        for widget in self.widgets:
+            widget.close()
+        self.widgets.clear()
         for name in list(self.sandboxes):
             self.stop(name)
 

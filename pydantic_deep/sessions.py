@@ -293,6 +293,14 @@ class SessionManager:
                              {labels[_LABEL_WORK]: runtime.work_dir, labels[_LABEL_UPLOADS]: "/uploads"},
                              labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]))
 
+    async def stop(self, user_id: str) -> bool:
+        """Stop the user's container now, as idle cleanup would: the files stay for their next session.
+
+        Returns:
+            Whether a container was running.
+        """
+        return await asyncio.to_thread(self._end_session, self._key(user_id), False)
+
     async def release(self, user_id: str) -> bool:
         """End the user's session on purpose: container, volumes and files are removed.
 

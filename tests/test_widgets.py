@@ -1,0 +1,105 @@
+"""The notebook widgets, driven through their values and buttons, checked inside the containers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime, UTC
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from pydantic_deep import SessionManager
+from pydantic_deep.magics import SandboxMagics
+from pydantic_deep.widgets import RuntimePicker, SessionMonitor, UploadPanel, current_magics, dashboard
+
+
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+def magics() -> Iterator[SandboxMagics]:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "pydantic_deep")
+    yield current_magics()
+    shell.run_line_magic("unload_ext", "pydantic_deep")
+
+
+def test_runtime_picker_builds_and_switches_the_notebook_runtime(magics: SandboxMagics) -> None:
+    picker = RuntimePicker(magics)
+    assert set(picker.dropdown.options) >= {"python-minimal", "python-web", "node-react"}
+    picker.dropdown.value = "python-web"
+    assert "FastAPI" in picker.details.value and "Image: " in picker.details.value
+    picker.start_button.click()
+    assert picker.last_action is not None
+    picker.last_action.result(timeout=600)
+    assert magics.runtime == "python-web" and magics.sandboxes["notebook"].runtime.name == "python-web"
+    assert "Started <DockerSandbox runtime='python-web'" in picker.log.value
+    assert "Image: built" in picker.details.value and not picker.start_button.disabled
+
+
+def test_upload_panel_writes_into_uploads_and_lists_it(magics: SandboxMagics) -> None:
+    panel = UploadPanel(magics)
+    content = b"x,y\n" + b"1,2\n" * 250_000  # 1 MB, written off the notebook's thread
+    panel.upload.value = ({"name": "../big.csv", "type": "text/csv", "size": len(content),
+                           "content": memoryview(content), "last_modified": NOW},)
+    panel.last_action.result(timeout=120)  # type: ignore[union-attr]
+    sandbox = magics.sandbox_for()
+    assert sandbox.execute("wc -c < /uploads/big.csv").output.strip() == str(len(content))
+    assert "big.csv" in panel.listing.value and f"{len(content):,}" in panel.listing.value
+
+
+def test_upload_errors_show_inline(magics: SandboxMagics) -> None:
+    panel = UploadPanel(magics)
+    panel.upload.value = ({"name": "folder/", "type": "", "size": 1, "content": memoryview(b"x"),
+                           "last_modified": NOW},)
+    with pytest.raises(ValueError):
+        panel.last_action.result(timeout=60)  # type: ignore[union-attr]
+    assert "color:#b00" in panel.error.value
+
+
+def test_session_monitor_shows_the_notebook_sandbox_and_stops_it(magics: SandboxMagics) -> None:
+    sandbox = magics.sandbox_for()
+    monitor = SessionMonitor(magics, interval=3600)  # the test refreshes by hand
+    monitor.refresh()
+    text = " ".join(row.children[0].value for row in monitor.rows.children[1:])
+    assert "notebook" in text and (sandbox.container_id or "")[:12] in text and " MB" in text
+    monitor.rows.children[1].children[1].click()  # Stop
+    monitor.last_action.result(timeout=60)  # type: ignore[union-attr]
+    assert "notebook" not in magics.sandboxes and sandbox.state.value == "stopped"
+    monitor.close()
+    assert not monitor._thread.is_alive()
+
+
+@pytest.mark.anyio
+async def test_session_monitor_of_a_session_manager() -> None:
+    manager = SessionManager("python-minimal", name="test-monitor")
+    try:
+        await manager.get_or_create("ada")
+        monitor = SessionMonitor(manager, interval=3600)
+        await asyncio.to_thread(monitor.refresh)
+        assert "ada · python-minimal · running" in monitor.rows.children[1].children[0].value
+        monitor.rows.children[1].children[1].click()
+        await asyncio.wrap_future(monitor.last_action)  # type: ignore[arg-type]
+        assert manager.session_count == 0
+        monitor.close()
+    finally:
+        await manager.shutdown(keep_files=False)
+
+
+def test_dashboard_and_unload_stop_the_threads(magics: SandboxMagics) -> None:
+    box = dashboard()
+    assert len(box.children) == 4
+    monitor = next(w for w in magics.widgets if isinstance(w, SessionMonitor))
+    magics.close()  # what %unload_ext does
+    assert not monitor._thread.is_alive() and magics.widgets == []
+
+
+def test_widgets_need_the_extension() -> None:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("unload_ext", "pydantic_deep")
+    try:
+        with pytest.raises(RuntimeError, match="%load_ext pydantic_deep"):
+            current_magics()
+    finally:
+        shell.run_line_magic("load_ext", "pydantic_deep")
