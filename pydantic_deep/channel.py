@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,8 +33,8 @@ from . import supervisor as protocol
 from .errors import SandboxError
 from .types import ExecuteResult, OutputChunk
 
-__all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "OutputCallback", "RunningCommand",
-           "SupervisorChannel"]
+__all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "ExecProcess", "OutputCallback",
+           "Process", "RunningCommand", "SupervisorChannel"]
 
 logger = logging.getLogger("pydantic_deep.channel")
 
@@ -47,6 +47,19 @@ _HELLO_TIMEOUT = 15.0
 # What `timeout -s KILL` exits with when it had to kill the command (128 + SIGKILL).
 _KILLED = 137
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header
+
+
+def _docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """The ``(stream, payload)`` frames of a hijacked ``docker exec`` stream, until it ends."""
+    buffer = bytearray()
+    while chunk := sock.recv(1 << 18):
+        buffer += chunk
+        while len(buffer) >= _DOCKER_FRAME.size:
+            stream, length = _DOCKER_FRAME.unpack_from(buffer)
+            if len(buffer) < _DOCKER_FRAME.size + length:
+                break
+            yield stream, bytes(buffer[_DOCKER_FRAME.size:_DOCKER_FRAME.size + length])
+            del buffer[:_DOCKER_FRAME.size + length]
 
 
 class ChannelClosedError(SandboxError):
@@ -318,23 +331,15 @@ class SupervisorChannel:
 
     def _read_loop(self) -> None:
         """Demultiplex docker's stream, then the supervisor's frames, until the stream ends."""
-        buffer = bytearray()
         frames = bytearray()
         try:
-            while chunk := self._sock.recv(1 << 18):
-                buffer += chunk
-                while len(buffer) >= _DOCKER_FRAME.size:
-                    stream, length = _DOCKER_FRAME.unpack_from(buffer)
-                    if len(buffer) < _DOCKER_FRAME.size + length:
-                        break
-                    payload = bytes(buffer[_DOCKER_FRAME.size:_DOCKER_FRAME.size + length])
-                    del buffer[:_DOCKER_FRAME.size + length]
-                    if stream == 1:
-                        frames += payload
-                        self._dispatch(frames)
-                    else:
-                        logger.warning("supervisor in %s: %s", self.container_id[:12],
-                                       payload.decode(errors="replace").rstrip())
+            for stream, payload in _docker_frames(self._sock):
+                if stream == 1:
+                    frames += payload
+                    self._dispatch(frames)
+                else:
+                    logger.warning("supervisor in %s: %s", self.container_id[:12],
+                                   payload.decode(errors="replace").rstrip())
         except OSError:
             pass
         finally:
@@ -381,6 +386,75 @@ class SupervisorChannel:
         self._hello.finish(error=error)
         for item in pending.values():
             item.finish(error=error)
+
+
+class Process(Protocol):
+    """A long-lived command in a sandbox: write to it, signal it, wait for it."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+    def signal(self, signum: int) -> None: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
+class ExecProcess:
+    """A long-lived command over a ``docker exec -i`` of its own, for images without ``python3``.
+
+    The command is started as ``sh -c 'echo $$; exec COMMAND'``: the first line names its pid in
+    the container, so that a signal can reach it.
+    """
+
+    def __init__(self, client: docker.DockerClient, container_id: str, command: str, on_output: OutputCallback) -> None:
+        self._client, self._container_id, self._on_output = client, container_id, on_output
+        exec_id = client.api.exec_create(container_id, ["sh", "-c", f"echo $$; exec {command}"], stdin=True)["Id"]
+        self._sock = client.api.exec_start(exec_id, socket=True)._sock
+        self._sock.settimeout(None)
+        self._pid: str | None = None
+        self._pid_known = threading.Event()
+        self._done = threading.Event()
+        threading.Thread(target=self._read, name=f"pydantic-deep-exec-{container_id[:12]}", daemon=True).start()
+
+    def _read(self) -> None:
+        decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"),
+                    2: codecs.getincrementaldecoder("utf-8")("replace")}
+        try:
+            for stream, payload in _docker_frames(self._sock):
+                text = decoders[2 if stream == 2 else 1].decode(payload)
+                if stream == 1 and self._pid is None:
+                    self._pid, _, text = text.partition("\n")
+                    self._pid_known.set()
+                if text:
+                    self._on_output(OutputChunk("stdout" if stream == 1 else "stderr", text))
+        except OSError:
+            pass
+        finally:
+            self._done.set()
+            self._pid_known.set()
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise ChannelClosedError(f"the process's stream broke: {exc}") from None
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def signal(self, signum: int) -> None:
+        self._pid_known.wait(10)
+        if self._pid and not self._done.is_set():
+            kill = ["sh", "-c", f"kill -{signum} {self._pid}"]
+            exec_id = self._client.api.exec_create(self._container_id, kill)["Id"]
+            self._client.api.exec_start(exec_id)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
 
 
 class RunningCommand:

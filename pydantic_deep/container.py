@@ -25,12 +25,13 @@ from docker.errors import ImageNotFound, NotFound
 from .archive import entries_tar, iter_single_file
 from .builder import image_lock
 
-__all__ = ["HOME_DIR", "KERNEL_PATH", "SUPERVISOR_PATH", "PreparedImage", "path_stat", "prepare_image",
-           "remove_container"]
+__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "PreparedImage", "path_stat",
+           "prepare_image", "remove_container"]
 
 HOME_DIR = "/home/sandbox"
 SUPERVISOR_PATH = "/opt/pydantic-deep/supervisor.py"
 KERNEL_PATH = "/opt/pydantic-deep/kernel.py"
+JS_KERNEL_PATH = "/opt/pydantic-deep/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
 _PYTHON_LABEL = "pydantic-deep.python"
 
@@ -78,16 +79,15 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
     with _prepared_lock:
         if key in _prepared:
             return _prepared[key]
-    supervisor = files("pydantic_deep").joinpath("supervisor.py").read_bytes()
-    kernel = files("pydantic_deep").joinpath("kernel.py").read_bytes()
-    setup_hash = hashlib.sha256(json.dumps([uid, gid, roots]).encode() + supervisor + kernel).hexdigest()
+    tools = {path: files("pydantic_deep").joinpath(path.rsplit("/", 1)[1]).read_bytes()
+             for path in (SUPERVISOR_PATH, KERNEL_PATH, JS_KERNEL_PATH)}
+    setup_hash = hashlib.sha256(json.dumps([uid, gid, roots]).encode() + b"".join(tools.values())).hexdigest()
     tag = f"pydantic-deep/prepared:{image_id.removeprefix('sha256:')[:12]}-{setup_hash[:12]}"
     with image_lock(tag):
         try:
             labels = client.images.get(tag).labels
         except ImageNotFound:
-            labels = _commit_prepared(client, image_id, tag, uid, gid, roots,
-                                      {SUPERVISOR_PATH: supervisor, KERNEL_PATH: kernel})
+            labels = _commit_prepared(client, image_id, tag, uid, gid, roots, tools)
     prepared = PreparedImage(tag, labels.get(_PYTHON_LABEL) or None)
     with _prepared_lock:
         _prepared[key] = prepared

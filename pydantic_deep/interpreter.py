@@ -1,7 +1,8 @@
-"""SandboxInterpreter: a Python interpreter inside a sandbox that keeps its variables between cells.
+"""SandboxInterpreter: a Python or JavaScript interpreter inside a sandbox that keeps its variables.
 
-The host side of :mod:`pydantic_deep.kernel`, over the sandbox's execution channel. The
-``%%sandbox`` magic runs each cell with :meth:`SandboxInterpreter.execute`; any program can too.
+The host side of :mod:`pydantic_deep.kernel` (and its Node.js twin, ``kernel.js``), over the
+sandbox's execution channel. The ``%%sandbox`` magic runs each cell with
+:meth:`SandboxInterpreter.execute`; any program can too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .channel import RunningCommand
-from .container import KERNEL_PATH
+from .channel import Process
+from .container import JS_KERNEL_PATH, KERNEL_PATH
 from .errors import SandboxError
-from .kernel import decode_value, encode_value
+from .kernel import decode_value, encode_json, encode_value
 from .sandbox import DockerSandbox
 from .types import OutputChunk
 
@@ -66,8 +67,14 @@ class CellResult:
         return CellError(event["ename"], event["evalue"], event["traceback"]) if event else None
 
 
+_LANGUAGES = {
+    "python": (f"python3 -u {KERNEL_PATH}", encode_value),
+    "javascript": (f"node {JS_KERNEL_PATH}", encode_json),
+}
+
+
 class SandboxInterpreter:
-    """A long-lived Python interpreter in ``sandbox``; variables survive from cell to cell.
+    """A long-lived Python or Node.js interpreter in ``sandbox``; variables survive from cell to cell.
 
     Example:
         ```python
@@ -77,14 +84,16 @@ class SandboxInterpreter:
         ```
     """
 
-    def __init__(self, sandbox: DockerSandbox, python: str = "python3") -> None:
+    def __init__(self, sandbox: DockerSandbox, language: str = "python") -> None:
+        if language not in _LANGUAGES:
+            raise ValueError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
         self.sandbox = sandbox
-        self.python = python
-        self._process: RunningCommand | None = None
+        self.language = language
+        self._process: Process | None = None
         self._events: queue.Queue[Event | None] = queue.Queue()
         self._buffer = ""
         self._lock = threading.Lock()  # one request at a time
-        self.python_version: str | None = None
+        self.version: str | None = None
 
     @property
     def running(self) -> bool:
@@ -96,11 +105,11 @@ class SandboxInterpreter:
             return
         self._events = queue.Queue()
         self._buffer = ""
-        self._process = self.sandbox.spawn(f"exec {self.python} -u {KERNEL_PATH}", on_output=self._on_output)
+        self._process = self.sandbox.spawn(_LANGUAGES[self.language][0], on_output=self._on_output)
         ready = self._next_event(timeout=60)
         if ready.get("kind") != "ready":
-            raise SandboxError(f"the interpreter did not start in the sandbox: {ready}")
-        self.python_version = ready["python"]
+            raise SandboxError(f"the {self.language} interpreter did not start in the sandbox: {ready}")
+        self.version = ready["version"]
 
     def _on_output(self, chunk: OutputChunk) -> None:
         if chunk.stream == "stderr":  # the kernel's own stderr is redirected: this is a crash
@@ -149,12 +158,14 @@ class SandboxInterpreter:
         return self._request({"op": "execute", "code": code}, on_event)
 
     def push(self, name: str, value: Any) -> None:
-        """Set the variable ``name`` in the interpreter (DataFrames and plain Python data).
+        """Set the variable ``name`` in the interpreter (Python: DataFrames and plain Python data;
+        JavaScript: JSON data).
 
         Raises:
             TypeError: the value cannot be moved (the message says what can).
         """
-        result = self._request({"op": "push", "name": name, "value": encode_value(value)}, None)
+        encode = _LANGUAGES[self.language][1]
+        result = self._request({"op": "push", "name": name, "value": encode(value)}, None)
         if result.error is not None:
             raise result.error
 

@@ -15,7 +15,7 @@ Replies, one JSON object per line on the original standard output (file descript
 are redirected into pipes, so output of the cell, of C code and of child processes is captured
 and sent as ``stream`` messages in order)::
 
-    {"kind": "ready", "python": "3.11.2"}
+    {"kind": "ready", "language": "python", "version": "3.11.2"}
     {"kind": "stream", "name": "stdout" | "stderr", "text": "..."}
     {"kind": "display", "data": {"text/plain": ..., "text/html": ..., "image/png": base64}}
     {"kind": "result", "data": {...}}         the value of the cell's last expression
@@ -67,8 +67,22 @@ def encode_value(value: Any) -> dict[str, Any]:
     return {"type": "literal", "repr": text}
 
 
+def encode_json(value: Any) -> dict[str, Any]:
+    """A value for the JavaScript interpreter, as JSON.
+
+    Raises:
+        TypeError: the value is not JSON data.
+    """
+    try:
+        return {"type": "json", "json": json.dumps(value)}
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot move a {type(value).__name__} into Node.js: only JSON data can be moved") from exc
+
+
 def decode_value(encoded: dict[str, Any]) -> Any:
-    """The value :func:`encode_value` encoded (DataFrames need pandas on this side too)."""
+    """The value :func:`encode_value` or :func:`encode_json` encoded (DataFrames need pandas here too)."""
+    if encoded["type"] == "json":
+        return json.loads(encoded["json"])
     if encoded["type"] == "dataframe":
         import pandas
 
@@ -129,7 +143,7 @@ class Kernel:
             self.drained[name].wait()
 
     def serve(self) -> None:
-        self.send({"kind": "ready", "python": sys.version.split()[0]})
+        self.send({"kind": "ready", "language": "python", "version": sys.version.split()[0]})
         for line in sys.stdin:
             try:
                 request = json.loads(line)

@@ -1,8 +1,8 @@
 """The ``%%sandbox`` cell magic and its line-magic companions, for notebooks.
 
 ``%load_ext pydantic_deep`` registers them. A cell under ``%%sandbox`` runs inside the notebook's
-sandbox: as Python in an interpreter that keeps its variables from cell to cell (Python runtimes),
-or as a shell script (``--shell``, and runtimes without Python). Output streams into the cell as it
+sandbox: as Python (or, in Node.js runtimes, JavaScript) in an interpreter that keeps its variables
+from cell to cell, or as a shell script (``--shell``, and images with neither). Output streams into the cell as it
 is produced; the last expression is displayed as Jupyter would (a DataFrame as a table, a figure as
 an image); an exception shows the container's traceback and fails the cell.
 
@@ -41,6 +41,13 @@ class SandboxFailure(Exception):
         return self.text.rstrip("\n").splitlines()
 
 
+def _transfer_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """The options %sandbox_push and %sandbox_pull share (as IPython's script_args does)."""
+    magic = argument("-s", "--sandbox", dest="name", help="the sandbox (default: the notebook's)")(magic)
+    magic = argument("names", nargs="+", help="the variables")(magic)
+    return magic_arguments()(magic)
+
+
 @magics_class
 class SandboxMagics(Magics):
     """Run notebook cells inside Docker sandboxes."""
@@ -55,6 +62,7 @@ class SandboxMagics(Magics):
         self.interpreters: dict[str, SandboxInterpreter] = {}
         self.progress: Callable[[str], None] = _print_progress  # where image build logs go
         self.widgets: list[Any] = []  # closed (their threads stopped) on %unload_ext
+        self._languages: dict[str, str | None] = {}  # by container id
 
     @property
     def _user_ns(self) -> dict[str, Any]:
@@ -81,8 +89,20 @@ class SandboxMagics(Magics):
         name = name or self.session
         interpreter = self.interpreters.get(name)
         if interpreter is None or interpreter.sandbox is not sandbox:
-            interpreter = self.interpreters[name] = SandboxInterpreter(sandbox)
+            interpreter = self.interpreters[name] = SandboxInterpreter(sandbox, self.language_of(sandbox) or "python")
         return interpreter
+
+    def language_of(self, sandbox: DockerSandbox) -> str | None:
+        """``python`` or ``javascript``: what the sandbox's cells are written in; ``None`` for shell only."""
+        key = sandbox.container_id or ""
+        if key not in self._languages:
+            if sandbox.has_python:
+                self._languages[key] = "python"
+            elif sandbox.execute("command -v node >/dev/null", timeout=30).exit_code == 0:
+                self._languages[key] = "javascript"
+            else:
+                self._languages[key] = None
+        return self._languages[key]
 
     def stop(self, name: str) -> None:
         """Stop the named sandbox and forget it."""
@@ -134,7 +154,7 @@ class SandboxMagics(Magics):
 
     def _run_cell(self, args: Any, cell: str) -> Any:
         sandbox = self.sandbox_for(args.name, args.runtime)
-        if args.shell or not sandbox.has_python:
+        if args.shell or self.language_of(sandbox) is None:
             result = sandbox.execute(cell, timeout=args.timeout or self.timeout, on_output=_write_chunk)
             if result.exit_code != 0 and not args.no_raise:
                 raise SandboxFailure(f"The shell cell failed with exit code {result.exit_code}"
@@ -180,9 +200,7 @@ class SandboxMagics(Magics):
                              "restart, stop")
         return None
 
-    @magic_arguments()
-    @argument("names", nargs="+", help="the variables")
-    @argument("-s", "--sandbox", dest="name", help="the sandbox (default: the notebook's)")
+    @_transfer_arguments
     @line_magic
     def sandbox_push(self, line: str) -> None:
         """Copy notebook variables into the sandbox's interpreter: ``%sandbox_push df config``."""
@@ -196,9 +214,7 @@ class SandboxMagics(Magics):
             except TypeError as exc:
                 raise UsageError(f"{name}: {exc}") from None
 
-    @magic_arguments()
-    @argument("names", nargs="+", help="the variables")
-    @argument("-s", "--sandbox", dest="name", help="the sandbox (default: the notebook's)")
+    @_transfer_arguments
     @line_magic
     def sandbox_pull(self, line: str) -> None:
         """Copy variables of the sandbox's interpreter into the notebook: ``%sandbox_pull result``."""

@@ -44,8 +44,9 @@ from .channel import (
     ChannelClosedError,
     CommandStream,
     DockerExecChannel,
+    ExecProcess,
     OutputCallback,
-    RunningCommand,
+    Process,
     SupervisorChannel,
 )
 from .container import HOME_DIR, SUPERVISOR_PATH, path_stat, prepare_image, remove_container
@@ -473,19 +474,15 @@ class DockerSandbox:
         return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
 
     @_in_use
-    def spawn(self, command: str, *, on_output: OutputCallback) -> RunningCommand:
+    def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
         """Start a long-lived ``command`` (an interpreter, say) with an open standard input.
 
         Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
-
-        Raises:
-            SandboxError: the image has no ``python3`` for the supervisor, which this needs.
         """
         channel = self._live_channel()
-        if not isinstance(channel, SupervisorChannel):
-            raise SandboxError(f"image {self.image} has no python3 (3.8+): long-lived processes need the "
-                               "supervisor, which runs on it")
-        return channel.spawn(command, on_output)
+        if isinstance(channel, SupervisorChannel):
+            return channel.spawn(command, on_output)
+        return ExecProcess(docker_client(), self._running_id(), command, on_output)
 
     # -- files --------------------------------------------------------------------------------
 

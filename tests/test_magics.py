@@ -98,11 +98,35 @@ def test_shell_cells_out_variable_and_other_sandboxes(ip: InteractiveShell) -> N
     assert shell.stdout == "42\nsandbox\n" and ip.user_ns["listing"].exit_code == 0
     with pytest.raises(SandboxFailure, match="exit code 3"):
         ip.run_cell_magic("sandbox", "--shell", "exit 3")
-    with capture_output() as node:
-        ip.run_cell_magic("sandbox", "-s web -r node-minimal", "node -e 'console.log(1 + 1)'")
-    assert node.stdout == "2\n"  # a runtime without Python runs the cell as a shell script
-    ip.run_line_magic("sandbox", "stop -s web")
-    assert "web" not in magics(ip).sandboxes
+
+
+def test_node_runtimes_keep_javascript_state(ip: InteractiveShell) -> None:
+    with capture_output() as first:
+        ip.run_cell_magic("sandbox", "-s js -r node-minimal",
+                          "let total = 40\nconsole.log('from node', process.version)")
+    assert first.stdout.startswith("from node v20.")
+    with capture_output() as second:
+        ip.run_cell_magic("sandbox", "-s js", "total + 2")
+    assert [output.data for output in second.outputs] == [{"text/plain": "42"}]
+    with pytest.raises(SandboxFailure, match="ReferenceError: missing is not defined"):
+        ip.run_cell_magic("sandbox", "-s js", "missing + 1")
+    ip.user_ns["config"] = {"depth": 2, "tags": ["a"]}
+    ip.run_line_magic("sandbox_push", "-s js config")
+    ip.run_cell_magic("sandbox", "-s js", "const doubled = config.depth * 2")
+    ip.run_line_magic("sandbox_pull", "-s js doubled total")
+    assert (ip.user_ns["doubled"], ip.user_ns["total"]) == (4, 40)
+    with capture_output() as shell:
+        ip.run_cell_magic("sandbox", "-s js --shell", "node -e 'console.log(1 + 1)'")
+    assert shell.stdout == "2\n"
+    interpreter = magics(ip).interpreters["js"]
+    threading.Timer(0.5, interpreter.interrupt).start()
+    with pytest.raises(KeyboardInterrupt):
+        ip.run_cell_magic("sandbox", "-s js", "while (true) {}")
+    with capture_output() as after:
+        ip.run_cell_magic("sandbox", "-s js", "total")
+    assert after.outputs[0].data["text/plain"] == "40"
+    ip.run_line_magic("sandbox", "stop -s js")
+    assert "js" not in magics(ip).sandboxes
 
 
 def test_line_subcommands(ip: InteractiveShell, tmp_path: object) -> None:
