@@ -21,6 +21,7 @@ from .errors import (
 )
 from .channel import CommandStream
 from .deps import DeepAgentDeps, UploadedFile
+from .local import LocalSandbox
 from .pool import SandboxPool
 from .registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
@@ -40,6 +41,7 @@ __all__ = [
     "ImageBuildError",
     "ImageNotAvailableError",
     "InMemoryRegistry",
+    "LocalSandbox",
     "OutputChunk",
     "PathOutsideSandboxError",
     "RedisRegistry",

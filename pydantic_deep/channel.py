@@ -21,6 +21,7 @@ import json
 import logging
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -60,6 +61,12 @@ def _docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
                 break
             yield stream, bytes(buffer[_DOCKER_FRAME.size:_DOCKER_FRAME.size + length])
             del buffer[:_DOCKER_FRAME.size + length]
+
+
+def _raw_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """A plain stream read as stdout frames (a local supervisor's, without docker's framing)."""
+    while chunk := sock.recv(1 << 18):
+        yield 1, chunk
 
 
 class ChannelClosedError(SandboxError):
@@ -213,9 +220,11 @@ class SupervisorChannel:
     false, so the owner can open a new channel.
     """
 
-    def __init__(self, sock: socket.socket, client: docker.DockerClient, container_id: str) -> None:
+    def __init__(self, sock: socket.socket, client: docker.DockerClient | None, container_id: str, *,
+                 framed: bool = True) -> None:
         self._sock = sock
-        self._client = client
+        self._client = client  # None: a local supervisor (LocalSandbox), not in a container
+        self._framed = framed  # docker's stdout/stderr framing around the supervisor's frames
         self.container_id = container_id
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -239,11 +248,18 @@ class SupervisorChannel:
         exec_id = client.api.exec_create(container_id, [python, "-I", "-S", script], stdin=True)["Id"]
         sock = client.api.exec_start(exec_id, socket=True)._sock
         sock.settimeout(None)
-        channel = cls(sock, client, container_id)
-        if not channel._hello.done.wait(_HELLO_TIMEOUT) or channel._hello.error is not None:
-            channel.close()
-            raise ChannelClosedError(f"the supervisor did not start in container {container_id[:12]}")
-        return channel
+        return cls(sock, client, container_id)._said_hello()
+
+    @classmethod
+    def open_local(cls, sock: socket.socket, label: str) -> SupervisorChannel:
+        """A channel over ``sock``, connected to a supervisor that runs on this machine."""
+        return cls(sock, None, label, framed=False)._said_hello()
+
+    def _said_hello(self) -> SupervisorChannel:
+        if not self._hello.done.wait(_HELLO_TIMEOUT) or self._hello.error is not None:
+            self.close()
+            raise ChannelClosedError(f"the supervisor did not start in {self.container_id[:12]}")
+        return self
 
     @property
     def alive(self) -> bool:
@@ -310,9 +326,12 @@ class SupervisorChannel:
         pid = json.loads(self._hello.outcome().output)["pid"]
         script = (f'for p in /proc/[0-9]*; do [ "$(cut -d" " -f4 $p/stat)" = {pid} ] && '
                   f'kill -9 -${{p#/proc/}}; done; kill -9 {pid}')
-        with contextlib.suppress(docker.errors.DockerException):
-            exec_id = self._client.api.exec_create(self.container_id, ["sh", "-c", script])["Id"]
-            self._client.api.exec_start(exec_id)
+        if self._client is None:
+            subprocess.run(["sh", "-c", script], check=False)
+        else:
+            with contextlib.suppress(docker.errors.DockerException):
+                exec_id = self._client.api.exec_create(self.container_id, ["sh", "-c", script])["Id"]
+                self._client.api.exec_start(exec_id)
         raise ChannelClosedError(
             f"the sandbox did not answer within {timeout + _GRACE:.0f} s of starting a command "
             f"with a {timeout:.0f} s timeout; the channel was closed"
@@ -333,7 +352,8 @@ class SupervisorChannel:
         """Demultiplex docker's stream, then the supervisor's frames, until the stream ends."""
         frames = bytearray()
         try:
-            for stream, payload in _docker_frames(self._sock):
+            source = _docker_frames(self._sock) if self._framed else _raw_frames(self._sock)
+            for stream, payload in source:
                 if stream == 1:
                     frames += payload
                     self._dispatch(frames)

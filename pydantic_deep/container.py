@@ -25,13 +25,14 @@ from docker.errors import ImageNotFound, NotFound
 from .archive import entries_tar, iter_single_file
 from .builder import image_lock
 
-__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "PreparedImage", "path_stat",
+__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage", "path_stat",
            "prepare_image", "remove_container"]
 
 HOME_DIR = "/home/sandbox"
-SUPERVISOR_PATH = "/opt/pydantic-deep/supervisor.py"
-KERNEL_PATH = "/opt/pydantic-deep/kernel.py"
-JS_KERNEL_PATH = "/opt/pydantic-deep/kernel.js"
+TOOLS_DIR = "/opt/pydantic-deep"  # the supervisor and the notebook interpreters
+SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.py"
+KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
+JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
 _PYTHON_LABEL = "pydantic-deep.python"
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .channel import Process
-from .container import JS_KERNEL_PATH, KERNEL_PATH
 from .errors import SandboxError
 from .kernel import decode_value, encode_json, encode_value
 from .sandbox import DockerSandbox
@@ -67,9 +66,9 @@ class CellResult:
         return CellError(event["ename"], event["evalue"], event["traceback"]) if event else None
 
 
-_LANGUAGES = {
-    "python": (f"python3 -u {KERNEL_PATH}", encode_value),
-    "javascript": (f"node {JS_KERNEL_PATH}", encode_json),
+_LANGUAGES = {  # the interpreter's command (given the sandbox's tools directory), and value encoding
+    "python": ("python3 -u {tools}/kernel.py", encode_value),
+    "javascript": ("node {tools}/kernel.js", encode_json),
 }
 
 
@@ -105,7 +104,8 @@ class SandboxInterpreter:
             return
         self._events = queue.Queue()
         self._buffer = ""
-        self._process = self.sandbox.spawn(_LANGUAGES[self.language][0], on_output=self._on_output)
+        command = _LANGUAGES[self.language][0].format(tools=self.sandbox.tools_dir)
+        self._process = self.sandbox.spawn(command, on_output=self._on_output)
         ready = self._next_event(timeout=60)
         if ready.get("kind") != "ready":
             raise SandboxError(f"the {self.language} interpreter did not start in the sandbox: {ready}")

@@ -6,7 +6,8 @@ from cell to cell, or as a shell script (``--shell``, and images with neither). 
 is produced; the last expression is displayed as Jupyter would (a DataFrame as a table, a figure as
 an image); an exception shows the container's traceback and fails the cell.
 
-Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session`` and ``timeout``.
+Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session``, ``timeout``, and
+``backend`` (``"local"`` runs cells in a :class:`LocalSandbox`, on this machine, not isolated).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Float, Unicode
+from traitlets import Enum, Float, Unicode
 
 from .errors import SandboxError
 from .interpreter import CellError, Event, SandboxInterpreter
+from .local import LocalSandbox
 from .runtimes import get_runtime, list_runtimes
 from .sandbox import DockerSandbox
 from .types import OutputChunk
@@ -55,6 +57,9 @@ class SandboxMagics(Magics):
     runtime = Unicode("python-datascience", help="The runtime of new notebook sandboxes.").tag(config=True)
     session = Unicode("notebook", help="The name of the sandbox a cell runs in without -s.").tag(config=True)
     timeout = Float(600.0, help="Seconds a --shell cell may run.").tag(config=True)
+    backend = Enum(["docker", "local"], default_value="docker",
+                   help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for where Docker "
+                        "cannot run).").tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -80,7 +85,12 @@ class SandboxMagics(Magics):
             return current
         if current is not None:
             self.stop(name)
-        sandbox = DockerSandbox(wanted or get_runtime(self.runtime), progress=self.progress)
+        config = wanted or get_runtime(self.runtime)
+        if self.backend == "local":
+            print("Starting a LocalSandbox: cells run on this machine, NOT ISOLATED", file=sys.stderr)
+            sandbox: Any = LocalSandbox(config)
+        else:
+            sandbox = DockerSandbox(config, progress=self.progress)
         self.sandboxes[name] = sandbox.start()
         return sandbox
 

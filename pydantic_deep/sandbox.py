@@ -49,7 +49,7 @@ from .channel import (
     Process,
     SupervisorChannel,
 )
-from .container import HOME_DIR, SUPERVISOR_PATH, path_stat, prepare_image, remove_container
+from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, path_stat, prepare_image, remove_container
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
 from .images import ensure_runtime_image
@@ -230,6 +230,9 @@ class DockerSandbox:
             with self._activity_lock:
                 self._busy -= 1
                 self.last_used = time.monotonic()
+
+    tools_dir = TOOLS_DIR
+    """Where the supervisor and the notebook interpreters are, inside the container."""
 
     @property
     def has_python(self) -> bool:

@@ -107,10 +107,14 @@ class RuntimePicker(_Panel):
 
     def describe(self) -> None:
         runtime = get_runtime(self.dropdown.value)
-        built = any(image_exists(docker_client(), tag) for tag in _built_tags(runtime.name))
+        if self.magics.backend == "local":
+            status = "none needed: LocalSandbox, NOT ISOLATED"
+        else:
+            status = "built" if any(image_exists(docker_client(), tag) for tag in _built_tags(runtime.name)) \
+                else "not built"
         packages = ", ".join(runtime.packages) or "none"
         self.details.value = (f"<b>{html.escape(runtime.description or runtime.name)}</b><br>"
-                              f"Packages: {html.escape(packages)}<br>Image: {'built' if built else 'not built'}")
+                              f"Packages: {html.escape(packages)}<br>Image: {status}")
 
     def start(self) -> Future[Any]:
         """Build (if needed) and start the chosen runtime as the notebook's sandbox."""

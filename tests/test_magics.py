@@ -148,6 +148,22 @@ def test_line_subcommands(ip: InteractiveShell, tmp_path: object) -> None:
         ip.run_line_magic("sandbox", "bogus")
 
 
+def test_local_backend_runs_cells_without_docker(ip: InteractiveShell) -> None:
+    ip.run_line_magic("config", "SandboxMagics.backend = 'local'")
+    try:
+        with capture_output() as out:
+            ip.run_cell_magic("sandbox", "-s here",
+                              "import os\nlocal_value = 7\nprint(os.environ['PYDANTIC_DEEP_UPLOADS'])")
+        assert "NOT ISOLATED" in out.stderr and out.stdout.rstrip().endswith("/uploads")
+        assert type(magics(ip).sandboxes["here"]).__name__ == "LocalSandbox"
+        with capture_output() as value:
+            ip.run_cell_magic("sandbox", "-s here", "local_value * 6")
+        assert value.outputs[0].data["text/plain"] == "42"
+    finally:
+        ip.run_line_magic("sandbox", "stop -s here")
+        ip.run_line_magic("config", "SandboxMagics.backend = 'docker'")
+
+
 def test_config_and_unload(ip: InteractiveShell) -> None:
     ip.run_line_magic("config", "SandboxMagics.session = 'other'")
     try:
