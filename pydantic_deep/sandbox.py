@@ -146,8 +146,10 @@ class DockerSandbox:
         volumes: Named volumes to mount, ``{volume name: path in the container}``. They are created
             (labelled ``pydantic-deep.managed``) when missing, start with the image's content at that
             path, and outlive the container: ``stop()`` keeps them unless ``remove_volumes=True``.
-        remove_on_exit: Remove the container when this object is garbage-collected or the
-            interpreter exits (``stop()`` always removes it).
+        remove_on_exit: Tie the container to this process: it is removed when this object is
+            garbage-collected, when the interpreter exits, and when the process is killed (even by
+            SIGKILL, through a stream the container's main process waits on). ``False`` leaves
+            it running until ``stop()`` (sessions that a later process adopts).
     """
 
     def __init__(
@@ -195,6 +197,7 @@ class DockerSandbox:
         self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
         self._python: str | None = None
+        self._lifeline: Any = None  # the stdin stream that ties the container to this process
         self._busy = 0
         self.last_used = time.monotonic()
 
@@ -268,6 +271,10 @@ class DockerSandbox:
                 ensure_volume(volume)
             container = client.containers.create(prepared.tag, **self._container_options())
             try:
+                if self.remove_on_exit:
+                    # The container's main process waits for EOF on this stream: when this process
+                    # ends, even by SIGKILL, the stream closes and the container removes itself.
+                    self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
                 container.start()
                 self._python = prepared.python
                 self._channel = self._open_channel(container.id)
@@ -281,6 +288,7 @@ class DockerSandbox:
         self.container_id = container_id
         if self.remove_on_exit:
             self._finalizer = weakref.finalize(self, remove_container, client, container_id)
+            self._finalizer.atexit = True
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
 
@@ -340,6 +348,9 @@ class DockerSandbox:
                     remove_container(docker_client(), self.container_id)
                 self.state = SandboxState.STOPPED
             self._finalizer = self._channel = None
+            if self._lifeline is not None:
+                self._lifeline.close()
+                self._lifeline = None
             if remove_volumes:
                 with engine_errors():
                     for volume in self.volumes:
@@ -381,7 +392,10 @@ class DockerSandbox:
             environment.update(self.ca_bundle.environment())
             volumes[str(self.ca_bundle.host_file())] = {"bind": CONTAINER_CA_PATH, "mode": "ro"}
         return dict(
-            entrypoint=["sleep", "infinity"],
+            # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
+            entrypoint=["sh", "-c", "read -r _"] if self.remove_on_exit else ["sleep", "infinity"],
+            stdin_open=self.remove_on_exit,  # docker-py sets StdinOnce with it: EOF once we go
+            auto_remove=self.remove_on_exit,
             name=self.name,
             user=f"{self._uid}:{self._gid}",
             working_dir=self.work_dir,

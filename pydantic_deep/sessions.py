@@ -240,9 +240,9 @@ class SessionManager:
             return sandbox
 
     def _sandbox_options(self) -> dict[str, Any]:
-        # A shared registry hands sessions between processes: no process may take them along
-        # when it exits.
-        return {"remove_on_exit": not self._shared, **self.sandbox_options,
+        # Sessions outlive the process: a later manager adopts or reaps them, and with a shared
+        # registry other processes use them.
+        return {"remove_on_exit": False, **self.sandbox_options,
                 "labels": {**self.sandbox_options.get("labels", {}), **self._labels()}}
 
     def _new_sandbox(self, key: str, runtime: RuntimeConfig, volumes: Mapping[str, str] | None) -> DockerSandbox:

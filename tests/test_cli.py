@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import docker.errors
 import pytest
@@ -24,15 +25,34 @@ def test_demo_analyses_the_csv_with_pandas_inside_the_container() -> None:
     assert "south" in output and "107.5" in output
 
 
+KILLED_OWNER = (
+    "import os, signal, sys\nfrom pydantic_deep import DockerSandbox\n"
+    "sandbox = DockerSandbox('python-minimal', remove_on_exit=sys.argv[1] == 'tied').start()\n"
+    "print(sandbox.container_id, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n"
+)
+
+
+def killed_owner(mode: str) -> str:
+    """Start a sandbox in a process that is then SIGKILLed; return the container id."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_OWNER, mode], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    return killed.stdout.strip()
+
+
+def test_a_sandbox_tied_to_a_killed_process_removes_itself() -> None:
+    container_id = killed_owner("tied")  # the default, remove_on_exit=True
+    deadline = time.monotonic() + 60
+    while True:  # the engine removes it once the lifeline stream is seen closed
+        try:
+            docker_client().containers.get(container_id)
+        except docker.errors.NotFound:
+            break
+        assert time.monotonic() < deadline, "the container outlived its process"
+        time.sleep(0.1)
+
+
 def test_prune_removes_the_container_of_a_killed_process() -> None:
-    code = (
-        "import os, signal\nfrom pydantic_deep import DockerSandbox\n"
-        "sandbox = DockerSandbox('python-minimal').start()\nprint(sandbox.container_id, flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert killed.returncode == -9
-    container_id = killed.stdout.strip()
+    container_id = killed_owner("untied")  # remove_on_exit=False, as sessions are
     assert docker_client().containers.get(container_id).status == "running"  # orphaned, but labelled
     assert run_cli("prune").startswith("Removed ")
     with pytest.raises(docker.errors.NotFound):

@@ -1,0 +1,119 @@
+"""One real-browser test: JupyterLab in headless Chromium (Debian's, driven by Playwright) runs a
+notebook with the dashboard, picks a runtime, uploads a file through the file chooser, and sees it
+listed from inside the container."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pydantic_deep.engine import docker_client
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server on loopback, its notebook directory, and a token."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: scripts/setup installs it")
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    settings = tmp_path / "settings"
+    (settings / "overrides").mkdir(parents=True)
+    overrides = {"@jupyterlab/apputils-extension:notification": {"checkForUpdates": False, "fetchNews": "false"}}
+    (settings / "overrides.json").write_text(json.dumps(overrides))
+    token, port = uuid.uuid4().hex, free_port()
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings / "user")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--LabServerApp.app_settings_dir={settings}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 60
+        while True:  # poll until the server answers
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("JupyterLab did not start")
+                time.sleep(0.2)
+        yield f"{base}/lab/tree/dashboard.ipynb?token={token}", root
+    finally:
+        os.killpg(server.pid, signal.SIGINT)  # like Ctrl-C: kernels shut down, their sandboxes go
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_dashboard_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, root = lab
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    notebook.cells = [nbformat.v4.new_code_cell("%load_ext pydantic_deep"),
+                      nbformat.v4.new_code_cell("from pydantic_deep.widgets import dashboard\ndashboard()")]
+    nbformat.write(notebook, root / "dashboard.ipynb")
+    upload = tmp_path / "from-the-browser.csv"
+    upload.write_text("city,visits\nLyon,3\n")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            expect(page.locator("text=Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
+            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=30_000)
+            select = page.locator(".widget-dropdown select").first
+            try:
+                expect(select).to_be_visible(timeout=120_000)
+            except AssertionError:
+                page.screenshot(path="/tmp/shots/nodropdown.png")
+                raise
+            select.select_option("python-minimal")
+            page.locator("button:has-text('Start')").first.click()
+            log = page.locator(".widget-textarea textarea").first
+            expect(log).to_have_value(re.compile("Started <DockerSandbox runtime='python-minimal'"), timeout=300_000)
+            with page.expect_file_chooser() as chooser:
+                page.locator("button.widget-upload").first.click()
+            chooser.value.set_files(str(upload))
+            expect(page.locator("text=from-the-browser.csv").first).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path)) / "dashboard.png"))
+        finally:
+            browser.close()
+    # From inside the container: the notebook's sandbox holds the file in /uploads.
+    sandboxes = docker_client().containers.list(filters={"label": "pydantic-deep.runtime=python-minimal"})
+    listings = [c.exec_run(["ls", "/uploads"]).output.decode() for c in sandboxes]
+    assert any("from-the-browser.csv" in listing for listing in listings)
+
