@@ -13,6 +13,7 @@ Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,8 @@ class SandboxMagics(Magics):
 
     runtime = Unicode("python-datascience", help="The runtime of new notebook sandboxes.").tag(config=True)
     session = Unicode("notebook", help="The name of the sandbox a cell runs in without -s.").tag(config=True)
-    timeout = Float(600.0, help="Seconds a --shell cell may run.").tag(config=True)
+    timeout = Float(600.0, help="Seconds a --shell cell may run (-t overrides it, and limits Python cells).").tag(
+        config=True)
     backend = Enum(["docker", "local"], default_value="docker",
                    help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for where Docker "
                         "cannot run).").tag(config=True)
@@ -136,7 +138,7 @@ class SandboxMagics(Magics):
                                              "restart | stop")
     @argument("-s", "--sandbox", dest="name", help="the sandbox to use (default: the notebook's)")
     @argument("-r", "--runtime", help="the runtime to run the sandbox with")
-    @argument("-t", "--timeout", type=float, help="seconds a --shell cell may run")
+    @argument("-t", "--timeout", type=float, help="seconds the cell may run")
     @argument("-o", "--out", help="keep the cell's result object in this variable")
     @argument("--shell", action="store_true", help="run the cell as a shell script")
     @argument("--no-raise", action="store_true", help="do not fail the cell when the code fails")
@@ -171,8 +173,18 @@ class SandboxMagics(Magics):
                                      + (" (timed out)" if result.timed_out else ""))
             return result
         interpreter = self.interpreter_for(args.name, args.runtime)
-        cell_result = interpreter.execute(cell, on_event=_show_event)
+        # -t: interrupt the cell in the sandbox when its time is up, as the interrupt button would.
+        timer = threading.Timer(args.timeout, interpreter.interrupt) if args.timeout else None
+        if timer is not None:
+            timer.start()
+        try:
+            cell_result = interpreter.execute(cell, on_event=_show_event)
+        finally:
+            if timer is not None:
+                timer.cancel()
         if cell_result.status == "interrupted":
+            if timer is not None and not timer.is_alive():
+                raise SandboxFailure(f"The cell ran past its {args.timeout:g} s and was interrupted")
             raise KeyboardInterrupt
         error = cell_result.error
         if error is not None and not args.no_raise:

@@ -78,6 +78,37 @@ def test_interrupt_stops_the_cell_and_the_interpreter_survives(ip: InteractiveSh
     assert after.outputs[0].data["text/plain"] == "'still here'"
 
 
+def test_timeout_interrupts_a_python_cell(ip: InteractiveShell) -> None:
+    ip.run_cell_magic("sandbox", "", "survivor = 1")
+    with pytest.raises(SandboxFailure, match="ran past its 0.5 s"):
+        ip.run_cell_magic("sandbox", "-t 0.5", "import time\nwhile True: time.sleep(0.01)")
+    with capture_output() as after:
+        ip.run_cell_magic("sandbox", "", "survivor")
+    assert after.outputs[0].data["text/plain"] == "1"
+
+
+def test_output_arrives_while_the_cell_runs(ip: InteractiveShell) -> None:
+    interpreter = magics(ip).interpreter_for()
+    sandbox = magics(ip).sandbox_for()
+    seen: list[str] = []
+
+    def on_event(event: dict) -> None:
+        seen.append(event.get("text", ""))
+        if event.get("text") == "first\n":
+            sandbox.write_file("go-on", b"")  # the cell waits for this: proof the line came early
+
+    code = ("import os, time\nprint('first', flush=True)\n"
+            "while not os.path.exists('go-on'): time.sleep(0.01)\nprint('second')")
+    assert interpreter.execute(code, on_event=on_event).status == "ok"
+    assert seen == ["first\n", "second\n"]
+
+
+def test_top_level_await_works_in_cells(ip: InteractiveShell) -> None:
+    ip.user_ns["box"] = magics(ip).sandbox_for()
+    result = ip.run_cell("out = await box.aexecute('echo awaited')")
+    assert result.success and ip.user_ns["out"].output == "awaited\n"
+
+
 def test_push_and_pull(ip: InteractiveShell) -> None:
     ip.user_ns["frame"] = pd.DataFrame({"n": [1, 2, 3]})
     ip.user_ns["settings"] = {"depth": 3, "tags": ("a", "b")}
