@@ -22,15 +22,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from importlib.resources import files
 from pathlib import Path
 
-from .channel import CommandStream, OutputCallback, Process, SupervisorChannel
+from .channel import OutputCallback, Process, SupervisorChannel
 from .errors import PathOutsideSandboxError, SandboxFileNotFoundError, SandboxStateError
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
-from .sandbox import SandboxState
+from .sandbox import SandboxBase, SandboxState
 from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
 
 __all__ = ["LocalSandbox"]
@@ -38,7 +37,7 @@ __all__ = ["LocalSandbox"]
 logger = logging.getLogger("pydantic_deep.local")
 
 
-class LocalSandbox:
+class LocalSandbox(SandboxBase):
     """The :class:`DockerSandbox` API on local processes in a private directory. **Not isolated.**
 
     Args:
@@ -60,19 +59,10 @@ class LocalSandbox:
         self.state = SandboxState.NEW
         self.directory: Path | None = None
         self.tools_dir = str(files("pydantic_deep"))
-        self.last_used = time.monotonic()
-        self._busy = 0
+        super().__init__()
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: SupervisorChannel | None = None
         self._lock = threading.Lock()
-
-    @property
-    def work_dir(self) -> str:
-        return self.runtime.work_dir
-
-    @property
-    def allowed_roots(self) -> tuple[str, ...]:
-        return (self.work_dir, UPLOADS_DIR)
 
     @property
     def has_python(self) -> bool:
@@ -81,14 +71,6 @@ class LocalSandbox:
     @property
     def alive(self) -> bool:
         return self.state is SandboxState.RUNNING and self._channel is not None and self._channel.alive
-
-    @property
-    def busy(self) -> bool:
-        return self._busy > 0
-
-    @property
-    def idle_seconds(self) -> float:
-        return 0.0 if self._busy else time.monotonic() - self.last_used
 
     def start(self) -> LocalSandbox:
         """Make the private directory and start the local supervisor; a no-op when running."""
@@ -147,30 +129,18 @@ class LocalSandbox:
     def execute(self, command: str, timeout: float | None = None, *,
                 on_output: OutputCallback | None = None) -> ExecuteResult:
         """Run ``command`` with ``sh -c`` in the (local) work dir."""
-        self._busy += 1
-        try:
+        with self._activity():
             return self._live_channel().run(command, timeout=timeout or self.command_timeout,
                                             max_output=self.max_output, on_output=on_output)
-        finally:
-            self._busy -= 1
-            self.last_used = time.monotonic()
 
     async def aexecute(self, command: str, timeout: float | None = None, *,
                        on_output: OutputCallback | None = None) -> ExecuteResult:
         """Async form of :meth:`execute`."""
-        self._busy += 1
-        try:
+        with self._activity():
             channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
                 self._live_channel)
             return await channel.arun(command, timeout=timeout or self.command_timeout,
                                       max_output=self.max_output, on_output=on_output)
-        finally:
-            self._busy -= 1
-            self.last_used = time.monotonic()
-
-    def astream(self, command: str, timeout: float | None = None) -> CommandStream:
-        """Run ``command`` and iterate over its output as it is produced."""
-        return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
 
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
         """Start a long-lived ``command`` with an open standard input."""
@@ -185,21 +155,12 @@ class LocalSandbox:
         real.write_bytes(content.encode() if isinstance(content, str) else bytes(content))
         return resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
 
-    def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if not dest or dest.endswith("/"):
-                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
-            return self.write_file(dest, bytes(source))
-        source_path = Path(source)
-        if not source_path.is_file():
-            raise FileNotFoundError(f"no such file on the host: {source_path}")
-        target = dest if dest and not dest.endswith("/") else f"{dest or UPLOADS_DIR}/{source_path.name}".replace(
-            "//", "/")
+    def _copy_in(self, source: Path, dest: str) -> str:
         self._live_channel()
-        real = self._real(target)
+        real = self._real(dest)
         real.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source_path, real)
-        return resolve_sandbox_path(target, self.work_dir, self.allowed_roots)
+        shutil.copyfile(source, real)
+        return resolve_sandbox_path(dest, self.work_dir, self.allowed_roots)
 
     def read_file(self, path: str) -> bytes:
         self._live_channel()
@@ -238,12 +199,6 @@ class LocalSandbox:
                              cpu_seconds=(int(stat[11]) + int(stat[12])) / ticks)
 
     # -- life cycle sugar and display ---------------------------------------------------------
-
-    def __enter__(self) -> LocalSandbox:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return (f"<LocalSandbox NOT ISOLATED runtime={self.runtime.name!r} state={self.state.value} "

@@ -58,7 +58,7 @@ from .runtimes import resolve_runtime
 from .volumes import ensure_volume, remove_volume
 from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
 
-__all__ = ["DockerSandbox", "SandboxState"]
+__all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
 
 logger = logging.getLogger("pydantic_deep.sandbox")
 
@@ -111,7 +111,109 @@ def _parse_user(user: str) -> tuple[int, int]:
     return int(uid), int(gid or uid)
 
 
-class DockerSandbox:
+class SandboxBase:
+    """What every sandbox shares: the runtime's paths, use tracking, streaming, ``with``.
+
+    Subclasses set ``runtime`` and provide ``start``, ``stop`` and ``aexecute``.
+    """
+
+    runtime: RuntimeConfig
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._activity_lock = threading.Lock()
+        self.last_used = time.monotonic()
+
+    @property
+    def work_dir(self) -> str:
+        """The working directory of commands, and the base of relative file paths."""
+        return self.runtime.work_dir
+
+    @property
+    def allowed_roots(self) -> tuple[str, ...]:
+        """The directories the file API may read and write."""
+        return (self.work_dir, UPLOADS_DIR)
+
+    @property
+    def busy(self) -> bool:
+        """A command or file transfer is under way."""
+        return self._busy > 0
+
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds since the last command or file operation ended (0 while one runs)."""
+        return 0.0 if self._busy else time.monotonic() - self.last_used
+
+    @contextlib.contextmanager
+    def _activity(self) -> Iterator[None]:
+        with self._activity_lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._activity_lock:
+                self._busy -= 1
+                self.last_used = time.monotonic()
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    async def aexecute(self, command: str, timeout: float | None = None, *,
+                       on_output: OutputCallback | None = None) -> ExecuteResult:
+        raise NotImplementedError
+
+    def astream(self, command: str, timeout: float | None = None) -> CommandStream:
+        """Run ``command`` and iterate over its output as it is produced.
+
+        Example:
+            ```python
+            stream = sandbox.astream("pip install rich")
+            async for chunk in stream:
+                print(chunk.text, end="")
+            print(stream.result.exit_code)
+            ```
+        """
+        return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
+
+    def write_file(self, path: str, content: bytes | str) -> str:
+        raise NotImplementedError
+
+    def _copy_in(self, source: Path, dest: str) -> str:
+        raise NotImplementedError
+
+    def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
+        """Copy a host file, or bytes, into the sandbox.
+
+        Args:
+            source: A file on the host, or the content itself.
+            dest: Where it goes; default ``/uploads/<the file's name>`` (required for bytes). A
+                relative path is taken from the work dir; one ending in ``/`` is a directory.
+
+        Returns:
+            The absolute path inside the sandbox.
+        """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if not dest or dest.endswith("/"):
+                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
+            return self.write_file(dest, bytes(source))
+        source_path = Path(source)
+        if not source_path.is_file():
+            raise FileNotFoundError(f"no such file on the host: {source_path}")
+        if dest is None or dest.endswith("/"):
+            dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
+        return self._copy_in(source_path, dest)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class DockerSandbox(SandboxBase):
     """An isolated Docker container running a runtime, for agents and notebooks.
 
     The container starts on :meth:`start`, or lazily on first use; :meth:`stop` removes it. Every
@@ -193,46 +295,13 @@ class DockerSandbox:
         self.container_id: str | None = None
         self.state = SandboxState.NEW
         self._lock = threading.Lock()  # start, stop and the channel
-        self._activity_lock = threading.Lock()
         self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
         self._python: str | None = None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
-        self._busy = 0
-        self.last_used = time.monotonic()
+        super().__init__()
 
     # -- life cycle ---------------------------------------------------------------------------
-
-    @property
-    def work_dir(self) -> str:
-        """The working directory of commands, and the base of relative file paths."""
-        return self.runtime.work_dir
-
-    @property
-    def allowed_roots(self) -> tuple[str, ...]:
-        """The directories the file API may read and write."""
-        return (self.work_dir, UPLOADS_DIR)
-
-    @property
-    def busy(self) -> bool:
-        """A command or file transfer is under way."""
-        return self._busy > 0
-
-    @property
-    def idle_seconds(self) -> float:
-        """Seconds since the last command or file operation ended (0 while one runs)."""
-        return 0.0 if self._busy else time.monotonic() - self.last_used
-
-    @contextlib.contextmanager
-    def _activity(self) -> Iterator[None]:
-        with self._activity_lock:
-            self._busy += 1
-        try:
-            yield
-        finally:
-            with self._activity_lock:
-                self._busy -= 1
-                self.last_used = time.monotonic()
 
     tools_dir = TOOLS_DIR
     """Where the supervisor and the notebook interpreters are, inside the container."""
@@ -429,12 +498,6 @@ class DockerSandbox:
             raise SandboxStateError("this sandbox was stopped; call start() to run a fresh container")
         return self.container_id
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     async def __aenter__(self) -> Self:
         await self.astart()
         return self
@@ -477,19 +540,6 @@ class DockerSandbox:
                 return await channel.arun(command, timeout=timeout or self.command_timeout,
                                           max_output=self.max_output, on_output=on_output)
 
-    def astream(self, command: str, timeout: float | None = None) -> CommandStream:
-        """Run ``command`` and iterate over its output as it is produced.
-
-        Example:
-            ```python
-            stream = sandbox.astream("pip install rich")
-            async for chunk in stream:
-                print(chunk.text, end="")
-            print(stream.result.exit_code)
-            ```
-        """
-        return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
-
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
         """Start a long-lived ``command`` (an interpreter, say) with an open standard input.
@@ -513,28 +563,9 @@ class DockerSandbox:
         return self._put_file(path, io.BytesIO(data), len(data))
 
     @_in_use
-    def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
-        """Copy a host file, or bytes, into the sandbox; a file is streamed (100 MB is fine).
-
-        Args:
-            source: A file on the host, or the content itself.
-            dest: Where it goes; default ``/uploads/<the file's name>`` (required for bytes). A
-                relative path is taken from the work dir; one ending in ``/`` is a directory.
-
-        Returns:
-            The absolute path inside the sandbox.
-        """
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if not dest or dest.endswith("/"):
-                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
-            return self.write_file(dest, bytes(source))
-        source_path = Path(source)
-        if not source_path.is_file():
-            raise FileNotFoundError(f"no such file on the host: {source_path}")
-        if dest is None or dest.endswith("/"):
-            dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
-        with source_path.open("rb") as handle:
-            return self._put_file(dest, handle, source_path.stat().st_size)
+    def _copy_in(self, source: Path, dest: str) -> str:
+        with source.open("rb") as handle:  # streamed: a 100 MB file is fine
+            return self._put_file(dest, handle, source.stat().st_size)
 
     def _put_file(self, path: str, content: BinaryIO, size: int) -> str:
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
@@ -647,9 +678,9 @@ class DockerSandbox:
     # -- async twins --------------------------------------------------------------------------
 
     astart = _async_twin(start)
+    aupload = _async_twin(SandboxBase.upload)
     astop = _async_twin(stop)
     awrite_file = _async_twin(write_file)
-    aupload = _async_twin(upload)
     aread_file = _async_twin(read_file)
     adownload = _async_twin(download)
     aexists = _async_twin(exists)

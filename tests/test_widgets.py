@@ -103,3 +103,22 @@ def test_widgets_need_the_extension() -> None:
             current_magics()
     finally:
         shell.run_line_magic("load_ext", "pydantic_deep")
+
+
+def test_widgets_on_the_local_backend(magics: SandboxMagics) -> None:
+    magics.backend = "local"
+    try:
+        picker, panel = RuntimePicker(magics), UploadPanel(magics)
+        assert "NOT ISOLATED" in picker.details.value
+        panel.upload.value = ({"name": "local.txt", "type": "text/plain", "size": 2, "content": memoryview(b"hi"),
+                               "last_modified": NOW},)
+        panel.last_action.result(timeout=60)  # type: ignore[union-attr]
+        assert "local.txt" in panel.listing.value
+        assert magics.sandbox_for().execute("cat uploads/local.txt").output == "hi"
+        monitor = SessionMonitor(magics, interval=3600)
+        monitor.refresh()
+        assert "running" in monitor.rows.children[1].children[0].value
+        monitor.close()
+    finally:
+        magics.close()
+        magics.backend = "docker"
