@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 import sys
 import time
 
@@ -14,6 +12,7 @@ from .engine import docker_client, start_engine
 from .errors import SandboxError
 from .images import ensure_runtime_image
 from .certs import resolve_ca_bundle
+from .container import owner_gone
 from .runtimes import get_runtime, list_runtimes
 
 
@@ -53,15 +52,8 @@ def _prune(args: argparse.Namespace) -> None:
     client = docker_client()
     removed = 0
     for container in client.containers.list(all=True, filters={"label": "pydantic-deep.managed=true"}):
-        labels = container.labels
-        if not args.all and labels.get("pydantic-deep.owner-host") == socket.gethostname():
-            try:
-                os.kill(int(labels.get("pydantic-deep.owner-pid", "0")), 0)
-                continue  # its owner is alive
-            except (ProcessLookupError, ValueError):
-                pass
-        elif not args.all:
-            continue  # owned by another host: cannot tell whether it is alive
+        if not args.all and not owner_gone(container.labels):
+            continue
         container.remove(force=True)
         removed += 1
     print(f"Removed {removed} container(s)")

@@ -13,8 +13,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import posixpath
+import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
@@ -25,8 +28,8 @@ from docker.errors import ImageNotFound, NotFound
 from .archive import entries_tar, iter_single_file
 from .builder import image_lock
 
-__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage", "path_stat",
-           "prepare_image", "remove_container"]
+__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage", "owner_gone",
+           "path_stat", "prepare_image", "remove_container"]
 
 HOME_DIR = "/home/sandbox"
 TOOLS_DIR = "/opt/pydantic-deep"  # the supervisor and the notebook interpreters
@@ -62,6 +65,23 @@ def path_stat(client: docker.DockerClient, container_id: str, path: str) -> dict
         return None
     api._raise_for_status(response)
     return json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
+
+
+def owner_gone(labels: Mapping[str, str]) -> bool:
+    """Whether the process that made a sandbox container has ended.
+
+    Only a process on this host can be checked: a container made elsewhere, or whose owner is
+    alive (or another user's to signal), is not taken for orphaned.
+    """
+    if labels.get("pydantic-deep.owner-host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(labels.get("pydantic-deep.owner-pid", "")), 0)
+    except (ProcessLookupError, ValueError):
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:

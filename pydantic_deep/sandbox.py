@@ -357,7 +357,6 @@ class DockerSandbox(SandboxBase):
         self.container_id = container_id
         if self.remove_on_exit:
             self._finalizer = weakref.finalize(self, remove_container, client, container_id)
-            self._finalizer.atexit = True
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
 
@@ -450,8 +449,7 @@ class DockerSandbox(SandboxBase):
                 try:
                     self._channel = self._open_channel(container_id)
                 except NotFound:
-                    raise SandboxStateError(
-                        f"the container {container_id[:12]} is gone (removed from outside?)") from None
+                    raise self._gone() from None
             return self._channel
 
     def _container_options(self) -> dict[str, Any]:
@@ -490,6 +488,9 @@ class DockerSandbox(SandboxBase):
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
         )
 
+    def _gone(self) -> SandboxStateError:
+        return SandboxStateError(f"the container {(self.container_id or '')[:12]} is gone (removed from outside?)")
+
     def _running_id(self) -> str:
         """The container id, starting the container first when it never was."""
         if self.state is SandboxState.NEW:
@@ -525,7 +526,7 @@ class DockerSandbox(SandboxBase):
             return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output,
                                on_output=on_output)
         except NotFound:
-            raise SandboxStateError(f"the container {self.container_id} is gone (removed from outside?)") from None
+            raise self._gone() from None
         except APIError as exc:
             raise SandboxError(f"running a command failed: {exc.explanation or exc}") from exc
 
@@ -664,16 +665,6 @@ class DockerSandbox(SandboxBase):
         stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
-
-    @engine_errors()
-    def container_running(self) -> bool:
-        """Ask the engine whether the container still runs (``alive`` only knows about the channel)."""
-        if self.container_id is None:
-            return False
-        try:
-            return bool(docker_client().api.inspect_container(self.container_id)["State"]["Running"])
-        except NotFound:
-            return False
 
     # -- async twins --------------------------------------------------------------------------
 

@@ -21,9 +21,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import os
 import re
-import socket
 import threading
 import time
 import uuid
@@ -33,7 +31,7 @@ from typing import Any, Literal
 
 import docker
 
-from .container import remove_container
+from .container import owner_gone, remove_container
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxStateError
 from .pool import SandboxPool
@@ -477,20 +475,8 @@ class SessionManager:
         return adopted, reaped
 
     def _orphaned(self, container: docker.models.containers.Container) -> bool:
-        """Left by a process on this host that is gone (another live process's are its own)."""
-        labels = container.labels
-        if self._shared or labels.get("pydantic-deep.owner-host") != socket.gethostname():
-            return False
-        pid = int(labels.get("pydantic-deep.owner-pid", "0"))
-        if pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        """Left by a process on this host that is gone (with a shared registry, nothing is)."""
+        return not self._shared and owner_gone(container.labels)
 
     def __repr__(self) -> str:
         return f"<SessionManager {self.name!r} runtime={self.default_runtime.name!r} sessions={self.session_count}>"
