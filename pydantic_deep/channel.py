@@ -409,7 +409,7 @@ class SupervisorChannel:
 
 
 class Process(Protocol):
-    """A long-lived command in a sandbox: write to it, signal it, wait for it."""
+    """A long-lived command in a sandbox: write to it, signal it, see whether it finished."""
 
     def write(self, data: bytes) -> None: ...
 
@@ -478,7 +478,7 @@ class ExecProcess:
 
 
 class RunningCommand:
-    """A command started with :meth:`SupervisorChannel.spawn`: write to it, signal it, wait for it."""
+    """A command started with :meth:`SupervisorChannel.spawn`: write to it, signal it, see whether it finished."""
 
     def __init__(self, channel: SupervisorChannel, request_id: int, pending: _Pending) -> None:
         self._channel, self._request_id, self._pending = channel, request_id, pending
@@ -499,12 +499,6 @@ class RunningCommand:
     @property
     def finished(self) -> bool:
         return self._pending.done.is_set()
-
-    def wait(self, timeout: float | None = None) -> ExecuteResult | None:
-        """The result once the command ended; ``None`` if ``timeout`` passed first."""
-        if not self._pending.done.wait(timeout):
-            return None
-        return self._pending.outcome()
 
 
 _END = object()

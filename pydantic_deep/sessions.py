@@ -34,6 +34,7 @@ import docker
 from .container import owner_gone, remove_container
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxStateError
+from .paths import UPLOADS_DIR
 from .pool import SandboxPool
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
 from .runtimes import resolve_runtime
@@ -246,16 +247,14 @@ class SessionManager:
     def _new_sandbox(self, key: str, runtime: RuntimeConfig, volumes: Mapping[str, str] | None) -> DockerSandbox:
         name = self._container_name(key)
         remove_container(docker_client(), name)  # a dead container of this session holds the name
-        volumes = dict(volumes) if volumes else {f"{name}-work": runtime.work_dir, f"{name}-uploads": "/uploads"}
-        # The same volumes under another runtime's work dir: remount the work volume there.
-        work, uploads = _split_volumes(volumes)
-        volumes = {work: runtime.work_dir, uploads: "/uploads"}
-        return DockerSandbox(runtime, name=name, volumes=volumes, session_id=key,
-                             **self._sandbox_options()).start()
+        # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
+        work, uploads = _split_volumes(volumes) if volumes else (f"{name}-work", f"{name}-uploads")
+        return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
+                             session_id=key, **self._sandbox_options()).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
         name = f"pd-{self.name}-pool-{uuid.uuid4().hex[:12]}"
-        volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": "/uploads"}
+        volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": UPLOADS_DIR}
         options = self._sandbox_options()
         options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
@@ -288,7 +287,7 @@ class SessionManager:
             return None
         runtime = RuntimeConfig.model_validate_json(labels[_LABEL_RUNTIME])
         return SessionRecord(labels[_LABEL_USER], self._container_name(key),
-                             {labels[_LABEL_WORK]: runtime.work_dir, labels[_LABEL_UPLOADS]: "/uploads"},
+                             {labels[_LABEL_WORK]: runtime.work_dir, labels[_LABEL_UPLOADS]: UPLOADS_DIR},
                              labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]))
 
     async def stop(self, user_id: str) -> bool:
@@ -484,6 +483,6 @@ class SessionManager:
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:
     """(work volume, uploads volume) of a session's two volumes."""
-    uploads = next(name for name, path in volumes.items() if path == "/uploads")
+    uploads = next(name for name, path in volumes.items() if path == UPLOADS_DIR)
     work = next(name for name in volumes if name != uploads)
     return work, uploads
