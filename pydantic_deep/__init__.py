@@ -17,8 +17,10 @@ from .errors import (
     SandboxError,
     SandboxFileNotFoundError,
     SandboxStateError,
+    UnknownBackendError,
     UnknownRuntimeError,
 )
+from .backends import default_backend, open_sandbox
 from .channel import CommandStream
 from .deps import DeepAgentDeps, UploadedFile
 from .local import LocalSandbox
@@ -57,11 +59,14 @@ __all__ = [
     "SessionManager",
     "SessionRecord",
     "SessionRegistry",
+    "UnknownBackendError",
     "UnknownRuntimeError",
     "UploadedFile",
     "create_deep_agent",
+    "default_backend",
     "get_runtime",
     "list_runtimes",
+    "open_sandbox",
     "register_runtime",
     "resolve_ca_bundle",
 ]
@@ -76,6 +81,12 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = SandboxMagics(ipython)
     ipython.register_magics(magics)
     ipython.configurables.append(magics)  # so that %config SandboxMagics.runtime = ... works
+    if magics.backend == "local":
+        from IPython.display import display
+
+        from .local import LocalBackendBanner
+
+        display(LocalBackendBanner())
 
 
 def unload_ipython_extension(ipython: Any) -> None:

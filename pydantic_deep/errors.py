@@ -5,6 +5,7 @@ One root, so ``except SandboxError`` catches all of them::
     SandboxError
     ├── DockerUnavailableError      the engine does not answer (says how to start one)
     ├── UnknownRuntimeError         a runtime name nobody registered (lists the known ones)
+    ├── UnknownBackendError         $PYDANTIC_DEEP_BACKEND names no backend (lists the known ones)
     ├── ImageNotAvailableError      a base image that is neither local, pullable nor bootstrappable
     ├── ImageBuildError             a runtime image failed to build (carries the log tail)
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
@@ -25,6 +26,7 @@ __all__ = [
     "SandboxError",
     "SandboxFileNotFoundError",
     "SandboxStateError",
+    "UnknownBackendError",
     "UnknownRuntimeError",
 ]
 
@@ -47,6 +49,13 @@ class UnknownRuntimeError(SandboxError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class UnknownBackendError(SandboxError, ValueError):
+    """``$PYDANTIC_DEEP_BACKEND`` names no backend; the message lists the known ones."""
+
+    def __init__(self, name: str, available: tuple[str, ...]) -> None:
+        super().__init__(f"PYDANTIC_DEEP_BACKEND={name!r} is not a backend; use one of: {', '.join(available)}")
 
 
 class ImageNotAvailableError(SandboxError):

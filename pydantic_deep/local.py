@@ -4,7 +4,8 @@ Commands run as the current user in a private directory, with the same execution
 container (the supervisor, here a local process), so ``execute``, streaming, timeouts, the
 notebook interpreter and the file API behave the same. Nothing is isolated: code can read and
 write whatever the current user can, and reach the network. It is never chosen for you: create
-it by name, or set ``%config SandboxMagics.backend = "local"``. Everything it shows says so.
+it by name, set ``%config SandboxMagics.backend = "local"``, or deploy with
+``PYDANTIC_DEEP_BACKEND=local`` (:mod:`pydantic_deep.backends`, as Binder does). Everything it shows says so.
 
 Paths: the file API takes the container's paths (the runtime's work dir, ``/uploads``) and maps
 them into the private directory. Commands run in the mapped work dir; ``$PYDANTIC_DEEP_UPLOADS``
@@ -205,6 +206,24 @@ class LocalSandbox(SandboxBase):
                 f"directory={str(self.directory) if self.directory else None!r}>")
 
     def _repr_html_(self) -> str:
-        return (f"<div style='border:2px solid #b00;padding:4px'><b style='color:#b00'>LocalSandbox: NOT "
-                f"ISOLATED</b> (runs on this machine as you)<br>Runtime: {self.runtime.name}<br>"
-                f"State: {self.state.value}<br>Directory: {self.directory}</div>")
+        return warning_box(f"<b>LocalSandbox: NOT ISOLATED</b> (runs on this machine as you)<br>Runtime: "
+                           f"{self.runtime.name}<br>State: {self.state.value}<br>Directory: {self.directory}")
+
+
+class LocalBackendBanner:
+    """What ``%load_ext pydantic_deep`` shows when the notebook's sandboxes are local (Binder)."""
+
+    text = ("This notebook runs its sandboxes as LocalSandbox: there is no Docker engine here (on Binder, say), "
+            "so commands run in this machine's processes, NOT ISOLATED. With Docker, the same cells run in "
+            "containers.")
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return warning_box(f"<b>No Docker here: LocalSandbox, NOT ISOLATED.</b> {self.text.split(': ', 1)[1]}")
+
+
+def warning_box(inner_html: str) -> str:
+    """A red-bordered box: how everything about a local sandbox looks in a notebook."""
+    return f"<div style='border:2px solid #b00;padding:4px;color:#600'>{inner_html}</div>"

@@ -21,11 +21,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Enum, Float, Unicode
+from traitlets import Enum, Float, Unicode, default
 
+from .backends import BACKENDS, default_backend, open_sandbox
 from .errors import SandboxError
 from .interpreter import CellError, Event, SandboxInterpreter
-from .local import LocalSandbox
 from .runtimes import get_runtime, list_runtimes
 from .sandbox import DockerSandbox
 from .types import OutputChunk
@@ -59,9 +59,12 @@ class SandboxMagics(Magics):
     session = Unicode("notebook", help="The name of the sandbox a cell runs in without -s.").tag(config=True)
     timeout = Float(600.0, help="Seconds a --shell cell may run (-t overrides it, and limits Python cells).").tag(
         config=True)
-    backend = Enum(["docker", "local"], default_value="docker",
-                   help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for where Docker "
-                        "cannot run).").tag(config=True)
+    backend = Enum(list(BACKENDS), help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for "
+                   "where Docker cannot run). Default: $PYDANTIC_DEEP_BACKEND, else docker.").tag(config=True)
+
+    @default("backend")
+    def _default_backend(self) -> str:
+        return default_backend()
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -90,9 +93,7 @@ class SandboxMagics(Magics):
         config = wanted or get_runtime(self.runtime)
         if self.backend == "local":
             print("Starting a LocalSandbox: cells run on this machine, NOT ISOLATED", file=sys.stderr)
-            sandbox: Any = LocalSandbox(config)
-        else:
-            sandbox = DockerSandbox(config, progress=self.progress)
+        sandbox: Any = open_sandbox(config, backend=self.backend, progress=self.progress)
         self.sandboxes[name] = sandbox.start()
         return sandbox
 

@@ -117,7 +117,7 @@ class RedisRegistry(SessionRegistry):
                  lock_timeout: float = 600) -> None:
         import redis  # an optional dependency
 
-        self._redis = redis.Redis.from_url(url)
+        self._redis = redis.Redis.from_url(url, decode_responses=True)  # keys and records as str
         self._hash = f"{namespace}:sessions"
         self._lock_prefix = f"{namespace}:lock:"
         self._lock_timeout = lock_timeout
@@ -133,8 +133,8 @@ class RedisRegistry(SessionRegistry):
         self._redis.hdel(self._hash, key)
 
     def records(self, prefix: str) -> dict[str, SessionRecord]:
-        return {k.decode(): SessionRecord.from_json(v) for k, v in self._redis.hgetall(self._hash).items()
-                if k.decode().startswith(prefix)}
+        stored: dict[str, str] = self._redis.hgetall(self._hash)  # type: ignore[assignment]  # str: decode_responses
+        return {key: SessionRecord.from_json(value) for key, value in stored.items() if key.startswith(prefix)}
 
     def lock(self, key: str) -> contextlib.AbstractContextManager[Any]:
         return self._redis.lock(self._lock_prefix + key, timeout=self._lock_timeout,

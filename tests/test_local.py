@@ -51,3 +51,27 @@ def test_async_and_the_interpreter(tmp_path: Path) -> None:
 
 async def _many(sandbox: LocalSandbox) -> list:
     return list(await asyncio.gather(*(sandbox.aexecute(f"echo {i}") for i in range(3))))
+
+
+def test_the_backend_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from pydantic_deep import DockerSandbox, UnknownBackendError, default_backend, open_sandbox
+
+    monkeypatch.delenv("PYDANTIC_DEEP_BACKEND", raising=False)
+    assert default_backend() == "docker" and isinstance(open_sandbox("python-minimal"), DockerSandbox)
+    monkeypatch.setenv("PYDANTIC_DEEP_BACKEND", "Local")
+    local = open_sandbox("python-minimal", memory="1g", command_timeout=5)  # Docker-only options are dropped
+    assert isinstance(local, LocalSandbox) and local.command_timeout == 5
+    shell = InteractiveShell.instance()
+    with capture_output() as shown:  # %load_ext shows a banner, and the magics' backend follows
+        shell.run_line_magic("load_ext", "pydantic_deep")
+    try:
+        assert "NOT ISOLATED" in shown.outputs[0].data["text/html"]
+        assert shell.magics_manager.registry["SandboxMagics"].backend == "local"
+    finally:
+        shell.run_line_magic("unload_ext", "pydantic_deep")
+    monkeypatch.setenv("PYDANTIC_DEEP_BACKEND", "kubernetes")
+    with pytest.raises(UnknownBackendError, match="'kubernetes' is not a backend; use one of: docker, local"):
+        open_sandbox()
