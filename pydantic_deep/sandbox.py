@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import enum
 import functools
-import html
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 import docker
 from docker.errors import APIError, NotFound
 
+from ._html import field_table
 from .archive import copy_stream, file_tar, iter_single_file
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
@@ -694,9 +694,5 @@ class DockerSandbox(SandboxBase):
             "Work dir": self.work_dir,
             "Network": "on" if self.network else "off",
         }
-        body = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
-            f"{html.escape(str(v))}</td></tr>" for k, v in rows.items()
-        )
-        return f"<table><caption style='text-align:left'><b>DockerSandbox</b></caption>{body}</table>"
+        return field_table("DockerSandbox", rows)
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import docker
 
+from ._html import field_table
 from .container import owner_gone, remove_container
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxStateError
@@ -479,6 +480,12 @@ class SessionManager:
 
     def __repr__(self) -> str:
         return f"<SessionManager {self.name!r} runtime={self.default_runtime.name!r} sessions={self.session_count}>"
+
+    def _repr_html_(self) -> str:
+        return field_table("SessionManager", {
+            "Name": self.name, "Default runtime": self.default_runtime.name,
+            "Idle timeout": f"{self.default_idle_timeout:g} s", "Running sessions": self.session_count,
+        })
 
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:

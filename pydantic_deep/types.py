@@ -9,6 +9,8 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ._html import field_table
+
 __all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "PackageManager", "ResourceUsage", "RuntimeConfig"]
 
 PackageManager = Literal["pip", "npm", "apt", "cargo"]
@@ -99,6 +101,19 @@ class RuntimeConfig(BaseModel):
         if value is not None and not _IMAGE_REF.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid image reference (e.g. 'python:3.12-slim')")
         return value
+
+    def _repr_html_(self) -> str:
+        rows: dict[str, object] = {"Name": self.name, "Description": self.description or "-"}
+        if self.image is not None:
+            rows["Image"] = self.image
+        else:
+            rows["Base image"] = self.base_image
+            rows[f"Packages ({self.package_manager})"] = ", ".join(self.packages) or "-"
+            rows["Setup commands"] = len(self.setup_commands)
+        rows["Env vars"] = ", ".join(self.env_vars) or "-"  # names only: values may be secrets
+        rows["Work dir"] = self.work_dir
+        rows["Network"] = "on" if self.network else "off"
+        return field_table("RuntimeConfig", rows)
 
     @field_validator("setup_commands")
     @classmethod

@@ -87,3 +87,10 @@ def test_registered_runtime_is_found_by_name() -> None:
 def test_config_is_immutable() -> None:
     with pytest.raises(ValidationError):
         BUILTIN_RUNTIMES["python-minimal"].packages = ["six"]  # type: ignore[misc]
+
+
+def test_renders_as_a_table_in_notebooks_without_env_values() -> None:
+    runtime = RuntimeConfig(name="ml", base_image="python:3.12-slim", packages=["numpy<3"],
+                            env_vars={"API_TOKEN": "secret-value"})
+    page = runtime._repr_html_()
+    assert "<caption" in page and "numpy&lt;3" in page and "API_TOKEN" in page and "secret-value" not in page
