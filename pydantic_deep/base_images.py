@@ -113,13 +113,14 @@ def ensure_base_image(client: docker.DockerClient, ref: str, *, progress: Progre
             f"forbids its air-gapped stand-in {base.tag}"
         )
     bootstrap_base(client, base, progress=progress)
-    logger.warning("Base image %s cannot be pulled; using %s (%s), built from Debian packages",
-                   ref, base.tag, base.contents)
-    return _remember(ref, base.tag)
+    return _remember(ref, base.tag, because=f"using {base.tag} ({base.contents}), built from Debian packages")
 
 
-def _remember(ref: str, resolved: str) -> str:
+def _remember(ref: str, resolved: str, *, because: str | None = None) -> str:
+    """Record what ``ref`` resolved to; a substitution is logged once per process, however many threads race."""
     with _resolved_lock:
+        if because is not None and _resolved.get(ref) != resolved:
+            logger.warning("Base image %s cannot be pulled; %s", ref, because)
         _resolved[ref] = resolved
     return resolved
 

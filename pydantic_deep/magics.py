@@ -188,8 +188,11 @@ class SandboxMagics(Magics):
                 raise SandboxFailure(f"The cell ran past its {args.timeout:g} s and was interrupted")
             raise KeyboardInterrupt
         error = cell_result.error
-        if error is not None and not args.no_raise:
-            raise SandboxFailure(error.traceback or f"{error.ename}: {error.evalue}")
+        if error is not None:
+            message = error.traceback or f"{error.ename}: {error.evalue}"
+            if not args.no_raise:
+                raise SandboxFailure(message)
+            print(message, file=sys.stderr)  # shown, but the notebook goes on
         return cell_result
 
     # -- %sandbox subcommands -----------------------------------------------------------------
