@@ -43,7 +43,8 @@ class LocalSandbox(SandboxBase):
 
     Args:
         runtime: A runtime name or config: its work dir and env vars are used, its packages are
-            not installed (the local Python's packages are what there is).
+            not installed (the packages of the Python running this code are what there is: its
+            directory comes first on the commands' ``PATH``).
         command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
         max_output: Bytes of output kept per command.
     """
@@ -86,7 +87,10 @@ class LocalSandbox(SandboxBase):
             uploads.mkdir(parents=True)
             (work / "uploads").symlink_to(uploads)
             ours, theirs = socket.socketpair()
-            environment = {**os.environ, **self.runtime.env_vars, "PYDANTIC_DEEP_UPLOADS": str(uploads)}
+            # `python` in commands is this process's Python first: the packages a notebook's kernel has.
+            path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+            environment = {**os.environ, **self.runtime.env_vars, "PYDANTIC_DEEP_UPLOADS": str(uploads),
+                           "PATH": path}
             self._process = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(Path(self.tools_dir) / "supervisor.py")],
                 stdin=theirs.fileno(), stdout=theirs.fileno(), cwd=work, env=environment, start_new_session=True)

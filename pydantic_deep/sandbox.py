@@ -79,14 +79,18 @@ class SandboxState(enum.Enum):
     STOPPED = "stopped"
 
 
-def _async_twin(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[
-    Concatenate[DockerSandbox, _P], Awaitable[_R]
+def _async_twin(method: Callable[Concatenate[SandboxBase, _P], _R]) -> Callable[
+    Concatenate[SandboxBase, _P], Awaitable[_R]
 ]:
-    """The async form of a blocking method: the same call, run in a worker thread."""
+    """The async form of a blocking method: the same call, run in a worker thread.
+
+    The call goes to the subclass's own method of that name, so one twin serves every sandbox kind.
+    """
+    name = method.__name__
 
     @functools.wraps(method)
-    async def twin(self: DockerSandbox, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        return await asyncio.to_thread(method, self, *args, **kwargs)
+    async def twin(self: SandboxBase, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(getattr(self, name), *args, **kwargs)
 
     twin.__doc__ = f"Async form of :meth:`{method.__name__}`; same arguments, same result."
     return twin
@@ -184,6 +188,18 @@ class SandboxBase:
     def _copy_in(self, source: Path, dest: str) -> str:
         raise NotImplementedError
 
+    def read_file(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def list_files(self, path: str = ".") -> list[FileInfo]:
+        raise NotImplementedError
+
     def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
         """Copy a host file, or bytes, into the sandbox.
 
@@ -211,6 +227,17 @@ class SandboxBase:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    # -- async twins --------------------------------------------------------------------------
+
+    astart = _async_twin(start)
+    aupload = _async_twin(upload)
+    astop = _async_twin(stop)
+    awrite_file = _async_twin(write_file)
+    aread_file = _async_twin(read_file)
+    adownload = _async_twin(download)
+    aexists = _async_twin(exists)
+    alist_files = _async_twin(list_files)
 
 
 class DockerSandbox(SandboxBase):
@@ -665,17 +692,6 @@ class DockerSandbox(SandboxBase):
         stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
-
-    # -- async twins --------------------------------------------------------------------------
-
-    astart = _async_twin(start)
-    aupload = _async_twin(SandboxBase.upload)
-    astop = _async_twin(stop)
-    awrite_file = _async_twin(write_file)
-    aread_file = _async_twin(read_file)
-    adownload = _async_twin(download)
-    aexists = _async_twin(exists)
-    alist_files = _async_twin(list_files)
 
     # -- display ------------------------------------------------------------------------------
 

@@ -46,6 +46,9 @@ def test_async_and_the_interpreter(tmp_path: Path) -> None:
         assert interpreter.execute("x * 2").result == {"text/plain": "40"}
         interpreter.push("items", [1, 2, (3, 4)])
         assert interpreter.pull("items") == [1, 2, (3, 4)]
+        sandbox.write_file("helpers.py", "answer = 42\n")  # cells import from the work dir, as in Jupyter
+        assert interpreter.execute("import helpers; helpers.answer").result == {"text/plain": "42"}
+        assert [entry.name for entry in asyncio.run(sandbox.alist_files("."))] == ["helpers.py", "uploads"]
         interpreter.close()
 
 

@@ -1,0 +1,111 @@
+"""pydantic_deep: Docker sandboxes with pre-built runtimes, for AI agents and notebook users.
+
+Data flows one way: a :class:`RuntimeConfig` becomes an image (:mod:`pydantic_deep.images`), the
+image a container (:class:`DockerSandbox`), and commands run through an execution channel
+(:mod:`pydantic_deep.channel`) into an :class:`ExecuteResult`. A :class:`SandboxPool` keeps
+started sandboxes ready.
+"""
+
+from typing import Any
+
+from .certs import CaBundle, resolve_ca_bundle
+from .errors import (
+    DockerUnavailableError,
+    ImageBuildError,
+    ImageNotAvailableError,
+    PathOutsideSandboxError,
+    SandboxError,
+    SandboxFileNotFoundError,
+    SandboxStateError,
+    UnknownBackendError,
+    UnknownRuntimeError,
+)
+from .backends import default_backend, open_sandbox
+from .channel import CommandStream
+from .deps import DeepAgentDeps, UploadedFile
+from .local import LocalSandbox
+from .pool import SandboxPool
+from .registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
+from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
+from .sandbox import DockerSandbox, SandboxState
+from .sessions import SessionInfo, SessionLimitError, SessionManager
+from .types import ExecuteResult, FileInfo, OutputChunk, ResourceUsage, RuntimeConfig
+
+__all__ = [
+    "BUILTIN_RUNTIMES",
+    "CaBundle",
+    "CommandStream",
+    "DeepAgentDeps",
+    "DockerSandbox",
+    "DockerUnavailableError",
+    "ExecuteResult",
+    "FileInfo",
+    "ImageBuildError",
+    "ImageNotAvailableError",
+    "InMemoryRegistry",
+    "LocalSandbox",
+    "OutputChunk",
+    "PathOutsideSandboxError",
+    "RedisRegistry",
+    "ResourceUsage",
+    "RuntimeConfig",
+    "SandboxError",
+    "SandboxFileNotFoundError",
+    "SandboxPool",
+    "SandboxState",
+    "SandboxStateError",
+    "SessionInfo",
+    "SessionLimitError",
+    "SessionManager",
+    "SessionRecord",
+    "SessionRegistry",
+    "UnknownBackendError",
+    "UnknownRuntimeError",
+    "UploadedFile",
+    "create_deep_agent",
+    "default_backend",
+    "get_runtime",
+    "list_runtimes",
+    "open_sandbox",
+    "register_runtime",
+    "resolve_ca_bundle",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext pydantic_deep``: register the ``%%sandbox`` magics (twice is harmless)."""
+    from .magics import SandboxMagics
+
+    if "SandboxMagics" in ipython.magics_manager.registry:
+        return
+    magics = SandboxMagics(ipython)
+    ipython.register_magics(magics)
+    ipython.configurables.append(magics)  # so that %config SandboxMagics.runtime = ... works
+    if magics.backend == "local":
+        from IPython.display import display
+
+        from .local import LocalBackendBanner
+
+        display(LocalBackendBanner())
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext pydantic_deep``: stop the notebook's sandboxes and remove the magics."""
+    magics = ipython.magics_manager.registry.pop("SandboxMagics", None)
+    if magics is None:
+        return
+    magics.close()
+    for kind, names in magics.magics.items():
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
+    if magics in ipython.configurables:
+        ipython.configurables.remove(magics)
+
+
+def __getattr__(name: str) -> object:
+    # Pydantic AI takes about a second to import: only agent users pay for it.
+    if name == "create_deep_agent":
+        from .agent import create_deep_agent
+
+        return create_deep_agent
+    raise AttributeError(f"module 'pydantic_deep' has no attribute {name!r}")

@@ -1,0 +1,107 @@
+"""Extra CA certificates, for HTTPS behind a TLS-inspecting proxy.
+
+pip, npm, cargo and requests inside an image build or a container trust only the image's own CA
+list, so behind a corporate or sandbox proxy they fail with ``CERTIFICATE_VERIFY_FAILED``. A
+*CA bundle* is one PEM file holding every certificate to trust. It is copied into image builds and
+mounted read-only into containers at :data:`CONTAINER_CA_PATH`, and the usual variables point at it.
+
+Which bundle is used (first match wins):
+
+1. the ``ca_bundle=`` argument (a path to a PEM file, or ``False`` for none);
+2. ``PYDANTIC_DEEP_CA_BUNDLE``;
+3. the host's own ``SSL_CERT_FILE``, ``PIP_CERT`` or ``REQUESTS_CA_BUNDLE``, when set.
+
+A file of only your extra certificates works too: it is appended to the public roots (certifi's
+list), because pip and requests replace their default list rather than extend it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import certifi
+
+from ._cache import cache_dir
+
+__all__ = ["CONTAINER_CA_PATH", "CaBundle", "resolve_ca_bundle"]
+
+CONTAINER_CA_PATH = "/etc/pydantic-deep/ca-certificates.crt"
+_HOST_VARIABLES = ("PYDANTIC_DEEP_CA_BUNDLE", "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+# A bundle with this many certificates is a whole trust store, not a list of extras.
+_WHOLE_STORE_MIN = 20
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    """A PEM bundle on the host, to be trusted inside builds and containers."""
+
+    source: Path
+
+    @cached_property
+    def pem(self) -> bytes:
+        """The bundle's PEM text, completed with public roots when it holds only a few extras."""
+        try:
+            data = self.source.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read CA bundle {self.source}: {exc.strerror}") from None
+        certificates = _PEM_CERT.findall(data)
+        if not certificates:
+            raise ValueError(f"CA bundle {self.source} holds no PEM certificate")
+        if len(certificates) < _WHOLE_STORE_MIN:
+            data = Path(certifi.where()).read_bytes().rstrip() + b"\n" + b"\n".join(certificates) + b"\n"
+        return data
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the bundle's content, part of an image's content hash."""
+        return hashlib.sha256(self.pem).hexdigest()
+
+    def host_file(self) -> Path:
+        """A host file holding :attr:`pem`, to bind-mount into containers."""
+        path = cache_dir("ca") / f"{self.digest}.crt"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(self.pem)
+            tmp.replace(path)  # atomic: a concurrent reader never sees half a bundle
+        return path
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """The variables that make pip, requests, OpenSSL, npm/Node.js and cargo use the bundle."""
+        return {
+            name: CONTAINER_CA_PATH
+            for name in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                         "NODE_EXTRA_CA_CERTS", "NPM_CONFIG_CAFILE", "CARGO_HTTP_CAINFO")
+        }
+
+
+def resolve_ca_bundle(ca_bundle: str | os.PathLike[str] | bool | None = None) -> CaBundle | None:
+    """Find the CA bundle to hand into builds and containers.
+
+    Args:
+        ca_bundle: A PEM file; ``False`` for none; ``None`` or ``True`` to look at the environment.
+
+    Returns:
+        The bundle, or ``None`` when there is none to use.
+
+    Raises:
+        ValueError: an explicitly named bundle does not exist.
+    """
+    if ca_bundle is False:
+        return None
+    if ca_bundle is not None and ca_bundle is not True:
+        path = Path(ca_bundle)
+        if not path.is_file():
+            raise ValueError(f"CA bundle {path} does not exist")
+        return CaBundle(path.resolve())
+    for variable in _HOST_VARIABLES:
+        value = os.environ.get(variable)
+        if value and Path(value).is_file():
+            return CaBundle(Path(value).resolve())
+    return None

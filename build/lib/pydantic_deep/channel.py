@@ -1,0 +1,548 @@
+"""Execution channels: how a command gets from the host into a running container and back.
+
+:class:`SupervisorChannel` keeps one ``docker exec -i`` stream open to the supervisor inside the
+container (:mod:`pydantic_deep.supervisor`) and multiplexes every command over it: well under a
+millisecond per command instead of a ``docker exec`` each, any number of commands at once, and
+async callers wait on the event loop instead of on a thread. :class:`DockerExecChannel` is the
+fallback for images without ``python3``: one ``docker exec`` per command.
+
+Both run ``sh -c command`` as the sandbox user, in the work dir, with the container's environment;
+kill the command's whole process group at its timeout; keep at most ``max_output`` bytes; and
+deliver output as it arrives to an ``on_output`` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import itertools
+import json
+import logging
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import docker
+
+from . import supervisor as protocol
+from .errors import SandboxError
+from .types import ExecuteResult, OutputChunk
+
+__all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "ExecProcess", "OutputCallback",
+           "Process", "RunningCommand", "SupervisorChannel"]
+
+logger = logging.getLogger("pydantic_deep.channel")
+
+OutputCallback = Callable[[OutputChunk], object]
+"""Receives output as it is produced, decoded, one chunk of one stream at a time."""
+
+# Extra seconds the host waits past a command's own timeout before it calls the channel dead.
+_GRACE = 30.0
+_HELLO_TIMEOUT = 15.0
+# What `timeout -s KILL` exits with when it had to kill the command (128 + SIGKILL).
+_KILLED = 137
+_DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header
+
+
+def _docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """The ``(stream, payload)`` frames of a hijacked ``docker exec`` stream, until it ends."""
+    buffer = bytearray()
+    while chunk := sock.recv(1 << 18):
+        buffer += chunk
+        while len(buffer) >= _DOCKER_FRAME.size:
+            stream, length = _DOCKER_FRAME.unpack_from(buffer)
+            if len(buffer) < _DOCKER_FRAME.size + length:
+                break
+            yield stream, bytes(buffer[_DOCKER_FRAME.size:_DOCKER_FRAME.size + length])
+            del buffer[:_DOCKER_FRAME.size + length]
+
+
+def _raw_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """A plain stream read as stdout frames (a local supervisor's, without docker's framing)."""
+    while chunk := sock.recv(1 << 18):
+        yield 1, chunk
+
+
+class ChannelClosedError(SandboxError):
+    """The execution channel closed (the supervisor or the container went away)."""
+
+
+class Channel(Protocol):
+    """What a sandbox needs from an execution channel."""
+
+    def run(self, command: str, *, timeout: float, max_output: int,
+            on_output: OutputCallback | None = None) -> ExecuteResult: ...
+
+    async def arun(self, command: str, *, timeout: float, max_output: int,
+                   on_output: OutputCallback | None = None) -> ExecuteResult: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class _OutputBuffer:
+    """Collects up to ``limit`` bytes; past that, counts and drops."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = max(self.limit - len(self.data), 0)
+        self.data += chunk[:room]
+        self.dropped += max(len(chunk) - room, 0)
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+class _Collector:
+    """One command's output as it arrives: capped buffers, and decoded chunks for ``on_output``."""
+
+    def __init__(self, max_output: int, on_output: OutputCallback | None) -> None:
+        self.combined = _OutputBuffer(max_output)
+        self.streams = {"stdout": _OutputBuffer(max_output), "stderr": _OutputBuffer(max_output)}
+        self.on_output = on_output
+        self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in self.streams}
+
+    def add(self, stream: str, chunk: bytes) -> None:
+        self.combined.add(chunk)
+        self.streams[stream].add(chunk)
+        if self.on_output is not None:
+            text = self.decoders[stream].decode(chunk)
+            if text:
+                self.on_output(OutputChunk(stream, text))  # type: ignore[arg-type]
+
+    def result(self, exit_code: int, *, timed_out: bool, dropped: int = 0) -> ExecuteResult:
+        return ExecuteResult(
+            output=self.combined.text(),
+            exit_code=exit_code,
+            stdout=self.streams["stdout"].text(),
+            stderr=self.streams["stderr"].text(),
+            truncated=dropped > 0 or self.combined.dropped > 0,
+            timed_out=timed_out,
+        )
+
+
+def _timeout_argv(command: str, timeout: float) -> list[str]:
+    """``sh -c command`` under coreutils ``timeout``, which kills the whole process group."""
+    return ["timeout", "-s", "KILL", f"{timeout:.3f}", "sh", "-c", command]
+
+
+@dataclass
+class DockerExecChannel:
+    """The fallback: one ``docker exec`` per command (about 50 ms each)."""
+
+    client: docker.DockerClient
+    container_id: str
+
+    @property
+    def alive(self) -> bool:
+        """Whether the container still runs (no stream to tell, so the engine is asked)."""
+        try:
+            return bool(self.client.api.inspect_container(self.container_id)["State"]["Running"])
+        except docker.errors.NotFound:
+            return False
+
+    def run(self, command: str, *, timeout: float, max_output: int,
+            on_output: OutputCallback | None = None) -> ExecuteResult:
+        api = self.client.api
+        exec_id = api.exec_create(self.container_id, _timeout_argv(command, timeout))["Id"]
+        started = time.monotonic()
+        collector = _Collector(max_output, on_output)
+        for out, err in api.exec_start(exec_id, stream=True, demux=True):
+            if out:
+                collector.add("stdout", out)
+            if err:
+                collector.add("stderr", err)
+        exit_code = api.exec_inspect(exec_id)["ExitCode"]
+        timed_out = exit_code == _KILLED and time.monotonic() - started >= timeout
+        return collector.result(exit_code, timed_out=timed_out)
+
+    async def arun(self, command: str, *, timeout: float, max_output: int,
+                   on_output: OutputCallback | None = None) -> ExecuteResult:
+        return await asyncio.to_thread(self.run, command, timeout=timeout, max_output=max_output,
+                                       on_output=on_output)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Pending:
+    """A command sent down the channel and not yet finished."""
+
+    collector: _Collector
+    result: ExecuteResult | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    _callbacks: list[Callable[[], object]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish(self, result: ExecuteResult | None = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self.done.is_set():
+                return
+            self.result, self.error = result, error
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_done(self, callback: Callable[[], object]) -> None:
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def outcome(self) -> ExecuteResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class SupervisorChannel:
+    """Commands multiplexed over one open stream to the supervisor inside the container.
+
+    Use :meth:`open`. A reader thread demultiplexes frames; writers share a lock. When the stream
+    closes, every pending command fails with :class:`ChannelClosedError` and :attr:`alive` turns
+    false, so the owner can open a new channel.
+    """
+
+    def __init__(self, sock: socket.socket, client: docker.DockerClient | None, container_id: str, *,
+                 framed: bool = True) -> None:
+        self._sock = sock
+        self._client = client  # None: a local supervisor (LocalSandbox), not in a container
+        self._framed = framed  # docker's stdout/stderr framing around the supervisor's frames
+        self.container_id = container_id
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._hello: _Pending = _Pending(_Collector(0, None))
+        self._reader = threading.Thread(target=self._read_loop, name=f"pydantic-deep-channel-{container_id[:12]}",
+                                        daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def open(cls, client: docker.DockerClient, container_id: str, python: str, script: str) -> SupervisorChannel:
+        """Start the supervisor with ``docker exec -i`` and wait until it says hello.
+
+        Raises:
+            ChannelClosedError: the supervisor did not start (too old a Python, for example).
+        """
+        # -I -S: no site-packages, user site or PYTHON* variables; a quicker start, and nothing
+        # of the user's can change how the supervisor runs.
+        exec_id = client.api.exec_create(container_id, [python, "-I", "-S", script], stdin=True)["Id"]
+        sock = client.api.exec_start(exec_id, socket=True)._sock
+        sock.settimeout(None)
+        return cls(sock, client, container_id)._said_hello()
+
+    @classmethod
+    def open_local(cls, sock: socket.socket, label: str) -> SupervisorChannel:
+        """A channel over ``sock``, connected to a supervisor that runs on this machine."""
+        return cls(sock, None, label, framed=False)._said_hello()
+
+    def _said_hello(self) -> SupervisorChannel:
+        if not self._hello.done.wait(_HELLO_TIMEOUT) or self._hello.error is not None:
+            self.close()
+            raise ChannelClosedError(f"the supervisor did not start in {self.container_id[:12]}")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _submit(self, command: str, timeout: float | None, max_output: int | None,
+                on_output: OutputCallback | None, *, stdin: bool = False) -> tuple[int, _Pending]:
+        request_id = next(self._ids)
+        # max_output None: everything goes to on_output and nothing is kept (a long-lived process).
+        pending = _Pending(_Collector(max_output if max_output is not None else 0, on_output))
+        with self._state_lock:
+            if self._closed:
+                raise ChannelClosedError("the execution channel is closed")
+            self._pending[request_id] = pending
+        spec = {"command": command, "timeout": timeout, "max_output": max_output, "stdin": stdin}
+        self._send(protocol.RUN, request_id, json.dumps(spec).encode())
+        return request_id, pending
+
+    def spawn(self, command: str, on_output: OutputCallback) -> RunningCommand:
+        """Start a long-lived command with an open stdin; its output goes to ``on_output`` alone."""
+        request_id, pending = self._submit(command, None, None, on_output, stdin=True)
+        return RunningCommand(self, request_id, pending)
+
+    def run(self, command: str, *, timeout: float, max_output: int,
+            on_output: OutputCallback | None = None) -> ExecuteResult:
+        request_id, pending = self._submit(command, timeout, max_output, on_output)
+        try:
+            answered = pending.done.wait(timeout + _GRACE)
+        except BaseException:  # KeyboardInterrupt: the command must not outlive the caller
+            self.kill(request_id)
+            raise
+        if not answered:
+            self._give_up(timeout)
+        return pending.outcome()
+
+    async def arun(self, command: str, *, timeout: float, max_output: int,
+                   on_output: OutputCallback | None = None) -> ExecuteResult:
+        request_id, pending = self._submit(command, timeout, max_output, on_output)
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        pending.on_done(lambda: loop.call_soon_threadsafe(_resolve, finished))
+        try:
+            await asyncio.wait_for(finished, timeout + _GRACE)
+        except TimeoutError:
+            self._give_up(timeout)
+        except asyncio.CancelledError:
+            self.kill(request_id)
+            raise
+        return pending.outcome()
+
+    def kill(self, request_id: int, signum: int = 9) -> None:
+        """Send ``signum`` to a command's process group, if the channel is still open."""
+        try:
+            self._send(protocol.SIGNAL, request_id, json.dumps({"signal": signum}).encode())
+        except ChannelClosedError:
+            pass
+
+    def _give_up(self, timeout: float) -> None:
+        self.close()
+        # A supervisor that stopped answering (frozen, say) cannot act on the closed stream: kill
+        # the process group of each of its commands (each leads its own), then the supervisor.
+        pid = json.loads(self._hello.outcome().output)["pid"]
+        script = (f'for p in /proc/[0-9]*; do [ "$(cut -d" " -f4 $p/stat)" = {pid} ] && '
+                  f'kill -9 -${{p#/proc/}}; done; kill -9 {pid}')
+        if self._client is None:
+            subprocess.run(["sh", "-c", script], check=False)
+        else:
+            with contextlib.suppress(docker.errors.DockerException):
+                exec_id = self._client.api.exec_create(self.container_id, ["sh", "-c", script])["Id"]
+                self._client.api.exec_start(exec_id)
+        raise ChannelClosedError(
+            f"the sandbox did not answer within {timeout + _GRACE:.0f} s of starting a command "
+            f"with a {timeout:.0f} s timeout; the channel was closed"
+        )
+
+    # -- the stream ---------------------------------------------------------------------------
+
+    def _send(self, kind: int, request_id: int, payload: bytes) -> None:
+        frame = protocol.HEADER.pack(kind, request_id, len(payload)) + payload
+        try:
+            with self._write_lock:
+                self._sock.sendall(frame)
+        except OSError as exc:
+            self.close()
+            raise ChannelClosedError(f"the execution channel broke: {exc}") from None
+
+    def _read_loop(self) -> None:
+        """Demultiplex docker's stream, then the supervisor's frames, until the stream ends."""
+        frames = bytearray()
+        try:
+            source = _docker_frames(self._sock) if self._framed else _raw_frames(self._sock)
+            for stream, payload in source:
+                if stream == 1:
+                    frames += payload
+                    self._dispatch(frames)
+                else:
+                    logger.warning("supervisor in %s: %s", self.container_id[:12],
+                                   payload.decode(errors="replace").rstrip())
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def _dispatch(self, frames: bytearray) -> None:
+        header = protocol.HEADER
+        while len(frames) >= header.size:
+            kind, request_id, length = header.unpack_from(frames)
+            if len(frames) < header.size + length:
+                return
+            payload = bytes(frames[header.size:header.size + length])
+            del frames[:header.size + length]
+            if kind == protocol.HELLO:
+                self._hello.finish(result=ExecuteResult(output=payload.decode(), exit_code=0))
+                continue
+            pending = self._pending.get(request_id)
+            if pending is None:
+                continue
+            if kind in (protocol.STDOUT, protocol.STDERR):
+                pending.collector.add("stdout" if kind == protocol.STDOUT else "stderr", payload)
+            elif kind == protocol.EXIT:
+                status = json.loads(payload)
+                self._pending.pop(request_id, None)
+                pending.finish(result=pending.collector.result(
+                    status["exit_code"], timed_out=status["timed_out"], dropped=status["dropped"]))
+            elif kind == protocol.ERROR:
+                self._pending.pop(request_id, None)
+                pending.finish(error=SandboxError(json.loads(payload)["message"]))
+
+    def close(self) -> None:
+        """Close the stream (the supervisor then kills what still runs) and fail what is pending."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending, self._pending = self._pending, {}
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        error = ChannelClosedError("the execution channel closed while the command ran")
+        self._hello.finish(error=error)
+        for item in pending.values():
+            item.finish(error=error)
+
+
+class Process(Protocol):
+    """A long-lived command in a sandbox: write to it, signal it, see whether it finished."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+    def signal(self, signum: int) -> None: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
+class ExecProcess:
+    """A long-lived command over a ``docker exec -i`` of its own, for images without ``python3``.
+
+    The command is started as ``sh -c 'echo $$; exec COMMAND'``: the first line names its pid in
+    the container, so that a signal can reach it.
+    """
+
+    def __init__(self, client: docker.DockerClient, container_id: str, command: str, on_output: OutputCallback) -> None:
+        self._client, self._container_id, self._on_output = client, container_id, on_output
+        exec_id = client.api.exec_create(container_id, ["sh", "-c", f"echo $$; exec {command}"], stdin=True)["Id"]
+        self._sock = client.api.exec_start(exec_id, socket=True)._sock
+        self._sock.settimeout(None)
+        self._pid: str | None = None
+        self._pid_known = threading.Event()
+        self._done = threading.Event()
+        threading.Thread(target=self._read, name=f"pydantic-deep-exec-{container_id[:12]}", daemon=True).start()
+
+    def _read(self) -> None:
+        decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"),
+                    2: codecs.getincrementaldecoder("utf-8")("replace")}
+        try:
+            for stream, payload in _docker_frames(self._sock):
+                text = decoders[2 if stream == 2 else 1].decode(payload)
+                if stream == 1 and self._pid is None:
+                    self._pid, _, text = text.partition("\n")
+                    self._pid_known.set()
+                if text:
+                    self._on_output(OutputChunk("stdout" if stream == 1 else "stderr", text))
+        except OSError:
+            pass
+        finally:
+            self._done.set()
+            self._pid_known.set()
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise ChannelClosedError(f"the process's stream broke: {exc}") from None
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def signal(self, signum: int) -> None:
+        self._pid_known.wait(10)
+        if self._pid and not self._done.is_set():
+            kill = ["sh", "-c", f"kill -{signum} {self._pid}"]
+            exec_id = self._client.api.exec_create(self._container_id, kill)["Id"]
+            self._client.api.exec_start(exec_id)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+
+class RunningCommand:
+    """A command started with :meth:`SupervisorChannel.spawn`: write to it, signal it, see whether it finished."""
+
+    def __init__(self, channel: SupervisorChannel, request_id: int, pending: _Pending) -> None:
+        self._channel, self._request_id, self._pending = channel, request_id, pending
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the command's standard input."""
+        if data:
+            self._channel._send(protocol.STDIN, self._request_id, data)
+
+    def close_stdin(self) -> None:
+        """Close the command's standard input (it sees end of file)."""
+        self._channel._send(protocol.STDIN, self._request_id, b"")
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the command's process group."""
+        self._channel.kill(self._request_id, signum)
+
+    @property
+    def finished(self) -> bool:
+        return self._pending.done.is_set()
+
+
+_END = object()
+
+
+class CommandStream:
+    """A running command's output as an async iterator of :class:`OutputChunk`.
+
+    The command starts when iteration starts. After the last chunk, :attr:`result` holds the
+    :class:`ExecuteResult` (whose ``output`` has the same text, capped). Leaving the loop early
+    kills the command.
+    """
+
+    def __init__(self, start: Callable[[OutputCallback], Awaitable[ExecuteResult]]) -> None:
+        self._start = start
+        self._result: ExecuteResult | None = None
+
+    @property
+    def result(self) -> ExecuteResult:
+        """The finished command's result.
+
+        Raises:
+            RuntimeError: the stream was not iterated to its end.
+        """
+        if self._result is None:
+            raise RuntimeError("the command has not finished: iterate over the stream first")
+        return self._result
+
+    async def __aiter__(self) -> AsyncIterator[OutputChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        # Chunks arrive from a reader thread; call_soon_threadsafe keeps them in order, and ahead
+        # of the command's completion, which is scheduled the same way.
+        task = asyncio.ensure_future(self._start(lambda chunk: loop.call_soon_threadsafe(queue.put_nowait, chunk)))
+        task.add_done_callback(lambda _: queue.put_nowait(_END))
+        try:
+            while (item := await queue.get()) is not _END:
+                yield item
+            self._result = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,97 @@
+"""Every error pydantic_deep raises on purpose.
+
+One root, so ``except SandboxError`` catches all of them::
+
+    SandboxError
+    ├── DockerUnavailableError      the engine does not answer (says how to start one)
+    ├── UnknownRuntimeError         a runtime name nobody registered (lists the known ones)
+    ├── UnknownBackendError         $PYDANTIC_DEEP_BACKEND names no backend (lists the known ones)
+    ├── ImageNotAvailableError      a base image that is neither local, pullable nor bootstrappable
+    ├── ImageBuildError             a runtime image failed to build (carries the log tail)
+    ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
+    ├── SandboxFileNotFoundError    a file that is not in the sandbox
+    └── SandboxStateError           the sandbox was used in a state that forbids it
+
+Invalid ``RuntimeConfig`` fields raise pydantic's ``ValidationError`` (a ``ValueError``), whose
+message names the field and the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DockerUnavailableError",
+    "ImageBuildError",
+    "ImageNotAvailableError",
+    "PathOutsideSandboxError",
+    "SandboxError",
+    "SandboxFileNotFoundError",
+    "SandboxStateError",
+    "UnknownBackendError",
+    "UnknownRuntimeError",
+]
+
+
+class SandboxError(Exception):
+    """Root of every error raised by pydantic_deep."""
+
+
+class DockerUnavailableError(SandboxError):
+    """The Docker engine cannot be reached; the message says how to start one."""
+
+
+class UnknownRuntimeError(SandboxError, KeyError):
+    """A runtime name that is neither built in nor registered."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name = name
+        self.available = available
+        super().__init__(f"Unknown runtime {name!r}. Available runtimes: {', '.join(available)}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class UnknownBackendError(SandboxError, ValueError):
+    """``$PYDANTIC_DEEP_BACKEND`` names no backend; the message lists the known ones."""
+
+    def __init__(self, name: str, available: tuple[str, ...]) -> None:
+        super().__init__(f"PYDANTIC_DEEP_BACKEND={name!r} is not a backend; use one of: {', '.join(available)}")
+
+
+class ImageNotAvailableError(SandboxError):
+    """A base image that is not local, cannot be pulled and has no air-gapped equivalent."""
+
+
+class ImageBuildError(SandboxError):
+    """A runtime image failed to build. Nothing was tagged.
+
+    Attributes:
+        tag: The tag the image would have had.
+        log_tail: The last lines of the build log, including the failing step.
+    """
+
+    def __init__(self, tag: str, reason: str, log_tail: list[str]) -> None:
+        self.tag = tag
+        self.reason = reason
+        self.log_tail = log_tail
+        tail = "\n".join(f"    {line}" for line in log_tail)
+        super().__init__(f"Building image {tag} failed: {reason}\n  Last lines of the build log:\n{tail}")
+
+
+class PathOutsideSandboxError(SandboxError, ValueError):
+    """A path that resolves outside the directories the file API may touch."""
+
+    def __init__(self, path: str, allowed_roots: tuple[str, ...]) -> None:
+        self.path = path
+        self.allowed_roots = allowed_roots
+        super().__init__(
+            f"Path {path!r} is outside the sandbox: file access is limited to {', '.join(allowed_roots)}"
+        )
+
+
+class SandboxFileNotFoundError(SandboxError, FileNotFoundError):
+    """A file or directory that does not exist inside the sandbox."""
+
+
+class SandboxStateError(SandboxError, RuntimeError):
+    """The sandbox was used in a state that forbids it (for example after ``stop()``)."""

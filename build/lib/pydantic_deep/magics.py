@@ -1,0 +1,271 @@
+"""The ``%%sandbox`` cell magic and its line-magic companions, for notebooks.
+
+``%load_ext pydantic_deep`` registers them. A cell under ``%%sandbox`` runs inside the notebook's
+sandbox: as Python (or, in Node.js runtimes, JavaScript) in an interpreter that keeps its variables
+from cell to cell, or as a shell script (``--shell``, and images with neither). Output streams into the cell as it
+is produced; the last expression is displayed as Jupyter would (a DataFrame as a table, a figure as
+an image); an exception shows the container's traceback and fails the cell.
+
+Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session``, ``timeout``, and
+``backend`` (``"local"`` runs cells in a :class:`LocalSandbox`, on this machine, not isolated).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Enum, Float, Unicode, default
+
+from .backends import BACKENDS, default_backend, open_sandbox
+from .errors import SandboxError
+from .interpreter import CellError, Event, SandboxInterpreter
+from .runtimes import get_runtime, list_runtimes
+from .sandbox import DockerSandbox
+from .types import OutputChunk
+
+__all__ = ["SandboxMagics"]
+
+
+class SandboxFailure(Exception):
+    """A ``%%sandbox`` cell failed; shown as the container's traceback, not the host's."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a host traceback
+        return self.text.rstrip("\n").splitlines()
+
+
+def _transfer_arguments(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """The options %sandbox_push and %sandbox_pull share (as IPython's script_args does)."""
+    magic = argument("-s", "--sandbox", dest="name", help="the sandbox (default: the notebook's)")(magic)
+    magic = argument("names", nargs="+", help="the variables")(magic)
+    return magic_arguments()(magic)
+
+
+@magics_class
+class SandboxMagics(Magics):
+    """Run notebook cells inside Docker sandboxes."""
+
+    runtime = Unicode("python-datascience", help="The runtime of new notebook sandboxes.").tag(config=True)
+    session = Unicode("notebook", help="The name of the sandbox a cell runs in without -s.").tag(config=True)
+    timeout = Float(600.0, help="Seconds a --shell cell may run (-t overrides it, and limits Python cells).").tag(
+        config=True)
+    backend = Enum(list(BACKENDS), help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for "
+                   "where Docker cannot run). Default: $PYDANTIC_DEEP_BACKEND, else docker.").tag(config=True)
+
+    @default("backend")
+    def _default_backend(self) -> str:
+        return default_backend()
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.sandboxes: dict[str, DockerSandbox] = {}
+        self.interpreters: dict[str, SandboxInterpreter] = {}
+        self.progress: Callable[[str], None] = _print_progress  # where image build logs go
+        self.widgets: list[Any] = []  # closed (their threads stopped) on %unload_ext
+        self._languages: dict[str, str | None] = {}  # by container id
+
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "the magics need an IPython shell"
+        return self.shell.user_ns
+
+    # -- sandboxes ----------------------------------------------------------------------------
+
+    def sandbox_for(self, name: str | None = None, runtime: str | None = None) -> DockerSandbox:
+        """The named sandbox (default: the notebook's), started with ``runtime`` if new or changed."""
+        name = name or self.session
+        wanted = get_runtime(runtime or self.runtime) if runtime or name not in self.sandboxes else None
+        current = self.sandboxes.get(name)
+        if current is not None and (wanted is None or current.runtime == wanted) and current.state.value != "stopped":
+            return current
+        if current is not None:
+            self.stop(name)
+        config = wanted or get_runtime(self.runtime)
+        if self.backend == "local":
+            print("Starting a LocalSandbox: cells run on this machine, NOT ISOLATED", file=sys.stderr)
+        sandbox: Any = open_sandbox(config, backend=self.backend, progress=self.progress)
+        self.sandboxes[name] = sandbox.start()
+        return sandbox
+
+    def interpreter_for(self, name: str | None = None, runtime: str | None = None) -> SandboxInterpreter:
+        sandbox = self.sandbox_for(name, runtime)
+        name = name or self.session
+        interpreter = self.interpreters.get(name)
+        if interpreter is None or interpreter.sandbox is not sandbox:
+            interpreter = self.interpreters[name] = SandboxInterpreter(sandbox, self.language_of(sandbox) or "python")
+        return interpreter
+
+    def language_of(self, sandbox: DockerSandbox) -> str | None:
+        """``python`` or ``javascript``: what the sandbox's cells are written in; ``None`` for shell only."""
+        key = sandbox.container_id or ""
+        if key not in self._languages:
+            if sandbox.has_python:
+                self._languages[key] = "python"
+            elif sandbox.execute("command -v node >/dev/null", timeout=30).exit_code == 0:
+                self._languages[key] = "javascript"
+            else:
+                self._languages[key] = None
+        return self._languages[key]
+
+    def stop(self, name: str) -> None:
+        """Stop the named sandbox and forget it."""
+        if (interpreter := self.interpreters.pop(name, None)) is not None:
+            interpreter.close()
+        if (sandbox := self.sandboxes.pop(name, None)) is not None:
+            sandbox.stop()
+
+    def close(self) -> None:
+        """Stop every sandbox of this notebook and every widget's thread (on ``%unload_ext``)."""
+        for widget in self.widgets:
+            widget.close()
+        self.widgets.clear()
+        for name in list(self.sandboxes):
+            self.stop(name)
+
+    # -- %%sandbox ----------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("subcommand", nargs="*", help="line magic only: status | runtimes | upload PATH | files [DIR] | "
+                                             "restart | stop")
+    @argument("-s", "--sandbox", dest="name", help="the sandbox to use (default: the notebook's)")
+    @argument("-r", "--runtime", help="the runtime to run the sandbox with")
+    @argument("-t", "--timeout", type=float, help="seconds the cell may run")
+    @argument("-o", "--out", help="keep the cell's result object in this variable")
+    @argument("--shell", action="store_true", help="run the cell as a shell script")
+    @argument("--no-raise", action="store_true", help="do not fail the cell when the code fails")
+    @line_cell_magic
+    def sandbox(self, line: str, cell: str | None = None) -> Any:
+        """Run a cell inside a Docker sandbox, or (as a line magic) manage the sandbox.
+
+        Cell: ``%%sandbox [-s NAME] [-r RUNTIME] [-t SECONDS] [-o VAR] [--shell] [--no-raise]``.
+        Line: ``%sandbox status | runtimes | upload PATH | files [DIR] | restart | stop``.
+        """
+        args = parse_argstring(self.sandbox, line)
+        try:
+            if cell is None:
+                return self._subcommand(args)
+            if args.subcommand:
+                raise UsageError(f"%%sandbox takes options only, not {' '.join(args.subcommand)!r}")
+            if not cell.strip():
+                raise UsageError("%%sandbox needs code in the cell")
+            result = self._run_cell(args, cell)
+        except SandboxError as exc:
+            raise UsageError(str(exc)) from exc
+        if args.out:
+            self._user_ns[args.out] = result
+        return None
+
+    def _run_cell(self, args: Any, cell: str) -> Any:
+        sandbox = self.sandbox_for(args.name, args.runtime)
+        if args.shell or self.language_of(sandbox) is None:
+            result = sandbox.execute(cell, timeout=args.timeout or self.timeout, on_output=_write_chunk)
+            if result.exit_code != 0 and not args.no_raise:
+                raise SandboxFailure(f"The shell cell failed with exit code {result.exit_code}"
+                                     + (" (timed out)" if result.timed_out else ""))
+            return result
+        interpreter = self.interpreter_for(args.name, args.runtime)
+        # -t: interrupt the cell in the sandbox when its time is up, as the interrupt button would.
+        timer = threading.Timer(args.timeout, interpreter.interrupt) if args.timeout else None
+        if timer is not None:
+            timer.start()
+        try:
+            cell_result = interpreter.execute(cell, on_event=_show_event)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if cell_result.status == "interrupted":
+            if timer is not None and not timer.is_alive():
+                raise SandboxFailure(f"The cell ran past its {args.timeout:g} s and was interrupted")
+            raise KeyboardInterrupt
+        error = cell_result.error
+        if error is not None:
+            message = error.traceback or f"{error.ename}: {error.evalue}"
+            if not args.no_raise:
+                raise SandboxFailure(message)
+            print(message, file=sys.stderr)  # shown, but the notebook goes on
+        return cell_result
+
+    # -- %sandbox subcommands -----------------------------------------------------------------
+
+    def _subcommand(self, args: Any) -> Any:
+        command, *rest = args.subcommand or ["status"]
+        if command == "runtimes":
+            for name, runtime in list_runtimes().items():
+                print(f"{name:24} {runtime.description}")
+        elif command == "status":
+            if not self.sandboxes:
+                print("No sandbox yet: the first %%sandbox cell starts one.")
+            for name, sandbox in self.sandboxes.items():
+                print(f"{name}: {sandbox!r}")
+        elif command == "upload":
+            if len(rest) != 1:
+                raise UsageError("usage: %sandbox upload PATH")
+            print(f"Uploaded {self.sandbox_for(args.name, args.runtime).upload(rest[0])}")
+        elif command == "files":
+            for entry in self.sandbox_for(args.name, args.runtime).list_files(rest[0] if rest else "."):
+                print(f"{entry.name}/" if entry.is_dir else f"{entry.name:40} {entry.size:>12,} bytes")
+        elif command == "restart":
+            name = args.name or self.session
+            if (interpreter := self.interpreters.pop(name, None)) is not None:
+                interpreter.close()
+            print(f"Restarted the interpreter of {name!r}: its variables are gone")
+        elif command == "stop":
+            self.stop(args.name or self.session)
+        else:
+            raise UsageError(f"unknown subcommand {command!r}: status, runtimes, upload PATH, files [DIR], "
+                             "restart, stop")
+        return None
+
+    @_transfer_arguments
+    @line_magic
+    def sandbox_push(self, line: str) -> None:
+        """Copy notebook variables into the sandbox's interpreter: ``%sandbox_push df config``."""
+        args = parse_argstring(self.sandbox_push, line)
+        interpreter = self.interpreter_for(args.name)
+        for name in args.names:
+            if name not in self._user_ns:
+                raise UsageError(f"no variable {name!r} in the notebook")
+            try:
+                interpreter.push(name, self._user_ns[name])
+            except TypeError as exc:
+                raise UsageError(f"{name}: {exc}") from None
+
+    @_transfer_arguments
+    @line_magic
+    def sandbox_pull(self, line: str) -> None:
+        """Copy variables of the sandbox's interpreter into the notebook: ``%sandbox_pull result``."""
+        args = parse_argstring(self.sandbox_pull, line)
+        interpreter = self.interpreter_for(args.name)
+        for name in args.names:
+            try:
+                self._user_ns[name] = interpreter.pull(name)
+            except CellError as exc:
+                raise UsageError(f"{name}: {exc.evalue}") from None
+
+
+def _write_chunk(chunk: OutputChunk) -> None:
+    stream = sys.stdout if chunk.stream == "stdout" else sys.stderr
+    stream.write(chunk.text)
+    stream.flush()
+
+
+def _show_event(event: Event) -> None:
+    if event["kind"] == "stream":
+        _write_chunk(OutputChunk(event["name"], event["text"]))
+    elif event["kind"] in ("display", "result"):
+        data = dict(event["data"])
+        display(data, raw=True)
+
+
+def _print_progress(line: str) -> None:
+    print(f"  | {line}", flush=True)

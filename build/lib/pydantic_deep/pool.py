@@ -1,0 +1,159 @@
+"""SandboxPool: started sandboxes kept ready, so acquiring one costs no container start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Self
+
+from .errors import SandboxStateError
+from .sandbox import DockerSandbox
+from .types import RuntimeConfig
+
+__all__ = ["SandboxPool"]
+
+logger = logging.getLogger("pydantic_deep.pool")
+
+# After a failed start, the refill thread waits this long before it tries again.
+_RETRY_AFTER = 5.0
+
+
+class SandboxPool:
+    """Keeps ``size`` started sandboxes of one runtime ready, refilled in the background.
+
+    :meth:`acquire` hands out a ready sandbox, or starts one when none is ready. A sandbox is
+    handed out once and never comes back: the caller owns it and stops it, so nobody ever gets a
+    sandbox with another user's files or processes in it.
+
+    Example:
+        ```python
+        with SandboxPool("python-datascience", size=4) as pool:
+            sandbox = pool.acquire()       # no container start on this path
+            try:
+                sandbox.execute("python -c 'import pandas'")
+            finally:
+                sandbox.stop()
+        ```
+
+    Args:
+        runtime: A runtime name or config, as for :class:`DockerSandbox`.
+        size: How many started sandboxes to keep ready.
+        factory: Makes each (unstarted) sandbox instead, for options that differ per sandbox.
+        **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
+    """
+
+    def __init__(self, runtime: str | RuntimeConfig = "python-minimal", size: int = 2, *,
+                 factory: Callable[[], DockerSandbox] | None = None, **sandbox_options: Any) -> None:
+        if size < 1:
+            raise ValueError("a pool needs a size of at least 1")
+        self.runtime = runtime
+        self.size = size
+        self.sandbox_options = sandbox_options
+        self._factory = factory
+        self._ready: deque[DockerSandbox] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> int:
+        """How many started sandboxes wait to be acquired."""
+        return len(self._ready)
+
+    def start(self) -> Self:
+        """Start the background refill; returns at once (see :meth:`wait_ready`)."""
+        with self._changed:
+            if self._closed:
+                raise SandboxStateError("this pool was closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refill, name="pydantic-deep-pool", daemon=True)
+                self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the pool is full; False if ``timeout`` seconds passed first."""
+        self.start()
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._ready) >= self.size or self._closed, timeout)
+
+    def acquire(self) -> DockerSandbox:
+        """A started sandbox that nobody else has had; started now if none is ready."""
+        with self._changed:
+            if self._closed:
+                raise SandboxStateError("this pool was closed")
+            while self._ready:
+                sandbox = self._ready.popleft()
+                self._changed.notify_all()
+                if sandbox.alive:
+                    return sandbox
+                sandbox.stop()  # died while it waited (killed from outside)
+        self.start()
+        return self._new_sandbox().start()
+
+    async def aacquire(self) -> DockerSandbox:
+        """Async form of :meth:`acquire`."""
+        with self._changed:
+            if self._ready and not self._closed and self._ready[0].alive:
+                sandbox = self._ready.popleft()
+                self._changed.notify_all()
+                return sandbox
+        return await asyncio.to_thread(self.acquire)
+
+    def close(self) -> None:
+        """Stop the refill and every sandbox still waiting. Safe to call more than once."""
+        with self._changed:
+            self._closed = True
+            waiting, self._ready = list(self._ready), deque()
+            self._changed.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        for sandbox in waiting:
+            sandbox.stop(remove_volumes=True)  # nobody's files yet
+
+    def _new_sandbox(self) -> DockerSandbox:
+        if self._factory is not None:
+            return self._factory()
+        return DockerSandbox(self.runtime, **self.sandbox_options)
+
+    def _refill(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed or len(self._ready) < self.size)
+                if self._closed:
+                    return
+            sandbox = self._new_sandbox()
+            try:
+                sandbox.start()
+            except Exception:
+                logger.exception("The pool could not start a %s sandbox; retrying in %.0f s",
+                                 sandbox.runtime.name, _RETRY_AFTER)
+                sandbox.stop()
+                with self._changed:
+                    self._changed.wait_for(lambda: self._closed, _RETRY_AFTER)
+                continue
+            with self._changed:
+                keep = not self._closed
+                if keep:
+                    self._ready.append(sandbox)
+                    self._changed.notify_all()
+            if not keep:
+                sandbox.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __repr__(self) -> str:
+        name = self.runtime if isinstance(self.runtime, str) else self.runtime.name
+        return f"<SandboxPool runtime={name!r} ready={self.ready}/{self.size} closed={self._closed}>"

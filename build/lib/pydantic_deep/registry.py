@@ -1,0 +1,141 @@
+"""Where a SessionManager records whose sandbox is which: in this process, or in Redis.
+
+A record names the user's container and volumes, so any process that reads it can attach to the
+same sandbox, and a replacement container can mount the same files. The registry also provides
+the per-user lock that makes "get or create" happen once across threads or processes.
+
+Sync by design: a SessionManager calls it from worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["InMemoryRegistry", "RedisRegistry", "SessionRecord", "SessionRegistry"]
+
+
+@dataclass
+class SessionRecord:
+    """One user's session, as every process sharing the registry sees it.
+
+    Attributes:
+        user_id: The user's id, as the application gave it.
+        container: The name of the user's container.
+        volumes: The user's named volumes, ``{volume: path in the container}``.
+        runtime: The runtime's config, as JSON.
+        created: When the session began (Unix time).
+        last_used: When a process last handed the session out (Unix time).
+    """
+
+    user_id: str
+    container: str
+    volumes: dict[str, str]
+    runtime: str
+    created: float
+    last_used: float = field(default=0.0)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SessionRecord:
+        return cls(**json.loads(text))
+
+
+class SessionRegistry(ABC):
+    """The records of one or more SessionManagers, keyed by ``"<manager>:<user key>"``."""
+
+    @abstractmethod
+    def get(self, key: str) -> SessionRecord | None: ...
+
+    @abstractmethod
+    def put(self, key: str, record: SessionRecord) -> None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def records(self, prefix: str) -> dict[str, SessionRecord]:
+        """Every record whose key starts with ``prefix``."""
+
+    @abstractmethod
+    def lock(self, key: str) -> contextlib.AbstractContextManager[Any]:
+        """Held while a process decides and creates the sandbox for ``key``."""
+
+
+class InMemoryRegistry(SessionRegistry):
+    """The default: records live in this process, locks are thread locks."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, SessionRecord] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: str) -> SessionRecord | None:
+        with self._guard:
+            return self._records.get(key)
+
+    def put(self, key: str, record: SessionRecord) -> None:
+        with self._guard:
+            self._records[key] = record
+
+    def delete(self, key: str) -> None:
+        with self._guard:
+            self._records.pop(key, None)
+
+    def records(self, prefix: str) -> dict[str, SessionRecord]:
+        with self._guard:
+            return {k: r for k, r in self._records.items() if k.startswith(prefix)}
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+
+class RedisRegistry(SessionRegistry):
+    """Records in a Redis hash, shared by every process (web workers, say) that points here.
+
+    Needs the ``redis`` package (``pip install 'pydantic-deep[redis]'``).
+
+    Args:
+        url: The Redis server, e.g. ``redis://localhost:6379/0``.
+        namespace: Prefix of the keys this registry uses in Redis.
+        lock_timeout: Seconds a creation lock may be held before Redis frees it (a process killed
+            while holding it cannot block the user for longer).
+    """
+
+    def __init__(self, url: str = "redis://localhost:6379/0", *, namespace: str = "pydantic-deep",
+                 lock_timeout: float = 600) -> None:
+        import redis  # an optional dependency
+
+        self._redis = redis.Redis.from_url(url, decode_responses=True)  # keys and records as str
+        self._hash = f"{namespace}:sessions"
+        self._lock_prefix = f"{namespace}:lock:"
+        self._lock_timeout = lock_timeout
+
+    def get(self, key: str) -> SessionRecord | None:
+        raw = self._redis.hget(self._hash, key)
+        return SessionRecord.from_json(raw) if raw else None
+
+    def put(self, key: str, record: SessionRecord) -> None:
+        self._redis.hset(self._hash, key, record.to_json())
+
+    def delete(self, key: str) -> None:
+        self._redis.hdel(self._hash, key)
+
+    def records(self, prefix: str) -> dict[str, SessionRecord]:
+        stored: dict[str, str] = self._redis.hgetall(self._hash)  # type: ignore[assignment]  # str: decode_responses
+        return {key: SessionRecord.from_json(value) for key, value in stored.items() if key.startswith(prefix)}
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[Any]:
+        return self._redis.lock(self._lock_prefix + key, timeout=self._lock_timeout,
+                                blocking_timeout=self._lock_timeout)

@@ -1,0 +1,714 @@
+"""DockerSandbox: one container running a runtime, with commands and files.
+
+Safe defaults, each overridable by an argument of the same name:
+
+- the code runs as an unprivileged user (``user="1000:1000"``), never root;
+- every Linux capability is dropped (``drop_capabilities``) and ``no-new-privileges`` is set;
+- a process limit (``pids_limit=512``), memory (``memory="2g"``) and CPU (``cpus=1.0``) limits;
+- an init process reaps orphaned children;
+- no network unless the runtime or the sandbox asks for it (``network=True``);
+- labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
+  ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import io
+import logging
+import os
+import posixpath
+import shlex
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime, UTC
+from pathlib import Path
+from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
+
+import docker
+from docker.errors import APIError, NotFound
+
+from ._html import field_table
+from .archive import copy_stream, file_tar, iter_single_file
+from .builder import Progress
+from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
+from .channel import (
+    Channel,
+    ChannelClosedError,
+    CommandStream,
+    DockerExecChannel,
+    ExecProcess,
+    OutputCallback,
+    Process,
+    SupervisorChannel,
+)
+from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, path_stat, prepare_image, remove_container
+from .engine import docker_client, engine_errors
+from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
+from .images import ensure_runtime_image
+from .paths import UPLOADS_DIR, resolve_sandbox_path
+from .runtimes import resolve_runtime
+from .volumes import ensure_volume, remove_volume
+from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
+
+__all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
+
+logger = logging.getLogger("pydantic_deep.sandbox")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# Go's os.ModeDir, as the engine reports it in a path's stat.
+_GO_MODE_DIR = 1 << 31
+
+
+_exec_fallback_logged: set[str | None] = set()
+
+
+class SandboxState(enum.Enum):
+    """Where a sandbox is in its life."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def _async_twin(method: Callable[Concatenate[SandboxBase, _P], _R]) -> Callable[
+    Concatenate[SandboxBase, _P], Awaitable[_R]
+]:
+    """The async form of a blocking method: the same call, run in a worker thread.
+
+    The call goes to the subclass's own method of that name, so one twin serves every sandbox kind.
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def twin(self: SandboxBase, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(getattr(self, name), *args, **kwargs)
+
+    twin.__doc__ = f"Async form of :meth:`{method.__name__}`; same arguments, same result."
+    return twin
+
+
+def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Concatenate[DockerSandbox, _P], _R]:
+    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and turn a lost
+    engine into :class:`DockerUnavailableError`."""
+
+    @functools.wraps(method)
+    def tracked(self: DockerSandbox, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._activity(), engine_errors():
+            return method(self, *args, **kwargs)
+
+    return tracked
+
+
+def _parse_user(user: str) -> tuple[int, int]:
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        raise ValueError(f"user must be numeric 'uid' or 'uid:gid', not {user!r}")
+    return int(uid), int(gid or uid)
+
+
+class SandboxBase:
+    """What every sandbox shares: the runtime's paths, use tracking, streaming, ``with``.
+
+    Subclasses set ``runtime`` and provide ``start``, ``stop`` and ``aexecute``.
+    """
+
+    runtime: RuntimeConfig
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._activity_lock = threading.Lock()
+        self.last_used = time.monotonic()
+
+    @property
+    def work_dir(self) -> str:
+        """The working directory of commands, and the base of relative file paths."""
+        return self.runtime.work_dir
+
+    @property
+    def allowed_roots(self) -> tuple[str, ...]:
+        """The directories the file API may read and write."""
+        return (self.work_dir, UPLOADS_DIR)
+
+    @property
+    def busy(self) -> bool:
+        """A command or file transfer is under way."""
+        return self._busy > 0
+
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds since the last command or file operation ended (0 while one runs)."""
+        return 0.0 if self._busy else time.monotonic() - self.last_used
+
+    @contextlib.contextmanager
+    def _activity(self) -> Iterator[None]:
+        with self._activity_lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._activity_lock:
+                self._busy -= 1
+                self.last_used = time.monotonic()
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    async def aexecute(self, command: str, timeout: float | None = None, *,
+                       on_output: OutputCallback | None = None) -> ExecuteResult:
+        raise NotImplementedError
+
+    def astream(self, command: str, timeout: float | None = None) -> CommandStream:
+        """Run ``command`` and iterate over its output as it is produced.
+
+        Example:
+            ```python
+            stream = sandbox.astream("pip install rich")
+            async for chunk in stream:
+                print(chunk.text, end="")
+            print(stream.result.exit_code)
+            ```
+        """
+        return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
+
+    def write_file(self, path: str, content: bytes | str) -> str:
+        raise NotImplementedError
+
+    def _copy_in(self, source: Path, dest: str) -> str:
+        raise NotImplementedError
+
+    def read_file(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def list_files(self, path: str = ".") -> list[FileInfo]:
+        raise NotImplementedError
+
+    def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
+        """Copy a host file, or bytes, into the sandbox.
+
+        Args:
+            source: A file on the host, or the content itself.
+            dest: Where it goes; default ``/uploads/<the file's name>`` (required for bytes). A
+                relative path is taken from the work dir; one ending in ``/`` is a directory.
+
+        Returns:
+            The absolute path inside the sandbox.
+        """
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if not dest or dest.endswith("/"):
+                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
+            return self.write_file(dest, bytes(source))
+        source_path = Path(source)
+        if not source_path.is_file():
+            raise FileNotFoundError(f"no such file on the host: {source_path}")
+        if dest is None or dest.endswith("/"):
+            dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
+        return self._copy_in(source_path, dest)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- async twins --------------------------------------------------------------------------
+
+    astart = _async_twin(start)
+    aupload = _async_twin(upload)
+    astop = _async_twin(stop)
+    awrite_file = _async_twin(write_file)
+    aread_file = _async_twin(read_file)
+    adownload = _async_twin(download)
+    aexists = _async_twin(exists)
+    alist_files = _async_twin(list_files)
+
+
+class DockerSandbox(SandboxBase):
+    """An isolated Docker container running a runtime, for agents and notebooks.
+
+    The container starts on :meth:`start`, or lazily on first use; :meth:`stop` removes it. Every
+    blocking method has an async twin prefixed with ``a`` (``aexecute``, ``aread_file``, ...), and
+    the sandbox is a context manager in both worlds.
+
+    Example:
+        ```python
+        with DockerSandbox(runtime="python-datascience") as sandbox:
+            sandbox.write_file("/uploads/data.csv", b"x,y\\n1,2\\n")
+            print(sandbox.execute("python -c 'import pandas; print(pandas.__version__)'").output)
+        ```
+
+    Args:
+        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`.
+        network: Give the container network access; ``None`` follows ``runtime.network``.
+        user: The numeric ``uid:gid`` that commands run as.
+        memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
+        cpus: CPU limit in cores, or ``None`` for none.
+        pids_limit: Most processes at once, or ``None`` for none.
+        drop_capabilities: Drop every Linux capability.
+        no_new_privileges: Forbid gaining privileges through setuid binaries.
+        command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
+        max_output: Bytes of output kept per command; the rest is discarded and flagged.
+        ca_bundle: Extra CA certificates for HTTPS in builds and the container (see
+            :mod:`pydantic_deep.certs`); ``None`` picks up the host's ``SSL_CERT_FILE`` and the like,
+            ``False`` hands in none.
+        progress: Called with each line of an image build's log, when a build is needed.
+        session_id: Recorded in the container's labels; a random one by default.
+        labels: Extra container labels.
+        name: The container's name; a random one by default.
+        volumes: Named volumes to mount, ``{volume name: path in the container}``. They are created
+            (labelled ``pydantic-deep.managed``) when missing, start with the image's content at that
+            path, and outlive the container: ``stop()`` keeps them unless ``remove_volumes=True``.
+        remove_on_exit: Tie the container to this process: it is removed when this object is
+            garbage-collected, when the interpreter exits, and when the process is killed (even by
+            SIGKILL, through a stream the container's main process waits on). ``False`` leaves
+            it running until ``stop()`` (sessions that a later process adopts).
+    """
+
+    def __init__(
+        self,
+        runtime: str | RuntimeConfig = "python-minimal",
+        *,
+        network: bool | None = None,
+        user: str = "1000:1000",
+        memory: str | None = "2g",
+        cpus: float | None = 1.0,
+        pids_limit: int | None = 512,
+        drop_capabilities: bool = True,
+        no_new_privileges: bool = True,
+        command_timeout: float = 600,
+        max_output: int = 1_000_000,
+        ca_bundle: str | os.PathLike[str] | bool | None = None,
+        progress: Progress | None = None,
+        session_id: str | None = None,
+        labels: dict[str, str] | None = None,
+        name: str | None = None,
+        volumes: Mapping[str, str] | None = None,
+        remove_on_exit: bool = True,
+    ) -> None:
+        self.runtime: RuntimeConfig = resolve_runtime(runtime)
+        self.network = self.runtime.network if network is None else network
+        self.user = user
+        self._uid, self._gid = _parse_user(user)
+        self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
+        self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
+        if command_timeout <= 0 or max_output <= 0:
+            raise ValueError("command_timeout and max_output must be positive")
+        self.command_timeout, self.max_output = command_timeout, max_output
+        self.ca_bundle: CaBundle | None = resolve_ca_bundle(ca_bundle)
+        self.progress = progress
+        self.session_id = session_id or uuid.uuid4().hex[:12]
+        self.labels = dict(labels or {})
+        self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
+        self.volumes = dict(volumes or {})
+        self.remove_on_exit = remove_on_exit
+        self.image: str | None = None
+        self.container_id: str | None = None
+        self.state = SandboxState.NEW
+        self._lock = threading.Lock()  # start, stop and the channel
+        self._channel: Channel | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._python: str | None = None
+        self._lifeline: Any = None  # the stdin stream that ties the container to this process
+        super().__init__()
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    tools_dir = TOOLS_DIR
+    """Where the supervisor and the notebook interpreters are, inside the container."""
+
+    @property
+    def has_python(self) -> bool:
+        """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
+        return isinstance(self._channel, SupervisorChannel)
+
+    @property
+    def alive(self) -> bool:
+        """Running, with its execution channel open (false once the container died, as far as
+        the channel can tell; the ``docker exec`` fallback cannot tell)."""
+        channel = self._channel
+        return self.state is SandboxState.RUNNING and channel is not None and channel.alive
+
+    @engine_errors()
+    def start(self) -> Self:
+        """Build the runtime's image if needed and start the container; a no-op when running.
+
+        Concurrent callers start exactly one container. After :meth:`stop`, ``start()`` starts a
+        fresh one.
+
+        Raises:
+            DockerUnavailableError: no Docker engine answers.
+            ImageNotAvailableError, ImageBuildError: the runtime's image cannot be had.
+        """
+        with self._lock:
+            if self.state is SandboxState.RUNNING:
+                return self
+            client = docker_client()
+            self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
+                                              progress=self.progress)
+            prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            for volume in self.volumes:
+                ensure_volume(volume)
+            container = client.containers.create(prepared.tag, **self._container_options())
+            try:
+                if self.remove_on_exit:
+                    # The container's main process waits for EOF on this stream: when this process
+                    # ends, even by SIGKILL, the stream closes and the container removes itself.
+                    self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+                container.start()
+                self._python = prepared.python
+                self._channel = self._open_channel(container.id)
+            except BaseException:
+                remove_container(client, container.id)
+                raise
+            self._adopt(client, container.id)
+        return self
+
+    def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
+        self.container_id = container_id
+        if self.remove_on_exit:
+            self._finalizer = weakref.finalize(self, remove_container, client, container_id)
+        self.state = SandboxState.RUNNING
+        self.last_used = time.monotonic()
+
+    @classmethod
+    def attach(cls, container: str, *, remove_on_exit: bool = False, **options: Any) -> DockerSandbox:
+        """A sandbox object for a running sandbox container that this object did not start.
+
+        The runtime, user, session id and volumes come from the container itself. Used to adopt the
+        sessions of a process that was killed, or to share one sandbox between worker processes.
+
+        Args:
+            container: The container's id or name.
+            remove_on_exit: Remove the container when this object goes away (by default only
+                ``stop()`` removes it).
+            **options: Other :class:`DockerSandbox` arguments (``command_timeout``, ...).
+
+        Raises:
+            SandboxStateError: the container is not a running pydantic_deep sandbox.
+        """
+        client = docker_client()
+        with engine_errors():
+            try:
+                attrs = client.api.inspect_container(container)
+            except NotFound:
+                raise SandboxStateError(f"no sandbox container {container!r}") from None
+        labels = attrs["Config"]["Labels"] or {}
+        if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
+            raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
+        sandbox = cls(
+            RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
+            user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
+            name=attrs["Name"].lstrip("/"), remove_on_exit=remove_on_exit,
+            volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
+            labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
+        )
+        sandbox.image = labels.get("pydantic-deep.image")
+        with sandbox._lock, engine_errors():
+            sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
+            sandbox._channel = sandbox._open_channel(attrs["Id"])
+            sandbox._adopt(client, attrs["Id"])
+        return sandbox
+
+    def stop(self, *, remove_volumes: bool = False) -> None:
+        """Remove the container and everything in it but its named volumes. Safe to call more than
+        once.
+
+        Args:
+            remove_volumes: Remove the named ``volumes`` too, and the files in them.
+        """
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()  # the supervisor kills what still runs
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            if self.state is SandboxState.RUNNING and self.container_id is not None:
+                with engine_errors():
+                    remove_container(docker_client(), self.container_id)
+                self.state = SandboxState.STOPPED
+            self._finalizer = self._channel = None
+            if self._lifeline is not None:
+                self._lifeline.close()
+                self._lifeline = None
+            if remove_volumes:
+                with engine_errors():
+                    for volume in self.volumes:
+                        remove_volume(volume)
+
+    def _open_channel(self, container_id: str) -> Channel:
+        """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
+        client = docker_client()
+        if self._python is not None:
+            try:
+                return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
+            except ChannelClosedError:
+                reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
+        else:
+            reason = "it has no python3"
+        if self.image not in _exec_fallback_logged:
+            _exec_fallback_logged.add(self.image)
+            logger.warning("Image %s: %s, so commands use one docker exec each (about 50 ms)", self.image, reason)
+        return DockerExecChannel(client, container_id)
+
+    def _live_channel(self) -> Channel:
+        """The running sandbox's channel, re-opened if it died (the container must still be there)."""
+        container_id = self._running_id()
+        with self._lock:
+            if self._channel is None:
+                raise SandboxStateError("this sandbox was stopped while the command was starting")
+            if not self._channel.alive:
+                try:
+                    self._channel = self._open_channel(container_id)
+                except NotFound:
+                    raise self._gone() from None
+            return self._channel
+
+    def _container_options(self) -> dict[str, Any]:
+        environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
+        volumes = {name: {"bind": path, "mode": "rw"} for name, path in self.volumes.items()}
+        if self.ca_bundle is not None:
+            environment.update(self.ca_bundle.environment())
+            volumes[str(self.ca_bundle.host_file())] = {"bind": CONTAINER_CA_PATH, "mode": "ro"}
+        return dict(
+            # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
+            entrypoint=["sh", "-c", "read -r _"] if self.remove_on_exit else ["sleep", "infinity"],
+            stdin_open=self.remove_on_exit,  # docker-py sets StdinOnce with it: EOF once we go
+            auto_remove=self.remove_on_exit,
+            name=self.name,
+            user=f"{self._uid}:{self._gid}",
+            working_dir=self.work_dir,
+            environment=environment,
+            volumes=volumes,
+            labels={
+                **self.labels,
+                "pydantic-deep.managed": "true",
+                "pydantic-deep.session": self.session_id,
+                "pydantic-deep.runtime": self.runtime.name,
+                "pydantic-deep.runtime-config": self.runtime.model_dump_json(),
+                "pydantic-deep.image": self.image or "",
+                "pydantic-deep.created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "pydantic-deep.owner-pid": str(os.getpid()),
+                "pydantic-deep.owner-host": socket.gethostname(),
+            },
+            init=True,
+            network_mode=None if self.network else "none",
+            cap_drop=["ALL"] if self.drop_capabilities else None,
+            security_opt=["no-new-privileges"] if self.no_new_privileges else None,
+            pids_limit=self.pids_limit,
+            mem_limit=self.memory,
+            nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+        )
+
+    def _gone(self) -> SandboxStateError:
+        return SandboxStateError(f"the container {(self.container_id or '')[:12]} is gone (removed from outside?)")
+
+    def _running_id(self) -> str:
+        """The container id, starting the container first when it never was."""
+        if self.state is SandboxState.NEW:
+            self.start()
+        if self.state is SandboxState.STOPPED or self.container_id is None:
+            raise SandboxStateError("this sandbox was stopped; call start() to run a fresh container")
+        return self.container_id
+
+    async def __aenter__(self) -> Self:
+        await self.astart()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.astop()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    @_in_use
+    def execute(self, command: str, timeout: float | None = None, *,
+                on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
+
+        Args:
+            command: A shell command line: quoting, pipes and variables work as in ``sh``.
+            timeout: Seconds before the command's whole process group is killed (default
+                :attr:`command_timeout`); the result then has ``timed_out=True``.
+            on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
+                on the channel's reader thread: keep it quick, and do not wait in it for another
+                command of this sandbox.
+        """
+        channel = self._live_channel()
+        try:
+            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output,
+                               on_output=on_output)
+        except NotFound:
+            raise self._gone() from None
+        except APIError as exc:
+            raise SandboxError(f"running a command failed: {exc.explanation or exc}") from exc
+
+    async def aexecute(self, command: str, timeout: float | None = None, *,
+                       on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Async form of :meth:`execute`: waits on the event loop, not on a thread, so many
+        commands can run at once."""
+        with self._activity():
+            channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
+                self._live_channel)
+            with engine_errors():
+                return await channel.arun(command, timeout=timeout or self.command_timeout,
+                                          max_output=self.max_output, on_output=on_output)
+
+    @_in_use
+    def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
+        """Start a long-lived ``command`` (an interpreter, say) with an open standard input.
+
+        Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
+        """
+        channel = self._live_channel()
+        if isinstance(channel, SupervisorChannel):
+            return channel.spawn(command, on_output)
+        return ExecProcess(docker_client(), self._running_id(), command, on_output)
+
+    # -- files --------------------------------------------------------------------------------
+
+    @_in_use
+    def write_file(self, path: str, content: bytes | str) -> str:
+        """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
+
+        Missing parent directories are created. Returns the absolute path written.
+        """
+        data = content.encode() if isinstance(content, str) else bytes(content)
+        return self._put_file(path, io.BytesIO(data), len(data))
+
+    @_in_use
+    def _copy_in(self, source: Path, dest: str) -> str:
+        with source.open("rb") as handle:  # streamed: a 100 MB file is fine
+            return self._put_file(dest, handle, source.stat().st_size)
+
+    def _put_file(self, path: str, content: BinaryIO, size: int) -> str:
+        target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        if target in self.allowed_roots:
+            raise IsADirectoryError(f"{target} is a directory")
+        container_id = self._running_id()
+        root = next(r for r in self.allowed_roots if target.startswith(r + "/"))
+        parents = []
+        parent = posixpath.dirname(target)
+        while parent != root and path_stat(docker_client(), container_id, parent) is None:
+            parents.append(posixpath.relpath(parent, root))
+            parent = posixpath.dirname(parent)
+        with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
+                      parents=reversed(parents)) as archive:
+            docker_client().api.put_archive(container_id, root, archive)
+        return target
+
+    @_in_use
+    def read_file(self, path: str) -> bytes:
+        """The content of the file at ``path``.
+
+        Raises:
+            SandboxFileNotFoundError: there is no such file.
+            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
+        """
+        buffer = io.BytesIO()
+        self._copy_out(path, buffer)
+        return buffer.getvalue()
+
+    @_in_use
+    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
+        """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``."""
+        dest_path = Path(dest)
+        partial = dest_path.with_name(dest_path.name + ".part")
+        try:
+            with partial.open("wb") as handle:
+                self._copy_out(path, handle)
+            partial.replace(dest_path)  # a half-copied file never carries the final name
+        finally:
+            partial.unlink(missing_ok=True)
+        return dest_path
+
+    def _copy_out(self, path: str, target: Any) -> int:
+        source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        container_id = self._running_id()
+        try:
+            chunks, _stat = docker_client().api.get_archive(container_id, source)
+            return copy_stream(iter_single_file(chunks), target)
+        except NotFound:
+            raise SandboxFileNotFoundError(f"no such file in the sandbox: {source}") from None
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
+
+    @_in_use
+    def exists(self, path: str) -> bool:
+        """Whether a file or directory exists at ``path``."""
+        target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        return path_stat(docker_client(), self._running_id(), target) is not None
+
+    @_in_use
+    def list_files(self, path: str = ".") -> list[FileInfo]:
+        """The entries of the directory ``path``, sorted by name.
+
+        Raises:
+            SandboxFileNotFoundError: the directory does not exist.
+        """
+        directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
+        stat = path_stat(docker_client(), self._running_id(), directory)
+        if stat is None:
+            raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
+        if not stat["mode"] & _GO_MODE_DIR:
+            raise NotADirectoryError(f"{directory} is not a directory")
+        result = self.execute(
+            f"find {shlex.quote(directory)} -mindepth 1 -maxdepth 1 -printf '%y\\t%s\\t%T@\\t%f\\0'", timeout=60
+        )
+        if result.exit_code != 0:
+            raise SandboxError(f"listing {directory} failed: {result.stderr.strip()}")
+        entries = []
+        for record in filter(None, result.stdout.split("\0")):
+            kind, size, modified, name = record.split("\t", 3)
+            entries.append(FileInfo(name=name, path=posixpath.join(directory, name), size=int(size),
+                                    is_dir=kind == "d", modified=float(modified)))
+        return sorted(entries, key=lambda entry: entry.name)
+
+    # -- the container ------------------------------------------------------------------------
+
+    @_in_use
+    def rename(self, name: str) -> None:
+        """Give the container a new name (a session manager names a pooled sandbox for its user)."""
+        docker_client().api.rename(self._running_id(), name)
+        self.name = name
+
+    @engine_errors()
+    def usage(self) -> ResourceUsage:
+        """The container's memory in use and CPU time so far (one cheap stats call)."""
+        stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+        return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
+                             cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
+
+    # -- display ------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        container = self.container_id[:12] if self.container_id else None
+        return (f"<DockerSandbox runtime={self.runtime.name!r} image={self.image!r} "
+                f"state={self.state.value} container={container}>")
+
+    def _repr_html_(self) -> str:
+        rows = {
+            "Runtime": self.runtime.name,
+            "Description": self.runtime.description,
+            "Image": self.image or "(built on start)",
+            "State": self.state.value,
+            "Container": self.container_id[:12] if self.container_id else "-",
+            "Work dir": self.work_dir,
+            "Network": "on" if self.network else "off",
+        }
+        return field_table("DockerSandbox", rows)
+

@@ -1,0 +1,229 @@
+"""The data that flows through pydantic_deep: a runtime's description and a command's result."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ._html import field_table
+
+__all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "PackageManager", "ResourceUsage", "RuntimeConfig"]
+
+PackageManager = Literal["pip", "npm", "apt", "cargo"]
+
+# What each package manager accepts as one package: a name and an optional version pin. Nothing
+# else, so a package can never smuggle a shell word, an option or a second line into a build.
+_PACKAGE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "pip": re.compile(
+        r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"  # name
+        r"(?:\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\])?"  # [extras]
+        r"(?:(?:===|==|!=|~=|>=|<=|<|>)[A-Za-z0-9.*+!_-]+"
+        r"(?:,(?:===|==|!=|~=|>=|<=|<|>)[A-Za-z0-9.*+!_-]+)*)?"  # version specifiers
+    ),
+    "npm": re.compile(r"(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*(?:@[A-Za-z0-9.^~<>=*+_-]+)?"),
+    # A trailing "-" would tell apt-get to remove the package.
+    "apt": re.compile(r"[a-z0-9][a-z0-9+.-]*[a-z0-9+](?:=[A-Za-z0-9.+:~-]+)?"),
+    "cargo": re.compile(r"[A-Za-z][A-Za-z0-9_-]*(?:@[A-Za-z0-9.^~<>=*+_-]+)?"),
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+_WORK_DIR = re.compile(r"(/[A-Za-z0-9._-]+)+")
+# Directories the container's own system lives in: a work dir there would be shadowed or break it.
+_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/run", "/sbin", "/sys", "/tmp", "/usr", "/var", "/uploads")
+
+
+class RuntimeConfig(BaseModel):
+    """A pre-configured execution environment for a sandbox.
+
+    Either names a pre-built ``image``, or a ``base_image`` that pydantic_deep builds upon by running
+    ``setup_commands`` and installing ``packages`` with ``package_manager``. Built images are tagged
+    by a hash of what changes the build, so an unchanged runtime is built once and reused.
+
+    Example:
+        ```python
+        RuntimeConfig(
+            name="ml-env",
+            base_image="python:3.12-slim",
+            packages=["torch", "transformers"],
+            env_vars={"TOKENIZERS_PARALLELISM": "false"},
+        )
+        ```
+
+    Attributes:
+        name: Unique identifier; letters, digits, ``.``, ``_`` and ``-``.
+        description: Human-readable description, shown to agents and in notebooks.
+        image: A pre-built image to run as is.
+        base_image: An image to build upon (``python:3.12-slim`` resolves to an air-gapped Debian
+            equivalent when it cannot be pulled).
+        packages: Packages installed at build time, with optional version pins.
+        package_manager: ``pip``, ``npm`` (installed globally and linked as ``/node_modules``, so
+            every directory finds them), ``apt`` or ``cargo`` (binaries into ``/usr/local/bin``).
+        setup_commands: Shell commands run as root at build time, before packages are installed.
+        env_vars: Environment variables set in the running container (not baked into the image).
+        work_dir: Absolute path of the working directory, owned by the sandbox user.
+        network: Whether containers of this runtime get network access (builds always have it).
+        cache_image: Reuse a previously built image with the same content hash.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    image: str | None = None
+    base_image: str | None = None
+    packages: list[str] = Field(default_factory=list)
+    package_manager: PackageManager = "pip"
+    setup_commands: list[str] = Field(default_factory=list)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    work_dir: str = "/workspace"
+    network: bool = False
+    cache_image: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                f"runtime name {value!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("image", "base_image")
+    @classmethod
+    def _check_image_ref(cls, value: str | None) -> str | None:
+        if value is not None and not _IMAGE_REF.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid image reference (e.g. 'python:3.12-slim')")
+        return value
+
+    def _repr_html_(self) -> str:
+        rows: dict[str, object] = {"Name": self.name, "Description": self.description or "-"}
+        if self.image is not None:
+            rows["Image"] = self.image
+        else:
+            rows["Base image"] = self.base_image
+            rows[f"Packages ({self.package_manager})"] = ", ".join(self.packages) or "-"
+            rows["Setup commands"] = len(self.setup_commands)
+        rows["Env vars"] = ", ".join(self.env_vars) or "-"  # names only: values may be secrets
+        rows["Work dir"] = self.work_dir
+        rows["Network"] = "on" if self.network else "off"
+        return field_table("RuntimeConfig", rows)
+
+    @field_validator("setup_commands")
+    @classmethod
+    def _check_setup_commands(cls, commands: list[str]) -> list[str]:
+        for command in commands:
+            if not command.strip():
+                raise ValueError("setup_commands may not contain an empty command")
+            if any(char in command for char in "\n\r\0"):
+                raise ValueError(
+                    f"setup command {command!r} contains a newline or NUL: give each command as its "
+                    "own list item"
+                )
+        return commands
+
+    @field_validator("env_vars")
+    @classmethod
+    def _check_env_vars(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not _ENV_NAME.fullmatch(key):
+                raise ValueError(
+                    f"environment variable name {key!r} is invalid: use letters, digits and '_', "
+                    "not starting with a digit"
+                )
+            if "\0" in value:
+                raise ValueError(f"environment variable {key!r} contains a NUL byte")
+        return env
+
+    @field_validator("work_dir")
+    @classmethod
+    def _check_work_dir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"work_dir {value!r} must be an absolute path")
+        if not _WORK_DIR.fullmatch(value) or posixpath.normpath(value) != value or "/.." in value:
+            raise ValueError(
+                f"work_dir {value!r} must be a normalized absolute path of letters, digits, "
+                "'.', '_' and '-'"
+            )
+        if any(value == d or value.startswith(d + "/") for d in _SYSTEM_DIRS):
+            raise ValueError(f"work_dir {value!r} is inside a system directory; use e.g. /workspace")
+        return value
+
+    @model_validator(mode="after")
+    def _check_image_source(self) -> Self:
+        if (self.image is None) == (self.base_image is None):
+            raise ValueError("give exactly one of 'image' (pre-built) or 'base_image' (to build upon)")
+        if self.image is not None and (self.packages or self.setup_commands):
+            raise ValueError("'packages' and 'setup_commands' need 'base_image'; 'image' is run as is")
+        pattern = _PACKAGE_PATTERNS[self.package_manager]
+        for package in self.packages:
+            if not pattern.fullmatch(package):
+                raise ValueError(
+                    f"{package!r} is not a valid {self.package_manager} package: give a name with an "
+                    "optional version pin, without spaces, options or shell characters"
+                )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteResult:
+    """The outcome of one command run in a sandbox.
+
+    Attributes:
+        output: stdout and stderr interleaved as they arrived, decoded as UTF-8.
+        exit_code: The command's exit status (124 or 137 after a timeout).
+        stdout: The standard output alone.
+        stderr: The standard error alone.
+        truncated: Output went past the sandbox's ``max_output`` bytes; the rest was discarded.
+        timed_out: The command ran past its timeout and its process group was killed.
+    """
+
+    output: str
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = False
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited with status 0."""
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """A piece of a running command's output, as it was produced.
+
+    Attributes:
+        stream: ``"stdout"`` or ``"stderr"``.
+        text: The new text, decoded as UTF-8 (a character split across chunks is kept whole).
+    """
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    """What a sandbox's container uses now."""
+
+    memory_bytes: int
+    cpu_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """One entry of a directory listing inside a sandbox."""
+
+    name: str
+    path: str
+    size: int
+    is_dir: bool
+    modified: float
