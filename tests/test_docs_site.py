@@ -1,0 +1,25 @@
+"""The documentation site builds with warnings as errors, as `scripts/docs` builds it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+
+
+def test_docs_site_builds_strict(tmp_path: Path) -> None:
+    started = time.monotonic()
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=REPO, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    print(f"mkdocs build --strict: {time.monotonic() - started:.1f} s")
+    assert build.returncode == 0, build.stderr[-5000:]
+    assert 'id="pydantic_deep.sandbox.DockerSandbox"' in (tmp_path / "reference" / "sandbox" / "index.html").read_text()
+    assert 'href="docker-runtimes/"' in (tmp_path / "index.html").read_text()  # README's docs/docker-runtimes.md
+    for notebook in sorted(REPO.glob("notebooks/[0-9][0-9]-*.ipynb")):
+        assert (tmp_path / "notebooks" / notebook.stem / "index.html").is_file(), f"{notebook.name} has no page"
