@@ -35,8 +35,8 @@ from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
 import docker
 from docker.errors import APIError, NotFound
+from docker.utils import parse_bytes
 
-from .archive import copy_stream, file_tar, iter_single_file
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from .channel import (
@@ -49,12 +49,13 @@ from .channel import (
     Process,
     SupervisorChannel,
 )
-from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, path_stat, prepare_image, remove_container
+from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image, remove_container
 from .engine import docker_client, engine_errors
-from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
+from .errors import SandboxError, SandboxStateError
 from .images import ensure_runtime_image
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
+from .transfer import FileOp, check_outcome, file_command, read_from, write_into
 from .volumes import ensure_volume, remove_volume
 from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
 
@@ -64,8 +65,6 @@ logger = logging.getLogger("pydantic_deep.sandbox")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-# Go's os.ModeDir, as the engine reports it in a path's stat.
-_GO_MODE_DIR = 1 << 31
 
 
 _exec_fallback_logged: set[str | None] = set()
@@ -102,6 +101,19 @@ def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Co
             return method(self, *args, **kwargs)
 
     return tracked
+
+
+def _size_in_bytes(argument: str, size: str | None) -> int | None:
+    """``size`` in Docker's notation (``"512m"``, ``"1g"``) as bytes; ``None`` stays ``None``."""
+    if size is None:
+        return None
+    try:
+        value = parse_bytes(size)
+    except docker.errors.DockerException:
+        raise ValueError(f"{argument} must be a size like '512m' or '1g', not {size!r}") from None
+    if value <= 0:
+        raise ValueError(f"{argument} must be positive, not {size!r}")
+    return value
 
 
 def _parse_user(user: str) -> tuple[int, int]:
@@ -234,6 +246,15 @@ class DockerSandbox(SandboxBase):
         memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
         cpus: CPU limit in cores, or ``None`` for none.
         pids_limit: Most processes at once, or ``None`` for none.
+        max_file_size: Largest file a process may write, in Docker's notation (``"1g"``), or ``None``
+            for no limit. A write past it fails with ``File too large`` (``EFBIG``); programs that do
+            not ignore ``SIGXFSZ`` are killed, exit code 153 (``File size limit exceeded``). The file
+            API's uploads are held to it too. It limits each file, not how many there are.
+        tmp_size: ``/tmp`` is a memory-backed filesystem of this size (``No space left on device``
+            past it), counted in ``memory``; ``None`` leaves ``/tmp`` on the container's disk.
+        disk_size: The container's own filesystem size (Docker's ``storage_opt size``), or ``None``.
+            Only some engines support it (overlay2 over xfs with ``pquota``, devicemapper, zfs,
+            btrfs); elsewhere :meth:`start` fails and says so. It never covers named ``volumes``.
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
         command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
@@ -263,6 +284,9 @@ class DockerSandbox(SandboxBase):
         memory: str | None = "2g",
         cpus: float | None = 1.0,
         pids_limit: int | None = 512,
+        max_file_size: str | None = "1g",
+        tmp_size: str | None = "512m",
+        disk_size: str | None = None,
         drop_capabilities: bool = True,
         no_new_privileges: bool = True,
         command_timeout: float = 600,
@@ -280,6 +304,9 @@ class DockerSandbox(SandboxBase):
         self.user = user
         self._uid, self._gid = _parse_user(user)
         self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
+        self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
+        self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
+        self.disk_size = disk_size
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         if command_timeout <= 0 or max_output <= 0:
             raise ValueError("command_timeout and max_output must be positive")
@@ -338,7 +365,13 @@ class DockerSandbox(SandboxBase):
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             for volume in self.volumes:
                 ensure_volume(volume)
-            container = client.containers.create(prepared.tag, **self._container_options())
+            try:
+                container = client.containers.create(prepared.tag, **self._container_options())
+            except APIError as exc:
+                if self.disk_size and "storage-opt" in str(exc.explanation):
+                    raise SandboxError(f"disk_size={self.disk_size!r} is not supported by this Docker engine: "
+                                       f"{exc.explanation}") from None
+                raise
             try:
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
@@ -480,6 +513,13 @@ class DockerSandbox(SandboxBase):
                 "pydantic-deep.owner-host": socket.gethostname(),
             },
             init=True,
+            # Nothing reads the container's log, and a command can write to it (through the main
+            # process's standard output, /proc/<pid>/fd/1): a json-file log would fill the host's disk.
+            log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
+            ulimits=[docker.types.Ulimit(name="fsize", soft=self.max_file_size, hard=self.max_file_size)]
+            if self.max_file_size else None,
+            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,mode=1777,size={self.tmp_size}"} if self.tmp_size else None,
+            storage_opt={"size": self.disk_size} if self.disk_size else None,
             network_mode=None if self.network else "none",
             cap_drop=["ALL"] if self.drop_capabilities else None,
             security_opt=["no-new-privileges"] if self.no_new_privileges else None,
@@ -561,27 +601,18 @@ class DockerSandbox(SandboxBase):
         Missing parent directories are created. Returns the absolute path written.
         """
         data = content.encode() if isinstance(content, str) else bytes(content)
-        return self._put_file(path, io.BytesIO(data), len(data))
+        return self._put_file(path, io.BytesIO(data))
 
     @_in_use
     def _copy_in(self, source: Path, dest: str) -> str:
         with source.open("rb") as handle:  # streamed: a 100 MB file is fine
-            return self._put_file(dest, handle, source.stat().st_size)
+            return self._put_file(dest, handle)
 
-    def _put_file(self, path: str, content: BinaryIO, size: int) -> str:
+    def _put_file(self, path: str, content: BinaryIO) -> str:
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        container_id = self._running_id()
-        root = next(r for r in self.allowed_roots if target.startswith(r + "/"))
-        parents = []
-        parent = posixpath.dirname(target)
-        while parent != root and path_stat(docker_client(), container_id, parent) is None:
-            parents.append(posixpath.relpath(parent, root))
-            parent = posixpath.dirname(parent)
-        with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
-                      parents=reversed(parents)) as archive:
-            docker_client().api.put_archive(container_id, root, archive)
+        write_into(docker_client(), self._running_id(), target, self.allowed_roots, content)
         return target
 
     @_in_use
@@ -609,22 +640,15 @@ class DockerSandbox(SandboxBase):
             partial.unlink(missing_ok=True)
         return dest_path
 
-    def _copy_out(self, path: str, target: Any) -> int:
+    def _copy_out(self, path: str, target: BinaryIO) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        container_id = self._running_id()
-        try:
-            chunks, _stat = docker_client().api.get_archive(container_id, source)
-            return copy_stream(iter_single_file(chunks), target)
-        except NotFound:
-            raise SandboxFileNotFoundError(f"no such file in the sandbox: {source}") from None
-        except IsADirectoryError:
-            raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
+        return read_from(docker_client(), self._running_id(), source, self.allowed_roots, target)
 
     @_in_use
     def exists(self, path: str) -> bool:
         """Whether a file or directory exists at ``path``."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return path_stat(docker_client(), self._running_id(), target) is not None
+        return self._file_command("exists", target).stdout == "yes\n"
 
     @_in_use
     def list_files(self, path: str = ".") -> list[FileInfo]:
@@ -634,22 +658,22 @@ class DockerSandbox(SandboxBase):
             SandboxFileNotFoundError: the directory does not exist.
         """
         directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        stat = path_stat(docker_client(), self._running_id(), directory)
-        if stat is None:
-            raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
-        if not stat["mode"] & _GO_MODE_DIR:
-            raise NotADirectoryError(f"{directory} is not a directory")
-        result = self.execute(
-            f"find {shlex.quote(directory)} -mindepth 1 -maxdepth 1 -printf '%y\\t%s\\t%T@\\t%f\\0'", timeout=60
-        )
-        if result.exit_code != 0:
-            raise SandboxError(f"listing {directory} failed: {result.stderr.strip()}")
+        result = self._file_command("list", directory)
         entries = []
         for record in filter(None, result.stdout.split("\0")):
             kind, size, modified, name = record.split("\t", 3)
             entries.append(FileInfo(name=name, path=posixpath.join(directory, name), size=int(size),
                                     is_dir=kind == "d", modified=float(modified)))
         return sorted(entries, key=lambda entry: entry.name)
+
+    def _file_command(self, op: FileOp, path: str) -> ExecuteResult:
+        """Run a file operation that answers in text through the execution channel (quick), as
+        the sandbox user, with the file API's symlink check (see :mod:`pydantic_deep.transfer`)."""
+        result = self.execute(shlex.join(file_command(op, path, self.allowed_roots)), timeout=60)
+        if result.truncated:
+            raise SandboxError(f"the answer for {path} went past max_output ({self.max_output} bytes)")
+        check_outcome(result.exit_code, result.stderr, path, self.allowed_roots)
+        return result
 
     # -- the container ------------------------------------------------------------------------
 
