@@ -53,6 +53,7 @@ from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image, remo
 from .engine import docker_client, engine_errors
 from .errors import SandboxError, SandboxStateError
 from .images import ensure_runtime_image
+from .metadata import METADATA_ADDRESS, block_metadata
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
 from .transfer import FileOp, check_outcome, file_command, read_from, write_into
@@ -257,6 +258,8 @@ class DockerSandbox(SandboxBase):
             btrfs); elsewhere :meth:`start` fails and says so. It never covers named ``volumes``.
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
+        block_metadata: With network access, make the cloud metadata address (169.254.169.254)
+            unreachable, through a route the sandbox cannot change (see :mod:`pydantic_deep.metadata`).
         command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
         max_output: Bytes of output kept per command; the rest is discarded and flagged.
         ca_bundle: Extra CA certificates for HTTPS in builds and the container (see
@@ -289,6 +292,7 @@ class DockerSandbox(SandboxBase):
         disk_size: str | None = None,
         drop_capabilities: bool = True,
         no_new_privileges: bool = True,
+        block_metadata: bool = True,
         command_timeout: float = 600,
         max_output: int = 1_000_000,
         ca_bundle: str | os.PathLike[str] | bool | None = None,
@@ -308,6 +312,7 @@ class DockerSandbox(SandboxBase):
         self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
         self.disk_size = disk_size
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
+        self.block_metadata = block_metadata
         if command_timeout <= 0 or max_output <= 0:
             raise ValueError("command_timeout and max_output must be positive")
         self.command_timeout, self.max_output = command_timeout, max_output
@@ -379,12 +384,23 @@ class DockerSandbox(SandboxBase):
                     self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
                 container.start()
                 self._python = prepared.python
+                if self.network and self.block_metadata:
+                    self._block_metadata(client, container.id, prepared.tag)
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
                 raise
             self._adopt(client, container.id)
         return self
+
+    def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
+        if self._python is None:
+            logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
+                           self.image, METADATA_ADDRESS)
+            return
+        block_metadata(client, container_id, image, self._python,
+                       {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
+                        "pydantic-deep.owner-host": socket.gethostname()})
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
