@@ -5,8 +5,12 @@ Safe defaults, each overridable by an argument of the same name:
 - the code runs as an unprivileged user (``user="1000:1000"``), never root;
 - every Linux capability is dropped (``drop_capabilities``) and ``no-new-privileges`` is set;
 - a process limit (``pids_limit=512``), memory (``memory="2g"``) and CPU (``cpus=1.0``) limits;
+- files of at most ``max_file_size="1g"``, and ``/tmp`` in memory, ``tmp_size="512m"``;
+- no container log, so output written to it cannot fill the host's disk;
+- the file API acts as the sandbox user and follows no symlink out of the work dir and ``/uploads``;
 - an init process reaps orphaned children;
-- no network unless the runtime or the sandbox asks for it (``network=True``);
+- no network unless the runtime or the sandbox asks for it (``network=True``), and then no cloud
+  metadata address (``block_metadata``);
 - labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
   ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
 """

@@ -56,6 +56,11 @@ _WAITING_SHELL = b's=; while IFS= read -r l || [ -n "$l" ]; do s="$s$l\n"; done 
 # `read` takes a byte per system call: past this length a fresh `sh -c` is quicker. It also
 # keeps the write into the waiting shell's empty pipe from ever blocking.
 _SCRIPT_PIPE_LIMIT = 1024
+# Python ignores SIGPIPE and SIGXFSZ, and commands would inherit that: `yes | head` would complain
+# of a broken pipe. SIGPIPE gets its default back. SIGXFSZ stays ignored on purpose: a write past
+# the per-file size limit then fails with "File too large", which every program reports, instead
+# of killing the program with no message.
+_DEFAULT_SIGNALS = (signal.SIGPIPE,)
 _OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 _KILLED_BY_SIGKILL = 128 + signal.SIGKILL
 # How long a command may wait, at the process limit, for killed leftovers to be reaped by init.
@@ -225,7 +230,8 @@ class Supervisor:
             actions.append((os.POSIX_SPAWN_DUP2, script_read, 3))
         argv = [b"sh", b"-c", command if command is not None else _WAITING_SHELL, b"sh"]
         try:
-            pid = os.posix_spawn(b"/bin/sh", argv, self.environment, file_actions=actions, setsid=True)
+            pid = os.posix_spawn(b"/bin/sh", argv, self.environment, file_actions=actions, setsid=True,
+                                 setsigdef=_DEFAULT_SIGNALS)
         except OSError:
             for fd in (script_write, out_read, err_read, in_write):
                 if fd is not None:
