@@ -34,8 +34,8 @@ from . import supervisor as protocol
 from .errors import SandboxError
 from .types import ExecuteResult, OutputChunk
 
-__all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "ExecProcess", "OutputCallback",
-           "Process", "RunningCommand", "SupervisorChannel"]
+__all__ = ["OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "ExecProcess",
+           "OutputCallback", "Process", "RunningCommand", "SupervisorChannel"]
 
 logger = logging.getLogger("pydantic_deep.channel")
 
@@ -48,6 +48,9 @@ _HELLO_TIMEOUT = 15.0
 # What `timeout -s KILL` exits with when it had to kill the command (128 + SIGKILL).
 _KILLED = 137
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header
+OOM_NOTE = ("\n[pydantic-deep] Out of memory: the kernel killed a process of this command at the sandbox's "
+            "memory limit (DockerSandbox(memory=...)).\n")
+"""The line that ends the output and stderr of a command whose process was killed for lack of memory."""
 
 
 def _docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
@@ -122,14 +125,17 @@ class _Collector:
             if text:
                 self.on_output(OutputChunk(stream, text))  # type: ignore[arg-type]
 
-    def result(self, exit_code: int, *, timed_out: bool, dropped: int = 0) -> ExecuteResult:
+    def result(self, exit_code: int, *, timed_out: bool, dropped: int = 0, oom_killed: bool = False) -> ExecuteResult:
+        # Said in the output too: that is what an agent reads and a notebook shows.
+        note = OOM_NOTE if oom_killed else ""
         return ExecuteResult(
-            output=self.combined.text(),
+            output=self.combined.text() + note,
             exit_code=exit_code,
             stdout=self.streams["stdout"].text(),
-            stderr=self.streams["stderr"].text(),
+            stderr=self.streams["stderr"].text() + note,
             truncated=dropped > 0 or self.combined.dropped > 0,
             timed_out=timed_out,
+            oom_killed=oom_killed,
         )
 
 
@@ -385,7 +391,8 @@ class SupervisorChannel:
                 status = json.loads(payload)
                 self._pending.pop(request_id, None)
                 pending.finish(result=pending.collector.result(
-                    status["exit_code"], timed_out=status["timed_out"], dropped=status["dropped"]))
+                    status["exit_code"], timed_out=status["timed_out"], dropped=status["dropped"],
+                    oom_killed=status["oom_killed"]))
             elif kind == protocol.ERROR:
                 self._pending.pop(request_id, None)
                 pending.finish(error=SandboxError(json.loads(payload)["message"]))

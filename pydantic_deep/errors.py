@@ -79,13 +79,21 @@ class ImageBuildError(SandboxError):
 
 
 class PathOutsideSandboxError(SandboxError, ValueError):
-    """A path that resolves outside the directories the file API may touch."""
+    """A path that resolves outside the directories the file API may touch.
 
-    def __init__(self, path: str, allowed_roots: tuple[str, ...]) -> None:
+    Attributes:
+        path: The path as given.
+        allowed_roots: The directories the file API may touch.
+        resolved: Where symbolic links inside the sandbox lead ``path``, when they are what leads it out.
+    """
+
+    def __init__(self, path: str, allowed_roots: tuple[str, ...], *, resolved: str | None = None) -> None:
         self.path = path
         self.allowed_roots = allowed_roots
+        self.resolved = resolved
+        via = f" (symbolic links lead it to {resolved!r})" if resolved else ""
         super().__init__(
-            f"Path {path!r} is outside the sandbox: file access is limited to {', '.join(allowed_roots)}"
+            f"Path {path!r} is outside the sandbox{via}: file access is limited to {', '.join(allowed_roots)}"
         )
 
 

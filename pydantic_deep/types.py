@@ -182,6 +182,9 @@ class ExecuteResult:
         stderr: The standard error alone.
         truncated: Output went past the sandbox's ``max_output`` bytes; the rest was discarded.
         timed_out: The command ran past its timeout and its process group was killed.
+        oom_killed: The kernel killed a process of the command because the sandbox ran out of
+            memory; ``output`` and ``stderr`` then end with a line that says so. Detected by the
+            supervisor (images with ``python3``), from the container's cgroup counter.
     """
 
     output: str
@@ -190,6 +193,7 @@ class ExecuteResult:
     stderr: str = ""
     truncated: bool = False
     timed_out: bool = False
+    oom_killed: bool = False
 
     @property
     def ok(self) -> bool:

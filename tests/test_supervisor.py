@@ -61,7 +61,8 @@ def test_stdin_frames_feed_the_command(driver: Driver) -> None:
     driver.send(protocol.STDIN, 1, b"hello ")
     driver.send(protocol.STDIN, 1, b"world\n")
     driver.send(protocol.STDIN, 1, b"")  # closes stdin
-    assert driver.until_exit(1) == (b"HELLO WORLD\n", {"exit_code": 0, "timed_out": False, "dropped": 0})
+    assert driver.until_exit(1) == (b"HELLO WORLD\n", {"exit_code": 0, "timed_out": False, "dropped": 0,
+                                                        "oom_killed": False})
 
 
 def test_signal_frame_reaches_the_process_group(driver: Driver) -> None:
@@ -76,7 +77,8 @@ def test_signal_frame_reaches_the_process_group(driver: Driver) -> None:
 def test_output_budget_and_timeout(driver: Driver) -> None:
     driver.send(protocol.RUN, 3, {"command": "head -c 5000 /dev/zero; sleep 30", "timeout": 0.5, "max_output": 10})
     output, status = driver.until_exit(3)
-    assert output == b"\0" * 10 and status == {"exit_code": 137, "timed_out": True, "dropped": 4990}
+    assert output == b"\0" * 10 and status == {"exit_code": 137, "timed_out": True, "dropped": 4990,
+                                                "oom_killed": False}
 
 
 def test_a_long_command_and_a_bad_one(driver: Driver) -> None:

@@ -1,0 +1,320 @@
+"""Hostile code against the sandbox's safe defaults (issue 8): every attack is contained, reported,
+and leaves the host and a second sandbox (the *witness*) answering. See docs/security.md."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pydantic_deep import DockerSandbox, SessionManager
+from pydantic_deep.errors import PathOutsideSandboxError, SandboxError
+from pydantic_deep.engine import docker_client
+
+pytestmark = pytest.mark.adversarial
+
+HOG = "python3 -c 'b = []\nwhile True: b.append(bytearray(10**7))'"
+FORK_BOMB = "python3 -c 'import os\nwhile True:\n  try: os.fork()\n  except OSError: pass'"
+
+
+@pytest.fixture(scope="module")
+def witness() -> Iterator[DockerSandbox]:
+    """A second sandbox that must keep answering whatever the attacked one suffers."""
+    with DockerSandbox(runtime="python-minimal") as running:
+        yield running
+
+
+def assert_answers(sandbox: DockerSandbox) -> None:
+    result = sandbox.execute("echo $((6 * 7))", timeout=60)
+    assert (result.output, result.exit_code) == ("42\n", 0)
+
+
+def pids_in_use(sandbox: DockerSandbox) -> int:
+    stats = docker_client().api.stats(sandbox.container_id, stream=False, one_shot=True)
+    return int(stats["pids_stats"]["current"])
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def test_background_fork_bomb_is_held_at_the_pid_limit_and_cleared_for_the_next_command(witness: DockerSandbox) -> None:
+    with DockerSandbox(runtime="python-minimal") as box:
+        # The bomb's shell returns at once; its processes keep forking, in the background.
+        box.execute(f"{FORK_BOMB} >/dev/null 2>&1 &", timeout=10)
+        deadline = time.monotonic() + 60
+        while pids_in_use(box) < 500:  # it fills pids_limit=512 and stays there
+            assert time.monotonic() < deadline, "the fork bomb never reached the pid limit"
+        assert_answers(witness)
+        # The first command takes the shell the supervisor keeps ready. The next finds no free pid,
+        # and the supervisor kills the process group the bomb shares with its finished command.
+        assert_answers(box)
+        assert_answers(box)
+        while pids_in_use(box) > 50:  # init reaps what was killed
+            assert time.monotonic() < deadline, "the fork bomb outlived the next command"
+
+
+def test_foreground_fork_bomb_blocks_new_commands_with_a_clear_error_until_its_timeout(witness: DockerSandbox) -> None:
+    with DockerSandbox(runtime="python-minimal") as box:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(box.execute, FORK_BOMB, 8)
+            assert_answers(witness)  # while the bomb runs
+            refused = None
+            while refused is None and not running.done():  # until the bomb holds every pid
+                try:
+                    box.execute("true")
+                except SandboxError as exc:
+                    refused = exc
+            assert refused is not None, "the bomb ended before it filled the pid limit"
+            assert "at its process limit (pids_limit)" in str(refused)
+            result = running.result()
+        assert result.timed_out and result.exit_code == 137
+        assert_answers(box)
+
+
+def test_sigterm_is_ignored_but_the_timeout_still_kills(sandbox: DockerSandbox) -> None:
+    stubborn = ("trap '' TERM; python3 -c 'import signal, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)'")
+    result = sandbox.execute(stubborn, timeout=2)
+    assert result.timed_out and result.exit_code == 137
+    # The pattern does not match the grep's own command line.
+    assert sandbox.execute("grep -l 'sleep(30[0])' /proc/[0-9]*/cmdline 2>/dev/null").output == ""
+    assert_answers(sandbox)
+
+
+def test_many_cpu_spinners_stay_within_the_cpu_limit(witness: DockerSandbox) -> None:
+    with DockerSandbox(runtime="python-minimal", cpus=0.5) as box:
+        before, started = box.usage().cpu_seconds, time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            spin = pool.submit(box.execute, "for i in 1 2 3 4 5 6; do timeout 4 sh -c 'while :; do :; done' & done; "
+                                            "wait")
+            assert_answers(witness)
+            assert spin.result().exit_code == 0
+        used = box.usage().cpu_seconds - before
+        wall = time.monotonic() - started
+        # Six spinners on two cores would use up to 2 s of CPU per second; the limit allows 0.5.
+        assert used / wall < 0.5 * 1.3
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_memory_hog_is_reported_as_out_of_memory_and_spares_its_neighbours(witness: DockerSandbox) -> None:
+    async with DockerSandbox(runtime="python-minimal", memory="256m") as box:
+        calm = asyncio.ensure_future(box.aexecute("until [ -e /tmp/release ]; do sleep 0.05; done; echo calm"))
+        hog = await box.aexecute(HOG, timeout=60)
+        assert hog.oom_killed and hog.exit_code == 137
+        assert hog.output.endswith("Out of memory: the kernel killed a process of this command at the sandbox's "
+                                   "memory limit (DockerSandbox(memory=...)).\n")
+        assert "Out of memory" in hog.stderr
+        assert_answers(witness)
+        await box.aexecute("touch /tmp/release")
+        neighbour = await calm
+        assert (neighbour.output, neighbour.oom_killed) == ("calm\n", False)
+        # A script that goes on after its child was killed is still told.
+        survived = await box.aexecute(HOG + "; echo status=$?", timeout=60)
+        assert survived.oom_killed and survived.exit_code == 0 and "status=137" in survived.output
+        after = await box.aexecute("echo fine")
+        assert (after.output, after.oom_killed) == ("fine\n", False)
+
+
+# -- disk ---------------------------------------------------------------------------------------
+
+
+def test_file_size_and_tmp_limits_are_enforced_and_named(witness: DockerSandbox) -> None:
+    with DockerSandbox(runtime="python-minimal", max_file_size="8m", tmp_size="4m") as box:
+        shell = box.execute("head -c 20m /dev/zero > big; echo status=$?; stat -c %s big")
+        assert "File too large" in shell.output and "status=1" in shell.output
+        assert shell.output.endswith(f"{8 * 1024 * 1024}\n")
+        python = box.execute("python3 -c 'open(\"big2\", \"wb\").write(bytes(9 * 1024 * 1024))'")
+        assert python.exit_code == 1 and "File too large" in python.output
+        tmp = box.execute("head -c 3m /dev/zero > /tmp/a; head -c 3m /dev/zero > /tmp/b")
+        assert tmp.exit_code != 0 and "No space left on device" in tmp.output
+        with pytest.raises(SandboxError, match="per-file size limit"):
+            box.write_file("upload.bin", bytes(9 * 1024 * 1024))
+        assert not box.exists("upload.bin")
+        assert [entry.name for entry in box.list_files()] == ["big", "big2"]  # no partial upload left
+        assert_answers(witness)
+
+
+def test_pipes_and_signals_behave_as_in_a_shell(sandbox: DockerSandbox) -> None:
+    # SIGPIPE has its default action back (Python's supervisor ignores it); SIGXFSZ stays ignored.
+    assert sandbox.execute("yes | head -1").output == "y\n"
+
+
+def test_default_disk_limits(sandbox: DockerSandbox) -> None:
+    assert sandbox.execute("ulimit -f").output == f"{1024 ** 3 // 512}\n"  # 1 GiB, in 512-byte blocks
+    assert sandbox.execute("df -B1 --output=fstype,size /tmp | tail -1").output.split() == ["tmpfs",
+                                                                                           str(512 * 1024 ** 2)]
+
+
+def test_disk_size_works_or_says_the_engine_cannot() -> None:
+    box = DockerSandbox(runtime="python-minimal", disk_size="1g")
+    try:
+        box.start()
+    except SandboxError as exc:
+        assert "disk_size='1g' is not supported by this Docker engine" in str(exc)
+    else:
+        with box:
+            assert box.execute("df -B1 --output=size / | tail -1").output.strip() == str(1024 ** 3)
+
+
+def test_flooding_the_container_log_costs_the_host_no_disk(sandbox: DockerSandbox) -> None:
+    # pid 1's standard output is the container's log stream, writable by the sandbox user.
+    flood = sandbox.execute("head -c 20m /dev/zero > /proc/1/fd/1; echo status=$?")
+    assert flood.output == "status=0\n"
+    attrs = docker_client().api.inspect_container(sandbox.container_id)
+    assert attrs["HostConfig"]["LogConfig"]["Type"] == "none" and attrs["LogPath"] == ""
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def test_a_million_lines_are_capped_quickly_in_bounded_memory(sandbox: DockerSandbox) -> None:
+    tracemalloc.start()
+    try:
+        result = sandbox.execute("seq 1000000; head -c 200000000 /dev/zero | tr '\\0' x")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.truncated and result.exit_code == 0
+    assert len(result.output.encode()) == 1_000_000 and result.output.startswith("1\n2\n3\n")
+    assert peak < 16 * 1024 * 1024  # 200 MB went through the container, not the host
+
+
+def test_invalid_utf8_and_escape_codes(sandbox: DockerSandbox) -> None:
+    chunks: list[str] = []
+    result = sandbox.execute(r"printf 'a\377\376b \033[31mred\033[0m \033]0;title\007 \033]52;c;cGF3bmVk\007\n'",
+                             on_output=lambda chunk: chunks.append(chunk.text))
+    # Invalid bytes become U+FFFD; escape codes pass through unchanged (docs/security.md says why).
+    assert result.output == "a\ufffd\ufffdb \x1b[31mred\x1b[0m \x1b]0;title\x07 \x1b]52;c;cGF3bmVk\x07\n"
+    assert "".join(chunks) == result.output
+
+
+# -- escapes ------------------------------------------------------------------------------------
+
+
+def test_commands_cannot_write_system_paths_or_see_the_host(sandbox: DockerSandbox) -> None:
+    result = sandbox.execute("id -u; for p in /etc/x /usr/bin/x /x /opt/pydantic-deep/x; do touch $p; done")
+    assert result.output.splitlines()[0] == "1000"
+    assert result.output.count("Permission denied") == 4
+    processes = sandbox.execute("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").output
+    assert "dockerd" not in processes and "containerd" not in processes
+
+
+@pytest.mark.parametrize("path", ["../etc/passwd", "/etc/passwd", "/uploads/../etc/shadow", "/proc/1/root"])
+def test_file_api_refuses_paths_outside(sandbox: DockerSandbox, path: str, tmp_path: Path) -> None:
+    for attempt in (lambda: sandbox.read_file(path), lambda: sandbox.write_file(path, "x"),
+                    lambda: sandbox.list_files(path), lambda: sandbox.exists(path),
+                    lambda: sandbox.download(path, tmp_path / "out"), lambda: sandbox.upload(b"x", path)):
+        with pytest.raises(PathOutsideSandboxError, match="outside the sandbox"):
+            attempt()
+
+
+@pytest.fixture(scope="module")
+def planted(sandbox: DockerSandbox) -> DockerSandbox:
+    """Symlinks a hostile command planted in the work dir and /uploads."""
+    result = sandbox.execute("mkdir -p plant && cd plant && ln -s /etc/shadow shadow && ln -s /etc etc && "
+                             "ln -s /proc/1/root root1 && ln -s /etc/passwd passwd && ln -s /tmp tmp && "
+                             "ln -s /nonexistent/new dangling && ln -s /etc /uploads/etc && "
+                             "echo inside > real.txt && ln -s real.txt ok && ln -s /uploads up")
+    assert result.exit_code == 0, result.output
+    return sandbox
+
+
+@pytest.mark.parametrize("path", ["plant/shadow", "plant/etc/shadow", "plant/etc/passwd", "plant/passwd",
+                                  "plant/root1/etc/hostname", "plant/etc", "plant/tmp/x", "plant/dangling",
+                                  "/uploads/etc/passwd", "plant/up/etc/group"])
+def test_planted_symlinks_are_not_followed_out(planted: DockerSandbox, path: str, tmp_path: Path) -> None:
+    for attempt in (lambda: planted.read_file(path), lambda: planted.download(path, tmp_path / "out"),
+                    lambda: planted.list_files(path), lambda: planted.exists(path),
+                    lambda: planted.write_file(path, "pwned"), lambda: planted.upload(b"pwned", path)):
+        with pytest.raises(PathOutsideSandboxError, match="symbolic links lead it to '/(etc|proc|tmp|nonexistent)"):
+            attempt()
+    assert not (tmp_path / "out").exists()
+    leaked = planted.execute("ls /etc/pwned* /tmp/x /nonexistent 2>&1; grep -l pwned /etc/passwd /etc/group")
+    assert "No such file" in leaked.output and "/etc/passwd" not in leaked.output.replace("grep", "")
+
+
+def test_symlinks_inside_the_roots_still_work(planted: DockerSandbox) -> None:
+    assert planted.read_file("plant/ok") == b"inside\n"
+    assert planted.exists("plant/up") and planted.write_file("plant/up/via-link.txt", "v")
+    assert planted.read_file("/uploads/via-link.txt") == b"v"
+    planted.write_file("plant/ok", "replaced")  # follows the link, like `echo > ok` would
+    assert planted.read_file("plant/real.txt") == b"replaced"
+
+
+def test_file_api_cannot_read_a_pipe_into_a_hang(sandbox: DockerSandbox) -> None:
+    sandbox.execute("mkfifo trap.fifo")
+    with pytest.raises(SandboxError, match="not a regular file"):
+        sandbox.read_file("trap.fifo")
+
+
+@pytest.mark.anyio
+async def test_a_session_cannot_reach_another_sessions_files() -> None:
+    manager = SessionManager(default_runtime="python-minimal", name=f"test-hostile-{uuid.uuid4().hex[:8]}")
+    try:
+        alice, bob = await asyncio.gather(manager.get_or_create("alice"), manager.get_or_create("bob"))
+        await bob.awrite_file("secret.txt", "bob's secret")
+        await bob.awrite_file("/uploads/bob.csv", "b")
+        bob_volumes = [name for name in bob.volumes]
+        hunt = await alice.aexecute("cat /workspace/secret.txt; ls /uploads; "
+                                    "find / -name secret.txt -o -name bob.csv 2>/dev/null; "
+                                    + "; ".join(f"ls /var/lib/docker/volumes/{v}/_data" for v in bob_volumes))
+        assert "bob's secret" not in hunt.output and "bob.csv" not in hunt.output
+        await alice.aexecute(f"ln -s /var/lib/docker/volumes/{bob_volumes[0]}/_data bob")
+        with pytest.raises(PathOutsideSandboxError):
+            await alice.aread_file("bob/secret.txt")
+    finally:
+        await manager.shutdown(keep_files=False)
+
+
+def test_privileged_operations_are_refused(sandbox: DockerSandbox) -> None:
+    probe = r"""python3 - <<'EOF'
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def outcome(result):
+    return "ok" if result == 0 else errno.errorcode[ctypes.get_errno()]
+print("mount", outcome(libc.mount(b"none", b"/mnt", b"tmpfs", 0, None)))
+print("finit_module", outcome(libc.syscall(313, -1, b"", 0)))
+print("delete_module", outcome(libc.syscall(176, b"ext4", 0)))
+for family in (socket.AF_INET, socket.AF_PACKET):
+    try:
+        socket.socket(family, socket.SOCK_RAW, 1)
+        print("raw", family, "ok")
+    except OSError as exc:
+        print("raw", family, errno.errorcode[exc.errno])
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=3)
+    print("egress ok")
+except OSError as exc:
+    print("egress", errno.errorcode[exc.errno])
+EOF
+ls /sys/class/net"""
+    assert sandbox.execute(probe).output.splitlines() == [
+        "mount EPERM", "finit_module EPERM", "delete_module EPERM",
+        f"raw {2} EPERM", "raw 17 EPERM", "egress ENETUNREACH", "lo"]
+
+
+def test_metadata_address_is_blocked_when_the_network_is_on() -> None:
+    reach = r"""python3 - <<'EOF'
+import errno, socket, struct
+sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+body = struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 254, 0, 0, 0, 0)
+body += struct.pack("=HH4s", 8, 1, socket.inet_aton("169.254.169.254"))
+sock.send(struct.pack("=IHHII", 16 + len(body), 25, 0x5, 1, 0) + body)  # RTM_DELROUTE, with an ack
+print("delete route", errno.errorcode[-struct.unpack_from("=i", sock.recv(4096), 16)[0]])
+try:
+    socket.create_connection(("169.254.169.254", 80), timeout=3)
+    print("metadata reachable")
+except OSError as exc:
+    print("metadata", errno.errorcode.get(exc.errno, exc))
+EOF"""
+    with DockerSandbox(runtime="python-minimal", network=True) as box:
+        assert box.execute(reach).output == "delete route EPERM\nmetadata EACCES\n"
