@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 import docker
 from docker.errors import APIError, NotFound
 
+from .arguments import checked_timeout, file_content
 from .archive import copy_stream, file_tar, iter_single_file
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
@@ -49,9 +50,9 @@ from .channel import (
     Process,
     SupervisorChannel,
 )
-from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, path_stat, prepare_image, remove_container
+from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, is_directory, path_stat, prepare_image, remove_container
 from .engine import docker_client, engine_errors
-from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
+from .errors import InvalidArgumentError, SandboxError, SandboxFileNotFoundError, SandboxStateError
 from .images import ensure_runtime_image
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
@@ -64,8 +65,6 @@ logger = logging.getLogger("pydantic_deep.sandbox")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-# Go's os.ModeDir, as the engine reports it in a path's stat.
-_GO_MODE_DIR = 1 << 31
 
 
 _exec_fallback_logged: set[str | None] = set()
@@ -118,11 +117,24 @@ class SandboxBase:
     """
 
     runtime: RuntimeConfig
+    command_timeout: float
+    max_output: int
 
     def __init__(self) -> None:
         self._busy = 0
         self._activity_lock = threading.Lock()
         self.last_used = time.monotonic()
+
+    def _set_command_limits(self, command_timeout: float, max_output: int) -> None:
+        """Check and keep what every command gets by default: its timeout and its output cap."""
+        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output <= 0:
+            raise InvalidArgumentError(f"max_output must be a positive number of bytes, not {max_output!r}")
+        self.command_timeout = checked_timeout(command_timeout, "command_timeout")
+        self.max_output = max_output
+
+    def _timeout(self, timeout: float | None) -> float:
+        """A command's timeout: its own, else :attr:`command_timeout` (the channel checks it)."""
+        return self.command_timeout if timeout is None else timeout
 
     @property
     def work_dir(self) -> str:
@@ -197,7 +209,7 @@ class SandboxBase:
         """
         if isinstance(source, (bytes, bytearray, memoryview)):
             if not dest or dest.endswith("/"):
-                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
+                raise InvalidArgumentError(f"uploading bytes needs dest, the file's path in the sandbox, not {dest!r}")
             return self.write_file(dest, bytes(source))
         source_path = Path(source)
         if not source_path.is_file():
@@ -281,9 +293,7 @@ class DockerSandbox(SandboxBase):
         self._uid, self._gid = _parse_user(user)
         self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
-        if command_timeout <= 0 or max_output <= 0:
-            raise ValueError("command_timeout and max_output must be positive")
-        self.command_timeout, self.max_output = command_timeout, max_output
+        self._set_command_limits(command_timeout, max_output)
         self.ca_bundle: CaBundle | None = resolve_ca_bundle(ca_bundle)
         self.progress = progress
         self.session_id = session_id or uuid.uuid4().hex[:12]
@@ -516,14 +526,18 @@ class DockerSandbox(SandboxBase):
         Args:
             command: A shell command line: quoting, pipes and variables work as in ``sh``.
             timeout: Seconds before the command's whole process group is killed (default
-                :attr:`command_timeout`); the result then has ``timed_out=True``.
+                :attr:`command_timeout`, at most 1,000,000); the result then has ``timed_out=True``.
             on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
                 on the channel's reader thread: keep it quick, and do not wait in it for another
                 command of this sandbox.
+
+        Raises:
+            InvalidArgumentError: the command holds a NUL byte or a lone surrogate, or the timeout
+                is not a positive number of seconds; nothing ran.
         """
         channel = self._live_channel()
         try:
-            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output,
+            return channel.run(command, timeout=self._timeout(timeout), max_output=self.max_output,
                                on_output=on_output)
         except NotFound:
             raise self._gone() from None
@@ -538,8 +552,8 @@ class DockerSandbox(SandboxBase):
             channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
                 self._live_channel)
             with engine_errors():
-                return await channel.arun(command, timeout=timeout or self.command_timeout,
-                                          max_output=self.max_output, on_output=on_output)
+                return await channel.arun(command, timeout=self._timeout(timeout), max_output=self.max_output,
+                                          on_output=on_output)
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -559,8 +573,15 @@ class DockerSandbox(SandboxBase):
         """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
 
         Missing parent directories are created. Returns the absolute path written.
+
+        Raises:
+            InvalidArgumentError: an unusable path (empty, NUL, too long), or text content UTF-8
+                cannot hold.
+            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
+            IsADirectoryError: a directory is there (it is left as it is).
+            NotADirectoryError: a parent on the path is a file.
         """
-        data = content.encode() if isinstance(content, str) else bytes(content)
+        data = file_content(content)
         return self._put_file(path, io.BytesIO(data), len(data))
 
     @_in_use
@@ -573,16 +594,38 @@ class DockerSandbox(SandboxBase):
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
         container_id = self._running_id()
+        client = docker_client()
         root = next(r for r in self.allowed_roots if target.startswith(r + "/"))
-        parents = []
-        parent = posixpath.dirname(target)
-        while parent != root and path_stat(docker_client(), container_id, parent) is None:
-            parents.append(posixpath.relpath(parent, root))
-            parent = posixpath.dirname(parent)
-        with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
-                      parents=reversed(parents)) as archive:
-            docker_client().api.put_archive(container_id, root, archive)
+        with self._file_errors("writing", target):
+            existing = path_stat(client, container_id, target)
+            if existing is not None and is_directory(existing):
+                # The engine would replace the directory, and everything in it, by the file.
+                raise IsADirectoryError(f"{target} is a directory")
+            parents = []
+            parent = posixpath.dirname(target)
+            while existing is None and parent != root:
+                if (parent_stat := path_stat(client, container_id, parent)) is not None:
+                    if not is_directory(parent_stat):
+                        raise NotADirectoryError(f"{parent} is not a directory, so {target} cannot be written")
+                    break
+                parents.append(posixpath.relpath(parent, root))
+                parent = posixpath.dirname(parent)
+            with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
+                          parents=reversed(parents)) as archive:
+                client.api.put_archive(container_id, root, archive)
         return target
+
+    @contextlib.contextmanager
+    def _file_errors(self, action: str, path: str) -> Iterator[None]:
+        """Turn what the engine says about a file operation into an error that names the path."""
+        try:
+            yield
+        except NotFound:
+            raise SandboxFileNotFoundError(f"no such file in the sandbox: {path}") from None
+        except APIError as exc:
+            if "not a directory" in str(exc.explanation):  # a path through a file: nothing there
+                raise SandboxFileNotFoundError(f"no such file in the sandbox: {path}") from None
+            raise SandboxError(f"{action} {path} failed: {exc.explanation or exc}") from exc
 
     @_in_use
     def read_file(self, path: str) -> bytes:
@@ -590,6 +633,8 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             SandboxFileNotFoundError: there is no such file.
+            IsADirectoryError: the path is a directory.
+            InvalidArgumentError: an unusable path (empty, NUL, too long).
             PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
         """
         buffer = io.BytesIO()
@@ -612,11 +657,10 @@ class DockerSandbox(SandboxBase):
     def _copy_out(self, path: str, target: Any) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         container_id = self._running_id()
-        try:
+        with self._file_errors("reading", source):
             chunks, _stat = docker_client().api.get_archive(container_id, source)
+        try:
             return copy_stream(iter_single_file(chunks), target)
-        except NotFound:
-            raise SandboxFileNotFoundError(f"no such file in the sandbox: {source}") from None
         except IsADirectoryError:
             raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
 
@@ -624,7 +668,9 @@ class DockerSandbox(SandboxBase):
     def exists(self, path: str) -> bool:
         """Whether a file or directory exists at ``path``."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return path_stat(docker_client(), self._running_id(), target) is not None
+        container_id = self._running_id()
+        with self._file_errors("checking", target):
+            return path_stat(docker_client(), container_id, target) is not None
 
     @_in_use
     def list_files(self, path: str = ".") -> list[FileInfo]:
@@ -632,12 +678,15 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             SandboxFileNotFoundError: the directory does not exist.
+            NotADirectoryError: the path is a file.
         """
         directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        stat = path_stat(docker_client(), self._running_id(), directory)
+        container_id = self._running_id()
+        with self._file_errors("listing", directory):
+            stat = path_stat(docker_client(), container_id, directory)
         if stat is None:
             raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
-        if not stat["mode"] & _GO_MODE_DIR:
+        if not is_directory(stat):
             raise NotADirectoryError(f"{directory} is not a directory")
         result = self.execute(
             f"find {shlex.quote(directory)} -mindepth 1 -maxdepth 1 -printf '%y\\t%s\\t%T@\\t%f\\0'", timeout=60
