@@ -31,11 +31,12 @@ from typing import Any, Protocol
 import docker
 
 from . import supervisor as protocol
-from .errors import SandboxError
+from .arguments import checked_text, checked_timeout
+from .errors import InvalidArgumentError, SandboxError
 from .types import ExecuteResult, OutputChunk
 
-__all__ = ["OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "ExecProcess",
-           "OutputCallback", "Process", "RunningCommand", "SupervisorChannel"]
+__all__ = ["MAX_COMMAND_BYTES", "OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel",
+           "ExecProcess", "OutputCallback", "Process", "RunningCommand", "SupervisorChannel"]
 
 logger = logging.getLogger("pydantic_deep.channel")
 
@@ -51,6 +52,8 @@ _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing h
 OOM_NOTE = ("\n[pydantic-deep] Out of memory: the kernel killed a process of this command at the sandbox's "
             "memory limit (DockerSandbox(memory=...)).\n")
 """The line that ends the output and stderr of a command whose process was killed for lack of memory."""
+# `sh -c COMMAND` gets the command as one argument, which Linux limits to 32 pages with its NUL.
+MAX_COMMAND_BYTES = 128 * 1024 - 1
 
 
 def _docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
@@ -139,6 +142,18 @@ class _Collector:
         )
 
 
+def _checked_command(command: str, timeout: float | None) -> None:
+    """Refuse, before anything is sent, a command the shell would not get unchanged (a NUL byte,
+    a lone surrogate), one too long to start, and a timeout the supervisor cannot wait for."""
+    size = len(checked_text(command, "command").encode())
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidArgumentError(
+            f"command is {size:,} bytes; a command line takes at most {MAX_COMMAND_BYTES:,} "
+            "(write a longer script to a file, and run the file)")
+    if timeout is not None:
+        checked_timeout(timeout, "timeout")
+
+
 def _timeout_argv(command: str, timeout: float) -> list[str]:
     """``sh -c command`` under coreutils ``timeout``, which kills the whole process group."""
     return ["timeout", "-s", "KILL", f"{timeout:.3f}", "sh", "-c", command]
@@ -161,6 +176,7 @@ class DockerExecChannel:
 
     def run(self, command: str, *, timeout: float, max_output: int,
             on_output: OutputCallback | None = None) -> ExecuteResult:
+        _checked_command(command, timeout)
         api = self.client.api
         exec_id = api.exec_create(self.container_id, _timeout_argv(command, timeout))["Id"]
         started = time.monotonic()
@@ -275,6 +291,7 @@ class SupervisorChannel:
 
     def _submit(self, command: str, timeout: float | None, max_output: int | None,
                 on_output: OutputCallback | None, *, stdin: bool = False) -> tuple[int, _Pending]:
+        _checked_command(command, timeout)
         request_id = next(self._ids)
         # max_output None: everything goes to on_output and nothing is kept (a long-lived process).
         pending = _Pending(_Collector(max_output if max_output is not None else 0, on_output))
@@ -437,6 +454,7 @@ class ExecProcess:
 
     def __init__(self, client: docker.DockerClient, container_id: str, command: str, on_output: OutputCallback) -> None:
         self._client, self._container_id, self._on_output = client, container_id, on_output
+        _checked_command(command, None)
         exec_id = client.api.exec_create(container_id, ["sh", "-c", f"echo $$; exec {command}"], stdin=True)["Id"]
         self._sock = client.api.exec_start(exec_id, socket=True)._sock
         self._sock.settimeout(None)

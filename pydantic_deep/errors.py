@@ -8,6 +8,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── UnknownBackendError         $PYDANTIC_DEEP_BACKEND names no backend (lists the known ones)
     ├── ImageNotAvailableError      a base image that is neither local, pullable nor bootstrappable
     ├── ImageBuildError             a runtime image failed to build (carries the log tail)
+    ├── InvalidArgumentError        an argument that cannot be used as given (names it and the problem)
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     └── SandboxStateError           the sandbox was used in a state that forbids it
@@ -22,6 +23,7 @@ __all__ = [
     "DockerUnavailableError",
     "ImageBuildError",
     "ImageNotAvailableError",
+    "InvalidArgumentError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
@@ -29,6 +31,15 @@ __all__ = [
     "UnknownBackendError",
     "UnknownRuntimeError",
 ]
+
+
+_SHOWN_CHARS = 80
+
+
+def shown(value: str) -> str:
+    """``repr(value)``, cut short for a message: a megabyte of input must not make a megabyte of error."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(value):,} characters)"
 
 
 class SandboxError(Exception):
@@ -78,6 +89,12 @@ class ImageBuildError(SandboxError):
         super().__init__(f"Building image {tag} failed: {reason}\n  Last lines of the build log:\n{tail}")
 
 
+class InvalidArgumentError(SandboxError, ValueError):
+    """An argument that cannot be used as given: a path or command holding a NUL byte or text that
+    is not valid Unicode, a path too long for the container's file system, a timeout that is not a
+    positive number. The message names the argument and the problem."""
+
+
 class PathOutsideSandboxError(SandboxError, ValueError):
     """A path that resolves outside the directories the file API may touch.
 
@@ -93,7 +110,7 @@ class PathOutsideSandboxError(SandboxError, ValueError):
         self.resolved = resolved
         via = f" (symbolic links lead it to {resolved!r})" if resolved else ""
         super().__init__(
-            f"Path {path!r} is outside the sandbox{via}: file access is limited to {', '.join(allowed_roots)}"
+            f"Path {shown(path)} is outside the sandbox{via}: file access is limited to {', '.join(allowed_roots)}"
         )
 
 

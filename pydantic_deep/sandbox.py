@@ -41,6 +41,7 @@ from docker.errors import APIError, NotFound
 from docker.utils import parse_bytes
 
 from ._html import field_table
+from .arguments import checked_timeout, file_content
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from .channel import (
@@ -55,7 +56,7 @@ from .channel import (
 )
 from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image, remove_container
 from .engine import docker_client, engine_errors
-from .errors import SandboxError, SandboxStateError
+from .errors import InvalidArgumentError, SandboxError, SandboxStateError
 from .images import ensure_runtime_image
 from .metadata import METADATA_ADDRESS, block_metadata
 from .paths import UPLOADS_DIR, resolve_sandbox_path
@@ -139,11 +140,24 @@ class SandboxBase:
     """
 
     runtime: RuntimeConfig
+    command_timeout: float
+    max_output: int
 
     def __init__(self) -> None:
         self._busy = 0
         self._activity_lock = threading.Lock()
         self.last_used = time.monotonic()
+
+    def _set_command_limits(self, command_timeout: float, max_output: int) -> None:
+        """Check and keep what every command gets by default: its timeout and its output cap."""
+        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output <= 0:
+            raise InvalidArgumentError(f"max_output must be a positive number of bytes, not {max_output!r}")
+        self.command_timeout = checked_timeout(command_timeout, "command_timeout")
+        self.max_output = max_output
+
+    def _timeout(self, timeout: float | None) -> float:
+        """A command's timeout: its own, else :attr:`command_timeout` (the channel checks it)."""
+        return self.command_timeout if timeout is None else timeout
 
     @property
     def work_dir(self) -> str:
@@ -230,7 +244,7 @@ class SandboxBase:
         """
         if isinstance(source, (bytes, bytearray, memoryview)):
             if not dest or dest.endswith("/"):
-                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
+                raise InvalidArgumentError(f"uploading bytes needs dest, the file's path in the sandbox, not {dest!r}")
             return self.write_file(dest, bytes(source))
         source_path = Path(source)
         if not source_path.is_file():
@@ -344,9 +358,7 @@ class DockerSandbox(SandboxBase):
         self.disk_size = disk_size
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         self.block_metadata = block_metadata
-        if command_timeout <= 0 or max_output <= 0:
-            raise ValueError("command_timeout and max_output must be positive")
-        self.command_timeout, self.max_output = command_timeout, max_output
+        self._set_command_limits(command_timeout, max_output)
         self.ca_bundle: CaBundle | None = resolve_ca_bundle(ca_bundle)
         self.progress = progress
         self.session_id = session_id or uuid.uuid4().hex[:12]
@@ -603,14 +615,18 @@ class DockerSandbox(SandboxBase):
         Args:
             command: A shell command line: quoting, pipes and variables work as in ``sh``.
             timeout: Seconds before the command's whole process group is killed (default
-                :attr:`command_timeout`); the result then has ``timed_out=True``.
+                :attr:`command_timeout`, at most 1,000,000); the result then has ``timed_out=True``.
             on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
                 on the channel's reader thread: keep it quick, and do not wait in it for another
                 command of this sandbox.
+
+        Raises:
+            InvalidArgumentError: the command holds a NUL byte or a lone surrogate, or the timeout
+                is not a positive number of seconds; nothing ran.
         """
         channel = self._live_channel()
         try:
-            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output,
+            return channel.run(command, timeout=self._timeout(timeout), max_output=self.max_output,
                                on_output=on_output)
         except NotFound:
             raise self._gone() from None
@@ -625,8 +641,8 @@ class DockerSandbox(SandboxBase):
             channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
                 self._live_channel)
             with engine_errors():
-                return await channel.arun(command, timeout=timeout or self.command_timeout,
-                                          max_output=self.max_output, on_output=on_output)
+                return await channel.arun(command, timeout=self._timeout(timeout), max_output=self.max_output,
+                                          on_output=on_output)
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -646,9 +662,15 @@ class DockerSandbox(SandboxBase):
         """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
 
         Missing parent directories are created. Returns the absolute path written.
+
+        Raises:
+            InvalidArgumentError: an unusable path (empty, NUL, too long), or text content UTF-8
+                cannot hold.
+            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
+            IsADirectoryError: a directory is there (it is left as it is).
+            NotADirectoryError: a parent on the path is a file.
         """
-        data = content.encode() if isinstance(content, str) else bytes(content)
-        return self._put_file(path, io.BytesIO(data))
+        return self._put_file(path, io.BytesIO(file_content(content)))
 
     @_in_use
     def _copy_in(self, source: Path, dest: str) -> str:
@@ -668,6 +690,8 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             SandboxFileNotFoundError: there is no such file.
+            IsADirectoryError: the path is a directory.
+            InvalidArgumentError: an unusable path (empty, NUL, too long).
             PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
         """
         buffer = io.BytesIO()
@@ -703,6 +727,7 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             SandboxFileNotFoundError: the directory does not exist.
+            NotADirectoryError: the path is a file.
         """
         directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         result = self._file_command("list", directory)

@@ -243,7 +243,16 @@ class Supervisor:
         return _Shell(pid, script_write, out_read, err_read, in_write)
 
     def _start(self, request_id: int, spec: dict) -> None:
-        script = spec["command"].encode() + b"\n"
+        # The host refuses such commands; should one come anyway, it fails alone: an exception
+        # here would end the supervisor and every command it runs.
+        try:
+            script = spec["command"].encode() + b"\n"
+        except (KeyError, AttributeError, UnicodeEncodeError) as exc:
+            self.send_json(ERROR, request_id, {"message": f"cannot run the command: {exc!r}"})
+            return
+        if b"\0" in script:  # sh -c would cut it short, the waiting shell would drop the byte
+            self.send_json(ERROR, request_id, {"message": "cannot run the command: it holds a NUL byte"})
+            return
         shell = None
         if self.spare is not None and not spec.get("stdin") and len(script) <= _SCRIPT_PIPE_LIMIT:
             shell, self.spare = self.spare, None

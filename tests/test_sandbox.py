@@ -16,6 +16,7 @@ import docker
 from pydantic_deep import (
     DockerSandbox,
     DockerUnavailableError,
+    InvalidArgumentError,
     PathOutsideSandboxError,
     RuntimeConfig,
     SandboxFileNotFoundError,
@@ -207,12 +208,33 @@ def test_100_mb_file_round_trips(sandbox: DockerSandbox, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "/etc/passwd", "/uploads/../etc/shadow",
-                                  "/workspace/../../root", "/workspacex/file", "a\0b", ""])
+                                  "/workspace/../../root", "/workspacex/file"])
 def test_paths_outside_the_sandbox_are_refused(sandbox: DockerSandbox, path: str) -> None:
     with pytest.raises(PathOutsideSandboxError, match="outside the sandbox"):
         sandbox.read_file(path)
     with pytest.raises(PathOutsideSandboxError):
         sandbox.write_file(path, b"x")
+
+
+@pytest.mark.parametrize(("path", "problem"), [("a\0b", "contains a NUL byte"), ("", "is empty"),
+                                               ("a\ud800", "lone surrogate"), ("x" * 256, "at most 255")])
+def test_unusable_paths_are_refused_with_the_reason(sandbox: DockerSandbox, path: str, problem: str) -> None:
+    for operation in (sandbox.read_file, sandbox.exists, sandbox.list_files, lambda p: sandbox.write_file(p, b"x")):
+        with pytest.raises(InvalidArgumentError, match=problem):
+            operation(path)
+
+
+def test_a_path_through_a_file_or_onto_a_directory_is_refused_clearly(sandbox: DockerSandbox) -> None:
+    sandbox.execute("mkdir -p keep && echo precious > keep/file && echo x > plain")
+    with pytest.raises(IsADirectoryError, match="/workspace/keep is a directory"):
+        sandbox.write_file("keep", b"would replace the directory")
+    assert sandbox.read_file("keep/file") == b"precious\n"
+    with pytest.raises(NotADirectoryError, match="/workspace/plain is not a directory"):
+        sandbox.write_file("plain/a/b", b"x")
+    with pytest.raises(SandboxFileNotFoundError):
+        sandbox.read_file("plain/a")
+    assert not sandbox.exists("plain/a/b")
+    sandbox.execute("rm -rf keep plain")
 
 
 def test_missing_files_and_directories(sandbox: DockerSandbox, tmp_path: Path) -> None:
