@@ -41,7 +41,8 @@ _CHUNK = 1024 * 1024
 # and the rename replaces a symlink at the target instead of following it.
 _SCRIPT = r"""
 op=$1 path=$2 inside=; shift 2
-real=$(realpath -m -- "$path" 2>/dev/null) || exit 95
+real=$(realpath -m -- "$path" 2>/dev/null && echo .) || exit 95
+real=${real%?.}  # realpath's newline and the guard: $(...) would also strip newlines that end the name
 for root do
   root=$(realpath -m -- "$root")
   case $real in "$root"|"$root"/*) inside=1;; esac
@@ -60,6 +61,9 @@ read)
   exec cat -- "$real";;
 write)
   [ -d "$real" ] && exit 91
+  dir=${real%/*}
+  while [ -n "$dir" ] && [ ! -e "$dir" ]; do dir=${dir%/*}; done
+  [ -z "$dir" ] || [ -d "$dir" ] || { printf '%s' "$dir" >&2; exit 93; }  # a file where a directory must be
   mkdir -p -- "${real%/*}" || exit 1
   part="${real%/*}/.${real##*/}.part-$$"
   echo ready
@@ -93,7 +97,7 @@ def check_outcome(exit_code: int, stderr: str, path: str, roots: tuple[str, ...]
     if exit_code == _IS_DIR:
         raise IsADirectoryError(f"{path} is a directory; use list_files()")
     if exit_code == _NOT_DIR:
-        raise NotADirectoryError(f"{path} is not a directory")
+        raise NotADirectoryError(f"{stderr or path} is not a directory")
     if exit_code == _NOT_FILE:
         raise SandboxError(f"{path} is not a regular file (a pipe or a device, say), so it cannot be read")
     if exit_code == _NO_REALPATH:
