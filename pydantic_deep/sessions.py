@@ -300,7 +300,7 @@ class SessionManager:
         if labels is None:
             return None
         runtime = RuntimeConfig.model_validate_json(labels[_LABEL_RUNTIME])
-        return SessionRecord(json.loads(labels[_LABEL_USER]), self._container_name(key),
+        return SessionRecord(_user_from_label(labels[_LABEL_USER]), self._container_name(key),
                              {labels[_LABEL_WORK]: runtime.work_dir, labels[_LABEL_UPLOADS]: UPLOADS_DIR},
                              labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]))
 
@@ -499,6 +499,15 @@ class SessionManager:
             "Name": self.name, "Default runtime": self.default_runtime.name,
             "Idle timeout": f"{self.default_idle_timeout:g} s", "Running sessions": self.session_count,
         })
+
+
+def _user_from_label(text: str) -> str:
+    """The user id a session volume's label holds: JSON, or plain text in volumes made before 0.2."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, str) else text
 
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:

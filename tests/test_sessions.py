@@ -302,3 +302,12 @@ async def test_sandbox_attach_is_refused_for_foreign_containers() -> None:
     with pytest.raises(SandboxStateError, match="no sandbox container"):
         DockerSandbox.attach("no-such-container-" + uuid.uuid4().hex)
 
+
+
+def test_user_ids_in_volume_labels_read_back_old_and_new() -> None:
+    from pydantic_deep.sessions import _user_from_label
+
+    assert _user_from_label('"alice"') == "alice"  # JSON, as written now
+    assert _user_from_label('"\\ud800 x"') == "\ud800 x"  # any string survives, lone surrogates too
+    assert _user_from_label("alice") == "alice"  # plain text, as volumes of 0.1 hold it
+    assert _user_from_label("123") == "123"  # plain text that happens to be JSON of another type
