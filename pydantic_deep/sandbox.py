@@ -24,6 +24,7 @@ import os
 import posixpath
 import shlex
 import socket
+import tarfile
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
 import docker
 from docker.errors import APIError, NotFound
+from requests.exceptions import ChunkedEncodingError
 
 from .archive import copy_stream, file_tar, iter_single_file
 from .builder import Progress
@@ -49,9 +51,17 @@ from .channel import (
     Process,
     SupervisorChannel,
 )
-from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, path_stat, prepare_image, remove_container
+from .container import (
+    HOME_DIR,
+    SUPERVISOR_PATH,
+    TOOLS_DIR,
+    container_running,
+    path_stat,
+    prepare_image,
+    remove_container,
+)
 from .engine import docker_client, engine_errors
-from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
+from .errors import ContainerGoneError, SandboxError, SandboxFileNotFoundError, SandboxStateError
 from .images import ensure_runtime_image
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
@@ -69,6 +79,10 @@ _GO_MODE_DIR = 1 << 31
 
 
 _exec_fallback_logged: set[str | None] = set()
+
+# What a call fails with when its container stopped or was removed under it (or the engine
+# refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
+_CONTAINER_FAILURES = (APIError, ChannelClosedError, ChunkedEncodingError, tarfile.ReadError)
 
 
 class SandboxState(enum.Enum):
@@ -93,12 +107,12 @@ def _async_twin(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callabl
 
 
 def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Concatenate[DockerSandbox, _P], _R]:
-    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and turn a lost
-    engine into :class:`DockerUnavailableError`."""
+    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and let only
+    clear errors out of it (see :meth:`DockerSandbox._clear_errors`)."""
 
     @functools.wraps(method)
     def tracked(self: DockerSandbox, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with self._activity(), engine_errors():
+        with self._activity(), self._clear_errors(method.__name__):
             return method(self, *args, **kwargs)
 
     return tracked
@@ -431,6 +445,8 @@ class DockerSandbox(SandboxBase):
             try:
                 return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
             except ChannelClosedError:
+                if not container_running(client, container_id):
+                    raise self._gone() from None
                 reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
         else:
             reason = "it has no python3"
@@ -440,17 +456,45 @@ class DockerSandbox(SandboxBase):
         return DockerExecChannel(client, container_id)
 
     def _live_channel(self) -> Channel:
-        """The running sandbox's channel, re-opened if it died (the container must still be there)."""
+        """The running sandbox's channel, re-opened if it died (the container must still run)."""
         container_id = self._running_id()
         with self._lock:
             if self._channel is None:
                 raise SandboxStateError("this sandbox was stopped while the command was starting")
             if not self._channel.alive:
-                try:
-                    self._channel = self._open_channel(container_id)
-                except NotFound:
-                    raise self._gone() from None
+                self._channel = self._open_channel(container_id)
             return self._channel
+
+    def _live_container(self) -> str:
+        """The id of the running container. Checked through the channel, which closes when the
+        container dies: a file call then fails as clearly as a command, instead of reading or
+        writing the files of a dead container."""
+        self._live_channel()
+        assert self.container_id is not None
+        return self.container_id
+
+    @contextlib.contextmanager
+    def _clear_errors(self, action: str) -> Iterator[None]:
+        """Let no raw docker-py or requests error out of ``action``: a lost engine becomes
+        :class:`DockerUnavailableError`, a container that stopped or was removed
+        :class:`ContainerGoneError`, any other refusal of the engine a :class:`SandboxError`."""
+        with engine_errors():  # outermost: looking into a failure may find the engine gone too
+            try:
+                yield
+            except _CONTAINER_FAILURES as exc:
+                error = self._explain(exc, action)
+                if error is exc:
+                    raise
+                raise error from exc
+
+    def _explain(self, exc: Exception, action: str) -> Exception:
+        """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
+        if self.container_id is not None and not container_running(docker_client(), self.container_id):
+            return self._gone()
+        if isinstance(exc, ChannelClosedError):
+            return exc  # the supervisor went away, the container did not: the next call re-opens it
+        detail = exc.explanation if isinstance(exc, APIError) and exc.explanation else str(exc)
+        return SandboxError(f"{action} failed: {detail}")
 
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
@@ -488,8 +532,11 @@ class DockerSandbox(SandboxBase):
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
         )
 
-    def _gone(self) -> SandboxStateError:
-        return SandboxStateError(f"the container {(self.container_id or '')[:12]} is gone (removed from outside?)")
+    def _gone(self) -> ContainerGoneError:
+        return ContainerGoneError(
+            f"the container {self.name} is gone: it stopped or was removed from outside (docker kill, "
+            "docker rm, an engine restart). A SessionManager replaces it on the next get_or_create; "
+            "a sandbox of your own needs stop() and start()")
 
     def _running_id(self) -> str:
         """The container id, starting the container first when it never was."""
@@ -521,25 +568,27 @@ class DockerSandbox(SandboxBase):
                 on the channel's reader thread: keep it quick, and do not wait in it for another
                 command of this sandbox.
         """
-        channel = self._live_channel()
-        try:
-            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output,
-                               on_output=on_output)
-        except NotFound:
-            raise self._gone() from None
-        except APIError as exc:
-            raise SandboxError(f"running a command failed: {exc.explanation or exc}") from exc
+        return self._live_channel().run(command, timeout=timeout or self.command_timeout,
+                                        max_output=self.max_output, on_output=on_output)
 
     async def aexecute(self, command: str, timeout: float | None = None, *,
                        on_output: OutputCallback | None = None) -> ExecuteResult:
         """Async form of :meth:`execute`: waits on the event loop, not on a thread, so many
         commands can run at once."""
-        with self._activity():
-            channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
-                self._live_channel)
-            with engine_errors():
+        with self._activity(), engine_errors():
+            try:
+                channel = self._channel
+                if not (self.state is SandboxState.RUNNING and isinstance(channel, SupervisorChannel)
+                        and channel.alive):
+                    # Starting, re-opening or asking the engine: in a worker thread, off the loop.
+                    channel = await asyncio.to_thread(self._live_channel)
                 return await channel.arun(command, timeout=timeout or self.command_timeout,
                                           max_output=self.max_output, on_output=on_output)
+            except _CONTAINER_FAILURES as exc:
+                error = await asyncio.to_thread(self._explain, exc, "aexecute")
+                if error is exc:
+                    raise
+                raise error from exc
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -569,20 +618,44 @@ class DockerSandbox(SandboxBase):
             return self._put_file(dest, handle, source.stat().st_size)
 
     def _put_file(self, path: str, content: BinaryIO, size: int) -> str:
+        """Write ``content`` to ``path`` all at once: the file there is the old one or the whole new
+        one, never a part, even when this process is killed half-way."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        container_id = self._running_id()
+        container_id = self._live_container()
         root = next(r for r in self.allowed_roots if target.startswith(r + "/"))
         parents = []
         parent = posixpath.dirname(target)
         while parent != root and path_stat(docker_client(), container_id, parent) is None:
             parents.append(posixpath.relpath(parent, root))
             parent = posixpath.dirname(parent)
-        with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
-                      parents=reversed(parents)) as archive:
-            docker_client().api.put_archive(container_id, root, archive)
+        # The engine writes an archive's file in place as it arrives, so it goes under a hidden
+        # name beside the target first, and is renamed over the target (one rename(2)) once whole.
+        partial = posixpath.join(posixpath.dirname(target),
+                                 f".{posixpath.basename(target)}.{uuid.uuid4().hex[:8]}.partial")
+        remove_partial = f"rm -f -- {shlex.quote(partial)}"
+        try:
+            with file_tar(posixpath.relpath(partial, root), content, size, uid=self._uid, gid=self._gid,
+                          parents=reversed(parents)) as archive:
+                docker_client().api.put_archive(container_id, root, archive)
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the container may be what failed
+                self._run_internal(container_id, remove_partial)
+            raise
+        rename = f"mv -f -T -- {shlex.quote(partial)} {shlex.quote(target)}"
+        moved = self._run_internal(container_id, f"{rename} || {{ {remove_partial}; exit 1; }}")
+        if moved.exit_code != 0:
+            raise SandboxError(f"writing {target} failed: {moved.stderr.strip()}")
         return target
+
+    def _run_internal(self, container_id: str, command: str) -> ExecuteResult:
+        """A quick command of the file API itself, even from an ``on_output`` callback."""
+        channel = self._live_channel()
+        if isinstance(channel, SupervisorChannel) and channel.on_reader_thread:
+            # The reader thread would wait for its own answer: this command takes a docker exec.
+            channel = DockerExecChannel(docker_client(), container_id)
+        return channel.run(command, timeout=60, max_output=64 * 1024)
 
     @_in_use
     def read_file(self, path: str) -> bytes:
@@ -611,11 +684,13 @@ class DockerSandbox(SandboxBase):
 
     def _copy_out(self, path: str, target: Any) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        container_id = self._running_id()
+        container_id = self._live_container()
         try:
             chunks, _stat = docker_client().api.get_archive(container_id, source)
             return copy_stream(iter_single_file(chunks), target)
         except NotFound:
+            if not container_running(docker_client(), container_id):
+                raise self._gone() from None
             raise SandboxFileNotFoundError(f"no such file in the sandbox: {source}") from None
         except IsADirectoryError:
             raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
@@ -624,7 +699,7 @@ class DockerSandbox(SandboxBase):
     def exists(self, path: str) -> bool:
         """Whether a file or directory exists at ``path``."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return path_stat(docker_client(), self._running_id(), target) is not None
+        return path_stat(docker_client(), self._live_container(), target) is not None
 
     @_in_use
     def list_files(self, path: str = ".") -> list[FileInfo]:
@@ -634,7 +709,7 @@ class DockerSandbox(SandboxBase):
             SandboxFileNotFoundError: the directory does not exist.
         """
         directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        stat = path_stat(docker_client(), self._running_id(), directory)
+        stat = path_stat(docker_client(), self._live_container(), directory)
         if stat is None:
             raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
         if not stat["mode"] & _GO_MODE_DIR:
@@ -659,10 +734,10 @@ class DockerSandbox(SandboxBase):
         docker_client().api.rename(self._running_id(), name)
         self.name = name
 
-    @engine_errors()
     def usage(self) -> ResourceUsage:
         """The container's memory in use and CPU time so far (one cheap stats call)."""
-        stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+        with self._clear_errors("usage"):
+            stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
 
