@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pydantic_deep import DockerSandbox, SessionManager
+from pydantic_deep import DockerSandbox, InMemoryRegistry, SessionManager
 from pydantic_deep.engine import docker_client
 
 from conftest import own_containers
@@ -116,3 +116,28 @@ def test_create_command_destroy_cycles_leak_nothing() -> None:
     # descriptor a cycle would pass that.
     assert descriptors_after - descriptors_before <= CONCURRENCY
     assert rss_after - rss_before < RSS_SLACK
+
+
+def test_the_in_memory_registry_keeps_no_lock_of_a_user_once_nobody_holds_it() -> None:
+    # Found by the soak: a lock per user ever seen piled up in a long-lived manager.
+    registry = InMemoryRegistry()
+    guard = threading.Lock()
+    inside = {"user-0": 0, "user-1": 0}
+    most_inside = dict(inside)
+
+    def hold(key: str) -> None:
+        with registry.lock(key):
+            with guard:
+                inside[key] += 1
+                most_inside[key] = max(most_inside[key], inside[key])
+            time.sleep(0.01)  # a window for a second holder of the key to (wrongly) come in
+            with guard:
+                inside[key] -= 1
+
+    threads = [threading.Thread(target=hold, args=(f"user-{n % 2}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most_inside == {"user-0": 1, "user-1": 1}
+    assert registry._locks == {} and registry._lock_users == {}
