@@ -10,6 +10,7 @@ from typing import Any
 
 from .certs import CaBundle, resolve_ca_bundle
 from .errors import (
+    ContainerGoneError,
     DockerUnavailableError,
     ImageBuildError,
     ImageNotAvailableError,
@@ -36,6 +37,7 @@ __all__ = [
     "BUILTIN_RUNTIMES",
     "CaBundle",
     "CommandStream",
+    "ContainerGoneError",
     "DeepAgentDeps",
     "DockerSandbox",
     "DockerUnavailableError",

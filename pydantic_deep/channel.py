@@ -32,6 +32,7 @@ import docker
 
 from . import supervisor as protocol
 from .arguments import checked_text, checked_timeout
+from .container import container_running
 from .errors import InvalidArgumentError, SandboxError
 from .types import ExecuteResult, OutputChunk
 
@@ -169,10 +170,7 @@ class DockerExecChannel:
     @property
     def alive(self) -> bool:
         """Whether the container still runs (no stream to tell, so the engine is asked)."""
-        try:
-            return bool(self.client.api.inspect_container(self.container_id)["State"]["Running"])
-        except docker.errors.NotFound:
-            return False
+        return container_running(self.client, self.container_id)
 
     def run(self, command: str, *, timeout: float, max_output: int,
             on_output: OutputCallback | None = None) -> ExecuteResult:
@@ -286,6 +284,12 @@ class SupervisorChannel:
     @property
     def alive(self) -> bool:
         return not self._closed
+
+    @property
+    def on_reader_thread(self) -> bool:
+        """Whether the caller is this channel's reader thread (an ``on_output`` callback): it cannot
+        wait for an answer of this channel, which only it would deliver."""
+        return threading.current_thread() is self._reader
 
     # -- commands -----------------------------------------------------------------------------
 

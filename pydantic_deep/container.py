@@ -23,14 +23,14 @@ from importlib.resources import files
 from typing import Any
 
 import docker
-from docker.errors import ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 
 from .archive import entries_tar, iter_single_file
 from .builder import image_lock
 from .paths import TOOLS_DIR
 
-__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage", "is_directory",
-           "owner_gone", "path_stat", "prepare_image", "remove_container"]
+__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage",
+           "container_running", "owner_gone", "path_stat", "prepare_image", "remove_container"]
 
 HOME_DIR = "/home/sandbox"
 SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.py"
@@ -103,12 +103,25 @@ def owner_gone(labels: Mapping[str, str]) -> bool:
     return False
 
 
+def container_running(client: docker.DockerClient, container_id: str) -> bool:
+    """Whether the container exists and runs."""
+    try:
+        return bool(client.api.inspect_container(container_id)["State"]["Running"])
+    except NotFound:
+        return False
+
+
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
-    """Remove a container and its anonymous volumes; one that is already gone is fine."""
+    """Remove a container and its anonymous volumes; one that is already gone, or going, is fine."""
     try:
         client.api.remove_container(container_id, force=True, v=True)
     except NotFound:
         pass
+    except APIError as exc:
+        # A container started with auto-remove that died is being removed by the engine itself,
+        # which refuses a second removal.
+        if exc.status_code != 409 or "already in progress" not in str(exc.explanation):
+            raise
 
 
 def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,

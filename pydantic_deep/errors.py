@@ -12,6 +12,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     └── SandboxStateError           the sandbox was used in a state that forbids it
+        └── ContainerGoneError      its container died or was removed from outside
 
 Invalid ``RuntimeConfig`` fields raise pydantic's ``ValidationError`` (a ``ValueError``), whose
 message names the field and the problem.
@@ -20,6 +21,7 @@ message names the field and the problem.
 from __future__ import annotations
 
 __all__ = [
+    "ContainerGoneError",
     "DockerUnavailableError",
     "ImageBuildError",
     "ImageNotAvailableError",
@@ -120,3 +122,10 @@ class SandboxFileNotFoundError(SandboxError, FileNotFoundError):
 
 class SandboxStateError(SandboxError, RuntimeError):
     """The sandbox was used in a state that forbids it (for example after ``stop()``)."""
+
+
+class ContainerGoneError(SandboxStateError):
+    """The sandbox's container stopped or was removed from outside (``docker kill``, ``docker rm -f``,
+    an engine restart). Its files are gone with it unless they were on named volumes: a
+    :class:`SessionManager` replaces the container, files included, on the next ``get_or_create``;
+    a plain sandbox needs ``stop()`` and ``start()``."""

@@ -27,6 +27,7 @@ import os
 import posixpath
 import shlex
 import socket
+import tarfile
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 import docker
 from docker.errors import APIError, NotFound
 from docker.utils import parse_bytes
+from requests.exceptions import ChunkedEncodingError
 
 from ._html import field_table
 from .arguments import checked_timeout, file_content
@@ -54,9 +56,9 @@ from .channel import (
     Process,
     SupervisorChannel,
 )
-from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image, remove_container
+from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, container_running, prepare_image, remove_container
 from .engine import docker_client, engine_errors
-from .errors import InvalidArgumentError, SandboxError, SandboxStateError
+from .errors import ContainerGoneError, InvalidArgumentError, SandboxError, SandboxStateError
 from .images import ensure_runtime_image
 from .metadata import METADATA_ADDRESS, block_metadata
 from .paths import UPLOADS_DIR, resolve_sandbox_path
@@ -74,6 +76,10 @@ _R = TypeVar("_R")
 
 
 _exec_fallback_logged: set[str | None] = set()
+
+# What a call fails with when its container stopped or was removed under it (or the engine
+# refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
+_CONTAINER_FAILURES = (APIError, ChannelClosedError, ChunkedEncodingError, tarfile.ReadError)
 
 
 class SandboxState(enum.Enum):
@@ -102,12 +108,12 @@ def _async_twin(method: Callable[Concatenate[SandboxBase, _P], _R]) -> Callable[
 
 
 def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Concatenate[DockerSandbox, _P], _R]:
-    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and turn a lost
-    engine into :class:`DockerUnavailableError`."""
+    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and let only
+    clear errors out of it (see :meth:`DockerSandbox._clear_errors`)."""
 
     @functools.wraps(method)
     def tracked(self: DockerSandbox, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with self._activity(), engine_errors():
+        with self._activity(), self._clear_errors(method.__name__):
             return method(self, *args, **kwargs)
 
     return tracked
@@ -523,6 +529,8 @@ class DockerSandbox(SandboxBase):
             try:
                 return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
             except ChannelClosedError:
+                if not container_running(client, container_id):
+                    raise self._gone() from None
                 reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
         else:
             reason = "it has no python3"
@@ -532,17 +540,45 @@ class DockerSandbox(SandboxBase):
         return DockerExecChannel(client, container_id)
 
     def _live_channel(self) -> Channel:
-        """The running sandbox's channel, re-opened if it died (the container must still be there)."""
+        """The running sandbox's channel, re-opened if it died (the container must still run)."""
         container_id = self._running_id()
         with self._lock:
             if self._channel is None:
                 raise SandboxStateError("this sandbox was stopped while the command was starting")
             if not self._channel.alive:
-                try:
-                    self._channel = self._open_channel(container_id)
-                except NotFound:
-                    raise self._gone() from None
+                self._channel = self._open_channel(container_id)
             return self._channel
+
+    def _live_container(self) -> str:
+        """The id of the running container. Checked through the channel, which closes when the
+        container dies: a file call then fails as clearly as a command, instead of reading or
+        writing the files of a dead container."""
+        self._live_channel()
+        assert self.container_id is not None
+        return self.container_id
+
+    @contextlib.contextmanager
+    def _clear_errors(self, action: str) -> Iterator[None]:
+        """Let no raw docker-py or requests error out of ``action``: a lost engine becomes
+        :class:`DockerUnavailableError`, a container that stopped or was removed
+        :class:`ContainerGoneError`, any other refusal of the engine a :class:`SandboxError`."""
+        with engine_errors():  # outermost: looking into a failure may find the engine gone too
+            try:
+                yield
+            except _CONTAINER_FAILURES as exc:
+                error = self._explain(exc, action)
+                if error is exc:
+                    raise
+                raise error from exc
+
+    def _explain(self, exc: Exception, action: str) -> Exception:
+        """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
+        if self.container_id is not None and not container_running(docker_client(), self.container_id):
+            return self._gone()
+        if isinstance(exc, ChannelClosedError):
+            return exc  # the supervisor went away, the container did not: the next call re-opens it
+        detail = exc.explanation if isinstance(exc, APIError) and exc.explanation else str(exc)
+        return SandboxError(f"{action} failed: {detail}")
 
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
@@ -587,8 +623,11 @@ class DockerSandbox(SandboxBase):
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
         )
 
-    def _gone(self) -> SandboxStateError:
-        return SandboxStateError(f"the container {(self.container_id or '')[:12]} is gone (removed from outside?)")
+    def _gone(self) -> ContainerGoneError:
+        return ContainerGoneError(
+            f"the container {self.name} is gone: it stopped or was removed from outside (docker kill, "
+            "docker rm, an engine restart). A SessionManager replaces it on the next get_or_create; "
+            "a sandbox of your own needs stop() and start()")
 
     def _running_id(self) -> str:
         """The container id, starting the container first when it never was."""
@@ -624,25 +663,27 @@ class DockerSandbox(SandboxBase):
             InvalidArgumentError: the command holds a NUL byte or a lone surrogate, or the timeout
                 is not a positive number of seconds; nothing ran.
         """
-        channel = self._live_channel()
-        try:
-            return channel.run(command, timeout=self._timeout(timeout), max_output=self.max_output,
-                               on_output=on_output)
-        except NotFound:
-            raise self._gone() from None
-        except APIError as exc:
-            raise SandboxError(f"running a command failed: {exc.explanation or exc}") from exc
+        return self._live_channel().run(command, timeout=self._timeout(timeout), max_output=self.max_output,
+                                        on_output=on_output)
 
     async def aexecute(self, command: str, timeout: float | None = None, *,
                        on_output: OutputCallback | None = None) -> ExecuteResult:
         """Async form of :meth:`execute`: waits on the event loop, not on a thread, so many
         commands can run at once."""
-        with self._activity():
-            channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
-                self._live_channel)
-            with engine_errors():
-                return await channel.arun(command, timeout=self._timeout(timeout), max_output=self.max_output,
-                                          on_output=on_output)
+        with self._activity(), engine_errors():
+            try:
+                channel = self._channel
+                if not (self.state is SandboxState.RUNNING and isinstance(channel, SupervisorChannel)
+                        and channel.alive):
+                    # Starting, re-opening or asking the engine: in a worker thread, off the loop.
+                    channel = await asyncio.to_thread(self._live_channel)
+                return await channel.arun(command, timeout=self._timeout(timeout),
+                                          max_output=self.max_output, on_output=on_output)
+            except _CONTAINER_FAILURES as exc:
+                error = await asyncio.to_thread(self._explain, exc, "aexecute")
+                if error is exc:
+                    raise
+                raise error from exc
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -681,7 +722,7 @@ class DockerSandbox(SandboxBase):
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        write_into(docker_client(), self._running_id(), target, self.allowed_roots, content)
+        write_into(docker_client(), self._live_container(), target, self.allowed_roots, content)
         return target
 
     @_in_use
@@ -713,7 +754,7 @@ class DockerSandbox(SandboxBase):
 
     def _copy_out(self, path: str, target: BinaryIO) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return read_from(docker_client(), self._running_id(), source, self.allowed_roots, target)
+        return read_from(docker_client(), self._live_container(), source, self.allowed_roots, target)
 
     @_in_use
     def exists(self, path: str) -> bool:
@@ -755,10 +796,10 @@ class DockerSandbox(SandboxBase):
         docker_client().api.rename(self._running_id(), name)
         self.name = name
 
-    @engine_errors()
     def usage(self) -> ResourceUsage:
         """The container's memory in use and CPU time so far (one cheap stats call)."""
-        stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+        with self._clear_errors("usage"):
+            stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
 
