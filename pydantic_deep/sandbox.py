@@ -711,18 +711,19 @@ class DockerSandbox(SandboxBase):
             IsADirectoryError: a directory is there (it is left as it is).
             NotADirectoryError: a parent on the path is a file.
         """
-        return self._put_file(path, io.BytesIO(file_content(content)))
+        data = file_content(content)
+        return self._put_file(path, io.BytesIO(data), len(data))
 
     @_in_use
     def _copy_in(self, source: Path, dest: str) -> str:
         with source.open("rb") as handle:  # streamed: a 100 MB file is fine
-            return self._put_file(dest, handle)
+            return self._put_file(dest, handle, os.fstat(handle.fileno()).st_size)
 
-    def _put_file(self, path: str, content: BinaryIO) -> str:
+    def _put_file(self, path: str, content: BinaryIO, size: int) -> str:
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        write_into(docker_client(), self._live_container(), target, self.allowed_roots, content)
+        write_into(docker_client(), self._live_container(), target, self.allowed_roots, content, size)
         return target
 
     @_in_use

@@ -30,17 +30,19 @@ __all__ = ["FileOp", "check_outcome", "file_command", "read_from", "write_into"]
 FileOp = Literal["read", "write", "exists", "list"]
 
 # Exit codes of the script below, beside the commands' own.
-_OUTSIDE, _IS_DIR, _MISSING, _NOT_DIR, _NOT_FILE, _NO_REALPATH = 90, 91, 92, 93, 94, 95
+_OUTSIDE, _IS_DIR, _MISSING, _NOT_DIR, _NOT_FILE, _NO_REALPATH, _CUT_SHORT = 90, 91, 92, 93, 94, 95, 96
 # 128 + SIGXFSZ: `cat` went past the container's per-file size limit (RLIMIT_FSIZE).
 _FILE_TOO_LARGE = 153
 _READY = b"ready\n"
 _CHUNK = 1024 * 1024
 
-# $1: the operation; $2: the path; then the allowed roots. A write goes to a temporary name in the
-# same directory and is renamed into place when complete: a failed write leaves no partial file,
-# and the rename replaces a symlink at the target instead of following it.
+# $1: the operation; $2: the path; $3: a write's size in bytes ("-" otherwise); then the allowed
+# roots. A write goes to a temporary name in the same directory and is renamed into place only when
+# all its bytes arrived: a failed write, or a writer killed half-way (its stream just ends, as a
+# finished one does), leaves no partial file; and the rename replaces a symlink at the target
+# instead of following it.
 _SCRIPT = r"""
-op=$1 path=$2 inside=; shift 2
+op=$1 path=$2 size=$3 inside=; shift 3
 real=$(realpath -m -- "$path" 2>/dev/null && echo .) || exit 95
 real=${real%?.}  # realpath's newline and the guard: $(...) would also strip newlines that end the name
 for root do
@@ -68,15 +70,17 @@ write)
   part="${real%/*}/.${real##*/}.part-$$"
   echo ready
   cat > "$part"; status=$?
+  [ $status != 0 ] || [ "$(stat -c %s -- "$part")" = "$size" ] || status=96
   if [ $status = 0 ]; then mv -f -- "$part" "$real" || { rm -f -- "$part"; exit 1; }; else rm -f -- "$part"; fi
   exit $status;;
 esac
 """
 
 
-def file_command(op: FileOp, path: str, roots: tuple[str, ...]) -> list[str]:
-    """The argv that performs ``op`` on the absolute ``path``, refusing it outside ``roots``."""
-    return ["sh", "-c", _SCRIPT, "sh", op, path, *roots]
+def file_command(op: FileOp, path: str, roots: tuple[str, ...], size: int | None = None) -> list[str]:
+    """The argv that performs ``op`` on the absolute ``path``, refusing it outside ``roots``;
+    a write expects ``size`` bytes on its standard input."""
+    return ["sh", "-c", _SCRIPT, "sh", op, path, "-" if size is None else str(size), *roots]
 
 
 def check_outcome(exit_code: int, stderr: str, path: str, roots: tuple[str, ...]) -> None:
@@ -100,6 +104,8 @@ def check_outcome(exit_code: int, stderr: str, path: str, roots: tuple[str, ...]
         raise NotADirectoryError(f"{stderr or path} is not a directory")
     if exit_code == _NOT_FILE:
         raise SandboxError(f"{path} is not a regular file (a pipe or a device, say), so it cannot be read")
+    if exit_code == _CUT_SHORT:
+        raise SandboxError(f"writing {path} ended before all its bytes arrived; nothing was written")
     if exit_code == _NO_REALPATH:
         raise SandboxError("the sandbox's image has no coreutils `realpath -m`, which the file API needs")
     if exit_code == _FILE_TOO_LARGE:
@@ -125,10 +131,11 @@ def read_from(client: docker.DockerClient, container_id: str, path: str, roots: 
 
 
 def write_into(client: docker.DockerClient, container_id: str, path: str, roots: tuple[str, ...],
-               content: BinaryIO) -> None:
-    """Write ``content`` to the sandbox file ``path``, streamed, creating missing directories."""
+               content: BinaryIO, size: int) -> None:
+    """Write the ``size`` bytes of ``content`` to the sandbox file ``path``, streamed, creating
+    missing directories; the file appears only once all of them arrived."""
     api = client.api
-    exec_id = api.exec_create(container_id, file_command("write", path, roots), stdin=True)["Id"]
+    exec_id = api.exec_create(container_id, file_command("write", path, roots, size), stdin=True)["Id"]
     sock = api.exec_start(exec_id, socket=True)._sock
     sock.settimeout(None)
     frames = _docker_frames(sock)
