@@ -566,17 +566,15 @@ class DockerSandbox(SandboxBase):
             try:
                 yield
             except _CONTAINER_FAILURES as exc:
-                error = self._explain(exc, action)
-                if error is exc:
-                    raise
-                raise error from exc
+                raise self._explain(exc, action) from exc
 
     def _explain(self, exc: Exception, action: str) -> Exception:
         """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
         if self.container_id is not None and not container_running(docker_client(), self.container_id):
             return self._gone()
         if isinstance(exc, ChannelClosedError):
-            return exc  # the supervisor went away, the container did not: the next call re-opens it
+            # The supervisor went away, the container did not: the next call re-opens the channel.
+            return ChannelClosedError(str(exc))
         detail = exc.explanation if isinstance(exc, APIError) and exc.explanation else str(exc)
         return SandboxError(f"{action} failed: {detail}")
 
@@ -680,10 +678,7 @@ class DockerSandbox(SandboxBase):
                 return await channel.arun(command, timeout=self._timeout(timeout),
                                           max_output=self.max_output, on_output=on_output)
             except _CONTAINER_FAILURES as exc:
-                error = await asyncio.to_thread(self._explain, exc, "aexecute")
-                if error is exc:
-                    raise
-                raise error from exc
+                raise await asyncio.to_thread(self._explain, exc, "aexecute") from exc
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
