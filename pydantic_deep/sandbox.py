@@ -567,6 +567,13 @@ class DockerSandbox(SandboxBase):
                 yield
             except _CONTAINER_FAILURES as exc:
                 raise self._explain(exc, action) from exc
+            except SandboxError as exc:
+                # A file transfer's own process fails as any command would when its container is
+                # removed under it (killed, exit code 137): say that, not what the process saw.
+                if type(exc) is SandboxError and self.container_id is not None \
+                        and not container_running(docker_client(), self.container_id):
+                    raise self._gone() from exc
+                raise
 
     def _explain(self, exc: Exception, action: str) -> Exception:
         """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""

@@ -34,6 +34,7 @@ _OUTSIDE, _IS_DIR, _MISSING, _NOT_DIR, _NOT_FILE, _NO_REALPATH, _CUT_SHORT = 90,
 # 128 + SIGXFSZ: `cat` went past the container's per-file size limit (RLIMIT_FSIZE).
 _FILE_TOO_LARGE = 153
 _READY = b"ready\n"
+_STALL_SECONDS = 30  # a write that moves no data for this long has lost its container (or engine)
 _CHUNK = 1024 * 1024
 
 # $1: the operation; $2: the path; $3: a write's size in bytes ("-" otherwise); then the allowed
@@ -137,7 +138,8 @@ def write_into(client: docker.DockerClient, container_id: str, path: str, roots:
     api = client.api
     exec_id = api.exec_create(container_id, file_command("write", path, roots, size), stdin=True)["Id"]
     sock = api.exec_start(exec_id, socket=True)._sock
-    sock.settimeout(None)
+    # When the container is removed mid-write, the engine stops reading without closing the stream.
+    sock.settimeout(_STALL_SECONDS)
     frames = _docker_frames(sock)
     errors = bytearray()
     try:
@@ -152,6 +154,8 @@ def write_into(client: docker.DockerClient, container_id: str, path: str, roots:
         for stream, payload in frames:
             if stream == 2:
                 errors += payload
+    except TimeoutError:
+        raise SandboxError(f"writing {path} stalled: the engine took no data for {_STALL_SECONDS} s") from None
     finally:
         sock.close()
     check_outcome(api.exec_inspect(exec_id)["ExitCode"], errors.decode(errors="replace"), path, roots)
