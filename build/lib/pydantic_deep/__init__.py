@@ -10,9 +10,11 @@ from typing import Any
 
 from .certs import CaBundle, resolve_ca_bundle
 from .errors import (
+    ContainerGoneError,
     DockerUnavailableError,
     ImageBuildError,
     ImageNotAvailableError,
+    InvalidArgumentError,
     PathOutsideSandboxError,
     SandboxError,
     SandboxFileNotFoundError,
@@ -35,6 +37,7 @@ __all__ = [
     "BUILTIN_RUNTIMES",
     "CaBundle",
     "CommandStream",
+    "ContainerGoneError",
     "DeepAgentDeps",
     "DockerSandbox",
     "DockerUnavailableError",
@@ -43,6 +46,7 @@ __all__ = [
     "ImageBuildError",
     "ImageNotAvailableError",
     "InMemoryRegistry",
+    "InvalidArgumentError",
     "LocalSandbox",
     "OutputChunk",
     "PathOutsideSandboxError",

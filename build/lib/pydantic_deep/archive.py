@@ -1,18 +1,14 @@
-"""Tar streams for Docker's archive API: files go in and come out without being held whole in memory."""
+"""Tar streams for Docker's archive API, used to prepare images (never on a running sandbox: see transfer)."""
 
 from __future__ import annotations
 
 import io
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, BinaryIO
 
-__all__ = ["ChunkReader", "copy_stream", "entries_tar", "file_tar", "iter_single_file"]
+__all__ = ["ChunkReader", "entries_tar", "iter_single_file"]
 
-# Archives up to this size stay in memory; bigger ones are spooled to a temporary file.
-_SPOOL_LIMIT = 8 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -34,24 +30,6 @@ def entries_tar(directories: Iterable[tuple[str, int, int]], files: Mapping[str,
             info.size, info.mode, info.mtime = len(content), 0o644, time.time()
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
-
-
-def file_tar(
-    name: str, content: BinaryIO, size: int, *, uid: int, gid: int, parents: Iterable[str] = ()
-) -> IO[bytes]:
-    """A rewound tar stream holding ``parents`` (directories) and then the file ``name``.
-
-    The caller closes the returned stream.
-    """
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_LIMIT)
-    with tarfile.open(fileobj=spool, mode="w") as tar:
-        for parent in parents:
-            tar.addfile(_directory_info(parent, uid, gid))
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.uid, info.gid, info.mtime = size, 0o644, uid, gid, time.time()
-        tar.addfile(info, content)
-    spool.seek(0)
-    return spool  # type: ignore[return-value]
 
 
 class ChunkReader(io.RawIOBase):
@@ -91,13 +69,3 @@ def iter_single_file(chunks: Iterable[bytes]) -> Iterator[bytes]:
         assert extracted is not None
         while chunk := extracted.read(_COPY_CHUNK):
             yield chunk
-
-
-def copy_stream(source: Iterable[bytes], target: BinaryIO) -> int:
-    """Write every chunk of ``source`` to ``target``; return the byte count."""
-    total = 0
-    for chunk in source:
-        target.write(chunk)
-        total += len(chunk)
-    return total
-

@@ -31,11 +31,13 @@ from typing import Any, Protocol
 import docker
 
 from . import supervisor as protocol
-from .errors import SandboxError
+from .arguments import checked_text, checked_timeout
+from .container import container_running
+from .errors import InvalidArgumentError, SandboxError
 from .types import ExecuteResult, OutputChunk
 
-__all__ = ["Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel", "ExecProcess", "OutputCallback",
-           "Process", "RunningCommand", "SupervisorChannel"]
+__all__ = ["MAX_COMMAND_BYTES", "OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel",
+           "ExecProcess", "OutputCallback", "Process", "RunningCommand", "SupervisorChannel"]
 
 logger = logging.getLogger("pydantic_deep.channel")
 
@@ -48,6 +50,11 @@ _HELLO_TIMEOUT = 15.0
 # What `timeout -s KILL` exits with when it had to kill the command (128 + SIGKILL).
 _KILLED = 137
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header
+OOM_NOTE = ("\n[pydantic-deep] Out of memory: the kernel killed a process of this command at the sandbox's "
+            "memory limit (DockerSandbox(memory=...)).\n")
+"""The line that ends the output and stderr of a command whose process was killed for lack of memory."""
+# `sh -c COMMAND` gets the command as one argument, which Linux limits to 32 pages with its NUL.
+MAX_COMMAND_BYTES = 128 * 1024 - 1
 
 
 def _docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
@@ -122,15 +129,30 @@ class _Collector:
             if text:
                 self.on_output(OutputChunk(stream, text))  # type: ignore[arg-type]
 
-    def result(self, exit_code: int, *, timed_out: bool, dropped: int = 0) -> ExecuteResult:
+    def result(self, exit_code: int, *, timed_out: bool, dropped: int = 0, oom_killed: bool = False) -> ExecuteResult:
+        # Said in the output too: that is what an agent reads and a notebook shows.
+        note = OOM_NOTE if oom_killed else ""
         return ExecuteResult(
-            output=self.combined.text(),
+            output=self.combined.text() + note,
             exit_code=exit_code,
             stdout=self.streams["stdout"].text(),
-            stderr=self.streams["stderr"].text(),
+            stderr=self.streams["stderr"].text() + note,
             truncated=dropped > 0 or self.combined.dropped > 0,
             timed_out=timed_out,
+            oom_killed=oom_killed,
         )
+
+
+def _checked_command(command: str, timeout: float | None) -> None:
+    """Refuse, before anything is sent, a command the shell would not get unchanged (a NUL byte,
+    a lone surrogate), one too long to start, and a timeout the supervisor cannot wait for."""
+    size = len(checked_text(command, "command").encode())
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidArgumentError(
+            f"command is {size:,} bytes; a command line takes at most {MAX_COMMAND_BYTES:,} "
+            "(write a longer script to a file, and run the file)")
+    if timeout is not None:
+        checked_timeout(timeout, "timeout")
 
 
 def _timeout_argv(command: str, timeout: float) -> list[str]:
@@ -148,13 +170,11 @@ class DockerExecChannel:
     @property
     def alive(self) -> bool:
         """Whether the container still runs (no stream to tell, so the engine is asked)."""
-        try:
-            return bool(self.client.api.inspect_container(self.container_id)["State"]["Running"])
-        except docker.errors.NotFound:
-            return False
+        return container_running(self.client, self.container_id)
 
     def run(self, command: str, *, timeout: float, max_output: int,
             on_output: OutputCallback | None = None) -> ExecuteResult:
+        _checked_command(command, timeout)
         api = self.client.api
         exec_id = api.exec_create(self.container_id, _timeout_argv(command, timeout))["Id"]
         started = time.monotonic()
@@ -265,10 +285,17 @@ class SupervisorChannel:
     def alive(self) -> bool:
         return not self._closed
 
+    @property
+    def on_reader_thread(self) -> bool:
+        """Whether the caller is this channel's reader thread (an ``on_output`` callback): it cannot
+        wait for an answer of this channel, which only it would deliver."""
+        return threading.current_thread() is self._reader
+
     # -- commands -----------------------------------------------------------------------------
 
     def _submit(self, command: str, timeout: float | None, max_output: int | None,
                 on_output: OutputCallback | None, *, stdin: bool = False) -> tuple[int, _Pending]:
+        _checked_command(command, timeout)
         request_id = next(self._ids)
         # max_output None: everything goes to on_output and nothing is kept (a long-lived process).
         pending = _Pending(_Collector(max_output if max_output is not None else 0, on_output))
@@ -385,7 +412,8 @@ class SupervisorChannel:
                 status = json.loads(payload)
                 self._pending.pop(request_id, None)
                 pending.finish(result=pending.collector.result(
-                    status["exit_code"], timed_out=status["timed_out"], dropped=status["dropped"]))
+                    status["exit_code"], timed_out=status["timed_out"], dropped=status["dropped"],
+                    oom_killed=status["oom_killed"]))
             elif kind == protocol.ERROR:
                 self._pending.pop(request_id, None)
                 pending.finish(error=SandboxError(json.loads(payload)["message"]))
@@ -430,6 +458,7 @@ class ExecProcess:
 
     def __init__(self, client: docker.DockerClient, container_id: str, command: str, on_output: OutputCallback) -> None:
         self._client, self._container_id, self._on_output = client, container_id, on_output
+        _checked_command(command, None)
         exec_id = client.api.exec_create(container_id, ["sh", "-c", f"echo $$; exec {command}"], stdin=True)["Id"]
         self._sock = client.api.exec_start(exec_id, socket=True)._sock
         self._sock.settimeout(None)

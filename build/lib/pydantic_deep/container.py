@@ -23,21 +23,23 @@ from importlib.resources import files
 from typing import Any
 
 import docker
-from docker.errors import ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 
 from .archive import entries_tar, iter_single_file
 from .builder import image_lock
+from .paths import TOOLS_DIR
 
-__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage", "owner_gone",
-           "path_stat", "prepare_image", "remove_container"]
+__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage",
+           "container_running", "owner_gone", "path_stat", "prepare_image", "remove_container"]
 
 HOME_DIR = "/home/sandbox"
-TOOLS_DIR = "/opt/pydantic-deep"  # the supervisor and the notebook interpreters
 SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.py"
 KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
 JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
 _PYTHON_LABEL = "pydantic-deep.python"
+# Go's os.ModeDir, as the engine reports it in a path's stat.
+_GO_MODE_DIR = 1 << 31
 
 _prepared: dict[tuple[Any, ...], PreparedImage] = {}
 _prepared_lock = threading.Lock()
@@ -57,14 +59,31 @@ class PreparedImage:
 
 
 def path_stat(client: docker.DockerClient, container_id: str, path: str) -> dict[str, Any] | None:
-    """The engine's stat of ``path`` in a container (running or not), or ``None`` if absent."""
+    """The engine's stat of ``path`` in a container (running or not), or ``None`` if absent.
+
+    A path through a file (``file.txt/x``) is absent too.
+    """
     api = client.api
     # docker-py has no call for the archive endpoint's HEAD form, which stats without copying.
     response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
     if response.status_code == 404:
         return None
+    if response.status_code == 500 and path != "/" and _through_a_file(client, container_id, path):
+        return None  # the engine answers ENOTDIR with a bare 500
     api._raise_for_status(response)
     return json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
+
+
+def _through_a_file(client: docker.DockerClient, container_id: str, path: str) -> bool:
+    """Whether an ancestor of ``path`` is something other than a directory."""
+    parent = posixpath.dirname(path)
+    stat = path_stat(client, container_id, parent)
+    return stat is None or not is_directory(stat)
+
+
+def is_directory(stat: Mapping[str, Any]) -> bool:
+    """Whether an engine's path stat (see :func:`path_stat`) is of a directory."""
+    return bool(stat["mode"] & _GO_MODE_DIR)
 
 
 def owner_gone(labels: Mapping[str, str]) -> bool:
@@ -84,12 +103,25 @@ def owner_gone(labels: Mapping[str, str]) -> bool:
     return False
 
 
+def container_running(client: docker.DockerClient, container_id: str) -> bool:
+    """Whether the container exists and runs."""
+    try:
+        return bool(client.api.inspect_container(container_id)["State"]["Running"])
+    except NotFound:
+        return False
+
+
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
-    """Remove a container and its anonymous volumes; one that is already gone is fine."""
+    """Remove a container and its anonymous volumes; one that is already gone, or going, is fine."""
     try:
         client.api.remove_container(container_id, force=True, v=True)
     except NotFound:
         pass
+    except APIError as exc:
+        # A container started with auto-remove that died is being removed by the engine itself,
+        # which refuses a second removal.
+        if exc.status_code != 409 or "already in progress" not in str(exc.explanation):
+            raise
 
 
 def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,

@@ -75,6 +75,10 @@ def _reason(exc: Exception) -> str:
         return "no socket: the engine is not running"
     if "Permission denied" in text:
         return "permission denied: add your user to the 'docker' group"
+    if "Connection refused" in text:
+        return "connection refused: the engine stopped, or crashed"
+    if "RemoteDisconnected" in text or "Connection reset" in text:
+        return "the engine dropped the connection: it stopped, or crashed"
     return text.splitlines()[0][:200]
 
 

@@ -8,9 +8,11 @@ One root, so ``except SandboxError`` catches all of them::
     ├── UnknownBackendError         $PYDANTIC_DEEP_BACKEND names no backend (lists the known ones)
     ├── ImageNotAvailableError      a base image that is neither local, pullable nor bootstrappable
     ├── ImageBuildError             a runtime image failed to build (carries the log tail)
+    ├── InvalidArgumentError        an argument that cannot be used as given (names it and the problem)
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     └── SandboxStateError           the sandbox was used in a state that forbids it
+        └── ContainerGoneError      its container died or was removed from outside
 
 Invalid ``RuntimeConfig`` fields raise pydantic's ``ValidationError`` (a ``ValueError``), whose
 message names the field and the problem.
@@ -19,9 +21,11 @@ message names the field and the problem.
 from __future__ import annotations
 
 __all__ = [
+    "ContainerGoneError",
     "DockerUnavailableError",
     "ImageBuildError",
     "ImageNotAvailableError",
+    "InvalidArgumentError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
@@ -29,6 +33,15 @@ __all__ = [
     "UnknownBackendError",
     "UnknownRuntimeError",
 ]
+
+
+_SHOWN_CHARS = 80
+
+
+def shown(value: str) -> str:
+    """``repr(value)``, cut short for a message: a megabyte of input must not make a megabyte of error."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(value):,} characters)"
 
 
 class SandboxError(Exception):
@@ -78,14 +91,28 @@ class ImageBuildError(SandboxError):
         super().__init__(f"Building image {tag} failed: {reason}\n  Last lines of the build log:\n{tail}")
 
 
-class PathOutsideSandboxError(SandboxError, ValueError):
-    """A path that resolves outside the directories the file API may touch."""
+class InvalidArgumentError(SandboxError, ValueError):
+    """An argument that cannot be used as given: a path or command holding a NUL byte or text that
+    is not valid Unicode, a path too long for the container's file system, a timeout that is not a
+    positive number. The message names the argument and the problem."""
 
-    def __init__(self, path: str, allowed_roots: tuple[str, ...]) -> None:
+
+class PathOutsideSandboxError(SandboxError, ValueError):
+    """A path that resolves outside the directories the file API may touch.
+
+    Attributes:
+        path: The path as given.
+        allowed_roots: The directories the file API may touch.
+        resolved: Where symbolic links inside the sandbox lead ``path``, when they are what leads it out.
+    """
+
+    def __init__(self, path: str, allowed_roots: tuple[str, ...], *, resolved: str | None = None) -> None:
         self.path = path
         self.allowed_roots = allowed_roots
+        self.resolved = resolved
+        via = f" (symbolic links lead it to {resolved!r})" if resolved else ""
         super().__init__(
-            f"Path {path!r} is outside the sandbox: file access is limited to {', '.join(allowed_roots)}"
+            f"Path {shown(path)} is outside the sandbox{via}: file access is limited to {', '.join(allowed_roots)}"
         )
 
 
@@ -95,3 +122,10 @@ class SandboxFileNotFoundError(SandboxError, FileNotFoundError):
 
 class SandboxStateError(SandboxError, RuntimeError):
     """The sandbox was used in a state that forbids it (for example after ``stop()``)."""
+
+
+class ContainerGoneError(SandboxStateError):
+    """The sandbox's container stopped or was removed from outside (``docker kill``, ``docker rm -f``,
+    an engine restart). Its files are gone with it unless they were on named volumes: a
+    :class:`SessionManager` replaces the container, files included, on the next ``get_or_create``;
+    a plain sandbox needs ``stop()`` and ``start()``."""

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .channel import OutputCallback, Process, SupervisorChannel
 from .errors import PathOutsideSandboxError, SandboxFileNotFoundError, SandboxStateError
+from .arguments import file_content
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
 from .sandbox import SandboxBase, SandboxState
@@ -54,7 +55,7 @@ class LocalSandbox(SandboxBase):
     def __init__(self, runtime: str | RuntimeConfig = "python-minimal", *, command_timeout: float = 600,
                  max_output: int = 1_000_000) -> None:
         self.runtime = resolve_runtime(runtime)
-        self.command_timeout, self.max_output = command_timeout, max_output
+        self._set_command_limits(command_timeout, max_output)
         self.network = True
         self.image = "local (not isolated)"
         self.container_id: str | None = None
@@ -135,7 +136,7 @@ class LocalSandbox(SandboxBase):
                 on_output: OutputCallback | None = None) -> ExecuteResult:
         """Run ``command`` with ``sh -c`` in the (local) work dir."""
         with self._activity():
-            return self._live_channel().run(command, timeout=timeout or self.command_timeout,
+            return self._live_channel().run(command, timeout=self._timeout(timeout),
                                             max_output=self.max_output, on_output=on_output)
 
     async def aexecute(self, command: str, timeout: float | None = None, *,
@@ -144,7 +145,7 @@ class LocalSandbox(SandboxBase):
         with self._activity():
             channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
                 self._live_channel)
-            return await channel.arun(command, timeout=timeout or self.command_timeout,
+            return await channel.arun(command, timeout=self._timeout(timeout),
                                       max_output=self.max_output, on_output=on_output)
 
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -157,7 +158,7 @@ class LocalSandbox(SandboxBase):
         self._live_channel()
         real = self._real(path)
         real.parent.mkdir(parents=True, exist_ok=True)
-        real.write_bytes(content.encode() if isinstance(content, str) else bytes(content))
+        real.write_bytes(file_content(content))
         return resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
 
     def _copy_in(self, source: Path, dest: str) -> str:

@@ -75,6 +75,7 @@ class InMemoryRegistry(SessionRegistry):
     def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._lock_users: dict[str, int] = {}  # holding or waiting, per key
         self._guard = threading.Lock()
 
     def get(self, key: str) -> SessionRecord | None:
@@ -97,8 +98,15 @@ class InMemoryRegistry(SessionRegistry):
     def lock(self, key: str) -> Iterator[None]:
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            yield
+            self._lock_users[key] = self._lock_users.get(key, 0) + 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                self._lock_users[key] -= 1
+                if not self._lock_users[key]:  # nobody holds or waits: a lock per user ever seen would pile up
+                    del self._locks[key], self._lock_users[key]
 
 
 class RedisRegistry(SessionRegistry):

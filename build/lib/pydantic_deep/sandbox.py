@@ -5,8 +5,12 @@ Safe defaults, each overridable by an argument of the same name:
 - the code runs as an unprivileged user (``user="1000:1000"``), never root;
 - every Linux capability is dropped (``drop_capabilities``) and ``no-new-privileges`` is set;
 - a process limit (``pids_limit=512``), memory (``memory="2g"``) and CPU (``cpus=1.0``) limits;
+- files of at most ``max_file_size="1g"``, and ``/tmp`` in memory, ``tmp_size="512m"``;
+- no container log, so output written to it cannot fill the host's disk;
+- the file API acts as the sandbox user and follows no symlink out of the work dir and ``/uploads``;
 - an init process reaps orphaned children;
-- no network unless the runtime or the sandbox asks for it (``network=True``);
+- no network unless the runtime or the sandbox asks for it (``network=True``), and then no cloud
+  metadata address (``block_metadata``);
 - labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
   ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
 """
@@ -23,6 +27,7 @@ import os
 import posixpath
 import shlex
 import socket
+import tarfile
 import threading
 import time
 import uuid
@@ -34,9 +39,11 @@ from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
 import docker
 from docker.errors import APIError, NotFound
+from docker.utils import parse_bytes
+from requests.exceptions import ChunkedEncodingError
 
 from ._html import field_table
-from .archive import copy_stream, file_tar, iter_single_file
+from .arguments import checked_timeout, file_content
 from .builder import Progress
 from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from .channel import (
@@ -49,12 +56,14 @@ from .channel import (
     Process,
     SupervisorChannel,
 )
-from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, path_stat, prepare_image, remove_container
+from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, container_running, prepare_image, remove_container
 from .engine import docker_client, engine_errors
-from .errors import SandboxError, SandboxFileNotFoundError, SandboxStateError
+from .errors import ContainerGoneError, InvalidArgumentError, SandboxError, SandboxStateError
 from .images import ensure_runtime_image
+from .metadata import METADATA_ADDRESS, block_metadata
 from .paths import UPLOADS_DIR, resolve_sandbox_path
 from .runtimes import resolve_runtime
+from .transfer import FileOp, check_outcome, file_command, read_from, write_into
 from .volumes import ensure_volume, remove_volume
 from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
 
@@ -64,11 +73,13 @@ logger = logging.getLogger("pydantic_deep.sandbox")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-# Go's os.ModeDir, as the engine reports it in a path's stat.
-_GO_MODE_DIR = 1 << 31
 
 
 _exec_fallback_logged: set[str | None] = set()
+
+# What a call fails with when its container stopped or was removed under it (or the engine
+# refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
+_CONTAINER_FAILURES = (APIError, ChannelClosedError, ChunkedEncodingError, tarfile.ReadError)
 
 
 class SandboxState(enum.Enum):
@@ -97,15 +108,28 @@ def _async_twin(method: Callable[Concatenate[SandboxBase, _P], _R]) -> Callable[
 
 
 def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Concatenate[DockerSandbox, _P], _R]:
-    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and turn a lost
-    engine into :class:`DockerUnavailableError`."""
+    """Mark the sandbox busy while ``method`` runs (a busy sandbox is never idle), and let only
+    clear errors out of it (see :meth:`DockerSandbox._clear_errors`)."""
 
     @functools.wraps(method)
     def tracked(self: DockerSandbox, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with self._activity(), engine_errors():
+        with self._activity(), self._clear_errors(method.__name__):
             return method(self, *args, **kwargs)
 
     return tracked
+
+
+def _size_in_bytes(argument: str, size: str | None) -> int | None:
+    """``size`` in Docker's notation (``"512m"``, ``"1g"``) as bytes; ``None`` stays ``None``."""
+    if size is None:
+        return None
+    try:
+        value = parse_bytes(size)
+    except docker.errors.DockerException:
+        raise ValueError(f"{argument} must be a size like '512m' or '1g', not {size!r}") from None
+    if value <= 0:
+        raise ValueError(f"{argument} must be positive, not {size!r}")
+    return value
 
 
 def _parse_user(user: str) -> tuple[int, int]:
@@ -122,11 +146,24 @@ class SandboxBase:
     """
 
     runtime: RuntimeConfig
+    command_timeout: float
+    max_output: int
 
     def __init__(self) -> None:
         self._busy = 0
         self._activity_lock = threading.Lock()
         self.last_used = time.monotonic()
+
+    def _set_command_limits(self, command_timeout: float, max_output: int) -> None:
+        """Check and keep what every command gets by default: its timeout and its output cap."""
+        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output <= 0:
+            raise InvalidArgumentError(f"max_output must be a positive number of bytes, not {max_output!r}")
+        self.command_timeout = checked_timeout(command_timeout, "command_timeout")
+        self.max_output = max_output
+
+    def _timeout(self, timeout: float | None) -> float:
+        """A command's timeout: its own, else :attr:`command_timeout` (the channel checks it)."""
+        return self.command_timeout if timeout is None else timeout
 
     @property
     def work_dir(self) -> str:
@@ -213,7 +250,7 @@ class SandboxBase:
         """
         if isinstance(source, (bytes, bytearray, memoryview)):
             if not dest or dest.endswith("/"):
-                raise ValueError("uploading bytes needs dest, the file's path in the sandbox")
+                raise InvalidArgumentError(f"uploading bytes needs dest, the file's path in the sandbox, not {dest!r}")
             return self.write_file(dest, bytes(source))
         source_path = Path(source)
         if not source_path.is_file():
@@ -261,8 +298,19 @@ class DockerSandbox(SandboxBase):
         memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
         cpus: CPU limit in cores, or ``None`` for none.
         pids_limit: Most processes at once, or ``None`` for none.
+        max_file_size: Largest file a process may write, in Docker's notation (``"1g"``), or ``None``
+            for no limit. A write past it fails with ``File too large`` (``EFBIG``); programs that do
+            not ignore ``SIGXFSZ`` are killed, exit code 153 (``File size limit exceeded``). The file
+            API's uploads are held to it too. It limits each file, not how many there are.
+        tmp_size: ``/tmp`` is a memory-backed filesystem of this size (``No space left on device``
+            past it), counted in ``memory``; ``None`` leaves ``/tmp`` on the container's disk.
+        disk_size: The container's own filesystem size (Docker's ``storage_opt size``), or ``None``.
+            Only some engines support it (overlay2 over xfs with ``pquota``, devicemapper, zfs,
+            btrfs); elsewhere :meth:`start` fails and says so. It never covers named ``volumes``.
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
+        block_metadata: With network access, make the cloud metadata address (169.254.169.254)
+            unreachable, through a route the sandbox cannot change (see :mod:`pydantic_deep.metadata`).
         command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
         max_output: Bytes of output kept per command; the rest is discarded and flagged.
         ca_bundle: Extra CA certificates for HTTPS in builds and the container (see
@@ -290,8 +338,12 @@ class DockerSandbox(SandboxBase):
         memory: str | None = "2g",
         cpus: float | None = 1.0,
         pids_limit: int | None = 512,
+        max_file_size: str | None = "1g",
+        tmp_size: str | None = "512m",
+        disk_size: str | None = None,
         drop_capabilities: bool = True,
         no_new_privileges: bool = True,
+        block_metadata: bool = True,
         command_timeout: float = 600,
         max_output: int = 1_000_000,
         ca_bundle: str | os.PathLike[str] | bool | None = None,
@@ -307,10 +359,12 @@ class DockerSandbox(SandboxBase):
         self.user = user
         self._uid, self._gid = _parse_user(user)
         self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
+        self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
+        self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
+        self.disk_size = disk_size
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
-        if command_timeout <= 0 or max_output <= 0:
-            raise ValueError("command_timeout and max_output must be positive")
-        self.command_timeout, self.max_output = command_timeout, max_output
+        self.block_metadata = block_metadata
+        self._set_command_limits(command_timeout, max_output)
         self.ca_bundle: CaBundle | None = resolve_ca_bundle(ca_bundle)
         self.progress = progress
         self.session_id = session_id or uuid.uuid4().hex[:12]
@@ -365,7 +419,13 @@ class DockerSandbox(SandboxBase):
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             for volume in self.volumes:
                 ensure_volume(volume)
-            container = client.containers.create(prepared.tag, **self._container_options())
+            try:
+                container = client.containers.create(prepared.tag, **self._container_options())
+            except APIError as exc:
+                if self.disk_size and "storage-opt" in str(exc.explanation):
+                    raise SandboxError(f"disk_size={self.disk_size!r} is not supported by this Docker engine: "
+                                       f"{exc.explanation}") from None
+                raise
             try:
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
@@ -373,12 +433,23 @@ class DockerSandbox(SandboxBase):
                     self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
                 container.start()
                 self._python = prepared.python
+                if self.network and self.block_metadata:
+                    self._block_metadata(client, container.id, prepared.tag)
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
                 raise
             self._adopt(client, container.id)
         return self
+
+    def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
+        if self._python is None:
+            logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
+                           self.image, METADATA_ADDRESS)
+            return
+        block_metadata(client, container_id, image, self._python,
+                       {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
+                        "pydantic-deep.owner-host": socket.gethostname()})
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
@@ -458,6 +529,8 @@ class DockerSandbox(SandboxBase):
             try:
                 return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
             except ChannelClosedError:
+                if not container_running(client, container_id):
+                    raise self._gone() from None
                 reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
         else:
             reason = "it has no python3"
@@ -467,17 +540,50 @@ class DockerSandbox(SandboxBase):
         return DockerExecChannel(client, container_id)
 
     def _live_channel(self) -> Channel:
-        """The running sandbox's channel, re-opened if it died (the container must still be there)."""
+        """The running sandbox's channel, re-opened if it died (the container must still run)."""
         container_id = self._running_id()
         with self._lock:
             if self._channel is None:
                 raise SandboxStateError("this sandbox was stopped while the command was starting")
             if not self._channel.alive:
-                try:
-                    self._channel = self._open_channel(container_id)
-                except NotFound:
-                    raise self._gone() from None
+                self._channel = self._open_channel(container_id)
             return self._channel
+
+    def _live_container(self) -> str:
+        """The id of the running container. Checked through the channel, which closes when the
+        container dies: a file call then fails as clearly as a command, instead of reading or
+        writing the files of a dead container."""
+        self._live_channel()
+        assert self.container_id is not None
+        return self.container_id
+
+    @contextlib.contextmanager
+    def _clear_errors(self, action: str) -> Iterator[None]:
+        """Let no raw docker-py or requests error out of ``action``: a lost engine becomes
+        :class:`DockerUnavailableError`, a container that stopped or was removed
+        :class:`ContainerGoneError`, any other refusal of the engine a :class:`SandboxError`."""
+        with engine_errors():  # outermost: looking into a failure may find the engine gone too
+            try:
+                yield
+            except _CONTAINER_FAILURES as exc:
+                raise self._explain(exc, action) from exc
+            except SandboxError as exc:
+                # A file transfer's own process fails as any command would when its container is
+                # removed under it (killed, exit code 137): say that, not what the process saw.
+                if type(exc) is SandboxError and self.container_id is not None \
+                        and not container_running(docker_client(), self.container_id):
+                    raise self._gone() from exc
+                raise
+
+    def _explain(self, exc: Exception, action: str) -> Exception:
+        """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
+        if self.container_id is not None and not container_running(docker_client(), self.container_id):
+            return self._gone()
+        if isinstance(exc, ChannelClosedError):
+            # The supervisor went away, the container did not: the next call re-opens the channel.
+            return ChannelClosedError(str(exc))
+        detail = exc.explanation if isinstance(exc, APIError) and exc.explanation else str(exc)
+        return SandboxError(f"{action} failed: {detail}")
 
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
@@ -507,6 +613,13 @@ class DockerSandbox(SandboxBase):
                 "pydantic-deep.owner-host": socket.gethostname(),
             },
             init=True,
+            # Nothing reads the container's log, and a command can write to it (through the main
+            # process's standard output, /proc/<pid>/fd/1): a json-file log would fill the host's disk.
+            log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
+            ulimits=[docker.types.Ulimit(name="fsize", soft=self.max_file_size, hard=self.max_file_size)]
+            if self.max_file_size else None,
+            tmpfs={"/tmp": f"rw,exec,nosuid,nodev,mode=1777,size={self.tmp_size}"} if self.tmp_size else None,
+            storage_opt={"size": self.disk_size} if self.disk_size else None,
             network_mode=None if self.network else "none",
             cap_drop=["ALL"] if self.drop_capabilities else None,
             security_opt=["no-new-privileges"] if self.no_new_privileges else None,
@@ -515,8 +628,11 @@ class DockerSandbox(SandboxBase):
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
         )
 
-    def _gone(self) -> SandboxStateError:
-        return SandboxStateError(f"the container {(self.container_id or '')[:12]} is gone (removed from outside?)")
+    def _gone(self) -> ContainerGoneError:
+        return ContainerGoneError(
+            f"the container {self.name} is gone: it stopped or was removed from outside (docker kill, "
+            "docker rm, an engine restart). A SessionManager replaces it on the next get_or_create; "
+            "a sandbox of your own needs stop() and start()")
 
     def _running_id(self) -> str:
         """The container id, starting the container first when it never was."""
@@ -543,30 +659,33 @@ class DockerSandbox(SandboxBase):
         Args:
             command: A shell command line: quoting, pipes and variables work as in ``sh``.
             timeout: Seconds before the command's whole process group is killed (default
-                :attr:`command_timeout`); the result then has ``timed_out=True``.
+                :attr:`command_timeout`, at most 1,000,000); the result then has ``timed_out=True``.
             on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
                 on the channel's reader thread: keep it quick, and do not wait in it for another
                 command of this sandbox.
+
+        Raises:
+            InvalidArgumentError: the command holds a NUL byte or a lone surrogate, or the timeout
+                is not a positive number of seconds; nothing ran.
         """
-        channel = self._live_channel()
-        try:
-            return channel.run(command, timeout=timeout or self.command_timeout, max_output=self.max_output,
-                               on_output=on_output)
-        except NotFound:
-            raise self._gone() from None
-        except APIError as exc:
-            raise SandboxError(f"running a command failed: {exc.explanation or exc}") from exc
+        return self._live_channel().run(command, timeout=self._timeout(timeout), max_output=self.max_output,
+                                        on_output=on_output)
 
     async def aexecute(self, command: str, timeout: float | None = None, *,
                        on_output: OutputCallback | None = None) -> ExecuteResult:
         """Async form of :meth:`execute`: waits on the event loop, not on a thread, so many
         commands can run at once."""
-        with self._activity():
-            channel = self._live_channel() if self.state is SandboxState.RUNNING else await asyncio.to_thread(
-                self._live_channel)
-            with engine_errors():
-                return await channel.arun(command, timeout=timeout or self.command_timeout,
+        with self._activity(), engine_errors():
+            try:
+                channel = self._channel
+                if not (self.state is SandboxState.RUNNING and isinstance(channel, SupervisorChannel)
+                        and channel.alive):
+                    # Starting, re-opening or asking the engine: in a worker thread, off the loop.
+                    channel = await asyncio.to_thread(self._live_channel)
+                return await channel.arun(command, timeout=self._timeout(timeout),
                                           max_output=self.max_output, on_output=on_output)
+            except _CONTAINER_FAILURES as exc:
+                raise await asyncio.to_thread(self._explain, exc, "aexecute") from exc
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -586,29 +705,27 @@ class DockerSandbox(SandboxBase):
         """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
 
         Missing parent directories are created. Returns the absolute path written.
+
+        Raises:
+            InvalidArgumentError: an unusable path (empty, NUL, too long), or text content UTF-8
+                cannot hold.
+            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
+            IsADirectoryError: a directory is there (it is left as it is).
+            NotADirectoryError: a parent on the path is a file.
         """
-        data = content.encode() if isinstance(content, str) else bytes(content)
+        data = file_content(content)
         return self._put_file(path, io.BytesIO(data), len(data))
 
     @_in_use
     def _copy_in(self, source: Path, dest: str) -> str:
         with source.open("rb") as handle:  # streamed: a 100 MB file is fine
-            return self._put_file(dest, handle, source.stat().st_size)
+            return self._put_file(dest, handle, os.fstat(handle.fileno()).st_size)
 
     def _put_file(self, path: str, content: BinaryIO, size: int) -> str:
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        container_id = self._running_id()
-        root = next(r for r in self.allowed_roots if target.startswith(r + "/"))
-        parents = []
-        parent = posixpath.dirname(target)
-        while parent != root and path_stat(docker_client(), container_id, parent) is None:
-            parents.append(posixpath.relpath(parent, root))
-            parent = posixpath.dirname(parent)
-        with file_tar(posixpath.relpath(target, root), content, size, uid=self._uid, gid=self._gid,
-                      parents=reversed(parents)) as archive:
-            docker_client().api.put_archive(container_id, root, archive)
+        write_into(docker_client(), self._live_container(), target, self.allowed_roots, content, size)
         return target
 
     @_in_use
@@ -617,6 +734,8 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             SandboxFileNotFoundError: there is no such file.
+            IsADirectoryError: the path is a directory.
+            InvalidArgumentError: an unusable path (empty, NUL, too long).
             PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
         """
         buffer = io.BytesIO()
@@ -636,22 +755,15 @@ class DockerSandbox(SandboxBase):
             partial.unlink(missing_ok=True)
         return dest_path
 
-    def _copy_out(self, path: str, target: Any) -> int:
+    def _copy_out(self, path: str, target: BinaryIO) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        container_id = self._running_id()
-        try:
-            chunks, _stat = docker_client().api.get_archive(container_id, source)
-            return copy_stream(iter_single_file(chunks), target)
-        except NotFound:
-            raise SandboxFileNotFoundError(f"no such file in the sandbox: {source}") from None
-        except IsADirectoryError:
-            raise IsADirectoryError(f"{source} is a directory; use list_files()") from None
+        return read_from(docker_client(), self._live_container(), source, self.allowed_roots, target)
 
     @_in_use
     def exists(self, path: str) -> bool:
         """Whether a file or directory exists at ``path``."""
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return path_stat(docker_client(), self._running_id(), target) is not None
+        return self._file_command("exists", target).stdout == "yes\n"
 
     @_in_use
     def list_files(self, path: str = ".") -> list[FileInfo]:
@@ -659,24 +771,25 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             SandboxFileNotFoundError: the directory does not exist.
+            NotADirectoryError: the path is a file.
         """
         directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        stat = path_stat(docker_client(), self._running_id(), directory)
-        if stat is None:
-            raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
-        if not stat["mode"] & _GO_MODE_DIR:
-            raise NotADirectoryError(f"{directory} is not a directory")
-        result = self.execute(
-            f"find {shlex.quote(directory)} -mindepth 1 -maxdepth 1 -printf '%y\\t%s\\t%T@\\t%f\\0'", timeout=60
-        )
-        if result.exit_code != 0:
-            raise SandboxError(f"listing {directory} failed: {result.stderr.strip()}")
+        result = self._file_command("list", directory)
         entries = []
         for record in filter(None, result.stdout.split("\0")):
             kind, size, modified, name = record.split("\t", 3)
             entries.append(FileInfo(name=name, path=posixpath.join(directory, name), size=int(size),
                                     is_dir=kind == "d", modified=float(modified)))
         return sorted(entries, key=lambda entry: entry.name)
+
+    def _file_command(self, op: FileOp, path: str) -> ExecuteResult:
+        """Run a file operation that answers in text through the execution channel (quick), as
+        the sandbox user, with the file API's symlink check (see :mod:`pydantic_deep.transfer`)."""
+        result = self.execute(shlex.join(file_command(op, path, self.allowed_roots)), timeout=60)
+        if result.truncated:
+            raise SandboxError(f"the answer for {path} went past max_output ({self.max_output} bytes)")
+        check_outcome(result.exit_code, result.stderr, path, self.allowed_roots)
+        return result
 
     # -- the container ------------------------------------------------------------------------
 
@@ -686,10 +799,10 @@ class DockerSandbox(SandboxBase):
         docker_client().api.rename(self._running_id(), name)
         self.name = name
 
-    @engine_errors()
     def usage(self) -> ResourceUsage:
         """The container's memory in use and CPU time so far (one cheap stats call)."""
-        stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+        with self._clear_errors("usage"):
+            stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
 

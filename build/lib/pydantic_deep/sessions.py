@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -34,7 +35,7 @@ import docker
 from ._html import field_table
 from .container import owner_gone, remove_container
 from .engine import docker_client, engine_errors
-from .errors import SandboxError, SandboxStateError
+from .errors import InvalidArgumentError, SandboxError, SandboxStateError, shown
 from .paths import UPLOADS_DIR
 from .pool import SandboxPool
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
@@ -73,11 +74,19 @@ class SessionInfo:
     cpu_seconds: float
 
 
-def _slug(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    if not slug:
-        raise ValueError(f"manager name {name!r} needs letters or digits")
-    return slug[:30]
+_MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
+
+
+def _checked_manager_name(name: str) -> str:
+    # Used as is in container and volume names: a name that had to be changed to fit ("My App"
+    # into "my-app") could be another manager's, whose sessions this one would then take over.
+    if not isinstance(name, str):
+        raise TypeError(f"a manager name must be a str, not {type(name).__name__}")
+    if not _MANAGER_NAME.fullmatch(name):
+        raise InvalidArgumentError(
+            f"manager name {shown(name)} must be 1-30 lowercase letters, digits and '-', starting and ending "
+            "with a letter or digit (e.g. 'my-app')")
+    return name
 
 
 class SessionManager:
@@ -98,8 +107,9 @@ class SessionManager:
     Args:
         default_runtime: The runtime of new sessions (a name or a :class:`RuntimeConfig`).
         default_idle_timeout: Seconds without use before :meth:`cleanup_idle` stops a session.
-        name: Names this manager's containers and volumes; managers with other names never touch
-            them. Processes that share sessions use the same name (and a shared ``registry``).
+        name: Names this manager's containers and volumes (1-30 lowercase letters, digits and
+            ``-``); managers with other names never touch them. Processes that share sessions use
+            the same name (and a shared ``registry``).
         max_sessions: Most sessions at once; past it :meth:`get_or_create` raises
             :class:`SessionLimitError`.
         registry: Where sessions are recorded; :class:`InMemoryRegistry` by default, or a
@@ -126,7 +136,7 @@ class SessionManager:
     ) -> None:
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
-        self.name = _slug(name)
+        self.name = _checked_manager_name(name)
         self.max_sessions = max_sessions
         self.registry = registry or InMemoryRegistry()
         self.orphans = orphans
@@ -144,8 +154,10 @@ class SessionManager:
     # -- naming -------------------------------------------------------------------------------
 
     def _key(self, user_id: str) -> str:
-        if not isinstance(user_id, str) or not user_id:
-            raise ValueError("a user id must be a non-empty string")
+        if not isinstance(user_id, str):
+            raise TypeError(f"a user id must be a str, not {type(user_id).__name__}")
+        if not user_id:
+            raise InvalidArgumentError("a user id must not be empty")
         return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def _container_name(self, key: str) -> str:
@@ -278,8 +290,9 @@ class SessionManager:
         """Record the session in the engine itself: a never-mounted volume whose labels say whose
         files are where."""
         work, uploads = _split_volumes(record.volumes)
-        labels = {**self._labels(), _LABEL_USER: record.user_id, _LABEL_WORK: work, _LABEL_UPLOADS: uploads,
-                  _LABEL_RUNTIME: record.runtime, _LABEL_CREATED: str(record.created)}
+        # The user id as JSON: ASCII, so any string (even one no UTF-8 can hold) comes back unchanged.
+        labels = {**self._labels(), _LABEL_USER: json.dumps(record.user_id), _LABEL_WORK: work,
+                  _LABEL_UPLOADS: uploads, _LABEL_RUNTIME: record.runtime, _LABEL_CREATED: str(record.created)}
         create_volume(self._container_name(key), labels)
 
     def _record_from_engine(self, key: str) -> SessionRecord | None:
@@ -287,7 +300,7 @@ class SessionManager:
         if labels is None:
             return None
         runtime = RuntimeConfig.model_validate_json(labels[_LABEL_RUNTIME])
-        return SessionRecord(labels[_LABEL_USER], self._container_name(key),
+        return SessionRecord(_user_from_label(labels[_LABEL_USER]), self._container_name(key),
                              {labels[_LABEL_WORK]: runtime.work_dir, labels[_LABEL_UPLOADS]: UPLOADS_DIR},
                              labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]))
 
@@ -486,6 +499,15 @@ class SessionManager:
             "Name": self.name, "Default runtime": self.default_runtime.name,
             "Idle timeout": f"{self.default_idle_timeout:g} s", "Running sessions": self.session_count,
         })
+
+
+def _user_from_label(text: str) -> str:
+    """The user id a session volume's label holds: JSON, or plain text in volumes made before 0.2."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, str) else text
 
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:

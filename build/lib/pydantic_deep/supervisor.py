@@ -17,8 +17,17 @@ Host to supervisor:
 Supervisor to host:
     HELLO   JSON ``{"version", "python", "pid"}``, once, when ready.
     STDOUT / STDERR   output bytes, at most ``max_output`` in all per command; the rest is dropped.
-    EXIT    JSON ``{"exit_code", "timed_out", "dropped"}``; exit code 128+n after signal n.
+    EXIT    JSON ``{"exit_code", "timed_out", "dropped", "oom_killed"}``; exit code 128+n after signal n.
     ERROR   JSON ``{"message"}``: the command could not be started.
+
+Out of memory: the kernel counts, per cgroup, the processes its OOM killer killed (cgroup v2's
+``memory.events``, v1's ``memory.oom_control``: field ``oom_kill``). The count is the container's,
+not the command's, so a command is reported ``oom_killed`` when it rose while the command ran and
+the command either ran alone or itself died of SIGKILL (the OOM killer's signal) before its timeout.
+
+At the process limit (``pids_limit``) no command can start. Processes that finished commands left
+running in the background (in the command's process group) are then killed to make room, and a
+command that still cannot start fails with a message that names the limit.
 
 A command is finished when its shell exits; output its background children write later is read
 and discarded, so a server started with ``&`` keeps running and never blocks on a full pipe. When
@@ -27,6 +36,7 @@ the host's stream closes, every command still running is killed and the supervis
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import selectors
@@ -46,6 +56,39 @@ _WAITING_SHELL = b's=; while IFS= read -r l || [ -n "$l" ]; do s="$s$l\n"; done 
 # `read` takes a byte per system call: past this length a fresh `sh -c` is quicker. It also
 # keeps the write into the waiting shell's empty pipe from ever blocking.
 _SCRIPT_PIPE_LIMIT = 1024
+# Python ignores SIGPIPE and SIGXFSZ, and commands would inherit that: `yes | head` would complain
+# of a broken pipe. SIGPIPE gets its default back. SIGXFSZ stays ignored on purpose: a write past
+# the per-file size limit then fails with "File too large", which every program reports, instead
+# of killing the program with no message.
+_DEFAULT_SIGNALS = (signal.SIGPIPE,)
+_OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+_KILLED_BY_SIGKILL = 128 + signal.SIGKILL
+# How long a command may wait, at the process limit, for killed leftovers to be reaped by init.
+_REAP_WAIT, _REAP_STEP = 1.0, 0.01
+
+
+def _open_oom_counter() -> int | None:
+    """A descriptor on the container's OOM-kill counter file, or ``None`` where there is none."""
+    for path in _OOM_COUNTERS:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        if _read_oom_kills(fd) is not None:
+            return fd
+        os.close(fd)
+    return None
+
+
+def _read_oom_kills(fd: int | None) -> int | None:
+    """The ``oom_kill`` count in the counter file (re-read from its start on every call)."""
+    if fd is None:
+        return None
+    for line in os.pread(fd, 4096, 0).splitlines():
+        name, _, value = line.partition(b" ")
+        if name == b"oom_kill":
+            return int(value)
+    return None
 
 
 class _Shell:
@@ -72,8 +115,11 @@ class _Shell:
 class _Command:
     """One running command: its process, pipes, output budget and deadline."""
 
-    def __init__(self, request_id: int, pid: int, deadline: float | None, max_output: int | None) -> None:
+    def __init__(self, request_id: int, pid: int, deadline: float | None, max_output: int | None,
+                 oom_kills: int | None) -> None:
         self.request_id = request_id
+        self.oom_kills = oom_kills  # the container's OOM-kill count when the command started
+        self.overlapped = False  # another command ran at some time during this one
         self.pid = pid
         self.deadline = deadline
         self.budget = max_output
@@ -98,6 +144,9 @@ class Supervisor:
         self.environment = dict(os.environb)
         self.devnull = os.open(os.devnull, os.O_RDONLY)
         self.spare: _Shell | None = None
+        self.oom_counter = _open_oom_counter()
+        # Process groups of finished commands that still had members: their background jobs.
+        self.leftover_groups: set[int] = set()
         wake_read, wake_write = os.pipe()
         for fd in (wake_read, wake_write):
             os.set_blocking(fd, False)
@@ -181,7 +230,8 @@ class Supervisor:
             actions.append((os.POSIX_SPAWN_DUP2, script_read, 3))
         argv = [b"sh", b"-c", command if command is not None else _WAITING_SHELL, b"sh"]
         try:
-            pid = os.posix_spawn(b"/bin/sh", argv, self.environment, file_actions=actions, setsid=True)
+            pid = os.posix_spawn(b"/bin/sh", argv, self.environment, file_actions=actions, setsid=True,
+                                 setsigdef=_DEFAULT_SIGNALS)
         except OSError:
             for fd in (script_write, out_read, err_read, in_write):
                 if fd is not None:
@@ -193,7 +243,16 @@ class Supervisor:
         return _Shell(pid, script_write, out_read, err_read, in_write)
 
     def _start(self, request_id: int, spec: dict) -> None:
-        script = spec["command"].encode() + b"\n"
+        # The host refuses such commands; should one come anyway, it fails alone: an exception
+        # here would end the supervisor and every command it runs.
+        try:
+            script = spec["command"].encode() + b"\n"
+        except (KeyError, AttributeError, UnicodeEncodeError) as exc:
+            self.send_json(ERROR, request_id, {"message": f"cannot run the command: {exc!r}"})
+            return
+        if b"\0" in script:  # sh -c would cut it short, the waiting shell would drop the byte
+            self.send_json(ERROR, request_id, {"message": "cannot run the command: it holds a NUL byte"})
+            return
         shell = None
         if self.spare is not None and not spec.get("stdin") and len(script) <= _SCRIPT_PIPE_LIMIT:
             shell, self.spare = self.spare, None
@@ -209,14 +268,20 @@ class Supervisor:
                 shell.script_fd = None
         if shell is None:
             try:
-                shell = self._spawn(spec["command"].encode(), bool(spec.get("stdin")))
+                shell = self._spawn_making_room(spec["command"].encode(), bool(spec.get("stdin")))
             except OSError as exc:
-                self.send_json(ERROR, request_id, {"message": f"cannot start /bin/sh: {exc}"})
+                reason = ("the sandbox is at its process limit (pids_limit): its commands' processes use "
+                          "them all" if exc.errno == errno.EAGAIN else str(exc))
+                self.send_json(ERROR, request_id, {"message": f"cannot start /bin/sh: {reason}"})
                 return
         self._keep_spare()  # while the command runs, so it is up before the next one comes
         timeout = spec.get("timeout")
         command = _Command(request_id, shell.pid, time.monotonic() + timeout if timeout else None,
-                           spec.get("max_output"))
+                           spec.get("max_output"), _read_oom_kills(self.oom_counter))
+        if self.commands:
+            command.overlapped = True
+            for other in self.commands.values():
+                other.overlapped = True
         self.commands[request_id] = command
         self.by_pid[shell.pid] = command
         for fd, role in ((shell.out_fd, "stdout"), (shell.err_fd, "stderr")):
@@ -225,6 +290,28 @@ class Supervisor:
         if shell.stdin_fd is not None:
             os.set_blocking(shell.stdin_fd, False)
             command.stdin_fd = shell.stdin_fd
+
+    def _spawn_making_room(self, command: bytes, with_stdin: bool) -> _Shell:
+        """:meth:`_spawn`; at the process limit, first kill the background jobs of finished commands."""
+        try:
+            return self._spawn(command, with_stdin)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN or not self.leftover_groups:
+                raise
+        # A group whose processes all ended may have passed its number on to a running command.
+        running = {*self.by_pid, *([self.spare.pid] if self.spare else [])}
+        for group in self.leftover_groups - running:
+            self._kill_group(group)
+        self.leftover_groups.clear()
+        # The killed processes free their slots once init has reaped them, a moment later.
+        deadline = time.monotonic() + _REAP_WAIT
+        while True:
+            try:
+                return self._spawn(command, with_stdin)
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
+                    raise
+            time.sleep(_REAP_STEP)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -281,10 +368,16 @@ class Supervisor:
                 command.stdin_fd = None
 
     def _signal(self, command: _Command, signum: int) -> None:
+        self._kill_group(command.pid, signum)
+
+    @staticmethod
+    def _kill_group(group: int, signum: int = signal.SIGKILL) -> bool:
+        """Send ``signum`` to a process group; False when the group has no process left."""
         try:
-            os.killpg(command.pid, signum)
+            os.killpg(group, signum)
         except ProcessLookupError:
-            pass
+            return False
+        return True
 
     def _reap(self) -> None:
         while self.by_pid:
@@ -323,8 +416,20 @@ class Supervisor:
         if exit_code < 0:
             exit_code = 128 - exit_code  # killed by signal n: 128 + n, as shells report it
         del self.commands[command.request_id]
+        # Signal 0 only asks whether a group still has members.
+        self.leftover_groups = {group for group in self.leftover_groups if self._kill_group(group, 0)}
+        if self._kill_group(command.pid, 0):
+            self.leftover_groups.add(command.pid)
         self.send_json(EXIT, command.request_id,
-                       {"exit_code": exit_code, "timed_out": command.timed_out, "dropped": command.dropped})
+                       {"exit_code": exit_code, "timed_out": command.timed_out, "dropped": command.dropped,
+                        "oom_killed": self._oom_killed(command, exit_code)})
+
+    def _oom_killed(self, command: _Command, exit_code: int) -> bool:
+        """Whether the OOM killer struck this command (see the module's docstring)."""
+        now = _read_oom_kills(self.oom_counter)
+        if now is None or command.oom_kills is None or now <= command.oom_kills:
+            return False
+        return not command.overlapped or (exit_code == _KILLED_BY_SIGKILL and not command.timed_out)
 
     def _keep_spare(self) -> None:
         """Have a waiting shell ready for the next command."""

@@ -10,6 +10,9 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._html import field_table
+from .arguments import checked_text
+from .errors import shown
+from .paths import TOOLS_DIR, UPLOADS_DIR
 
 __all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "PackageManager", "ResourceUsage", "RuntimeConfig"]
 
@@ -31,11 +34,30 @@ _PACKAGE_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+# Docker's image reference grammar (github.com/distribution/reference): [domain[:port]/]path[:tag][@digest].
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"  # no IPv6: Docker 20.10 has none
+_REPOSITORY = re.compile(rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
+_IMAGE_REF = re.compile(
+    rf"(?P<repository>{_REPOSITORY.pattern})"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # tag
+    r"(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?"  # digest
+)
+_MAX_REPOSITORY = 255
 _WORK_DIR = re.compile(r"(/[A-Za-z0-9._-]+)+")
 # Directories the container's own system lives in: a work dir there would be shadowed or break it.
 _SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
-                "/run", "/sbin", "/sys", "/tmp", "/usr", "/var", "/uploads")
+                "/run", "/sbin", "/sys", "/tmp", "/usr", "/var", UPLOADS_DIR)
+
+
+def _normalized_repository(repository: str) -> str:
+    """``repository`` as the engine names it, registry included (``python`` is
+    ``docker.io/library/python``): the length limit applies to that."""
+    first, slash, rest = repository.partition("/")
+    if slash and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+        return repository  # the first component names a registry
+    return f"docker.io/{repository}" if slash else f"docker.io/library/{repository}"
 
 
 class RuntimeConfig(BaseModel):
@@ -90,7 +112,7 @@ class RuntimeConfig(BaseModel):
     def _check_name(cls, value: str) -> str:
         if not _NAME.fullmatch(value):
             raise ValueError(
-                f"runtime name {value!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                f"runtime name {shown(value)} must be 1-63 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
         return value
@@ -98,8 +120,14 @@ class RuntimeConfig(BaseModel):
     @field_validator("image", "base_image")
     @classmethod
     def _check_image_ref(cls, value: str | None) -> str | None:
-        if value is not None and not _IMAGE_REF.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid image reference (e.g. 'python:3.12-slim')")
+        if value is None:
+            return value
+        match = _IMAGE_REF.fullmatch(value)
+        if match is None or len(_normalized_repository(match["repository"])) > _MAX_REPOSITORY:
+            raise ValueError(
+                f"{shown(value)} is not a valid image reference: [registry/]name[:tag][@digest], with a "
+                f"lowercase name of at most {_MAX_REPOSITORY} characters (e.g. 'python:3.12-slim')"
+            )
         return value
 
     def _repr_html_(self) -> str:
@@ -114,6 +142,10 @@ class RuntimeConfig(BaseModel):
         rows["Work dir"] = self.work_dir
         rows["Network"] = "on" if self.network else "off"
         return field_table("RuntimeConfig", rows)
+    @field_validator("description")
+    @classmethod
+    def _check_description(cls, value: str) -> str:
+        return checked_text(value, "description")  # it goes into container labels, as UTF-8
 
     @field_validator("setup_commands")
     @classmethod
@@ -121,11 +153,11 @@ class RuntimeConfig(BaseModel):
         for command in commands:
             if not command.strip():
                 raise ValueError("setup_commands may not contain an empty command")
-            if any(char in command for char in "\n\r\0"):
+            if any(char in command for char in "\n\r"):
                 raise ValueError(
-                    f"setup command {command!r} contains a newline or NUL: give each command as its "
-                    "own list item"
+                    f"setup command {shown(command)} contains a newline: give each command as its own list item"
                 )
+            checked_text(command, "setup command")
         return commands
 
     @field_validator("env_vars")
@@ -134,25 +166,27 @@ class RuntimeConfig(BaseModel):
         for key, value in env.items():
             if not _ENV_NAME.fullmatch(key):
                 raise ValueError(
-                    f"environment variable name {key!r} is invalid: use letters, digits and '_', "
+                    f"environment variable name {shown(key)} is invalid: use letters, digits and '_', "
                     "not starting with a digit"
                 )
-            if "\0" in value:
-                raise ValueError(f"environment variable {key!r} contains a NUL byte")
+            checked_text(value, f"environment variable {key}")
         return env
 
     @field_validator("work_dir")
     @classmethod
     def _check_work_dir(cls, value: str) -> str:
         if not value.startswith("/"):
-            raise ValueError(f"work_dir {value!r} must be an absolute path")
+            raise ValueError(f"work_dir {shown(value)} must be an absolute path")
         if not _WORK_DIR.fullmatch(value) or posixpath.normpath(value) != value or "/.." in value:
             raise ValueError(
-                f"work_dir {value!r} must be a normalized absolute path of letters, digits, "
+                f"work_dir {shown(value)} must be a normalized absolute path of letters, digits, "
                 "'.', '_' and '-'"
             )
         if any(value == d or value.startswith(d + "/") for d in _SYSTEM_DIRS):
-            raise ValueError(f"work_dir {value!r} is inside a system directory; use e.g. /workspace")
+            raise ValueError(f"work_dir {shown(value)} is inside a system directory; use e.g. /workspace")
+        if value == TOOLS_DIR or value.startswith(TOOLS_DIR + "/") or TOOLS_DIR.startswith(value + "/"):
+            raise ValueError(
+                f"work_dir {shown(value)} would hold or hide {TOOLS_DIR}, where pydantic_deep keeps its tools")
         return value
 
     @model_validator(mode="after")
@@ -165,7 +199,7 @@ class RuntimeConfig(BaseModel):
         for package in self.packages:
             if not pattern.fullmatch(package):
                 raise ValueError(
-                    f"{package!r} is not a valid {self.package_manager} package: give a name with an "
+                    f"{shown(package)} is not a valid {self.package_manager} package: give a name with an "
                     "optional version pin, without spaces, options or shell characters"
                 )
         return self
@@ -182,6 +216,9 @@ class ExecuteResult:
         stderr: The standard error alone.
         truncated: Output went past the sandbox's ``max_output`` bytes; the rest was discarded.
         timed_out: The command ran past its timeout and its process group was killed.
+        oom_killed: The kernel killed a process of the command because the sandbox ran out of
+            memory; ``output`` and ``stderr`` then end with a line that says so. Detected by the
+            supervisor (images with ``python3``), from the container's cgroup counter.
     """
 
     output: str
@@ -190,6 +227,7 @@ class ExecuteResult:
     stderr: str = ""
     truncated: bool = False
     timed_out: bool = False
+    oom_killed: bool = False
 
     @property
     def ok(self) -> bool:
