@@ -576,15 +576,18 @@ class DockerSandbox(SandboxBase):
             except _CONTAINER_FAILURES as exc:
                 raise self._explain(exc, action) from exc
             except TransferInterruptedError as exc:
-                # A transfer cut off as its container is removed: the engine may still call that
-                # container running for a moment, so give it a little time to stop.
-                if self.container_id is not None and container_stops_within(docker_client(), self.container_id, 2):
+                if self._container_gone():
                     raise self._gone() from exc
                 raise
 
+    def _container_gone(self) -> bool:
+        """Whether the container stopped or was removed. A call cut off by ``docker rm -f`` fails a
+        moment before the engine calls the container stopped, so a running one gets 2 s to stop."""
+        return self.container_id is not None and container_stops_within(docker_client(), self.container_id, 2)
+
     def _explain(self, exc: Exception, action: str) -> Exception:
         """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
-        if self.container_id is not None and not container_running(docker_client(), self.container_id):
+        if self._container_gone():
             return self._gone()
         if isinstance(exc, ChannelClosedError):
             # The supervisor went away, the container did not: the next call re-opens the channel.

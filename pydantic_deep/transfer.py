@@ -161,6 +161,8 @@ def write_into(client: docker.DockerClient, container_id: str, path: str, roots:
     except TimeoutError:
         raise TransferInterruptedError(f"writing {path} stalled: the engine took no data for {_STALL_SECONDS} s") \
             from None
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        raise TransferInterruptedError(f"writing {path} was cut off: {exc.strerror}") from None
     finally:
         sock.close()
     check_outcome(api.exec_inspect(exec_id)["ExitCode"], errors.decode(errors="replace"), path, roots)

@@ -19,6 +19,7 @@ from .errors import (
     SandboxError,
     SandboxFileNotFoundError,
     SandboxStateError,
+    TransferInterruptedError,
     UnknownBackendError,
     UnknownRuntimeError,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "SessionManager",
     "SessionRecord",
     "SessionRegistry",
+    "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
     "UploadedFile",

@@ -24,13 +24,15 @@ from typing import Any
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
+from requests.exceptions import ReadTimeout
 
 from .archive import entries_tar, iter_single_file
 from .builder import image_lock
 from .paths import TOOLS_DIR
 
 __all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage",
-           "container_running", "owner_gone", "path_stat", "prepare_image", "remove_container"]
+           "container_running", "container_stops_within", "owner_gone", "path_stat", "prepare_image",
+           "remove_container"]
 
 HOME_DIR = "/home/sandbox"
 SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.py"
@@ -109,6 +111,17 @@ def container_running(client: docker.DockerClient, container_id: str) -> bool:
         return bool(client.api.inspect_container(container_id)["State"]["Running"])
     except NotFound:
         return False
+
+
+def container_stops_within(client: docker.DockerClient, container_id: str, seconds: float) -> bool:
+    """Whether the container is gone, or stops within ``seconds``."""
+    try:
+        client.api.wait(container_id, timeout=seconds)
+    except NotFound:
+        pass
+    except ReadTimeout:
+        return False
+    return True
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:

@@ -11,6 +11,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── InvalidArgumentError        an argument that cannot be used as given (names it and the problem)
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
+    ├── TransferInterruptedError    a file transfer was cut off, its container still running
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
 
@@ -30,6 +31,7 @@ __all__ = [
     "SandboxError",
     "SandboxFileNotFoundError",
     "SandboxStateError",
+    "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
 ]
@@ -118,6 +120,12 @@ class PathOutsideSandboxError(SandboxError, ValueError):
 
 class SandboxFileNotFoundError(SandboxError, FileNotFoundError):
     """A file or directory that does not exist inside the sandbox."""
+
+
+class TransferInterruptedError(SandboxError):
+    """A file transfer was cut off (its process killed, or its stream stalled) while the container
+    went on running; nothing was written. When the container is what went, the error is
+    :class:`ContainerGoneError` instead."""
 
 
 class SandboxStateError(SandboxError, RuntimeError):

@@ -56,9 +56,17 @@ from .channel import (
     Process,
     SupervisorChannel,
 )
-from .container import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, container_running, prepare_image, remove_container
+from .container import (
+    HOME_DIR,
+    SUPERVISOR_PATH,
+    TOOLS_DIR,
+    container_running,
+    container_stops_within,
+    prepare_image,
+    remove_container,
+)
 from .engine import docker_client, engine_errors
-from .errors import ContainerGoneError, InvalidArgumentError, SandboxError, SandboxStateError
+from .errors import ContainerGoneError, InvalidArgumentError, SandboxError, SandboxStateError, TransferInterruptedError
 from .images import ensure_runtime_image
 from .metadata import METADATA_ADDRESS, block_metadata
 from .paths import UPLOADS_DIR, resolve_sandbox_path
@@ -567,11 +575,10 @@ class DockerSandbox(SandboxBase):
                 yield
             except _CONTAINER_FAILURES as exc:
                 raise self._explain(exc, action) from exc
-            except SandboxError as exc:
-                # A file transfer's own process fails as any command would when its container is
-                # removed under it (killed, exit code 137): say that, not what the process saw.
-                if type(exc) is SandboxError and self.container_id is not None \
-                        and not container_running(docker_client(), self.container_id):
+            except TransferInterruptedError as exc:
+                # A transfer cut off as its container is removed: the engine may still call that
+                # container running for a moment, so give it a little time to stop.
+                if self.container_id is not None and container_stops_within(docker_client(), self.container_id, 2):
                     raise self._gone() from exc
                 raise
 

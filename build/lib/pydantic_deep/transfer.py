@@ -23,7 +23,7 @@ from typing import BinaryIO, Literal
 import docker
 
 from .channel import _docker_frames
-from .errors import PathOutsideSandboxError, SandboxError, SandboxFileNotFoundError
+from .errors import PathOutsideSandboxError, SandboxError, SandboxFileNotFoundError, TransferInterruptedError
 
 __all__ = ["FileOp", "check_outcome", "file_command", "read_from", "write_into"]
 
@@ -33,6 +33,7 @@ FileOp = Literal["read", "write", "exists", "list"]
 _OUTSIDE, _IS_DIR, _MISSING, _NOT_DIR, _NOT_FILE, _NO_REALPATH, _CUT_SHORT = 90, 91, 92, 93, 94, 95, 96
 # 128 + SIGXFSZ: `cat` went past the container's per-file size limit (RLIMIT_FSIZE).
 _FILE_TOO_LARGE = 153
+_KILLED = 137  # 128 + SIGKILL: by the kernel's OOM killer, or with its container
 _READY = b"ready\n"
 _STALL_SECONDS = 30  # a write that moves no data for this long has lost its container (or engine)
 _CHUNK = 1024 * 1024
@@ -71,6 +72,7 @@ write)
   part="${real%/*}/.${real##*/}.part-$$"
   echo ready
   cat > "$part"; status=$?
+  [ $status = 0 ] || cat > /dev/null  # take the rest, so that the sender finishes and hears why
   [ $status != 0 ] || [ "$(stat -c %s -- "$part")" = "$size" ] || status=96
   if [ $status = 0 ]; then mv -f -- "$part" "$real" || { rm -f -- "$part"; exit 1; }; else rm -f -- "$part"; fi
   exit $status;;
@@ -112,6 +114,8 @@ def check_outcome(exit_code: int, stderr: str, path: str, roots: tuple[str, ...]
     if exit_code == _FILE_TOO_LARGE:
         raise SandboxError(f"writing {path} stopped at the sandbox's per-file size limit (max_file_size); "
                            "nothing was written")
+    if exit_code == _KILLED:
+        raise TransferInterruptedError(f"the transfer of {path} was killed (SIGKILL)")
     raise SandboxError(f"file operation on {path} failed (exit code {exit_code}): {stderr.strip()}")
 
 
@@ -155,7 +159,8 @@ def write_into(client: docker.DockerClient, container_id: str, path: str, roots:
             if stream == 2:
                 errors += payload
     except TimeoutError:
-        raise SandboxError(f"writing {path} stalled: the engine took no data for {_STALL_SECONDS} s") from None
+        raise TransferInterruptedError(f"writing {path} stalled: the engine took no data for {_STALL_SECONDS} s") \
+            from None
     finally:
         sock.close()
     check_outcome(api.exec_inspect(exec_id)["ExitCode"], errors.decode(errors="replace"), path, roots)
