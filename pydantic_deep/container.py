@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
+from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 from .archive import entries_tar, iter_single_file
@@ -119,8 +120,10 @@ def container_stops_within(client: docker.DockerClient, container_id: str, secon
         client.api.wait(container_id, timeout=seconds)
     except NotFound:
         pass
-    except ReadTimeout:
-        return False
+    except (ReadTimeout, RequestsConnectionError):
+        # The wait timed out (over a unix socket, requests calls that a ConnectionError): ask again,
+        # which also tells a lost engine (DockerUnavailableError, through engine_errors) from a slow one.
+        return not container_running(client, container_id)
     return True
 
 
