@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -43,9 +44,13 @@ def binder_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.create(home, with_pip=True)
     python = home / "bin" / "python"
     env = {**os.environ, "PATH": f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    # A copy of the repository, as Binder's own: installing from it leaves build/ behind, not in this tree.
+    checkout = tmp_path_factory.mktemp("binder-repo") / "repo"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "site", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
     for command in ([str(python), "-m", "pip", "install", "-q", "-r", "binder/requirements.txt", *BINDER_BASE],
                     ["binder/postBuild"]):
-        subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=900)
+        subprocess.run(command, cwd=checkout, env=env, check=True, timeout=900)
     return python
 
 
