@@ -218,15 +218,14 @@ class LocalSandbox(SandboxBase):
 class LocalBackendBanner:
     """What ``%load_ext pydantic_deep`` shows when the notebook's sandboxes are local (Binder)."""
 
-    text = ("This notebook runs its sandboxes as LocalSandbox: there is no Docker engine here (on Binder, say), "
-            "so commands run in this machine's processes, NOT ISOLATED. With Docker, the same cells run in "
-            "containers.")
+    why = ("there is no Docker engine here (on Binder, say), so commands run in this machine's processes, "
+           "NOT ISOLATED. With Docker, the same cells run in containers.")
 
     def __repr__(self) -> str:
-        return self.text
+        return f"This notebook runs its sandboxes as LocalSandbox: {self.why}"
 
     def _repr_html_(self) -> str:
-        return warning_box(f"<b>No Docker here: LocalSandbox, NOT ISOLATED.</b> {self.text.split(': ', 1)[1]}")
+        return warning_box(f"<b>No Docker here: LocalSandbox, NOT ISOLATED.</b> {self.why}")
 
 
 def warning_box(inner_html: str) -> str:
