@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic_deep import DockerSandbox, SandboxPool, SessionManager
-from pydantic_deep.engine import docker_client
+from pydantic_deep.engine.client import docker_client
 
 RUNTIME = "python-minimal"
 ROWS: list[tuple[str, str, str, str, str]] = []

@@ -8,7 +8,8 @@ started sandboxes ready.
 
 from typing import Any
 
-from .certs import CaBundle, resolve_ca_bundle
+from .agent.deps import DeepAgentDeps, UploadedFile
+from .config import RuntimeConfig
 from .errors import (
     ContainerGoneError,
     DockerUnavailableError,
@@ -23,16 +24,17 @@ from .errors import (
     UnknownBackendError,
     UnknownRuntimeError,
 )
-from .backends import default_backend, open_sandbox
-from .channel import CommandStream
-from .deps import DeepAgentDeps, UploadedFile
-from .local import LocalSandbox
-from .pool import SandboxPool
-from .registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
+from .execution.channel import CommandStream
+from .images.certs import CaBundle, resolve_ca_bundle
+from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
-from .sandbox import DockerSandbox, SandboxState
-from .sessions import SessionInfo, SessionLimitError, SessionManager
-from .types import ExecuteResult, FileInfo, OutputChunk, ResourceUsage, RuntimeConfig
+from .sandbox.backends import default_backend, open_sandbox
+from .sandbox.base import SandboxState
+from .sandbox.docker import DockerSandbox
+from .sandbox.local import LocalSandbox
+from .sandbox.pool import SandboxPool
+from .sessions.manager import SessionInfo, SessionLimitError, SessionManager
+from .sessions.registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 
 __all__ = [
     "BUILTIN_RUNTIMES",
@@ -80,7 +82,7 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext pydantic_deep``: register the ``%%sandbox`` magics (twice is harmless)."""
-    from .magics import SandboxMagics
+    from .notebook.magics import SandboxMagics
 
     if "SandboxMagics" in ipython.magics_manager.registry:
         return
@@ -90,7 +92,7 @@ def load_ipython_extension(ipython: Any) -> None:
     if magics.backend == "local":
         from IPython.display import display
 
-        from .local import LocalBackendBanner
+        from .sandbox.local import LocalBackendBanner
 
         display(LocalBackendBanner())
 
@@ -111,7 +113,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 def __getattr__(name: str) -> object:
     # Pydantic AI takes about a second to import: only agent users pay for it.
     if name == "create_deep_agent":
-        from .agent import create_deep_agent
+        from .agent.agent import create_deep_agent
 
         return create_deep_agent
     raise AttributeError(f"module 'pydantic_deep' has no attribute {name!r}")

@@ -7,12 +7,12 @@ import logging
 import sys
 import time
 
-from .base_images import AIRGAPPED_BASES, bootstrap_base
-from .engine import docker_client, start_engine
+from .engine.client import docker_client, start_engine
+from .engine.containers import owner_gone
 from .errors import SandboxError
-from .images import ensure_runtime_image
-from .certs import resolve_ca_bundle
-from .container import owner_gone
+from .images.bases import AIRGAPPED_BASES, bootstrap_base
+from .images.certs import resolve_ca_bundle
+from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
 
 

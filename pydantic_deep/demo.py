@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from importlib.resources import as_file, files
 
-from .sandbox import DockerSandbox
+from .sandbox.docker import DockerSandbox
 
 ANALYSIS = """\
 import pandas as pd

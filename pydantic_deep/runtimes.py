@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from collections.abc import Mapping
+from types import MappingProxyType
 
+from .config import RuntimeConfig
 from .errors import UnknownRuntimeError
-from .types import RuntimeConfig
 
 __all__ = ["BUILTIN_RUNTIMES", "get_runtime", "list_runtimes", "register_runtime", "resolve_runtime"]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from pydantic_deep import DockerSandbox
-from pydantic_deep.engine import docker_client
+from pydantic_deep.engine.client import docker_client
 
 
 def own_containers() -> list[str]:

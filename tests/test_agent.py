@@ -123,7 +123,7 @@ async def test_system_prompt_names_the_runtime_and_the_uploads_never_env_values(
 
 
 def test_builtin_runtime_section_matches_the_guide() -> None:
-    from pydantic_deep.prompt import runtime_section
+    from pydantic_deep.agent.prompt import runtime_section
 
     section = runtime_section(DeepAgentDeps(backend=DockerSandbox("python-datascience")))
     assert section.startswith(

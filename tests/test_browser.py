@@ -19,7 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from pydantic_deep.engine import docker_client
+from pydantic_deep.engine.client import docker_client
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"

@@ -7,7 +7,7 @@ from pathlib import Path
 import certifi
 import pytest
 
-from pydantic_deep.certs import resolve_ca_bundle
+from pydantic_deep.images.certs import resolve_ca_bundle
 
 PUBLIC_ROOTS = Path(certifi.where()).read_text()
 CERT = PUBLIC_ROOTS[PUBLIC_ROOTS.index("-----BEGIN"):PUBLIC_ROOTS.index("-----END CERTIFICATE-----")] + (

@@ -8,9 +8,9 @@ import logging
 import pytest
 
 from pydantic_deep import DockerSandbox, OutputChunk, SandboxError
-from pydantic_deep import channel as channel_module
-from pydantic_deep import sandbox as sandbox_module
-from pydantic_deep.channel import ChannelClosedError, DockerExecChannel, SupervisorChannel
+from pydantic_deep.execution import channel as channel_module
+from pydantic_deep.execution.channel import ChannelClosedError, DockerExecChannel, SupervisorChannel
+from pydantic_deep.sandbox import docker as sandbox_module
 
 
 def test_commands_go_through_the_supervisor_not_docker_exec(sandbox: DockerSandbox) -> None:
@@ -106,7 +106,7 @@ def test_image_without_python_falls_back_to_exec_and_says_so_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sandbox_module, "_exec_fallback_logged", set())  # as in a fresh process
-    with caplog.at_level(logging.WARNING, logger="pydantic_deep.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="pydantic_deep.sandbox.docker"):
         with DockerSandbox("node-minimal") as first, DockerSandbox("node-minimal") as second:
             assert isinstance(first._channel, DockerExecChannel)
             assert first.execute("node -e 'console.log(6*7)'").output == "42\n"
@@ -125,6 +125,6 @@ def test_supervisor_is_not_visible_as_a_user_file(sandbox: DockerSandbox) -> Non
 
 
 def _inspect(sandbox: DockerSandbox) -> dict:
-    from pydantic_deep.engine import docker_client
+    from pydantic_deep.engine.client import docker_client
 
     return docker_client().api.inspect_container(sandbox.container_id)

@@ -9,7 +9,7 @@ import time
 import docker.errors
 import pytest
 
-from pydantic_deep.engine import docker_client
+from pydantic_deep.engine.client import docker_client
 
 CLI = [sys.executable, "-m", "pydantic_deep.cli"]
 

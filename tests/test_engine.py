@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pydantic_deep.engine import _pid_alive, start_engine
+from pydantic_deep.engine.client import _pid_alive, start_engine
 
 
 def test_missing_engine_gives_one_clear_error_that_says_how_to_start_it(tmp_path: Path) -> None:

@@ -25,17 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from private_engine import PrivateEngine, image_with_ancestors
 
 from pydantic_deep import ContainerGoneError, DockerSandbox, RuntimeConfig, SessionManager
-from pydantic_deep.base_images import MINBASE
-from pydantic_deep.builder import image_exists, image_lock
-from pydantic_deep.certs import resolve_ca_bundle
-from pydantic_deep.container import remove_container
-from pydantic_deep.engine import docker_client
-from pydantic_deep.images import ensure_runtime_image, runtime_image_tag
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.engine.containers import remove_container
+from pydantic_deep.images.bases import MINBASE
+from pydantic_deep.images.builder import image_exists, image_lock
+from pydantic_deep.images.certs import resolve_ca_bundle
+from pydantic_deep.images.runtime import ensure_runtime_image, runtime_image_tag
 from pydantic_deep.runtimes import get_runtime
-
-from private_engine import PrivateEngine, image_with_ancestors
 
 pytestmark = pytest.mark.adversarial
 
@@ -165,8 +164,8 @@ def print_outcomes(title: str, calls: list[dict[str, Any]]) -> None:
 BUILD = """
 import sys
 from pydantic_deep import RuntimeConfig
-from pydantic_deep.engine import docker_client
-from pydantic_deep.images import ensure_runtime_image
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.images.runtime import ensure_runtime_image
 
 runtime = RuntimeConfig.model_validate_json(sys.argv[1])
 ensure_runtime_image(docker_client(), runtime, progress=lambda line: print(line, flush=True))

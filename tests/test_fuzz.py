@@ -45,9 +45,9 @@ from pydantic_deep import (
     SessionManager,
 )
 from pydantic_deep.arguments import MAX_TIMEOUT
-from pydantic_deep.channel import MAX_COMMAND_BYTES
-from pydantic_deep.engine import docker_client
-from pydantic_deep.images import render_dockerfile, runtime_image_tag
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.execution.channel import MAX_COMMAND_BYTES
+from pydantic_deep.images.runtime import render_dockerfile, runtime_image_tag
 from pydantic_deep.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, MAX_PATH_DEPTH, UPLOADS_DIR, resolve_sandbox_path
 
 pytestmark = pytest.mark.adversarial
@@ -570,7 +570,7 @@ def test_commands_refused_before_they_reach_the_supervisor(sandbox: DockerSandbo
 @pytest.mark.parametrize("command", ["echo a\0b", "echo a\0b" + " " * 2000, "echo \ud800"])
 def test_the_supervisor_answers_a_bad_command_alone(sandbox: DockerSandbox, command: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pydantic_deep.channel._checked_command", lambda command, timeout: None)
+    monkeypatch.setattr("pydantic_deep.execution.channel._checked_command", lambda command, timeout: None)
     channel = sandbox._channel
     with pytest.raises(SandboxError, match="cannot run the command"):
         sandbox.execute(command)

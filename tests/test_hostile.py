@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pydantic_deep import DockerSandbox, SessionManager
+from pydantic_deep.engine.client import docker_client
 from pydantic_deep.errors import PathOutsideSandboxError, SandboxError
-from pydantic_deep.engine import docker_client
 
 pytestmark = pytest.mark.adversarial
 

@@ -11,11 +11,11 @@ import uuid
 import pytest
 
 from pydantic_deep import DockerSandbox, ImageBuildError, ImageNotAvailableError, RuntimeConfig
-from pydantic_deep.base_images import PYTHON, ensure_base_image
-from pydantic_deep.builder import image_exists
-from pydantic_deep.certs import resolve_ca_bundle
-from pydantic_deep.engine import docker_client
-from pydantic_deep.images import ensure_runtime_image, render_dockerfile, runtime_image_tag
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.images.bases import PYTHON, ensure_base_image
+from pydantic_deep.images.builder import image_exists
+from pydantic_deep.images.certs import resolve_ca_bundle
+from pydantic_deep.images.runtime import ensure_runtime_image, render_dockerfile, runtime_image_tag
 
 
 def fresh_runtime(**fields: object) -> RuntimeConfig:
@@ -95,8 +95,8 @@ def test_concurrent_sandboxes_cause_one_build() -> None:
 def test_concurrent_processes_cause_one_build() -> None:
     runtime = fresh_runtime()
     code = (
-        "import sys\nfrom pydantic_deep import RuntimeConfig\nfrom pydantic_deep.engine import docker_client\n"
-        "from pydantic_deep.images import ensure_runtime_image\n"
+        "import sys\nfrom pydantic_deep import RuntimeConfig\nfrom pydantic_deep.engine.client import docker_client\n"
+        "from pydantic_deep.images.runtime import ensure_runtime_image\n"
         f"runtime = RuntimeConfig.model_validate_json({runtime.model_dump_json()!r})\n"
         "ensure_runtime_image(docker_client(), runtime, progress=print)\n"
     )
@@ -133,7 +133,7 @@ def test_failed_package_install_names_the_package() -> None:
 def test_unpullable_base_resolves_to_the_airgapped_stand_in_with_one_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="pydantic_deep.images"):
+    with caplog.at_level(logging.WARNING, logger="pydantic_deep.images.runtime"):
         assert ensure_base_image(docker_client(), "python:3.10-slim") == PYTHON.tag
         assert ensure_base_image(docker_client(), "python:3.10-slim") == PYTHON.tag
     [record] = caplog.records

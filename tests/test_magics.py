@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from pydantic_deep.magics import SandboxFailure, SandboxMagics
+from pydantic_deep.notebook.magics import SandboxFailure, SandboxMagics
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import own_containers
+
 from pydantic_deep import SandboxPool, SandboxStateError
-from pydantic_deep.engine import docker_client
+from pydantic_deep.engine.client import docker_client
 
 
 def test_acquire_hands_out_started_sandboxes_once_and_refills() -> None:

@@ -8,10 +8,9 @@ import threading
 import tracemalloc
 from pathlib import Path
 
-import pytest
-
-from conftest import own_containers
 import docker
+import pytest
+from conftest import own_containers
 
 from pydantic_deep import (
     DockerSandbox,
@@ -23,9 +22,8 @@ from pydantic_deep import (
     SandboxState,
     SandboxStateError,
 )
-from pydantic_deep import engine
-from pydantic_deep.engine import docker_client
-
+from pydantic_deep.engine import client as engine
+from pydantic_deep.engine.client import docker_client
 
 # -- commands ---------------------------------------------------------------------------------
 

@@ -19,9 +19,9 @@ import pytest
 from pydantic import ValidationError
 
 from pydantic_deep import DockerSandbox, SandboxState, SessionManager
-from pydantic_deep.base_images import PYTHON
-from pydantic_deep.engine import docker_client
-from pydantic_deep.images import runtime_image_tag
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.images.bases import PYTHON
+from pydantic_deep.images.runtime import runtime_image_tag
 
 GUIDE = Path(__file__).parents[1] / "docs" / "docker-runtimes.md"
 LATER: dict[str, str] = {}  # heading -> the issue that brings what its block needs

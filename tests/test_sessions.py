@@ -19,7 +19,7 @@ from pydantic_deep import (
     SessionLimitError,
     SessionManager,
 )
-from pydantic_deep.engine import docker_client
+from pydantic_deep.engine.client import docker_client
 
 pytestmark = pytest.mark.anyio
 
@@ -305,7 +305,7 @@ async def test_sandbox_attach_is_refused_for_foreign_containers() -> None:
 
 
 def test_user_ids_in_volume_labels_read_back_old_and_new() -> None:
-    from pydantic_deep.sessions import _user_from_label
+    from pydantic_deep.sessions.manager import _user_from_label
 
     assert _user_from_label('"alice"') == "alice"  # JSON, as written now
     assert _user_from_label('"\\ud800 x"') == "\ud800 x"  # any string survives, lone surrogates too

@@ -23,11 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import own_containers
 
 from pydantic_deep import DockerSandbox, InMemoryRegistry, SessionManager
-from pydantic_deep.engine import docker_client
-
-from conftest import own_containers
+from pydantic_deep.engine.client import docker_client
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.soak]
 

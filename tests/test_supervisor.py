@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pydantic_deep import supervisor as protocol
+from pydantic_deep._guest import supervisor as protocol
 
 SCRIPT = Path(protocol.__file__)
 

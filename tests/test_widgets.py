@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from pydantic_deep import SessionManager
-from pydantic_deep.magics import SandboxMagics
+from pydantic_deep.notebook.magics import SandboxMagics
 from pydantic_deep.widgets import RuntimePicker, SessionMonitor, UploadPanel, current_magics, dashboard
-
 
 NOW = datetime.now(UTC)
 

@@ -36,8 +36,8 @@ from typing import IO
 import docker
 from docker.errors import DockerException
 
+from ..errors import ImageNotAvailableError
 from .builder import Progress, build_image, image_exists, image_lock
-from .errors import ImageNotAvailableError
 
 __all__ = ["AIRGAPPED_BASES", "AirgappedBase", "bootstrap_base", "ensure_base_image"]
 

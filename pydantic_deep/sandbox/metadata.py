@@ -14,7 +14,7 @@ from __future__ import annotations
 import docker
 from docker.errors import ContainerError
 
-from .errors import SandboxError
+from ..errors import SandboxError
 
 __all__ = ["METADATA_ADDRESS", "block_metadata"]
 

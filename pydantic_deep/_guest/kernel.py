@@ -31,9 +31,8 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":
-    # Run as a script, Python puts this file's directory first on the path. On the host (LocalSandbox)
-    # that is the pydantic_deep package, whose types.py would shadow the standard library's. Cells import
-    # from the working directory instead, as in a Jupyter kernel.
+    # Run as a script, Python puts this file's directory first on the path: cells import from the
+    # working directory instead, as in a Jupyter kernel.
     sys.path[0] = ""
 
 import ast

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from .errors import UnknownBackendError
+from ..config import RuntimeConfig
+from ..errors import UnknownBackendError
+from .base import SandboxBase
+from .docker import DockerSandbox
 from .local import LocalSandbox
-from .sandbox import DockerSandbox, SandboxBase
-from .types import RuntimeConfig
 
 __all__ = ["BACKEND_VARIABLE", "Backend", "default_backend", "open_sandbox"]
 

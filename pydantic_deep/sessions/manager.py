@@ -32,17 +32,17 @@ from typing import Any, Literal
 
 import docker
 
-from ._html import field_table
-from .container import owner_gone, remove_container
-from .engine import docker_client, engine_errors
-from .errors import InvalidArgumentError, SandboxError, SandboxStateError, shown
-from .paths import UPLOADS_DIR
-from .pool import SandboxPool
+from .._html import field_table
+from ..config import RuntimeConfig
+from ..engine.client import docker_client, engine_errors
+from ..engine.containers import owner_gone, remove_container
+from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_labels
+from ..errors import InvalidArgumentError, SandboxError, SandboxStateError, shown
+from ..paths import UPLOADS_DIR
+from ..runtimes import resolve_runtime
+from ..sandbox.docker import DockerSandbox
+from ..sandbox.pool import SandboxPool
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
-from .runtimes import resolve_runtime
-from .sandbox import DockerSandbox
-from .types import RuntimeConfig
-from .volumes import create_volume, find_volumes, remove_volume, volume_labels
 
 __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 

@@ -9,8 +9,8 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .paths import UPLOADS_DIR
-from .sandbox import DockerSandbox
+from ..paths import UPLOADS_DIR
+from ..sandbox.docker import DockerSandbox
 
 __all__ = ["DeepAgentDeps", "UploadedFile"]
 

@@ -18,10 +18,10 @@ import time
 
 import docker
 
-from .base_images import APT_CLEANUP, ensure_base_image
+from ..config import RuntimeConfig
+from .bases import APT_CLEANUP, ensure_base_image
 from .builder import Progress, build_image, image_exists, image_lock
 from .certs import CONTAINER_CA_PATH, CaBundle
-from .types import RuntimeConfig
 
 __all__ = ["ensure_runtime_image", "render_dockerfile", "runtime_image_tag"]
 

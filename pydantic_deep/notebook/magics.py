@@ -23,12 +23,12 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Enum, Float, Unicode, default
 
-from .backends import BACKENDS, default_backend, open_sandbox
-from .errors import SandboxError
+from ..errors import SandboxError
+from ..results import OutputChunk
+from ..runtimes import get_runtime, list_runtimes
+from ..sandbox.backends import BACKENDS, default_backend, open_sandbox
+from ..sandbox.docker import DockerSandbox
 from .interpreter import CellError, Event, SandboxInterpreter
-from .runtimes import get_runtime, list_runtimes
-from .sandbox import DockerSandbox
-from .types import OutputChunk
 
 __all__ = ["SandboxMagics"]
 

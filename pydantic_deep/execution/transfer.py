@@ -22,8 +22,8 @@ from typing import BinaryIO, Literal
 
 import docker
 
+from ..errors import PathOutsideSandboxError, SandboxError, SandboxFileNotFoundError, TransferInterruptedError
 from .channel import _docker_frames
-from .errors import PathOutsideSandboxError, SandboxError, SandboxFileNotFoundError, TransferInterruptedError
 
 __all__ = ["FileOp", "check_outcome", "file_command", "read_from", "write_into"]
 

@@ -30,11 +30,11 @@ from typing import Any, Protocol
 
 import docker
 
-from . import supervisor as protocol
-from .arguments import checked_text, checked_timeout
-from .container import container_running
-from .errors import InvalidArgumentError, SandboxError
-from .types import ExecuteResult, OutputChunk
+from .._guest import supervisor as protocol
+from ..arguments import checked_text, checked_timeout
+from ..engine.containers import container_running
+from ..errors import InvalidArgumentError, SandboxError
+from ..results import ExecuteResult, OutputChunk
 
 __all__ = ["MAX_COMMAND_BYTES", "OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel",
            "ExecProcess", "OutputCallback", "Process", "RunningCommand", "SupervisorChannel"]

@@ -20,9 +20,9 @@ from pydantic_ai import BinaryContent, RunContext, ToolReturn
 from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.toolsets import FunctionToolset
 
+from ..errors import SandboxError
+from ..paths import UPLOADS_DIR
 from .deps import DeepAgentDeps
-from .errors import SandboxError
-from .paths import UPLOADS_DIR
 
 __all__ = ["sandbox_toolset"]
 

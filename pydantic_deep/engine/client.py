@@ -16,7 +16,7 @@ import docker
 from docker.errors import DockerException
 from requests.exceptions import ConnectionError as EngineConnectionError
 
-from .errors import DockerUnavailableError
+from ..errors import DockerUnavailableError
 
 __all__ = ["docker_client", "engine_address", "engine_errors", "start_engine"]
 

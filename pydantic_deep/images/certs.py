@@ -26,7 +26,7 @@ from pathlib import Path
 
 import certifi
 
-from ._cache import cache_dir
+from .._cache import cache_dir
 
 __all__ = ["CONTAINER_CA_PATH", "CaBundle", "resolve_ca_bundle"]
 

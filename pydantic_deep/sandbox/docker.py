@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import io
 import logging
@@ -32,8 +31,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from datetime import datetime, UTC
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
@@ -42,38 +41,37 @@ from docker.errors import APIError, NotFound
 from docker.utils import parse_bytes
 from requests.exceptions import ChunkedEncodingError
 
-from ._html import field_table
-from .arguments import checked_timeout, file_content
-from .builder import Progress
-from .certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
-from .channel import (
+from .._html import field_table
+from ..arguments import file_content
+from ..config import RuntimeConfig
+from ..engine.client import docker_client, engine_errors
+from ..engine.containers import container_running, container_stops_within, remove_container
+from ..engine.volumes import ensure_volume, remove_volume
+from ..errors import (
+    ContainerGoneError,
+    SandboxError,
+    SandboxStateError,
+    TransferInterruptedError,
+)
+from ..execution.channel import (
     Channel,
     ChannelClosedError,
-    CommandStream,
     DockerExecChannel,
     ExecProcess,
     OutputCallback,
     Process,
     SupervisorChannel,
 )
-from .container import (
-    HOME_DIR,
-    SUPERVISOR_PATH,
-    TOOLS_DIR,
-    container_running,
-    container_stops_within,
-    prepare_image,
-    remove_container,
-)
-from .engine import docker_client, engine_errors
-from .errors import ContainerGoneError, InvalidArgumentError, SandboxError, SandboxStateError, TransferInterruptedError
-from .images import ensure_runtime_image
+from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
+from ..images.builder import Progress
+from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
+from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image
+from ..images.runtime import ensure_runtime_image
+from ..paths import resolve_sandbox_path
+from ..results import ExecuteResult, FileInfo, ResourceUsage
+from ..runtimes import resolve_runtime
+from .base import SandboxBase, SandboxState
 from .metadata import METADATA_ADDRESS, block_metadata
-from .paths import UPLOADS_DIR, resolve_sandbox_path
-from .runtimes import resolve_runtime
-from .transfer import FileOp, check_outcome, file_command, read_from, write_into
-from .volumes import ensure_volume, remove_volume
-from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
 
 __all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
 
@@ -88,31 +86,6 @@ _exec_fallback_logged: set[str | None] = set()
 # What a call fails with when its container stopped or was removed under it (or the engine
 # refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
 _CONTAINER_FAILURES = (APIError, ChannelClosedError, ChunkedEncodingError, tarfile.ReadError)
-
-
-class SandboxState(enum.Enum):
-    """Where a sandbox is in its life."""
-
-    NEW = "new"
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-def _async_twin(method: Callable[Concatenate[SandboxBase, _P], _R]) -> Callable[
-    Concatenate[SandboxBase, _P], Awaitable[_R]
-]:
-    """The async form of a blocking method: the same call, run in a worker thread.
-
-    The call goes to the subclass's own method of that name, so one twin serves every sandbox kind.
-    """
-    name = method.__name__
-
-    @functools.wraps(method)
-    async def twin(self: SandboxBase, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        return await asyncio.to_thread(getattr(self, name), *args, **kwargs)
-
-    twin.__doc__ = f"Async form of :meth:`{method.__name__}`; same arguments, same result."
-    return twin
 
 
 def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Concatenate[DockerSandbox, _P], _R]:
@@ -145,144 +118,6 @@ def _parse_user(user: str) -> tuple[int, int]:
     if not uid.isdigit() or (gid and not gid.isdigit()):
         raise ValueError(f"user must be numeric 'uid' or 'uid:gid', not {user!r}")
     return int(uid), int(gid or uid)
-
-
-class SandboxBase:
-    """What every sandbox shares: the runtime's paths, use tracking, streaming, ``with``.
-
-    Subclasses set ``runtime`` and provide ``start``, ``stop`` and ``aexecute``.
-    """
-
-    runtime: RuntimeConfig
-    command_timeout: float
-    max_output: int
-
-    def __init__(self) -> None:
-        self._busy = 0
-        self._activity_lock = threading.Lock()
-        self.last_used = time.monotonic()
-
-    def _set_command_limits(self, command_timeout: float, max_output: int) -> None:
-        """Check and keep what every command gets by default: its timeout and its output cap."""
-        if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output <= 0:
-            raise InvalidArgumentError(f"max_output must be a positive number of bytes, not {max_output!r}")
-        self.command_timeout = checked_timeout(command_timeout, "command_timeout")
-        self.max_output = max_output
-
-    def _timeout(self, timeout: float | None) -> float:
-        """A command's timeout: its own, else :attr:`command_timeout` (the channel checks it)."""
-        return self.command_timeout if timeout is None else timeout
-
-    @property
-    def work_dir(self) -> str:
-        """The working directory of commands, and the base of relative file paths."""
-        return self.runtime.work_dir
-
-    @property
-    def allowed_roots(self) -> tuple[str, ...]:
-        """The directories the file API may read and write."""
-        return (self.work_dir, UPLOADS_DIR)
-
-    @property
-    def busy(self) -> bool:
-        """A command or file transfer is under way."""
-        return self._busy > 0
-
-    @property
-    def idle_seconds(self) -> float:
-        """Seconds since the last command or file operation ended (0 while one runs)."""
-        return 0.0 if self._busy else time.monotonic() - self.last_used
-
-    @contextlib.contextmanager
-    def _activity(self) -> Iterator[None]:
-        with self._activity_lock:
-            self._busy += 1
-        try:
-            yield
-        finally:
-            with self._activity_lock:
-                self._busy -= 1
-                self.last_used = time.monotonic()
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    async def aexecute(self, command: str, timeout: float | None = None, *,
-                       on_output: OutputCallback | None = None) -> ExecuteResult:
-        raise NotImplementedError
-
-    def astream(self, command: str, timeout: float | None = None) -> CommandStream:
-        """Run ``command`` and iterate over its output as it is produced.
-
-        Example:
-            ```python
-            stream = sandbox.astream("pip install rich")
-            async for chunk in stream:
-                print(chunk.text, end="")
-            print(stream.result.exit_code)
-            ```
-        """
-        return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
-
-    def write_file(self, path: str, content: bytes | str) -> str:
-        raise NotImplementedError
-
-    def _copy_in(self, source: Path, dest: str) -> str:
-        raise NotImplementedError
-
-    def read_file(self, path: str) -> bytes:
-        raise NotImplementedError
-
-    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
-        raise NotImplementedError
-
-    def exists(self, path: str) -> bool:
-        raise NotImplementedError
-
-    def list_files(self, path: str = ".") -> list[FileInfo]:
-        raise NotImplementedError
-
-    def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
-        """Copy a host file, or bytes, into the sandbox.
-
-        Args:
-            source: A file on the host, or the content itself.
-            dest: Where it goes; default ``/uploads/<the file's name>`` (required for bytes). A
-                relative path is taken from the work dir; one ending in ``/`` is a directory.
-
-        Returns:
-            The absolute path inside the sandbox.
-        """
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if not dest or dest.endswith("/"):
-                raise InvalidArgumentError(f"uploading bytes needs dest, the file's path in the sandbox, not {dest!r}")
-            return self.write_file(dest, bytes(source))
-        source_path = Path(source)
-        if not source_path.is_file():
-            raise FileNotFoundError(f"no such file on the host: {source_path}")
-        if dest is None or dest.endswith("/"):
-            dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
-        return self._copy_in(source_path, dest)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # -- async twins --------------------------------------------------------------------------
-
-    astart = _async_twin(start)
-    aupload = _async_twin(upload)
-    astop = _async_twin(stop)
-    awrite_file = _async_twin(write_file)
-    aread_file = _async_twin(read_file)
-    adownload = _async_twin(download)
-    aexists = _async_twin(exists)
-    alist_files = _async_twin(list_files)
 
 
 class DockerSandbox(SandboxBase):

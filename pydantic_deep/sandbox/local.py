@@ -26,13 +26,14 @@ import threading
 from importlib.resources import files
 from pathlib import Path
 
-from .channel import OutputCallback, Process, SupervisorChannel
-from .errors import PathOutsideSandboxError, SandboxFileNotFoundError, SandboxStateError
-from .arguments import file_content
-from .paths import UPLOADS_DIR, resolve_sandbox_path
-from .runtimes import resolve_runtime
-from .sandbox import SandboxBase, SandboxState
-from .types import ExecuteResult, FileInfo, ResourceUsage, RuntimeConfig
+from ..arguments import file_content
+from ..config import RuntimeConfig
+from ..errors import PathOutsideSandboxError, SandboxFileNotFoundError, SandboxStateError
+from ..execution.channel import OutputCallback, Process, SupervisorChannel
+from ..paths import UPLOADS_DIR, resolve_sandbox_path
+from ..results import ExecuteResult, FileInfo, ResourceUsage
+from ..runtimes import resolve_runtime
+from .base import SandboxBase, SandboxState
 
 __all__ = ["LocalSandbox"]
 
@@ -61,7 +62,7 @@ class LocalSandbox(SandboxBase):
         self.container_id: str | None = None
         self.state = SandboxState.NEW
         self.directory: Path | None = None
-        self.tools_dir = str(files("pydantic_deep"))
+        self.tools_dir = str(files("pydantic_deep._guest"))
         super().__init__()
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: SupervisorChannel | None = None

@@ -16,8 +16,8 @@ from pathlib import Path
 import docker
 from docker.errors import APIError, ImageNotFound
 
-from ._cache import cache_dir
-from .errors import ImageBuildError
+from .._cache import cache_dir
+from ..errors import ImageBuildError
 
 __all__ = ["Progress", "build_image", "image_exists", "image_lock"]
 

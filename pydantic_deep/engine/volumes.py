@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from docker.errors import NotFound
 
-from .engine import docker_client
+from .client import docker_client
 
 __all__ = ["create_volume", "ensure_volume", "find_volumes", "remove_volume", "volume_labels"]
 

@@ -9,9 +9,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Self
 
-from .errors import SandboxStateError
-from .sandbox import DockerSandbox
-from .types import RuntimeConfig
+from ..config import RuntimeConfig
+from ..errors import SandboxStateError
+from .docker import DockerSandbox
 
 __all__ = ["SandboxPool"]
 

@@ -1,10 +1,9 @@
-"""The data that flows through pydantic_deep: a runtime's description and a command's result."""
+"""A runtime's description: :class:`RuntimeConfig`, the first link of config → image → container."""
 
 from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,7 +13,7 @@ from .arguments import checked_text
 from .errors import shown
 from .paths import TOOLS_DIR, UPLOADS_DIR
 
-__all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "PackageManager", "ResourceUsage", "RuntimeConfig"]
+__all__ = ["PackageManager", "RuntimeConfig"]
 
 PackageManager = Literal["pip", "npm", "apt", "cargo"]
 
@@ -203,65 +202,3 @@ class RuntimeConfig(BaseModel):
                     "optional version pin, without spaces, options or shell characters"
                 )
         return self
-
-
-@dataclass(frozen=True, slots=True)
-class ExecuteResult:
-    """The outcome of one command run in a sandbox.
-
-    Attributes:
-        output: stdout and stderr interleaved as they arrived, decoded as UTF-8.
-        exit_code: The command's exit status (124 or 137 after a timeout).
-        stdout: The standard output alone.
-        stderr: The standard error alone.
-        truncated: Output went past the sandbox's ``max_output`` bytes; the rest was discarded.
-        timed_out: The command ran past its timeout and its process group was killed.
-        oom_killed: The kernel killed a process of the command because the sandbox ran out of
-            memory; ``output`` and ``stderr`` then end with a line that says so. Detected by the
-            supervisor (images with ``python3``), from the container's cgroup counter.
-    """
-
-    output: str
-    exit_code: int
-    stdout: str = ""
-    stderr: str = ""
-    truncated: bool = False
-    timed_out: bool = False
-    oom_killed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when the command exited with status 0."""
-        return self.exit_code == 0
-
-
-@dataclass(frozen=True, slots=True)
-class OutputChunk:
-    """A piece of a running command's output, as it was produced.
-
-    Attributes:
-        stream: ``"stdout"`` or ``"stderr"``.
-        text: The new text, decoded as UTF-8 (a character split across chunks is kept whole).
-    """
-
-    stream: Literal["stdout", "stderr"]
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceUsage:
-    """What a sandbox's container uses now."""
-
-    memory_bytes: int
-    cpu_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """One entry of a directory listing inside a sandbox."""
-
-    name: str
-    path: str
-    size: int
-    is_dir: bool
-    modified: float

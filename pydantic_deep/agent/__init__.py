@@ -1,0 +1,1 @@
+"""The Pydantic AI agent: its dependencies, the sandbox toolset and the system prompt."""

@@ -1,0 +1,1 @@
+"""Notebooks: the ``%%sandbox`` magics, the in-container interpreter and the widgets."""

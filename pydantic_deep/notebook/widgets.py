@@ -1,0 +1,250 @@
+"""Notebook widgets (ipywidgets 8): pick a runtime, upload files, watch the sandboxes.
+
+Each is a small class that owns a box of standard widgets and displays as that box. Work that
+takes time (an image build, an upload, a refresh) runs on a worker thread, so the notebook never
+freezes; ``last_action`` is its future. Errors show inline, in red.
+
+They act on the notebook's sandboxes of ``%load_ext pydantic_deep`` (:func:`current_magics`), or,
+for the monitor, on a :class:`SessionManager`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import html
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..engine.client import docker_client
+from ..images.builder import image_exists
+from ..runtimes import get_runtime, list_runtimes
+from ..sessions.manager import SessionManager
+from .magics import SandboxMagics
+
+__all__ = ["RuntimePicker", "SessionMonitor", "UploadPanel", "current_magics", "dashboard"]
+
+
+def current_magics() -> SandboxMagics:
+    """The ``%%sandbox`` magics of this notebook.
+
+    Raises:
+        RuntimeError: the extension is not loaded; the message says to run ``%load_ext pydantic_deep``.
+    """
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    magics = shell.magics_manager.registry.get("SandboxMagics") if shell is not None else None
+    if magics is None:
+        raise RuntimeError("Run %load_ext pydantic_deep first: the widgets act on the notebook's sandboxes")
+    return magics
+
+
+class _Panel:
+    """A box of widgets that does its slow work on one worker thread and shows errors inline."""
+
+    def __init__(self, magics: SandboxMagics | None) -> None:
+        self.error = widgets.HTML()
+        self.box = widgets.VBox()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pydantic-deep-widget")
+        self.last_action: Future[Any] | None = None
+        if magics is not None:
+            magics.widgets.append(self)  # %unload_ext closes it
+
+    def _run(self, action: Callable[[], Any], *, busy: widgets.Button | None = None) -> Future[Any]:
+        def guarded() -> Any:
+            self.error.value = ""
+            try:
+                return action()
+            except Exception as exc:
+                self.show_error(exc)
+                raise
+            finally:
+                if busy is not None:
+                    busy.disabled = False
+
+        if busy is not None:
+            busy.disabled = True
+        self.last_action = self._executor.submit(guarded)
+        return self.last_action
+
+    def show_error(self, exc: Exception) -> None:
+        self.error.value = f"<span style='color:#b00'>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.box._repr_mimebundle_(**kwargs)
+
+    def close(self) -> None:
+        """Stop the worker thread and close the widgets."""
+        self._executor.shutdown(wait=False)
+        self.box.close()
+
+
+class RuntimePicker(_Panel):
+    """Every runtime with its description, packages and image status; Start makes it the notebook's.
+
+    Start builds the image if needed, streaming the build log, then starts the notebook's sandbox
+    with that runtime.
+    """
+
+    def __init__(self, magics: SandboxMagics | None = None) -> None:
+        self.magics = magics or current_magics()
+        super().__init__(self.magics)
+        names = list(list_runtimes())
+        self.dropdown = widgets.Dropdown(options=names, value=self.magics.runtime if self.magics.runtime in names
+                                         else names[0], description="Runtime")
+        self.details = widgets.HTML()
+        self.start_button = widgets.Button(description="Start", button_style="primary", icon="play")
+        self.log = widgets.Textarea(layout=widgets.Layout(width="100%", height="8em"), disabled=True)
+        self.dropdown.observe(lambda _: self.describe(), names="value")
+        self.start_button.on_click(lambda _: self.start())
+        self.box.children = [widgets.HBox([self.dropdown, self.start_button]), self.details, self.log, self.error]
+        self.describe()
+
+    def describe(self) -> None:
+        runtime = get_runtime(self.dropdown.value)
+        if self.magics.backend == "local":
+            status = "none needed: LocalSandbox, NOT ISOLATED"
+        else:
+            status = "built" if any(image_exists(docker_client(), tag) for tag in _built_tags(runtime.name)) \
+                else "not built"
+        packages = ", ".join(runtime.packages) or "none"
+        self.details.value = (f"<b>{html.escape(runtime.description or runtime.name)}</b><br>"
+                              f"Packages: {html.escape(packages)}<br>Image: {status}")
+
+    def start(self) -> Future[Any]:
+        """Build (if needed) and start the chosen runtime as the notebook's sandbox."""
+        name = self.dropdown.value
+        self.log.value = ""
+
+        def build_and_start() -> None:
+            self.magics.runtime = name
+            sandbox = self.magics.sandbox_for(None, name)
+            self._append(f"Started {sandbox!r}")
+            self.describe()
+
+        self.magics.progress = self._append
+        return self._run(build_and_start, busy=self.start_button)
+
+    def _append(self, line: str) -> None:
+        self.log.value = (self.log.value + line + "\n")[-20_000:]
+
+
+def _built_tags(runtime_name: str) -> list[str]:
+    images = docker_client().images.list(filters={"label": f"pydantic-deep.runtime={runtime_name}"})
+    return [tag for image in images for tag in image.tags]
+
+
+class UploadPanel(_Panel):
+    """A file chooser whose files go into the sandbox's ``/uploads``, and what ``/uploads`` holds."""
+
+    def __init__(self, magics: SandboxMagics | None = None) -> None:
+        self.magics = magics or current_magics()
+        super().__init__(self.magics)
+        self.upload = widgets.FileUpload(multiple=True, description="Upload")
+        self.listing = widgets.HTML()
+        self.upload.observe(lambda change: self.store(change["new"]), names="value")
+        self.box.children = [self.upload, self.listing, self.error]
+
+    def store(self, files: tuple[dict[str, Any], ...]) -> Future[Any]:
+        """Write ``files`` (FileUpload's value) into ``/uploads``, then list it."""
+
+        def write() -> None:
+            sandbox = self.magics.sandbox_for()
+            for item in files:
+                sandbox.upload(item["content"].tobytes(), f"/uploads/{item['name'].rsplit('/', 1)[-1]}")
+            self._list(sandbox)
+
+        return self._run(write)
+
+    def refresh(self) -> Future[Any]:
+        return self._run(lambda: self._list(self.magics.sandbox_for()))
+
+    def _list(self, sandbox: Any) -> None:
+        rows = "".join(f"<tr><td>{html.escape(e.name)}</td><td style='text-align:right'>{e.size:,}</td></tr>"
+                       for e in sandbox.list_files("/uploads") if not e.is_dir)
+        self.listing.value = ("<table><tr><th>/uploads</th><th>bytes</th></tr>" + rows + "</table>") if rows \
+            else "<i>/uploads is empty</i>"
+
+
+class SessionMonitor(_Panel):
+    """A live table of sandboxes: the notebook's, or a :class:`SessionManager`'s.
+
+    One background thread refreshes it every ``interval`` seconds until :meth:`close`.
+    """
+
+    def __init__(self, source: SandboxMagics | SessionManager | None = None, interval: float = 2.0) -> None:
+        self.source = source or current_magics()
+        super().__init__(self.source if isinstance(self.source, SandboxMagics) else None)
+        self.interval = interval
+        self.rows = widgets.VBox()
+        self.box.children = [self.rows, self.error]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pydantic-deep-monitor", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.refresh()
+            except Exception:  # shown inline by refresh; keep watching
+                pass
+            self._stopped.wait(self.interval)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """One dict per sandbox: user, runtime, state, cpu, memory, idle, and how to stop it."""
+        if isinstance(self.source, SessionManager):
+            manager = self.source
+            return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
+                     "memory": s.memory_bytes, "idle": s.idle_seconds, "container": s.container,
+                     "stop": lambda user=s.user_id: asyncio.run(manager.stop(user))}
+                    for s in asyncio.run(manager.list_sessions())]
+        found = []
+        for name, sandbox in list(self.source.sandboxes.items()):
+            usage = sandbox.usage() if sandbox.alive else None
+            found.append({"user": name, "runtime": sandbox.runtime.name,
+                          "state": "busy" if sandbox.busy else sandbox.state.value,
+                          "cpu": usage.cpu_seconds if usage else 0.0, "memory": usage.memory_bytes if usage else 0,
+                          "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
+                          "stop": functools.partial(self.source.stop, name)})
+        return found
+
+    def refresh(self) -> None:
+        """Read the sandboxes now and redraw the table (called by the background thread)."""
+        try:
+            sessions = self.sessions()
+        except Exception as exc:
+            self.show_error(exc)
+            raise
+        header = widgets.HTML("<b>user · runtime · state · CPU s · memory · idle · container</b>")
+        lines: list[widgets.Widget] = [header]
+        for session in sessions:
+            stop = widgets.Button(description="Stop", icon="stop", layout=widgets.Layout(width="6em"))
+            stop.on_click(lambda _, action=session["stop"]: self._run(lambda: self._stop_and_refresh(action)))
+            lines.append(widgets.HBox([widgets.HTML(
+                f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
+                f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {session['idle']:.0f} s · "
+                f"{html.escape(session['container'])}"), stop]))
+        if not sessions:
+            lines.append(widgets.HTML("<i>no sandbox running</i>"))
+        self.rows.children = lines  # one assignment: traitlets sends one update
+
+    def _stop_and_refresh(self, stop: Callable[[], Any]) -> None:
+        stop()
+        self.refresh()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+        super().close()
+
+
+def dashboard(source: SessionManager | None = None) -> widgets.VBox:
+    """The runtime picker, the upload panel and the session monitor, together."""
+    magics = current_magics()
+    picker, uploads, monitor = RuntimePicker(magics), UploadPanel(magics), SessionMonitor(source or magics)
+    return widgets.VBox([widgets.HTML("<h3>pydantic-deep</h3>"), picker.box, uploads.box, monitor.box])

@@ -1,0 +1,1 @@
+"""Sessions: one persistent sandbox per user (the manager) and the registries that record them."""
