@@ -1,8 +1,8 @@
 """pydantic_deep: Docker sandboxes with pre-built runtimes, for AI agents and notebook users.
 
-Data flows one way: a :class:`RuntimeConfig` becomes an image (:mod:`pydantic_deep.images`), the
+Data flows one way: a :class:`RuntimeConfig` becomes an image (:mod:`pydantic_deep.images.runtime`), the
 image a container (:class:`DockerSandbox`), and commands run through an execution channel
-(:mod:`pydantic_deep.channel`) into an :class:`ExecuteResult`. A :class:`SandboxPool` keeps
+(:mod:`pydantic_deep.execution.channel`) into an :class:`ExecuteResult`. A :class:`SandboxPool` keeps
 started sandboxes ready.
 """
 

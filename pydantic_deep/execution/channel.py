@@ -1,7 +1,7 @@
 """Execution channels: how a command gets from the host into a running container and back.
 
 :class:`SupervisorChannel` keeps one ``docker exec -i`` stream open to the supervisor inside the
-container (:mod:`pydantic_deep.supervisor`) and multiplexes every command over it: well under a
+container (:mod:`pydantic_deep._guest.supervisor`) and multiplexes every command over it: well under a
 millisecond per command instead of a ``docker exec`` each, any number of commands at once, and
 async callers wait on the event loop instead of on a thread. :class:`DockerExecChannel` is the
 fallback for images without ``python3``: one ``docker exec`` per command.

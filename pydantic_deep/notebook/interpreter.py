@@ -1,6 +1,6 @@
 """SandboxInterpreter: a Python or JavaScript interpreter inside a sandbox that keeps its variables.
 
-The host side of :mod:`pydantic_deep.kernel` (and its Node.js twin, ``kernel.js``), over the
+The host side of :mod:`pydantic_deep._guest.kernel` (and its Node.js twin, ``kernel.js``), over the
 sandbox's execution channel. The ``%%sandbox`` magic runs each cell with
 :meth:`SandboxInterpreter.execute`; any program can too.
 """

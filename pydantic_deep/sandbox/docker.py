@@ -153,11 +153,11 @@ class DockerSandbox(SandboxBase):
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
         block_metadata: With network access, make the cloud metadata address (169.254.169.254)
-            unreachable, through a route the sandbox cannot change (see :mod:`pydantic_deep.metadata`).
+            unreachable, through a route the sandbox cannot change (see :mod:`pydantic_deep.sandbox.metadata`).
         command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
         max_output: Bytes of output kept per command; the rest is discarded and flagged.
         ca_bundle: Extra CA certificates for HTTPS in builds and the container (see
-            :mod:`pydantic_deep.certs`); ``None`` picks up the host's ``SSL_CERT_FILE`` and the like,
+            :mod:`pydantic_deep.images.certs`); ``None`` picks up the host's ``SSL_CERT_FILE`` and the like,
             ``False`` hands in none.
         progress: Called with each line of an image build's log, when a build is needed.
         session_id: Recorded in the container's labels; a random one by default.
@@ -629,7 +629,7 @@ class DockerSandbox(SandboxBase):
 
     def _file_command(self, op: FileOp, path: str) -> ExecuteResult:
         """Run a file operation that answers in text through the execution channel (quick), as
-        the sandbox user, with the file API's symlink check (see :mod:`pydantic_deep.transfer`)."""
+        the sandbox user, with the file API's symlink check (see :mod:`pydantic_deep.execution.transfer`)."""
         result = self.execute(shlex.join(file_command(op, path, self.allowed_roots)), timeout=60)
         if result.truncated:
             raise SandboxError(f"the answer for {path} went past max_output ({self.max_output} bytes)")

@@ -5,7 +5,7 @@ container (the supervisor, here a local process), so ``execute``, streaming, tim
 notebook interpreter and the file API behave the same. Nothing is isolated: code can read and
 write whatever the current user can, and reach the network. It is never chosen for you: create
 it by name, set ``%config SandboxMagics.backend = "local"``, or deploy with
-``PYDANTIC_DEEP_BACKEND=local`` (:mod:`pydantic_deep.backends`, as Binder does). Everything it shows says so.
+``PYDANTIC_DEEP_BACKEND=local`` (:mod:`pydantic_deep.sandbox.backends`, as Binder does). Everything it shows says so.
 
 Paths: the file API takes the container's paths (the runtime's work dir, ``/uploads``) and maps
 them into the private directory. Commands run in the mapped work dir; ``$PYDANTIC_DEEP_UPLOADS``
