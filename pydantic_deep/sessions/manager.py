@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import docker
 
@@ -487,6 +487,13 @@ class SessionManager:
     def _orphaned(self, container: docker.models.containers.Container) -> bool:
         """Left by a process on this host that is gone (with a shared registry, nothing is)."""
         return not self._shared and owner_gone(container.labels)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Shut the sessions down (files kept), as :class:`SyncSessionManager`'s ``with`` does."""
+        await self.shutdown()
 
     def __repr__(self) -> str:
         return f"<SessionManager {self.name!r} runtime={self.default_runtime.name!r} sessions={self.session_count}>"
