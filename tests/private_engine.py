@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import docker
+import pytest
 from docker.errors import DockerException
 from helpers import answers, poll_until
-import pytest
 
 __all__ = ["PrivateEngine", "image_with_ancestors"]
 
