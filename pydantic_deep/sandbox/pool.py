@@ -102,7 +102,13 @@ class SandboxPool:
             return full
 
     def acquire(self) -> DockerSandbox:
-        """A started sandbox that nobody else has had; started now if none is ready."""
+        """A started sandbox that nobody else has had; started now if none is ready.
+
+        Raises:
+            SandboxStateError: the pool was closed.
+            SandboxError: none was ready and starting one failed (``ImageBuildError``,
+                ``DockerUnavailableError``...).
+        """
         with self._changed:
             if self._closed:
                 raise SandboxStateError("this pool was closed")
