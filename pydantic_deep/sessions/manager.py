@@ -102,7 +102,8 @@ class SessionManager:
         ```
 
     Nothing blocks the event loop: Docker calls run in worker threads, and concurrent calls for
-    one user share one creation.
+    one user share one creation. Code without an event loop of its own (threads, widgets, magics)
+    uses :class:`~pydantic_deep.sessions.sync.SyncSessionManager`, the same methods, blocking.
 
     Args:
         default_runtime: The runtime of new sessions (a name or a :class:`RuntimeConfig`).
