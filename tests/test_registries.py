@@ -15,6 +15,8 @@ import pytest
 
 from pydantic_deep import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 
+pytestmark = pytest.mark.registries
+
 
 @pytest.fixture(params=["in-memory", "redis"])
 def registry(request: pytest.FixtureRequest) -> Iterator[SessionRegistry]:

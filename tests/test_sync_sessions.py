@@ -11,6 +11,8 @@ from helpers import own_containers
 
 from pydantic_deep import SandboxStateError, SessionManager, SyncSessionManager
 
+pytestmark = pytest.mark.sync_sessions
+
 
 def unique_name() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
