@@ -24,6 +24,12 @@ def _engine_start(args: argparse.Namespace) -> None:
     print(start_engine())
 
 
+def _base_name(name: str) -> str:
+    if name not in AIRGAPPED_BASES:
+        raise argparse.ArgumentTypeError(f"no base {name!r}; choose from {', '.join(AIRGAPPED_BASES)}")
+    return name
+
+
 def _images_bootstrap(args: argparse.Namespace) -> None:
     client = docker_client()
     for base in [AIRGAPPED_BASES[name] for name in args.bases] or AIRGAPPED_BASES.values():
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
 
     images = commands.add_parser("images", help="runtime and base images").add_subparsers(required=True)
     bootstrap = images.add_parser("bootstrap", help="build the air-gapped Debian base images (default: all)")
-    bootstrap.add_argument("bases", nargs="*", metavar="BASE", choices=list(AIRGAPPED_BASES),
+    # No `choices`: Python 3.11's argparse checks an empty `nargs="*"` list against them and refuses it.
+    bootstrap.add_argument("bases", nargs="*", metavar="BASE", type=_base_name,
                            help=f"only these: {', '.join(AIRGAPPED_BASES)}")
     bootstrap.add_argument("--rebuild", action="store_true", help="rebuild even if present")
     bootstrap.set_defaults(run=_images_bootstrap)
