@@ -35,6 +35,7 @@ from .sandbox.local import LocalSandbox
 from .sandbox.pool import SandboxPool
 from .sessions.manager import SessionInfo, SessionLimitError, SessionManager
 from .sessions.registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
+from .sessions.sync import SyncSessionManager
 
 __all__ = [
     "BUILTIN_RUNTIMES",
@@ -66,6 +67,7 @@ __all__ = [
     "SessionManager",
     "SessionRecord",
     "SessionRegistry",
+    "SyncSessionManager",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",

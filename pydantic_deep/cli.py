@@ -24,9 +24,15 @@ def _engine_start(args: argparse.Namespace) -> None:
     print(start_engine())
 
 
+def _base_name(name: str) -> str:
+    if name not in AIRGAPPED_BASES:
+        raise argparse.ArgumentTypeError(f"no base {name!r}; choose from {', '.join(AIRGAPPED_BASES)}")
+    return name
+
+
 def _images_bootstrap(args: argparse.Namespace) -> None:
     client = docker_client()
-    for base in AIRGAPPED_BASES.values():
+    for base in [AIRGAPPED_BASES[name] for name in args.bases] or AIRGAPPED_BASES.values():
         started = time.monotonic()
         bootstrap_base(client, base, progress=_print_line if args.verbose else None, rebuild=args.rebuild)
         print(f"{base.tag}: {base.contents} ({time.monotonic() - started:.1f} s)", flush=True)
@@ -76,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         run=_engine_start)
 
     images = commands.add_parser("images", help="runtime and base images").add_subparsers(required=True)
-    bootstrap = images.add_parser("bootstrap", help="build the air-gapped Debian base images")
+    bootstrap = images.add_parser("bootstrap", help="build the air-gapped Debian base images (default: all)")
+    # No `choices`: Python 3.11's argparse checks an empty `nargs="*"` list against them and refuses it.
+    bootstrap.add_argument("bases", nargs="*", metavar="BASE", type=_base_name,
+                           help=f"only these: {', '.join(AIRGAPPED_BASES)}")
     bootstrap.add_argument("--rebuild", action="store_true", help="rebuild even if present")
     bootstrap.set_defaults(run=_images_bootstrap)
     build = images.add_parser("build", help="build runtime images (default: all known runtimes)")

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
+from helpers import answers, own_containers, poll_until, session_volumes
 
 from pydantic_deep import DockerSandbox
-from pydantic_deep.engine.client import docker_client
-
-
-def own_containers() -> list[str]:
-    """Containers that sandboxes of this test process created and have not removed."""
-    return [c.name for c in docker_client().containers.list(
-        all=True, filters={"label": f"pydantic-deep.owner-pid={os.getpid()}"})]
-
-
-def session_volumes() -> list[str]:
-    """Volumes of test session managers (named test-*)."""
-    return [v.name for v in docker_client().volumes.list(filters={"label": "pydantic-deep.managed=true"})
-            if v.name.startswith("pd-test")]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,16 +46,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                 "--appendonly", "no", "--dir", str(directory)], stdout=subprocess.DEVNULL)
     url = f"unix://{socket_path}"
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
     try:
-        while True:  # poll until the server answers
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.01)
+        poll_until(answers(client.ping, redis.exceptions.ConnectionError), "redis-server answers",
+                   timeout=10, interval=0.01, give_up=lambda: process.poll() is not None)
         yield url
     finally:
         process.terminate()

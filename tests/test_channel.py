@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import pytest
+from helpers import poll_until
 
 from pydantic_deep import DockerSandbox, OutputChunk, SandboxError
 from pydantic_deep.execution import channel as channel_module
@@ -62,8 +63,7 @@ async def test_async_stream_yields_chunks_then_the_result(sandbox: DockerSandbox
 @pytest.mark.anyio
 async def test_cancelling_a_command_kills_its_process_group(sandbox: DockerSandbox) -> None:
     task = asyncio.ensure_future(sandbox.aexecute("sleep 300 & echo $! > cancel.pid; sleep 300"))
-    while not await sandbox.aexists("cancel.pid"):
-        await asyncio.sleep(0.01)
+    await asyncio.to_thread(poll_until, lambda: sandbox.exists("cancel.pid"), "the command wrote its pid")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

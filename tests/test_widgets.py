@@ -76,7 +76,7 @@ async def test_session_monitor_of_a_session_manager() -> None:
     try:
         await manager.get_or_create("ada")
         monitor = SessionMonitor(manager, interval=3600)
-        await asyncio.to_thread(monitor.refresh)
+        monitor.refresh()  # on a thread whose loop runs, as in a kernel
         assert "ada · python-minimal · running" in monitor.rows.children[1].children[0].value
         monitor.rows.children[1].children[1].click()
         await asyncio.wrap_future(monitor.last_action)  # type: ignore[arg-type]

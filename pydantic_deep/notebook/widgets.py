@@ -10,7 +10,6 @@ for the monitor, on a :class:`SessionManager`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import html
 import threading
@@ -24,6 +23,7 @@ from ..engine.client import docker_client
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
 from ..sessions.manager import SessionManager
+from ..sessions.sync import SyncSessionManager
 from .magics import SandboxMagics
 
 __all__ = ["RuntimePicker", "SessionMonitor", "UploadPanel", "current_magics", "dashboard"]
@@ -172,13 +172,19 @@ class UploadPanel(_Panel):
 
 
 class SessionMonitor(_Panel):
-    """A live table of sandboxes: the notebook's, or a :class:`SessionManager`'s.
+    """A live table of sandboxes: the notebook's, or a session manager's.
 
     One background thread refreshes it every ``interval`` seconds until :meth:`close`.
     """
 
-    def __init__(self, source: SandboxMagics | SessionManager | None = None, interval: float = 2.0) -> None:
-        self.source = source or current_magics()
+    def __init__(self, source: SandboxMagics | SessionManager | SyncSessionManager | None = None,
+                 interval: float = 2.0) -> None:
+        source = source or current_magics()
+        # A SessionManager is called through a facade of the monitor's own (closed with it).
+        self._facade: SyncSessionManager | None = None
+        if isinstance(source, SessionManager):
+            source = self._facade = SyncSessionManager.wrap(source)
+        self.source: SandboxMagics | SyncSessionManager = source
         super().__init__(self.source if isinstance(self.source, SandboxMagics) else None)
         self.interval = interval
         self.rows = widgets.VBox()
@@ -197,12 +203,12 @@ class SessionMonitor(_Panel):
 
     def sessions(self) -> list[dict[str, Any]]:
         """One dict per sandbox: user, runtime, state, cpu, memory, idle, and how to stop it."""
-        if isinstance(self.source, SessionManager):
+        if isinstance(self.source, SyncSessionManager):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
                      "memory": s.memory_bytes, "idle": s.idle_seconds, "container": s.container,
-                     "stop": lambda user=s.user_id: asyncio.run(manager.stop(user))}
-                    for s in asyncio.run(manager.list_sessions())]
+                     "stop": functools.partial(manager.stop, s.user_id)}
+                    for s in manager.list_sessions()]
         found = []
         for name, sandbox in list(self.source.sandboxes.items()):
             usage = sandbox.usage() if sandbox.alive else None
@@ -240,10 +246,12 @@ class SessionMonitor(_Panel):
     def close(self) -> None:
         self._stopped.set()
         self._thread.join()
+        if self._facade is not None:
+            self._facade.close()
         super().close()
 
 
-def dashboard(source: SessionManager | None = None) -> widgets.VBox:
+def dashboard(source: SessionManager | SyncSessionManager | None = None) -> widgets.VBox:
     """The runtime picker, the upload panel and the session monitor, together."""
     magics = current_magics()
     picker, uploads, monitor = RuntimePicker(magics), UploadPanel(magics), SessionMonitor(source or magics)

@@ -27,8 +27,8 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Self
 
 import docker
 
@@ -102,7 +102,8 @@ class SessionManager:
         ```
 
     Nothing blocks the event loop: Docker calls run in worker threads, and concurrent calls for
-    one user share one creation.
+    one user share one creation. Code without an event loop of its own (threads, widgets, magics)
+    uses :class:`~pydantic_deep.sessions.sync.SyncSessionManager`, the same methods, blocking.
 
     Args:
         default_runtime: The runtime of new sessions (a name or a :class:`RuntimeConfig`).
@@ -242,12 +243,11 @@ class SessionManager:
                         f"the session manager {self.name!r} is full: {self.max_sessions} sessions at once")
                 runtime = wanted or self.default_runtime
                 sandbox = self._from_pool(key, runtime) or self._new_sandbox(key, runtime, None)
-                record = SessionRecord(user_id, sandbox.name, sandbox.volumes, runtime.model_dump_json(),
+                record = SessionRecord(user_id, sandbox.name, dict(sandbox.volumes), runtime.model_dump_json(),
                                        created=time.time())
                 self._write_session_volume(key, record)
-            record.container, record.runtime = sandbox.name, sandbox.runtime.model_dump_json()
-            record.last_used = time.time()
-            self.registry.put(self._registry_key(key), record)
+            self.registry.put(self._registry_key(key), replace(
+                record, container=sandbox.name, runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
             self._sandboxes[key] = sandbox
             return sandbox
 
@@ -338,9 +338,8 @@ class SessionManager:
                 for volume in [*(record.volumes if record else {}), self._container_name(key)]:
                     remove_volume(volume)
                 self.registry.delete(self._registry_key(key))
-            elif record is not None:
-                record.container = ""  # dormant: the files wait for the user's next session
-                self.registry.put(self._registry_key(key), record)
+            elif record is not None:  # dormant: the files wait for the user's next session
+                self.registry.put(self._registry_key(key), replace(record, container=""))
             return was_running or remove_files
 
     async def cleanup_idle(self, max_idle: float | None = None) -> int:
@@ -469,8 +468,7 @@ class SessionManager:
                 if record is not None and self.orphans == "adopt" and container.status == "running":
                     sandbox = self._attach(container.name)
                     if sandbox is not None:
-                        record.last_used = time.time()
-                        self.registry.put(self._registry_key(key), record)
+                        self.registry.put(self._registry_key(key), replace(record, last_used=time.time()))
                         self._sandboxes[key] = sandbox
                         adopted += 1
                         continue
@@ -490,6 +488,13 @@ class SessionManager:
     def _orphaned(self, container: docker.models.containers.Container) -> bool:
         """Left by a process on this host that is gone (with a shared registry, nothing is)."""
         return not self._shared and owner_gone(container.labels)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Shut the sessions down (files kept), as :class:`SyncSessionManager`'s ``with`` does."""
+        await self.shutdown()
 
     def __repr__(self) -> str:
         return f"<SessionManager {self.name!r} runtime={self.default_runtime.name!r} sessions={self.session_count}>"
