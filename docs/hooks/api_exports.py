@@ -36,14 +36,6 @@ def _member(package: griffe.Module, name: str) -> griffe.Object:
     return module[name]
 
 
-def _modules(package: griffe.Module) -> list[griffe.Module]:
-    """Every module of ``package``, its subpackages' included."""
-    found = []
-    for module in package.modules.values():
-        found += [module, *_modules(module)]
-    return found
-
-
 def exports_table(package_name: str, search_path: Path) -> str:
     extensions = griffe.load_extensions(f"{HOOKS / 'sphinx_roles.py'}:SphinxRoles")
     package = griffe.load(package_name, search_paths=[str(search_path)], extensions=extensions)
