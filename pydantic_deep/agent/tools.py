@@ -13,6 +13,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import PurePosixPath
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -21,10 +22,11 @@ from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.toolsets import FunctionToolset
 
 from ..errors import SandboxError
+from ..execution.channel import OutputCallback
 from ..paths import UPLOADS_DIR
 from .deps import DeepAgentDeps
 
-__all__ = ["sandbox_toolset"]
+__all__ = ["command_output", "sandbox_toolset"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -32,6 +34,10 @@ _R = TypeVar("_R")
 _MAX_TOOL_OUTPUT = 30_000
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                 ".webp": "image/webp"}
+
+command_output: ContextVar[OutputCallback | None] = ContextVar("command_output", default=None)
+"""Set it to watch the output of the ``execute`` tool's commands as they run (the MCP server sends
+it on as progress notifications). Called on a reader thread with each :class:`OutputChunk`."""
 
 
 def _clip(text: str) -> str:
@@ -63,7 +69,7 @@ async def execute(ctx: RunContext[DeepAgentDeps], command: str, timeout: float =
         command: The command line; pipes, redirects and && work.
         timeout: Seconds before the command is killed.
     """
-    result = await ctx.deps.backend.aexecute(command, timeout=timeout)
+    result = await ctx.deps.backend.aexecute(command, timeout=timeout, on_output=command_output.get())
     notes = [f"[exit code {result.exit_code}]"]
     if result.timed_out:
         notes.append(f"[killed after {timeout:g} s]")
