@@ -285,22 +285,21 @@ class SandboxMCPServer:
 
     async def serve(self, *, http: tuple[str, int] | None = None, token: str | None = None) -> None:
         """Async form of :meth:`run`."""
-        task = asyncio.current_task()
+        serving = asyncio.create_task(self._serve_stdio() if http is None else self._serve_http(*http, token=token))
         loop = asyncio.get_running_loop()
-        if task is not None:
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or Windows
-                loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            loop.add_signal_handler(signal.SIGTERM, serving.cancel)  # stdio clients end servers with it
         if self.idle_timeout:
             self.manager.start_cleanup_loop(interval=min(60.0, self.idle_timeout / 4))
         try:
-            if http is None:
-                await self._serve_stdio()
-            else:
-                await self._serve_http(*http, token=token)
+            await serving
         except asyncio.CancelledError:
-            pass
+            if not serving.cancelled():
+                raise  # we were cancelled, not the server: still clean up, then go on cancelling
         finally:
-            await asyncio.shield(self.aclose())
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # a second SIGTERM: cleanup goes on
+                loop.add_signal_handler(signal.SIGTERM, lambda: None)
+            await self.aclose()
 
     async def _serve_stdio(self) -> None:
         from mcp.server.stdio import stdio_server
