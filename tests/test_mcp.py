@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.mcp, pytest.mark.anyio]
 
 COMMAND = str(Path(sys.executable).with_name("pydantic-deep"))
 # A 1x1 PNG, written in the sandbox by a command.
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAA"
+                       "AABJRU5ErkJggg==")
 
 
 def manager_name() -> str:
@@ -92,6 +93,41 @@ async def test_stdio_client_runs_commands_moves_files_and_gets_images() -> None:
         assert denied.is_error and "outside the sandbox" in text_of(denied)
         assert leftovers(name)  # the sandbox exists while the client is connected
     assert wait_until_gone(name) == []  # the server exited with its client: sandbox and volumes removed
+
+
+async def test_idle_sandbox_stops_and_comes_back_with_its_files_and_a_tool_switches_runtime() -> None:
+    name = manager_name()
+    server = StdioServerParameters(command=COMMAND, args=["mcp", "--ephemeral", "--name", name, "--idle-timeout", "1"])
+    async with Client(server) as client:
+        await client.call_tool("write_file", {"path": "kept.txt", "content": "still here"})
+        containers = {"label": f"pydantic-deep.manager={name}"}
+        deadline = time.monotonic() + 30
+        while docker_client().containers.list(all=True, filters=containers):  # idle cleanup removes it
+            assert time.monotonic() < deadline, "the idle sandbox was not stopped"
+            await anyio.sleep(0.1)
+        assert text_of(await client.call_tool("read_file", {"path": "kept.txt"})) == "     1\tstill here"
+
+        switched = text_of(await client.call_tool("sandbox_runtime", {"runtime": "node-minimal"}))
+        assert switched.startswith("## Runtime Environment\n\n**Name:** node-minimal\n")
+        assert "Other runtimes: " in switched and "python-minimal (" in switched
+        read_in_node = "node -p \"require('fs').readFileSync('kept.txt', 'utf8')\""
+        node = await client.call_tool("execute", {"command": read_in_node})
+        assert text_of(node) == "still here\n\n[exit code 0]"
+        unknown = await client.call_tool("sandbox_runtime", {"runtime": "no-such-runtime"})
+        assert unknown.is_error and "no-such-runtime" in text_of(unknown)
+    assert wait_until_gone(name) == []
+
+
+async def test_a_named_workspace_keeps_its_files_for_the_next_server_until_ephemeral() -> None:
+    name = manager_name()
+    first = StdioServerParameters(command=COMMAND, args=["mcp", "--workspace", "proj", "--name", name])
+    async with Client(first) as client:
+        await client.call_tool("write_file", {"path": "notes.md", "content": "remember"})
+    assert wait_until_gone(name, deadline=5) != []  # stopped, its files kept
+    again = StdioServerParameters(command=COMMAND, args=["mcp", "--workspace", "proj", "--name", name, "--ephemeral"])
+    async with Client(again) as client:
+        assert text_of(await client.call_tool("read_file", {"path": "notes.md"})) == "     1\tremember"
+    assert wait_until_gone(name) == []
 
 
 def free_port() -> int:

@@ -354,11 +354,11 @@ async def _progress_of_commands(ctx: ServerRequestContext[Any]) -> Any:
         await forwarder
 
 
-def _content(result: Any) -> list[types.TextContent | types.ImageContent]:
+def _content(result: Any) -> list[types.ContentBlock]:
     """A tool's return value as MCP content: its text, and images as image content."""
     if not isinstance(result, ToolReturn):
         return [types.TextContent(type="text", text=str(result))]
-    content: list[types.TextContent | types.ImageContent] = [
+    content: list[types.ContentBlock] = [
         types.TextContent(type="text", text=str(result.return_value))]
     for item in result.content if isinstance(result.content, list) else [result.content]:
         if isinstance(item, BinaryContent) and item.is_image:
