@@ -93,8 +93,9 @@ async def upload_file(ctx: RunContext[_ClientDeps], name: str, content: str, bas
 
 
 async def sandbox_runtime(ctx: RunContext[_ClientDeps], runtime: str | None = None) -> str:
-    """Describe the sandbox (runtime, working directory, network, packages), or switch it to another
-    runtime: the container is replaced and the files are kept.
+    """Describe the sandbox (runtime, work dir, network, packages), or switch it to another runtime.
+
+    Switching replaces the container and keeps the files.
 
     Args:
         runtime: The runtime to switch to, e.g. python-datascience; omit it to only describe.
