@@ -21,6 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -194,6 +195,11 @@ async def test_http_requests_without_the_token_are_refused(http_server: tuple[st
         assert (await http.post(url, json=hello)).status_code == 401
         wrong = await http.post(url, json=hello, headers={"Authorization": f"Bearer {token}x"})
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    # With the token, a stateless (2026-07-28) request has no session to give a sandbox: refused, in words.
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="2026-07-28") as client:
+            with pytest.raises(MCPError, match="connect with the initialize handshake"):
+                await client.call_tool("ls", {})
 
 
 def test_http_beyond_loopback_needs_a_token() -> None:
