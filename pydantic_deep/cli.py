@@ -87,7 +87,8 @@ def _mcp(args: argparse.Namespace) -> None:
     elif args.token:
         raise InvalidArgumentError("--token is for the HTTP transport: add --http HOST:PORT")
     server = SandboxMCPServer(args.runtime, idle_timeout=args.idle_timeout, ephemeral=args.ephemeral,
-                              workspace=args.workspace, name=args.name)
+                              workspace=args.workspace, name=args.name, max_sessions=args.max_sessions,
+                              network=args.network)
     server.run(http=http, token=args.token or os.environ.get(TOKEN_ENV_VAR) or None)
 
 
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     mcp.add_argument("--workspace", metavar="NAME",
                      help="stdio: keep the sandbox's files under this name for the next server started with it")
     mcp.add_argument("--name", default="mcp", help="session manager name prefixing containers and volumes")
+    mcp.add_argument("--max-sessions", type=int, metavar="N", help="most sandboxes at once (default: no limit)")
+    mcp.add_argument("--network", action="store_true", default=None,
+                     help="give the sandboxes network access (default: as the runtime says)")
     mcp.set_defaults(run=_mcp)
 
     args = parser.parse_args(argv)

@@ -45,7 +45,8 @@ def leftovers(name: str) -> list[str]:
     """The containers and volumes of the server's session manager still in the engine."""
     client = docker_client()
     label = {"label": f"pydantic-deep.manager={name}"}
-    return [c.name for c in client.containers.list(all=True, filters=label)] + \
+    # The low-level listing: the high-level one inspects each container, which may be going meanwhile.
+    return [c["Names"][0] for c in client.api.containers(all=True, filters=label)] + \
         [v.name for v in client.volumes.list(filters=label)]
 
 
@@ -103,7 +104,7 @@ async def test_idle_sandbox_stops_and_comes_back_with_its_files_and_a_tool_switc
         await client.call_tool("write_file", {"path": "kept.txt", "content": "still here"})
         containers = {"label": f"pydantic-deep.manager={name}"}
         deadline = time.monotonic() + 30
-        while docker_client().containers.list(all=True, filters=containers):  # idle cleanup removes it
+        while docker_client().api.containers(all=True, filters=containers):  # idle cleanup removes it
             assert time.monotonic() < deadline, "the idle sandbox was not stopped"
             await anyio.sleep(0.1)
         assert text_of(await client.call_tool("read_file", {"path": "kept.txt"})) == "     1\tstill here"

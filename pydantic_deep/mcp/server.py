@@ -31,6 +31,7 @@ import ipaddress
 import logging
 import signal
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -164,16 +165,18 @@ class SandboxMCPServer:
             server with this name gets them back. Without it, each server process has a sandbox of
             its own, removed when it exits.
         name: The session manager's name, which prefixes containers and volumes.
+        max_sessions: Most sandboxes at once; past it a new client's tool calls fail and say so.
         **sandbox_options: Passed to every :class:`~pydantic_deep.DockerSandbox` (``memory``, ``network``...).
     """
 
     def __init__(self, runtime: str | RuntimeConfig = "python-minimal", *, idle_timeout: float = 1800,
                  ephemeral: bool = False, workspace: str | None = None, name: str = "mcp",
-                 **sandbox_options: Any) -> None:
+                 max_sessions: int | None = None, **sandbox_options: Any) -> None:
         if idle_timeout < 0:
             raise InvalidArgumentError(f"idle_timeout must be 0 (never) or a positive number of seconds, "
                                        f"not {idle_timeout}")
-        self.manager = SessionManager(runtime, idle_timeout or float("inf"), name=name, **sandbox_options)
+        self.manager = SessionManager(runtime, idle_timeout or float("inf"), name=name, max_sessions=max_sessions,
+                                      **sandbox_options)
         self.idle_timeout = idle_timeout
         self.ephemeral = ephemeral
         self.workspace = workspace
@@ -288,8 +291,11 @@ class SandboxMCPServer:
         """Async form of :meth:`run`."""
         serving = asyncio.create_task(self._serve_stdio() if http is None else self._serve_http(*http, token=token))
         loop = asyncio.get_running_loop()
+        # Stdio clients end their servers with SIGTERM. Uvicorn shuts down on it by itself, then hands
+        # the signal on to the handler it found: a no-op, so that the cleanup below still runs.
+        on_sigterm: Callable[[], object] = serving.cancel if http is None else (lambda: None)
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            loop.add_signal_handler(signal.SIGTERM, serving.cancel)  # stdio clients end servers with it
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
         if self.idle_timeout:
             self.manager.start_cleanup_loop(interval=min(60.0, self.idle_timeout / 4))
         try:
