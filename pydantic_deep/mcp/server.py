@@ -184,6 +184,7 @@ class SandboxMCPServer:
         self._transport: Literal["stdio", "http"] = "stdio"
         self._clients: dict[str, _ClientDeps] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self._ending: set[asyncio.Task[None]] = set()  # sandboxes of ended HTTP sessions being removed
         self._tools = {**sandbox_toolset().tools, **FunctionToolset([upload_file, sandbox_runtime]).tools}
         self._runtimes = {name: config.description or "" for name, config in list_runtimes().items()}
         self.server: Server[Any] = Server("pydantic-deep", version=_version(), instructions=BASE_INSTRUCTIONS,
@@ -249,10 +250,16 @@ class SandboxMCPServer:
         # The SDK unwinds a connection's exit stack when the session ends (stdio closed, HTTP session
         # deleted or expired); it has no public accessor from a request yet. Without it the sandbox
         # goes at server exit.
+        # The removal runs beside the SDK's teardown, which gives its callbacks only seconds.
         connection = getattr(ctx.session, "_connection", None)
         exit_stack = getattr(connection, "exit_stack", None)
         if exit_stack is not None:
-            exit_stack.push_async_callback(self._end_client, user_id)
+            exit_stack.callback(self._end_in_background, user_id)
+
+    def _end_in_background(self, user_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._end_client(user_id))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def _end_client(self, user_id: str) -> None:
         """Remove the client's sandbox (files too), or stop it and keep the files of a named workspace."""
@@ -267,7 +274,7 @@ class SandboxMCPServer:
     async def aclose(self) -> None:
         """End every client's sandbox (as when its session ends) and stop the idle cleanup."""
         self.manager.stop_cleanup_loop()
-        await asyncio.gather(*(self._end_client(user_id) for user_id in list(self._clients)))
+        await asyncio.gather(*self._ending, *(self._end_client(user_id) for user_id in list(self._clients)))
         await self.manager.shutdown(keep_files=not self.ephemeral)
 
     # -- transports ---------------------------------------------------------------------------
