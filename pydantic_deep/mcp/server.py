@@ -209,6 +209,7 @@ class SandboxMCPServer:
             return _error(f"invalid arguments for {params.name}: {exc}")
         try:
             deps = await self._deps(ctx)
+            # The tools read only ctx.deps; the model is the client's, so none stands behind this one.
             run_context = RunContext(deps=deps, model=_NoModel(), usage=RunUsage(), tool_name=params.name)
             async with _progress_of_commands(ctx):
                 result = await tool.function_schema.call(arguments, run_context)
