@@ -239,3 +239,28 @@ async def test_pydantic_ai_agent_uses_the_server_through_its_mcp_client() -> Non
     assert returns == [("write_file", "Wrote 13 bytes to /workspace/hello.py"),
                        ("execute", "42\n\n[exit code 0]")]
     assert wait_until_gone(name) == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--http", "8000"], "--http takes HOST:PORT (e.g. 127.0.0.1:8000), not '8000'"),
+    (["--token", "t"], "--token is for the HTTP transport: add --http HOST:PORT"),
+    (["--http", "127.0.0.1:8000", "--workspace", "w"], "--workspace names the one client of a stdio server"),
+    (["--http", "example.com:8000"], "serving MCP on example.com lets other machines run commands"),
+    (["--idle-timeout", "-1"], "idle_timeout must be 0 (never) or a positive number of seconds, not -1"),
+])
+def test_bad_options_are_refused_before_anything_starts(argv: list[str], message: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic_deep.cli import main
+
+    monkeypatch.delenv("PYDANTIC_DEEP_MCP_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["mcp", *argv])
+    assert message in str(exited.value)
+
+
+def test_loopback_needs_no_token() -> None:
+    from pydantic_deep.mcp.server import check_http_binding
+
+    for host in ("127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"):
+        check_http_binding(host, None)
+    check_http_binding("0.0.0.0", "a-token")
