@@ -9,7 +9,7 @@ import time
 
 from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone
-from .errors import SandboxError
+from .errors import InvalidArgumentError, SandboxError
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
 from .images.runtime import ensure_runtime_image
@@ -71,6 +71,33 @@ def _demo(args: argparse.Namespace) -> None:
     print(run_demo().rstrip())
 
 
+def _mcp(args: argparse.Namespace) -> None:
+    import os
+
+    try:
+        from .mcp.server import TOKEN_ENV_VAR, SandboxMCPServer
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in ("mcp", "mcp_types", "starlette", "uvicorn"):
+            raise
+        raise InvalidArgumentError("pydantic-deep mcp needs the MCP SDK: pip install 'pydantic-deep[mcp]'") from None
+
+    http = None
+    if args.http:
+        host, _, port = args.http.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgumentError(f"--http takes HOST:PORT (e.g. 127.0.0.1:8000), not {args.http!r}")
+        http = (host.strip("[]"), int(port))
+        if args.workspace:
+            raise InvalidArgumentError("--workspace names the one client of a stdio server; over HTTP each "
+                                       "MCP session has a sandbox of its own")
+    elif args.token:
+        raise InvalidArgumentError("--token is for the HTTP transport: add --http HOST:PORT")
+    server = SandboxMCPServer(args.runtime, idle_timeout=args.idle_timeout, ephemeral=args.ephemeral,
+                              workspace=args.workspace, name=args.name, max_sessions=args.max_sessions,
+                              network=args.network)
+    server.run(http=http, token=args.token or os.environ.get(TOKEN_ENV_VAR) or None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``pydantic-deep`` command."""
     parser = argparse.ArgumentParser(prog="pydantic-deep", description=__doc__)
@@ -97,6 +124,23 @@ def main(argv: list[str] | None = None) -> None:
     prune.add_argument("--all", action="store_true", help="remove every pydantic-deep container")
     prune.set_defaults(run=_prune)
     commands.add_parser("demo", help="analyse a CSV with pandas inside a sandbox").set_defaults(run=_demo)
+
+    mcp = commands.add_parser("mcp", help="serve the sandbox tools to MCP clients (stdio, or HTTP with --http)")
+    mcp.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP at http://HOST:PORT/mcp")
+    mcp.add_argument("--token", help="bearer token HTTP clients must send (required beyond loopback; "
+                                     "default $PYDANTIC_DEEP_MCP_TOKEN)")
+    mcp.add_argument("--runtime", default="python-minimal", help="runtime of new sandboxes (default %(default)s)")
+    mcp.add_argument("--idle-timeout", type=float, default=1800, metavar="SECONDS",
+                     help="stop a sandbox unused this long, keeping its files (0: never; default %(default)g)")
+    mcp.add_argument("--ephemeral", action="store_true",
+                     help="remove every sandbox and its files when its session ends, a named workspace too")
+    mcp.add_argument("--workspace", metavar="NAME",
+                     help="stdio: keep the sandbox's files under this name for the next server started with it")
+    mcp.add_argument("--name", default="mcp", help="session manager name prefixing containers and volumes")
+    mcp.add_argument("--max-sessions", type=int, metavar="N", help="most sandboxes at once (default: no limit)")
+    mcp.add_argument("--network", action="store_true", default=None,
+                     help="give the sandboxes network access (default: as the runtime says)")
+    mcp.set_defaults(run=_mcp)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")

@@ -20,6 +20,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import PurePosixPath
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -35,12 +36,12 @@ from ..errors import (
     SandboxStateError,
     TransferInterruptedError,
 )
-from ..execution.channel import ChannelClosedError
+from ..execution.channel import ChannelClosedError, OutputCallback
 from ..paths import UPLOADS_DIR
 from .deps import DeepAgentDeps
 from .prompt import BASE_INSTRUCTIONS, runtime_section, uploads_section
 
-__all__ = ["INFRASTRUCTURE_ERRORS", "sandbox_toolset"]
+__all__ = ["INFRASTRUCTURE_ERRORS", "command_output", "sandbox_toolset"]
 
 INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
     DockerUnavailableError,  # the engine is gone
@@ -59,6 +60,10 @@ _R = TypeVar("_R")
 _MAX_TOOL_OUTPUT = 30_000
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                 ".webp": "image/webp"}
+
+command_output: ContextVar[OutputCallback | None] = ContextVar("command_output", default=None)
+"""Set it to watch the output of the ``execute`` tool's commands as they run (the MCP server sends
+it on as progress notifications). Called on a reader thread with each :class:`OutputChunk`."""
 
 
 def _clip(text: str) -> str:
@@ -93,7 +98,7 @@ async def execute(ctx: RunContext[DeepAgentDeps], command: str, timeout: float =
         command: The command line; pipes, redirects and && work.
         timeout: Seconds before the command is killed.
     """
-    result = await ctx.deps.backend.aexecute(command, timeout=timeout)
+    result = await ctx.deps.backend.aexecute(command, timeout=timeout, on_output=command_output.get())
     notes = [f"[exit code {result.exit_code}]"]
     if result.timed_out:
         notes.append(f"[killed after {timeout:g} s]")
