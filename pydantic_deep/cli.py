@@ -8,6 +8,7 @@ import sys
 import time
 
 from .engine.client import docker_client, start_engine
+from .engine import labels as label
 from .engine.containers import owner_gone
 from .errors import SandboxError
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
@@ -42,7 +43,7 @@ def _images_build(args: argparse.Namespace) -> None:
 
 
 def _images_list(args: argparse.Namespace) -> None:
-    for image in docker_client().images.list(filters={"label": "pydantic-deep.managed=true"}):
+    for image in docker_client().images.list(filters={"label": label.MANAGED_FILTER}):
         size = image.attrs.get("Size", 0) / 1e6
         print(f"{', '.join(image.tags) or image.short_id:60} {size:8.0f} MB")
 
@@ -51,7 +52,7 @@ def _prune(args: argparse.Namespace) -> None:
     """Remove sandbox containers whose owning process on this host is gone (or all, with --all)."""
     client = docker_client()
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": "pydantic-deep.managed=true"}):
+    for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}):
         if not args.all and not owner_gone(container.labels):
             continue
         container.remove(force=True)

@@ -15,6 +15,8 @@ from docker.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
+from .labels import OWNER_HOST, OWNER_PID
+
 __all__ = ["container_running", "container_stops_within", "is_directory", "owner_gone", "path_stat",
            "remove_container"]
 
@@ -56,10 +58,10 @@ def owner_gone(labels: Mapping[str, str]) -> bool:
     Only a process on this host can be checked: a container made elsewhere, or whose owner is
     alive (or another user's to signal), is not taken for orphaned.
     """
-    if labels.get("pydantic-deep.owner-host") != socket.gethostname():
+    if labels.get(OWNER_HOST) != socket.gethostname():
         return False
     try:
-        os.kill(int(labels.get("pydantic-deep.owner-pid", "")), 0)
+        os.kill(int(labels.get(OWNER_PID, "")), 0)
     except (ProcessLookupError, ValueError):
         return True
     except PermissionError:

@@ -33,7 +33,7 @@ import docker
 from .._guest import supervisor as protocol
 from ..arguments import checked_text, checked_timeout
 from ..engine.containers import container_running
-from ..errors import InvalidArgumentError, SandboxError
+from ..errors import ChannelClosedError, InvalidArgumentError, SandboxError
 from ..results import ExecuteResult, OutputChunk
 
 __all__ = ["MAX_COMMAND_BYTES", "OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel",
@@ -74,10 +74,6 @@ def _raw_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
     """A plain stream read as stdout frames (a local supervisor's, without docker's framing)."""
     while chunk := sock.recv(1 << 18):
         yield 1, chunk
-
-
-class ChannelClosedError(SandboxError):
-    """The execution channel closed (the supervisor or the container went away)."""
 
 
 class Channel(Protocol):

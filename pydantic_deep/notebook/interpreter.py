@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._guest.kernel import decode_value, encode_json, encode_value
-from ..errors import SandboxError
+from ..errors import CellError, InvalidArgumentError, SandboxError
 from ..execution.channel import Process
 from ..results import OutputChunk
 from ..sandbox.docker import DockerSandbox
@@ -25,14 +25,6 @@ __all__ = ["CellError", "CellResult", "SandboxInterpreter"]
 
 Event = dict[str, Any]
 """One message of the kernel: ``{"kind": "stream" | "display" | "result" | "error" | ..., ...}``."""
-
-
-class CellError(SandboxError):
-    """A cell raised an exception inside the sandbox; the message is the sandbox's traceback."""
-
-    def __init__(self, ename: str, evalue: str, traceback: str) -> None:
-        self.ename, self.evalue, self.traceback = ename, evalue, traceback
-        super().__init__(traceback or f"{ename}: {evalue}")
 
 
 @dataclass
@@ -85,7 +77,7 @@ class SandboxInterpreter:
 
     def __init__(self, sandbox: DockerSandbox, language: str = "python") -> None:
         if language not in _LANGUAGES:
-            raise ValueError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
+            raise InvalidArgumentError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
         self.sandbox = sandbox
         self.language = language
         self._process: Process | None = None

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import posixpath
 import shlex
@@ -44,14 +45,18 @@ from requests.exceptions import ChunkedEncodingError
 from .._html import field_table
 from ..arguments import file_content
 from ..config import RuntimeConfig
+from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
 from ..engine.volumes import ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
     SandboxError,
     SandboxStateError,
     TransferInterruptedError,
+    shown,
 )
 from ..execution.channel import (
     Channel,
@@ -100,23 +105,58 @@ def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Co
     return tracked
 
 
-def _size_in_bytes(argument: str, size: str | None) -> int | None:
-    """``size`` in Docker's notation (``"512m"``, ``"1g"``) as bytes; ``None`` stays ``None``."""
+_MIN_MEMORY = 6 * 1024 * 1024  # the least memory limit the engine accepts
+
+
+def _size_in_bytes(argument: str, size: str | int | None, *, minimum: int = 1) -> int | None:
+    """``size`` in Docker's notation (``"512m"``, ``"1g"``, or bytes) as bytes; ``None`` stays ``None``.
+
+    Raises:
+        InvalidArgumentError: not a size, or less than ``minimum`` bytes.
+    """
     if size is None:
         return None
+    if isinstance(size, bool) or not isinstance(size, (str, int)):
+        raise InvalidArgumentTypeError(
+            f"{argument} must be a size like '512m' or '1g' (or None for no limit), not {type(size).__name__}")
     try:
         value = parse_bytes(size)
     except docker.errors.DockerException:
-        raise ValueError(f"{argument} must be a size like '512m' or '1g', not {size!r}") from None
-    if value <= 0:
-        raise ValueError(f"{argument} must be positive, not {size!r}")
+        raise InvalidArgumentError(
+            f"{argument} must be a size like '512m' or '1g' (or None for no limit), not {shown(str(size))}") from None
+    if value < minimum:
+        least = "positive" if minimum == 1 else f"at least {minimum // (1024 * 1024)}m"
+        raise InvalidArgumentError(f"{argument} must be {least}, not {size!r} (or None for no limit)")
     return value
 
 
+def _checked_cpus(cpus: float | None) -> float | None:
+    if cpus is None:
+        return None
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)):
+        raise InvalidArgumentTypeError(f"cpus must be a number of cores like 1.5 (or None), not {type(cpus).__name__}")
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise InvalidArgumentError(f"cpus must be a positive number of cores like 0.5 or 2 (or None), not {cpus!r}")
+    return float(cpus)
+
+
+def _checked_pids_limit(pids_limit: int | None) -> int | None:
+    if pids_limit is None:
+        return None
+    if isinstance(pids_limit, bool) or not isinstance(pids_limit, int):
+        raise InvalidArgumentTypeError(
+            f"pids_limit must be a whole number of processes (or None), not {type(pids_limit).__name__}")
+    if pids_limit < 1:
+        raise InvalidArgumentError(f"pids_limit must be at least 1 (or None for no limit), not {pids_limit!r}")
+    return pids_limit
+
+
 def _parse_user(user: str) -> tuple[int, int]:
+    if not isinstance(user, str):
+        raise InvalidArgumentTypeError(f"user must be a str like '1000:1000', not {type(user).__name__}")
     uid, _, gid = user.partition(":")
-    if not uid.isdigit() or (gid and not gid.isdigit()):
-        raise ValueError(f"user must be numeric 'uid' or 'uid:gid', not {user!r}")
+    if not uid.isascii() or not uid.isdigit() or (gid and not (gid.isascii() and gid.isdigit())):
+        raise InvalidArgumentError(f"user must be numeric 'uid' or 'uid:gid' like '1000:1000', not {shown(user)}")
     return int(uid), int(gid or uid)
 
 
@@ -201,9 +241,12 @@ class DockerSandbox(SandboxBase):
         self.network = self.runtime.network if network is None else network
         self.user = user
         self._uid, self._gid = _parse_user(user)
-        self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
+        _size_in_bytes("memory", memory, minimum=_MIN_MEMORY)
+        self.memory = memory
+        self.cpus, self.pids_limit = _checked_cpus(cpus), _checked_pids_limit(pids_limit)
         self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
         self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
+        _size_in_bytes("disk_size", disk_size)
         self.disk_size = disk_size
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         self.block_metadata = block_metadata
@@ -291,8 +334,7 @@ class DockerSandbox(SandboxBase):
                            self.image, METADATA_ADDRESS)
             return
         block_metadata(client, container_id, image, self._python,
-                       {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
-                        "pydantic-deep.owner-host": socket.gethostname()})
+                       label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()}))
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
@@ -324,18 +366,18 @@ class DockerSandbox(SandboxBase):
             except NotFound:
                 raise SandboxStateError(f"no sandbox container {container!r}") from None
         labels = attrs["Config"]["Labels"] or {}
-        if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
+        if label.RUNTIME_CONFIG not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
         sandbox = cls(
-            RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
-            user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
+            RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG]),
+            user=attrs["Config"]["User"], session_id=labels[label.SESSION],
             name=attrs["Name"].lstrip("/"), remove_on_exit=remove_on_exit,
             volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
-            labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
+            labels={k: v for k, v in labels.items() if not k.startswith(label.PREFIX)}, **options,
         )
-        sandbox.image = labels.get("pydantic-deep.image")
+        sandbox.image = labels.get(label.IMAGE)
         with sandbox._lock, engine_errors():
-            sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
+            sandbox._python = client.images.get(attrs["Image"]).labels.get(label.PYTHON) or None
             sandbox._channel = sandbox._open_channel(attrs["Id"])
             sandbox._adopt(client, attrs["Id"])
         return sandbox
@@ -448,14 +490,14 @@ class DockerSandbox(SandboxBase):
             volumes=volumes,
             labels={
                 **self.labels,
-                "pydantic-deep.managed": "true",
-                "pydantic-deep.session": self.session_id,
-                "pydantic-deep.runtime": self.runtime.name,
-                "pydantic-deep.runtime-config": self.runtime.model_dump_json(),
-                "pydantic-deep.image": self.image or "",
-                "pydantic-deep.created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "pydantic-deep.owner-pid": str(os.getpid()),
-                "pydantic-deep.owner-host": socket.gethostname(),
+                label.MANAGED: "true",
+                label.SESSION: self.session_id,
+                label.RUNTIME: self.runtime.name,
+                label.RUNTIME_CONFIG: self.runtime.model_dump_json(),
+                label.IMAGE: self.image or "",
+                label.CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
+                label.OWNER_PID: str(os.getpid()),
+                label.OWNER_HOST: socket.gethostname(),
             },
             init=True,
             # Nothing reads the container's log, and a command can write to it (through the main

@@ -34,10 +34,11 @@ import docker
 
 from .._html import field_table
 from ..config import RuntimeConfig
+from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
 from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_labels
-from ..errors import InvalidArgumentError, SandboxError, SandboxStateError, shown
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStateError, SessionLimitError, shown
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
 from ..sandbox.docker import DockerSandbox
@@ -48,17 +49,13 @@ __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 
 logger = logging.getLogger("pydantic_deep.sessions")
 
-_LABEL_MANAGER = "pydantic-deep.manager"
-_LABEL_USER = "pydantic-deep.user-id"
-_LABEL_WORK = "pydantic-deep.work-volume"
-_LABEL_UPLOADS = "pydantic-deep.uploads-volume"
-_LABEL_RUNTIME = "pydantic-deep.runtime-config"
-_LABEL_CREATED = "pydantic-deep.session-created"
-_LABEL_POOL = "pydantic-deep.pool"
-
-
-class SessionLimitError(SandboxError):
-    """The manager already holds ``max_sessions`` sessions."""
+_LABEL_MANAGER = label.MANAGER
+_LABEL_USER = label.USER_ID
+_LABEL_WORK = label.WORK_VOLUME
+_LABEL_UPLOADS = label.UPLOADS_VOLUME
+_LABEL_RUNTIME = label.RUNTIME_CONFIG
+_LABEL_CREATED = label.SESSION_CREATED
+_LABEL_POOL = label.POOL
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ def _checked_manager_name(name: str) -> str:
     # Used as is in container and volume names: a name that had to be changed to fit ("My App"
     # into "my-app") could be another manager's, whose sessions this one would then take over.
     if not isinstance(name, str):
-        raise TypeError(f"a manager name must be a str, not {type(name).__name__}")
+        raise InvalidArgumentTypeError(f"a manager name must be a str, not {type(name).__name__}")
     if not _MANAGER_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"manager name {shown(name)} must be 1-30 lowercase letters, digits and '-', starting and ending "
@@ -155,7 +152,7 @@ class SessionManager:
 
     def _key(self, user_id: str) -> str:
         if not isinstance(user_id, str):
-            raise TypeError(f"a user id must be a str, not {type(user_id).__name__}")
+            raise InvalidArgumentTypeError(f"a user id must be a str, not {type(user_id).__name__}")
         if not user_id:
             raise InvalidArgumentError("a user id must not be empty")
         return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
