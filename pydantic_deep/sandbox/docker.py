@@ -46,6 +46,7 @@ from .._html import field_table
 from ..arguments import file_content
 from ..config import RuntimeConfig
 from ..engine import labels as label
+from ..engine.api import attach_stdin
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
 from ..engine.volumes import ensure_volume, remove_volume
@@ -316,7 +317,7 @@ class DockerSandbox(SandboxBase):
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
-                    self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+                    self._lifeline = attach_stdin(client, container.id)
                 container.start()
                 self._python = prepared.python
                 if self.network and self.block_metadata:
