@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import json
 import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +41,7 @@ from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
 from ..sandbox.docker import DockerSandbox
 from ..sandbox.pool import SandboxPool
+from . import naming
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
 
 __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
@@ -155,10 +154,10 @@ class SessionManager:
             raise InvalidArgumentTypeError(f"a user id must be a str, not {type(user_id).__name__}")
         if not user_id:
             raise InvalidArgumentError("a user id must not be empty")
-        return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return naming.user_key(user_id)
 
     def _container_name(self, key: str) -> str:
-        return f"pd-{self.name}-{key}"
+        return naming.session_name(self.name, key)
 
     def _registry_key(self, key: str) -> str:
         return f"{self.name}:{key}"
@@ -258,13 +257,14 @@ class SessionManager:
         name = self._container_name(key)
         remove_container(docker_client(), name)  # a dead container of this session holds the name
         # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
-        work, uploads = _split_volumes(volumes) if volumes else (f"{name}-work", f"{name}-uploads")
+        work, uploads = _split_volumes(volumes) if volumes else naming.volume_names(name)
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
                              session_id=key, **self._sandbox_options()).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
-        name = f"pd-{self.name}-pool-{uuid.uuid4().hex[:12]}"
-        volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": UPLOADS_DIR}
+        name = naming.pool_name(self.name)
+        work, uploads = naming.volume_names(name)
+        volumes = {work: self.default_runtime.work_dir, uploads: UPLOADS_DIR}
         options = self._sandbox_options()
         options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
@@ -396,8 +396,7 @@ class SessionManager:
             await asyncio.to_thread(self._pool.close)
         keys = {k.split(":", 1)[1] for k in self.registry.records(f"{self.name}:")} | set(self._sandboxes)
         if not keep_files:  # sessions of earlier processes too: their files are recorded in the engine
-            keys |= {name.removeprefix(f"pd-{self.name}-") for name in find_volumes(self._labels())
-                     if self._container_name(name.removeprefix(f"pd-{self.name}-")) == name}
+            keys |= {key for name in find_volumes(self._labels()) if (key := naming.session_key(self.name, name))}
         running = sum(1 for key in keys if key in self._sandboxes or self._is_running(key))
         await asyncio.gather(*(asyncio.to_thread(self._end_session, key, not keep_files) for key in keys))
         return running
@@ -461,9 +460,10 @@ class SessionManager:
             for container in containers:
                 if not self._orphaned(container):
                     continue
-                key = container.name.removeprefix(f"pd-{self.name}-")
-                record = self._record_from_engine(key) if container.name == self._container_name(key) else None
-                if record is not None and self.orphans == "adopt" and container.status == "running":
+                key = naming.session_key(self.name, container.name)
+                record = self._record_from_engine(key) if key is not None else None
+                if key is not None and record is not None and self.orphans == "adopt" \
+                        and container.status == "running":
                     sandbox = self._attach(container.name)
                     if sandbox is not None:
                         record.last_used = time.time()
