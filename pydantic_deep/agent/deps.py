@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError
 from ..paths import UPLOADS_DIR
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.base import SandboxBase
 
 __all__ = ["DeepAgentDeps", "UploadedFile"]
 
@@ -57,7 +57,7 @@ class DeepAgentDeps:
         uploads: What :meth:`upload_file` put into ``/uploads``, by name.
     """
 
-    backend: DockerSandbox
+    backend: SandboxBase
     max_upload_bytes: int = 100 * 1024 * 1024
     uploads: dict[str, UploadedFile] = field(default_factory=dict)
 

@@ -66,15 +66,27 @@ class Channel(Protocol):
     """What a sandbox needs from an execution channel."""
 
     def run(self, command: str, *, timeout: float, max_output: int,
-            on_output: OutputCallback | None = None) -> ExecuteResult: ...
+            on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Run ``command`` to its end (or its ``timeout``), keeping at most ``max_output`` bytes."""
 
     async def arun(self, command: str, *, timeout: float, max_output: int,
-                   on_output: OutputCallback | None = None) -> ExecuteResult: ...
+                   on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Async form of :meth:`run`."""
+
+    def spawn(self, command: str, on_output: OutputCallback) -> Process:
+        """Start a long-lived command with an open stdin; its output goes to ``on_output`` alone."""
 
     @property
-    def alive(self) -> bool: ...
+    def alive(self) -> bool:
+        """Whether commands can still run through it."""
 
-    def close(self) -> None: ...
+    @property
+    def multiplexed(self) -> bool:
+        """Commands share one stream to the supervisor: :meth:`alive` is known without asking the
+        engine, and :meth:`arun` waits on the event loop instead of a thread."""
+
+    def close(self) -> None:
+        """Close it; what still runs through it is killed."""
 
 
 class _OutputBuffer:
@@ -148,6 +160,7 @@ class DockerExecChannel:
 
     client: docker.DockerClient
     container_id: str
+    multiplexed = False
 
     @property
     def alive(self) -> bool:
@@ -173,6 +186,10 @@ class DockerExecChannel:
                    on_output: OutputCallback | None = None) -> ExecuteResult:
         return await asyncio.to_thread(self.run, command, timeout=timeout, max_output=max_output,
                                        on_output=on_output)
+
+    def spawn(self, command: str, on_output: OutputCallback) -> Process:
+        """Start a long-lived command over a ``docker exec -i`` of its own."""
+        return ExecProcess(self.client, self.container_id, command, on_output)
 
     def close(self) -> None:
         pass
@@ -220,6 +237,8 @@ class SupervisorChannel:
     closes, every pending command fails with :class:`ChannelClosedError` and :attr:`alive` turns
     false, so the owner can open a new channel.
     """
+
+    multiplexed = True
 
     def __init__(self, sock: socket.socket, client: docker.DockerClient | None, container_id: str, *,
                  framed: bool = True) -> None:

@@ -19,7 +19,7 @@ from .._guest.kernel import decode_value, encode_json, encode_value
 from ..errors import CellError, InvalidArgumentError, SandboxError
 from ..execution.channel import Process
 from ..results import OutputChunk
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.base import SandboxBase
 
 __all__ = ["CellError", "CellResult", "SandboxInterpreter"]
 
@@ -75,7 +75,7 @@ class SandboxInterpreter:
         ```
     """
 
-    def __init__(self, sandbox: DockerSandbox, language: str = "python") -> None:
+    def __init__(self, sandbox: SandboxBase, language: str = "python") -> None:
         if language not in _LANGUAGES:
             raise InvalidArgumentError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
         self.sandbox = sandbox

@@ -63,7 +63,6 @@ from ..execution.channel import (
     Channel,
     ChannelClosedError,
     DockerExecChannel,
-    ExecProcess,
     OutputCallback,
     Process,
     SupervisorChannel,
@@ -277,7 +276,8 @@ class DockerSandbox(SandboxBase):
     @property
     def has_python(self) -> bool:
         """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
-        return isinstance(self._channel, SupervisorChannel)
+        channel = self._channel
+        return channel is not None and channel.multiplexed
 
     @property
     def alive(self) -> bool:
@@ -530,13 +530,6 @@ class DockerSandbox(SandboxBase):
             raise SandboxStateError("this sandbox was stopped; call start() to run a fresh container")
         return self.container_id
 
-    async def __aenter__(self) -> Self:
-        await self.astart()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.astop()
-
     # -- commands -----------------------------------------------------------------------------
 
     @_in_use
@@ -566,7 +559,7 @@ class DockerSandbox(SandboxBase):
         with self._activity(), engine_errors():
             try:
                 channel = self._channel
-                if not (self.state is SandboxState.RUNNING and isinstance(channel, SupervisorChannel)
+                if not (self.state is SandboxState.RUNNING and channel is not None and channel.multiplexed
                         and channel.alive):
                     # Starting, re-opening or asking the engine: in a worker thread, off the loop.
                     channel = await asyncio.to_thread(self._live_channel)
@@ -581,10 +574,7 @@ class DockerSandbox(SandboxBase):
 
         Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
         """
-        channel = self._live_channel()
-        if isinstance(channel, SupervisorChannel):
-            return channel.spawn(command, on_output)
-        return ExecProcess(docker_client(), self._running_id(), command, on_output)
+        return self._live_channel().spawn(command, on_output)
 
     # -- files --------------------------------------------------------------------------------
 
