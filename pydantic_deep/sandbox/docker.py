@@ -78,7 +78,7 @@ from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
 from .metadata import METADATA_ADDRESS, block_metadata
 
-__all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
+__all__ = ["DockerSandbox"]
 
 logger = logging.getLogger("pydantic_deep.sandbox")
 
