@@ -300,11 +300,27 @@ def test_bad_arguments_of_every_backend(backend: type[SandboxBase], options: dic
     ({"user": "root"}, "user must be numeric 'uid' or 'uid:gid'"),
     ({"user": "1000:x"}, "user must be numeric"),
     ({"user": 1000}, "user must be a str"),
+    ({"volumes": {"bad name": "/data"}}, "'bad name' is not a volume name"),
+    ({"volumes": {"data": "relative"}}, "must be mounted at an absolute path"),
 ])
 def test_bad_docker_arguments_name_the_argument(options: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message) as caught:
         DockerSandbox("python-minimal", **options)  # type: ignore[arg-type]
     assert isinstance(caught.value, ValueError)  # callers that caught ValueError still do
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"default_idle_timeout": 0}, "default_idle_timeout must be a positive number"),
+    ({"default_idle_timeout": "1h"}, "default_idle_timeout must be a number"),
+    ({"max_sessions": 0}, "max_sessions must be at least 1"),
+    ({"pool_size": -1}, "pool_size must be at least 0"),
+    ({"pool_size": 1.0}, "pool_size must be a whole number"),
+    ({"orphans": "eat"}, "orphans must be 'adopt' or 'reap'"),
+    ({"name": "My App"}, "manager name 'My App' must be"),
+])
+def test_bad_session_manager_arguments(options: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        pydantic_deep.SessionManager(**options)  # type: ignore[arg-type]
 
 
 def test_every_error_is_in_errors_exported_and_drawn() -> None:

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import posixpath
+import re
 import shlex
 import socket
 import tarfile
@@ -151,6 +152,24 @@ def _checked_pids_limit(pids_limit: int | None) -> int | None:
     return pids_limit
 
 
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # what the engine accepts
+
+
+def _checked_volumes(volumes: Mapping[str, str] | None) -> dict[str, str]:
+    """``volumes`` as a dict, checked before any volume is made: engine names, absolute paths."""
+    checked = dict(volumes or {})
+    for name, path in checked.items():
+        if not isinstance(name, str) or not _VOLUME_NAME.fullmatch(name):
+            raise InvalidArgumentError(
+                f"volumes: {shown(str(name))} is not a volume name; use letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit")
+        if not isinstance(path, str) or not posixpath.isabs(path) or "\0" in path:
+            raise InvalidArgumentError(
+                f"volumes: the volume {name!r} must be mounted at an absolute path in the container, "
+                f"not {shown(str(path))}")
+    return checked
+
+
 def _parse_user(user: str) -> tuple[int, int]:
     if not isinstance(user, str):
         raise InvalidArgumentTypeError(f"user must be a str like '1000:1000', not {type(user).__name__}")
@@ -256,7 +275,7 @@ class DockerSandbox(SandboxBase):
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.labels = dict(labels or {})
         self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
-        self.volumes = dict(volumes or {})
+        self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.image: str | None = None
         self.container_id: str | None = None

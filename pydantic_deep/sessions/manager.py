@@ -85,6 +85,28 @@ def _checked_manager_name(name: str) -> str:
     return name
 
 
+def _check_options(default_idle_timeout: float, max_sessions: int | None, pool_size: int, orphans: str) -> None:
+    """Refuse, before anything is made, options a manager could only misread."""
+    if isinstance(default_idle_timeout, bool) or not isinstance(default_idle_timeout, (int, float)):
+        raise InvalidArgumentTypeError(
+            f"default_idle_timeout must be a number of seconds, not {type(default_idle_timeout).__name__}")
+    if not default_idle_timeout > 0:  # NaN too
+        raise InvalidArgumentError(
+            f"default_idle_timeout must be a positive number of seconds, not {default_idle_timeout!r}")
+    if max_sessions is not None:
+        _check_count("max_sessions", max_sessions, 1)
+    _check_count("pool_size", pool_size, 0)
+    if orphans not in ("adopt", "reap"):
+        raise InvalidArgumentError(f"orphans must be 'adopt' or 'reap', not {shown(str(orphans))}")
+
+
+def _check_count(argument: str, value: int, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentTypeError(f"{argument} must be a whole number, not {type(value).__name__}")
+    if value < least:
+        raise InvalidArgumentError(f"{argument} must be at least {least}, not {value!r}")
+
+
 class SessionManager:
     """One isolated, persistent sandbox per user.
 
@@ -130,6 +152,7 @@ class SessionManager:
         orphans: Literal["adopt", "reap"] = "adopt",
         **sandbox_options: Any,
     ) -> None:
+        _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
         self.name = _checked_manager_name(name)
