@@ -21,12 +21,11 @@ import docker
 __all__ = ["Exec", "archive_stat", "attach_stdin", "docker_frames"]
 
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header: stream, size
-STDOUT, STDERR = 1, 2
 
 
 def docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
     """The ``(stream, payload)`` frames of a hijacked ``docker exec`` stream, until it ends;
-    ``stream`` is :data:`STDOUT` or :data:`STDERR`."""
+    ``stream`` is 1 for standard output, 2 for standard error."""
     buffer = bytearray()
     while chunk := sock.recv(1 << 18):
         buffer += chunk
