@@ -11,15 +11,19 @@ from typing import Any
 from .agent.deps import DeepAgentDeps, UploadedFile
 from .config import RuntimeConfig
 from .errors import (
+    CellError,
+    ChannelClosedError,
     ContainerGoneError,
     DockerUnavailableError,
     ImageBuildError,
     ImageNotAvailableError,
     InvalidArgumentError,
+    InvalidArgumentTypeError,
     PathOutsideSandboxError,
     SandboxError,
     SandboxFileNotFoundError,
     SandboxStateError,
+    SessionLimitError,
     TransferInterruptedError,
     UnknownBackendError,
     UnknownRuntimeError,
@@ -29,17 +33,19 @@ from .images.certs import CaBundle, resolve_ca_bundle
 from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
 from .sandbox.backends import default_backend, open_sandbox
-from .sandbox.base import SandboxState
+from .sandbox.base import SandboxBase, SandboxState
 from .sandbox.docker import DockerSandbox
 from .sandbox.local import LocalSandbox
 from .sandbox.pool import SandboxPool
-from .sessions.manager import SessionInfo, SessionLimitError, SessionManager
+from .sessions.manager import SessionInfo, SessionManager
 from .sessions.registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 from .sessions.sync import SyncSessionManager
 
 __all__ = [
     "BUILTIN_RUNTIMES",
     "CaBundle",
+    "CellError",
+    "ChannelClosedError",
     "CommandStream",
     "ContainerGoneError",
     "DeepAgentDeps",
@@ -51,6 +57,7 @@ __all__ = [
     "ImageNotAvailableError",
     "InMemoryRegistry",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "LocalSandbox",
     "OutputChunk",
     "PathOutsideSandboxError",
@@ -59,6 +66,7 @@ __all__ = [
     "RuntimeConfig",
     "SandboxError",
     "SandboxFileNotFoundError",
+    "SandboxBase",
     "SandboxPool",
     "SandboxState",
     "SandboxStateError",

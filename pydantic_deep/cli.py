@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 
+from .engine import labels as label
 from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone
 from .errors import InvalidArgumentError, SandboxError
@@ -48,7 +49,7 @@ def _images_build(args: argparse.Namespace) -> None:
 
 
 def _images_list(args: argparse.Namespace) -> None:
-    for image in docker_client().images.list(filters={"label": "pydantic-deep.managed=true"}):
+    for image in docker_client().images.list(filters={"label": label.MANAGED_FILTER}):
         size = image.attrs.get("Size", 0) / 1e6
         print(f"{', '.join(image.tags) or image.short_id:60} {size:8.0f} MB")
 
@@ -57,7 +58,7 @@ def _prune(args: argparse.Namespace) -> None:
     """Remove sandbox containers whose owning process on this host is gone (or all, with --all)."""
     client = docker_client()
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": "pydantic-deep.managed=true"}):
+    for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}):
         if not args.all and not owner_gone(container.labels):
             continue
         container.remove(force=True)

@@ -9,11 +9,17 @@ One root, so ``except SandboxError`` catches all of them::
     ├── ImageNotAvailableError      a base image that is neither local, pullable nor bootstrappable
     ├── ImageBuildError             a runtime image failed to build (carries the log tail)
     ├── InvalidArgumentError        an argument that cannot be used as given (names it and the problem)
+    │   └── InvalidArgumentTypeError    an argument of the wrong type (also a TypeError)
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     ├── TransferInterruptedError    a file transfer was cut off, its container still running
+    ├── ChannelClosedError          the execution channel closed (supervisor or container went away)
+    ├── SessionLimitError           a SessionManager already holds max_sessions sessions
+    ├── CellError                   a notebook cell raised inside the sandbox (carries its traceback)
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
+
+Every ``InvalidArgumentError`` is raised before anything is done: bad input changes nothing.
 
 Invalid ``RuntimeConfig`` fields raise pydantic's ``ValidationError`` (a ``ValueError``), whose
 message names the field and the problem.
@@ -22,15 +28,19 @@ message names the field and the problem.
 from __future__ import annotations
 
 __all__ = [
+    "CellError",
+    "ChannelClosedError",
     "ContainerGoneError",
     "DockerUnavailableError",
     "ImageBuildError",
     "ImageNotAvailableError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
     "SandboxStateError",
+    "SessionLimitError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
@@ -96,7 +106,13 @@ class ImageBuildError(SandboxError):
 class InvalidArgumentError(SandboxError, ValueError):
     """An argument that cannot be used as given: a path or command holding a NUL byte or text that
     is not valid Unicode, a path too long for the container's file system, a timeout that is not a
-    positive number. The message names the argument and the problem."""
+    positive number, a size or user id Docker cannot read. The message names the argument, the
+    problem and what to give instead; nothing was changed."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong type (a number where a name is expected, say). Also a
+    ``TypeError``, as Python's own functions raise for one."""
 
 
 class PathOutsideSandboxError(SandboxError, ValueError):
@@ -126,6 +142,28 @@ class TransferInterruptedError(SandboxError):
     """A file transfer was cut off (its process killed, or its stream stalled) while the container
     went on running; nothing was written. When the container is what went, the error is
     :class:`ContainerGoneError` instead."""
+
+
+class ChannelClosedError(SandboxError):
+    """The execution channel closed (the supervisor or the container went away)."""
+
+
+class SessionLimitError(SandboxError):
+    """A :class:`SessionManager` already holds ``max_sessions`` sessions."""
+
+
+class CellError(SandboxError):
+    """A cell raised an exception inside the sandbox; the message is the sandbox's traceback.
+
+    Attributes:
+        ename: The exception's class name.
+        evalue: Its message.
+        traceback: The traceback, as the sandbox's interpreter printed it.
+    """
+
+    def __init__(self, ename: str, evalue: str, traceback: str) -> None:
+        self.ename, self.evalue, self.traceback = ename, evalue, traceback
+        super().__init__(traceback or f"{ename}: {evalue}")
 
 
 class SandboxStateError(SandboxError, RuntimeError):

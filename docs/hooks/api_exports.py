@@ -36,6 +36,13 @@ def _member(package: griffe.Module, name: str) -> griffe.Object:
     return module[name]
 
 
+def _modules(package: griffe.Module) -> Iterator[griffe.Module]:
+    """Every module of ``package``, its subpackages' too."""
+    for module in package.modules.values():
+        yield module
+        yield from _modules(module)
+
+
 def exports_table(package_name: str, search_path: Path) -> str:
     extensions = griffe.load_extensions(f"{HOOKS / 'sphinx_roles.py'}:SphinxRoles")
     package = griffe.load(package_name, search_paths=[str(search_path)], extensions=extensions)

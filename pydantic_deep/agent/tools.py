@@ -29,6 +29,7 @@ from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.toolsets import FunctionToolset
 
 from ..errors import (
+    ChannelClosedError,
     DockerUnavailableError,
     ImageBuildError,
     ImageNotAvailableError,
@@ -36,7 +37,7 @@ from ..errors import (
     SandboxStateError,
     TransferInterruptedError,
 )
-from ..execution.channel import ChannelClosedError, OutputCallback
+from ..execution.channel import OutputCallback
 from ..paths import UPLOADS_DIR
 from .deps import DeepAgentDeps
 from .prompt import BASE_INSTRUCTIONS, runtime_section, uploads_section

@@ -21,6 +21,7 @@ from typing import Any
 import docker
 from docker.errors import ImageNotFound, NotFound
 
+from ..engine import labels as label
 from ..engine.containers import path_stat, remove_container
 from ..paths import TOOLS_DIR
 from .archive import entries_tar, iter_single_file
@@ -34,7 +35,6 @@ SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.py"
 KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
 JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
-_PYTHON_LABEL = "pydantic-deep.python"
 
 _prepared: dict[tuple[Any, ...], PreparedImage] = {}
 _prepared_lock = threading.Lock()
@@ -70,7 +70,7 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
             labels = client.images.get(tag).labels
         except ImageNotFound:
             labels = _commit_prepared(client, image_id, tag, uid, gid, roots, tools)
-    prepared = PreparedImage(tag, labels.get(_PYTHON_LABEL) or None)
+    prepared = PreparedImage(tag, labels.get(label.PYTHON) or None)
     with _prepared_lock:
         _prepared[key] = prepared
     return prepared
@@ -78,17 +78,17 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
 
 def _commit_prepared(client: docker.DockerClient, image_id: str, tag: str, uid: int, gid: int,
                      roots: tuple[str, ...], tools: dict[str, bytes]) -> dict[str, str]:
-    container = client.api.create_container(image_id, labels={"pydantic-deep.managed": "true"})["Id"]
+    container = client.api.create_container(image_id, labels=label.managed())["Id"]
     try:
         client.api.put_archive(container, "/", _setup_archive(client, container, uid, gid, roots, tools))
         python = next((p for p in _PYTHON_CANDIDATES if path_stat(client, container, p)), "")
-        labels = {"pydantic-deep.managed": "true", "pydantic-deep.kind": "prepared", _PYTHON_LABEL: python}
+        image_labels = label.managed({label.KIND: label.KIND_PREPARED, label.PYTHON: python})
         repository, version = tag.rsplit(":", 1)
         client.api.commit(container, repository=repository, tag=version,
-                          changes=[f'LABEL {name}="{value}"' for name, value in labels.items()])
+                          changes=[f'LABEL {name}="{value}"' for name, value in image_labels.items()])
     finally:
         remove_container(client, container)
-    return labels
+    return image_labels
 
 
 def _setup_archive(client: docker.DockerClient, container_id: str, uid: int, gid: int,

@@ -16,23 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._guest.kernel import decode_value, encode_json, encode_value
-from ..errors import SandboxError
+from ..errors import CellError, InvalidArgumentError, SandboxError
 from ..execution.channel import Process
 from ..results import OutputChunk
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.base import SandboxBase
 
 __all__ = ["CellError", "CellResult", "SandboxInterpreter"]
 
 Event = dict[str, Any]
 """One message of the kernel: ``{"kind": "stream" | "display" | "result" | "error" | ..., ...}``."""
-
-
-class CellError(SandboxError):
-    """A cell raised an exception inside the sandbox; the message is the sandbox's traceback."""
-
-    def __init__(self, ename: str, evalue: str, traceback: str) -> None:
-        self.ename, self.evalue, self.traceback = ename, evalue, traceback
-        super().__init__(traceback or f"{ename}: {evalue}")
 
 
 @dataclass
@@ -83,9 +75,9 @@ class SandboxInterpreter:
         ```
     """
 
-    def __init__(self, sandbox: DockerSandbox, language: str = "python") -> None:
+    def __init__(self, sandbox: SandboxBase, language: str = "python") -> None:
         if language not in _LANGUAGES:
-            raise ValueError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
+            raise InvalidArgumentError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
         self.sandbox = sandbox
         self.language = language
         self._process: Process | None = None

@@ -27,7 +27,7 @@ from ..errors import SandboxError
 from ..results import OutputChunk
 from ..runtimes import get_runtime, list_runtimes
 from ..sandbox.backends import BACKENDS, default_backend, open_sandbox
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.base import SandboxBase
 from .interpreter import CellError, Event, SandboxInterpreter
 
 __all__ = ["SandboxMagics"]
@@ -68,7 +68,7 @@ class SandboxMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.sandboxes: dict[str, DockerSandbox] = {}
+        self.sandboxes: dict[str, SandboxBase] = {}
         self.interpreters: dict[str, SandboxInterpreter] = {}
         self.progress: Callable[[str], None] = _print_progress  # where image build logs go
         self.widgets: list[Any] = []  # closed (their threads stopped) on %unload_ext
@@ -81,7 +81,7 @@ class SandboxMagics(Magics):
 
     # -- sandboxes ----------------------------------------------------------------------------
 
-    def sandbox_for(self, name: str | None = None, runtime: str | None = None) -> DockerSandbox:
+    def sandbox_for(self, name: str | None = None, runtime: str | None = None) -> SandboxBase:
         """The named sandbox (default: the notebook's), started with ``runtime`` if new or changed."""
         name = name or self.session
         wanted = get_runtime(runtime or self.runtime) if runtime or name not in self.sandboxes else None
@@ -93,7 +93,7 @@ class SandboxMagics(Magics):
         config = wanted or get_runtime(self.runtime)
         if self.backend == "local":
             print("Starting a LocalSandbox: cells run on this machine, NOT ISOLATED", file=sys.stderr)
-        sandbox: Any = open_sandbox(config, backend=self.backend, progress=self.progress)
+        sandbox = open_sandbox(config, backend=self.backend, progress=self.progress)
         self.sandboxes[name] = sandbox.start()
         return sandbox
 
@@ -105,7 +105,7 @@ class SandboxMagics(Magics):
             interpreter = self.interpreters[name] = SandboxInterpreter(sandbox, self.language_of(sandbox) or "python")
         return interpreter
 
-    def language_of(self, sandbox: DockerSandbox) -> str | None:
+    def language_of(self, sandbox: SandboxBase) -> str | None:
         """``python`` or ``javascript``: what the sandbox's cells are written in; ``None`` for shell only."""
         key = sandbox.container_id or ""
         if key not in self._languages:

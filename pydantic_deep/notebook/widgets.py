@@ -19,6 +19,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..engine import labels as label
 from ..engine.client import docker_client
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
@@ -135,7 +136,7 @@ class RuntimePicker(_Panel):
 
 
 def _built_tags(runtime_name: str) -> list[str]:
-    images = docker_client().images.list(filters={"label": f"pydantic-deep.runtime={runtime_name}"})
+    images = docker_client().images.list(filters={"label": f"{label.RUNTIME}={runtime_name}"})
     return [tag for image in images for tag in image.tags]
 
 

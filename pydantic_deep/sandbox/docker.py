@@ -22,8 +22,10 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import posixpath
+import re
 import shlex
 import socket
 import tarfile
@@ -44,20 +46,24 @@ from requests.exceptions import ChunkedEncodingError
 from .._html import field_table
 from ..arguments import file_content
 from ..config import RuntimeConfig
+from ..engine import labels as label
+from ..engine.api import attach_stdin
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
 from ..engine.volumes import ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
     SandboxError,
     SandboxStateError,
     TransferInterruptedError,
+    shown,
 )
 from ..execution.channel import (
     Channel,
     ChannelClosedError,
     DockerExecChannel,
-    ExecProcess,
     OutputCallback,
     Process,
     SupervisorChannel,
@@ -73,7 +79,7 @@ from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
 from .metadata import METADATA_ADDRESS, block_metadata
 
-__all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
+__all__ = ["DockerSandbox"]
 
 logger = logging.getLogger("pydantic_deep.sandbox")
 
@@ -100,23 +106,76 @@ def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Co
     return tracked
 
 
-def _size_in_bytes(argument: str, size: str | None) -> int | None:
-    """``size`` in Docker's notation (``"512m"``, ``"1g"``) as bytes; ``None`` stays ``None``."""
+_MIN_MEMORY = 6 * 1024 * 1024  # the least memory limit the engine accepts
+
+
+def _size_in_bytes(argument: str, size: str | int | None, *, minimum: int = 1) -> int | None:
+    """``size`` in Docker's notation (``"512m"``, ``"1g"``, or bytes) as bytes; ``None`` stays ``None``.
+
+    Raises:
+        InvalidArgumentError: not a size, or less than ``minimum`` bytes.
+    """
     if size is None:
         return None
+    if isinstance(size, bool) or not isinstance(size, (str, int)):
+        raise InvalidArgumentTypeError(
+            f"{argument} must be a size like '512m' or '1g' (or None for no limit), not {type(size).__name__}")
     try:
         value = parse_bytes(size)
     except docker.errors.DockerException:
-        raise ValueError(f"{argument} must be a size like '512m' or '1g', not {size!r}") from None
-    if value <= 0:
-        raise ValueError(f"{argument} must be positive, not {size!r}")
+        raise InvalidArgumentError(
+            f"{argument} must be a size like '512m' or '1g' (or None for no limit), not {shown(str(size))}") from None
+    if value < minimum:
+        least = "positive" if minimum == 1 else f"at least {minimum // (1024 * 1024)}m"
+        raise InvalidArgumentError(f"{argument} must be {least}, not {size!r} (or None for no limit)")
     return value
 
 
+def _checked_cpus(cpus: float | None) -> float | None:
+    if cpus is None:
+        return None
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)):
+        raise InvalidArgumentTypeError(f"cpus must be a number of cores like 1.5 (or None), not {type(cpus).__name__}")
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise InvalidArgumentError(f"cpus must be a positive number of cores like 0.5 or 2 (or None), not {cpus!r}")
+    return float(cpus)
+
+
+def _checked_pids_limit(pids_limit: int | None) -> int | None:
+    if pids_limit is None:
+        return None
+    if isinstance(pids_limit, bool) or not isinstance(pids_limit, int):
+        raise InvalidArgumentTypeError(
+            f"pids_limit must be a whole number of processes (or None), not {type(pids_limit).__name__}")
+    if pids_limit < 1:
+        raise InvalidArgumentError(f"pids_limit must be at least 1 (or None for no limit), not {pids_limit!r}")
+    return pids_limit
+
+
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # what the engine accepts
+
+
+def _checked_volumes(volumes: Mapping[str, str] | None) -> dict[str, str]:
+    """``volumes`` as a dict, checked before any volume is made: engine names, absolute paths."""
+    checked = dict(volumes or {})
+    for name, path in checked.items():
+        if not isinstance(name, str) or not _VOLUME_NAME.fullmatch(name):
+            raise InvalidArgumentError(
+                f"volumes: {shown(str(name))} is not a volume name; use letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit")
+        if not isinstance(path, str) or not posixpath.isabs(path) or "\0" in path:
+            raise InvalidArgumentError(
+                f"volumes: the volume {name!r} must be mounted at an absolute path in the container, "
+                f"not {shown(str(path))}")
+    return checked
+
+
 def _parse_user(user: str) -> tuple[int, int]:
+    if not isinstance(user, str):
+        raise InvalidArgumentTypeError(f"user must be a str like '1000:1000', not {type(user).__name__}")
     uid, _, gid = user.partition(":")
-    if not uid.isdigit() or (gid and not gid.isdigit()):
-        raise ValueError(f"user must be numeric 'uid' or 'uid:gid', not {user!r}")
+    if not uid.isascii() or not uid.isdigit() or (gid and not (gid.isascii() and gid.isdigit())):
+        raise InvalidArgumentError(f"user must be numeric 'uid' or 'uid:gid' like '1000:1000', not {shown(user)}")
     return int(uid), int(gid or uid)
 
 
@@ -201,9 +260,12 @@ class DockerSandbox(SandboxBase):
         self.network = self.runtime.network if network is None else network
         self.user = user
         self._uid, self._gid = _parse_user(user)
-        self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
+        _size_in_bytes("memory", memory, minimum=_MIN_MEMORY)
+        self.memory = memory
+        self.cpus, self.pids_limit = _checked_cpus(cpus), _checked_pids_limit(pids_limit)
         self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
         self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
+        _size_in_bytes("disk_size", disk_size)
         self.disk_size = disk_size
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         self.block_metadata = block_metadata
@@ -213,7 +275,7 @@ class DockerSandbox(SandboxBase):
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.labels = dict(labels or {})
         self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
-        self.volumes = dict(volumes or {})
+        self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.image: str | None = None
         self.container_id: str | None = None
@@ -233,7 +295,8 @@ class DockerSandbox(SandboxBase):
     @property
     def has_python(self) -> bool:
         """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
-        return isinstance(self._channel, SupervisorChannel)
+        channel = self._channel
+        return channel is not None and channel.multiplexed
 
     @property
     def alive(self) -> bool:
@@ -273,7 +336,7 @@ class DockerSandbox(SandboxBase):
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
-                    self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+                    self._lifeline = attach_stdin(client, container.id)
                 container.start()
                 self._python = prepared.python
                 if self.network and self.block_metadata:
@@ -291,8 +354,7 @@ class DockerSandbox(SandboxBase):
                            self.image, METADATA_ADDRESS)
             return
         block_metadata(client, container_id, image, self._python,
-                       {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
-                        "pydantic-deep.owner-host": socket.gethostname()})
+                       label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()}))
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
@@ -324,18 +386,18 @@ class DockerSandbox(SandboxBase):
             except NotFound:
                 raise SandboxStateError(f"no sandbox container {container!r}") from None
         labels = attrs["Config"]["Labels"] or {}
-        if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
+        if label.RUNTIME_CONFIG not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
         sandbox = cls(
-            RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
-            user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
+            RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG]),
+            user=attrs["Config"]["User"], session_id=labels[label.SESSION],
             name=attrs["Name"].lstrip("/"), remove_on_exit=remove_on_exit,
             volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
-            labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
+            labels={k: v for k, v in labels.items() if not k.startswith(label.PREFIX)}, **options,
         )
-        sandbox.image = labels.get("pydantic-deep.image")
+        sandbox.image = labels.get(label.IMAGE)
         with sandbox._lock, engine_errors():
-            sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
+            sandbox._python = client.images.get(attrs["Image"]).labels.get(label.PYTHON) or None
             sandbox._channel = sandbox._open_channel(attrs["Id"])
             sandbox._adopt(client, attrs["Id"])
         return sandbox
@@ -448,14 +510,14 @@ class DockerSandbox(SandboxBase):
             volumes=volumes,
             labels={
                 **self.labels,
-                "pydantic-deep.managed": "true",
-                "pydantic-deep.session": self.session_id,
-                "pydantic-deep.runtime": self.runtime.name,
-                "pydantic-deep.runtime-config": self.runtime.model_dump_json(),
-                "pydantic-deep.image": self.image or "",
-                "pydantic-deep.created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "pydantic-deep.owner-pid": str(os.getpid()),
-                "pydantic-deep.owner-host": socket.gethostname(),
+                label.MANAGED: "true",
+                label.SESSION: self.session_id,
+                label.RUNTIME: self.runtime.name,
+                label.RUNTIME_CONFIG: self.runtime.model_dump_json(),
+                label.IMAGE: self.image or "",
+                label.CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
+                label.OWNER_PID: str(os.getpid()),
+                label.OWNER_HOST: socket.gethostname(),
             },
             init=True,
             # Nothing reads the container's log, and a command can write to it (through the main
@@ -487,13 +549,6 @@ class DockerSandbox(SandboxBase):
             raise SandboxStateError("this sandbox was stopped; call start() to run a fresh container")
         return self.container_id
 
-    async def __aenter__(self) -> Self:
-        await self.astart()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.astop()
-
     # -- commands -----------------------------------------------------------------------------
 
     @_in_use
@@ -523,7 +578,7 @@ class DockerSandbox(SandboxBase):
         with self._activity(), engine_errors():
             try:
                 channel = self._channel
-                if not (self.state is SandboxState.RUNNING and isinstance(channel, SupervisorChannel)
+                if not (self.state is SandboxState.RUNNING and channel is not None and channel.multiplexed
                         and channel.alive):
                     # Starting, re-opening or asking the engine: in a worker thread, off the loop.
                     channel = await asyncio.to_thread(self._live_channel)
@@ -538,10 +593,7 @@ class DockerSandbox(SandboxBase):
 
         Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
         """
-        channel = self._live_channel()
-        if isinstance(channel, SupervisorChannel):
-            return channel.spawn(command, on_output)
-        return ExecProcess(docker_client(), self._running_id(), command, on_output)
+        return self._live_channel().spawn(command, on_output)
 
     # -- files --------------------------------------------------------------------------------
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import json
 import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Self
@@ -34,31 +32,29 @@ import docker
 
 from .._html import field_table
 from ..config import RuntimeConfig
+from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
 from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_labels
-from ..errors import InvalidArgumentError, SandboxError, SandboxStateError, shown
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStateError, SessionLimitError, shown
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
 from ..sandbox.docker import DockerSandbox
 from ..sandbox.pool import SandboxPool
+from . import naming
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
 
 __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 
 logger = logging.getLogger("pydantic_deep.sessions")
 
-_LABEL_MANAGER = "pydantic-deep.manager"
-_LABEL_USER = "pydantic-deep.user-id"
-_LABEL_WORK = "pydantic-deep.work-volume"
-_LABEL_UPLOADS = "pydantic-deep.uploads-volume"
-_LABEL_RUNTIME = "pydantic-deep.runtime-config"
-_LABEL_CREATED = "pydantic-deep.session-created"
-_LABEL_POOL = "pydantic-deep.pool"
-
-
-class SessionLimitError(SandboxError):
-    """The manager already holds ``max_sessions`` sessions."""
+_LABEL_MANAGER = label.MANAGER
+_LABEL_USER = label.USER_ID
+_LABEL_WORK = label.WORK_VOLUME
+_LABEL_UPLOADS = label.UPLOADS_VOLUME
+_LABEL_RUNTIME = label.RUNTIME_CONFIG
+_LABEL_CREATED = label.SESSION_CREATED
+_LABEL_POOL = label.POOL
 
 
 @dataclass(frozen=True)
@@ -81,12 +77,34 @@ def _checked_manager_name(name: str) -> str:
     # Used as is in container and volume names: a name that had to be changed to fit ("My App"
     # into "my-app") could be another manager's, whose sessions this one would then take over.
     if not isinstance(name, str):
-        raise TypeError(f"a manager name must be a str, not {type(name).__name__}")
+        raise InvalidArgumentTypeError(f"a manager name must be a str, not {type(name).__name__}")
     if not _MANAGER_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"manager name {shown(name)} must be 1-30 lowercase letters, digits and '-', starting and ending "
             "with a letter or digit (e.g. 'my-app')")
     return name
+
+
+def _check_options(default_idle_timeout: float, max_sessions: int | None, pool_size: int, orphans: str) -> None:
+    """Refuse, before anything is made, options a manager could only misread."""
+    if isinstance(default_idle_timeout, bool) or not isinstance(default_idle_timeout, (int, float)):
+        raise InvalidArgumentTypeError(
+            f"default_idle_timeout must be a number of seconds, not {type(default_idle_timeout).__name__}")
+    if not default_idle_timeout > 0:  # NaN too
+        raise InvalidArgumentError(
+            f"default_idle_timeout must be a positive number of seconds, not {default_idle_timeout!r}")
+    if max_sessions is not None:
+        _check_count("max_sessions", max_sessions, 1)
+    _check_count("pool_size", pool_size, 0)
+    if orphans not in ("adopt", "reap"):
+        raise InvalidArgumentError(f"orphans must be 'adopt' or 'reap', not {shown(str(orphans))}")
+
+
+def _check_count(argument: str, value: int, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentTypeError(f"{argument} must be a whole number, not {type(value).__name__}")
+    if value < least:
+        raise InvalidArgumentError(f"{argument} must be at least {least}, not {value!r}")
 
 
 class SessionManager:
@@ -135,6 +153,7 @@ class SessionManager:
         orphans: Literal["adopt", "reap"] = "adopt",
         **sandbox_options: Any,
     ) -> None:
+        _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
         self.name = _checked_manager_name(name)
@@ -156,13 +175,13 @@ class SessionManager:
 
     def _key(self, user_id: str) -> str:
         if not isinstance(user_id, str):
-            raise TypeError(f"a user id must be a str, not {type(user_id).__name__}")
+            raise InvalidArgumentTypeError(f"a user id must be a str, not {type(user_id).__name__}")
         if not user_id:
             raise InvalidArgumentError("a user id must not be empty")
-        return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return naming.user_key(user_id)
 
     def _container_name(self, key: str) -> str:
-        return f"pd-{self.name}-{key}"
+        return naming.session_name(self.name, key)
 
     def _registry_key(self, key: str) -> str:
         return f"{self.name}:{key}"
@@ -261,13 +280,14 @@ class SessionManager:
         name = self._container_name(key)
         remove_container(docker_client(), name)  # a dead container of this session holds the name
         # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
-        work, uploads = _split_volumes(volumes) if volumes else (f"{name}-work", f"{name}-uploads")
+        work, uploads = _split_volumes(volumes) if volumes else naming.volume_names(name)
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
                              session_id=key, **self._sandbox_options()).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
-        name = f"pd-{self.name}-pool-{uuid.uuid4().hex[:12]}"
-        volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": UPLOADS_DIR}
+        name = naming.pool_name(self.name)
+        work, uploads = naming.volume_names(name)
+        volumes = {work: self.default_runtime.work_dir, uploads: UPLOADS_DIR}
         options = self._sandbox_options()
         options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
@@ -398,8 +418,7 @@ class SessionManager:
             await asyncio.to_thread(self._pool.close)
         keys = {k.split(":", 1)[1] for k in self.registry.records(f"{self.name}:")} | set(self._sandboxes)
         if not keep_files:  # sessions of earlier processes too: their files are recorded in the engine
-            keys |= {name.removeprefix(f"pd-{self.name}-") for name in find_volumes(self._labels())
-                     if self._container_name(name.removeprefix(f"pd-{self.name}-")) == name}
+            keys |= {key for name in find_volumes(self._labels()) if (key := naming.session_key(self.name, name))}
         running = sum(1 for key in keys if key in self._sandboxes or self._is_running(key))
         await asyncio.gather(*(asyncio.to_thread(self._end_session, key, not keep_files) for key in keys))
         return running
@@ -463,9 +482,10 @@ class SessionManager:
             for container in containers:
                 if not self._orphaned(container):
                     continue
-                key = container.name.removeprefix(f"pd-{self.name}-")
-                record = self._record_from_engine(key) if container.name == self._container_name(key) else None
-                if record is not None and self.orphans == "adopt" and container.status == "running":
+                key = naming.session_key(self.name, container.name)
+                record = self._record_from_engine(key) if key is not None else None
+                if key is not None and record is not None and self.orphans == "adopt" \
+                        and container.status == "running":
                     sandbox = self._attach(container.name)
                     if sandbox is not None:
                         self.registry.put(self._registry_key(key), replace(record, last_used=time.time()))

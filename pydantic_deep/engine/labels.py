@@ -1,0 +1,83 @@
+"""The label keys pydantic_deep puts on what it makes in the engine: containers, images, volumes.
+
+The labels are how a later process (``pydantic-deep prune``, a :class:`SessionManager` after a
+crash, ``DockerSandbox.attach``) finds and understands them, so every key is spelled here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "CREATED",
+    "IMAGE",
+    "KIND",
+    "KIND_AIRGAPPED_BASE",
+    "KIND_PREPARED",
+    "MANAGED",
+    "MANAGED_FILTER",
+    "MANAGER",
+    "OWNER_HOST",
+    "OWNER_PID",
+    "POOL",
+    "PREFIX",
+    "PYTHON",
+    "RUNTIME",
+    "RUNTIME_CONFIG",
+    "SESSION",
+    "SESSION_CREATED",
+    "UPLOADS_VOLUME",
+    "USER_ID",
+    "WORK_VOLUME",
+    "managed",
+]
+
+PREFIX = "pydantic-deep."
+"""Every key starts with it: labels without it are the user's own."""
+
+# -- on everything pydantic_deep makes ---------------------------------------------------------
+MANAGED = PREFIX + "managed"
+"""``"true"``: made by pydantic_deep, so ``pydantic-deep prune`` may remove it."""
+MANAGED_FILTER = f"{MANAGED}=true"
+"""The engine's label filter for everything pydantic_deep made."""
+
+# -- containers --------------------------------------------------------------------------------
+SESSION = PREFIX + "session"
+"""The sandbox's session id."""
+RUNTIME = PREFIX + "runtime"
+"""The runtime's name (on runtime images too)."""
+RUNTIME_CONFIG = PREFIX + "runtime-config"
+"""The whole :class:`RuntimeConfig` as JSON (on session volumes too)."""
+IMAGE = PREFIX + "image"
+"""The runtime image the container runs."""
+CREATED = PREFIX + "created"
+"""When the container was made, ISO 8601 in UTC."""
+OWNER_PID = PREFIX + "owner-pid"
+"""The process that made it, so that an orphan can be told from a live one."""
+OWNER_HOST = PREFIX + "owner-host"
+"""The host of that process: a pid means something only there."""
+POOL = PREFIX + "pool"
+"""The session manager whose warm pool made the container."""
+
+# -- images ------------------------------------------------------------------------------------
+KIND = PREFIX + "kind"
+"""What an image is for: :data:`KIND_PREPARED` or :data:`KIND_AIRGAPPED_BASE`."""
+KIND_PREPARED = "prepared"
+KIND_AIRGAPPED_BASE = "airgapped-base"
+PYTHON = PREFIX + "python"
+"""A prepared image's ``python3`` (3.8+) for the supervisor, or empty when it has none."""
+
+# -- session volumes (and their containers) ----------------------------------------------------
+MANAGER = PREFIX + "manager"
+"""The session manager's name."""
+USER_ID = PREFIX + "user-id"
+"""The session's user id, as JSON."""
+WORK_VOLUME = PREFIX + "work-volume"
+UPLOADS_VOLUME = PREFIX + "uploads-volume"
+SESSION_CREATED = PREFIX + "session-created"
+"""When the session began, seconds since the epoch."""
+
+
+def managed(more: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A new label dict marking something as pydantic_deep's, with the labels of ``more``."""
+    return {MANAGED: "true", **(more or {})}
