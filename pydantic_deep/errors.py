@@ -12,6 +12,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     ├── TransferInterruptedError    a file transfer was cut off, its container still running
+    ├── NetworkIsolationError       a networked sandbox's isolation rules could not be set (it did not start)
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
 
@@ -27,6 +28,7 @@ __all__ = [
     "ImageBuildError",
     "ImageNotAvailableError",
     "InvalidArgumentError",
+    "NetworkIsolationError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
@@ -126,6 +128,12 @@ class TransferInterruptedError(SandboxError):
     """A file transfer was cut off (its process killed, or its stream stalled) while the container
     went on running; nothing was written. When the container is what went, the error is
     :class:`ContainerGoneError` instead."""
+
+
+class NetworkIsolationError(SandboxError):
+    """The packet filter rules that keep a networked sandbox away from other sandboxes, the host and
+    private networks could not be set on the engine's host; the sandbox was not started. The
+    message says why (no ``iptables``, an engine that does not manage iptables, no permission)."""
 
 
 class SandboxStateError(SandboxError, RuntimeError):

@@ -1,0 +1,207 @@
+"""The engine host's packet filter rules that keep networked sandboxes apart from everything but the
+outside world.
+
+Docker already keeps its networks apart from each other, and a network made with
+``enable_icc=false`` keeps its containers apart (see :mod:`pydantic_deep.engine.networks`). What
+Docker lets through is the host itself and whatever the host can route to: its own addresses and
+ports, the private networks it sits on, the cloud metadata address. Two chains of the host's
+``filter`` table close that, for every bridge whose name starts with ``pdn-`` (the networks
+pydantic_deep makes):
+
+- ``PYDANTIC-DEEP``, jumped to from Docker's ``DOCKER-USER`` chain (forwarded traffic, before
+  Docker's own rules): refuses private, shared (CGNAT) and link-local destinations, the metadata
+  address among them, except the DNS servers the engine forwards its containers' queries to, and
+  the ranges (or the metadata address) a network was made to allow;
+- ``PYDANTIC-DEEP-INPUT``, jumped to from ``INPUT`` (traffic to the host itself, which
+  ``DOCKER-USER`` never sees): refuses every new connection from a sandbox bridge to any address of
+  the host, the engine's TCP port included.
+
+Refused packets get an ICMP "administratively prohibited" answer, so a connection fails at once
+("No route to host") instead of hanging. Every rule carries the comment ``pydantic-deep``.
+
+The rules are computed from the engine's list of pydantic_deep networks and written whole with one
+``iptables-restore --noflush`` (one transaction: never a moment with half of them), then the two
+jumps are added if missing: applying them again changes nothing. They are the engine host's, out
+of any container's reach. Where this process shares the engine's network namespace as root, it runs
+``iptables`` itself (about 15 ms, on every networked start, so rules flushed by someone are put
+back); otherwise (a remote engine, a non-root user) a short-lived privileged helper container enters
+the host's namespaces and runs the host's own ``iptables`` (whichever backend, nft or legacy, the
+engine uses), once per process and rule set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+from docker.errors import ContainerError
+
+from ..errors import NetworkIsolationError
+
+__all__ = ["BLOCKED_RANGES", "BRIDGE_PREFIX", "METADATA_ADDRESS", "NetworkRules", "apply_rules", "remove_rules",
+           "rules_installed"]
+
+logger = logging.getLogger(__name__)
+
+METADATA_ADDRESS = "169.254.169.254"
+"""The cloud metadata service: on a cloud VM it answers with the machine's identity and credentials."""
+
+BRIDGE_PREFIX = "pdn-"
+"""Every bridge of a pydantic_deep network is named with this prefix; the rules match on it."""
+
+BLOCKED_RANGES = (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # private use (RFC 1918): LANs, Docker's networks
+    "100.64.0.0/10",  # shared address space (RFC 6598): carrier-grade NAT, some VPNs and clouds
+    "169.254.0.0/16",  # link-local (RFC 3927): the metadata address and its neighbours
+    "192.0.0.0/24",  # IETF protocol assignments (RFC 6890)
+    "0.0.0.0/8",  # "this network"
+)
+"""Destinations no networked sandbox reaches unless its network was made to allow them."""
+
+COMMENT = "pydantic-deep"
+FORWARD_CHAIN = "PYDANTIC-DEEP"
+INPUT_CHAIN = "PYDANTIC-DEEP-INPUT"
+_TAG = f"-m comment --comment {COMMENT}"
+_REJECT = "-j REJECT --reject-with icmp-admin-prohibited"
+_JUMPS = (f"DOCKER-USER -i {BRIDGE_PREFIX}+ {_TAG} -j {FORWARD_CHAIN}",
+          f"INPUT -i {BRIDGE_PREFIX}+ {_TAG} -j {INPUT_CHAIN}")
+
+# The DNS servers the engine forwards its containers' queries to (from the containers' own network
+# namespaces, so through the forward path): the host's, or systemd-resolved's upstream ones.
+_RESOLVERS = ("awk '$1 == \"nameserver\" { print $2 }' /etc/resolv.conf /run/systemd/resolve/resolv.conf "
+              "2>/dev/null | sort -u")
+
+
+@dataclass(frozen=True)
+class NetworkRules:
+    """What one pydantic_deep network's bridge may reach beyond the rules every bridge gets."""
+
+    bridge: str
+    allow_private: tuple[str, ...] = ()
+    allow_metadata: bool = False
+
+
+@dataclass
+class _Applied:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    digests: set[tuple[str, str]] = field(default_factory=set)
+
+
+_applied = _Applied()
+
+
+def _restore_input(networks: Iterable[NetworkRules]) -> str:
+    """A shell snippet printing the ``iptables-restore`` input of both chains (the resolvers are
+    read on the engine's host, where the snippet runs)."""
+    networks = sorted(networks, key=lambda n: n.bridge)
+    forward = [f"-A {FORWARD_CHAIN} -o {BRIDGE_PREFIX}+ {_TAG} -j RETURN"]  # Docker's ICC rules decide
+    forward += [f"-A {FORWARD_CHAIN} -i {n.bridge} -d {METADATA_ADDRESS}/32 {_TAG} -j RETURN"
+                for n in networks if n.allow_metadata]
+    after_resolvers = [f"-A {FORWARD_CHAIN} -d {METADATA_ADDRESS}/32 {_TAG} {_REJECT}"]
+    after_resolvers += [f"-A {FORWARD_CHAIN} -i {n.bridge} -d {cidr} {_TAG} -j RETURN"
+                        for n in networks for cidr in n.allow_private]
+    after_resolvers += [f"-A {FORWARD_CHAIN} -d {cidr} {_TAG} {_REJECT}" for cidr in BLOCKED_RANGES]
+    after_resolvers += [f"-A {INPUT_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED {_TAG} -j RETURN",
+                        f"-A {INPUT_CHAIN} {_TAG} {_REJECT}"]
+    head = ["*filter", f":{FORWARD_CHAIN} - [0:0]", f":{INPUT_CHAIN} - [0:0]", *forward]
+    resolver = (f"-A {FORWARD_CHAIN} -d $ns/32 -p %s --dport 53 {_TAG} -j RETURN")
+    return "\n".join([
+        "{",
+        *(f"echo '{line}'" for line in head),
+        f"for ns in $({_RESOLVERS}); do",
+        "  case $ns in *:*|127.*) continue;; esac",  # IPv6 (no IPv6 in sandboxes) and the host's own
+        *(f"  echo \"{resolver % proto}\"" for proto in ("udp", "tcp")),
+        "done",
+        *(f"echo '{line}'" for line in [*after_resolvers, "COMMIT"]),
+        "} | iptables-restore -w --noflush",
+    ])
+
+
+def _apply_script(networks: Iterable[NetworkRules]) -> str:
+    checks = [
+        "set -eu",
+        "command -v iptables >/dev/null || { echo 'iptables is not installed' >&2; exit 3; }",
+        "iptables -w -S DOCKER-USER >/dev/null 2>&1 || { echo 'there is no DOCKER-USER chain: the engine does "
+        "not manage iptables (dockerd --iptables=false, rootless, or another firewall backend)' >&2; exit 4; }",
+    ]
+    jumps = [f"iptables -w -C {jump} 2>/dev/null || iptables -w -I {jump.replace(' ', ' 1 ', 1)}" for jump in _JUMPS]
+    return "\n".join([*checks, _restore_input(networks), *jumps])
+
+
+def _remove_script() -> str:
+    lines = [f"while iptables -w -C {jump} 2>/dev/null; do iptables -w -D {jump}; done" for jump in _JUMPS]
+    lines += [f"iptables -w -F {chain} 2>/dev/null && iptables -w -X {chain} || true"
+              for chain in (FORWARD_CHAIN, INPUT_CHAIN)]
+    return "\n".join(lines)
+
+
+def _runs_here(bridges: Sequence[str]) -> bool:
+    """Whether this process can run the engine host's ``iptables`` itself: it is root, has
+    ``iptables``, and sees the networks' bridges (so it is in the engine's network namespace)."""
+    return (os.geteuid() == 0 and shutil.which("iptables") is not None and bool(bridges)
+            and all(Path("/sys/class/net", bridge).exists() for bridge in bridges))
+
+
+def _run(client: docker.DockerClient, script: str, *, local: bool, helper_image: str) -> None:
+    if local:
+        process = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+        if process.returncode:
+            raise NetworkIsolationError(f"could not set the sandbox network rules: {process.stderr.strip()}")
+        return
+    try:
+        # The host's own iptables, in the host's namespaces: it matches the backend the engine uses.
+        client.containers.run(
+            helper_image, ["nsenter", "--target", "1", "--mount", "--net", "--", "sh", "-c", script],
+            privileged=True, pid_mode="host", network_mode="host", userns_mode="host", remove=True,
+            labels={"pydantic-deep.managed": "true", "pydantic-deep.role": "firewall-helper"},
+            log_config=docker.types.LogConfig(type="json-file"), stderr=True, stdout=False)
+    except ContainerError as exc:
+        detail = exc.stderr.decode(errors="replace").strip() if isinstance(exc.stderr, bytes) else exc.stderr
+        raise NetworkIsolationError(f"could not set the sandbox network rules on the engine's host through a "
+                                    f"helper container ({helper_image}): {detail}") from None
+
+
+def apply_rules(client: docker.DockerClient, networks: Sequence[NetworkRules], *, helper_image: str) -> None:
+    """Write the rules for ``networks`` (every pydantic_deep network of the engine) on its host.
+
+    Raises:
+        NetworkIsolationError: the rules could not be written (the message says why); a networked
+            sandbox must then not start.
+    """
+    script = _apply_script(networks)
+    local = _runs_here([n.bridge for n in networks])
+    key = (client.api.base_url, hashlib.sha256(script.encode()).hexdigest())
+    with _applied.lock:
+        if not local and key in _applied.digests:
+            return
+        _run(client, script, local=local, helper_image=helper_image)
+        _applied.digests.add(key)
+
+
+def remove_rules(client: docker.DockerClient, *, helper_image: str) -> None:
+    """Remove both chains and the jumps to them (when no pydantic_deep network is left)."""
+    local = (os.geteuid() == 0 and shutil.which("iptables") is not None
+             and client.api.base_url.startswith("http+docker://localhost") and _docker_user_here())
+    with _applied.lock:
+        _run(client, _remove_script(), local=local, helper_image=helper_image)
+        _applied.digests.clear()
+
+
+def _docker_user_here() -> bool:
+    return subprocess.run(["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True).returncode == 0
+
+
+def rules_installed() -> list[str]:
+    """The rules tagged ``pydantic-deep`` in this host's filter table (for tests and ``prune``)."""
+    if shutil.which("iptables-save") is None:
+        return []
+    dump = subprocess.run(["iptables-save", "-t", "filter"], capture_output=True, text=True).stdout
+    return [line for line in dump.splitlines() if COMMENT in line or FORWARD_CHAIN in line]
