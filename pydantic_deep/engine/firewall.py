@@ -11,7 +11,8 @@ pydantic_deep makes):
 - ``PYDANTIC-DEEP``, jumped to from Docker's ``DOCKER-USER`` chain (forwarded traffic, before
   Docker's own rules): refuses private, shared (CGNAT) and link-local destinations, the metadata
   address among them, except the DNS servers the engine forwards its containers' queries to, and
-  the ranges (or the metadata address) a network was made to allow;
+  the ranges (or the metadata address) a network was made to allow, and everything out of a
+  network made without the network (a shared network of offline sandboxes);
 - ``PYDANTIC-DEEP-INPUT``, jumped to from ``INPUT`` (traffic to the host itself, which
   ``DOCKER-USER`` never sees): refuses every new connection from a sandbox bridge to any address of
   the host, the engine's TCP port included.
@@ -87,6 +88,7 @@ class NetworkRules:
     bridge: str
     allow_private: tuple[str, ...] = ()
     allow_metadata: bool = False
+    egress: bool = True  # False: peers only (Docker drops the rest silently; this refuses it at once)
 
 
 @dataclass
@@ -103,6 +105,7 @@ def _restore_input(networks: Iterable[NetworkRules]) -> str:
     read on the engine's host, where the snippet runs)."""
     networks = sorted(networks, key=lambda n: n.bridge)
     forward = [f"-A {FORWARD_CHAIN} -o {BRIDGE_PREFIX}+ {_TAG} -j RETURN"]  # Docker's ICC rules decide
+    forward += [f"-A {FORWARD_CHAIN} -i {n.bridge} {_TAG} {_REJECT}" for n in networks if not n.egress]
     forward += [f"-A {FORWARD_CHAIN} -i {n.bridge} -d {METADATA_ADDRESS}/32 {_TAG} -j RETURN"
                 for n in networks if n.allow_metadata]
     after_resolvers = [f"-A {FORWARD_CHAIN} -d {METADATA_ADDRESS}/32 {_TAG} {_REJECT}"]

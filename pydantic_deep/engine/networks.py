@@ -6,11 +6,15 @@
   by name. Sandboxes that allow private ranges (``allow_private``) or the metadata address get an
   egress network of their own per such setting (``pydantic-deep-egress-<hash>``), since the rules
   that let them through go by bridge.
-- A *shared* network, only when sandboxes name one (``shared_network="team"``): an internal bridge
-  (no route out) with inter-container communication on, joined besides the egress network. Its
-  sandboxes reach each other, and nothing more through it. A network's Docker name carries its
-  owner (``pydantic-deep-shared-<name>``, or ``pydantic-deep-user-<owner>-<name>`` for a session
+- A *shared* network instead, when sandboxes name one (``shared_network="team"``): a bridge with
+  inter-container communication on, so its sandboxes reach each other by address and by name, and
+  otherwise the same as an egress network (with the network off: an internal bridge, with no route
+  out at all). Its sandboxes therefore share one network setting: the first one on it sets it, and
+  a sandbox asking for another is refused. A network's Docker name carries its owner
+  (``pydantic-deep-shared-<name>``, or ``pydantic-deep-user-<owner>-<name>`` for a session
   manager's user), so different users' sandboxes never meet on one, whatever name they pick.
+  A sandbox sits on one network only: with two, Docker's name resolution would answer a peer's name
+  with its address on the other network.
 
 Every bridge's name starts with ``pdn-``: the host's packet filter rules of
 :mod:`pydantic_deep.engine.firewall` go by that prefix. Networks carry the label
@@ -36,6 +40,7 @@ __all__ = ["checked_private_ranges", "checked_shared_name", "ensure_egress_netwo
            "network_rules", "remove_network_if_unused", "remove_unused_networks", "secure", "shared_network_name"]
 
 LABEL = "pydantic-deep.network"
+_LABEL_EGRESS = "pydantic-deep.egress"
 _LABEL_ALLOW = "pydantic-deep.allow-private"
 _LABEL_METADATA = "pydantic-deep.allow-metadata"
 _BRIDGE_OPTION = "com.docker.network.bridge.name"
@@ -104,6 +109,11 @@ def _ensure_network(client: docker.DockerClient, name: str, bridge: str, *, inte
     return name
 
 
+def _setting_labels(egress: bool, allow_private: tuple[str, ...], allow_metadata: bool) -> dict[str, str]:
+    return {_LABEL_EGRESS: str(egress).lower(), _LABEL_ALLOW: json.dumps(list(allow_private)),
+            _LABEL_METADATA: str(allow_metadata).lower()}
+
+
 def ensure_egress_network(client: docker.DockerClient, allow_private: tuple[str, ...] = (),
                           allow_metadata: bool = False) -> str:
     """The egress network for this setting (made if missing); returns its Docker name."""
@@ -113,16 +123,35 @@ def ensure_egress_network(client: docker.DockerClient, allow_private: tuple[str,
         digest = hashlib.sha256(json.dumps([allow_private, allow_metadata]).encode()).hexdigest()[:10]
         name = f"pydantic-deep-egress-{digest}"
         bridge = _bridge("e", name)
-    return _ensure_network(client, name, bridge, internal=False, icc=False, labels={
-        LABEL: "egress", _LABEL_ALLOW: json.dumps(list(allow_private)),
-        _LABEL_METADATA: str(allow_metadata).lower()})
+    return _ensure_network(client, name, bridge, internal=False, icc=False,
+                           labels={LABEL: "egress", **_setting_labels(True, allow_private, allow_metadata)})
 
 
-def ensure_shared_network(client: docker.DockerClient, name: str, owner: str | None = None) -> str:
-    """The shared network ``name`` of ``owner`` (made if missing); returns its Docker name."""
+def ensure_shared_network(client: docker.DockerClient, name: str, owner: str | None = None, *, egress: bool,
+                          allow_private: tuple[str, ...] = (), allow_metadata: bool = False) -> str:
+    """The shared network ``name`` of ``owner`` (made if missing, with this setting); returns its
+    Docker name.
+
+    Raises:
+        InvalidArgumentError: the network exists with another setting (its sandboxes share one).
+    """
     docker_name = shared_network_name(checked_shared_name(name), owner)
-    return _ensure_network(client, docker_name, _bridge("s", docker_name), internal=True, icc=True,
-                           labels={LABEL: "shared"})
+    wanted = _setting_labels(egress, allow_private, allow_metadata)
+    _ensure_network(client, docker_name, _bridge("s", docker_name), internal=not egress, icc=True,
+                    labels={LABEL: "shared", **wanted})
+    labels = client.api.inspect_network(docker_name).get("Labels") or {}
+    if any(labels.get(key) != value for key, value in wanted.items()):
+        raise InvalidArgumentError(
+            f"the shared network {name!r} was made for sandboxes with {_describe(labels)}, and this one has "
+            f"{_describe(wanted)}: every sandbox of a shared network has the same network, allow_private and "
+            "block_metadata (or name another shared network)")
+    return docker_name
+
+
+def _describe(labels: dict[str, str]) -> str:
+    allowed = json.loads(labels.get(_LABEL_ALLOW) or "[]")
+    return (f"network={labels.get(_LABEL_EGRESS) == 'true'}, allow_private={allowed}, "
+            f"block_metadata={labels.get(_LABEL_METADATA) != 'true'}")
 
 
 def _ours(client: docker.DockerClient) -> list[dict[str, Any]]:
@@ -138,7 +167,7 @@ def network_rules(client: docker.DockerClient) -> list[NetworkRules]:
         if not bridge.startswith(BRIDGE_PREFIX):
             continue
         rules.append(NetworkRules(bridge, tuple(json.loads(labels.get(_LABEL_ALLOW) or "[]")),
-                                  labels.get(_LABEL_METADATA) == "true"))
+                                  labels.get(_LABEL_METADATA) == "true", labels.get(_LABEL_EGRESS) != "false"))
     return rules
 
 

@@ -156,8 +156,11 @@ class DockerSandbox(SandboxBase):
             (see :mod:`pydantic_deep.engine.firewall`); where it cannot be set, :meth:`start` fails
             with :class:`NetworkIsolationError` rather than start a sandbox with more access.
         shared_network: A network name (``"team"``): sandboxes that name the same one (and the same
-            ``network_owner``) reach each other on it, by address and by container name, and
-            nothing else through it. It works with the network off too (peers only, no way out).
+            ``network_owner``) reach each other on it, by address and by container name; otherwise
+            they are as isolated as ever. With the network off it is their only network (peers, no
+            way out). A shared network's sandboxes share one ``network``, ``allow_private`` and
+            ``block_metadata`` setting: :meth:`start` refuses one that differs
+            (:class:`InvalidArgumentError`).
         network_owner: Whose ``shared_network`` it is: sandboxes of different owners never share
             one, whatever name they give. A :class:`SessionManager` sets it to the user.
         allow_private: IPv4 ranges (``["10.1.2.0/24"]``) the networked sandbox may reach although
@@ -315,21 +318,15 @@ class DockerSandbox(SandboxBase):
         return self
 
     def _create_container(self, client: docker.DockerClient, image: str) -> Any:
-        """Create the container on its networks (made, and their host rules written, first)."""
+        """Create the container on its network (made, and its host rules written, first)."""
         for attempt in range(3):
-            networks = self._ensure_networks(client, image)
+            network = self._ensure_network(client, image)
             try:
-                container = client.containers.create(image, network_mode=networks[0] if networks else "none",
-                                                      **self._container_options())
-                for extra in networks[1:]:
-                    client.api.connect_container_to_network(container.id, extra)
-                return container
+                return client.containers.create(image, network_mode=network, **self._container_options())
             except NotFound as exc:
                 # A network removed by a concurrent prune between our look and our use: make it again.
                 if "network" not in str(exc.explanation) or attempt == 2:
                     raise
-                if "container" in locals():
-                    remove_container(client, container.id)
             except APIError as exc:
                 if self.disk_size and "storage-opt" in str(exc.explanation):
                     raise SandboxError(f"disk_size={self.disk_size!r} is not supported by this Docker engine: "
@@ -337,17 +334,18 @@ class DockerSandbox(SandboxBase):
                 raise
         raise AssertionError("unreachable")
 
-    def _ensure_networks(self, client: docker.DockerClient, image: str) -> list[str]:
-        """The container's networks, first the one it is created on; none with the network off and
-        no shared network. The host's rules for them are in place when this returns."""
-        networks = []
-        if self.network:
-            networks.append(ensure_egress_network(client, self.allow_private, not self.block_metadata))
+    def _ensure_network(self, client: docker.DockerClient, image: str) -> str:
+        """The container's network (``"none"`` with the network off and no shared network); the
+        host's rules for it are in place when this returns."""
         if self.shared_network is not None:
-            networks.append(ensure_shared_network(client, self.shared_network, self.network_owner))
-        if networks:
-            secure(client, helper_image=image)
-        return networks
+            network = ensure_shared_network(client, self.shared_network, self.network_owner, egress=self.network,
+                                            allow_private=self.allow_private, allow_metadata=not self.block_metadata)
+        elif self.network:
+            network = ensure_egress_network(client, self.allow_private, not self.block_metadata)
+        else:
+            return "none"
+        secure(client, helper_image=image)
+        return network
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
