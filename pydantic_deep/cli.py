@@ -11,7 +11,8 @@ from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone
 from .errors import SandboxError
 from .engine.networks import remove_unused_networks
-from .images.bases import AIRGAPPED_BASES, MINBASE, bootstrap_base
+from .images.bases import AIRGAPPED_BASES, bootstrap_base
+from .images.netfilter import ensure_netfilter_image
 from .images.certs import resolve_ca_bundle
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
@@ -31,6 +32,9 @@ def _images_bootstrap(args: argparse.Namespace) -> None:
         started = time.monotonic()
         bootstrap_base(client, base, progress=_print_line if args.verbose else None, rebuild=args.rebuild)
         print(f"{base.tag}: {base.contents} ({time.monotonic() - started:.1f} s)", flush=True)
+    started = time.monotonic()
+    print(f"{ensure_netfilter_image(client)}: the network rules' helper, for remote engines "
+          f"({time.monotonic() - started:.1f} s)", flush=True)
 
 
 def _images_build(args: argparse.Namespace) -> None:
@@ -59,8 +63,8 @@ def _prune(args: argparse.Namespace) -> None:
         container.remove(force=True)
         removed += 1
     print(f"Removed {removed} container(s)")
-    # A remote engine's rules are changed through a helper container of the minimal base image.
-    networks = remove_unused_networks(client, helper_image=MINBASE.tag)
+    # A remote engine's rules are changed through a helper container (its image built if needed).
+    networks = remove_unused_networks(client, helper_image=lambda: ensure_netfilter_image(client))
     print(f"Removed {networks} network(s)")
 
 

@@ -12,6 +12,10 @@ import pytest
 
 from pydantic_deep import DockerSandbox
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.engine.firewall import rules_installed
+from pydantic_deep.engine.networks import LABEL as NETWORK_LABEL
+from pydantic_deep.engine.networks import remove_unused_networks
+from pydantic_deep.images.netfilter import ensure_netfilter_image
 
 
 def own_containers() -> list[str]:
@@ -28,10 +32,15 @@ def session_volumes() -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_containers() -> Iterator[None]:
-    """Fail the run if any test leaves one of its containers, or a session's volume, behind."""
+    """Fail the run if any test leaves one of its containers, or a session's volume, behind; then
+    remove the sandbox networks (kept for reuse while sandboxes come and go) and their packet filter
+    rules, as ``pydantic-deep prune`` does, and fail if any is left."""
     yield
     assert own_containers() == [], "containers leaked by the test run"
     assert session_volumes() == [], "session volumes leaked by the test run"
+    remove_unused_networks(docker_client(), helper_image=lambda: ensure_netfilter_image(docker_client()))
+    assert docker_client().api.networks(filters={"label": NETWORK_LABEL}) == [], "sandbox networks in use"
+    assert rules_installed() == [], "packet filter rules left"
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,17 @@ import pytest
 
 from pydantic_deep import DockerSandbox, InvalidArgumentError, SessionManager
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.engine.firewall import BRIDGE_PREFIX, NetworkRules, _restore_input, rules_installed
+from pydantic_deep.engine.firewall import (
+    BRIDGE_PREFIX,
+    NetworkRules,
+    _apply_script,
+    _remove_script,
+    _restore_input,
+    _run,
+    rules_installed,
+)
 from pydantic_deep.engine.networks import LABEL, remove_unused_networks
-from pydantic_deep.images.bases import MINBASE
+from pydantic_deep.images.netfilter import ensure_netfilter_image
 
 pytestmark = pytest.mark.network
 
@@ -166,7 +174,7 @@ def nothing_left() -> Iterator[None]:
     """After the module: no sandbox network and no packet filter rule of ours is left."""
     yield
     client = docker_client()
-    remove_unused_networks(client, helper_image=MINBASE.tag)
+    remove_unused_networks(client, helper_image=lambda: ensure_netfilter_image(client))
     assert client.api.networks(filters={"label": LABEL}) == []
     assert rules_installed() == []
 
@@ -305,3 +313,20 @@ def test_the_rules_refuse_the_metadata_address_before_any_allowance() -> None:
     private_open = next(i for i, rule in enumerate(forward) if "10.1.0.0/16" in rule)
     private_shut = next(i for i, rule in enumerate(forward) if "-d 10.0.0.0/8" in rule)
     assert metadata_open < metadata_shut < private_open < private_shut
+
+
+def test_the_helper_container_writes_the_same_rules_as_this_process() -> None:
+    """The path for engines this process cannot reach with iptables (remote, or not root), run here."""
+    client = docker_client()
+    networks = [NetworkRules(f"{BRIDGE_PREFIX}egress"), NetworkRules(f"{BRIDGE_PREFIX}etest", ("10.9.0.0/16",), True)]
+    try:
+        _run(client, _apply_script(networks), local=True, helper_image=lambda: "unused")
+        written_here = rules_installed()
+        _run(client, _remove_script(), local=True, helper_image=lambda: "unused")
+        assert rules_installed() == []
+        _run(client, _apply_script(networks), local=False, helper_image=lambda: ensure_netfilter_image(client))
+        assert rules_installed() == written_here and len(written_here) > 10
+    finally:
+        _run(client, _remove_script(), local=False, helper_image=lambda: ensure_netfilter_image(client))
+    assert rules_installed() == []
+    assert client.containers.list(all=True, filters={"label": "pydantic-deep.role=firewall-helper"}) == []

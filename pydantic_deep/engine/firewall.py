@@ -25,9 +25,10 @@ The rules are computed from the engine's list of pydantic_deep networks and writ
 jumps are added if missing: applying them again changes nothing. They are the engine host's, out
 of any container's reach. Where this process shares the engine's network namespace as root, it runs
 ``iptables`` itself (about 15 ms, on every networked start, so rules flushed by someone are put
-back); otherwise (a remote engine, a non-root user) a short-lived privileged helper container enters
-the host's namespaces and runs the host's own ``iptables`` (whichever backend, nft or legacy, the
-engine uses), once per process and rule set.
+back); otherwise (a remote engine, a non-root user) a short-lived helper container runs them on the
+host's network with ``NET_ADMIN`` (and no other capability), once per process and rule set, from
+an image with Debian's ``iptables`` (:mod:`pydantic_deep.images.netfilter`), with the backend (nft
+or legacy) the engine's own rules are in.
 """
 
 from __future__ import annotations
@@ -38,17 +39,16 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
-from docker.errors import ContainerError
 
 from ..errors import NetworkIsolationError
 
-__all__ = ["BLOCKED_RANGES", "BRIDGE_PREFIX", "METADATA_ADDRESS", "NetworkRules", "apply_rules", "remove_rules",
-           "rules_installed"]
+__all__ = ["BLOCKED_RANGES", "BRIDGE_PREFIX", "METADATA_ADDRESS", "HelperImage", "NetworkRules", "apply_rules",
+           "remove_rules", "rules_installed"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,26 +153,44 @@ def _runs_here(bridges: Sequence[str]) -> bool:
             and all(Path("/sys/class/net", bridge).exists() for bridge in bridges))
 
 
-def _run(client: docker.DockerClient, script: str, *, local: bool, helper_image: str) -> None:
+# In the helper: `iptables` and `iptables-restore` of the backend whose tables hold Docker's chains
+# (a host's iptables may be nft or legacy; rules written through the other would never be seen).
+_PICK_BACKEND = """mode=nft
+iptables-nft -w -S DOCKER-USER >/dev/null 2>&1 || ! iptables-legacy -w -S DOCKER-USER >/dev/null 2>&1 || mode=legacy
+mkdir -p /tmp/backend
+ln -sf "$(command -v iptables-$mode)" /tmp/backend/iptables
+ln -sf "$(command -v iptables-$mode-restore)" /tmp/backend/iptables-restore
+PATH=/tmp/backend:$PATH
+"""
+
+HelperImage = Callable[[], str]
+"""Gives the helper's image (built on first need), for engines this process cannot reach with iptables."""
+
+
+def _run(client: docker.DockerClient, script: str, *, local: bool, helper_image: HelperImage) -> None:
     if local:
         process = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
         if process.returncode:
             raise NetworkIsolationError(f"could not set the sandbox network rules: {process.stderr.strip()}")
         return
+    image = helper_image()
+    container = client.containers.create(
+        image, ["sh", "-c", _PICK_BACKEND + script], network_mode="host", cap_drop=["ALL"],
+        cap_add=["NET_ADMIN", "NET_RAW"], user="0:0",
+        labels={"pydantic-deep.managed": "true", "pydantic-deep.role": "firewall-helper"})
     try:
-        # The host's own iptables, in the host's namespaces: it matches the backend the engine uses.
-        client.containers.run(
-            helper_image, ["nsenter", "--target", "1", "--mount", "--net", "--", "sh", "-c", script],
-            privileged=True, pid_mode="host", network_mode="host", userns_mode="host", remove=True,
-            labels={"pydantic-deep.managed": "true", "pydantic-deep.role": "firewall-helper"},
-            log_config=docker.types.LogConfig(type="json-file"), stderr=True, stdout=False)
-    except ContainerError as exc:
-        detail = exc.stderr.decode(errors="replace").strip() if isinstance(exc.stderr, bytes) else exc.stderr
-        raise NetworkIsolationError(f"could not set the sandbox network rules on the engine's host through a "
-                                    f"helper container ({helper_image}): {detail}") from None
+        container.start()
+        status = container.wait(timeout=120)["StatusCode"]
+        if status:
+            detail = container.logs(stdout=False, stderr=True).decode(errors="replace").strip()
+            raise NetworkIsolationError(f"could not set the sandbox network rules on the engine's host through a "
+                                        f"helper container ({image}, exit code {status}): {detail}")
+    finally:
+        container.remove(force=True)
 
 
-def apply_rules(client: docker.DockerClient, networks: Sequence[NetworkRules], *, helper_image: str) -> None:
+def apply_rules(client: docker.DockerClient, networks: Sequence[NetworkRules], *,
+                helper_image: HelperImage) -> None:
     """Write the rules for ``networks`` (every pydantic_deep network of the engine) on its host.
 
     Raises:
@@ -189,7 +207,7 @@ def apply_rules(client: docker.DockerClient, networks: Sequence[NetworkRules], *
         _applied.digests.add(key)
 
 
-def remove_rules(client: docker.DockerClient, *, helper_image: str) -> None:
+def remove_rules(client: docker.DockerClient, *, helper_image: HelperImage) -> None:
     """Remove both chains and the jumps to them (when no pydantic_deep network is left)."""
     local = (os.geteuid() == 0 and shutil.which("iptables") is not None
              and client.api.base_url.startswith("http+docker://localhost") and _docker_user_here())

@@ -34,7 +34,7 @@ import docker
 from docker.errors import APIError, NotFound
 
 from ..errors import InvalidArgumentError, shown
-from .firewall import BRIDGE_PREFIX, NetworkRules, apply_rules, remove_rules
+from .firewall import BRIDGE_PREFIX, HelperImage, NetworkRules, apply_rules, remove_rules
 
 __all__ = ["checked_private_ranges", "checked_shared_name", "ensure_egress_network", "ensure_shared_network",
            "network_rules", "remove_network_if_unused", "remove_unused_networks", "secure", "shared_network_name"]
@@ -171,7 +171,7 @@ def network_rules(client: docker.DockerClient) -> list[NetworkRules]:
     return rules
 
 
-def secure(client: docker.DockerClient, *, helper_image: str) -> None:
+def secure(client: docker.DockerClient, *, helper_image: HelperImage) -> None:
     """Write the host's rules for every pydantic_deep network (see :func:`firewall.apply_rules`)."""
     apply_rules(client, network_rules(client), helper_image=helper_image)
 
@@ -189,7 +189,7 @@ def remove_network_if_unused(client: docker.DockerClient, name: str) -> bool:
     return True
 
 
-def remove_unused_networks(client: docker.DockerClient, *, helper_image: str) -> int:
+def remove_unused_networks(client: docker.DockerClient, *, helper_image: HelperImage) -> int:
     """Remove every pydantic_deep network without containers, then the host's rules of those gone
     (all of them when no network is left). Returns how many networks were removed."""
     removed = sum(remove_network_if_unused(client, network["Name"]) for network in _ours(client))

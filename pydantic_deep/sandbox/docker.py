@@ -79,6 +79,7 @@ from ..execution.transfer import FileOp, check_outcome, file_command, read_from,
 from ..images.builder import Progress
 from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image
+from ..images.netfilter import ensure_netfilter_image
 from ..images.runtime import ensure_runtime_image
 from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
@@ -320,7 +321,7 @@ class DockerSandbox(SandboxBase):
     def _create_container(self, client: docker.DockerClient, image: str) -> Any:
         """Create the container on its network (made, and its host rules written, first)."""
         for attempt in range(3):
-            network = self._ensure_network(client, image)
+            network = self._ensure_network(client)
             try:
                 return client.containers.create(image, network_mode=network, **self._container_options())
             except NotFound as exc:
@@ -334,7 +335,7 @@ class DockerSandbox(SandboxBase):
                 raise
         raise AssertionError("unreachable")
 
-    def _ensure_network(self, client: docker.DockerClient, image: str) -> str:
+    def _ensure_network(self, client: docker.DockerClient) -> str:
         """The container's network (``"none"`` with the network off and no shared network); the
         host's rules for it are in place when this returns."""
         if self.shared_network is not None:
@@ -344,7 +345,7 @@ class DockerSandbox(SandboxBase):
             network = ensure_egress_network(client, self.allow_private, not self.block_metadata)
         else:
             return "none"
-        secure(client, helper_image=image)
+        secure(client, helper_image=functools.partial(ensure_netfilter_image, client))
         return network
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
