@@ -32,12 +32,17 @@ def session_volumes() -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_containers() -> Iterator[None]:
-    """Fail the run if any test leaves one of its containers, or a session's volume, behind; then
-    remove the sandbox networks (kept for reuse while sandboxes come and go) and their packet filter
-    rules, as ``pydantic-deep prune`` does, and fail if any is left."""
+    """Fail the run if any test leaves one of its containers, or a session's volume, behind."""
     yield
     assert own_containers() == [], "containers leaked by the test run"
     assert session_volumes() == [], "session volumes leaked by the test run"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_networks() -> Iterator[None]:
+    """After the run, remove the sandbox networks (kept for reuse while sandboxes come and go) and
+    their packet filter rules, as ``pydantic-deep prune`` does; fail if any is left (in use)."""
+    yield
     remove_unused_networks(docker_client(), helper_image=lambda: ensure_netfilter_image(docker_client()))
     assert docker_client().api.networks(filters={"label": NETWORK_LABEL}) == [], "sandbox networks in use"
     assert rules_installed() == [], "packet filter rules left"
