@@ -197,6 +197,8 @@ def apply_rules(client: docker.DockerClient, networks: Sequence[NetworkRules], *
         NetworkIsolationError: the rules could not be written (the message says why); a networked
             sandbox must then not start.
     """
+    # Processes that write at once, each from its own view of the networks, leave the last one's:
+    # a network it did not see yet loses its allowances (never gains any) until the next start.
     script = _apply_script(networks)
     local = _runs_here([n.bridge for n in networks])
     key = (client.api.base_url, hashlib.sha256(script.encode()).hexdigest())

@@ -193,9 +193,11 @@ def remove_unused_networks(client: docker.DockerClient, *, helper_image: HelperI
     """Remove every pydantic_deep network without containers, then the host's rules of those gone
     (all of them when no network is left). Returns how many networks were removed."""
     removed = sum(remove_network_if_unused(client, network["Name"]) for network in _ours(client))
+    if not _ours(client):
+        remove_rules(client, helper_image=helper_image)
+    # A sandbox may have made its network (and written the rules) since we looked: look again, so
+    # its rules are back before its container can start (it writes them before creating it).
     if _ours(client):
         secure(client, helper_image=helper_image)
-    else:
-        remove_rules(client, helper_image=helper_image)
     return removed
 
