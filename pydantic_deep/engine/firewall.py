@@ -10,9 +10,9 @@ pydantic_deep makes):
 
 - ``PYDANTIC-DEEP``, jumped to from Docker's ``DOCKER-USER`` chain (forwarded traffic, before
   Docker's own rules): refuses private, shared (CGNAT) and link-local destinations, the metadata
-  address among them, except the DNS servers the engine forwards its containers' queries to, and
-  the ranges (or the metadata address) a network was made to allow, and everything out of a
-  network made without the network (a shared network of offline sandboxes);
+  address among them. Let through are DNS to the servers the engine forwards its containers'
+  queries to, and the ranges (or the metadata address) a network was made to allow. Out of a
+  network made without the network (a shared network of offline sandboxes), everything is refused.
 - ``PYDANTIC-DEEP-INPUT``, jumped to from ``INPUT`` (traffic to the host itself, which
   ``DOCKER-USER`` never sees): refuses every new connection from a sandbox bridge to any address of
   the host, the engine's TCP port included.
@@ -23,12 +23,14 @@ Refused packets get an ICMP "administratively prohibited" answer, so a connectio
 The rules are computed from the engine's list of pydantic_deep networks and written whole with one
 ``iptables-restore --noflush`` (one transaction: never a moment with half of them), then the two
 jumps are added if missing: applying them again changes nothing. They are the engine host's, out
-of any container's reach. Where this process shares the engine's network namespace as root, it runs
-``iptables`` itself (about 15 ms, on every networked start, so rules flushed by someone are put
-back); otherwise (a remote engine, a non-root user) a short-lived helper container runs them on the
-host's network with ``NET_ADMIN`` (and no other capability), once per process and rule set, from
-an image with Debian's ``iptables`` (:mod:`pydantic_deep.images.netfilter`), with the backend (nft
-or legacy) the engine's own rules are in.
+of any container's reach.
+
+Where this process is root in the engine's network namespace, it runs ``iptables`` itself (tens of
+milliseconds, on every networked start, so rules someone flushed are put back). Otherwise (a remote
+engine, a non-root user) a short-lived helper container on the host's network runs it, once per
+process and rule set: from an image with Debian's ``iptables`` (:mod:`pydantic_deep.images.netfilter`),
+with ``NET_ADMIN`` and ``NET_RAW`` (the legacy backend's socket needs it) and no other capability,
+and through the backend (nft or legacy) Docker's own chains are in.
 """
 
 from __future__ import annotations
