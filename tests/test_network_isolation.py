@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pydantic_deep import DockerSandbox, InvalidArgumentError, SessionManager
+from pydantic_deep import DockerSandbox, InvalidArgumentError, SandboxPool, SessionManager
 from pydantic_deep.engine.client import docker_client
 from pydantic_deep.engine.firewall import (
     BRIDGE_PREFIX,
@@ -202,6 +202,19 @@ def test_sandboxes_of_different_users_cannot_connect_to_each_other(options: dict
         assert all(result != "connected" for result in outcome.values()), outcome
     finally:
         asyncio.run(manager.shutdown(keep_files=False))
+
+
+def test_a_warm_pools_networked_sandboxes_cannot_connect_to_each_other() -> None:
+    with SandboxPool("python-minimal", size=2, network=True) as pool:
+        first, second = pool.acquire(), pool.acquire()
+        try:
+            serve(first)
+            targets = [f"{address}:8000" for address in addresses(first).values()] + [f"{first.name}:8000"]
+            outcome = probe(second, *targets)
+            assert all(result != "connected" for result in outcome.values()), outcome
+        finally:
+            first.stop()
+            second.stop()
 
 
 def test_a_networked_sandbox_reaches_neither_the_host_nor_the_engine(host_server: int, outside: Outside) -> None:
