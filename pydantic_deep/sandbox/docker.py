@@ -166,7 +166,8 @@ class DockerSandbox(SandboxBase):
             one, whatever name they give. A :class:`SessionManager` sets it to the user.
         allow_private: IPv4 ranges (``["10.1.2.0/24"]``) the networked sandbox may reach although
             they are private, e.g. an internal package mirror. The host's own addresses stay out of
-            reach; so does the metadata address unless ``block_metadata=False``.
+            reach; so does the metadata address unless ``block_metadata=False``. Each distinct
+            list is a Docker network of its own (the engine's address pools hold about 30).
         user: The numeric ``uid:gid`` that commands run as.
         memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
         cpus: CPU limit in cores, or ``None`` for none.
