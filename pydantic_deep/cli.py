@@ -10,9 +10,11 @@ import time
 from .engine import labels as label
 from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone
+from .engine.networks import remove_unused_networks
 from .errors import InvalidArgumentError, SandboxError
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
+from .images.netfilter import ensure_netfilter_image
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
 
@@ -37,6 +39,9 @@ def _images_bootstrap(args: argparse.Namespace) -> None:
         started = time.monotonic()
         bootstrap_base(client, base, progress=_print_line if args.verbose else None, rebuild=args.rebuild)
         print(f"{base.tag}: {base.contents} ({time.monotonic() - started:.1f} s)", flush=True)
+    started = time.monotonic()
+    print(f"{ensure_netfilter_image(client)}: the network rules' helper, for remote engines "
+          f"({time.monotonic() - started:.1f} s)", flush=True)
 
 
 def _images_build(args: argparse.Namespace) -> None:
@@ -55,7 +60,8 @@ def _images_list(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    """Remove sandbox containers whose owning process on this host is gone (or all, with --all)."""
+    """Remove sandbox containers whose owning process on this host is gone (or all, with --all),
+    then the sandbox networks nobody is on, and the host's packet filter rules of those."""
     client = docker_client()
     removed = 0
     for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}):
@@ -64,6 +70,9 @@ def _prune(args: argparse.Namespace) -> None:
         container.remove(force=True)
         removed += 1
     print(f"Removed {removed} container(s)")
+    # A remote engine's rules are changed through a helper container (its image built if needed).
+    networks = remove_unused_networks(client, helper_image=lambda: ensure_netfilter_image(client))
+    print(f"Removed {networks} network(s)")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -121,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     build.set_defaults(run=_images_build)
     images.add_parser("list", help="list pydantic-deep images").set_defaults(run=_images_list)
 
-    prune = commands.add_parser("prune", help="remove containers left by processes that are gone")
+    prune = commands.add_parser("prune", help="remove containers left by processes that are gone, and "
+                                "unused sandbox networks with their firewall rules")
     prune.add_argument("--all", action="store_true", help="remove every pydantic-deep container")
     prune.set_defaults(run=_prune)
     commands.add_parser("demo", help="analyse a CSV with pandas inside a sandbox").set_defaults(run=_demo)

@@ -16,6 +16,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── ChannelClosedError          the execution channel closed (supervisor or container went away)
     ├── SessionLimitError           a SessionManager already holds max_sessions sessions
     ├── CellError                   a notebook cell raised inside the sandbox (carries its traceback)
+    ├── NetworkIsolationError       a networked sandbox's isolation rules could not be set (it did not start)
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
 
@@ -36,6 +37,7 @@ __all__ = [
     "ImageNotAvailableError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "NetworkIsolationError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
@@ -164,6 +166,10 @@ class CellError(SandboxError):
     def __init__(self, ename: str, evalue: str, traceback: str) -> None:
         self.ename, self.evalue, self.traceback = ename, evalue, traceback
         super().__init__(traceback or f"{ename}: {evalue}")
+class NetworkIsolationError(SandboxError):
+    """The packet filter rules that keep a networked sandbox away from other sandboxes, the host and
+    private networks could not be set on the engine's host; the sandbox was not started. The
+    message says why (no ``iptables``, an engine that does not manage iptables, no permission)."""
 
 
 class SandboxStateError(SandboxError, RuntimeError):

@@ -10,6 +10,11 @@ import pytest
 from helpers import answers, own_containers, poll_until, session_volumes
 
 from pydantic_deep import DockerSandbox
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.engine.firewall import rules_installed
+from pydantic_deep.engine.networks import LABEL as NETWORK_LABEL
+from pydantic_deep.engine.networks import remove_unused_networks
+from pydantic_deep.images.netfilter import ensure_netfilter_image
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,6 +23,16 @@ def no_leaked_containers() -> Iterator[None]:
     yield
     assert own_containers() == [], "containers leaked by the test run"
     assert session_volumes() == [], "session volumes leaked by the test run"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_networks() -> Iterator[None]:
+    """After the run, remove the sandbox networks (kept for reuse while sandboxes come and go) and
+    their packet filter rules, as ``pydantic-deep prune`` does; fail if any is left (in use)."""
+    yield
+    remove_unused_networks(docker_client(), helper_image=lambda: ensure_netfilter_image(docker_client()))
+    assert docker_client().api.networks(filters={"label": NETWORK_LABEL}) == [], "sandbox networks in use"
+    assert rules_installed() == [], "packet filter rules left"
 
 
 @pytest.fixture(scope="session")

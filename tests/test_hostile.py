@@ -303,13 +303,10 @@ ls /sys/class/net"""
 
 
 def test_metadata_address_is_blocked_when_the_network_is_on() -> None:
+    # The block is the engine host's packet filter (pydantic_deep.engine.firewall), outside the
+    # sandbox's network namespace: nothing inside can see or change it, with or without NET_ADMIN.
     reach = r"""python3 - <<'EOF'
-import errno, socket, struct
-sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-body = struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 254, 0, 0, 0, 0)
-body += struct.pack("=HH4s", 8, 1, socket.inet_aton("169.254.169.254"))
-sock.send(struct.pack("=IHHII", 16 + len(body), 25, 0x5, 1, 0) + body)  # RTM_DELROUTE, with an ack
-print("delete route", errno.errorcode[-struct.unpack_from("=i", sock.recv(4096), 16)[0]])
+import errno, socket
 try:
     socket.create_connection(("169.254.169.254", 80), timeout=3)
     print("metadata reachable")
@@ -317,4 +314,4 @@ except OSError as exc:
     print("metadata", errno.errorcode.get(exc.errno, exc))
 EOF"""
     with DockerSandbox(runtime="python-minimal", network=True) as box:
-        assert box.execute(reach).output == "delete route EPERM\nmetadata EACCES\n"
+        assert box.execute(reach).output == "metadata EHOSTUNREACH\n"

@@ -17,6 +17,11 @@ __all__ = [
     "MANAGED",
     "MANAGED_FILTER",
     "MANAGER",
+    "NETWORK",
+    "NETWORK_ALLOW_METADATA",
+    "NETWORK_ALLOW_PRIVATE",
+    "NETWORK_EGRESS",
+    "ROLE",
     "OWNER_HOST",
     "OWNER_PID",
     "POOL",
@@ -58,6 +63,16 @@ OWNER_HOST = PREFIX + "owner-host"
 """The host of that process: a pid means something only there."""
 POOL = PREFIX + "pool"
 """The session manager whose warm pool made the container."""
+
+ROLE = PREFIX + "role"
+"""What a short-lived helper container is for (``"firewall-helper"``)."""
+
+# -- networks ----------------------------------------------------------------------------------
+NETWORK = PREFIX + "network"
+"""On every network sandboxes sit on: what the host's packet filter rules are written for."""
+NETWORK_EGRESS = PREFIX + "egress"
+NETWORK_ALLOW_PRIVATE = PREFIX + "allow-private"
+NETWORK_ALLOW_METADATA = PREFIX + "allow-metadata"
 
 # -- images ------------------------------------------------------------------------------------
 KIND = PREFIX + "kind"

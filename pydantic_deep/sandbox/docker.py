@@ -9,8 +9,9 @@ Safe defaults, each overridable by an argument of the same name:
 - no container log, so output written to it cannot fill the host's disk;
 - the file API acts as the sandbox user and follows no symlink out of the work dir and ``/uploads``;
 - an init process reaps orphaned children;
-- no network unless the runtime or the sandbox asks for it (``network=True``), and then no cloud
-  metadata address (``block_metadata``);
+- no network unless the runtime or the sandbox asks for it (``network=True``), and then the outside
+  world only: not other sandboxes, the host, private networks (``allow_private``) or the cloud
+  metadata address (``block_metadata``); sandboxes talk only on a ``shared_network`` they all name;
 - labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
   ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
 """
@@ -33,7 +34,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
@@ -50,6 +51,15 @@ from ..engine import labels as label
 from ..engine.api import attach_stdin
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
+from ..engine.networks import (
+    checked_private_ranges,
+    checked_shared_name,
+    ensure_egress_network,
+    ensure_shared_network,
+    remove_network_if_unused,
+    secure,
+    shared_network_name,
+)
 from ..engine.volumes import ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
@@ -71,13 +81,13 @@ from ..execution.channel import (
 from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
 from ..images.builder import Progress
 from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
+from ..images.netfilter import ensure_netfilter_image
 from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image
 from ..images.runtime import ensure_runtime_image
 from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .metadata import METADATA_ADDRESS, block_metadata
 
 __all__ = ["DockerSandbox"]
 
@@ -195,7 +205,25 @@ class DockerSandbox(SandboxBase):
 
     Args:
         runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`.
-        network: Give the container network access; ``None`` follows ``runtime.network``.
+        network: Give the container network access; ``None`` follows ``runtime.network``. A
+            networked sandbox reaches the outside world through the host's route, and nothing else:
+            not other sandboxes (whoever's), not the host's own addresses and ports (the engine's
+            TCP port included), not private, shared or link-local ranges (``allow_private`` lists
+            exceptions). Enforced by the engine host's packet filter, out of the sandbox's reach
+            (see :mod:`pydantic_deep.engine.firewall`); where it cannot be set, :meth:`start` fails
+            with :class:`NetworkIsolationError` rather than start a sandbox with more access.
+        shared_network: A network name (``"team"``): sandboxes that name the same one (and the same
+            ``network_owner``) reach each other on it, by address and by container name; otherwise
+            they are as isolated as ever. With the network off it is their only network (peers, no
+            way out). A shared network's sandboxes share one ``network``, ``allow_private`` and
+            ``block_metadata`` setting: :meth:`start` refuses one that differs
+            (:class:`InvalidArgumentError`).
+        network_owner: Whose ``shared_network`` it is: sandboxes of different owners never share
+            one, whatever name they give. A :class:`SessionManager` sets it to the user.
+        allow_private: IPv4 ranges (``["10.1.2.0/24"]``) the networked sandbox may reach although
+            they are private, e.g. an internal package mirror. The host's own addresses stay out of
+            reach; so does the metadata address unless ``block_metadata=False``. Each distinct
+            list is a Docker network of its own (the engine's address pools hold about 30).
         user: The numeric ``uid:gid`` that commands run as.
         memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
         cpus: CPU limit in cores, or ``None`` for none.
@@ -211,8 +239,8 @@ class DockerSandbox(SandboxBase):
             btrfs); elsewhere :meth:`start` fails and says so. It never covers named ``volumes``.
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
-        block_metadata: With network access, make the cloud metadata address (169.254.169.254)
-            unreachable, through a route the sandbox cannot change (see :mod:`pydantic_deep.sandbox.metadata`).
+        block_metadata: With network access, keep the cloud metadata address (169.254.169.254)
+            unreachable (the host's packet filter refuses it, for every image).
         command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
         max_output: Bytes of output kept per command; the rest is discarded and flagged.
         ca_bundle: Extra CA certificates for HTTPS in builds and the container (see
@@ -236,6 +264,9 @@ class DockerSandbox(SandboxBase):
         runtime: str | RuntimeConfig = "python-minimal",
         *,
         network: bool | None = None,
+        shared_network: str | None = None,
+        network_owner: str | None = None,
+        allow_private: Sequence[str] = (),
         user: str = "1000:1000",
         memory: str | None = "2g",
         cpus: float | None = 1.0,
@@ -258,6 +289,14 @@ class DockerSandbox(SandboxBase):
     ) -> None:
         self.runtime: RuntimeConfig = resolve_runtime(runtime)
         self.network = self.runtime.network if network is None else network
+        if not isinstance(self.network, bool):
+            raise InvalidArgumentError(f"network must be True or False, not {shown(repr(self.network))}")
+        self.shared_network = checked_shared_name(shared_network) if shared_network is not None else None
+        if network_owner is not None and not re.fullmatch(r"[a-z0-9]{1,64}", network_owner):
+            raise InvalidArgumentError(f"network_owner must be 1-64 lowercase letters and digits (a hash of "
+                                       f"the user id, say), not {shown(str(network_owner))}")
+        self.network_owner = network_owner
+        self.allow_private = checked_private_ranges(allow_private)
         self.user = user
         self._uid, self._gid = _parse_user(user)
         _size_in_bytes("memory", memory, minimum=_MIN_MEMORY)
@@ -325,13 +364,7 @@ class DockerSandbox(SandboxBase):
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             for volume in self.volumes:
                 ensure_volume(volume)
-            try:
-                container = client.containers.create(prepared.tag, **self._container_options())
-            except APIError as exc:
-                if self.disk_size and "storage-opt" in str(exc.explanation):
-                    raise SandboxError(f"disk_size={self.disk_size!r} is not supported by this Docker engine: "
-                                       f"{exc.explanation}") from None
-                raise
+            container = self._create_container(client, prepared.tag)
             try:
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
@@ -339,8 +372,6 @@ class DockerSandbox(SandboxBase):
                     self._lifeline = attach_stdin(client, container.id)
                 container.start()
                 self._python = prepared.python
-                if self.network and self.block_metadata:
-                    self._block_metadata(client, container.id, prepared.tag)
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
@@ -348,13 +379,35 @@ class DockerSandbox(SandboxBase):
             self._adopt(client, container.id)
         return self
 
-    def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
-        if self._python is None:
-            logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
-                           self.image, METADATA_ADDRESS)
-            return
-        block_metadata(client, container_id, image, self._python,
-                       label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()}))
+    def _create_container(self, client: docker.DockerClient, image: str) -> Any:
+        """Create the container on its network (made, and its host rules written, first)."""
+        for attempt in range(3):
+            network = self._ensure_network(client)
+            try:
+                return client.containers.create(image, network_mode=network, **self._container_options())
+            except NotFound as exc:
+                # A network removed by a concurrent prune between our look and our use: make it again.
+                if "network" not in str(exc.explanation) or attempt == 2:
+                    raise
+            except APIError as exc:
+                if self.disk_size and "storage-opt" in str(exc.explanation):
+                    raise SandboxError(f"disk_size={self.disk_size!r} is not supported by this Docker engine: "
+                                       f"{exc.explanation}") from None
+                raise
+        raise AssertionError("unreachable")
+
+    def _ensure_network(self, client: docker.DockerClient) -> str:
+        """The container's network (``"none"`` with the network off and no shared network); the
+        host's rules for it are in place when this returns."""
+        if self.shared_network is not None:
+            network = ensure_shared_network(client, self.shared_network, self.network_owner, egress=self.network,
+                                            allow_private=self.allow_private, allow_metadata=not self.block_metadata)
+        elif self.network:
+            network = ensure_egress_network(client, self.allow_private, not self.block_metadata)
+        else:
+            return "none"
+        secure(client, helper_image=functools.partial(ensure_netfilter_image, client))
+        return network
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
@@ -417,6 +470,8 @@ class DockerSandbox(SandboxBase):
             if self.state is SandboxState.RUNNING and self.container_id is not None:
                 with engine_errors():
                     remove_container(docker_client(), self.container_id)
+                    if self.shared_network is not None:  # the last one out removes it
+                        remove_network_if_unused(docker_client(), self._shared_network_name())
                 self.state = SandboxState.STOPPED
             self._finalizer = self._channel = None
             if self._lifeline is not None:
@@ -527,13 +582,18 @@ class DockerSandbox(SandboxBase):
             if self.max_file_size else None,
             tmpfs={"/tmp": f"rw,exec,nosuid,nodev,mode=1777,size={self.tmp_size}"} if self.tmp_size else None,
             storage_opt={"size": self.disk_size} if self.disk_size else None,
-            network_mode=None if self.network else "none",
+            # Without IPv6 nothing reaches the host or a neighbour past the IPv4 rules.
+            sysctls={"net.ipv6.conf.all.disable_ipv6": "1"} if self.network or self.shared_network else None,
             cap_drop=["ALL"] if self.drop_capabilities else None,
             security_opt=["no-new-privileges"] if self.no_new_privileges else None,
             pids_limit=self.pids_limit,
             mem_limit=self.memory,
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
         )
+
+    def _shared_network_name(self) -> str:
+        assert self.shared_network is not None
+        return shared_network_name(self.shared_network, self.network_owner)
 
     def _gone(self) -> ContainerGoneError:
         return ContainerGoneError(
@@ -718,7 +778,8 @@ class DockerSandbox(SandboxBase):
             "State": self.state.value,
             "Container": self.container_id[:12] if self.container_id else "-",
             "Work dir": self.work_dir,
-            "Network": "on" if self.network else "off",
+            "Network": ("on (isolated)" if self.network else "off")
+            + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
         }
         return field_table("DockerSandbox", rows)
 

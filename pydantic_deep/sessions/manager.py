@@ -139,6 +139,13 @@ class SessionManager:
             ``"adopt"`` them (the user gets the same container and files back) or ``"reap"`` them
             (containers removed, files kept).
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
+            A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
+            user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
+            different users' never can.
+
+    Raises:
+        InvalidArgumentError: ``network_owner`` among the options (the manager sets it), or a
+            ``shared_network`` with a warm pool (whose sandboxes start before their user is known).
     """
 
     def __init__(
@@ -154,6 +161,13 @@ class SessionManager:
         **sandbox_options: Any,
     ) -> None:
         _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
+        if "network_owner" in sandbox_options:
+            raise InvalidArgumentError("network_owner is set by the session manager, to each user's own key; "
+                                       "leave it out")
+        if pool_size and sandbox_options.get("shared_network") is not None:
+            raise InvalidArgumentError("shared_network cannot be used with pool_size: a warm pool's sandboxes "
+                                       "start before their user is known, and each user's shared network is "
+                                       "their own")
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
         self.name = _checked_manager_name(name)
@@ -282,7 +296,7 @@ class SessionManager:
         # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
         work, uploads = _split_volumes(volumes) if volumes else naming.volume_names(name)
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
-                             session_id=key, **self._sandbox_options()).start()
+                             session_id=key, network_owner=naming.network_owner(key), **self._sandbox_options()).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
         name = naming.pool_name(self.name)
@@ -301,8 +315,9 @@ class SessionManager:
 
     def _attach(self, container: str) -> DockerSandbox | None:
         try:
-            return DockerSandbox.attach(container, **{k: v for k, v in self._sandbox_options().items()
-                                                      if k not in ("labels",)})
+            key = container.removeprefix(f"pd-{self.name}-")
+            return DockerSandbox.attach(container, network_owner=naming.network_owner(key),
+                                        **{k: v for k, v in self._sandbox_options().items() if k not in ("labels",)})
         except SandboxStateError:
             return None
 

@@ -12,7 +12,7 @@ import hashlib
 import re
 import uuid
 
-__all__ = ["pool_name", "session_key", "session_name", "user_key", "volume_names"]
+__all__ = ["network_owner", "pool_name", "session_key", "session_name", "user_key", "volume_names"]
 
 _PREFIX = "pd-"
 _KEY = re.compile(r"[0-9a-f]{32}")
@@ -44,3 +44,9 @@ def pool_name(manager: str) -> str:
 def volume_names(name: str) -> tuple[str, str]:
     """The (work dir, ``/uploads``) volumes of the sandbox called ``name``."""
     return f"{name}-work", f"{name}-uploads"
+
+
+def network_owner(key: str) -> str:
+    """The owner of a user's shared networks: another hash than the names', of the user's whole key,
+    so no name the application gives (``shared_network``, the manager's name) makes two users' one."""
+    return hashlib.sha256(f"network:{key}".encode()).hexdigest()[:24]
