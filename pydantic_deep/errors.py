@@ -12,6 +12,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     ├── TransferInterruptedError    a file transfer was cut off, its container still running
+    ├── SnapshotNotFoundError       no snapshot of that name (lists the known ones)
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
 
@@ -31,6 +32,7 @@ __all__ = [
     "SandboxError",
     "SandboxFileNotFoundError",
     "SandboxStateError",
+    "SnapshotNotFoundError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
@@ -137,3 +139,15 @@ class ContainerGoneError(SandboxStateError):
     an engine restart). Its files are gone with it unless they were on named volumes: a
     :class:`SessionManager` replaces the container, files included, on the next ``get_or_create``;
     a plain sandbox needs ``stop()`` and ``start()``."""
+
+
+class SnapshotNotFoundError(SandboxError, KeyError):
+    """No snapshot of that name: it was never taken, or was deleted."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name, self.available = name, available
+        known = ", ".join(available[:20]) or "none yet: take one with sandbox.snapshot(name)"
+        super().__init__(f"no snapshot named {shown(name)}; known snapshots: {known}")
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0])
