@@ -20,6 +20,7 @@ from .errors import (
     SandboxError,
     SandboxFileNotFoundError,
     SandboxStateError,
+    SnapshotNotFoundError,
     TransferInterruptedError,
     UnknownBackendError,
     UnknownRuntimeError,
@@ -33,6 +34,7 @@ from .sandbox.base import SandboxState
 from .sandbox.docker import DockerSandbox
 from .sandbox.local import LocalSandbox
 from .sandbox.pool import SandboxPool
+from .sandbox.snapshots import Snapshot, delete_snapshot, get_snapshot, list_snapshots
 from .sessions.manager import SessionInfo, SessionLimitError, SessionManager
 from .sessions.registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 
@@ -66,14 +68,19 @@ __all__ = [
     "SessionManager",
     "SessionRecord",
     "SessionRegistry",
+    "Snapshot",
+    "SnapshotNotFoundError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
     "UploadedFile",
     "create_deep_agent",
     "default_backend",
+    "delete_snapshot",
     "get_runtime",
+    "get_snapshot",
     "list_runtimes",
+    "list_snapshots",
     "open_sandbox",
     "register_runtime",
     "resolve_ca_bundle",

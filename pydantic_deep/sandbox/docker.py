@@ -714,6 +714,19 @@ class DockerSandbox(SandboxBase):
                 docker_client().api.pause(self.container_id)
             self.state = SandboxState.PAUSED
 
+    def pause_if_idle(self, idle: float) -> bool:
+        """Pause the sandbox if it ran and was unused for ``idle`` seconds; a call that comes
+        meanwhile waits for the pause and then resumes it, so none is ever frozen mid-way.
+
+        Returns:
+            Whether it was paused now.
+        """
+        with self._activity_lock:  # no call can begin while this looks and pauses
+            if self._busy or time.monotonic() - self.last_used < idle or self.state is not SandboxState.RUNNING:
+                return False
+            self.pause()
+            return True
+
     @engine_errors()
     def resume(self) -> None:
         """Thaw a paused sandbox (any call does it by itself, first); a no-op unless paused."""
