@@ -12,6 +12,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 
 from pydantic_deep import (
     DockerSandbox,
@@ -26,6 +29,8 @@ from pydantic_deep import (
 )
 from pydantic_deep.engine.client import docker_client
 from pydantic_deep.notebook.interpreter import SandboxInterpreter
+from pydantic_deep.notebook.magics import SandboxMagics
+from pydantic_deep.notebook.widgets import SessionMonitor
 
 pytestmark = pytest.mark.snapshot
 
@@ -291,6 +296,12 @@ async def test_idle_sessions_pause_before_they_stop() -> None:
             await asyncio.sleep(0.1)
         states = {info.user_id: info.state for info in await manager.list_sessions()}
         assert states == {"carol": "paused", "dave": "running"}
+        monitor = SessionMonitor(manager, interval=3600)  # the dashboard's table shows it too
+        try:
+            assert {row["user"]: row["state"] for row in await asyncio.to_thread(monitor.sessions)} == states
+        finally:
+            monitor.close()
+        assert sandbox.state is SandboxState.PAUSED  # looking does not resume it
         assert await manager.get_or_create("carol") is sandbox  # handed back paused...
         assert (await sandbox.aexecute("echo back")).stdout == "back\n"  # ...and resumed by its next call
         assert {info.user_id: info.state for info in await manager.list_sessions()}["carol"] == "running"
@@ -298,3 +309,43 @@ async def test_idle_sessions_pause_before_they_stop() -> None:
             SessionManager("python-minimal", name=unique(), pause_after=-1)
     finally:
         await manager.shutdown(keep_files=False)
+
+
+@pytest.fixture(scope="module")
+def ip() -> Iterator[InteractiveShell]:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "pydantic_deep")
+    yield shell
+    shell.run_line_magic("unload_ext", "pydantic_deep")
+
+
+def test_notebook_magics_pause_snapshot_restore_and_fork(ip: InteractiveShell, snapshot_names: list[str]) -> None:
+    name = unique()
+    snapshot_names.append(name)
+    magics: SandboxMagics = ip.magics_manager.registry["SandboxMagics"]
+    magics.runtime = "python-minimal"
+    try:
+        ip.run_cell_magic("sandbox", "-s snap", "x = 1\nopen('f.txt', 'w').write('kept')")
+        ip.run_line_magic("sandbox", "pause -s snap")
+        assert magics.sandboxes["snap"].state is SandboxState.PAUSED
+        with capture_output() as resumed:
+            ip.run_cell_magic("sandbox", "-s snap", "x + 1")
+        assert [output.data for output in resumed.outputs] == [{"text/plain": "2"}]
+
+        ip.run_line_magic("sandbox", f"snapshot {name} -s snap")
+        ip.run_cell_magic("sandbox", "-s snap --shell", "echo changed > f.txt")
+        ip.run_line_magic("sandbox", f"restore {name} -s snap")
+        with capture_output() as restored:
+            ip.run_cell_magic("sandbox", "-s snap", "print(open('f.txt').read())")
+        assert restored.stdout == "kept\n"
+
+        ip.run_line_magic("sandbox", "fork 2 -s snap")
+        ip.run_cell_magic("sandbox", "-s snap-fork1 --shell", "echo one > f.txt")
+        with capture_output() as forked:
+            ip.run_cell_magic("sandbox", "-s snap-fork2", "print(open('f.txt').read())")
+        assert forked.stdout == "kept\n"
+        with pytest.raises(UsageError, match="usage: %sandbox fork N"):
+            ip.run_line_magic("sandbox", "fork many -s snap")
+    finally:
+        for sandbox_name in ("snap", "snap-fork1", "snap-fork2"):
+            magics.stop(sandbox_name)
