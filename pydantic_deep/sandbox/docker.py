@@ -141,7 +141,8 @@ class DockerSandbox(SandboxBase):
         ```
 
     Args:
-        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`.
+        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`; default
+            ``python-minimal``, or the runtime of ``snapshot``.
         network: Give the container network access; ``None`` follows ``runtime.network``.
         user: The numeric ``uid:gid`` that commands run as.
         memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
