@@ -199,7 +199,9 @@ def delete_snapshot(name: str) -> None:
         raise SandboxStateError(f"snapshot {name!r} is in use by {len(users)} sandbox(es) started from it "
                                 f"({', '.join(users[:5])}): stop them first")
     try:
-        client.api.remove_image(attrs["Id"], force=True)  # force: also when it carries other tags
+        # By its tag: a snapshot taken of a sandbox started from this one stands on its image,
+        # which then stays, untagged, until that one is deleted too.
+        client.api.remove_image(f"{SNAPSHOT_REPOSITORY}:{name}")
     except NotFound:
         pass
 
@@ -302,11 +304,12 @@ def _helper_from(client: docker.DockerClient, image_id: str, volume_paths: list[
     try:
         leftovers = [path for path in volume_paths if _has_entries(client, helper, path)]
         if leftovers:
-            # The image has files under a path that was a volume in the source (rare: our images
-            # have empty work dirs). A copy cannot delete them, so one run as root clears them.
+            # The image has files under a path that was a volume in the source: a sandbox started
+            # from a snapshot, whose volumes were filled from the image. A copy cannot delete
+            # them, so one short run as root clears them.
             remove_container(client, helper)
             helper = client.api.create_container(
-                image_id, labels=labels, user="0:0",
+                image_id, labels=labels, user="0:0", network_disabled=True,
                 entrypoint=["find", *leftovers, "-mindepth", "1", "-delete"])["Id"]
             client.api.start(helper)
             if client.api.wait(helper, timeout=120)["StatusCode"] != 0:
