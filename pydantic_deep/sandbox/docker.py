@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from concurrent.futures import ThreadPoolExecutor
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
