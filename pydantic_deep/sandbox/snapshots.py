@@ -175,10 +175,8 @@ def list_snapshots() -> list[Snapshot]:
 
 def resolve_snapshot(snapshot: Snapshot | str) -> Snapshot:
     """A :class:`Snapshot` from itself or its name (checked to still exist)."""
-    if isinstance(snapshot, Snapshot):
-        return get_snapshot(snapshot.name) if snapshot.name else snapshot
-    if isinstance(snapshot, str):
-        return get_snapshot(snapshot)
+    if isinstance(snapshot, (Snapshot, str)):
+        return get_snapshot(snapshot.name if isinstance(snapshot, Snapshot) else snapshot)
     raise InvalidArgumentError(f"snapshot must be a Snapshot or a snapshot's name, not {type(snapshot).__name__}")
 
 
