@@ -358,3 +358,31 @@ def test_notebook_magics_pause_snapshot_restore_and_fork(ip: InteractiveShell, s
     finally:
         for sandbox_name in ("snap", "snap-fork1", "snap-fork2"):
             magics.stop(sandbox_name)
+
+
+PAUSED_THEN_KILLED = """
+import asyncio, os, signal, sys
+from pydantic_deep import SessionManager
+async def main():
+    manager = SessionManager("python-minimal", name=sys.argv[1], pause_after=0)
+    sandbox = await manager.get_or_create("erin")
+    print(sandbox.execute("setsid sleep 1000 >/dev/null 2>&1 & echo $!").stdout.strip(), flush=True)
+    assert await manager.pause_idle() == 1
+    os.kill(os.getpid(), signal.SIGKILL)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.anyio
+async def test_a_paused_session_of_a_killed_process_is_adopted_with_its_processes() -> None:
+    name = unique()
+    killed = subprocess.run([sys.executable, "-c", PAUSED_THEN_KILLED, name], capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    successor = SessionManager("python-minimal", name=name)
+    try:
+        assert await successor.recover() == (1, 0)
+        sandbox = await successor.get_or_create("erin")
+        assert (await sandbox.aexecute(f"kill -0 {killed.stdout.strip()} && echo alive")).stdout == "alive\n"
+    finally:
+        await successor.shutdown(keep_files=False)

@@ -528,7 +528,7 @@ class SessionManager:
                     continue
                 key = container.name.removeprefix(f"pd-{self.name}-")
                 record = self._record_from_engine(key) if container.name == self._container_name(key) else None
-                if record is not None and self.orphans == "adopt" and container.status == "running":
+                if record is not None and self.orphans == "adopt" and container.status in ("running", "paused"):
                     sandbox = self._attach(container.name)
                     if sandbox is not None:
                         record.last_used = time.time()
