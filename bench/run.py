@@ -344,10 +344,103 @@ def bench_sessions(count: int) -> None:
         f"{shutdown:.1f} s", f"{base_shutdown:.1f} s", f"{base_shutdown / shutdown:.2f}x", "")
 
 
+def docker_cp_seconds(container_id: str, path: str) -> float:
+    """The time ``docker cp`` takes to copy ``path`` out of the container into a host directory."""
+    with tempfile.TemporaryDirectory() as directory:
+        started = time.perf_counter()
+        subprocess.run(["docker", "cp", f"{container_id}:{path}", directory], check=True)
+        return time.perf_counter() - started
+
+
+def bench_snapshots(rounds: int) -> None:
+    """Pause/resume, snapshot, start from a snapshot and fork (issue 16)."""
+    from pydantic_deep import delete_snapshot
+
+    with DockerSandbox(RUNTIME) as sandbox:
+        sandbox.execute("true")
+        running = statistics.median(timed(lambda: sandbox.execute("true"), 20))
+        resumes = []
+        for _ in range(20):
+            sandbox.pause()
+            started = time.perf_counter()
+            sandbox.execute("true")
+            resumes.append(time.perf_counter() - started)
+        resume = statistics.median(resumes)
+        row("resume of a paused sandbox to the first command's result, median of 20 (vs a command, not paused)",
+            f"{resume * 1e3:.1f} ms", f"{running * 1e3:.1f} ms", f"+{(resume - running) * 1e3:.1f} ms", "<= 50 ms")
+
+        sandbox.pause()
+        before = sandbox.usage().cpu_seconds
+        time.sleep(10)
+        paused_cpu = sandbox.usage().cpu_seconds - before
+        sandbox.resume()
+        before = sandbox.usage().cpu_seconds
+        time.sleep(10)
+        idle_cpu = sandbox.usage().cpu_seconds - before
+        row("CPU time of an idle sandbox over 10 s, paused (vs running, idle)", f"{paused_cpu * 1e3:.2f} ms",
+            f"{idle_cpu * 1e3:.2f} ms", "", "flat (0)")
+
+    size_mb = 100
+    fill = f"mkdir -p data && for i in $(seq 10); do head -c {size_mb // 10}M /dev/urandom > data/f$i.bin; done"
+    for kind, volumes in (("in its filesystem", None), ("in a named volume (as a session's)",
+                                                         {f"bench-snapshot-{os.getpid()}": "/workspace"})):
+        with DockerSandbox(RUNTIME, volumes=volumes) as sandbox:
+            assert sandbox.execute(fill, timeout=300).exit_code == 0
+            assert sandbox.container_id is not None
+            copies, snaps, starts, colds = [], [], [], []
+            for index in range(rounds):
+                copies.append(docker_cp_seconds(sandbox.container_id, "/workspace/data"))
+                started = time.perf_counter()
+                with DockerSandbox(RUNTIME) as cold:  # the same start, from the runtime's image
+                    cold.execute("true")
+                    colds.append(time.perf_counter() - started)
+                name = f"bench-{os.getpid()}-{index}"
+                started = time.perf_counter()
+                snapshot = sandbox.snapshot(name)
+                snaps.append(time.perf_counter() - started)
+                fresh = {f"bench-restore-{os.getpid()}": "/workspace"} if volumes else None
+                started = time.perf_counter()
+                restored = DockerSandbox(snapshot=snapshot, volumes=fresh).start()
+                restored.execute("true")
+                starts.append(time.perf_counter() - started)
+                assert restored.execute("du -sm data").stdout.split()[0] in (str(size_mb), str(size_mb + 1))
+                restored.stop(remove_volumes=True)
+                delete_snapshot(name)
+            if volumes:
+                sandbox.stop(remove_volumes=True)
+        copy, snap, start = statistics.median(copies), statistics.median(snaps), statistics.median(starts)
+        row(f"snapshot of a sandbox with {size_mb} MB of files {kind}, median of {rounds} (vs `docker cp` of them)",
+            f"{snap:.2f} s", f"{copy:.2f} s", f"{snap / copy:.2f}x", "<= 3x")
+        into = " into a fresh volume" if volumes else ""
+        row(f"start from that snapshot{into} to the first command, median of {rounds} (vs `docker cp`; a cold "
+            f"start of the runtime took {statistics.median(colds):.2f} s)",
+            f"{start:.2f} s", f"{copy:.2f} s", f"{start / copy:.2f}x", "<= 3x")
+
+    forks, colds = [], []
+    with DockerSandbox(RUNTIME) as sandbox:
+        sandbox.write_file("notes.txt", "some state")
+        for _ in range(rounds):
+            started = time.perf_counter()
+            copies_made = sandbox.fork(5)
+            forks.append(time.perf_counter() - started)
+            for fork in copies_made:
+                fork.stop()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(5) as executor:
+                cold = list(executor.map(lambda _: DockerSandbox(RUNTIME).start(), range(5)))
+            colds.append(time.perf_counter() - started)
+            for fresh_sandbox in cold:
+                fresh_sandbox.stop()
+    fork_time, cold_time = statistics.median(forks), statistics.median(colds)
+    row(f"fork into 5 sandboxes, median of {rounds} (vs five cold starts, concurrently)", f"{fork_time:.2f} s",
+        f"{cold_time:.2f} s", f"{fork_time / cold_time:.2f}x", "<= 2x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer calls and sandboxes")
     parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["snapshots"], help="run only these cases")
     args = parser.parse_args()
     if args.case:
         case, *rest = args.case
@@ -355,14 +448,16 @@ def main() -> None:
         print(json.dumps(figures))
         return
     image_of(RUNTIME)  # build before timing anything
-    bench_echo(100 if args.quick else 500)
-    bench_concurrency()
-    bench_start(5 if args.quick else 10)
-    bench_network_start(5 if args.quick else 10)
-    bench_files()
-    bench_output()
-    bench_idle(20 if args.quick else 100)
-    bench_sessions(20 if args.quick else 100)
+    if args.only is None:
+        bench_echo(100 if args.quick else 500)
+        bench_concurrency()
+        bench_start(5 if args.quick else 10)
+        bench_network_start(5 if args.quick else 10)
+        bench_files()
+        bench_output()
+        bench_idle(20 if args.quick else 100)
+        bench_sessions(20 if args.quick else 100)
+    bench_snapshots(3 if args.quick else 5)
     print(f"\npydantic_deep benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores\n")
     print("| case | ours | baseline | ratio | target |\n|---|---|---|---|---|")
     for case, ours, baseline, ratio, target in ROWS:

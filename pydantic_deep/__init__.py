@@ -25,6 +25,7 @@ from .errors import (
     SandboxFileNotFoundError,
     SandboxStateError,
     SessionLimitError,
+    SnapshotNotFoundError,
     TransferInterruptedError,
     UnknownBackendError,
     UnknownRuntimeError,
@@ -38,6 +39,7 @@ from .sandbox.base import SandboxBase, SandboxState
 from .sandbox.docker import DockerSandbox
 from .sandbox.local import LocalSandbox
 from .sandbox.pool import SandboxPool
+from .sandbox.snapshots import Snapshot, delete_snapshot, get_snapshot, list_snapshots
 from .sessions.manager import SessionInfo, SessionManager
 from .sessions.registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
 from .sessions.sync import SyncSessionManager
@@ -78,14 +80,19 @@ __all__ = [
     "SessionRecord",
     "SessionRegistry",
     "SyncSessionManager",
+    "Snapshot",
+    "SnapshotNotFoundError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
     "UploadedFile",
     "create_deep_agent",
     "default_backend",
+    "delete_snapshot",
     "get_runtime",
+    "get_snapshot",
     "list_runtimes",
+    "list_snapshots",
     "open_sandbox",
     "register_runtime",
     "resolve_ca_bundle",

@@ -17,6 +17,7 @@ from .images.certs import resolve_ca_bundle
 from .images.netfilter import ensure_netfilter_image
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
+from .sandbox.snapshots import delete_snapshot, list_snapshots, prune_snapshot_leftovers
 
 
 def _print_line(line: str) -> None:
@@ -69,10 +70,27 @@ def _prune(args: argparse.Namespace) -> None:
             continue
         container.remove(force=True)
         removed += 1
-    print(f"Removed {removed} container(s)")
+    images = prune_snapshot_leftovers(everything=args.all)  # after the containers that may use them
+    print(f"Removed {removed} container(s)" + (f" and {images} image(s) of failed snapshots and ended forks"
+                                                if images else ""))
     # A remote engine's rules are changed through a helper container (its image built if needed).
     networks = remove_unused_networks(client, helper_image=lambda: ensure_netfilter_image(client))
     print(f"Removed {networks} network(s)")
+
+
+def _snapshots_list(args: argparse.Namespace) -> None:
+    snapshots = list_snapshots()
+    for snapshot in snapshots:
+        print(f"{snapshot.name:40} {snapshot.runtime.name:20} {snapshot.size_bytes / 1e6:8.1f} MB  "
+              f"{snapshot.created.isoformat(timespec='seconds')}  from {snapshot.source}")
+    if not snapshots:
+        print("No snapshots: take one with sandbox.snapshot(name) or %sandbox snapshot NAME")
+
+
+def _snapshots_delete(args: argparse.Namespace) -> None:
+    for name in args.names:
+        delete_snapshot(name)
+        print(f"Deleted snapshot {name}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -130,8 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     build.set_defaults(run=_images_build)
     images.add_parser("list", help="list pydantic-deep images").set_defaults(run=_images_list)
 
-    prune = commands.add_parser("prune", help="remove containers left by processes that are gone, and "
-                                "unused sandbox networks with their firewall rules")
+    snapshots = commands.add_parser("snapshots", help="snapshots of sandboxes' files").add_subparsers(required=True)
+    snapshots.add_parser("list", help="list snapshots").set_defaults(run=_snapshots_list)
+    delete = snapshots.add_parser("delete", help="delete snapshots (none of their sandboxes may run)")
+    delete.add_argument("names", nargs="+", metavar="NAME")
+    delete.set_defaults(run=_snapshots_delete)
+
+    prune = commands.add_parser("prune", help="remove containers left by processes that are gone, what failed "
+                                "snapshots and ended forks left (never a named snapshot), and unused sandbox "
+                                "networks with their firewall rules")
     prune.add_argument("--all", action="store_true", help="remove every pydantic-deep container")
     prune.set_defaults(run=_prune)
     commands.add_parser("demo", help="analyse a CSV with pandas inside a sandbox").set_defaults(run=_demo)

@@ -17,6 +17,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── SessionLimitError           a SessionManager already holds max_sessions sessions
     ├── CellError                   a notebook cell raised inside the sandbox (carries its traceback)
     ├── NetworkIsolationError       a networked sandbox's isolation rules could not be set (it did not start)
+    ├── SnapshotNotFoundError       no snapshot of that name (lists the known ones)
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
 
@@ -43,6 +44,7 @@ __all__ = [
     "SandboxFileNotFoundError",
     "SandboxStateError",
     "SessionLimitError",
+    "SnapshotNotFoundError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
@@ -181,3 +183,15 @@ class ContainerGoneError(SandboxStateError):
     an engine restart). Its files are gone with it unless they were on named volumes: a
     :class:`SessionManager` replaces the container, files included, on the next ``get_or_create``;
     a plain sandbox needs ``stop()`` and ``start()``."""
+
+
+class SnapshotNotFoundError(SandboxError, KeyError):
+    """No snapshot of that name: it was never taken, or was deleted."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name, self.available = name, available
+        known = ", ".join(available[:20]) or "none yet: take one with sandbox.snapshot(name)"
+        super().__init__(f"no snapshot named {shown(name)}; known snapshots: {known}")
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0])

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "CREATED",
+    "FROM_SNAPSHOT",
     "IMAGE",
     "KIND",
     "KIND_AIRGAPPED_BASE",
@@ -31,6 +32,13 @@ __all__ = [
     "RUNTIME_CONFIG",
     "SESSION",
     "SESSION_CREATED",
+    "SNAPSHOT",
+    "SNAPSHOT_BASE",
+    "SNAPSHOT_CREATED",
+    "SNAPSHOT_RUNTIME",
+    "SNAPSHOT_SOURCE",
+    "SNAPSHOT_USER",
+    "SNAPSHOT_VOLUME_PATHS",
     "UPLOADS_VOLUME",
     "USER_ID",
     "WORK_VOLUME",
@@ -61,6 +69,8 @@ OWNER_PID = PREFIX + "owner-pid"
 """The process that made it, so that an orphan can be told from a live one."""
 OWNER_HOST = PREFIX + "owner-host"
 """The host of that process: a pid means something only there."""
+FROM_SNAPSHOT = PREFIX + "from-snapshot"
+"""The snapshot the container started from."""
 POOL = PREFIX + "pool"
 """The session manager whose warm pool made the container."""
 
@@ -81,6 +91,18 @@ KIND_PREPARED = "prepared"
 KIND_AIRGAPPED_BASE = "airgapped-base"
 PYTHON = PREFIX + "python"
 """A prepared image's ``python3`` (3.8+) for the supervisor, or empty when it has none."""
+
+# -- snapshot images (see pydantic_deep.sandbox.snapshots) ---------------------------------------
+SNAPSHOT = PREFIX + "snapshot"
+"""The snapshot's name."""
+SNAPSHOT_SOURCE = PREFIX + "snapshot-source"
+"""The container it was taken from."""
+SNAPSHOT_RUNTIME = PREFIX + "snapshot-runtime"
+SNAPSHOT_CREATED = PREFIX + "snapshot-created"
+SNAPSHOT_USER = PREFIX + "snapshot-user"
+SNAPSHOT_VOLUME_PATHS = PREFIX + "snapshot-volume-paths"
+"""Where the source's named volumes were mounted: their files are in the image at those paths."""
+SNAPSHOT_BASE = PREFIX + "snapshot-base"
 
 # -- session volumes (and their containers) ----------------------------------------------------
 MANAGER = PREFIX + "manager"

@@ -19,7 +19,8 @@ from .._guest.kernel import decode_value, encode_json, encode_value
 from ..errors import CellError, InvalidArgumentError, SandboxError
 from ..execution.channel import Process
 from ..results import OutputChunk
-from ..sandbox.base import SandboxBase
+from ..sandbox.base import SandboxBase, SandboxState
+from ..sandbox.docker import DockerSandbox
 
 __all__ = ["CellError", "CellResult", "SandboxInterpreter"]
 
@@ -127,7 +128,11 @@ class SandboxInterpreter:
                 return event
 
     def _request(self, request: dict[str, Any], on_event: Callable[[Event], None] | None) -> CellResult:
-        with self._lock:
+        with self._lock, self.sandbox._activity():  # a running cell is use: its sandbox is not idle
+            if isinstance(self.sandbox, DockerSandbox) and self.sandbox.state is SandboxState.PAUSED:
+                # The interpreter's process talks over its own stream, past the calls that resume
+                # a paused sandbox by themselves: a cell must thaw it first, as any call does.
+                self.sandbox.resume()
             self.start()
             assert self._process is not None
             self._process.write((json.dumps(request) + "\n").encode())

@@ -34,6 +34,8 @@ class SandboxState(enum.Enum):
 
     NEW = "new"
     RUNNING = "running"
+    PAUSED = "paused"
+    """Frozen in place (the cgroup freezer): no CPU, memory and processes kept; any call resumes it."""
     STOPPED = "stopped"
 
 

@@ -14,6 +14,9 @@ Safe defaults, each overridable by an argument of the same name:
   metadata address (``block_metadata``); sandboxes talk only on a ``shared_network`` they all name;
 - labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
   ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
+
+A sandbox can be paused (frozen in place, resumed by the next call), snapshotted (its files kept as
+an image, see :mod:`pydantic_deep.sandbox.snapshots`), restored from a snapshot, and forked.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
@@ -60,7 +64,7 @@ from ..engine.networks import (
     secure,
     shared_network_name,
 )
-from ..engine.volumes import ensure_volume, remove_volume
+from ..engine.volumes import create_volume, ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
     InvalidArgumentError,
@@ -82,12 +86,13 @@ from ..execution.transfer import FileOp, check_outcome, file_command, read_from,
 from ..images.builder import Progress
 from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from ..images.netfilter import ensure_netfilter_image
-from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image
+from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, PreparedImage, prepare_image
 from ..images.runtime import ensure_runtime_image
 from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
+from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
 __all__ = ["DockerSandbox"]
 
@@ -204,7 +209,8 @@ class DockerSandbox(SandboxBase):
         ```
 
     Args:
-        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`.
+        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`; default
+            ``python-minimal``, or the runtime of ``snapshot``.
         network: Give the container network access; ``None`` follows ``runtime.network``. A
             networked sandbox reaches the outside world through the host's route, and nothing else:
             not other sandboxes (whoever's), not the host's own addresses and ports (the engine's
@@ -257,11 +263,13 @@ class DockerSandbox(SandboxBase):
             garbage-collected, when the interpreter exits, and when the process is killed (even by
             SIGKILL, through a stream the container's main process waits on). ``False`` leaves
             it running until ``stop()`` (sessions that a later process adopts).
+        snapshot: Start from this :class:`Snapshot` (or the name of one): its files, its runtime.
+            Empty named ``volumes`` are filled with the snapshot's files at their paths.
     """
 
     def __init__(
         self,
-        runtime: str | RuntimeConfig = "python-minimal",
+        runtime: str | RuntimeConfig | None = None,
         *,
         network: bool | None = None,
         shared_network: str | None = None,
@@ -286,8 +294,10 @@ class DockerSandbox(SandboxBase):
         name: str | None = None,
         volumes: Mapping[str, str] | None = None,
         remove_on_exit: bool = True,
+        snapshot: Snapshot | str | None = None,
     ) -> None:
-        self.runtime: RuntimeConfig = resolve_runtime(runtime)
+        self.from_snapshot: Snapshot | None = resolve_snapshot(snapshot) if snapshot is not None else None
+        self.runtime: RuntimeConfig = self._runtime_for(runtime, self.from_snapshot)
         self.network = self.runtime.network if network is None else network
         if not isinstance(self.network, bool):
             raise InvalidArgumentError(f"network must be True or False, not {shown(repr(self.network))}")
@@ -324,7 +334,21 @@ class DockerSandbox(SandboxBase):
         self._finalizer: weakref.finalize | None = None
         self._python: str | None = None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
+        self._fork_image: str | None = None  # a fork's image: removed with the fork's last sandbox
+        if self.from_snapshot is not None and self.from_snapshot.user != f"{self._uid}:{self._gid}":
+            raise InvalidArgumentError(f"user={user!r} differs from the user of snapshot {self.from_snapshot.name!r} "
+                                       f"({self.from_snapshot.user}), who owns its files: leave user out")
         super().__init__()
+
+    @staticmethod
+    def _runtime_for(runtime: str | RuntimeConfig | None, snapshot: Snapshot | None) -> RuntimeConfig:
+        if snapshot is None:
+            return resolve_runtime(runtime or "python-minimal")
+        if runtime is not None and resolve_runtime(runtime) != snapshot.runtime:
+            raise InvalidArgumentError(f"runtime {runtime if isinstance(runtime, str) else runtime.name!r} differs "
+                                       f"from the runtime of snapshot {snapshot.name!r} ({snapshot.runtime.name}): "
+                                       "a snapshot starts with its own runtime; leave runtime out")
+        return snapshot.runtime
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -342,7 +366,7 @@ class DockerSandbox(SandboxBase):
         """Running, with its execution channel open (false once the container died, as far as
         the channel can tell; the ``docker exec`` fallback cannot tell)."""
         channel = self._channel
-        return self.state is SandboxState.RUNNING and channel is not None and channel.alive
+        return self.state in (SandboxState.RUNNING, SandboxState.PAUSED) and channel is not None and channel.alive
 
     @engine_errors()
     def start(self) -> Self:
@@ -356,12 +380,16 @@ class DockerSandbox(SandboxBase):
             ImageNotAvailableError, ImageBuildError: the runtime's image cannot be had.
         """
         with self._lock:
-            if self.state is SandboxState.RUNNING:
+            if self.state in (SandboxState.RUNNING, SandboxState.PAUSED):
                 return self
             client = docker_client()
-            self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
-                                              progress=self.progress)
-            prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            if self.from_snapshot is not None:  # committed from a prepared image: ready as it is
+                self.image = self.from_snapshot.tag
+                prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python)
+            else:
+                self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
+                                                  progress=self.progress)
+                prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             for volume in self.volumes:
                 ensure_volume(volume)
             container = self._create_container(client, prepared.tag)
@@ -441,6 +469,9 @@ class DockerSandbox(SandboxBase):
         labels = attrs["Config"]["Labels"] or {}
         if label.RUNTIME_CONFIG not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
+        if attrs["State"]["Paused"]:  # paused by another process: a channel cannot open on it frozen
+            with engine_errors():
+                resume_container(client, attrs["Id"])
         sandbox = cls(
             RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG]),
             user=attrs["Config"]["User"], session_id=labels[label.SESSION],
@@ -467,11 +498,13 @@ class DockerSandbox(SandboxBase):
                 self._channel.close()  # the supervisor kills what still runs
             if self._finalizer is not None:
                 self._finalizer.detach()
-            if self.state is SandboxState.RUNNING and self.container_id is not None:
+            if self.state in (SandboxState.RUNNING, SandboxState.PAUSED) and self.container_id is not None:
                 with engine_errors():
                     remove_container(docker_client(), self.container_id)
                     if self.shared_network is not None:  # the last one out removes it
                         remove_network_if_unused(docker_client(), self._shared_network_name())
+                    if self._fork_image is not None:
+                        remove_fork_image(self._fork_image)
                 self.state = SandboxState.STOPPED
             self._finalizer = self._channel = None
             if self._lifeline is not None:
@@ -500,7 +533,10 @@ class DockerSandbox(SandboxBase):
         return DockerExecChannel(client, container_id)
 
     def _live_channel(self) -> Channel:
-        """The running sandbox's channel, re-opened if it died (the container must still run)."""
+        """The running sandbox's channel, re-opened if it died (the container must still run).
+        A paused sandbox is resumed first: every call gets here."""
+        if self.state is SandboxState.PAUSED:
+            self.resume()
         container_id = self._running_id()
         with self._lock:
             if self._channel is None:
@@ -549,10 +585,13 @@ class DockerSandbox(SandboxBase):
 
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
-        volumes = {name: {"bind": path, "mode": "rw"} for name, path in self.volumes.items()}
+        # Mounts, not binds: binds are also declared as the container's volumes, which a snapshot's
+        # commit would carry into its image (and every container of the snapshot would get them).
+        mounts = [docker.types.Mount(path, name, type="volume") for name, path in self.volumes.items()]
         if self.ca_bundle is not None:
             environment.update(self.ca_bundle.environment())
-            volumes[str(self.ca_bundle.host_file())] = {"bind": CONTAINER_CA_PATH, "mode": "ro"}
+            mounts.append(docker.types.Mount(CONTAINER_CA_PATH, str(self.ca_bundle.host_file()), type="bind",
+                                             read_only=True))
         return dict(
             # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
             entrypoint=["sh", "-c", "read -r _"] if self.remove_on_exit else ["sleep", "infinity"],
@@ -562,7 +601,7 @@ class DockerSandbox(SandboxBase):
             user=f"{self._uid}:{self._gid}",
             working_dir=self.work_dir,
             environment=environment,
-            volumes=volumes,
+            mounts=mounts,
             labels={
                 **self.labels,
                 label.MANAGED: "true",
@@ -573,6 +612,7 @@ class DockerSandbox(SandboxBase):
                 label.CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
                 label.OWNER_PID: str(os.getpid()),
                 label.OWNER_HOST: socket.gethostname(),
+                **({label.FROM_SNAPSHOT: self.from_snapshot.name} if self.from_snapshot is not None else {}),
             },
             init=True,
             # Nothing reads the container's log, and a command can write to it (through the main
@@ -762,6 +802,159 @@ class DockerSandbox(SandboxBase):
             stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
+
+    # -- pause, snapshot, fork ----------------------------------------------------------------
+
+    @engine_errors()
+    def pause(self) -> None:
+        """Freeze the sandbox in place (the cgroup freezer): it uses no CPU and keeps its memory,
+        its processes and the variables of its interpreters.
+
+        :attr:`state` becomes ``paused``. The next call (a command, a file, an interpreter's cell)
+        resumes it first, by itself; :meth:`resume` does it explicitly. A command running meanwhile
+        is frozen with the rest, its timeout still counting. A no-op when paused already.
+
+        Raises:
+            SandboxStateError: the sandbox is not running (never started, or stopped).
+        """
+        with self._lock:
+            if self.state is SandboxState.PAUSED:
+                return
+            if self.state is not SandboxState.RUNNING or self.container_id is None:
+                raise SandboxStateError(f"only a running sandbox can be paused; this one is {self.state.value}")
+            with self._clear_errors("pause"):
+                docker_client().api.pause(self.container_id)
+            self.state = SandboxState.PAUSED
+
+    def pause_if_idle(self, idle: float) -> bool:
+        """Pause the sandbox if it ran and was unused for ``idle`` seconds; a call that comes
+        meanwhile waits for the pause and then resumes it, so none is ever frozen mid-way.
+
+        Returns:
+            Whether it was paused now.
+        """
+        with self._activity_lock:  # no call can begin while this looks and pauses
+            if self._busy or time.monotonic() - self.last_used < idle or self.state is not SandboxState.RUNNING:
+                return False
+            self.pause()
+            return True
+
+    @engine_errors()
+    def resume(self) -> None:
+        """Thaw a paused sandbox (any call does it by itself, first); a no-op unless paused."""
+        with self._lock:
+            if self.state is not SandboxState.PAUSED or self.container_id is None:
+                return
+            with self._clear_errors("resume"):
+                resume_container(docker_client(), self.container_id)
+            self.state = SandboxState.RUNNING
+
+    @_in_use
+    def snapshot(self, name: str | None = None) -> Snapshot:
+        """Keep the sandbox's files as a named snapshot, to start from, restore or fork later.
+
+        It holds everything the container changed in its filesystem, and the content of its named
+        volumes (a session's work dir and ``/uploads``), taken at one moment: the sandbox is paused
+        for the copy and resumed after it (a paused sandbox stays paused). Not kept: memory and
+        processes (interpreter variables), and ``/tmp``. It lives in the engine as an image, so it
+        outlives this process: see :func:`pydantic_deep.list_snapshots`.
+
+        Args:
+            name: Its name (letters, digits, ``_.-``); default ``snapshot-<runtime>-<time>-<random>``.
+
+        Raises:
+            InvalidArgumentError: a malformed name, or one a snapshot already has.
+        """
+        container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
+        return take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
+                             volume_paths=sorted(self.volumes.values()), name=name)
+
+    def restore(self, snapshot: Snapshot | str) -> Self:
+        """Roll the sandbox back to ``snapshot``: its container is replaced by one started from the
+        snapshot, and its named volumes are emptied and filled with the snapshot's files.
+
+        Processes and interpreter variables start afresh (a snapshot holds files only). The
+        sandbox takes the snapshot's runtime.
+
+        Raises:
+            SnapshotNotFoundError: there is no such snapshot.
+            InvalidArgumentError: the snapshot's files belong to another user than this sandbox's.
+        """
+        snap = resolve_snapshot(snapshot)
+        if snap.user != f"{self._uid}:{self._gid}":
+            raise InvalidArgumentError(f"snapshot {snap.name!r} holds files of user {snap.user}, "
+                                       f"this sandbox runs as {self.user}")
+        self.stop()
+        with engine_errors():
+            for volume in self.volumes:
+                create_volume(volume)  # empty: the engine fills it from the snapshot's image
+        self.from_snapshot, self.runtime = snap, snap.runtime
+        return self.start()
+
+    def fork(self, n: int) -> list[DockerSandbox]:
+        """``n`` independent, started copies of this sandbox's files, taken at one moment.
+
+        Each has its own container (with this sandbox's limits and settings) and its own copy of
+        the files; a change in one is never seen in another, nor here. A fork of a sandbox with
+        named volumes has its copy of them in its own container (nothing to clean up): forks are
+        for trying things (parallel agent attempts, "what if" in a notebook), sessions for keeping
+        them. Processes and interpreter variables are not copied. Stop each fork when done; the
+        image they share goes with the last one.
+
+        Raises:
+            InvalidArgumentError: ``n`` is not a number from 1 to 64.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+            raise InvalidArgumentError(f"fork(n) needs a number of copies from 1 to 64, not {n!r}")
+        with self._activity(), self._clear_errors("fork"):
+            container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
+            snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
+                                 volume_paths=sorted(self.volumes.values()), kind="fork")
+        forks = [self._fork_from(snap) for _ in range(n)]
+        try:
+            with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pydantic-deep-fork") as pool:
+                list(pool.map(DockerSandbox.start, forks))
+        except BaseException:
+            for fork in forks:
+                fork.stop()
+            with engine_errors():
+                remove_fork_image(snap.image)
+            raise
+        return forks
+
+    def _fork_from(self, snap: Snapshot) -> DockerSandbox:
+        fork = DockerSandbox(
+            self.runtime, network=self.network, user=self.user, memory=self.memory, cpus=self.cpus,
+            pids_limit=self.pids_limit,
+            max_file_size=str(self.max_file_size) if self.max_file_size else None,
+            tmp_size=str(self.tmp_size) if self.tmp_size else None, disk_size=self.disk_size,
+            drop_capabilities=self.drop_capabilities, no_new_privileges=self.no_new_privileges,
+            block_metadata=self.block_metadata, command_timeout=self.command_timeout,
+            max_output=self.max_output, ca_bundle=False, progress=self.progress,
+            labels={key: value for key, value in self.labels.items() if not key.startswith(label.PREFIX)},
+        )
+        fork.ca_bundle, fork.from_snapshot, fork._fork_image = self.ca_bundle, snap, snap.image
+        return fork
+
+    async def apause(self) -> None:
+        """Async form of :meth:`pause`."""
+        await asyncio.to_thread(self.pause)
+
+    async def aresume(self) -> None:
+        """Async form of :meth:`resume`."""
+        await asyncio.to_thread(self.resume)
+
+    async def asnapshot(self, name: str | None = None) -> Snapshot:
+        """Async form of :meth:`snapshot`."""
+        return await asyncio.to_thread(self.snapshot, name)
+
+    async def arestore(self, snapshot: Snapshot | str) -> Self:
+        """Async form of :meth:`restore`."""
+        return await asyncio.to_thread(self.restore, snapshot)
+
+    async def afork(self, n: int) -> list[DockerSandbox]:
+        """Async form of :meth:`fork`."""
+        return await asyncio.to_thread(self.fork, n)
 
     # -- display ------------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ What a session is made of, all named from a hash of the user id (``<key>``), nev
 
 Files go away only when a session is ended on purpose: :meth:`SessionManager.release`, or
 :meth:`SessionManager.shutdown` with ``keep_files=False``. Idle cleanup and ``shutdown()`` remove
-containers and keep files.
+containers and keep files. Before that, an idle session can be *paused* (``pause_after``): frozen
+in place, using no CPU, its processes and interpreter variables kept; its next call resumes it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -39,8 +41,10 @@ from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_
 from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStateError, SessionLimitError, shown
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
+from ..sandbox.base import SandboxState
 from ..sandbox.docker import DockerSandbox
 from ..sandbox.pool import SandboxPool
+from ..sandbox.snapshots import Snapshot, resolve_snapshot
 from . import naming
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
 
@@ -63,7 +67,7 @@ class SessionInfo:
 
     user_id: str
     runtime: str
-    state: Literal["running", "busy", "stopped"]
+    state: Literal["running", "busy", "paused", "stopped"]
     container: str
     idle_seconds: float
     memory_bytes: int
@@ -138,6 +142,11 @@ class SessionManager:
         orphans: What to do with this manager's containers left by a process that is gone:
             ``"adopt"`` them (the user gets the same container and files back) or ``"reap"`` them
             (containers removed, files kept).
+        pause_after: Seconds without use before :meth:`cleanup_idle` (and its loop) pauses a
+            session: frozen, no CPU, memory and interpreter variables kept, resumed by its next
+            call in milliseconds. Meant to be shorter than ``default_idle_timeout``, after which
+            the session is stopped (files kept). ``None`` never pauses; ``get_or_create`` can set
+            it per session.
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
             A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
             user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
@@ -158,6 +167,7 @@ class SessionManager:
         registry: SessionRegistry | None = None,
         pool_size: int = 0,
         orphans: Literal["adopt", "reap"] = "adopt",
+        pause_after: float | None = None,
         **sandbox_options: Any,
     ) -> None:
         _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
@@ -174,6 +184,8 @@ class SessionManager:
         self.max_sessions = max_sessions
         self.registry = registry or InMemoryRegistry()
         self.orphans = orphans
+        self.pause_after = _checked_pause_after(pause_after)
+        self._pause_after: dict[str, float | None] = {}  # per session, where get_or_create set it
         self.sandbox_options = sandbox_options
         self._shared = not isinstance(self.registry, InMemoryRegistry)
         self._sandboxes: dict[str, DockerSandbox] = {}
@@ -218,23 +230,43 @@ class SessionManager:
         """
         return sum(1 for record in self.registry.records(f"{self.name}:").values() if record.container)
 
-    async def get_or_create(self, user_id: str, runtime: str | RuntimeConfig | None = None) -> DockerSandbox:
+    async def get_or_create(self, user_id: str, runtime: str | RuntimeConfig | None = None, *,
+                            snapshot: Snapshot | str | None = None, pause_after: float | None = None) -> DockerSandbox:
         """The user's sandbox: the same one on every call, with the user's files.
 
         Creates it on first use (from the warm pool when there is one), re-attaches to it from
         another process, and replaces a container that died or was removed, files included.
         With ``runtime`` different from the session's, the container is replaced by one of that
-        runtime, again with the same files.
+        runtime, again with the same files. A paused session is handed back as it is: its next
+        call resumes it.
+
+        Args:
+            user_id: Whose session.
+            runtime: The runtime it must run (default: the session's, or the manager's for a new one).
+            snapshot: Start the session from this snapshot (or its name): a new session gets its
+                files; an existing one is rolled back to them (its container replaced, its files
+                replaced by the snapshot's; processes and variables start afresh).
+            pause_after: This session's ``pause_after`` (default: the manager's); ``math.inf``
+                never pauses it.
 
         Raises:
             SessionLimitError: a new session would pass ``max_sessions``.
+            SnapshotNotFoundError: there is no such snapshot.
         """
         key = self._key(user_id)
         wanted = resolve_runtime(runtime) if runtime is not None else None
+        if pause_after is not None:
+            self._pause_after[key] = _checked_pause_after(pause_after)
         await self._ensure_recovered()
+        snap = await asyncio.to_thread(resolve_snapshot, snapshot) if snapshot is not None else None
+        if snap is not None and wanted not in (None, snap.runtime):
+            assert wanted is not None
+            raise InvalidArgumentError(f"runtime {wanted.name!r} differs from the runtime of snapshot {snap.name!r} "
+                                       f"({snap.runtime.name}): a session restored from it runs its runtime")
         known = self._sandboxes.get(key)
         # `alive` may ask the engine (images without the supervisor): never on the event loop.
-        if known is not None and wanted in (None, known.runtime) and await asyncio.to_thread(getattr, known, "alive"):
+        if snap is None and known is not None and wanted in (None, known.runtime) \
+                and await asyncio.to_thread(getattr, known, "alive"):
             return known
         with self._guard:
             future = self._creating.get(key)
@@ -244,7 +276,7 @@ class SessionManager:
         if not creator:
             return await asyncio.wrap_future(future)
         try:
-            sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted)
+            sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted, snap)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -255,12 +287,19 @@ class SessionManager:
             with self._guard:
                 del self._creating[key]
 
-    def _open_session(self, key: str, user_id: str, wanted: RuntimeConfig | None) -> DockerSandbox:
-        """Find, attach, repair or create the user's sandbox (in a worker thread)."""
+    def _open_session(self, key: str, user_id: str, wanted: RuntimeConfig | None,
+                      snapshot: Snapshot | None = None) -> DockerSandbox:
+        """Find, attach, repair or create the user's sandbox (in a worker thread); from
+        ``snapshot``, a new container with the snapshot's files in the session's volumes."""
         with engine_errors(), self.registry.lock(self._registry_key(key)):
             record = self.registry.get(self._registry_key(key)) or self._record_from_engine(key)
             sandbox = self._sandboxes.get(key)
-            if record is not None and record.container:
+            if snapshot is not None:
+                if sandbox is not None:
+                    sandbox.stop()  # its files are replaced below
+                    sandbox = None
+                wanted = snapshot.runtime
+            elif record is not None and record.container:
                 if sandbox is None or not sandbox.alive:
                     sandbox = self._attach(record.container)
                 if sandbox is not None and wanted is not None and sandbox.runtime != wanted:
@@ -269,13 +308,14 @@ class SessionManager:
             if record is not None:
                 if sandbox is None:  # stopped, died or removed: a new container, the same files
                     runtime = wanted or RuntimeConfig.model_validate_json(record.runtime)
-                    sandbox = self._new_sandbox(key, runtime, record.volumes)
+                    sandbox = self._new_sandbox(key, runtime, record.volumes, snapshot)
             else:
                 if self.max_sessions is not None and self.session_count >= self.max_sessions:
                     raise SessionLimitError(
                         f"the session manager {self.name!r} is full: {self.max_sessions} sessions at once")
                 runtime = wanted or self.default_runtime
-                sandbox = self._from_pool(key, runtime) or self._new_sandbox(key, runtime, None)
+                pooled = self._from_pool(key, runtime) if snapshot is None else None
+                sandbox = pooled or self._new_sandbox(key, runtime, None, snapshot)
                 record = SessionRecord(user_id, sandbox.name, dict(sandbox.volumes), runtime.model_dump_json(),
                                        created=time.time())
                 self._write_session_volume(key, record)
@@ -290,13 +330,18 @@ class SessionManager:
         return {"remove_on_exit": False, **self.sandbox_options,
                 "labels": {**self.sandbox_options.get("labels", {}), **self._labels()}}
 
-    def _new_sandbox(self, key: str, runtime: RuntimeConfig, volumes: Mapping[str, str] | None) -> DockerSandbox:
+    def _new_sandbox(self, key: str, runtime: RuntimeConfig, volumes: Mapping[str, str] | None,
+                     snapshot: Snapshot | None = None) -> DockerSandbox:
         name = self._container_name(key)
         remove_container(docker_client(), name)  # a dead container of this session holds the name
         # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
         work, uploads = _split_volumes(volumes) if volumes else naming.volume_names(name)
+        if snapshot is not None:
+            for volume in (work, uploads):
+                create_volume(volume)  # emptied: the engine fills an empty volume from the snapshot's image
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
-                             session_id=key, network_owner=naming.network_owner(key), **self._sandbox_options()).start()
+                             session_id=key, network_owner=naming.network_owner(key), snapshot=snapshot,
+                             **self._sandbox_options()).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
         name = naming.pool_name(self.name)
@@ -378,7 +423,8 @@ class SessionManager:
             return was_running or remove_files
 
     async def cleanup_idle(self, max_idle: float | None = None) -> int:
-        """Stop the sessions unused for ``max_idle`` seconds (default ``default_idle_timeout``).
+        """Stop the sessions unused for ``max_idle`` seconds (default ``default_idle_timeout``),
+        then pause those unused for their ``pause_after`` (see :meth:`pause_idle`).
 
         A session that runs a command or moves a file is never idle. Their files are kept: the
         user's next :meth:`get_or_create` brings them back in a new container.
@@ -391,7 +437,23 @@ class SessionManager:
                 if not sandbox.busy and sandbox.idle_seconds >= limit]
         ended = await asyncio.gather(*(asyncio.to_thread(self._end_session, key, False, only_if_idle=limit)
                                        for key in idle))
+        paused = await self.pause_idle()
+        if paused:
+            logger.info("Paused %d idle session(s)", paused)
         return sum(ended)
+
+    async def pause_idle(self) -> int:
+        """Pause the running sessions unused for their ``pause_after`` seconds (see the manager's
+        ``pause_after``): no CPU, memory kept; each one's next call resumes it.
+
+        Returns:
+            How many sessions were paused.
+        """
+        due = [(sandbox, limit) for key, sandbox in list(self._sandboxes.items())
+               if (limit := self._pause_after.get(key, self.pause_after)) is not None
+               and sandbox.state is SandboxState.RUNNING and not sandbox.busy and sandbox.idle_seconds >= limit]
+        paused = await asyncio.gather(*(asyncio.to_thread(sandbox.pause_if_idle, limit) for sandbox, limit in due))
+        return sum(paused)
 
     def start_cleanup_loop(self, interval: float = 300) -> None:
         """Run :meth:`cleanup_idle` every ``interval`` seconds in a background thread, until
@@ -451,8 +513,9 @@ class SessionManager:
         for key, record in sorted(self.registry.records(f"{self.name}:").items()):
             sandbox = self._sandboxes.get(key.split(":", 1)[1])
             usage = sandbox.usage() if sandbox is not None and sandbox.alive else None
-            state: Literal["running", "busy", "stopped"] = (
-                "stopped" if usage is None else "busy" if sandbox and sandbox.busy else "running")
+            state: Literal["running", "busy", "paused", "stopped"] = (
+                "stopped" if usage is None else "busy" if sandbox and sandbox.busy
+                else "paused" if sandbox and sandbox.state is SandboxState.PAUSED else "running")
             idle = sandbox.idle_seconds if sandbox is not None else time.time() - record.last_used
             infos.append(SessionInfo(
                 user_id=record.user_id, runtime=RuntimeConfig.model_validate_json(record.runtime).name,
@@ -500,7 +563,7 @@ class SessionManager:
                 key = naming.session_key(self.name, container.name)
                 record = self._record_from_engine(key) if key is not None else None
                 if key is not None and record is not None and self.orphans == "adopt" \
-                        and container.status == "running":
+                        and container.status in ("running", "paused"):
                     sandbox = self._attach(container.name)
                     if sandbox is not None:
                         self.registry.put(self._registry_key(key), replace(record, last_used=time.time()))
@@ -548,6 +611,16 @@ def _user_from_label(text: str) -> str:
     except json.JSONDecodeError:
         return text
     return value if isinstance(value, str) else text
+
+
+def _checked_pause_after(seconds: float | None) -> float | None:
+    """``seconds`` if it can be a ``pause_after`` (a positive number, ``math.inf`` or ``None``)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or math.isnan(seconds) or seconds < 0:
+        raise InvalidArgumentError(f"pause_after must be a number of seconds (0 or more, math.inf for never) "
+                                   f"or None, not {seconds!r}")
+    return None if math.isinf(seconds) else float(seconds)
 
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:
