@@ -16,6 +16,7 @@ from .errors import (
     ImageBuildError,
     ImageNotAvailableError,
     InvalidArgumentError,
+    NodeLostError,
     PathOutsideSandboxError,
     SandboxError,
     SandboxFileNotFoundError,
@@ -24,6 +25,7 @@ from .errors import (
     UnknownBackendError,
     UnknownRuntimeError,
 )
+from .engine.swarm import SwarmCluster
 from .execution.channel import CommandStream
 from .images.certs import CaBundle, resolve_ca_bundle
 from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
@@ -51,6 +53,7 @@ __all__ = [
     "InMemoryRegistry",
     "InvalidArgumentError",
     "LocalSandbox",
+    "NodeLostError",
     "OutputChunk",
     "PathOutsideSandboxError",
     "RedisRegistry",
@@ -66,6 +69,7 @@ __all__ = [
     "SessionManager",
     "SessionRecord",
     "SessionRegistry",
+    "SwarmCluster",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",

@@ -14,6 +14,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── TransferInterruptedError    a file transfer was cut off, its container still running
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
+            └── NodeLostError       the cluster node running it is lost (names the node)
 
 Invalid ``RuntimeConfig`` fields raise pydantic's ``ValidationError`` (a ``ValueError``), whose
 message names the field and the problem.
@@ -27,6 +28,7 @@ __all__ = [
     "ImageBuildError",
     "ImageNotAvailableError",
     "InvalidArgumentError",
+    "NodeLostError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
@@ -137,3 +139,18 @@ class ContainerGoneError(SandboxStateError):
     an engine restart). Its files are gone with it unless they were on named volumes: a
     :class:`SessionManager` replaces the container, files included, on the next ``get_or_create``;
     a plain sandbox needs ``stop()`` and ``start()``."""
+
+
+class NodeLostError(ContainerGoneError):
+    """The cluster node running the sandbox is lost: its engine does not answer (it crashed, or
+    the host went down). The sandbox's processes went with it, and its files too unless they were
+    on shared storage; a :class:`SessionManager` starts a new sandbox on another node on the next
+    ``get_or_create``.
+
+    Attributes:
+        node: The node's name.
+    """
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(message)

@@ -40,12 +40,14 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.utils import parse_bytes
 from requests.exceptions import ChunkedEncodingError
+from requests.exceptions import ConnectionError as EngineConnectionError
 
 from .._html import field_table
 from ..arguments import file_content
 from ..config import RuntimeConfig
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
+from ..engine.swarm import SwarmCluster, TaskPlacement, resolve_cluster
 from ..engine.volumes import ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
@@ -71,6 +73,7 @@ from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
+from .network import cut_network
 from .metadata import METADATA_ADDRESS, block_metadata
 
 __all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
@@ -169,7 +172,12 @@ class DockerSandbox(SandboxBase):
         remove_on_exit: Tie the container to this process: it is removed when this object is
             garbage-collected, when the interpreter exits, and when the process is killed (even by
             SIGKILL, through a stream the container's main process waits on). ``False`` leaves
-            it running until ``stop()`` (sessions that a later process adopts).
+            it running until ``stop()`` (sessions that a later process adopts). On a cluster the
+            sandbox is removed when this object is collected or the interpreter exits, not when
+            the process is killed (``pydantic-deep prune`` finds what is left).
+        cluster: Run on a Docker Swarm (see :class:`SwarmCluster`): one of them, a manager's
+            address, or ``False`` for this host's engine. ``None`` (the default) follows
+            ``$PYDANTIC_DEEP_CLUSTER``, and this host's engine when it is unset.
     """
 
     def __init__(
@@ -196,6 +204,7 @@ class DockerSandbox(SandboxBase):
         name: str | None = None,
         volumes: Mapping[str, str] | None = None,
         remove_on_exit: bool = True,
+        cluster: SwarmCluster | str | bool | None = None,
     ) -> None:
         self.runtime: RuntimeConfig = resolve_runtime(runtime)
         self.network = self.runtime.network if network is None else network
@@ -215,6 +224,8 @@ class DockerSandbox(SandboxBase):
         self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
         self.volumes = dict(volumes or {})
         self.remove_on_exit = remove_on_exit
+        self.cluster = resolve_cluster(cluster)
+        self._placement: TaskPlacement | None = None  # on a cluster: the node and its engine
         self.image: str | None = None
         self.container_id: str | None = None
         self.state = SandboxState.NEW
@@ -234,6 +245,15 @@ class DockerSandbox(SandboxBase):
     def has_python(self) -> bool:
         """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
         return isinstance(self._channel, SupervisorChannel)
+
+    @property
+    def node(self) -> str | None:
+        """The cluster node the sandbox runs on (``None`` on this host's engine)."""
+        return self._placement.node if self._placement is not None else None
+
+    def _engine(self) -> docker.DockerClient:
+        """The engine holding the container: its node's on a cluster, else this host's."""
+        return self._placement.client if self._placement is not None else docker_client()
 
     @property
     def alive(self) -> bool:
@@ -260,6 +280,9 @@ class DockerSandbox(SandboxBase):
             self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                               progress=self.progress)
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            if self.cluster is not None:
+                self._start_on_cluster(self.cluster, prepared.tag, prepared.python)
+                return self
             for volume in self.volumes:
                 ensure_volume(volume)
             try:
@@ -285,19 +308,39 @@ class DockerSandbox(SandboxBase):
             self._adopt(client, container.id)
         return self
 
+    def _start_on_cluster(self, cluster: SwarmCluster, image: str, python: str | None) -> None:
+        """Start the sandbox as a one-task Swarm service and reach its container through its
+        node's engine (with the lock held)."""
+        placement = cluster.run(self.name, image, self._container_options(), progress=self.progress)
+        try:
+            self._placement, self._python = placement, python
+            if not self.network:  # Swarm has no "none" network: take the task's links down instead
+                cut_network(placement.client, placement.container_id, image, python, self._helper_labels())
+            elif self.block_metadata:
+                self._block_metadata(placement.client, placement.container_id, image)
+            self._channel = self._open_channel(placement.container_id)
+        except BaseException:
+            cluster.remove(self.name)
+            self._placement = None
+            raise
+        self._adopt(placement.client, placement.container_id)
+
+    def _helper_labels(self) -> dict[str, str]:
+        return {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
+                "pydantic-deep.owner-host": socket.gethostname()}
+
     def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
         if self._python is None:
             logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
                            self.image, METADATA_ADDRESS)
             return
-        block_metadata(client, container_id, image, self._python,
-                       {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
-                        "pydantic-deep.owner-host": socket.gethostname()})
+        block_metadata(client, container_id, image, self._python, self._helper_labels())
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
         if self.remove_on_exit:
-            self._finalizer = weakref.finalize(self, remove_container, client, container_id)
+            self._finalizer = weakref.finalize(self, remove_container, client, container_id) if self.cluster is None \
+                else weakref.finalize(self, self.cluster.remove, self.name)
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
 
@@ -314,26 +357,38 @@ class DockerSandbox(SandboxBase):
                 ``stop()`` removes it).
             **options: Other :class:`DockerSandbox` arguments (``command_timeout``, ...).
 
+        With ``cluster`` (or ``$PYDANTIC_DEEP_CLUSTER``), ``container`` names the sandbox's service.
+
         Raises:
             SandboxStateError: the container is not a running pydantic_deep sandbox.
         """
-        client = docker_client()
+        cluster = resolve_cluster(options.get("cluster"))
+        placement = None
         with engine_errors():
             try:
+                if cluster is not None:
+                    placement = cluster.locate(container)
+                    if placement is None:
+                        raise NotFound(container)
+                    client, container = placement.client, placement.container_id
+                else:
+                    client = docker_client()
                 attrs = client.api.inspect_container(container)
-            except NotFound:
-                raise SandboxStateError(f"no sandbox container {container!r}") from None
+            except (NotFound, EngineConnectionError):
+                raise SandboxStateError(f"no running sandbox {container!r}") from None
         labels = attrs["Config"]["Labels"] or {}
         if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
         sandbox = cls(
             RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
             user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
-            name=attrs["Name"].lstrip("/"), remove_on_exit=remove_on_exit,
+            name=attrs["Config"]["Labels"].get("com.docker.swarm.service.name") or attrs["Name"].lstrip("/"),
+            remove_on_exit=remove_on_exit,
             volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
             labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
         )
         sandbox.image = labels.get("pydantic-deep.image")
+        sandbox._placement = placement
         with sandbox._lock, engine_errors():
             sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
             sandbox._channel = sandbox._open_channel(attrs["Id"])
@@ -354,7 +409,10 @@ class DockerSandbox(SandboxBase):
                 self._finalizer.detach()
             if self.state is SandboxState.RUNNING and self.container_id is not None:
                 with engine_errors():
-                    remove_container(docker_client(), self.container_id)
+                    if self.cluster is not None:
+                        self.cluster.remove(self.name)  # works with the node lost, too
+                    else:
+                        remove_container(docker_client(), self.container_id)
                 self.state = SandboxState.STOPPED
             self._finalizer = self._channel = None
             if self._lifeline is not None:
@@ -363,11 +421,11 @@ class DockerSandbox(SandboxBase):
             if remove_volumes:
                 with engine_errors():
                     for volume in self.volumes:
-                        remove_volume(volume)
+                        self.cluster.remove_volume(volume) if self.cluster is not None else remove_volume(volume)
 
     def _open_channel(self, container_id: str) -> Channel:
         """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
-        client = docker_client()
+        client = self._engine()
         if self._python is not None:
             try:
                 return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
@@ -410,6 +468,9 @@ class DockerSandbox(SandboxBase):
                 yield
             except _CONTAINER_FAILURES as exc:
                 raise self._explain(exc, action) from exc
+            except EngineConnectionError:
+                self._check_node()
+                raise
             except TransferInterruptedError as exc:
                 if self._container_gone():
                     raise self._gone() from exc
@@ -418,7 +479,15 @@ class DockerSandbox(SandboxBase):
     def _container_gone(self) -> bool:
         """Whether the container stopped or was removed. A call cut off by ``docker rm -f`` fails a
         moment before the engine calls the container stopped, so a running one gets 2 s to stop."""
-        return self.container_id is not None and container_stops_within(docker_client(), self.container_id, 2)
+        self._check_node()
+        return self.container_id is not None and container_stops_within(self._engine(), self.container_id, 2)
+
+    def _check_node(self) -> None:
+        """On a cluster, raise :class:`NodeLostError` when the sandbox's node does not answer."""
+        if self.cluster is not None and self._placement is not None:
+            lost = self.cluster.lost(self._placement)
+            if lost is not None:
+                raise lost
 
     def _explain(self, exc: Exception, action: str) -> Exception:
         """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
@@ -531,6 +600,9 @@ class DockerSandbox(SandboxBase):
                                           max_output=self.max_output, on_output=on_output)
             except _CONTAINER_FAILURES as exc:
                 raise await asyncio.to_thread(self._explain, exc, "aexecute") from exc
+            except EngineConnectionError:
+                await asyncio.to_thread(self._check_node)
+                raise
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -541,7 +613,7 @@ class DockerSandbox(SandboxBase):
         channel = self._live_channel()
         if isinstance(channel, SupervisorChannel):
             return channel.spawn(command, on_output)
-        return ExecProcess(docker_client(), self._running_id(), command, on_output)
+        return ExecProcess(self._engine(), self._running_id(), command, on_output)
 
     # -- files --------------------------------------------------------------------------------
 
@@ -570,7 +642,7 @@ class DockerSandbox(SandboxBase):
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        write_into(docker_client(), self._live_container(), target, self.allowed_roots, content, size)
+        write_into(self._engine(), self._live_container(), target, self.allowed_roots, content, size)
         return target
 
     @_in_use
@@ -602,7 +674,7 @@ class DockerSandbox(SandboxBase):
 
     def _copy_out(self, path: str, target: BinaryIO) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return read_from(docker_client(), self._live_container(), source, self.allowed_roots, target)
+        return read_from(self._engine(), self._live_container(), source, self.allowed_roots, target)
 
     @_in_use
     def exists(self, path: str) -> bool:
@@ -641,13 +713,13 @@ class DockerSandbox(SandboxBase):
     @_in_use
     def rename(self, name: str) -> None:
         """Give the container a new name (a session manager names a pooled sandbox for its user)."""
-        docker_client().api.rename(self._running_id(), name)
+        self._engine().api.rename(self._running_id(), name)
         self.name = name
 
     def usage(self) -> ResourceUsage:
         """The container's memory in use and CPU time so far (one cheap stats call)."""
         with self._clear_errors("usage"):
-            stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+            stats = self._engine().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
 
@@ -655,8 +727,9 @@ class DockerSandbox(SandboxBase):
 
     def __repr__(self) -> str:
         container = self.container_id[:12] if self.container_id else None
+        node = f" node={self.node!r}" if self.node is not None else ""
         return (f"<DockerSandbox runtime={self.runtime.name!r} image={self.image!r} "
-                f"state={self.state.value} container={container}>")
+                f"state={self.state.value} container={container}{node}>")
 
     def _repr_html_(self) -> str:
         rows = {
@@ -667,6 +740,7 @@ class DockerSandbox(SandboxBase):
             "Container": self.container_id[:12] if self.container_id else "-",
             "Work dir": self.work_dir,
             "Network": "on" if self.network else "off",
+            **({"Node": self.node} if self.node is not None else {}),
         }
         return field_table("DockerSandbox", rows)
 
