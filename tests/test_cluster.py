@@ -6,11 +6,16 @@ The swarm starts once per run (about 10 s) and is torn down after, pass or fail.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
 import pytest
 
-from pydantic_deep import DockerSandbox, SwarmCluster
+from pydantic_deep import DockerSandbox, NodeLostError, SandboxError, SessionManager, SwarmCluster
 
-from local_swarm import LocalSwarm
+from local_swarm import LocalSwarm, SwarmNode
 
 pytestmark = pytest.mark.cluster
 
@@ -51,5 +56,118 @@ def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(clu
     assert cluster.client.services.list(filters={"label": "pydantic-deep.managed=true"}) == []
 
 
-def test_a_constraint_no_node_meets_fails_clearly_and_leaves_nothing() -> None:
-    pass
+def test_a_constraint_no_node_meets_fails_clearly_and_leaves_nothing(swarm: LocalSwarm) -> None:
+    nowhere = SwarmCluster(swarm.manager.socket, constraints=["node.labels.gpu==yes"], start_timeout=3)
+    with pytest.raises(SandboxError, match="not running within 3 s: pending, no suitable node"):
+        DockerSandbox(cluster=nowhere).start()
+    assert nowhere.client.services.list() == []
+
+
+@pytest.fixture
+def workers(swarm: LocalSwarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmCluster]:
+    """The swarm's workers only (node1 is the one manager: losing it would lose the swarm), with
+    session files on storage every node sees: a bind of one host directory per volume through the
+    local driver (what an NFS export does across machines; this machine's kernel cannot serve NFS)."""
+    shared = tmp_path_factory.mktemp("shared")
+    yield SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"], volume_driver="local",
+                       volume_driver_options={"type": "none", "o": "bind", "device": f"{shared}/{{name}}"})
+    for node in swarm.nodes.values():  # a node a failed test left down
+        if node.process is None:
+            node.start()
+
+
+def _session_dirs(manager: SessionManager, user: str, root: str) -> None:
+    """Make the shared directories of the user's two volumes (an NFS export would have them)."""
+    name = manager._container_name(manager._key(user))
+    for suffix in ("work", "uploads"):
+        os.makedirs(f"{root}/{name}-{suffix}", exist_ok=True)
+
+
+@pytest.mark.anyio
+async def test_node_lost_mid_command_fails_fast_and_the_session_comes_back_elsewhere(
+        swarm: LocalSwarm, workers: SwarmCluster) -> None:
+    manager = SessionManager(name="test-cluster", cluster=workers, memory="256m", cpus=0.25)
+    _session_dirs(manager, "alice", workers.volume_driver_options["device"].rsplit("/", 1)[0])
+    lost_node = None
+    try:
+        sandbox = await manager.get_or_create("alice")
+        assert sandbox.node in ("node2", "node3")
+        sandbox.write_file("notes.txt", "kept on shared storage")
+        [info] = await manager.list_sessions()
+        assert info.node == sandbox.node and info.state == "running"
+        old_service = sandbox.name
+
+        lost_node = swarm.nodes[sandbox.node]
+        errors: list[BaseException] = []
+        command = threading.Thread(target=lambda: _capture(errors, sandbox.execute, "sleep 60"))
+        command.start()
+        _wait_until(lambda: "sleep 60" in _processes(lost_node), "the command to start")
+        killed_at = time.monotonic()
+        lost_node.kill()
+        command.join(30)
+        assert not command.is_alive()
+        failed_after = time.monotonic() - killed_at
+        [error] = errors
+        assert isinstance(error, NodeLostError) and error.node == lost_node.name
+        assert f"node {lost_node.name}" in str(error) and "is lost" in str(error)
+        assert failed_after < 10, failed_after  # seconds, not the 120 s of a client timeout
+
+        replacement = await manager.get_or_create("alice")
+        assert replacement.node not in (None, lost_node.name)
+        assert replacement.execute("cat notes.txt").output == "kept on shared storage"
+        print(f"node loss: the call failed after {failed_after:.2f} s, a working sandbox "
+              f"{time.monotonic() - killed_at:.2f} s after the kill")
+
+        lost_node.start()  # the node comes back: nothing of the old task is left on it
+        _wait_until(lambda: not _service_containers(lost_node, old_service), "the old task's container to go")
+    finally:
+        if lost_node is not None and lost_node.process is None:
+            lost_node.start()
+        await manager.shutdown(keep_files=False)
+    assert workers.client.services.list() == []
+
+
+@pytest.mark.anyio
+async def test_draining_a_node_moves_its_sessions_off_it(swarm: LocalSwarm, workers: SwarmCluster) -> None:
+    manager = SessionManager(name="test-cluster-drain", cluster=workers, memory="256m", cpus=0.25)
+    _session_dirs(manager, "bob", workers.volume_driver_options["device"].rsplit("/", 1)[0])
+    drained = None
+    try:
+        sandbox = await manager.get_or_create("bob")
+        sandbox.write_file("notes.txt", "still here")
+        drained = workers.client.nodes.get(swarm.node_id(sandbox.node or ""))
+        drained.update({**drained.attrs["Spec"], "Availability": "drain"})
+        _wait_until(lambda: not sandbox.alive, "the drained node to stop the sandbox")
+        moved = await manager.get_or_create("bob")
+        assert moved.node not in (None, sandbox.node)
+        assert moved.read_file("notes.txt") == b"still here"
+    finally:
+        if drained is not None:
+            drained.reload()
+            drained.update({**drained.attrs["Spec"], "Availability": "active"})
+        await manager.shutdown(keep_files=False)
+
+
+def _capture(errors: list[BaseException], call: Callable[..., object], *args: object) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _processes(node: SwarmNode) -> str:
+    """The command lines of every container process on ``node``."""
+    return " ".join(c.top()["Processes"].__str__() for c in node.client().containers.list())
+
+
+def _service_containers(node: SwarmNode, service: str) -> list[str]:
+    return [c.name for c in node.client().containers.list(
+        all=True, filters={"label": f"com.docker.swarm.service.name={service}"})]

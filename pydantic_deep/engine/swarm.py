@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ from docker.types import (
     TaskTemplate,
 )
 from docker.utils import parse_bytes
+from requests.exceptions import ConnectionError as EngineConnectionError
 
 from ..errors import InvalidArgumentError, NodeLostError, SandboxError
 from .client import docker_client
@@ -56,6 +58,8 @@ NODE_NAME_LABEL = "pydantic-deep.node"
 
 NODE_ENGINE_LABEL = "pydantic-deep.engine"
 """A node label holding the address of the node's own engine (``unix://``, ``tcp://``)."""
+
+logger = logging.getLogger(__name__)
 
 _RUNNING, _FAILED = "running", {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 _SERVICE_LABEL = "pydantic-deep.service"
@@ -136,6 +140,9 @@ class SwarmCluster:
         self._clients: dict[str, docker.DockerClient] = {}
         self._lock = threading.Lock()
         self._images: set[tuple[str, str]] = set()  # (node id, image) known present
+        # Nodes whose engine stopped answering, by id: kept out of placement until they answer
+        # again (the manager takes a heartbeat or two to call them down, and would place there).
+        self._lost: dict[str, str] = {}
 
     @classmethod
     def from_env(cls) -> SwarmCluster | None:
@@ -199,16 +206,21 @@ class SwarmCluster:
         """
         if self.registry is not None:
             return self._push(image, progress)
-        nodes = [n for n in self.list_nodes() if n["Status"]["State"] == "ready"
+        nodes = [n for n in self.list_nodes() if n["Status"]["State"] == "ready" and n["ID"] not in self._lost
                  and n["Spec"].get("Availability") == "active" and (n["ID"], image) not in self._images]
         with ThreadPoolExecutor(max(1, len(nodes))) as threads:
             list(threads.map(lambda node: self._load_onto(node, image, progress), nodes))
         return image
 
     def _load_onto(self, node: Mapping[str, Any], image: str, progress: Callable[[str], None] | None) -> None:
-        client = self.engine(self.node_address(node))
+        address = self.node_address(node)
+        client = self.engine(address)
         try:
             client.images.get(image)
+        except EngineConnectionError:  # a node the manager has not yet found down: kept out of placement
+            logger.warning("Node %s does not answer at %s: no sandbox goes there", self.node_name(node), address)
+            self._lost[node["ID"]] = address
+            return
         except ImageNotFound:
             name = self.node_name(node)
             if progress is not None:
@@ -311,6 +323,8 @@ class SwarmCluster:
         """A :class:`NodeLostError` for ``placement`` when its node's engine does not answer."""
         if self.engine_answers(placement.address):
             return None
+        self._lost[placement.node_id] = placement.address
+        self._images = {known for known in self._images if known[0] != placement.node_id}  # it may come back empty
         return NodeLostError(
             placement.node,
             f"the node {placement.node} running this sandbox is lost: its engine at {placement.address} does "
@@ -348,7 +362,7 @@ class SwarmCluster:
         resources = Resources(cpu_limit=cpus, mem_limit=memory, cpu_reservation=cpus, mem_reservation=memory)
         if options.get("pids_limit"):
             resources.setdefault("Limits", {})["Pids"] = options["pids_limit"]
-        placement = Placement(constraints=self.constraints or None,
+        placement = Placement(constraints=[*self.constraints, *self._avoided()] or None,
                               preferences=[("spread", f"node.labels.{self.spread}")] if self.spread else None)
         log = options.get("log_config")
         task = TaskTemplate(container, resources=resources, placement=placement,
@@ -371,6 +385,13 @@ class SwarmCluster:
                     raise
                 config_id = self.client.api.inspect_config(name)["ID"]
         return ConfigReference(config_id, name, filename=target, mode=0o444)
+
+    def _avoided(self) -> list[str]:
+        """Constraints keeping new tasks off the nodes found lost whose engine still does not answer."""
+        for node_id, address in list(self._lost.items()):
+            if self.engine_answers(address):
+                del self._lost[node_id]
+        return [f"node.id!={node_id}" for node_id in self._lost]
 
     def _volume_mount(self, name: str, target: str) -> Mount:
         driver = None
