@@ -7,13 +7,24 @@ The swarm starts once per run (about 10 s) and is torn down after, pass or fail.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from pydantic_deep import DockerSandbox, NodeLostError, SandboxError, SessionManager, SwarmCluster
+from pydantic_deep import (
+    DockerSandbox,
+    NodeLostError,
+    RedisRegistry,
+    SandboxError,
+    SandboxPool,
+    SessionManager,
+    SwarmCluster,
+)
 
 from local_swarm import LocalSwarm, SwarmNode
 
@@ -46,6 +57,10 @@ def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(clu
         # No network: Swarm has no "none" network, so the task's link on the node's bridge is down.
         links = worker.execute("cd /sys/class/net && for l in *; do echo $l $(cat $l/operstate); done").output
         assert sorted(links.splitlines()) == ["eth0 down", "lo unknown"], links
+        # The single-host limits hold on the node: file size, processes, /tmp in memory, no capabilities.
+        limits = worker.execute("ulimit -f; cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; "
+                                "grep ' /tmp ' /proc/mounts | cut -d' ' -f3; grep CapEff /proc/self/status").output
+        assert limits.split() == [str(2**30 // 512), "512", "tmpfs", "CapEff:", "0000000000000000"], limits
         # The limits are the task's reservations: Swarm does not overcommit a node.
         service = cluster.client.services.get(worker.name)
         reservations = service.attrs["Spec"]["TaskTemplate"]["Resources"]["Reservations"]
@@ -146,6 +161,70 @@ async def test_draining_a_node_moves_its_sessions_off_it(swarm: LocalSwarm, work
             drained.reload()
             drained.update({**drained.attrs["Spec"], "Availability": "active"})
         await manager.shutdown(keep_files=False)
+
+
+@pytest.mark.anyio
+async def test_without_shared_storage_a_moved_session_starts_with_empty_files(
+        swarm: LocalSwarm, cluster: SwarmCluster) -> None:
+    """What a user loses on a cluster without a volume driver: files stay on the node's disk."""
+    workers_only = SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"])
+    manager = SessionManager(name="test-cluster-local", cluster=workers_only, memory="256m", cpus=0.25)
+    drained = None
+    try:
+        sandbox = await manager.get_or_create("dave")
+        sandbox.write_file("notes.txt", "on one node's disk")
+        drained = workers_only.client.nodes.get(swarm.node_id(sandbox.node or ""))
+        drained.update({**drained.attrs["Spec"], "Availability": "drain"})
+        _wait_until(lambda: not sandbox.alive, "the drained node to stop the sandbox")
+        moved = await manager.get_or_create("dave")
+        assert moved.node not in (None, sandbox.node)
+        assert not moved.exists("notes.txt")  # the session goes on, its files stayed behind
+    finally:
+        if drained is not None:
+            drained.reload()
+            drained.update({**drained.attrs["Spec"], "Availability": "active"})
+        await manager.shutdown(keep_files=False)
+
+
+def test_the_environment_variable_sends_pools_and_sandboxes_to_the_cluster(
+        swarm: LocalSwarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYDANTIC_DEEP_CLUSTER", swarm.manager.socket)
+    with SandboxPool("python-minimal", size=2, memory="256m", cpus=0.25) as pool:
+        first, second = pool.acquire(), pool.acquire()
+        try:
+            assert {first.node, second.node} <= {"node1", "node2", "node3"} and first.node != second.node
+            assert first.execute("echo ok").output == "ok\n"
+        finally:
+            first.stop()
+            second.stop()
+    assert DockerSandbox(cluster=False).cluster is None  # one host, whatever the environment says
+
+
+@pytest.mark.anyio
+async def test_two_processes_share_sessions_through_redis(swarm: LocalSwarm, cluster: SwarmCluster,
+                                                          redis_url: str) -> None:
+    other = textwrap.dedent(f"""
+        import asyncio
+        from pydantic_deep import RedisRegistry, SessionManager, SwarmCluster
+        async def main():
+            manager = SessionManager(name="test-cluster-shared", registry=RedisRegistry({redis_url!r}),
+                                     cluster=SwarmCluster({swarm.manager.socket!r}), memory="256m", cpus=0.25)
+            sandbox = await manager.get_or_create("carol")
+            sandbox.write_file("from-the-other.txt", "hello")
+            print(sandbox.node)
+        asyncio.run(main())
+        """)
+    node = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, check=True).stdout.split()[-1]
+    manager = SessionManager(name="test-cluster-shared", registry=RedisRegistry(redis_url), cluster=cluster)
+    try:
+        sandbox = await manager.get_or_create("carol")
+        assert sandbox.node == node
+        assert sandbox.read_file("from-the-other.txt") == b"hello"
+        [info] = await manager.list_sessions()
+        assert (info.user_id, info.node, info.state) == ("carol", node, "running")
+    finally:
+        await manager.shutdown(keep_files=False)
+    assert cluster.client.services.list() == []
 
 
 def _capture(errors: list[BaseException], call: Callable[..., object], *args: object) -> None:
