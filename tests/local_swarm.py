@@ -8,6 +8,10 @@ its socket file. Daemons are started with ``nsenter --net=/run/netns/NAME``, nev
 own namespace (a dockerd there deletes the host's docker0) and never with ``ip netns exec`` (which
 remounts /sys and hides the cgroup v1 mounts).
 
+A registry (Debian's ``docker-registry``) listens in the hub namespace at ``10.213.0.1:5000``,
+which the nodes trust over plain HTTP: :class:`pydantic_deep.SwarmCluster` with ``registry=`` pushes
+images there once and the nodes pull them.
+
 The swarm is made with ``--dispatcher-heartbeat 1s``, so a dead node is known within seconds; the
 manager (node1) takes tasks too. Nodes cannot pull from outside: images reach them from the host's
 engine, through :class:`pydantic_deep.SwarmCluster`'s loading.
@@ -39,6 +43,7 @@ __all__ = ["LocalSwarm", "SwarmNode"]
 
 DEFAULT_ROOT = Path("/run/pydantic-deep-cluster")
 SUBNET = "10.213.0"
+REGISTRY = f"{SUBNET}.1:5000"
 _START_TIMEOUT = 60.0
 
 
@@ -56,6 +61,7 @@ class SwarmNode:
     namespace: str
     address: str
     root: Path
+    registry: str = REGISTRY
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -79,9 +85,12 @@ class SwarmNode:
             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.pid_file),
             "--config-file", str(self.root / "daemon.json"),
             # A docker0 of its own inside the namespace (the host's is never touched), no iptables.
-            "--iptables=false", "--ip-masq=false",
+            "--iptables=false", "--ip-masq=false", "--insecure-registry", self.registry,
         ]
-        env = {**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"}
+        # Not DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: it stops pulls from the registry too. A node's
+        # pull of a loaded image from Docker Hub fails at once (no route out), and Swarm then
+        # uses the loaded one.
+        env = dict(os.environ)
         with (self.root / "dockerd.log").open("ab") as log:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                             start_new_session=True)
@@ -120,19 +129,6 @@ class SwarmNode:
     def containerd_pid(self) -> int | None:
         return _read_pid(self.root / "exec" / "containerd" / "containerd.pid")
 
-    def stop(self) -> None:
-        """Stop this node's dockerd (SIGTERM, then SIGKILL), which stops its containers."""
-        pid = self.daemon_pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(pid, 30):
-            self.kill()
-        if self.process is not None:
-            self.process.wait()
-            self.process = None
-
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             return "\n".join((self.root / "dockerd.log").read_text(errors="replace").splitlines()[-lines:])
@@ -160,6 +156,11 @@ class LocalSwarm:
         return self.nodes["node1"]
 
     @property
+    def registry(self) -> str:
+        """The registry in the hub namespace, which every node trusts (plain HTTP)."""
+        return REGISTRY
+
+    @property
     def engines(self) -> dict[str, str]:
         """Each node's hostname in the swarm and its engine's address (as SwarmCluster's ``nodes``)."""
         return {node.name: node.socket for node in self.nodes.values()}
@@ -172,6 +173,7 @@ class LocalSwarm:
         (self.root / "state.json").write_text(json.dumps({"prefix": self.prefix, "size": len(self.nodes)}))
         try:
             self._network()
+            self._start_registry()
             for node in self.nodes.values():
                 node.start()
             self._form_swarm()
@@ -194,6 +196,22 @@ class LocalSwarm:
             _run("ip", "-n", node.namespace, "addr", "add", f"{node.address}/24", "dev", "eth0")
             _run("ip", "-n", node.namespace, "link", "set", "eth0", "up")
             _run("ip", "-n", node.namespace, "link", "set", "lo", "up")
+
+    def _start_registry(self) -> None:
+        config = self.root / "registry.yml"
+        config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.root}/registry\n"
+                          f"http:\n  addr: {REGISTRY}\nlog:\n  level: warn\n")
+        with (self.root / "registry.log").open("ab") as log:
+            process = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.hub}", "--", "docker-registry", "serve",
+                                        str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        (self.root / "registry.pid").write_text(str(process.pid))
+        deadline = time.monotonic() + _START_TIMEOUT
+        while subprocess.run(["nsenter", f"--net=/run/netns/{self.hub}", "--", "ss", "-ltnH", "sport = :5000"],
+                             capture_output=True, text=True).stdout.strip() == "":
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"docker-registry did not start: {(self.root / 'registry.log').read_text()}")
+            time.sleep(0.05)
 
     def _form_swarm(self) -> None:
         manager = self.manager.client()
@@ -219,14 +237,13 @@ class LocalSwarm:
     def down(self) -> None:
         """Stop every daemon and remove namespaces, veths, mounts and the directory. Safe to call
         more than once, and on a half-made cluster."""
+        # Killed, not stopped: a swarm daemon takes half a minute to stop, and nothing of it is kept.
         for node in self.nodes.values():
-            with contextlib.suppress(Exception):
-                node.stop()
-            for pid in (node.daemon_pid(), node.containerd_pid()):  # a daemon of another process
-                if pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    _wait_gone(pid)
+            node.kill()
+        registry = _read_pid(self.root / "registry.pid")
+        if registry is not None:
+            os.kill(registry, signal.SIGKILL)
+            _wait_gone(registry)
         _kill_shims_below(self.root)
         _unmount_below(self.root)
         for namespace in [self.hub, *(node.namespace for node in self.nodes.values())]:

@@ -71,6 +71,19 @@ def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(clu
     assert cluster.client.services.list(filters={"label": "pydantic-deep.managed=true"}) == []
 
 
+def test_images_go_through_a_registry_once(swarm: LocalSwarm) -> None:
+    """With a registry, an image is pushed once and pulled by the node a sandbox lands on."""
+    through_registry = SwarmCluster(swarm.manager.socket, registry=swarm.registry,
+                                    constraints=["node.labels.pydantic-deep.node==node3"])
+    lines: list[str] = []
+    with DockerSandbox("python-web", cluster=through_registry, memory="256m", cpus=0.25,
+                       progress=lines.append) as sandbox:
+        assert sandbox.execute("echo pulled").output == "pulled\n"
+        image = swarm.nodes["node3"].client().containers.get(sandbox.container_id).attrs["Config"]["Image"]
+        assert image.startswith(f"{swarm.registry}/pydantic-deep/prepared:")
+    assert any(line.startswith("Pushed pydantic-deep/prepared:") for line in lines), lines
+
+
 def test_a_constraint_no_node_meets_fails_clearly_and_leaves_nothing(swarm: LocalSwarm) -> None:
     nowhere = SwarmCluster(swarm.manager.socket, constraints=["node.labels.gpu==yes"], start_timeout=3)
     with pytest.raises(SandboxError, match="not running within 3 s: pending, no suitable node"):

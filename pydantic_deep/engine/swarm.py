@@ -10,7 +10,7 @@ Where the node engines are: a mapping the user gives (``nodes={"node1": "tcp://1
 keyed by the node's ``pydantic-deep.node`` label or its hostname), else each node's
 ``pydantic-deep.engine`` label. With ``tls``, every engine is reached over TLS.
 
-Images reach the nodes through a registry the user names (pushed once from this host's engine,
+Images reach the nodes through a registry the user names (pushed once from the manager's engine,
 pulled by each node), or without one by loading them from this host's engine into each node that
 lacks them (``docker save | docker load``, through the node's engine).
 """
@@ -67,13 +67,15 @@ _SERVICE_LABEL = "pydantic-deep.service"
 
 @dataclass(frozen=True)
 class TaskPlacement:
-    """Where a sandbox's task runs: the node's name and id, its engine, and the container there."""
+    """Where a sandbox's task runs: the node's name and id, its engine, the container there and
+    the image reference the node knows it by."""
 
     node: str
     node_id: str
     address: str
     client: docker.DockerClient
     container_id: str
+    image: str
 
 
 class SwarmCluster:
@@ -93,8 +95,10 @@ class SwarmCluster:
         nodes: Each node's engine address by node name (its ``pydantic-deep.node`` label, else its
             hostname); nodes missing here are found through their ``pydantic-deep.engine`` label.
         tls: TLS settings for the manager and every node engine (``docker.tls.TLSConfig``).
-        registry: A registry every node can pull from (``host:port``): images are pushed there
-            once. Without one, each node that lacks an image gets it loaded from this host's engine.
+        registry: A registry every node can pull from (``host:port``): each image is pushed there
+            once, from the manager's engine (loaded there from this host's first), and the nodes
+            pull it. Without one, each node that lacks an image gets it loaded from this host's
+            engine.
         volume_driver: The volume driver of the sandboxes' named volumes; it must serve the same
             files on every node (NFS through the ``local`` driver, say) for session files to
             survive a move to another node. ``None``: each node's own disk, lost with the node.
@@ -232,18 +236,29 @@ class SwarmCluster:
         self._images.add((node["ID"], image))
 
     def _push(self, image: str, progress: Callable[[str], None] | None) -> str:
-        local = docker_client()
+        """Push ``image`` to the registry once, from the manager's engine (the registry is on the
+        cluster's network, which this host may not reach): loaded there first if it lacks it."""
         repository, _, tag = image.rpartition(":")
         remote = f"{self.registry}/{repository}"
-        if (self.registry or "", image) in self._images:
+        if (self.manager, image) in self._images:
             return f"{remote}:{tag}"
-        local.images.get(image).tag(remote, tag)
+        manager = self.client
+        try:
+            manager.images.get(image)
+        except ImageNotFound:
+            if progress is not None:
+                progress(f"Loading {image} onto the manager")
+            manager.images.load(docker_client().api.get_image(image))
+        manager.images.get(image).tag(remote, tag)
         if progress is not None:
             progress(f"Pushing {image} to {self.registry}")
-        for line in local.api.push(remote, tag, stream=True, decode=True):
+        started = time.monotonic()
+        for line in manager.api.push(remote, tag, stream=True, decode=True):
             if "error" in line:
                 raise SandboxError(f"pushing {image} to {self.registry} failed: {line['error']}")
-        self._images.add((self.registry or "", image))
+        if progress is not None:
+            progress(f"Pushed {image} to {self.registry} in {time.monotonic() - started:.1f} s")
+        self._images.add((self.manager, image))
         return f"{remote}:{tag}"
 
     # -- services -----------------------------------------------------------------------------
@@ -296,7 +311,7 @@ class SwarmCluster:
         node = self.client.api.inspect_node(task["NodeID"])
         address = self.node_address(node)
         return TaskPlacement(self.node_name(node), node["ID"], address, self.engine(address),
-                             task["Status"]["ContainerStatus"]["ContainerID"])
+                             task["Status"]["ContainerStatus"]["ContainerID"], task["Spec"]["ContainerSpec"]["Image"])
 
     def locate(self, name: str) -> TaskPlacement | None:
         """Where the running task of the sandbox service ``name`` is, or ``None``."""

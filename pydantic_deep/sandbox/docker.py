@@ -314,10 +314,11 @@ class DockerSandbox(SandboxBase):
         placement = cluster.run(self.name, image, self._container_options(), progress=self.progress)
         try:
             self._placement, self._python = placement, python
+            # The helpers run the sandbox's image as the node knows it (from a registry, maybe).
             if not self.network:  # Swarm has no "none" network: take the task's links down instead
-                cut_network(placement.client, placement.container_id, image, python, self._helper_labels())
+                cut_network(placement.client, placement.container_id, placement.image, python, self._helper_labels())
             elif self.block_metadata:
-                self._block_metadata(placement.client, placement.container_id, image)
+                self._block_metadata(placement.client, placement.container_id, placement.image)
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
