@@ -24,8 +24,14 @@ def _member(package: griffe.Module, name: str) -> griffe.Object:
     submodule whose ``__all__`` names it."""
     if name in package.members:
         return package[name].final_target
-    (module,) = (module for module in package.modules.values() if name in (module.exports or []))
+    (module,) = (module for module in _modules(package) if name in (module.exports or []))
     return module[name]
+
+
+def _modules(package: griffe.Module) -> list[griffe.Module]:
+    """Every module of ``package``, those of its subpackages included."""
+    modules = list(package.modules.values())
+    return modules + [inner for module in modules for inner in _modules(module)]
 
 
 def exports_table(package_name: str, search_path: Path) -> str:
