@@ -364,19 +364,17 @@ class DockerSandbox(SandboxBase):
             SandboxStateError: the container is not a running pydantic_deep sandbox.
         """
         cluster = resolve_cluster(options.get("cluster"))
-        placement = None
+        placement = cluster.locate(container) if cluster is not None else None
+        # On a lost node the service's task may still be listed as running: no sandbox there either.
+        lost_node = (EngineConnectionError,) if cluster is not None else ()
         with engine_errors():
             try:
-                if cluster is not None:
-                    placement = cluster.locate(container)
-                    if placement is None:
-                        raise NotFound(container)
-                    client, container = placement.client, placement.container_id
-                else:
-                    client = docker_client()
-                attrs = client.api.inspect_container(container)
-            except (NotFound, EngineConnectionError):
-                raise SandboxStateError(f"no running sandbox {container!r}") from None
+                if cluster is not None and placement is None:
+                    raise NotFound(container)
+                client = placement.client if placement is not None else docker_client()
+                attrs = client.api.inspect_container(placement.container_id if placement else container)
+            except (NotFound, *lost_node):
+                raise SandboxStateError(f"no sandbox container {container!r}") from None
         labels = attrs["Config"]["Labels"] or {}
         if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
