@@ -418,11 +418,12 @@ class SwarmCluster:
 
     def remove_volume(self, name: str) -> None:
         """Remove the volume ``name`` from every node that answers (a named volume on a cluster
-        exists on each node a sandbox of it ran on)."""
+        exists on each node a sandbox of it ran on). A node that is down keeps its copy: with a
+        volume driver that is only the mount's record, without one the files on its disk."""
         for node in self.list_nodes():
-            if node["Status"]["State"] != "ready":
+            if node["Status"]["State"] != "ready" or node["ID"] in self._lost:
                 continue
-            with contextlib.suppress(NotFound, APIError):
+            with contextlib.suppress(NotFound, APIError, EngineConnectionError):
                 self.engine(self.node_address(node)).api.remove_volume(name, force=True)
 
     def __repr__(self) -> str:
