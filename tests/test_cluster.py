@@ -6,6 +6,7 @@ The swarm starts once per run (about 10 s) and is torn down after, pass or fail.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from pydantic_deep import (
     SessionManager,
     SwarmCluster,
 )
+
+from pydantic_deep.widgets import SessionMonitor
 
 from local_swarm import LocalSwarm, SwarmNode
 
@@ -199,6 +202,19 @@ async def test_without_shared_storage_a_moved_session_starts_with_empty_files(
         await manager.shutdown(keep_files=False)
 
 
+@pytest.mark.anyio
+async def test_a_warm_pool_serves_sessions_on_the_cluster(cluster: SwarmCluster) -> None:
+    manager = SessionManager(name="test-cluster-pool", cluster=cluster, pool_size=1, memory="256m", cpus=0.25)
+    try:
+        assert manager.pool is not None and manager.pool.start().wait_ready(60)
+        sandbox = await manager.get_or_create("erin")
+        assert sandbox.name.startswith("pd-test-cluster-pool-pool-") and sandbox.node is not None
+        assert sandbox.execute("echo pooled").output == "pooled\n"
+    finally:
+        await manager.shutdown(keep_files=False)
+    assert cluster.client.services.list() == []
+
+
 def test_the_environment_variable_sends_pools_and_sandboxes_to_the_cluster(
         swarm: LocalSwarm, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYDANTIC_DEEP_CLUSTER", swarm.manager.socket)
@@ -235,6 +251,12 @@ async def test_two_processes_share_sessions_through_redis(swarm: LocalSwarm, clu
         assert sandbox.read_file("from-the-other.txt") == b"hello"
         [info] = await manager.list_sessions()
         assert (info.user_id, info.node, info.state) == ("carol", node, "running")
+        monitor = SessionMonitor(manager, interval=3600)  # the dashboard's table
+        try:
+            await asyncio.to_thread(monitor.refresh)
+            assert f" on {node}" in monitor.rows.children[1].children[0].value
+        finally:
+            monitor.close()
     finally:
         await manager.shutdown(keep_files=False)
     assert cluster.client.services.list() == []
