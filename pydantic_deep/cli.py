@@ -9,6 +9,7 @@ import time
 
 from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone
+from .engine.swarm import resolve_cluster
 from .errors import SandboxError
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
@@ -48,7 +49,8 @@ def _images_list(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    """Remove sandbox containers whose owning process on this host is gone (or all, with --all)."""
+    """Remove sandbox containers whose owning process on this host is gone (or all, with --all), and
+    the same sandbox services on the cluster ``$PYDANTIC_DEEP_CLUSTER`` names."""
     client = docker_client()
     removed = 0
     for container in client.containers.list(all=True, filters={"label": "pydantic-deep.managed=true"}):
@@ -57,6 +59,13 @@ def _prune(args: argparse.Namespace) -> None:
         container.remove(force=True)
         removed += 1
     print(f"Removed {removed} container(s)")
+    cluster = resolve_cluster(None)
+    if cluster is not None:  # $PYDANTIC_DEEP_CLUSTER: the sandbox services this host's processes left
+        services = [service for service in cluster.client.services.list(filters={"label": "pydantic-deep.managed=true"})
+                    if args.all or owner_gone(service.attrs["Spec"].get("Labels") or {})]
+        for service in services:
+            service.remove()
+        print(f"Removed {len(services)} service(s) from the cluster at {cluster.manager}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -84,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     build.set_defaults(run=_images_build)
     images.add_parser("list", help="list pydantic-deep images").set_defaults(run=_images_list)
 
-    prune = commands.add_parser("prune", help="remove containers left by processes that are gone")
+    prune = commands.add_parser("prune", help="remove containers (and cluster services) left by processes that "
+                                "are gone")
     prune.add_argument("--all", action="store_true", help="remove every pydantic-deep container")
     prune.set_defaults(run=_prune)
     commands.add_parser("demo", help="analyse a CSV with pandas inside a sandbox").set_defaults(run=_demo)

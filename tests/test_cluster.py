@@ -262,6 +262,19 @@ async def test_two_processes_share_sessions_through_redis(swarm: LocalSwarm, clu
     assert cluster.client.services.list() == []
 
 
+def test_prune_removes_the_services_a_killed_process_left(swarm: LocalSwarm, cluster: SwarmCluster) -> None:
+    environment = {**os.environ, "PYDANTIC_DEEP_CLUSTER": swarm.manager.socket}
+    left = ("from pydantic_deep import DockerSandbox; "
+            "print(DockerSandbox(remove_on_exit=False, memory='256m', cpus=0.25).start().name)")
+    name = subprocess.run([sys.executable, "-c", left], env=environment, capture_output=True, text=True,
+                          check=True).stdout.split()[-1]
+    assert [s.name for s in cluster.client.services.list()] == [name]
+    pruned = subprocess.run([sys.executable, "-m", "pydantic_deep.cli", "prune"], env=environment,
+                            capture_output=True, text=True, check=True).stdout
+    assert f"Removed 1 service(s) from the cluster at {swarm.manager.socket}" in pruned
+    assert cluster.client.services.list() == []
+
+
 def _capture(errors: list[BaseException], call: Callable[..., object], *args: object) -> None:
     try:
         call(*args)
