@@ -211,7 +211,8 @@ class SessionMonitor(_Panel):
                           "state": "busy" if sandbox.busy else sandbox.state.value,
                           "cpu": usage.cpu_seconds if usage else 0.0, "memory": usage.memory_bytes if usage else 0,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
-                          "node": sandbox.node, "stop": functools.partial(self.source.stop, name)})
+                          "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
+                          "stop": functools.partial(self.source.stop, name)})
         return found
 
     def refresh(self) -> None:
