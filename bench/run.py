@@ -1,6 +1,6 @@
 """The benchmark suite: pydantic_deep against the plain Docker way, measured in the same run.
 
-Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick]``). It prints one
+Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick] [--only-cluster]``). It prints one
 Markdown table: each case, our figure, the baseline's, their ratio and the target. Cases whose
 host memory matters run in a fresh subprocess, so one case's peak does not hide another's.
 """
