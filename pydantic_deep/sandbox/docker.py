@@ -73,8 +73,8 @@ from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .network import cut_network
 from .metadata import METADATA_ADDRESS, block_metadata
+from .network import cut_network
 
 __all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
 
@@ -339,9 +339,10 @@ class DockerSandbox(SandboxBase):
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
-        if self.remove_on_exit:
-            self._finalizer = weakref.finalize(self, remove_container, client, container_id) if self.cluster is None \
-                else weakref.finalize(self, self.cluster.remove, self.name)
+        if self.remove_on_exit and self.cluster is not None:
+            self._finalizer = weakref.finalize(self, self.cluster.remove, self.name)
+        elif self.remove_on_exit:
+            self._finalizer = weakref.finalize(self, remove_container, client, container_id)
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
 
@@ -381,7 +382,7 @@ class DockerSandbox(SandboxBase):
         sandbox = cls(
             RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
             user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
-            name=attrs["Config"]["Labels"].get("com.docker.swarm.service.name") or attrs["Name"].lstrip("/"),
+            name=labels.get("com.docker.swarm.service.name") or attrs["Name"].lstrip("/"),
             remove_on_exit=remove_on_exit,
             volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
             labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
@@ -420,7 +421,10 @@ class DockerSandbox(SandboxBase):
             if remove_volumes:
                 with engine_errors():
                     for volume in self.volumes:
-                        self.cluster.remove_volume(volume) if self.cluster is not None else remove_volume(volume)
+                        if self.cluster is not None:
+                            self.cluster.remove_volume(volume)
+                        else:
+                            remove_volume(volume)
 
     def _open_channel(self, container_id: str) -> Channel:
         """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
@@ -711,8 +715,15 @@ class DockerSandbox(SandboxBase):
 
     @_in_use
     def rename(self, name: str) -> None:
-        """Give the container a new name (a session manager names a pooled sandbox for its user)."""
-        self._engine().api.rename(self._running_id(), name)
+        """Give the container a new name (a session manager names a pooled sandbox for its user).
+
+        Raises:
+            SandboxStateError: the sandbox is on a cluster, where Swarm cannot rename its service.
+        """
+        if self.cluster is not None:
+            raise SandboxStateError(f"a sandbox on a cluster keeps its name ({self.name}): Swarm cannot rename "
+                                    "a service")
+        docker_client().api.rename(self._running_id(), name)
         self.name = name
 
     def usage(self) -> ResourceUsage:

@@ -346,7 +346,10 @@ class SessionManager:
                 self._remove_container(name)  # another process's, or dead
             if remove_files:
                 for volume in record.volumes if record else {}:
-                    self.cluster.remove_volume(volume) if self.cluster is not None else remove_volume(volume)
+                    if self.cluster is not None:
+                        self.cluster.remove_volume(volume)
+                    else:
+                        remove_volume(volume)
                 remove_volume(self._container_name(key))
                 self.registry.delete(self._registry_key(key))
             elif record is not None:
