@@ -19,6 +19,7 @@ import pytest
 
 from pydantic_deep import (
     DockerSandbox,
+    InvalidArgumentError,
     NodeLostError,
     RedisRegistry,
     SandboxError,
@@ -32,6 +33,25 @@ from pydantic_deep.widgets import SessionMonitor
 from local_swarm import LocalSwarm, SwarmNode
 
 pytestmark = pytest.mark.cluster
+
+
+def test_bad_cluster_arguments_are_refused_and_unknown_engines_say_what_to_do() -> None:
+    with pytest.raises(InvalidArgumentError, match="manager must be an engine address"):
+        SwarmCluster("manager.internal")
+    with pytest.raises(InvalidArgumentError, match="constraints must be a list"):
+        SwarmCluster("tcp://manager:2376", constraints="node.role==worker")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="need a volume_driver"):
+        SwarmCluster("tcp://manager:2376", volume_driver_options={"type": "nfs"})
+    with pytest.raises(InvalidArgumentError, match="cluster must be a SwarmCluster"):
+        DockerSandbox(cluster=3)  # type: ignore[arg-type]
+    cluster = SwarmCluster("tcp://manager:2376", nodes={"gpu-1": "tcp://10.0.0.21:2376"})
+    labelled = {"ID": "n2", "Spec": {"Labels": {"pydantic-deep.engine": "tcp://10.0.0.22:2376"}},
+                "Description": {"Hostname": "cpu-2"}}
+    given = {"ID": "n1", "Spec": {"Labels": {}}, "Description": {"Hostname": "gpu-1"}}
+    assert (cluster.node_address(given), cluster.node_address(labelled)) == ("tcp://10.0.0.21:2376",
+                                                                             "tcp://10.0.0.22:2376")
+    with pytest.raises(SandboxError, match="docker node update --label-add pydantic-deep.engine=tcp://"):
+        cluster.node_address({"ID": "n3", "Spec": {}, "Description": {"Hostname": "cpu-3"}})
 
 
 @pytest.fixture(scope="module")
