@@ -1,6 +1,6 @@
 """The benchmark suite: pydantic_deep against the plain Docker way, measured in the same run.
 
-Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick]``). It prints one
+Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick] [--only snapshots|cluster]``). It prints one
 Markdown table: each case, our figure, the baseline's, their ratio and the target. Cases whose
 host memory matters run in a fresh subprocess, so one case's peak does not hide another's.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pydantic_deep import DockerSandbox, SandboxPool, SessionManager
+from pydantic_deep import DockerSandbox, SandboxError, SandboxPool, SessionManager
 from pydantic_deep.engine.client import docker_client
 
 RUNTIME = "python-minimal"
@@ -436,11 +436,79 @@ def bench_snapshots(rounds: int) -> None:
         f"{cold_time:.2f} s", f"{fork_time / cold_time:.2f}x", "<= 2x")
 
 
+def bench_cluster(users: int, calls: int) -> None:
+    """On a real 3-node swarm of this machine (tests/local_swarm.py): sessions, execute on a
+    worker, and a node's loss, each beside the same on this host's engine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from local_swarm import LocalSwarm
+
+    from pydantic_deep import SwarmCluster
+
+    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdb{os.getpid() % 100000}")
+    swarm.up()
+    try:
+        cluster = SwarmCluster(swarm.manager.socket)
+        small = {"memory": "128m", "cpus": 0.05}  # 60 reservations must fit this machine's 3 nodes
+
+        async def serve(manager: SessionManager) -> float:
+            started = time.perf_counter()
+
+            async def one(user: str) -> None:
+                sandbox = await manager.get_or_create(user)
+                assert (await sandbox.aexecute("echo hi")).output == "hi\n"
+
+            await asyncio.gather(*(one(f"user-{i}") for i in range(users)))
+            elapsed = time.perf_counter() - started
+            await manager.shutdown(keep_files=False)
+            return elapsed
+
+        DockerSandbox(RUNTIME, cluster=cluster, **small).start().stop()  # images onto the nodes first
+        on_cluster = asyncio.run(serve(SessionManager(RUNTIME, name="bench-cluster", cluster=cluster, **small)))
+        on_host = asyncio.run(serve(SessionManager(RUNTIME, name="bench-host", cluster=False, **small)))
+        row(f"{users} users' get_or_create + one command, concurrently, on a 3-node swarm (vs this host's engine)",
+            f"{on_cluster:.1f} s", f"{on_host:.1f} s", f"{on_host / on_cluster:.2f}x", "reported")
+
+        workers = SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"])
+        with DockerSandbox(RUNTIME, cluster=workers) as remote, DockerSandbox(RUNTIME, cluster=False) as local:
+            remote.execute("echo warm-up")
+            local.execute("echo warm-up")
+            ours = percentile(timed(lambda: remote.execute("echo hi"), calls), 0.5)
+            base = percentile(timed(lambda: local.execute("echo hi"), calls), 0.5)
+        row(f'execute("echo hi") p50 on a worker node (vs a sandbox on this host\'s engine), {calls} calls',
+            f"{ours * 1e3:.3f} ms", f"{base * 1e3:.3f} ms", f"{ours / base:.2f}x", "same channel: about 1x")
+
+        async def node_loss() -> tuple[float, float]:
+            manager = SessionManager(RUNTIME, name="bench-loss", cluster=workers, **small)
+            try:
+                sandbox = await manager.get_or_create("user")
+                node = swarm.nodes[sandbox.node or ""]
+                killed = time.perf_counter()
+                node.kill()
+                try:
+                    await sandbox.aexecute("echo hi")
+                    raise AssertionError("a call on a lost node succeeded")
+                except SandboxError:
+                    failed = time.perf_counter() - killed
+                replacement = await manager.get_or_create("user")
+                assert (await replacement.aexecute("echo back")).output == "back\n"
+                return failed, time.perf_counter() - killed
+            finally:
+                await manager.shutdown(keep_files=False)
+
+        failed, working = asyncio.run(node_loss())
+        row("worker node's engine killed: the next call fails after (ours); a working sandbox on another node "
+            "after (baseline column)",
+            f"{failed:.2f} s", f"{working:.2f} s", "", "seconds")
+    finally:
+        swarm.down()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer calls and sandboxes")
     parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["snapshots"], help="run only these cases")
+    parser.add_argument("--only", choices=["snapshots", "cluster"], help="run only these cases (cluster: on a "
+                        "3-node swarm it starts here)")
     args = parser.parse_args()
     if args.case:
         case, *rest = args.case
@@ -457,7 +525,10 @@ def main() -> None:
         bench_output()
         bench_idle(20 if args.quick else 100)
         bench_sessions(20 if args.quick else 100)
-    bench_snapshots(3 if args.quick else 5)
+    if args.only in (None, "snapshots"):
+        bench_snapshots(3 if args.quick else 5)
+    if args.only in (None, "cluster"):
+        bench_cluster(20 if args.quick else 60, 100 if args.quick else 500)
     print(f"\npydantic_deep benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores\n")
     print("| case | ours | baseline | ratio | target |\n|---|---|---|---|---|")
     for case, ours, baseline, ratio, target in ROWS:

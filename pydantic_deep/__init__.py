@@ -10,6 +10,7 @@ from typing import Any
 
 from .agent.deps import DeepAgentDeps, UploadedFile
 from .config import RuntimeConfig
+from .engine.swarm import SwarmCluster
 from .errors import (
     CellError,
     ChannelClosedError,
@@ -20,6 +21,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     NetworkIsolationError,
+    NodeLostError,
     PathOutsideSandboxError,
     SandboxError,
     SandboxFileNotFoundError,
@@ -63,6 +65,7 @@ __all__ = [
     "InvalidArgumentTypeError",
     "NetworkIsolationError",
     "LocalSandbox",
+    "NodeLostError",
     "OutputChunk",
     "PathOutsideSandboxError",
     "RedisRegistry",
@@ -82,6 +85,7 @@ __all__ = [
     "SyncSessionManager",
     "Snapshot",
     "SnapshotNotFoundError",
+    "SwarmCluster",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",

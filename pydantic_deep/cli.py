@@ -11,6 +11,7 @@ from .engine import labels as label
 from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone
 from .engine.networks import remove_unused_networks
+from .engine.swarm import resolve_cluster
 from .errors import InvalidArgumentError, SandboxError
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
@@ -61,8 +62,9 @@ def _images_list(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    """Remove sandbox containers whose owning process on this host is gone (or all, with --all),
-    then the sandbox networks nobody is on, and the host's packet filter rules of those."""
+    """Remove sandbox containers whose owning process on this host is gone (or all, with --all), the
+    same sandbox services on the cluster ``$PYDANTIC_DEEP_CLUSTER`` names, what failed snapshots and
+    ended forks left, then the sandbox networks nobody is on, and the host's packet filter rules of those."""
     client = docker_client()
     removed = 0
     for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}):
@@ -73,6 +75,13 @@ def _prune(args: argparse.Namespace) -> None:
     images = prune_snapshot_leftovers(everything=args.all)  # after the containers that may use them
     print(f"Removed {removed} container(s)" + (f" and {images} image(s) of failed snapshots and ended forks"
                                                 if images else ""))
+    cluster = resolve_cluster(None)
+    if cluster is not None:  # $PYDANTIC_DEEP_CLUSTER: the sandbox services this host's processes left
+        services = [service for service in cluster.client.services.list(filters={"label": label.MANAGED_FILTER})
+                    if args.all or owner_gone(service.attrs["Spec"].get("Labels") or {})]
+        for service in services:
+            service.remove()
+        print(f"Removed {len(services)} service(s) from the cluster at {cluster.manager}")
     # A remote engine's rules are changed through a helper container (its image built if needed).
     networks = remove_unused_networks(client, helper_image=lambda: ensure_netfilter_image(client))
     print(f"Removed {networks} network(s)")
@@ -154,9 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     delete.add_argument("names", nargs="+", metavar="NAME")
     delete.set_defaults(run=_snapshots_delete)
 
-    prune = commands.add_parser("prune", help="remove containers left by processes that are gone, what failed "
-                                "snapshots and ended forks left (never a named snapshot), and unused sandbox "
-                                "networks with their firewall rules")
+    prune = commands.add_parser("prune", help="remove containers (and cluster services) left by processes that "
+                                "are gone, what failed snapshots and ended forks left (never a named snapshot), "
+                                "and unused sandbox networks with their firewall rules")
     prune.add_argument("--all", action="store_true", help="remove every pydantic-deep container")
     prune.set_defaults(run=_prune)
     commands.add_parser("demo", help="analyse a CSV with pandas inside a sandbox").set_defaults(run=_demo)

@@ -20,6 +20,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── SnapshotNotFoundError       no snapshot of that name (lists the known ones)
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
+            └── NodeLostError       the cluster node running it is lost (names the node)
 
 Every ``InvalidArgumentError`` is raised before anything is done: bad input changes nothing.
 
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "NetworkIsolationError",
+    "NodeLostError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
@@ -195,3 +197,16 @@ class SnapshotNotFoundError(SandboxError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message quoted
         return str(self.args[0])
+class NodeLostError(ContainerGoneError):
+    """The cluster node running the sandbox is lost: its engine does not answer (it crashed, or
+    the host went down). The sandbox's processes went with it, and its files too unless they were
+    on shared storage; a :class:`SessionManager` starts a new sandbox on another node on the next
+    ``get_or_create``.
+
+    Attributes:
+        node: The node's name.
+    """
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(message)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import answers, own_containers, poll_until, session_volumes
+from local_swarm import LocalSwarm
 
 from pydantic_deep import DockerSandbox
 from pydantic_deep.engine.client import docker_client
@@ -68,3 +72,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def swarm() -> Iterator[LocalSwarm]:
+    """A real 3-node Docker Swarm for the tests marked ``cluster`` (see tests/local_swarm.py),
+    torn down after the run, pass or fail."""
+    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdc{os.getpid() % 100000}")
+    swarm.up()
+    try:
+        yield swarm
+    finally:
+        swarm.down()

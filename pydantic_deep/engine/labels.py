@@ -19,6 +19,8 @@ __all__ = [
     "MANAGED_FILTER",
     "MANAGER",
     "NETWORK",
+    "NODE",
+    "NODE_ENGINE",
     "NETWORK_ALLOW_METADATA",
     "NETWORK_ALLOW_PRIVATE",
     "NETWORK_EGRESS",
@@ -31,6 +33,7 @@ __all__ = [
     "RUNTIME",
     "RUNTIME_CONFIG",
     "SESSION",
+    "SERVICE",
     "SESSION_CREATED",
     "SNAPSHOT",
     "SNAPSHOT_BASE",
@@ -76,6 +79,14 @@ POOL = PREFIX + "pool"
 
 ROLE = PREFIX + "role"
 """What a short-lived helper container is for (``"firewall-helper"``)."""
+
+# -- clusters (see pydantic_deep.engine.swarm) ---------------------------------------------------
+NODE = PREFIX + "node"
+"""On a Swarm node: its name as sandboxes report it."""
+NODE_ENGINE = PREFIX + "engine"
+"""On a Swarm node: the address of its own engine, through which its sandboxes are reached."""
+SERVICE = PREFIX + "service"
+"""On a sandbox's service and its task's container: the service's name."""
 
 # -- networks ----------------------------------------------------------------------------------
 NETWORK = PREFIX + "network"

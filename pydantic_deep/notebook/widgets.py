@@ -203,11 +203,12 @@ class SessionMonitor(_Panel):
             self._stopped.wait(self.interval)
 
     def sessions(self) -> list[dict[str, Any]]:
-        """One dict per sandbox: user, runtime, state, cpu, memory, idle, and how to stop it."""
+        """One dict per sandbox: user, runtime, state, cpu, memory, idle, container, its cluster
+        node (``None`` on one host), and how to stop it."""
         if isinstance(self.source, SyncSessionManager):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
-                     "memory": s.memory_bytes, "idle": s.idle_seconds, "container": s.container,
+                     "memory": s.memory_bytes, "idle": s.idle_seconds, "container": s.container, "node": s.node,
                      "stop": functools.partial(manager.stop, s.user_id)}
                     for s in manager.list_sessions()]
         found = []
@@ -217,6 +218,7 @@ class SessionMonitor(_Panel):
                           "state": "busy" if sandbox.busy else sandbox.state.value,
                           "cpu": usage.cpu_seconds if usage else 0.0, "memory": usage.memory_bytes if usage else 0,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
+                          "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
                           "stop": functools.partial(self.source.stop, name)})
         return found
 
@@ -235,7 +237,8 @@ class SessionMonitor(_Panel):
             lines.append(widgets.HBox([widgets.HTML(
                 f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
                 f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {session['idle']:.0f} s · "
-                f"{html.escape(session['container'])}"), stop]))
+                f"{html.escape(session['container'])}"
+                + (f" on {html.escape(session['node'])}" if session["node"] else "")), stop]))
         if not sessions:
             lines.append(widgets.HTML("<i>no sandbox running</i>"))
         self.rows.children = lines  # one assignment: traitlets sends one update

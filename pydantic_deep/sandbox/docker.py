@@ -47,6 +47,7 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.utils import parse_bytes
 from requests.exceptions import ChunkedEncodingError
+from requests.exceptions import ConnectionError as EngineConnectionError
 
 from .._html import field_table
 from ..arguments import file_content
@@ -64,6 +65,7 @@ from ..engine.networks import (
     secure,
     shared_network_name,
 )
+from ..engine.swarm import SwarmCluster, TaskPlacement, resolve_cluster
 from ..engine.volumes import create_volume, ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
@@ -92,6 +94,8 @@ from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
+from .metadata import METADATA_ADDRESS, block_metadata
+from .network import cut_network
 from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
 __all__ = ["DockerSandbox"]
@@ -262,7 +266,12 @@ class DockerSandbox(SandboxBase):
         remove_on_exit: Tie the container to this process: it is removed when this object is
             garbage-collected, when the interpreter exits, and when the process is killed (even by
             SIGKILL, through a stream the container's main process waits on). ``False`` leaves
-            it running until ``stop()`` (sessions that a later process adopts).
+            it running until ``stop()`` (sessions that a later process adopts). On a cluster the
+            sandbox is removed when this object is collected or the interpreter exits, not when
+            the process is killed (``pydantic-deep prune`` finds what is left).
+        cluster: Run on a Docker Swarm (see :class:`SwarmCluster`): one of them, a manager's
+            address, or ``False`` for this host's engine. ``None`` (the default) follows
+            ``$PYDANTIC_DEEP_CLUSTER``, and this host's engine when it is unset.
         snapshot: Start from this :class:`Snapshot` (or the name of one): its files, its runtime.
             Empty named ``volumes`` are filled with the snapshot's files at their paths.
     """
@@ -295,6 +304,7 @@ class DockerSandbox(SandboxBase):
         volumes: Mapping[str, str] | None = None,
         remove_on_exit: bool = True,
         snapshot: Snapshot | str | None = None,
+        cluster: SwarmCluster | str | bool | None = None,
     ) -> None:
         self.from_snapshot: Snapshot | None = resolve_snapshot(snapshot) if snapshot is not None else None
         self.runtime: RuntimeConfig = self._runtime_for(runtime, self.from_snapshot)
@@ -326,6 +336,8 @@ class DockerSandbox(SandboxBase):
         self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
+        self.cluster = resolve_cluster(cluster)
+        self._placement: TaskPlacement | None = None  # on a cluster: the node and its engine
         self.image: str | None = None
         self.container_id: str | None = None
         self.state = SandboxState.NEW
@@ -362,6 +374,15 @@ class DockerSandbox(SandboxBase):
         return channel is not None and channel.multiplexed
 
     @property
+    def node(self) -> str | None:
+        """The cluster node the sandbox runs on (``None`` on this host's engine)."""
+        return self._placement.node if self._placement is not None else None
+
+    def _engine(self) -> docker.DockerClient:
+        """The engine holding the container: its node's on a cluster, else this host's."""
+        return self._placement.client if self._placement is not None else docker_client()
+
+    @property
     def alive(self) -> bool:
         """Running, with its execution channel open (false once the container died, as far as
         the channel can tell; the ``docker exec`` fallback cannot tell)."""
@@ -390,6 +411,9 @@ class DockerSandbox(SandboxBase):
                 self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                                   progress=self.progress)
                 prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            if self.cluster is not None:
+                self._start_on_cluster(self.cluster, prepared.tag, prepared.python)
+                return self
             for volume in self.volumes:
                 ensure_volume(volume)
             container = self._create_container(client, prepared.tag)
@@ -437,9 +461,39 @@ class DockerSandbox(SandboxBase):
         secure(client, helper_image=functools.partial(ensure_netfilter_image, client))
         return network
 
+    def _start_on_cluster(self, cluster: SwarmCluster, image: str, python: str | None) -> None:
+        """Start the sandbox as a one-task Swarm service and reach its container through its
+        node's engine (with the lock held)."""
+        placement = cluster.run(self.name, image, self._container_options(), progress=self.progress)
+        try:
+            self._placement, self._python = placement, python
+            # The helpers run the sandbox's image as the node knows it (from a registry, maybe).
+            if not self.network:  # Swarm has no "none" network: take the task's links down instead
+                cut_network(placement.client, placement.container_id, placement.image, python, self._helper_labels())
+            elif self.block_metadata:
+                self._block_metadata(placement.client, placement.container_id, placement.image)
+            self._channel = self._open_channel(placement.container_id)
+        except BaseException:
+            cluster.remove(self.name)
+            self._placement = None
+            raise
+        self._adopt(placement.client, placement.container_id)
+
+    def _helper_labels(self) -> dict[str, str]:
+        return label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()})
+
+    def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
+        if self._python is None:
+            logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
+                           self.image, METADATA_ADDRESS)
+            return
+        block_metadata(client, container_id, image, self._python, self._helper_labels())
+
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
-        if self.remove_on_exit:
+        if self.remove_on_exit and self.cluster is not None:
+            self._finalizer = weakref.finalize(self, self.cluster.remove, self.name)
+        elif self.remove_on_exit:
             self._finalizer = weakref.finalize(self, remove_container, client, container_id)
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
@@ -457,14 +511,22 @@ class DockerSandbox(SandboxBase):
                 ``stop()`` removes it).
             **options: Other :class:`DockerSandbox` arguments (``command_timeout``, ...).
 
+        With ``cluster`` (or ``$PYDANTIC_DEEP_CLUSTER``), ``container`` names the sandbox's service.
+
         Raises:
             SandboxStateError: the container is not a running pydantic_deep sandbox.
         """
-        client = docker_client()
+        cluster = resolve_cluster(options.get("cluster"))
+        placement = cluster.locate(container) if cluster is not None else None
+        # On a lost node the service's task may still be listed as running: no sandbox there either.
+        lost_node = (EngineConnectionError,) if cluster is not None else ()
         with engine_errors():
             try:
-                attrs = client.api.inspect_container(container)
-            except NotFound:
+                if cluster is not None and placement is None:
+                    raise NotFound(container)
+                client = placement.client if placement is not None else docker_client()
+                attrs = client.api.inspect_container(placement.container_id if placement else container)
+            except (NotFound, *lost_node):
                 raise SandboxStateError(f"no sandbox container {container!r}") from None
         labels = attrs["Config"]["Labels"] or {}
         if label.RUNTIME_CONFIG not in labels or not attrs["State"]["Running"]:
@@ -475,11 +537,13 @@ class DockerSandbox(SandboxBase):
         sandbox = cls(
             RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG]),
             user=attrs["Config"]["User"], session_id=labels[label.SESSION],
-            name=attrs["Name"].lstrip("/"), remove_on_exit=remove_on_exit,
+            name=labels.get("com.docker.swarm.service.name") or attrs["Name"].lstrip("/"),
+            remove_on_exit=remove_on_exit,
             volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
             labels={k: v for k, v in labels.items() if not k.startswith(label.PREFIX)}, **options,
         )
         sandbox.image = labels.get(label.IMAGE)
+        sandbox._placement = placement
         with sandbox._lock, engine_errors():
             sandbox._python = client.images.get(attrs["Image"]).labels.get(label.PYTHON) or None
             sandbox._channel = sandbox._open_channel(attrs["Id"])
@@ -500,7 +564,10 @@ class DockerSandbox(SandboxBase):
                 self._finalizer.detach()
             if self.state in (SandboxState.RUNNING, SandboxState.PAUSED) and self.container_id is not None:
                 with engine_errors():
-                    remove_container(docker_client(), self.container_id)
+                    if self.cluster is not None:
+                        self.cluster.remove(self.name)  # works with the node lost, too
+                    else:
+                        remove_container(docker_client(), self.container_id)
                     if self.shared_network is not None:  # the last one out removes it
                         remove_network_if_unused(docker_client(), self._shared_network_name())
                     if self._fork_image is not None:
@@ -513,11 +580,14 @@ class DockerSandbox(SandboxBase):
             if remove_volumes:
                 with engine_errors():
                     for volume in self.volumes:
-                        remove_volume(volume)
+                        if self.cluster is not None:
+                            self.cluster.remove_volume(volume)
+                        else:
+                            remove_volume(volume)
 
     def _open_channel(self, container_id: str) -> Channel:
         """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
-        client = docker_client()
+        client = self._engine()
         if self._python is not None:
             try:
                 return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
@@ -563,6 +633,9 @@ class DockerSandbox(SandboxBase):
                 yield
             except _CONTAINER_FAILURES as exc:
                 raise self._explain(exc, action) from exc
+            except EngineConnectionError:
+                self._check_node()
+                raise
             except TransferInterruptedError as exc:
                 if self._container_gone():
                     raise self._gone() from exc
@@ -571,7 +644,15 @@ class DockerSandbox(SandboxBase):
     def _container_gone(self) -> bool:
         """Whether the container stopped or was removed. A call cut off by ``docker rm -f`` fails a
         moment before the engine calls the container stopped, so a running one gets 2 s to stop."""
-        return self.container_id is not None and container_stops_within(docker_client(), self.container_id, 2)
+        self._check_node()
+        return self.container_id is not None and container_stops_within(self._engine(), self.container_id, 2)
+
+    def _check_node(self) -> None:
+        """On a cluster, raise :class:`NodeLostError` when the sandbox's node does not answer."""
+        if self.cluster is not None and self._placement is not None:
+            lost = self.cluster.lost(self._placement)
+            if lost is not None:
+                raise lost
 
     def _explain(self, exc: Exception, action: str) -> Exception:
         """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
@@ -686,6 +767,9 @@ class DockerSandbox(SandboxBase):
                                           max_output=self.max_output, on_output=on_output)
             except _CONTAINER_FAILURES as exc:
                 raise await asyncio.to_thread(self._explain, exc, "aexecute") from exc
+            except EngineConnectionError:
+                await asyncio.to_thread(self._check_node)
+                raise
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -722,7 +806,7 @@ class DockerSandbox(SandboxBase):
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        write_into(docker_client(), self._live_container(), target, self.allowed_roots, content, size)
+        write_into(self._engine(), self._live_container(), target, self.allowed_roots, content, size)
         return target
 
     @_in_use
@@ -754,7 +838,7 @@ class DockerSandbox(SandboxBase):
 
     def _copy_out(self, path: str, target: BinaryIO) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return read_from(docker_client(), self._live_container(), source, self.allowed_roots, target)
+        return read_from(self._engine(), self._live_container(), source, self.allowed_roots, target)
 
     @_in_use
     def exists(self, path: str) -> bool:
@@ -792,14 +876,21 @@ class DockerSandbox(SandboxBase):
 
     @_in_use
     def rename(self, name: str) -> None:
-        """Give the container a new name (a session manager names a pooled sandbox for its user)."""
+        """Give the container a new name (a session manager names a pooled sandbox for its user).
+
+        Raises:
+            SandboxStateError: the sandbox is on a cluster, where Swarm cannot rename its service.
+        """
+        if self.cluster is not None:
+            raise SandboxStateError(f"a sandbox on a cluster keeps its name ({self.name}): Swarm cannot rename "
+                                    "a service")
         docker_client().api.rename(self._running_id(), name)
         self.name = name
 
     def usage(self) -> ResourceUsage:
         """The container's memory in use and CPU time so far (one cheap stats call)."""
         with self._clear_errors("usage"):
-            stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+            stats = self._engine().api.stats(self._running_id(), stream=False, one_shot=True)
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
 
@@ -823,7 +914,7 @@ class DockerSandbox(SandboxBase):
             if self.state is not SandboxState.RUNNING or self.container_id is None:
                 raise SandboxStateError(f"only a running sandbox can be paused; this one is {self.state.value}")
             with self._clear_errors("pause"):
-                docker_client().api.pause(self.container_id)
+                self._engine().api.pause(self.container_id)
             self.state = SandboxState.PAUSED
 
     def pause_if_idle(self, idle: float) -> bool:
@@ -846,10 +937,15 @@ class DockerSandbox(SandboxBase):
             if self.state is not SandboxState.PAUSED or self.container_id is None:
                 return
             with self._clear_errors("resume"):
-                resume_container(docker_client(), self.container_id)
+                resume_container(self._engine(), self.container_id)
             self.state = SandboxState.RUNNING
 
     @_in_use
+    def _refuse_on_cluster(self, action: str) -> None:
+        if self.cluster is not None:
+            raise SandboxStateError(f"{action}() is not available on a cluster yet: snapshots are images of "
+                                    "this host's engine, which the cluster's nodes do not share")
+
     def snapshot(self, name: str | None = None) -> Snapshot:
         """Keep the sandbox's files as a named snapshot, to start from, restore or fork later.
 
@@ -864,7 +960,9 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             InvalidArgumentError: a malformed name, or one a snapshot already has.
+            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
         """
+        self._refuse_on_cluster("snapshot")
         container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
         return take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
                              volume_paths=sorted(self.volumes.values()), name=name)
@@ -903,7 +1001,9 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             InvalidArgumentError: ``n`` is not a number from 1 to 64.
+            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
         """
+        self._refuse_on_cluster("fork")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
             raise InvalidArgumentError(f"fork(n) needs a number of copies from 1 to 64, not {n!r}")
         with self._activity(), self._clear_errors("fork"):
@@ -960,8 +1060,9 @@ class DockerSandbox(SandboxBase):
 
     def __repr__(self) -> str:
         container = self.container_id[:12] if self.container_id else None
+        node = f" node={self.node!r}" if self.node is not None else ""
         return (f"<DockerSandbox runtime={self.runtime.name!r} image={self.image!r} "
-                f"state={self.state.value} container={container}>")
+                f"state={self.state.value} container={container}{node}>")
 
     def _repr_html_(self) -> str:
         rows = {
@@ -973,6 +1074,7 @@ class DockerSandbox(SandboxBase):
             "Work dir": self.work_dir,
             "Network": ("on (isolated)" if self.network else "off")
             + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
+            **({"Node": self.node} if self.node is not None else {}),
         }
         return field_table("DockerSandbox", rows)
 

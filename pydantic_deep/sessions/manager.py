@@ -37,6 +37,7 @@ from ..config import RuntimeConfig
 from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
+from ..engine.swarm import SwarmCluster, resolve_cluster
 from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_labels
 from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStateError, SessionLimitError, shown
 from ..paths import UPLOADS_DIR
@@ -72,6 +73,8 @@ class SessionInfo:
     idle_seconds: float
     memory_bytes: int
     cpu_seconds: float
+    node: str | None = None
+    """The cluster node the sandbox runs on (``None`` on one host, or when it is stopped)."""
 
 
 _MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
@@ -147,6 +150,9 @@ class SessionManager:
             call in milliseconds. Meant to be shorter than ``default_idle_timeout``, after which
             the session is stopped (files kept). ``None`` never pauses; ``get_or_create`` can set
             it per session.
+        cluster: Run the sandboxes on a Docker Swarm (see :class:`SwarmCluster`); ``None`` follows
+            ``$PYDANTIC_DEEP_CLUSTER``, ``False`` is this host's engine. A session whose node is
+            lost gets a new sandbox on another node on its next :meth:`get_or_create`.
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
             A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
             user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
@@ -168,6 +174,7 @@ class SessionManager:
         pool_size: int = 0,
         orphans: Literal["adopt", "reap"] = "adopt",
         pause_after: float | None = None,
+        cluster: SwarmCluster | str | bool | None = None,
         **sandbox_options: Any,
     ) -> None:
         _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
@@ -186,7 +193,8 @@ class SessionManager:
         self.orphans = orphans
         self.pause_after = _checked_pause_after(pause_after)
         self._pause_after: dict[str, float | None] = {}  # per session, where get_or_create set it
-        self.sandbox_options = sandbox_options
+        self.cluster = resolve_cluster(cluster)
+        self.sandbox_options = {**sandbox_options, "cluster": self.cluster or False}
         self._shared = not isinstance(self.registry, InMemoryRegistry)
         self._sandboxes: dict[str, DockerSandbox] = {}
         self._creating: dict[str, concurrent.futures.Future[DockerSandbox]] = {}
@@ -333,7 +341,7 @@ class SessionManager:
     def _new_sandbox(self, key: str, runtime: RuntimeConfig, volumes: Mapping[str, str] | None,
                      snapshot: Snapshot | None = None) -> DockerSandbox:
         name = self._container_name(key)
-        remove_container(docker_client(), name)  # a dead container of this session holds the name
+        self._remove_container(name)  # a dead container of this session holds the name
         # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
         work, uploads = _split_volumes(volumes) if volumes else naming.volume_names(name)
         if snapshot is not None:
@@ -355,7 +363,8 @@ class SessionManager:
         if self._pool is None or runtime != self.default_runtime:
             return None
         sandbox = self._pool.acquire()
-        sandbox.rename(self._container_name(key))
+        if self.cluster is None:  # a Swarm service cannot be renamed: the session keeps the pool's name
+            sandbox.rename(self._container_name(key))
         return sandbox
 
     def _attach(self, container: str) -> DockerSandbox | None:
@@ -413,10 +422,15 @@ class SessionManager:
             was_running = sandbox is not None or bool(record and record.container)
             if sandbox is not None:
                 sandbox.stop()
-            remove_container(docker_client(), self._container_name(key))  # another process's, or dead
+            for name in {self._container_name(key), record.container if record else ""} - {""}:
+                self._remove_container(name)  # another process's, or dead
             if remove_files:
-                for volume in [*(record.volumes if record else {}), self._container_name(key)]:
-                    remove_volume(volume)
+                for volume in record.volumes if record else {}:
+                    if self.cluster is not None:
+                        self.cluster.remove_volume(volume)
+                    else:
+                        remove_volume(volume)
+                remove_volume(self._container_name(key))
                 self.registry.delete(self._registry_key(key))
             elif record is not None:  # dormant: the files wait for the user's next session
                 self.registry.put(self._registry_key(key), replace(record, container=""))
@@ -520,8 +534,16 @@ class SessionManager:
             infos.append(SessionInfo(
                 user_id=record.user_id, runtime=RuntimeConfig.model_validate_json(record.runtime).name,
                 state=state, container=record.container, idle_seconds=idle,
-                memory_bytes=usage.memory_bytes if usage else 0, cpu_seconds=usage.cpu_seconds if usage else 0.0))
+                memory_bytes=usage.memory_bytes if usage else 0, cpu_seconds=usage.cpu_seconds if usage else 0.0,
+                node=sandbox.node if usage is not None and sandbox is not None else None))
         return infos
+
+    def _remove_container(self, name: str) -> None:
+        """Remove a session's container (its service, on a cluster); one that is gone is fine."""
+        if self.cluster is not None:
+            self.cluster.remove(name)
+        else:
+            remove_container(docker_client(), name)
 
     # -- after a crash ------------------------------------------------------------------------
 
