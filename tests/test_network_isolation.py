@@ -36,6 +36,7 @@ from pydantic_deep.engine.firewall import (
 )
 from pydantic_deep.engine.networks import LABEL, remove_unused_networks
 from pydantic_deep.images.netfilter import ensure_netfilter_image
+from pydantic_deep.sessions import naming
 
 pytestmark = pytest.mark.network
 
@@ -309,7 +310,7 @@ def test_a_session_manager_keeps_shared_networks_per_user() -> None:
     with pytest.raises(InvalidArgumentError, match="cannot be used with pool_size"):
         SessionManager(name="test-net", pool_size=1, shared_network="team")
     manager = SessionManager(name="test-net")
-    assert manager._network_owner(manager._key("alice")) != manager._network_owner(manager._key("bob"))
+    assert naming.network_owner(manager._key("alice")) != naming.network_owner(manager._key("bob"))
 
 
 def test_the_rules_refuse_the_metadata_address_before_any_allowance() -> None:
