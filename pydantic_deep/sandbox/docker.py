@@ -49,6 +49,7 @@ from ..engine.containers import container_running, container_stops_within, remov
 from ..engine.volumes import ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
+    ImageNotAvailableError,
     SandboxError,
     SandboxStateError,
     TransferInterruptedError,
@@ -65,13 +66,13 @@ from ..execution.channel import (
 from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
 from ..images.builder import Progress
 from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
-from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image
+from ..images.prepare import HOME_DIR, TOOLS_DIR, prepare_image, recorded_interpreters, supervisor_command
 from ..images.runtime import ensure_runtime_image
 from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .metadata import METADATA_ADDRESS, block_metadata
+from .metadata import METADATA_ADDRESS, block_metadata, helper_image
 
 __all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
 
@@ -221,7 +222,8 @@ class DockerSandbox(SandboxBase):
         self._lock = threading.Lock()  # start, stop and the channel
         self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
-        self._python: str | None = None
+        self._python: str | None = None  # the image's python3, or None
+        self._node: str | None = None  # the image's node, or None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
         super().__init__()
 
@@ -232,8 +234,16 @@ class DockerSandbox(SandboxBase):
 
     @property
     def has_python(self) -> bool:
-        """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
-        return isinstance(self._channel, SupervisorChannel)
+        """The running container has ``python3`` (3.8+): the fast channel and Python interpreters work."""
+        return self._python is not None and isinstance(self._channel, SupervisorChannel)
+
+    @property
+    def supervisor(self) -> str | None:
+        """What runs this sandbox's supervisor: ``"python3"``, ``"node"``, or ``None`` when commands go
+        one ``docker exec`` each (an image with neither, or whose interpreter could not run it)."""
+        if not isinstance(self._channel, SupervisorChannel):
+            return None
+        return "python3" if self._python is not None else "node"
 
     @property
     def alive(self) -> bool:
@@ -275,7 +285,7 @@ class DockerSandbox(SandboxBase):
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
                     self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
                 container.start()
-                self._python = prepared.python
+                self._python, self._node = prepared.python, prepared.node
                 if self.network and self.block_metadata:
                     self._block_metadata(client, container.id, prepared.tag)
                 self._channel = self._open_channel(container.id)
@@ -286,11 +296,15 @@ class DockerSandbox(SandboxBase):
         return self
 
     def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
-        if self._python is None:
-            logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
-                           self.image, METADATA_ADDRESS)
-            return
-        block_metadata(client, container_id, image, self._python,
+        python = self._python
+        if python is None:
+            try:
+                image, python = helper_image(client)
+            except ImageNotAvailableError as exc:
+                logger.warning("Image %s has no python3 to block %s with, and no Python image is at hand (%s): "
+                               "this networked sandbox can reach it", self.image, METADATA_ADDRESS, exc)
+                return
+        block_metadata(client, container_id, image, python,
                        {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
                         "pydantic-deep.owner-host": socket.gethostname()})
 
@@ -335,7 +349,7 @@ class DockerSandbox(SandboxBase):
         )
         sandbox.image = labels.get("pydantic-deep.image")
         with sandbox._lock, engine_errors():
-            sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
+            sandbox._python, sandbox._node = recorded_interpreters(client.images.get(attrs["Image"]).labels)
             sandbox._channel = sandbox._open_channel(attrs["Id"])
             sandbox._adopt(client, attrs["Id"])
         return sandbox
@@ -366,17 +380,20 @@ class DockerSandbox(SandboxBase):
                         remove_volume(volume)
 
     def _open_channel(self, container_id: str) -> Channel:
-        """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
+        """The supervisor channel (run by the image's ``python3``, else its ``node``), or one
+        ``docker exec`` per command where neither can run it."""
         client = docker_client()
-        if self._python is not None:
+        command = supervisor_command(self._python, self._node)
+        if command is not None:
             try:
-                return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
+                return SupervisorChannel.open(client, container_id, command)
             except ChannelClosedError:
                 if not container_running(client, container_id):
                     raise self._gone() from None
-                reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
+                reason = (f"its {self._python} could not run the supervisor (Python 3.8+ is needed)" if self._python
+                          else f"its {self._node} could not run the supervisor (Node.js 18+ is needed)")
         else:
-            reason = "it has no python3"
+            reason = "it has neither python3 nor node"
         if self.image not in _exec_fallback_logged:
             _exec_fallback_logged.add(self.image)
             logger.warning("Image %s: %s, so commands use one docker exec each (about 50 ms)", self.image, reason)
