@@ -139,9 +139,10 @@ class Pipes {
         ends.push(fs.openSync(name, O_RDONLY | O_NONBLOCK)); // with no writer yet, must not block
         if (!fs.fstatSync(ends[0]).isFIFO()) throw new Error("not a FIFO");
         ends.push(fs.openSync(name, O_WRONLY)); // a reader is there: returns at once, and blocks
-        if (childReads) {
-          ends.push(fs.openSync(name, O_RDONLY)); // a writer is there: the child's blocking end
-          fs.closeSync(ends.shift());
+        if (childReads) { // the child's end must block: open another, now that a writer is there
+          const blocking = fs.openSync(name, O_RDONLY);
+          fs.closeSync(ends[0]);
+          ends[0] = blocking;
         }
         fs.unlinkSync(name);
         return ends;
@@ -490,7 +491,7 @@ class Supervisor {
     // Whatever the shell wrote before it exited is in its pipes now: read it before EXIT.
     const buffer = Buffer.allocUnsafe(65536);
     for (const [role, socket] of shell.outputs) {
-      for (let chunk; (chunk = socket.read()) !== null;) this.forward(command, role, chunk);
+      while (socket.read() !== null); // what the stream holds (paused), through its 'data' handler
       const fd = socket._handle ? socket._handle.fd : -1;
       while (fd >= 0) {
         let length;
