@@ -6,10 +6,13 @@
 // command cannot tell which supervisor runs it:
 //
 // - Pipes. Node.js gives a child's stdio as UNIX socketpairs, and a socket cannot be opened through
-//   /proc/self/fd: `echo x > /dev/stderr` fails with ENXIO. The supervisor makes real pipes from
+//   /proc/self/fd: `echo x > /dev/stderr` would fail with ENXIO. The supervisor makes real pipes from
 //   FIFOs instead: `mkfifo` (coreutils) creates a batch of them in a private directory ahead of
-//   time; opening both ends of one and unlinking it leaves an anonymous pipe. Without `mkfifo` or
-//   a writable directory, it falls back to socketpairs.
+//   time; opening both ends of one and unlinking it leaves an anonymous pipe. Without `mkfifo` or a
+//   writable directory the supervisor does not start, and the host falls back to `docker exec`.
+// - Spawning. Node.js forks (Python's posix_spawn does not): a spawn blocks its thread for a
+//   millisecond or more. Shells are spawned by a worker thread, so the main thread goes on moving
+//   frames meanwhile; a shell is still spawned ahead of each command.
 // - Signals. libuv resets every signal to its default in a child, but commands must ignore SIGXFSZ
 //   (a write past the file size limit then fails with "File too large" instead of killing the
 //   program). Each shell is started as `trap '' XFSZ; exec /bin/sh -c ...`, so the command's shell
@@ -25,6 +28,7 @@ const fs = require("fs");
 const net = require("net");
 const os = require("os");
 const path = require("path");
+const { Worker, isMainThread, parentPort } = require("worker_threads");
 
 const VERSION = 1;
 const HEADER_SIZE = 9; // >BII: kind, request id, payload length
@@ -90,18 +94,18 @@ function openOomCounter() {
 // -- pipes --------------------------------------------------------------------------------------
 
 class Pipes {
-  // A stock of FIFOs in a private directory; each becomes one anonymous pipe.
-  constructor() {
-    this.directory = null;
+  // A stock of FIFOs in a private directory; each becomes one anonymous pipe. `make(names, done)`
+  // creates FIFOs (in the spawner thread).
+  constructor(make) {
+    this.make = make;
+    this.directory = makePrivateDirectory();
     this.stock = [];
     this.made = 0;
     this.refilling = false;
-    try {
-      this.directory = makePrivateDirectory();
-      this.refill(true);
-    } catch {
-      this.directory = null; // socketpairs, then
-    }
+    const names = this.names(FIFO_BATCH);
+    const made = childProcess.spawnSync("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
+    if (made.status !== 0) throw new Error(`mkfifo could not make FIFOs in ${this.directory}`);
+    this.stock.push(...names);
   }
 
   names(count) {
@@ -110,28 +114,20 @@ class Pipes {
     return names;
   }
 
-  refill(now) {
-    if (this.directory === null || this.refilling) return;
-    const names = this.names(FIFO_BATCH);
-    if (now) {
-      const done = childProcess.spawnSync("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
-      if (done.status !== 0) throw new Error("mkfifo failed");
-      this.stock.push(...names);
-      return;
-    }
+  refill() {
+    if (this.refilling) return;
     this.refilling = true;
-    const child = childProcess.spawn("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
-    child.on("error", () => { this.refilling = false; });
-    child.on("exit", () => {
+    const names = this.names(FIFO_BATCH);
+    this.make(names, () => {
       this.refilling = false;
       for (const name of names) if (fs.existsSync(name)) this.stock.push(name);
     });
   }
 
   // One pipe: [read end, write end], as descriptors; the end a child gets blocks, the supervisor's
-  // does not. null when there is no FIFO to make it from.
+  // does not. Throws when there is no FIFO left to make it from.
   open(childReads) {
-    if (this.stock.length < FIFO_LOW) this.refill(false);
+    if (this.stock.length < FIFO_LOW) this.refill();
     while (this.stock.length) {
       const name = this.stock.shift();
       const ends = [];
@@ -151,11 +147,11 @@ class Pipes {
         try { fs.unlinkSync(name); } catch { /* gone already */ }
       }
     }
-    return null;
+    throw Object.assign(new Error("no FIFO left to make a pipe from (mkfifo failed)"), { code: "ENOFIFO" });
   }
 
   remove() {
-    if (this.directory !== null) fs.rmSync(this.directory, { recursive: true, force: true });
+    fs.rmSync(this.directory, { recursive: true, force: true });
   }
 }
 
@@ -180,11 +176,10 @@ function makePrivateDirectory() {
 // -- shells and commands -------------------------------------------------------------------------
 
 class Shell {
-  // A spawned shell: its child process and the supervisor's ends of its pipes.
-  constructor(child, script, outputs, stdin) {
-    this.child = child;
-    this.pid = child.pid; // undefined: the spawn failed (its 'error' event says why)
-    this.script = script; // a waiting shell's: where its command goes (a descriptor or a socket)
+  // A spawned shell: its pid and the supervisor's ends of its pipes.
+  constructor(pid, scriptFd, outputs, stdin) {
+    this.pid = pid;
+    this.scriptFd = scriptFd; // a waiting shell's: where its command goes
     this.outputs = outputs; // [[role, socket], ...]
     this.stdin = stdin;
     this.command = null;
@@ -194,23 +189,19 @@ class Shell {
   writeScript(script) {
     // The script fits the pipe's buffer: the write never blocks. False when the shell is gone.
     try {
-      if (typeof this.script === "number") {
-        fs.writeSync(this.script, script);
-        closeQuietly(this.script);
-      } else {
-        this.script.end(script);
-      }
-      this.script = null;
+      fs.writeSync(this.scriptFd, script);
       return true;
     } catch {
       return false;
+    } finally {
+      closeQuietly(this.scriptFd);
+      this.scriptFd = null;
     }
   }
 
   closeParentEnds() {
-    if (typeof this.script === "number") closeQuietly(this.script);
-    else if (this.script !== null) this.script.destroy();
-    this.script = null;
+    if (this.scriptFd !== null) closeQuietly(this.scriptFd);
+    this.scriptFd = null;
     for (const [, socket] of this.outputs) socket.destroy();
     if (this.stdin !== null) this.stdin.destroy();
   }
@@ -243,11 +234,15 @@ class Supervisor {
     this.hostIn = hostIn;
     this.hostOut = hostOut;
     this.commands = new Map(); // by request id
+    this.starting = new Map(); // request id: the STDIN and SIGNAL frames that came before its shell
     this.inbox = Buffer.alloc(0);
     this.spare = null;
     this.oomCounter = openOomCounter();
     this.leftoverGroups = new Set(); // process groups of finished commands that still had members
-    this.pipes = new Pipes();
+    this.spawner = new Spawner();
+    this.pipes = new Pipes((names, done) => this.spawner.mkfifo(names, done));
+    this.spareComing = false; // a waiting shell is being spawned
+    this.waiting = []; // commands that wait for it
     this.paused = false; // commands' output is not read while the host is slow to take frames
     hostOut.on("drain", () => this.pauseOutput(false));
     hostOut.on("error", () => this.shutDown());
@@ -305,6 +300,11 @@ class Supervisor {
   }
 
   handle(kind, requestId, payload) {
+    const early = this.starting.get(requestId);
+    if (early !== undefined && kind !== RUN) {
+      early.push([kind, payload]);
+      return;
+    }
     const command = this.commands.get(requestId);
     if (kind === RUN) {
       this.start(requestId, payload);
@@ -318,85 +318,75 @@ class Supervisor {
 
   // -- starting commands ---------------------------------------------------------------------------
 
-  spawn(command, withStdin) {
+  spawn(command, withStdin, done) {
     // `sh -c command` in a new session; with no command, a shell that waits for one on fd 3 (see
-    // supervisor.py's _spawn). Throws what the spawn throws at once (EMFILE); a failure that comes
-    // with the child's 'error' event (EAGAIN at the process limit) leaves the shell's pid undefined.
+    // supervisor.py's _spawn). Then done(error, shell): EAGAIN at the process limit, say.
     const opened = [];
-    const pipe = (childReads) => {
-      const ends = this.pipes.open(childReads);
-      if (ends !== null) opened.push(...ends);
-      return ends; // [read end, write end]
-    };
-    const script = command === null ? pipe(true) : null;
-    const out = pipe(false), err = pipe(false);
-    const input = withStdin ? pipe(true) : null;
-    // The child's end of each FIFO pipe; where there is none, a socketpair ("pipe").
-    const stdio = [withStdin ? (input ? input[0] : "pipe") : "ignore", out ? out[1] : "pipe", err ? err[1] : "pipe"];
-    if (command === null) stdio.push(script ? script[0] : "pipe");
-    let child;
+    let script, out, err, input;
     try {
-      child = childProcess.spawn("/bin/sh", ["-c", IGNORING_XFSZ, "sh", command === null ? WAITING_SHELL : command],
-        { stdio, detached: true, env: environment, argv0: "sh" });
+      const pipe = (childReads) => {
+        const ends = this.pipes.open(childReads);
+        opened.push(...ends);
+        return ends; // [read end, write end]
+      };
+      script = command === null ? pipe(true) : null;
+      out = pipe(false);
+      err = pipe(false);
+      input = withStdin ? pipe(true) : null;
     } catch (error) {
       for (const fd of opened) closeQuietly(fd);
-      throw error;
+      done(error, null);
+      return;
     }
-    for (const ends of [script, input]) if (ends) closeQuietly(ends[0]); // the child has them now
-    for (const ends of [out, err]) if (ends) closeQuietly(ends[1]);
-    const reader = (ends, index) => ends ? new net.Socket({ fd: ends[0], readable: true, writable: false })
-      : child.stdio[index];
-    const stdin = !withStdin ? null : input ? new net.Socket({ fd: input[1], readable: false, writable: true })
-      : child.stdin;
-    const shell = new Shell(child, command === null ? (script ? script[1] : child.stdio[3]) : null,
-      [["stdout", reader(out, 1)], ["stderr", reader(err, 2)]], stdin);
-    for (const [role, socket] of shell.outputs) {
-      socket.on("data", (chunk) => this.forward(shell.command, role, chunk));
-      socket.on("error", () => {});
-      if (this.paused) socket.pause();
-    }
-    if (stdin !== null) stdin.on("error", () => stdin.destroy()); // the command closed its stdin
-    child.on("exit", (code, signal) => this.exited(shell, code, signal));
-    if (shell.pid === undefined) shell.closeParentEnds();
-    return shell;
-  }
-
-  spawnThen(command, withStdin, done) {
-    // spawn(), then done(error, shell). At the process limit, first kill the background jobs of
-    // finished commands, then try again for a while: the killed processes free their slots once
-    // init has reaped them, a moment later.
-    let deadline = null;
-    const attempt = () => {
-      let shell;
-      try {
-        shell = this.spawn(command, withStdin);
-      } catch (error) {
+    const stdio = [input ? input[0] : "ignore", out[1], err[1]];
+    if (script) stdio.push(script[0]);
+    const args = ["-c", IGNORING_XFSZ, "sh", command === null ? WAITING_SHELL : command];
+    this.spawner.spawn(args, stdio, (error, pid) => {
+      for (const ends of [script, input]) if (ends) closeQuietly(ends[0]); // the child has them now
+      closeQuietly(out[1]);
+      closeQuietly(err[1]);
+      const stdin = input ? new net.Socket({ fd: input[1], readable: false, writable: true }) : null;
+      const readers = [["stdout", out[0]], ["stderr", err[0]]].map(([role, fd]) =>
+        [role, new net.Socket({ fd, readable: true, writable: false })]);
+      const shell = new Shell(pid, script ? script[1] : null, readers, stdin);
+      if (error !== null) {
+        shell.closeParentEnds();
         done(error, null);
         return;
       }
-      if (shell.pid !== undefined) {
-        done(null, shell);
-        return;
+      for (const [role, socket] of readers) {
+        socket.on("data", (chunk) => this.forward(shell.command, role, chunk));
+        socket.on("error", () => {});
+        if (this.paused) socket.pause();
       }
-      shell.child.once("error", (error) => {
-        if (error.code !== "EAGAIN") {
-          done(error, null);
-        } else if (deadline !== null) {
-          if (Date.now() > deadline) done(error, null);
-          else setTimeout(attempt, REAP_STEP_MS);
-        } else if (!this.leftoverGroups.size) {
-          done(error, null);
-        } else {
-          // A group whose processes all ended may have passed its number on to a running command.
-          const running = new Set([...this.commands.values()].map((c) => c.pid));
-          if (this.spare !== null) running.add(this.spare.pid);
-          for (const group of this.leftoverGroups) if (!running.has(group)) killGroup(group);
-          this.leftoverGroups.clear();
-          deadline = Date.now() + REAP_WAIT_MS;
-          attempt();
-        }
-      });
-    };
+      if (stdin !== null) stdin.on("error", () => stdin.destroy()); // the command closed its stdin
+      this.spawner.onExit(pid, (code, signal) => this.exited(shell, code, signal));
+      done(null, shell);
+    });
+  }
+
+  spawnThen(command, withStdin, done) {
+    // spawn(); at the process limit, first kill the background jobs of finished commands, then try
+    // again for a while: the killed processes free their slots once init has reaped them.
+    let deadline = null;
+    const attempt = () => this.spawn(command, withStdin, (error, shell) => {
+      if (error === null || error.code !== "EAGAIN") {
+        done(error, shell);
+      } else if (deadline !== null) {
+        if (Date.now() > deadline) done(error, null);
+        else setTimeout(attempt, REAP_STEP_MS);
+      } else if (!this.leftoverGroups.size) {
+        done(error, null);
+      } else {
+        // A group whose processes all ended may have passed its number on to a running command.
+        const running = new Set([...this.commands.values()].map((c) => c.pid));
+        if (this.spare !== null) running.add(this.spare.pid);
+        for (const group of this.leftoverGroups) if (!running.has(group)) killGroup(group);
+        this.leftoverGroups.clear();
+        deadline = Date.now() + REAP_WAIT_MS;
+        attempt();
+      }
+    });
     attempt();
   }
 
@@ -416,23 +406,41 @@ class Supervisor {
       this.sendJson(ERROR, requestId, { message: "cannot run the command: it holds a NUL byte" });
       return;
     }
-    const spare = this.spare;
-    if (spare !== null && !spec.stdin && script.length <= SCRIPT_PIPE_LIMIT) {
-      this.spare = null;
-      if (!spare.exited && spare.writeScript(script)) {
-        this.run(requestId, spec, spare);
+    this.starting.set(requestId, []);
+    if (!spec.stdin && script.length <= SCRIPT_PIPE_LIMIT) {
+      if (this.spare !== null) {
+        this.takeSpare(requestId, spec, script);
         return;
       }
-      spare.closeParentEnds(); // the spare was killed (by a `pkill sh`, say)
+      if (this.spareComing) { // it comes sooner than a shell spawned now would
+        this.waiting.push([requestId, spec, script]);
+        return;
+      }
     }
     this.spawnThen(spec.command, Boolean(spec.stdin), (error, shell) => {
-      if (error === null) {
-        this.run(requestId, spec, shell);
-      } else {
-        const reason = error.code === "EAGAIN" ? PROCESS_LIMIT_MESSAGE : error.message;
-        this.sendJson(ERROR, requestId, { message: `cannot start /bin/sh: ${reason}` });
-      }
+      if (error === null) this.run(requestId, spec, shell);
+      else this.failed(requestId, error);
     });
+  }
+
+  takeSpare(requestId, spec, script) {
+    const spare = this.spare;
+    this.spare = null;
+    if (!spare.exited && spare.writeScript(script)) {
+      this.run(requestId, spec, spare);
+      return;
+    }
+    spare.closeParentEnds(); // the spare was killed (by a `pkill sh`, say): a shell of its own
+    this.spawnThen(spec.command, false, (error, shell) => {
+      if (error === null) this.run(requestId, spec, shell);
+      else this.failed(requestId, error);
+    });
+  }
+
+  failed(requestId, error) {
+    this.starting.delete(requestId);
+    const reason = error.code === "EAGAIN" ? PROCESS_LIMIT_MESSAGE : error.message;
+    this.sendJson(ERROR, requestId, { message: `cannot start /bin/sh: ${reason}` });
   }
 
   run(requestId, spec, shell) {
@@ -443,26 +451,39 @@ class Supervisor {
     }
     this.commands.set(requestId, command);
     shell.command = command;
+    const early = this.starting.get(requestId);
+    this.starting.delete(requestId);
+    for (const [kind, payload] of early) this.handle(kind, requestId, payload);
     if (spec.timeout) { // at most 2**31 - 1 ms (24.8 days) for a timer; the host allows 11.6
       command.timer = setTimeout(() => {
         command.timedOut = true;
         killGroup(command.pid);
       }, Math.min(spec.timeout * 1000, 2 ** 31 - 1));
     }
-    // The next command's shell, while this one runs; after this turn of the event loop, so that
-    // the spawn does not hold up this command's output and exit.
-    setImmediate(() => this.keepSpare());
+    this.keepSpare(); // while this command runs, so it is up before the next one comes
   }
 
   keepSpare() {
-    // Have a waiting shell ready for the next command.
-    if (this.spare !== null) return;
-    try {
-      const shell = this.spawn(null, false);
-      if (shell.pid !== undefined) this.spare = shell;
-    } catch {
-      // the process limit, say: commands then start their own shell
-    }
+    // Have a waiting shell ready (or coming) for the next command.
+    if (this.spare !== null || this.spareComing) return;
+    this.spareComing = true;
+    this.spawn(null, false, (error, shell) => {
+      this.spareComing = false;
+      const waiting = this.waiting;
+      this.waiting = [];
+      if (error === null) this.spare = shell;
+      // else the process limit, say: commands then start their own shell
+      for (const [requestId, spec, script] of waiting) {
+        if (this.spare !== null) {
+          this.takeSpare(requestId, spec, script);
+        } else {
+          this.spawnThen(spec.command, false, (failure, own) => {
+            if (failure === null) this.run(requestId, spec, own);
+            else this.failed(requestId, failure);
+          });
+        }
+      }
+    });
   }
 
   // -- running commands ----------------------------------------------------------------------------
@@ -530,6 +551,80 @@ class Supervisor {
   }
 }
 
+class Spawner {
+  // The main thread's side of the spawner thread (see spawnerThread below).
+  constructor() {
+    this.worker = new Worker(__filename);
+    this.worker.unref(); // the host's stream keeps the supervisor alive, not this thread
+    this.replies = new Map(); // request number: (error, pid) callback
+    this.exits = new Map(); // pid: (code, signal) callback
+    this.next = 0;
+    this.worker.on("message", (message) => {
+      if (message.exit) {
+        const onExit = this.exits.get(message.pid);
+        this.exits.delete(message.pid);
+        if (onExit) onExit(message.code, message.signal);
+        return;
+      }
+      const reply = this.replies.get(message.id);
+      this.replies.delete(message.id);
+      const error = message.error ? Object.assign(new Error(message.error), { code: message.code }) : null;
+      reply(error, message.pid);
+    });
+    this.worker.on("error", (error) => {
+      process.stderr.write(`supervisor.js: the spawner thread failed: ${error.stack}\n`);
+      process.exit(1);
+    });
+  }
+
+  request(message, reply) {
+    const id = this.next++;
+    this.replies.set(id, reply);
+    this.worker.postMessage({ id, ...message });
+  }
+
+  spawn(args, stdio, reply) {
+    this.request({ op: "spawn", args, stdio }, reply);
+  }
+
+  mkfifo(names, reply) {
+    this.request({ op: "mkfifo", names }, reply);
+  }
+
+  onExit(pid, callback) {
+    this.exits.set(pid, callback);
+  }
+}
+
+function spawnerThread() {
+  // Spawns what the main thread asks for and tells it of each spawn and exit. The stdio
+  // descriptors are the main thread's: a process's descriptors belong to all its threads.
+  parentPort.on("message", ({ id, op, args, stdio, names }) => {
+    const reply = (message) => parentPort.postMessage({ id, ...message });
+    const fail = (error) => reply({ error: error.message, code: error.code });
+    if (op === "mkfifo") {
+      const child = childProcess.spawn("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
+      child.on("error", () => {});
+      child.on("close", () => reply({}));
+      return;
+    }
+    let child;
+    try {
+      child = childProcess.spawn("/bin/sh", args, { stdio, detached: true, env: environment, argv0: "sh" });
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (child.pid === undefined) { // the reason comes with the 'error' event (EAGAIN, say)
+      child.on("error", fail);
+      return;
+    }
+    const pid = child.pid;
+    child.on("exit", (code, signal) => parentPort.postMessage({ exit: true, pid, code, signal }));
+    reply({ pid });
+  });
+}
+
 function hostStream(fd, readable) {
   // A pipe or socket as a stream; anything else (a file, a terminal) through the fs module.
   try {
@@ -546,4 +641,5 @@ function main() {
   supervisor.serve();
 }
 
-main();
+if (isMainThread) main();
+else spawnerThread();
