@@ -11,8 +11,8 @@
 //   time; opening both ends of one and unlinking it leaves an anonymous pipe. Without `mkfifo` or a
 //   writable directory the supervisor does not start, and the host falls back to `docker exec`.
 // - Spawning. Node.js forks (Python's posix_spawn does not): a spawn blocks its thread for a
-//   millisecond or more. Shells are spawned by a worker thread, so the main thread goes on moving
-//   frames meanwhile; a shell is still spawned ahead of each command.
+//   millisecond or more, longer than a quick command takes. Shells are spawned by two worker
+//   threads, so the main thread goes on moving frames meanwhile, and two shells wait ready.
 // - Signals. libuv resets every signal to its default in a child, but commands must ignore SIGXFSZ
 //   (a write past the file size limit then fails with "File too large" instead of killing the
 //   program). Each shell is started as `trap '' XFSZ; exec /bin/sh -c ...`, so the command's shell
@@ -41,6 +41,10 @@ const OOM_COUNTERS = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/mem
 const SIGKILL = os.constants.signals.SIGKILL;
 const KILLED_BY_SIGKILL = 128 + SIGKILL;
 const REAP_WAIT_MS = 1000, REAP_STEP_MS = 10;
+const EARLY_REAP_ATTEMPTS = 2; // turns of the event loop to see a shell whose pipes closed become a zombie
+// Waiting shells kept ready. A spawn takes longer than a quick command: with two spawner threads
+// (on two cores) shells come about as fast as commands use them.
+const SPARES = 2;
 const FIFO_BATCH = 96, FIFO_LOW = 48; // FIFOs made per `mkfifo` run, and the stock that triggers one
 const { O_RDONLY, O_WRONLY, O_NONBLOCK } = fs.constants;
 const PROCESS_LIMIT_MESSAGE = "the sandbox is at its process limit (pids_limit): its commands' processes use them all";
@@ -236,13 +240,13 @@ class Supervisor {
     this.commands = new Map(); // by request id
     this.starting = new Map(); // request id: the STDIN and SIGNAL frames that came before its shell
     this.inbox = Buffer.alloc(0);
-    this.spare = null;
+    this.spares = []; // waiting shells, ready for the next commands
     this.oomCounter = openOomCounter();
     this.leftoverGroups = new Set(); // process groups of finished commands that still had members
     this.spawner = new Spawner();
     this.pipes = new Pipes((names, done) => this.spawner.mkfifo(names, done));
-    this.spareComing = false; // a waiting shell is being spawned
-    this.waiting = []; // commands that wait for it
+    this.sparesComing = 0; // waiting shells being spawned
+    this.waiting = []; // commands that wait for one
     this.paused = false; // commands' output is not read while the host is slow to take frames
     hostOut.on("drain", () => this.pauseOutput(false));
     hostOut.on("error", () => this.shutDown());
@@ -280,7 +284,7 @@ class Supervisor {
   shutDown() {
     // The host's stream closed: kill every command still running, and go.
     for (const command of this.commands.values()) killGroup(command.pid);
-    if (this.spare !== null) killGroup(this.spare.pid);
+    for (const spare of this.spares) killGroup(spare.pid);
     this.pipes.remove();
     process.exit(0);
   }
@@ -354,13 +358,15 @@ class Supervisor {
         done(error, null);
         return;
       }
+      let open = readers.length;
       for (const [role, socket] of readers) {
         socket.on("data", (chunk) => this.forward(shell.command, role, chunk));
+        socket.on("end", () => --open || this.reapEarly(shell));
         socket.on("error", () => {});
         if (this.paused) socket.pause();
       }
       if (stdin !== null) stdin.on("error", () => stdin.destroy()); // the command closed its stdin
-      this.spawner.onExit(pid, (code, signal) => this.exited(shell, code, signal));
+      this.spawner.onExit(pid, (code, signal) => this.exited(shell, code, signal && os.constants.signals[signal]));
       done(null, shell);
     });
   }
@@ -380,7 +386,7 @@ class Supervisor {
       } else {
         // A group whose processes all ended may have passed its number on to a running command.
         const running = new Set([...this.commands.values()].map((c) => c.pid));
-        if (this.spare !== null) running.add(this.spare.pid);
+        for (const spare of this.spares) running.add(spare.pid);
         for (const group of this.leftoverGroups) if (!running.has(group)) killGroup(group);
         this.leftoverGroups.clear();
         deadline = Date.now() + REAP_WAIT_MS;
@@ -408,11 +414,11 @@ class Supervisor {
     }
     this.starting.set(requestId, []);
     if (!spec.stdin && script.length <= SCRIPT_PIPE_LIMIT) {
-      if (this.spare !== null) {
-        this.takeSpare(requestId, spec, script);
+      if (this.spares.length) {
+        this.takeSpare(this.spares.shift(), requestId, spec, script);
         return;
       }
-      if (this.spareComing) { // it comes sooner than a shell spawned now would
+      if (this.waiting.length < this.sparesComing) { // one comes sooner than a shell spawned now would
         this.waiting.push([requestId, spec, script]);
         return;
       }
@@ -423,9 +429,7 @@ class Supervisor {
     });
   }
 
-  takeSpare(requestId, spec, script) {
-    const spare = this.spare;
-    this.spare = null;
+  takeSpare(spare, requestId, spec, script) {
     if (!spare.exited && spare.writeScript(script)) {
       this.run(requestId, spec, spare);
       return;
@@ -465,25 +469,26 @@ class Supervisor {
 
   keepSpare() {
     // Have a waiting shell ready (or coming) for the next command.
-    if (this.spare !== null || this.spareComing) return;
-    this.spareComing = true;
-    this.spawn(null, false, (error, shell) => {
-      this.spareComing = false;
-      const waiting = this.waiting;
-      this.waiting = [];
-      if (error === null) this.spare = shell;
-      // else the process limit, say: commands then start their own shell
-      for (const [requestId, spec, script] of waiting) {
-        if (this.spare !== null) {
-          this.takeSpare(requestId, spec, script);
+    while (this.spares.length + this.sparesComing < SPARES) {
+      this.sparesComing++;
+      this.spawn(null, false, (error, shell) => {
+        this.sparesComing--;
+        const next = this.waiting.shift();
+        if (error !== null) { // the process limit, say: commands then start their own shell
+          if (next !== undefined) {
+            const [requestId, spec] = next;
+            this.spawnThen(spec.command, false, (failure, own) => {
+              if (failure === null) this.run(requestId, spec, own);
+              else this.failed(requestId, failure);
+            });
+          }
+        } else if (next !== undefined) {
+          this.takeSpare(shell, ...next);
         } else {
-          this.spawnThen(spec.command, false, (failure, own) => {
-            if (failure === null) this.run(requestId, spec, own);
-            else this.failed(requestId, failure);
-          });
+          this.spares.push(shell);
         }
-      }
-    });
+      });
+    }
   }
 
   // -- running commands ----------------------------------------------------------------------------
@@ -499,12 +504,36 @@ class Supervisor {
     if (chunk.length) this.send(role === "stdout" ? STDOUT : STDERR, command.requestId, chunk);
   }
 
+  reapEarly(shell, attempts = EARLY_REAP_ATTEMPTS) {
+    // Both pipes closed: the shell has most likely exited. The spawner thread reaps it and says so,
+    // but it may be busy spawning the next shell: read the exit status of the zombie instead,
+    // from /proc/<pid>/stat (field 52, in waitpid's form).
+    if (shell.command === null || shell.exited) return;
+    let fields;
+    try {
+      const stat = fs.readFileSync(`/proc/${shell.pid}/stat`, "latin1");
+      fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3, the state
+    } catch {
+      return; // reaped already: the spawner's message is on its way
+    }
+    if (fields[0] !== "Z" || fields.length < 50) {
+      // Its descriptors close a moment before it is a zombie; or it closed them and runs on.
+      if (attempts > 1) setImmediate(() => this.reapEarly(shell, attempts - 1));
+      return;
+    }
+    const status = Number(fields[49]);
+    if (status & 0x7f) this.exited(shell, null, status & 0x7f);
+    else this.exited(shell, (status >> 8) & 0xff, null);
+  }
+
   exited(shell, code, signal) {
+    // The shell exited with `code`, or was killed by signal number `signal`.
+    if (shell.exited) return; // said already, by reapEarly()
     shell.exited = true;
     const command = shell.command;
     if (command === null) { // a spare that died before it got a command
-      if (this.spare === shell) {
-        this.spare = null;
+      if (this.spares.includes(shell)) {
+        this.spares.splice(this.spares.indexOf(shell), 1);
         shell.closeParentEnds();
       }
       return;
@@ -533,7 +562,7 @@ class Supervisor {
     clearTimeout(command.timer);
     command.finished = true;
     this.commands.delete(command.requestId);
-    const exitCode = signal !== null ? 128 + os.constants.signals[signal] : code;
+    const exitCode = signal !== null ? 128 + signal : code;
     // Signal 0 only asks whether a group still has members.
     for (const group of this.leftoverGroups) if (!killGroup(group, 0)) this.leftoverGroups.delete(group);
     if (killGroup(command.pid, 0)) this.leftoverGroups.add(command.pid);
@@ -552,14 +581,18 @@ class Supervisor {
 }
 
 class Spawner {
-  // The main thread's side of the spawner thread (see spawnerThread below).
+  // The main thread's side of the spawner threads (see spawnerThread below), used in turn.
   constructor() {
-    this.worker = new Worker(__filename);
-    this.worker.unref(); // the host's stream keeps the supervisor alive, not this thread
     this.replies = new Map(); // request number: (error, pid) callback
     this.exits = new Map(); // pid: (code, signal) callback
     this.next = 0;
-    this.worker.on("message", (message) => {
+    this.workers = Array.from({ length: SPARES }, () => this.startWorker());
+  }
+
+  startWorker() {
+    const worker = new Worker(__filename);
+    worker.unref(); // the host's stream keeps the supervisor alive, not these threads
+    worker.on("message", (message) => {
       if (message.exit) {
         const onExit = this.exits.get(message.pid);
         this.exits.delete(message.pid);
@@ -571,16 +604,17 @@ class Spawner {
       const error = message.error ? Object.assign(new Error(message.error), { code: message.code }) : null;
       reply(error, message.pid);
     });
-    this.worker.on("error", (error) => {
-      process.stderr.write(`supervisor.js: the spawner thread failed: ${error.stack}\n`);
+    worker.on("error", (error) => {
+      process.stderr.write(`supervisor.js: a spawner thread failed: ${error.stack}\n`);
       process.exit(1);
     });
+    return worker;
   }
 
   request(message, reply) {
     const id = this.next++;
     this.replies.set(id, reply);
-    this.worker.postMessage({ id, ...message });
+    this.workers[id % this.workers.length].postMessage({ id, ...message });
   }
 
   spawn(args, stdio, reply) {
