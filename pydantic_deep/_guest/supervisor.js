@@ -106,6 +106,7 @@ class Pipes {
     this.stock = [];
     this.made = 0;
     this.refilling = false;
+    this.unused = { true: [], false: [] }; // pipes of spawns that failed, by whether the child reads
     const names = this.names(FIFO_BATCH);
     const made = childProcess.spawnSync("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
     if (made.status !== 0) throw new Error(`mkfifo could not make FIFOs in ${this.directory}`);
@@ -131,6 +132,7 @@ class Pipes {
   // One pipe: [read end, write end], as descriptors; the end a child gets blocks, the supervisor's
   // does not. Throws when there is no FIFO left to make it from.
   open(childReads) {
+    if (this.unused[childReads].length) return this.unused[childReads].pop();
     if (this.stock.length < FIFO_LOW) this.refill();
     while (this.stock.length) {
       const name = this.stock.shift();
@@ -152,6 +154,12 @@ class Pipes {
       }
     }
     throw Object.assign(new Error("no FIFO left to make a pipe from (mkfifo failed)"), { code: "ENOFIFO" });
+  }
+
+  keep(ends, childReads) {
+    // A pipe that no child got (its spawn failed), for the next one: at the process limit spawns
+    // fail again and again, and making FIFOs needs a process too.
+    if (ends) this.unused[childReads].push(ends);
   }
 
   remove() {
@@ -346,6 +354,13 @@ class Supervisor {
     if (script) stdio.push(script[0]);
     const args = ["-c", IGNORING_XFSZ, "sh", command === null ? WAITING_SHELL : command];
     this.spawner.spawn(args, stdio, (error, pid) => {
+      if (error !== null) {
+        for (const [ends, childReads] of [[script, true], [out, false], [err, false], [input, true]]) {
+          this.pipes.keep(ends, childReads);
+        }
+        done(error, null);
+        return;
+      }
       for (const ends of [script, input]) if (ends) closeQuietly(ends[0]); // the child has them now
       closeQuietly(out[1]);
       closeQuietly(err[1]);
@@ -353,11 +368,6 @@ class Supervisor {
       const readers = [["stdout", out[0]], ["stderr", err[0]]].map(([role, fd]) =>
         [role, new net.Socket({ fd, readable: true, writable: false })]);
       const shell = new Shell(pid, script ? script[1] : null, readers, stdin);
-      if (error !== null) {
-        shell.closeParentEnds();
-        done(error, null);
-        return;
-      }
       let open = readers.length;
       for (const [role, socket] of readers) {
         socket.on("data", (chunk) => this.forward(shell.command, role, chunk));
@@ -638,8 +648,10 @@ function spawnerThread() {
     const fail = (error) => reply({ error: error.message, code: error.code });
     if (op === "mkfifo") {
       const child = childProcess.spawn("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
-      child.on("error", () => {});
-      child.on("close", () => reply({}));
+      let replied = false;
+      const once = () => replied || (replied = true, reply({}));
+      child.on("error", once);
+      child.on("exit", once);
       return;
     }
     let child;

@@ -2,8 +2,9 @@
 
 It is copied into every container whose image has ``python3`` (3.8 or newer) and started once per
 channel with ``docker exec -i``; images with ``node`` and no ``python3`` run its Node.js twin,
-``supervisor.js``, which speaks the same protocol (``tests/test_protocol.py`` holds both to it). From then on, commands travel as frames over that one open
-stream instead of costing a ``docker exec`` each (about 50 ms, against well under 1 ms here).
+``supervisor.js``, which speaks the same protocol (``tests/test_protocol.py`` holds both to it).
+From then on, commands travel as frames over that one open stream instead of costing a
+``docker exec`` each (about 50 ms, against well under 1 ms here).
 
 Standard library only, and importable by the host, which takes the frame format from here.
 
