@@ -89,7 +89,7 @@ def bench_echo(calls: int, runtime: str = RUNTIME) -> None:
         sdk = timed(lambda: container.exec_run(["sh", "-c", "echo hi"]), calls)
         cli = timed(lambda: subprocess.run(["docker", "exec", sandbox.container_id, "sh", "-c", "echo hi"],
                                            capture_output=True, check=True), calls)
-    where = "" if runtime == RUNTIME else f", {runtime} ({sandbox.supervisor} supervisor)"
+        where = "" if runtime == RUNTIME else f", {runtime} ({sandbox.supervisor} supervisor)"
     for name, baseline in (("SDK", sdk), ("CLI", cli)):
         for q, target in ((0.5, "<= 1 ms, >= 40x"), (0.95, "<= 3 ms")):
             ours_q, base_q = percentile(ours, q), percentile(baseline, q)

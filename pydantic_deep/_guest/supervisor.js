@@ -15,7 +15,8 @@
 //   threads, so the main thread goes on moving frames meanwhile, and two shells wait ready.
 // - Signals. libuv resets every signal to its default in a child, but commands must ignore SIGXFSZ
 //   (a write past the file size limit then fails with "File too large" instead of killing the
-//   program). Each shell is started as `trap '' XFSZ; exec /bin/sh -c ...`, so the command's shell
+//   program). A waiting shell runs `trap '' XFSZ` first (a bare `trap` in a command lists it); a
+//   command that gets a shell of its own runs as `trap '' XFSZ; exec /bin/sh -c ...`, so its shell
 //   inherits SIGXFSZ ignored, as under the Python supervisor.
 // - Process groups. `detached: true` starts each shell in a new session, as the leader of its own
 //   process group; `process.kill(-pid, signal)` signals the group.
@@ -352,7 +353,8 @@ class Supervisor {
     }
     const stdio = [input ? input[0] : "ignore", out[1], err[1]];
     if (script) stdio.push(script[0]);
-    const args = ["-c", IGNORING_XFSZ, "sh", command === null ? WAITING_SHELL : command];
+    // A waiting shell ignores SIGXFSZ itself (`trap`): a second exec would cost every command.
+    const args = command === null ? ["-c", `trap '' XFSZ; ${WAITING_SHELL}`] : ["-c", IGNORING_XFSZ, "sh", command];
     this.spawner.spawn(args, stdio, (error, pid) => {
       if (error !== null) {
         for (const [ends, childReads] of [[script, true], [out, false], [err, false], [input, true]]) {
