@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pydantic_deep import DockerSandbox
+from pydantic_deep import BUILTIN_RUNTIMES, DockerSandbox
 from pydantic_deep._guest import supervisor as protocol
 from pydantic_deep.images.prepare import supervisor_command
 
@@ -342,3 +342,13 @@ def test_out_of_memory_is_reported(runtime: str) -> None:
         assert (result.oom_killed, result.exit_code) == (True, 137), result
         after = box.execute("echo fine")
         assert (after.output, after.oom_killed) == ("fine\n", False)
+
+
+def test_the_users_node_options_reach_commands_not_the_supervisor() -> None:
+    # NODE_OPTIONS could make Node.js load code, or refuse to start: the supervisor runs without it.
+    runtime = BUILTIN_RUNTIMES["node-minimal"].model_copy(
+        update={"name": "test-node-options", "env_vars": {"NODE_OPTIONS": "--require /nonexistent.js"}})
+    with DockerSandbox(runtime) as box:
+        assert box.supervisor == "node"
+        result = box.execute("echo \"$NODE_OPTIONS\"; env | grep -c PYDANTIC_DEEP")
+        assert result.output == "--require /nonexistent.js\n0\n"
