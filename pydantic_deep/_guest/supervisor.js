@@ -467,6 +467,7 @@ class Supervisor {
     }
     this.commands.set(requestId, command);
     shell.command = command;
+    if (this.paused) for (const [, socket] of shell.outputs) socket.pause(); // a spare's were not
     const early = this.starting.get(requestId);
     this.starting.delete(requestId);
     for (const [kind, payload] of early) this.handle(kind, requestId, payload);
