@@ -378,7 +378,10 @@ class Supervisor {
         if (this.paused) socket.pause();
       }
       if (stdin !== null) stdin.on("error", () => stdin.destroy()); // the command closed its stdin
-      this.spawner.onExit(pid, (code, signal) => this.exited(shell, code, signal && os.constants.signals[signal]));
+      // The spawner's word may come before the shell's last output has been read: two turns of the
+      // event loop let that output come first, in the order it was written.
+      this.spawner.onExit(pid, (code, signal) => setImmediate(() => setImmediate(
+        () => this.exited(shell, code, signal && os.constants.signals[signal]))));
       done(null, shell);
     });
   }
