@@ -1,6 +1,6 @@
 """The benchmark suite: pydantic_deep against the plain Docker way, measured in the same run.
 
-Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick] [--only snapshots|cluster]``). It prints one
+Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick] [--only GROUP ...]``). It prints one
 Markdown table: each case, our figure, the baseline's, their ratio and the target. Cases whose
 host memory matters run in a fresh subprocess, so one case's peak does not hide another's.
 """
@@ -26,6 +26,9 @@ from pydantic_deep import DockerSandbox, SandboxError, SandboxPool, SessionManag
 from pydantic_deep.engine.client import docker_client
 
 RUNTIME = "python-minimal"
+NODE_RUNTIME = "node-minimal"
+GROUPS = ("echo", "concurrency", "start", "network", "files", "output", "idle", "sessions", "node", "snapshots",
+          "cluster")
 ROWS: list[tuple[str, str, str, str, str]] = []
 
 
@@ -78,26 +81,28 @@ def peak_rss_growth_mb(baseline: float) -> float:
 # -- cases ------------------------------------------------------------------------------------
 
 
-def bench_echo(calls: int) -> None:
+def bench_echo(calls: int, runtime: str = RUNTIME) -> None:
     client = docker_client()
-    with DockerSandbox(RUNTIME) as sandbox:
+    with DockerSandbox(runtime) as sandbox:
         sandbox.execute("echo warm-up")
         ours = timed(lambda: sandbox.execute("echo hi"), calls)
         container = client.containers.get(sandbox.container_id)
         sdk = timed(lambda: container.exec_run(["sh", "-c", "echo hi"]), calls)
         cli = timed(lambda: subprocess.run(["docker", "exec", sandbox.container_id, "sh", "-c", "echo hi"],
                                            capture_output=True, check=True), calls)
+        where = "" if runtime == RUNTIME else f", {runtime} ({sandbox.supervisor} supervisor)"
     for name, baseline in (("SDK", sdk), ("CLI", cli)):
         for q, target in ((0.5, "<= 1 ms, >= 40x"), (0.95, "<= 3 ms")):
             ours_q, base_q = percentile(ours, q), percentile(baseline, q)
-            row(f'execute("echo hi") p{int(q * 100)} vs docker exec ({name}), {calls} calls',
+            row(f'execute("echo hi") p{int(q * 100)} vs docker exec ({name}), {calls} calls{where}',
                 f"{ours_q * 1e3:.3f} ms", f"{base_q * 1e3:.1f} ms", f"{base_q / ours_q:.0f}x faster", target)
 
 
-def bench_concurrency() -> None:
+def bench_concurrency_one(runtime: str) -> None:
+    """20 concurrent ``sleep 1`` in one sandbox of ``runtime``."""
     client = docker_client()
     command = "sleep 1"
-    with DockerSandbox(RUNTIME) as sandbox:
+    with DockerSandbox(runtime) as sandbox:
         async def ours_one() -> float:
             started = time.perf_counter()
             await asyncio.gather(*(sandbox.aexecute(command) for _ in range(20)))
@@ -109,9 +114,15 @@ def bench_concurrency() -> None:
         with ThreadPoolExecutor() as executor:  # the default size: min(32, cores + 4)
             list(executor.map(lambda _: container.exec_run(["sh", "-c", command]), range(20)))
         baseline = time.perf_counter() - started
-    row("20 concurrent `sleep 1`, one sandbox (vs exec_run in a default thread pool)",
+    where = "" if runtime == RUNTIME else f" ({runtime})"
+    row(f"20 concurrent `sleep 1`, one sandbox{where} (vs exec_run in a default thread pool)",
         f"{ours:.2f} s", f"{baseline:.2f} s", f"{baseline / ours:.1f}x faster", "<= 1.2 s")
 
+
+def bench_concurrency() -> None:
+    client = docker_client()
+    command = "sleep 1"
+    bench_concurrency_one(RUNTIME)
     sandboxes = [DockerSandbox(RUNTIME) for _ in range(20)]
     with ThreadPoolExecutor(20) as executor:
         list(executor.map(lambda s: s.start(), sandboxes))
@@ -223,11 +234,11 @@ def bench_files_case(size_mb: int) -> dict[str, float]:
     return result
 
 
-def bench_output_case() -> dict[str, float]:
+def bench_output_case(runtime: str) -> dict[str, float]:
     """Run in a subprocess: a command that prints 300 MB, ours then a streamed docker exec."""
     client = docker_client()
     command = "head -c 300000000 /dev/zero"
-    with DockerSandbox(RUNTIME) as sandbox:
+    with DockerSandbox(runtime) as sandbox:
         before = reset_peak_rss()
         started = time.perf_counter()
         result = sandbox.execute(command)
@@ -258,11 +269,26 @@ def bench_files() -> None:
             "<= 50 MB" if size == 100 else "")
 
 
-def bench_output() -> None:
-    figures = in_subprocess("output")
-    row("a command printing 300 MB: wall time (1 MB kept; vs a streamed docker exec)", f"{figures['ours_s']:.2f} s",
-        f"{figures['raw_s']:.2f} s", f"{figures['raw_s'] / figures['ours_s']:.1f}x faster", "")
-    row("a command printing 300 MB: host peak RSS growth", f"{figures['ours_rss_mb']:.1f} MB", "", "", "<= 30 MB")
+def bench_output(runtime: str = RUNTIME) -> None:
+    figures = in_subprocess("output", runtime)
+    where = "" if runtime == RUNTIME else f" ({runtime})"
+    row(f"a command printing 300 MB{where}: wall time (1 MB kept; vs a streamed docker exec)",
+        f"{figures['ours_s']:.2f} s", f"{figures['raw_s']:.2f} s",
+        f"{figures['raw_s'] / figures['ours_s']:.1f}x faster", "")
+    row(f"a command printing 300 MB{where}: host peak RSS growth", f"{figures['ours_rss_mb']:.1f} MB", "", "",
+        "<= 30 MB")
+
+
+def bench_node(calls: int) -> None:
+    """The Node.js supervisor's rows (node-minimal has no python3), after the same rows for
+    python-minimal as their baseline in this run."""
+    image_of(NODE_RUNTIME)
+    bench_echo(calls)
+    bench_echo(calls, NODE_RUNTIME)
+    bench_concurrency_one(RUNTIME)
+    bench_concurrency_one(NODE_RUNTIME)
+    bench_output()
+    bench_output(NODE_RUNTIME)
 
 
 def container_memory_mb(container_id: str) -> float:
@@ -506,29 +532,33 @@ def bench_cluster(users: int, calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer calls and sandboxes")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, metavar="GROUP",
+                        help=f"run only these groups of cases ({', '.join(GROUPS)}; all by default). 'node' runs "
+                             "node-minimal's rows, each beside python-minimal's as the baseline of the same run")
     parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["snapshots", "cluster"], help="run only these cases (cluster: on a "
-                        "3-node swarm it starts here)")
     args = parser.parse_args()
     if args.case:
         case, *rest = args.case
-        figures = bench_files_case(int(rest[0])) if case == "files" else bench_output_case()
+        figures = bench_files_case(int(rest[0])) if case == "files" else bench_output_case(rest[0])
         print(json.dumps(figures))
         return
     image_of(RUNTIME)  # build before timing anything
-    if args.only is None:
-        bench_echo(100 if args.quick else 500)
-        bench_concurrency()
-        bench_start(5 if args.quick else 10)
-        bench_network_start(5 if args.quick else 10)
-        bench_files()
-        bench_output()
-        bench_idle(20 if args.quick else 100)
-        bench_sessions(20 if args.quick else 100)
-    if args.only in (None, "snapshots"):
-        bench_snapshots(3 if args.quick else 5)
-    if args.only in (None, "cluster"):
-        bench_cluster(20 if args.quick else 60, 100 if args.quick else 500)
+    calls = 100 if args.quick else 500
+    groups = {
+        "echo": lambda: bench_echo(calls),
+        "concurrency": bench_concurrency,
+        "start": lambda: bench_start(5 if args.quick else 10),
+        "network": lambda: bench_network_start(5 if args.quick else 10),
+        "files": bench_files,
+        "output": bench_output,
+        "idle": lambda: bench_idle(20 if args.quick else 100),
+        "sessions": lambda: bench_sessions(20 if args.quick else 100),
+        "node": lambda: bench_node(calls),
+        "snapshots": lambda: bench_snapshots(3 if args.quick else 5),
+        "cluster": lambda: bench_cluster(20 if args.quick else 60, calls),
+    }
+    for name in args.only or GROUPS:
+        groups[name]()
     print(f"\npydantic_deep benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores\n")
     print("| case | ours | baseline | ratio | target |\n|---|---|---|---|---|")
     for case, ours, baseline, ratio, target in ROWS:

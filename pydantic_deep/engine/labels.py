@@ -21,6 +21,7 @@ __all__ = [
     "NETWORK",
     "NODE",
     "NODE_ENGINE",
+    "NODEJS",
     "NETWORK_ALLOW_METADATA",
     "NETWORK_ALLOW_PRIVATE",
     "NETWORK_EGRESS",
@@ -102,6 +103,8 @@ KIND_PREPARED = "prepared"
 KIND_AIRGAPPED_BASE = "airgapped-base"
 PYTHON = PREFIX + "python"
 """A prepared image's ``python3`` (3.8+) for the supervisor, or empty when it has none."""
+NODEJS = PREFIX + "nodejs"
+"""A prepared image's ``node``, for the Node.js supervisor where it has no ``python3``; or empty."""
 
 # -- snapshot images (see pydantic_deep.sandbox.snapshots) ---------------------------------------
 SNAPSHOT = PREFIX + "snapshot"

@@ -1,10 +1,11 @@
 """Execution channels: how a command gets from the host into a running container and back.
 
 :class:`SupervisorChannel` keeps one ``docker exec -i`` stream open to the supervisor inside the
-container (:mod:`pydantic_deep._guest.supervisor`) and multiplexes every command over it: well under a
-millisecond per command instead of a ``docker exec`` each, any number of commands at once, and
-async callers wait on the event loop instead of on a thread. :class:`DockerExecChannel` is the
-fallback for images without ``python3``: one ``docker exec`` per command.
+container (``_guest/supervisor.py``, or its Node.js twin ``supervisor.js`` in images without
+``python3``) and multiplexes every command over it: well under a millisecond per command instead of a
+``docker exec`` each, any number of commands at once, and async callers wait on the event loop
+instead of on a thread. :class:`DockerExecChannel` is the fallback for images with neither
+``python3`` nor ``node``: one ``docker exec`` per command.
 
 Both run ``sh -c command`` as the sandbox user, in the work dir, with the container's environment;
 kill the command's whole process group at its timeout; keep at most ``max_output`` bytes; and
@@ -257,15 +258,16 @@ class SupervisorChannel:
         self._reader.start()
 
     @classmethod
-    def open(cls, client: docker.DockerClient, container_id: str, python: str, script: str) -> SupervisorChannel:
-        """Start the supervisor with ``docker exec -i`` and wait until it says hello.
+    def open(cls, client: docker.DockerClient, container_id: str, command: list[str]) -> SupervisorChannel:
+        """Start the supervisor with ``docker exec -i command`` and wait until it says hello.
+
+        Args:
+            command: The supervisor's argv (see :meth:`PreparedImage.supervisor_command`).
 
         Raises:
             ChannelClosedError: the supervisor did not start (too old a Python, for example).
         """
-        # -I -S: no site-packages, user site or PYTHON* variables; a quicker start, and nothing
-        # of the user's can change how the supervisor runs.
-        sock = Exec(client, container_id, [python, "-I", "-S", script], stdin=True).open_socket()
+        sock = Exec(client, container_id, list(command), stdin=True).open_socket()
         return cls(sock, client, container_id)._said_hello()
 
     @classmethod
@@ -447,7 +449,7 @@ class Process(Protocol):
 
 
 class ExecProcess:
-    """A long-lived command over a ``docker exec -i`` of its own, for images without ``python3``.
+    """A long-lived command over a ``docker exec -i`` of its own, for images without a supervisor.
 
     The command is started as ``sh -c 'echo $$; exec COMMAND'``: the first line names its pid in
     the container, so that a signal can reach it.

@@ -69,6 +69,7 @@ from ..engine.swarm import SwarmCluster, TaskPlacement, resolve_cluster
 from ..engine.volumes import create_volume, ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
+    ImageNotAvailableError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     SandboxError,
@@ -88,13 +89,20 @@ from ..execution.transfer import FileOp, check_outcome, file_command, read_from,
 from ..images.builder import Progress
 from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from ..images.netfilter import ensure_netfilter_image
-from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, PreparedImage, prepare_image
+from ..images.prepare import (
+    HOME_DIR,
+    TOOLS_DIR,
+    PreparedImage,
+    prepare_image,
+    recorded_interpreters,
+    supervisor_command,
+)
 from ..images.runtime import ensure_runtime_image
 from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .metadata import METADATA_ADDRESS, block_metadata
+from .metadata import METADATA_ADDRESS, block_metadata, helper_image
 from .network import cut_network
 from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
@@ -344,7 +352,8 @@ class DockerSandbox(SandboxBase):
         self._lock = threading.Lock()  # start, stop and the channel
         self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
-        self._python: str | None = None
+        self._python: str | None = None  # the image's python3, or None
+        self._node: str | None = None  # the image's node, or None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
         self._fork_image: str | None = None  # a fork's image: removed with the fork's last sandbox
         if self.from_snapshot is not None and self.from_snapshot.user != f"{self._uid}:{self._gid}":
@@ -369,9 +378,16 @@ class DockerSandbox(SandboxBase):
 
     @property
     def has_python(self) -> bool:
-        """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
-        channel = self._channel
-        return channel is not None and channel.multiplexed
+        """The running container has ``python3`` (3.8+): the fast channel and Python interpreters work."""
+        return self._python is not None and self.supervisor is not None
+
+    @property
+    def supervisor(self) -> str | None:
+        """What runs this sandbox's supervisor: ``"python3"``, ``"node"``, or ``None`` when commands go
+        one ``docker exec`` each (an image with neither, or whose interpreter could not run it)."""
+        if self._channel is None or not self._channel.multiplexed:
+            return None
+        return "python3" if self._python is not None else "node"
 
     @property
     def node(self) -> str | None:
@@ -406,13 +422,13 @@ class DockerSandbox(SandboxBase):
             client = docker_client()
             if self.from_snapshot is not None:  # committed from a prepared image: ready as it is
                 self.image = self.from_snapshot.tag
-                prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python)
+                prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python, self.from_snapshot.node)
             else:
                 self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                                   progress=self.progress)
                 prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             if self.cluster is not None:
-                self._start_on_cluster(self.cluster, prepared.tag, prepared.python)
+                self._start_on_cluster(self.cluster, prepared)
                 return self
             for volume in self.volumes:
                 ensure_volume(volume)
@@ -423,7 +439,7 @@ class DockerSandbox(SandboxBase):
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
                     self._lifeline = attach_stdin(client, container.id)
                 container.start()
-                self._python = prepared.python
+                self._python, self._node = prepared.python, prepared.node
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
@@ -461,15 +477,16 @@ class DockerSandbox(SandboxBase):
         secure(client, helper_image=functools.partial(ensure_netfilter_image, client))
         return network
 
-    def _start_on_cluster(self, cluster: SwarmCluster, image: str, python: str | None) -> None:
+    def _start_on_cluster(self, cluster: SwarmCluster, prepared: PreparedImage) -> None:
         """Start the sandbox as a one-task Swarm service and reach its container through its
         node's engine (with the lock held)."""
-        placement = cluster.run(self.name, image, self._container_options(), progress=self.progress)
+        placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress)
         try:
-            self._placement, self._python = placement, python
+            self._placement, self._python, self._node = placement, prepared.python, prepared.node
             # The helpers run the sandbox's image as the node knows it (from a registry, maybe).
             if not self.network:  # Swarm has no "none" network: take the task's links down instead
-                cut_network(placement.client, placement.container_id, placement.image, python, self._helper_labels())
+                cut_network(placement.client, placement.container_id, placement.image, prepared.python,
+                            self._helper_labels())
             elif self.block_metadata:
                 self._block_metadata(placement.client, placement.container_id, placement.image)
             self._channel = self._open_channel(placement.container_id)
@@ -483,11 +500,15 @@ class DockerSandbox(SandboxBase):
         return label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()})
 
     def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
-        if self._python is None:
-            logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
-                           self.image, METADATA_ADDRESS)
-            return
-        block_metadata(client, container_id, image, self._python, self._helper_labels())
+        python = self._python
+        if python is None:
+            try:
+                image, python = helper_image(client)
+            except ImageNotAvailableError as exc:
+                logger.warning("Image %s has no python3 to block %s with, and no Python image is at hand (%s): "
+                               "this networked sandbox can reach it", self.image, METADATA_ADDRESS, exc)
+                return
+        block_metadata(client, container_id, image, python, self._helper_labels())
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
@@ -545,7 +566,7 @@ class DockerSandbox(SandboxBase):
         sandbox.image = labels.get(label.IMAGE)
         sandbox._placement = placement
         with sandbox._lock, engine_errors():
-            sandbox._python = client.images.get(attrs["Image"]).labels.get(label.PYTHON) or None
+            sandbox._python, sandbox._node = recorded_interpreters(client.images.get(attrs["Image"]).labels)
             sandbox._channel = sandbox._open_channel(attrs["Id"])
             sandbox._adopt(client, attrs["Id"])
         return sandbox
@@ -586,17 +607,20 @@ class DockerSandbox(SandboxBase):
                             remove_volume(volume)
 
     def _open_channel(self, container_id: str) -> Channel:
-        """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
+        """The supervisor channel (run by the image's ``python3``, else its ``node``), or one
+        ``docker exec`` per command where neither can run it."""
         client = self._engine()
-        if self._python is not None:
+        command = supervisor_command(self._python, self._node)
+        if command is not None:
             try:
-                return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
+                return SupervisorChannel.open(client, container_id, command)
             except ChannelClosedError:
                 if not container_running(client, container_id):
                     raise self._gone() from None
-                reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
+                reason = (f"its {self._python} could not run the supervisor (Python 3.8+ is needed)" if self._python
+                          else f"its {self._node} could not run the supervisor (Node.js 18+ is needed)")
         else:
-            reason = "it has no python3"
+            reason = "it has neither python3 nor node"
         if self.image not in _exec_fallback_logged:
             _exec_fallback_logged.add(self.image)
             logger.warning("Image %s: %s, so commands use one docker exec each (about 50 ms)", self.image, reason)

@@ -59,7 +59,7 @@ _BASE = label.SNAPSHOT_BASE
 _OWNER_PID, _OWNER_HOST = label.OWNER_PID, label.OWNER_HOST
 # Labels a snapshot keeps from its container: what a sandbox needs to start from it. The others
 # (session, manager, owner, the user's own) belong to that one container, and are cleared.
-_KEPT_LABELS = (label.MANAGED, label.RUNTIME, label.RUNTIME_CONFIG, label.IMAGE, label.PYTHON)
+_KEPT_LABELS = (label.MANAGED, label.RUNTIME, label.RUNTIME_CONFIG, label.IMAGE, label.PYTHON, label.NODEJS)
 
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
@@ -78,6 +78,7 @@ class Snapshot:
         size_bytes: What it adds to its runtime's image: the files it holds.
         volume_paths: The paths that were named volumes in the source (their content is in the image).
         python: The image's ``python3`` (runs the execution channel's supervisor), or ``None``.
+        node: The image's ``node`` (runs the supervisor where there is no ``python3``), or ``None``.
     """
 
     name: str
@@ -89,6 +90,7 @@ class Snapshot:
     size_bytes: int
     volume_paths: tuple[str, ...]
     python: str | None
+    node: str | None = None
 
     @property
     def tag(self) -> str:
@@ -122,6 +124,7 @@ class Snapshot:
             size_bytes=size - base_size if base_size is not None and base_size <= size else size,
             volume_paths=tuple(json.loads(labels.get(_VOLUME_PATHS, "[]"))),
             python=labels.get(label.PYTHON) or None,
+            node=labels.get(label.NODEJS) or None,
         )
 
 
