@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Concatenate, ParamSpec, Self, TypeVar
+from typing import BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
 from ..arguments import checked_timeout
 from ..config import RuntimeConfig
@@ -276,14 +276,26 @@ class SandboxBase(abc.ABC):
             PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
         """
 
-    @abc.abstractmethod
     def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
-        """Copy the sandbox file ``path`` to the host file ``dest``. Returns ``dest``; a failed
-        copy leaves no ``dest``.
+        """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``; a
+        failed copy leaves no ``dest`` (the bytes go to ``dest.part`` first).
 
         Raises:
             SandboxFileNotFoundError: there is no such file.
         """
+        dest_path = Path(dest)
+        partial = dest_path.with_name(dest_path.name + ".part")
+        try:
+            with partial.open("wb") as handle:
+                self._copy_out(path, handle)
+            partial.replace(dest_path)  # a half-copied file never carries the final name
+        finally:
+            partial.unlink(missing_ok=True)
+        return dest_path
+
+    @abc.abstractmethod
+    def _copy_out(self, path: str, target: BinaryIO) -> int:
+        """Write the content of the sandbox file ``path`` into ``target``; the number of bytes."""
 
     @abc.abstractmethod
     def exists(self, path: str) -> bool:

@@ -848,18 +848,6 @@ class DockerSandbox(SandboxBase):
         return buffer.getvalue()
 
     @_in_use
-    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
-        """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``."""
-        dest_path = Path(dest)
-        partial = dest_path.with_name(dest_path.name + ".part")
-        try:
-            with partial.open("wb") as handle:
-                self._copy_out(path, handle)
-            partial.replace(dest_path)  # a half-copied file never carries the final name
-        finally:
-            partial.unlink(missing_ok=True)
-        return dest_path
-
     def _copy_out(self, path: str, target: BinaryIO) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         return read_from(self._engine(), self._live_container(), source, self.allowed_roots, target)

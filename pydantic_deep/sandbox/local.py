@@ -25,7 +25,7 @@ import tempfile
 import threading
 from importlib.resources import files
 from pathlib import Path
-from typing import Self
+from typing import BinaryIO, Self
 
 from ..arguments import file_content
 from ..config import RuntimeConfig
@@ -198,17 +198,8 @@ class LocalSandbox(SandboxBase):
             raise SandboxError(f"{path} is not a regular file (a pipe or a device, say), so it cannot be read")
         return real.read_bytes()
 
-    @tracked
-    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
-        """Copy the sandbox file ``path`` to the host file ``dest``. Returns ``dest``."""
-        dest_path = Path(dest)
-        partial = dest_path.with_name(dest_path.name + ".part")
-        try:
-            partial.write_bytes(self.read_file(path))
-            partial.replace(dest_path)  # a failed copy never carries the final name
-        finally:
-            partial.unlink(missing_ok=True)
-        return dest_path
+    def _copy_out(self, path: str, target: BinaryIO) -> int:
+        return target.write(self.read_file(path))
 
     @tracked
     def exists(self, path: str) -> bool:
