@@ -354,12 +354,12 @@ class SwarmCluster:
         if options.get("storage_opt"):
             raise InvalidArgumentError("a sandbox on a cluster cannot have a disk_size: Swarm services have no "
                                        "storage options; leave disk_size unset")
-        volumes = options.get("volumes") or {}
+        given: list[Mount] = options.get("mounts") or []
         # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node.
-        configs = [self._config_of(Path(source), spec["bind"]) for source, spec in volumes.items()
-                   if source.startswith("/")]
-        mounts = [self._volume_mount(source, spec["bind"]) for source, spec in volumes.items()
-                  if not source.startswith("/")]
+        configs = [self._config_of(Path(mount["Source"]), mount["Target"]) for mount in given
+                   if mount["Type"] == "bind"]
+        mounts = [self._volume_mount(mount["Source"], mount["Target"]) for mount in given
+                  if mount["Type"] == "volume"]
         for path, tmpfs in (options.get("tmpfs") or {}).items():
             size = next((o.removeprefix("size=") for o in tmpfs.split(",") if o.startswith("size=")), None)
             mounts.append(Mount(path, None, type="tmpfs", tmpfs_size=parse_bytes(size) if size else None,

@@ -36,6 +36,8 @@ JS_SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.js"
 KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
 JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
+# What a prepared image holds and records beside the guest files (its labels): a change prepares anew.
+_RECIPE = 2
 _NODE_CANDIDATES = ("/usr/local/bin/node", "/usr/bin/node", "/usr/bin/nodejs")
 # The container's NODE_OPTIONS is moved aside while the supervisor starts (it could make Node.js load
 # code or refuse to start); the supervisor gives it back to commands (see supervisor.js).
@@ -98,7 +100,7 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
             return _prepared[key]
     tools = {path: files("pydantic_deep._guest").joinpath(path.rsplit("/", 1)[1]).read_bytes()
              for path in (SUPERVISOR_PATH, JS_SUPERVISOR_PATH, KERNEL_PATH, JS_KERNEL_PATH)}
-    setup_hash = hashlib.sha256(json.dumps([uid, gid, roots]).encode() + b"".join(tools.values())).hexdigest()
+    setup_hash = hashlib.sha256(json.dumps([_RECIPE, uid, gid, roots]).encode() + b"".join(tools.values())).hexdigest()
     tag = f"pydantic-deep/prepared:{image_id.removeprefix('sha256:')[:12]}-{setup_hash[:12]}"
     with image_lock(tag):
         try:
