@@ -42,6 +42,10 @@ def test_bad_cluster_arguments_are_refused_and_unknown_engines_say_what_to_do() 
         SwarmCluster("tcp://manager:2376", volume_driver_options={"type": "nfs"})
     with pytest.raises(InvalidArgumentError, match="cluster must be a SwarmCluster"):
         DockerSandbox(cluster=3)  # type: ignore[arg-type]
+    # Networked sandboxes are isolated by each engine host's packet filter, which nodes lack yet.
+    for networked in ({"network": True}, {"shared_network": "team"}):
+        with pytest.raises(InvalidArgumentError, match="not available on a cluster yet"):
+            DockerSandbox(cluster=SwarmCluster("tcp://manager:2376"), **networked)
     cluster = SwarmCluster("tcp://manager:2376", nodes={"gpu-1": "tcp://10.0.0.21:2376"})
     labelled = {"ID": "n2", "Spec": {"Labels": {"pydantic-deep.engine": "tcp://10.0.0.22:2376"}},
                 "Description": {"Hostname": "cpu-2"}}

@@ -69,7 +69,6 @@ from ..engine.swarm import SwarmCluster, TaskPlacement, resolve_cluster
 from ..engine.volumes import create_volume, ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
-    ImageNotAvailableError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     SandboxError,
@@ -102,7 +101,6 @@ from ..paths import resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .metadata import METADATA_ADDRESS, block_metadata, helper_image
 from .network import cut_network
 from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
@@ -345,6 +343,13 @@ class DockerSandbox(SandboxBase):
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.cluster = resolve_cluster(cluster)
+        if self.cluster is not None and (self.network or self.shared_network is not None):
+            # The isolation of networked sandboxes (engine/firewall.py) is each engine host's own;
+            # a cluster's nodes do not have it yet, so a networked sandbox there would reach others.
+            raise InvalidArgumentError(
+                "network access (network=True or shared_network) is not available on a cluster yet: networked "
+                "sandboxes are kept from each other and the hosts by each engine host's packet filter, which "
+                "the cluster's nodes do not have; run networked sandboxes with cluster=False")
         self._placement: TaskPlacement | None = None  # on a cluster: the node and its engine
         self.image: str | None = None
         self.container_id: str | None = None
@@ -483,12 +488,10 @@ class DockerSandbox(SandboxBase):
         placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress)
         try:
             self._placement, self._python, self._node = placement, prepared.python, prepared.node
-            # The helpers run the sandbox's image as the node knows it (from a registry, maybe).
-            if not self.network:  # Swarm has no "none" network: take the task's links down instead
-                cut_network(placement.client, placement.container_id, placement.image, prepared.python,
-                            self._helper_labels())
-            elif self.block_metadata:
-                self._block_metadata(placement.client, placement.container_id, placement.image)
+            # Swarm has no "none" network (and a networked sandbox is refused on a cluster): take the
+            # task's links down, with a helper running the sandbox's image as the node knows it.
+            cut_network(placement.client, placement.container_id, placement.image, prepared.python,
+                        self._helper_labels())
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
@@ -498,17 +501,6 @@ class DockerSandbox(SandboxBase):
 
     def _helper_labels(self) -> dict[str, str]:
         return label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()})
-
-    def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
-        python = self._python
-        if python is None:
-            try:
-                image, python = helper_image(client)
-            except ImageNotAvailableError as exc:
-                logger.warning("Image %s has no python3 to block %s with, and no Python image is at hand (%s): "
-                               "this networked sandbox can reach it", self.image, METADATA_ADDRESS, exc)
-                return
-        block_metadata(client, container_id, image, python, self._helper_labels())
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id

@@ -1,9 +1,8 @@
 """Taking a running sandbox off every network, where the engine cannot start it without one.
 
 A Swarm service has no ``none`` network: its task joins the node's default bridge. A sandbox
-without network access must not keep that link, so, as for the metadata address (see
-:mod:`pydantic_deep.sandbox.metadata`), a short-lived helper container joins the sandbox's network
-namespace with ``NET_ADMIN`` and sets every link but loopback down, then exits. The sandbox has no
+without network access must not keep that link, so a short-lived helper container joins the
+sandbox's network namespace with ``NET_ADMIN`` and sets every link but loopback down, then exits. The sandbox has no
 ``NET_ADMIN`` to bring a link back up.
 """
 
