@@ -12,6 +12,7 @@ from .agent.deps import DeepAgentDeps, UploadedFile
 from .config import RuntimeConfig
 from .errors import (
     ContainerGoneError,
+    DiskFullError,
     DockerUnavailableError,
     ImageBuildError,
     ImageNotAvailableError,
@@ -66,6 +67,7 @@ __all__ = [
     "SessionManager",
     "SessionRecord",
     "SessionRegistry",
+    "DiskFullError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",

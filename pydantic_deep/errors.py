@@ -12,6 +12,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     ├── TransferInterruptedError    a file transfer was cut off, its container still running
+    ├── DiskFullError               a file API write found the sandbox's disk (disk_size) full
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "ContainerGoneError",
+    "DiskFullError",
     "DockerUnavailableError",
     "ImageBuildError",
     "ImageNotAvailableError",
@@ -126,6 +128,10 @@ class TransferInterruptedError(SandboxError):
     """A file transfer was cut off (its process killed, or its stream stalled) while the container
     went on running; nothing was written. When the container is what went, the error is
     :class:`ContainerGoneError` instead."""
+
+
+class DiskFullError(SandboxError, OSError):
+    """A write through the file API found the sandbox's disk (``disk_size``) full; nothing was written."""
 
 
 class SandboxStateError(SandboxError, RuntimeError):

@@ -6,6 +6,8 @@ Safe defaults, each overridable by an argument of the same name:
 - every Linux capability is dropped (``drop_capabilities``) and ``no-new-privileges`` is set;
 - a process limit (``pids_limit=512``), memory (``memory="2g"``) and CPU (``cpus=1.0``) limits;
 - files of at most ``max_file_size="1g"``, and ``/tmp`` in memory, ``tmp_size="512m"``;
+- everything else it can write on one filesystem of ``disk_size="10g"`` (work dir, ``/uploads``,
+  home), its root filesystem read-only (see :mod:`pydantic_deep.sandbox.disk`);
 - no container log, so output written to it cannot fill the host's disk;
 - the file API acts as the sandbox user and follows no symlink out of the work dir and ``/uploads``;
 - an init process reaps orphaned children;
@@ -68,9 +70,11 @@ from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
 from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image
 from ..images.runtime import ensure_runtime_image
 from ..paths import resolve_sandbox_path
+from ..paths import UPLOADS_DIR
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
+from .disk import LABEL_DISK, LABEL_DISK_KEEP, LABEL_DISK_SIZE, open_disk, release_disk
 from .metadata import METADATA_ADDRESS, block_metadata
 
 __all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
@@ -82,6 +86,10 @@ _R = TypeVar("_R")
 
 
 _exec_fallback_logged: set[str | None] = set()
+
+DEFAULT_DISK_SIZE = "10g"
+"""What a sandbox may write to the host's disk, all paths together, unless told otherwise."""
+_MIN_DISK_SIZE = 16 * 1024 ** 2  # ext4's own tables need a few MB
 
 # What a call fails with when its container stopped or was removed under it (or the engine
 # refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
@@ -147,9 +155,18 @@ class DockerSandbox(SandboxBase):
             API's uploads are held to it too. It limits each file, not how many there are.
         tmp_size: ``/tmp`` is a memory-backed filesystem of this size (``No space left on device``
             past it), counted in ``memory``; ``None`` leaves ``/tmp`` on the container's disk.
-        disk_size: The container's own filesystem size (Docker's ``storage_opt size``), or ``None``.
-            Only some engines support it (overlay2 over xfs with ``pquota``, devicemapper, zfs,
-            btrfs); elsewhere :meth:`start` fails and says so. It never covers named ``volumes``.
+        disk_size: Most the sandbox may write to the host's disk, all paths together (Docker's
+            notation, at least ``"16m"``): the work dir, ``/uploads`` and the home directory share
+            one filesystem of this size, and the rest of the container's filesystem is read-only.
+            A write past it fails with ``No space left on device`` (``ENOSPC``; the file API raises
+            :class:`DiskFullError`), and hurts nothing else. The file is sparse: the host spends only
+            what is written. ``None`` caps nothing: a writable root filesystem and home, as plain
+            Docker gives (see :mod:`pydantic_deep.sandbox.disk` for how, and what the engine needs).
+            Named ``volumes`` you mount are not on it.
+        disk_name: Keep the disk under this name when the container goes (a session's files):
+            ``stop()`` unmounts it, ``stop(remove_volumes=True)`` deletes it, and a new sandbox
+            with the same ``disk_name`` gets its files back. By default the disk goes with the
+            container.
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
         block_metadata: With network access, make the cloud metadata address (169.254.169.254)
@@ -183,7 +200,8 @@ class DockerSandbox(SandboxBase):
         pids_limit: int | None = 512,
         max_file_size: str | None = "1g",
         tmp_size: str | None = "512m",
-        disk_size: str | None = None,
+        disk_size: str | None = DEFAULT_DISK_SIZE,
+        disk_name: str | None = None,
         drop_capabilities: bool = True,
         no_new_privileges: bool = True,
         block_metadata: bool = True,
@@ -204,7 +222,9 @@ class DockerSandbox(SandboxBase):
         self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
         self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
         self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
-        self.disk_size = disk_size
+        self.disk_size = _size_in_bytes("disk_size", disk_size)
+        if self.disk_size is not None and self.disk_size < _MIN_DISK_SIZE:
+            raise ValueError(f"disk_size must be at least 16m, not {disk_size!r}")
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         self.block_metadata = block_metadata
         self._set_command_limits(command_timeout, max_output)
@@ -213,6 +233,10 @@ class DockerSandbox(SandboxBase):
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.labels = dict(labels or {})
         self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
+        # The disk keeps its first name: a pooled sandbox renamed for its user keeps its disk.
+        self.disk_name = disk_name or self.name
+        self._keep_disk = disk_name is not None
+        self._disk_dir: str | None = None  # where the disk is mounted on the engine's host
         self.volumes = dict(volumes or {})
         self.remove_on_exit = remove_on_exit
         self.image: str | None = None
@@ -262,12 +286,13 @@ class DockerSandbox(SandboxBase):
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             for volume in self.volumes:
                 ensure_volume(volume)
+            if self.disk_size is not None:
+                self._disk_dir = open_disk(self.disk_name, self.disk_size, self._uid, self._gid,
+                                           keep=self._keep_disk)
             try:
                 container = client.containers.create(prepared.tag, **self._container_options())
-            except APIError as exc:
-                if self.disk_size and "storage-opt" in str(exc.explanation):
-                    raise SandboxError(f"disk_size={self.disk_size!r} is not supported by this Docker engine: "
-                                       f"{exc.explanation}") from None
+            except BaseException:
+                self._release_disk(delete=not self._keep_disk)
                 raise
             try:
                 if self.remove_on_exit:
@@ -281,9 +306,16 @@ class DockerSandbox(SandboxBase):
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
+                self._release_disk(delete=not self._keep_disk)
                 raise
             self._adopt(client, container.id)
         return self
+
+    def _release_disk(self, *, delete: bool) -> None:
+        """Unmount this sandbox's disk (no container may use it any more); ``delete`` its file too."""
+        if self._disk_dir is not None:
+            release_disk(self.disk_name, delete=delete)
+            self._disk_dir = None
 
     def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
         if self._python is None:
@@ -297,7 +329,8 @@ class DockerSandbox(SandboxBase):
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
         if self.remove_on_exit:
-            self._finalizer = weakref.finalize(self, remove_container, client, container_id)
+            self._finalizer = weakref.finalize(self, _remove_sandbox, client, container_id,
+                                               self.disk_name if self._disk_dir else None, not self._keep_disk)
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
 
@@ -326,6 +359,8 @@ class DockerSandbox(SandboxBase):
         labels = attrs["Config"]["Labels"] or {}
         if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
+        disk = labels.get(LABEL_DISK)
+        options = {**options, "disk_size": labels.get(LABEL_DISK_SIZE) if disk else None}
         sandbox = cls(
             RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
             user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
@@ -334,6 +369,10 @@ class DockerSandbox(SandboxBase):
             labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
         )
         sandbox.image = labels.get("pydantic-deep.image")
+        if disk:
+            sandbox.disk_name, sandbox._keep_disk = disk, labels.get(LABEL_DISK_KEEP) == "true"
+            sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
+                                     "").rsplit("/", 1)[0] or None
         with sandbox._lock, engine_errors():
             sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
             sandbox._channel = sandbox._open_channel(attrs["Id"])
@@ -344,8 +383,11 @@ class DockerSandbox(SandboxBase):
         """Remove the container and everything in it but its named volumes. Safe to call more than
         once.
 
+        Its disk (``disk_size``) is unmounted, and deleted unless it has a ``disk_name``.
+
         Args:
-            remove_volumes: Remove the named ``volumes`` too, and the files in them.
+            remove_volumes: Remove the named ``volumes`` too, and the files in them, and the
+                disk of a ``disk_name``.
         """
         with self._lock:
             if self._channel is not None:
@@ -360,8 +402,9 @@ class DockerSandbox(SandboxBase):
             if self._lifeline is not None:
                 self._lifeline.close()
                 self._lifeline = None
-            if remove_volumes:
-                with engine_errors():
+            with engine_errors():
+                self._release_disk(delete=remove_volumes or not self._keep_disk)
+                if remove_volumes:
                     for volume in self.volumes:
                         remove_volume(volume)
 
@@ -433,6 +476,17 @@ class DockerSandbox(SandboxBase):
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
         volumes = {name: {"bind": path, "mode": "rw"} for name, path in self.volumes.items()}
+        mounts, disk_labels = [], {}
+        if self._disk_dir is not None:
+            # A bind mount of a missing source fails (a `volumes` bind would create it on the host's
+            # disk): the container never starts with an uncapped work dir.
+            targets = {"work": self.work_dir, "uploads": UPLOADS_DIR, "home": HOME_DIR}
+            if not self.tmp_size:
+                targets["tmp"] = "/tmp"
+            mounts = [docker.types.Mount(target, f"{self._disk_dir}/{part}", type="bind")
+                      for part, target in targets.items()]
+            disk_labels = {LABEL_DISK: self.disk_name, LABEL_DISK_KEEP: str(self._keep_disk).lower(),
+                           LABEL_DISK_SIZE: str(self.disk_size)}
         if self.ca_bundle is not None:
             environment.update(self.ca_bundle.environment())
             volumes[str(self.ca_bundle.host_file())] = {"bind": CONTAINER_CA_PATH, "mode": "ro"}
@@ -446,8 +500,12 @@ class DockerSandbox(SandboxBase):
             working_dir=self.work_dir,
             environment=environment,
             volumes=volumes,
+            mounts=mounts,
+            # With a disk, nothing else the sandbox could write may be on the host's disk.
+            read_only=self._disk_dir is not None,
             labels={
                 **self.labels,
+                **disk_labels,
                 "pydantic-deep.managed": "true",
                 "pydantic-deep.session": self.session_id,
                 "pydantic-deep.runtime": self.runtime.name,
@@ -464,7 +522,6 @@ class DockerSandbox(SandboxBase):
             ulimits=[docker.types.Ulimit(name="fsize", soft=self.max_file_size, hard=self.max_file_size)]
             if self.max_file_size else None,
             tmpfs={"/tmp": f"rw,exec,nosuid,nodev,mode=1777,size={self.tmp_size}"} if self.tmp_size else None,
-            storage_opt={"size": self.disk_size} if self.disk_size else None,
             network_mode=None if self.network else "none",
             cap_drop=["ALL"] if self.drop_capabilities else None,
             security_opt=["no-new-privileges"] if self.no_new_privileges else None,
@@ -645,11 +702,28 @@ class DockerSandbox(SandboxBase):
         self.name = name
 
     def usage(self) -> ResourceUsage:
-        """The container's memory in use and CPU time so far (one cheap stats call)."""
+        """The container's memory in use, CPU time so far, and its disk's use against its size
+        (one cheap stats call, and one quick command when it has a disk). Does not count as use:
+        polling it never keeps a sandbox from going idle."""
         with self._clear_errors("usage"):
             stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+            disk_used, disk_limit = self._disk_usage()
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
-                             cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
+                             cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9,
+                             disk_bytes=disk_used, disk_limit_bytes=disk_limit)
+
+    def _disk_usage(self) -> tuple[int, int | None]:
+        """(bytes used, filesystem size) of the disk, asked of the running container's filesystem."""
+        if self._disk_dir is None:
+            return 0, None
+        # Through the channel itself, not execute(): no activity, so the sandbox's idle time stands.
+        result = self._live_channel().run(f"stat -f -c '%S %b %f' -- {shlex.quote(self.work_dir)}",
+                                          timeout=30, max_output=4096)
+        try:
+            block, total, free = map(int, result.stdout.split())
+        except ValueError:
+            raise SandboxError(f"could not read the disk's use: {result.output.strip()}") from None
+        return (total - free) * block, total * block
 
     # -- display ------------------------------------------------------------------------------
 
@@ -667,6 +741,13 @@ class DockerSandbox(SandboxBase):
             "Container": self.container_id[:12] if self.container_id else "-",
             "Work dir": self.work_dir,
             "Network": "on" if self.network else "off",
+            "Disk": f"{self.disk_size / 1024 ** 3:g} GB" if self.disk_size else "not capped",
         }
         return field_table("DockerSandbox", rows)
 
+
+def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | None, delete_disk: bool) -> None:
+    """Remove a sandbox's container, then release its disk (garbage collection, interpreter exit)."""
+    remove_container(client, container_id)
+    if disk is not None:
+        release_disk(disk, delete=delete_disk)
