@@ -14,6 +14,7 @@ from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
+from .sandbox.disk import prune_disks
 
 
 def _print_line(line: str) -> None:
@@ -48,7 +49,8 @@ def _images_list(args: argparse.Namespace) -> None:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    """Remove sandbox containers whose owning process on this host is gone (or all, with --all)."""
+    """Remove sandbox containers whose owning process on this host is gone (or all, with --all),
+    then release the disks (``disk_size``) that no container uses any more."""
     client = docker_client()
     removed = 0
     for container in client.containers.list(all=True, filters={"label": "pydantic-deep.managed=true"}):
@@ -57,6 +59,7 @@ def _prune(args: argparse.Namespace) -> None:
         container.remove(force=True)
         removed += 1
     print(f"Removed {removed} container(s)")
+    print(f"Released {prune_disks(everything=args.all)} disk(s)")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     build.set_defaults(run=_images_build)
     images.add_parser("list", help="list pydantic-deep images").set_defaults(run=_images_list)
 
-    prune = commands.add_parser("prune", help="remove containers left by processes that are gone")
+    prune = commands.add_parser("prune", help="remove containers and disks left by processes that are gone")
     prune.add_argument("--all", action="store_true", help="remove every pydantic-deep container")
     prune.set_defaults(run=_prune)
     commands.add_parser("demo", help="analyse a CSV with pandas inside a sandbox").set_defaults(run=_demo)

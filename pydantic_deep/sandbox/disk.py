@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,7 +184,7 @@ class _Agent:
         bootstrap_base(client, MINBASE)  # a no-op where it exists (it is built once, air-gapped)
         try:
             container = client.containers.create(
-                MINBASE.tag,
+                MINBASE.tag, name=f"pydantic-deep-disk-agent-{os.getpid()}-{uuid.uuid4().hex[:6]}",
                 # Note the shim's pid (whose mount namespace the engine's bind mounts are resolved
                 # in), then wait for EOF on the lifeline: this process ending ends the agent.
                 entrypoint=["sh", "-c", "echo $PPID > /run/shim; read -r _"],

@@ -3,9 +3,11 @@
 What a session is made of, all named from a hash of the user id (``<key>``), never the id itself:
 
 - a container ``pd-<manager>-<key>``, a :class:`DockerSandbox` like any other;
-- two named volumes holding the user's work dir and ``/uploads``. They outlive the container: a
-  container that dies, is removed or is replaced (idle cleanup, a runtime change, a restart) comes
-  back with the same files;
+- a capped *disk* (``disk_size``, see :mod:`pydantic_deep.sandbox.disk`) holding the user's work
+  dir, ``/uploads`` and home: the user's quota. It outlives the container: a container that dies,
+  is removed or is replaced (idle cleanup, a runtime change, a restart) comes back with the same
+  files, and the same quota. With ``disk_size=None``, two named volumes hold the work dir and
+  ``/uploads`` instead, uncapped;
 - a *session volume* ``pd-<manager>-<key>`` that is never mounted: its labels record the user id,
   the runtime and which volumes hold the files, in the engine itself, so a new process (after a
   crash, a deploy, a ``kill -9``) finds every user's files again.
@@ -40,7 +42,8 @@ from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_
 from ..errors import InvalidArgumentError, SandboxError, SandboxStateError, shown
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.disk import LABEL_DISK, release_disk
+from ..sandbox.docker import DEFAULT_DISK_SIZE, DockerSandbox
 from ..sandbox.pool import SandboxPool
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
 
@@ -55,6 +58,7 @@ _LABEL_UPLOADS = "pydantic-deep.uploads-volume"
 _LABEL_RUNTIME = "pydantic-deep.runtime-config"
 _LABEL_CREATED = "pydantic-deep.session-created"
 _LABEL_POOL = "pydantic-deep.pool"
+_LABEL_DISK = LABEL_DISK  # on the session volume: the disk holding the user's files
 
 
 class SessionLimitError(SandboxError):
@@ -72,6 +76,8 @@ class SessionInfo:
     idle_seconds: float
     memory_bytes: int
     cpu_seconds: float
+    disk_bytes: int = 0
+    disk_limit_bytes: int | None = None
 
 
 _MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
@@ -120,6 +126,9 @@ class SessionManager:
             ``"adopt"`` them (the user gets the same container and files back) or ``"reap"`` them
             (containers removed, files kept).
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
+            ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
+            and home on one disk of that size, kept with their files across containers, processes
+            and container losses. A session keeps the size its disk was made with.
     """
 
     def __init__(
@@ -235,7 +244,7 @@ class SessionManager:
             if record is not None:
                 if sandbox is None:  # stopped, died or removed: a new container, the same files
                     runtime = wanted or RuntimeConfig.model_validate_json(record.runtime)
-                    sandbox = self._new_sandbox(key, runtime, record.volumes)
+                    sandbox = self._new_sandbox(key, runtime, record)
             else:
                 if self.max_sessions is not None and self.session_count >= self.max_sessions:
                     raise SessionLimitError(
@@ -243,7 +252,7 @@ class SessionManager:
                 runtime = wanted or self.default_runtime
                 sandbox = self._from_pool(key, runtime) or self._new_sandbox(key, runtime, None)
                 record = SessionRecord(user_id, sandbox.name, sandbox.volumes, runtime.model_dump_json(),
-                                       created=time.time())
+                                       created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
                 self._write_session_volume(key, record)
             record.container, record.runtime = sandbox.name, sandbox.runtime.model_dump_json()
             record.last_used = time.time()
@@ -257,19 +266,27 @@ class SessionManager:
         return {"remove_on_exit": False, **self.sandbox_options,
                 "labels": {**self.sandbox_options.get("labels", {}), **self._labels()}}
 
-    def _new_sandbox(self, key: str, runtime: RuntimeConfig, volumes: Mapping[str, str] | None) -> DockerSandbox:
+    def _new_sandbox(self, key: str, runtime: RuntimeConfig, record: SessionRecord | None) -> DockerSandbox:
         name = self._container_name(key)
         remove_container(docker_client(), name)  # a dead container of this session holds the name
-        # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
-        work, uploads = _split_volumes(volumes) if volumes else (f"{name}-work", f"{name}-uploads")
+        options = self._sandbox_options()
+        if record is not None and record.disk:  # the user's disk, files and quota
+            return DockerSandbox(runtime, name=name, disk_name=record.disk, session_id=key,
+                                 **{**options, "disk_size": options.get("disk_size") or DEFAULT_DISK_SIZE}).start()
+        if record is None and options.get("disk_size", DEFAULT_DISK_SIZE):
+            return DockerSandbox(runtime, name=name, disk_name=f"{name}-disk", session_id=key, **options).start()
+        # Volumes (disk_size=None), mounted at this runtime's work dir, which may differ from the last one's.
+        work, uploads = _split_volumes(record.volumes) if record else (f"{name}-work", f"{name}-uploads")
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
-                             session_id=key, **self._sandbox_options()).start()
+                             session_id=key, **options).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
         name = f"pd-{self.name}-pool-{uuid.uuid4().hex[:12]}"
-        volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": UPLOADS_DIR}
         options = self._sandbox_options()
         options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
+        if options.get("disk_size", DEFAULT_DISK_SIZE):
+            return DockerSandbox(self.default_runtime, name=name, disk_name=f"{name}-disk", **options)
+        volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": UPLOADS_DIR}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
 
     def _from_pool(self, key: str, runtime: RuntimeConfig) -> DockerSandbox | None:
@@ -289,10 +306,13 @@ class SessionManager:
     def _write_session_volume(self, key: str, record: SessionRecord) -> None:
         """Record the session in the engine itself: a never-mounted volume whose labels say whose
         files are where."""
-        work, uploads = _split_volumes(record.volumes)
         # The user id as JSON: ASCII, so any string (even one no UTF-8 can hold) comes back unchanged.
-        labels = {**self._labels(), _LABEL_USER: json.dumps(record.user_id), _LABEL_WORK: work,
-                  _LABEL_UPLOADS: uploads, _LABEL_RUNTIME: record.runtime, _LABEL_CREATED: str(record.created)}
+        labels = {**self._labels(), _LABEL_USER: json.dumps(record.user_id), _LABEL_RUNTIME: record.runtime,
+                  _LABEL_CREATED: str(record.created)}
+        if record.disk:
+            labels[_LABEL_DISK] = record.disk
+        else:
+            labels[_LABEL_WORK], labels[_LABEL_UPLOADS] = _split_volumes(record.volumes)
         create_volume(self._container_name(key), labels)
 
     def _record_from_engine(self, key: str) -> SessionRecord | None:
@@ -300,9 +320,11 @@ class SessionManager:
         if labels is None:
             return None
         runtime = RuntimeConfig.model_validate_json(labels[_LABEL_RUNTIME])
-        return SessionRecord(_user_from_label(labels[_LABEL_USER]), self._container_name(key),
-                             {labels[_LABEL_WORK]: runtime.work_dir, labels[_LABEL_UPLOADS]: UPLOADS_DIR},
-                             labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]))
+        volumes = {} if _LABEL_DISK in labels else {labels[_LABEL_WORK]: runtime.work_dir,
+                                                    labels[_LABEL_UPLOADS]: UPLOADS_DIR}
+        return SessionRecord(_user_from_label(labels[_LABEL_USER]), self._container_name(key), volumes,
+                             labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]),
+                             disk=labels.get(_LABEL_DISK, ""))
 
     async def stop(self, user_id: str) -> bool:
         """Stop the user's container now, as idle cleanup would: the files stay for their next session.
@@ -334,6 +356,8 @@ class SessionManager:
             if sandbox is not None:
                 sandbox.stop()
             remove_container(docker_client(), self._container_name(key))  # another process's, or dead
+            if record is not None and record.disk:  # mounted still, when another process ran it
+                release_disk(record.disk, delete=remove_files)
             if remove_files:
                 for volume in [*(record.volumes if record else {}), self._container_name(key)]:
                     remove_volume(volume)
@@ -424,7 +448,9 @@ class SessionManager:
             infos.append(SessionInfo(
                 user_id=record.user_id, runtime=RuntimeConfig.model_validate_json(record.runtime).name,
                 state=state, container=record.container, idle_seconds=idle,
-                memory_bytes=usage.memory_bytes if usage else 0, cpu_seconds=usage.cpu_seconds if usage else 0.0))
+                memory_bytes=usage.memory_bytes if usage else 0, cpu_seconds=usage.cpu_seconds if usage else 0.0,
+                disk_bytes=usage.disk_bytes if usage else 0,
+                disk_limit_bytes=usage.disk_limit_bytes if usage else None))
         return infos
 
     # -- after a crash ------------------------------------------------------------------------
@@ -477,7 +503,10 @@ class SessionManager:
                 # A warm pool's sandbox nobody got, or a session to reap: the container goes;
                 # files go only when no session names them.
                 volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+                disk = container.labels.get(LABEL_DISK)
                 container.remove(force=True)
+                if disk:  # a pool's disk goes; a session's is unmounted, its files kept
+                    release_disk(disk, delete=record is None)
                 if record is None:
                     for volume in volumes:
                         remove_volume(volume)
