@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pydantic_deep import DiskFullError, DockerSandbox, SessionManager
+from pydantic_deep import DiskFullError, DockerSandbox, RuntimeConfig, SandboxPool, SessionManager, get_runtime
 from pydantic_deep.cli import main as cli
 from pydantic_deep.engine.client import docker_client
 from pydantic_deep.sandbox.disk import disk_dir
@@ -108,6 +108,16 @@ def test_default_disk_and_uncapped_opt_out() -> None:
 def test_bad_disk_sizes_are_refused(size: str) -> None:
     with pytest.raises(ValueError, match="disk_size"):
         DockerSandbox(runtime="python-minimal", disk_size=size)
+    with pytest.raises(ValueError, match="disk_size"):
+        RuntimeConfig(name="x", image="debian", disk_size=size)
+
+
+def test_the_runtime_sets_the_default_and_the_sandbox_overrides_it() -> None:
+    runtime = RuntimeConfig(**{**get_runtime("python-minimal").model_dump(), "disk_size": "64m"})
+    assert DockerSandbox(runtime).disk_size == 64 * MB
+    assert DockerSandbox(runtime, disk_size="1g").disk_size == 1024 * MB
+    assert DockerSandbox(runtime, disk_size=None).disk_size is None
+    assert SandboxPool(runtime, disk_size="32m").sandbox_options["disk_size"] == "32m"
 
 
 def test_stop_and_garbage_collection_leave_nothing() -> None:

@@ -34,6 +34,7 @@ deleted.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -52,7 +53,7 @@ from ..errors import SandboxError
 from ..images.bases import MINBASE, bootstrap_base
 
 __all__ = ["DISK_DIR", "LABEL_DISK", "LABEL_DISK_KEEP", "LABEL_DISK_SIZE", "DiskInfo", "disk_dir", "list_disks",
-           "open_disk", "prune_disks", "release_disk"]
+           "open_disk", "prune_disks", "release_disk", "take_disk"]
 
 logger = logging.getLogger("pydantic_deep.disk")
 
@@ -256,6 +257,70 @@ def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> str:
     agent.run("open", name, str(size), str(uid), str(gid), "1" if keep else "0",
               f"{socket.gethostname()} {os.getpid()}")
     return f"{agent.host_dir}/{name}"
+
+
+# One disk made ahead per (size, uid, gid), for the next sandbox that goes with its disk: a start
+# then costs no disk operation. Refilled in the background after each take; released at exit.
+_spares: dict[tuple[int, int, int], str] = {}
+_refilling: dict[tuple[int, int, int], threading.Thread] = {}
+_spares_lock = threading.Lock()
+_spares_closed = False
+
+
+def take_disk(size: int, uid: int, gid: int) -> tuple[str, str]:
+    """A new mounted disk that goes with its sandbox: ``(name, host directory)``.
+
+    One made ahead is handed out when there is one, and the next is made in the background.
+    """
+    key = (size, uid, gid)
+    with _spares_lock:
+        name = _spares.pop(key, None)
+        if key not in _refilling and not _spares_closed:
+            _refilling[key] = thread = threading.Thread(target=_refill, args=(key,), name="pydantic-deep-disk",
+                                                        daemon=True)
+            thread.start()
+    if name is None:
+        name = _new_disk_name()
+        return name, open_disk(name, size, uid, gid, keep=False)
+    return name, disk_dir(name)
+
+
+def _new_disk_name() -> str:
+    return f"pd-disk-{uuid.uuid4().hex[:16]}"
+
+
+def _refill(key: tuple[int, int, int]) -> None:
+    name = _new_disk_name()
+    try:
+        open_disk(name, *key, keep=False)
+    except Exception:
+        logger.warning("Could not make a disk ahead; the next sandbox makes its own", exc_info=True)
+        name = ""
+    with _spares_lock:
+        del _refilling[key]
+        keep = bool(name) and not _spares_closed and key not in _spares
+        if keep:
+            _spares[key] = name
+    if name and not keep:
+        release_disk(name, delete=True)
+
+
+@atexit.register
+def _release_spares() -> None:
+    global _spares_closed
+    with _spares_lock:
+        _spares_closed = True
+        threads = list(_refilling.values())
+    for thread in threads:
+        thread.join(timeout=30)
+    with _spares_lock:
+        names = list(_spares.values())
+        _spares.clear()
+    for name in names:
+        try:
+            release_disk(name, delete=True)
+        except Exception:  # the engine is gone: `pydantic-deep prune` finds it later
+            logger.warning("Could not release the spare disk %s", name, exc_info=True)
 
 
 def release_disk(name: str, *, delete: bool) -> None:

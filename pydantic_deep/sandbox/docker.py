@@ -45,7 +45,7 @@ from requests.exceptions import ChunkedEncodingError
 
 from .._html import field_table
 from ..arguments import file_content
-from ..config import RuntimeConfig
+from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
 from ..engine.volumes import ensure_volume, remove_volume
@@ -74,10 +74,10 @@ from ..paths import UPLOADS_DIR
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .disk import LABEL_DISK, LABEL_DISK_KEEP, LABEL_DISK_SIZE, open_disk, release_disk
+from .disk import LABEL_DISK, LABEL_DISK_KEEP, LABEL_DISK_SIZE, open_disk, release_disk, take_disk
 from .metadata import METADATA_ADDRESS, block_metadata
 
-__all__ = ["DockerSandbox", "SandboxBase", "SandboxState"]
+__all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox", "SandboxBase", "SandboxState"]
 
 logger = logging.getLogger("pydantic_deep.sandbox")
 
@@ -87,9 +87,15 @@ _R = TypeVar("_R")
 
 _exec_fallback_logged: set[str | None] = set()
 
-DEFAULT_DISK_SIZE = "10g"
-"""What a sandbox may write to the host's disk, all paths together, unless told otherwise."""
-_MIN_DISK_SIZE = 16 * 1024 ** 2  # ext4's own tables need a few MB
+
+class _FromRuntime:
+    """The default of ``DockerSandbox(disk_size=)``: the runtime's own ``disk_size``."""
+
+    def __repr__(self) -> str:
+        return "FROM_RUNTIME"
+
+
+FROM_RUNTIME = _FromRuntime()
 
 # What a call fails with when its container stopped or was removed under it (or the engine
 # refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
@@ -156,7 +162,8 @@ class DockerSandbox(SandboxBase):
         tmp_size: ``/tmp`` is a memory-backed filesystem of this size (``No space left on device``
             past it), counted in ``memory``; ``None`` leaves ``/tmp`` on the container's disk.
         disk_size: Most the sandbox may write to the host's disk, all paths together (Docker's
-            notation, at least ``"16m"``): the work dir, ``/uploads`` and the home directory share
+            notation, at least ``"16m"``; by default the runtime's, ``"10g"`` unless it says
+            otherwise): the work dir, ``/uploads`` and the home directory share
             one filesystem of this size, and the rest of the container's filesystem is read-only.
             A write past it fails with ``No space left on device`` (``ENOSPC``; the file API raises
             :class:`DiskFullError`), and hurts nothing else. The file is sparse: the host spends only
@@ -200,7 +207,7 @@ class DockerSandbox(SandboxBase):
         pids_limit: int | None = 512,
         max_file_size: str | None = "1g",
         tmp_size: str | None = "512m",
-        disk_size: str | None = DEFAULT_DISK_SIZE,
+        disk_size: str | None | _FromRuntime = FROM_RUNTIME,
         disk_name: str | None = None,
         drop_capabilities: bool = True,
         no_new_privileges: bool = True,
@@ -222,9 +229,7 @@ class DockerSandbox(SandboxBase):
         self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
         self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
         self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
-        self.disk_size = _size_in_bytes("disk_size", disk_size)
-        if self.disk_size is not None and self.disk_size < _MIN_DISK_SIZE:
-            raise ValueError(f"disk_size must be at least 16m, not {disk_size!r}")
+        self.disk_size = disk_size_bytes(self.runtime.disk_size if isinstance(disk_size, _FromRuntime) else disk_size)
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         self.block_metadata = block_metadata
         self._set_command_limits(command_timeout, max_output)
@@ -233,8 +238,9 @@ class DockerSandbox(SandboxBase):
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.labels = dict(labels or {})
         self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
-        # The disk keeps its first name: a pooled sandbox renamed for its user keeps its disk.
-        self.disk_name = disk_name or self.name
+        # A disk of its own is named on start; a kept one has its name (which a pooled sandbox
+        # renamed for its user keeps).
+        self.disk_name = disk_name or ""
         self._keep_disk = disk_name is not None
         self._disk_dir: str | None = None  # where the disk is mounted on the engine's host
         self.volumes = dict(volumes or {})
@@ -286,9 +292,10 @@ class DockerSandbox(SandboxBase):
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             for volume in self.volumes:
                 ensure_volume(volume)
-            if self.disk_size is not None:
-                self._disk_dir = open_disk(self.disk_name, self.disk_size, self._uid, self._gid,
-                                           keep=self._keep_disk)
+            if self.disk_size is not None and self._keep_disk:
+                self._disk_dir = open_disk(self.disk_name, self.disk_size, self._uid, self._gid, keep=True)
+            elif self.disk_size is not None:
+                self.disk_name, self._disk_dir = take_disk(self.disk_size, self._uid, self._gid)
             try:
                 container = client.containers.create(prepared.tag, **self._container_options())
             except BaseException:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import docker
 
 from .._html import field_table
-from ..config import RuntimeConfig
+from ..config import DEFAULT_DISK_SIZE, RuntimeConfig
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
 from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_labels
@@ -43,7 +43,7 @@ from ..errors import InvalidArgumentError, SandboxError, SandboxStateError, show
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
 from ..sandbox.disk import LABEL_DISK, release_disk
-from ..sandbox.docker import DEFAULT_DISK_SIZE, DockerSandbox
+from ..sandbox.docker import DockerSandbox
 from ..sandbox.pool import SandboxPool
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
 
@@ -270,10 +270,10 @@ class SessionManager:
         name = self._container_name(key)
         remove_container(docker_client(), name)  # a dead container of this session holds the name
         options = self._sandbox_options()
-        if record is not None and record.disk:  # the user's disk, files and quota
-            return DockerSandbox(runtime, name=name, disk_name=record.disk, session_id=key,
-                                 **{**options, "disk_size": options.get("disk_size") or DEFAULT_DISK_SIZE}).start()
-        if record is None and options.get("disk_size", DEFAULT_DISK_SIZE):
+        if record is not None and record.disk:  # the user's disk, files and quota (its size is the disk's own)
+            options["disk_size"] = options.get("disk_size") or runtime.disk_size or DEFAULT_DISK_SIZE
+            return DockerSandbox(runtime, name=name, disk_name=record.disk, session_id=key, **options).start()
+        if record is None and options.get("disk_size", runtime.disk_size):
             return DockerSandbox(runtime, name=name, disk_name=f"{name}-disk", session_id=key, **options).start()
         # Volumes (disk_size=None), mounted at this runtime's work dir, which may differ from the last one's.
         work, uploads = _split_volumes(record.volumes) if record else (f"{name}-work", f"{name}-uploads")
@@ -284,7 +284,7 @@ class SessionManager:
         name = f"pd-{self.name}-pool-{uuid.uuid4().hex[:12]}"
         options = self._sandbox_options()
         options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
-        if options.get("disk_size", DEFAULT_DISK_SIZE):
+        if options.get("disk_size", self.default_runtime.disk_size):
             return DockerSandbox(self.default_runtime, name=name, disk_name=f"{name}-disk", **options)
         volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": UPLOADS_DIR}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
