@@ -176,6 +176,28 @@ def bench_start(rounds: int) -> None:
         f"{acquire * 1e3:.3f} ms", f"{ours_p50 * 1e3:.0f} ms", f"{ours_p50 / acquire:.0f}x faster", "<= 5 ms")
 
 
+def bench_disk(rounds: int) -> None:
+    """The capped disk's cost (issue 22): start and stop with the default disk_size, against the
+    same sandbox with disk_size=None, interleaved so that both see the same load."""
+    starts: dict[str | None, list[float]] = {"10g": [], None: []}
+    stops: dict[str | None, list[float]] = {"10g": [], None: []}
+    for size in starts:
+        DockerSandbox(RUNTIME, disk_size=size).start().stop()  # the disk agent, and a disk made ahead
+    for _ in range(rounds):
+        for size in starts:
+            started = time.perf_counter()
+            sandbox = DockerSandbox(RUNTIME, disk_size=size).start()
+            sandbox.execute("true")
+            starts[size].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            sandbox.stop()
+            stops[size].append(time.perf_counter() - started)
+    for what, samples, target in (("start to first command", starts, "<= 1.1x"), ("stop", stops, "<= 3x")):
+        capped, uncapped = statistics.median(samples["10g"]), statistics.median(samples[None])
+        row(f"{what} with a 10 GB disk (default), median of {rounds} (vs disk_size=None)",
+            f"{capped * 1e3:.0f} ms", f"{uncapped * 1e3:.0f} ms", f"{capped / uncapped:.2f}x the baseline", target)
+
+
 def bench_files_case(size_mb: int) -> dict[str, float]:
     """Run in a subprocess: upload + read back ``size_mb`` MB, ours then the raw archive API."""
     client = docker_client()
@@ -339,6 +361,7 @@ def main() -> None:
     bench_echo(100 if args.quick else 500)
     bench_concurrency()
     bench_start(5 if args.quick else 10)
+    bench_disk(5 if args.quick else 10)
     bench_files()
     bench_output()
     bench_idle(20 if args.quick else 100)

@@ -16,6 +16,7 @@ import pytest
 from pydantic_deep import DockerSandbox, SessionManager
 from pydantic_deep.engine.client import docker_client
 from pydantic_deep.errors import PathOutsideSandboxError, SandboxError
+from pydantic_deep.sandbox.disk import disk_dir
 
 pytestmark = pytest.mark.adversarial
 
@@ -253,12 +254,14 @@ async def test_a_session_cannot_reach_another_sessions_files() -> None:
         alice, bob = await asyncio.gather(manager.get_or_create("alice"), manager.get_or_create("bob"))
         await bob.awrite_file("secret.txt", "bob's secret")
         await bob.awrite_file("/uploads/bob.csv", "b")
-        bob_volumes = [name for name in bob.volumes]
+        # Where bob's files are on the host: his disk (disk_size), or his volumes.
+        bob_paths = [f"{disk_dir(bob.disk_name)}/work"] if bob.disk_name else []
+        bob_paths += [f"/var/lib/docker/volumes/{name}/_data" for name in bob.volumes]
         hunt = await alice.aexecute("cat /workspace/secret.txt; ls /uploads; "
                                     "find / -name secret.txt -o -name bob.csv 2>/dev/null; "
-                                    + "; ".join(f"ls /var/lib/docker/volumes/{v}/_data" for v in bob_volumes))
+                                    + "; ".join(f"ls {path}" for path in bob_paths))
         assert "bob's secret" not in hunt.output and "bob.csv" not in hunt.output
-        await alice.aexecute(f"ln -s /var/lib/docker/volumes/{bob_volumes[0]}/_data bob")
+        await alice.aexecute(f"ln -s {bob_paths[0]} bob")
         with pytest.raises(PathOutsideSandboxError):
             await alice.aread_file("bob/secret.txt")
     finally:

@@ -53,7 +53,7 @@ from ..errors import SandboxError
 from ..images.bases import MINBASE, bootstrap_base
 
 __all__ = ["DISK_DIR", "LABEL_DISK", "LABEL_DISK_KEEP", "LABEL_DISK_SIZE", "DiskInfo", "disk_dir", "list_disks",
-           "open_disk", "prune_disks", "release_disk", "take_disk"]
+           "open_disk", "prepare_disk", "prune_disks", "release_disk", "take_disk"]
 
 logger = logging.getLogger("pydantic_deep.disk")
 
@@ -268,21 +268,28 @@ _spares_closed = False
 
 
 def take_disk(size: int, uid: int, gid: int) -> tuple[str, str]:
-    """A new mounted disk that goes with its sandbox: ``(name, host directory)``.
-
-    One made ahead is handed out when there is one, and the next is made in the background.
-    """
-    key = (size, uid, gid)
+    """A new mounted disk that goes with its sandbox: ``(name, host directory)``, the one made
+    ahead by :func:`prepare_disk` when there is one."""
     with _spares_lock:
-        name = _spares.pop(key, None)
-        if key not in _refilling and not _spares_closed:
-            _refilling[key] = thread = threading.Thread(target=_refill, args=(key,), name="pydantic-deep-disk",
-                                                        daemon=True)
-            thread.start()
+        name = _spares.pop((size, uid, gid), None)
     if name is None:
         name = _new_disk_name()
         return name, open_disk(name, size, uid, gid, keep=False)
     return name, disk_dir(name)
+
+
+def prepare_disk(size: int, uid: int, gid: int) -> None:
+    """Make the next disk for :func:`take_disk` in the background, unless one is ready or coming.
+
+    Called once a sandbox started, so that making it does not slow that start down.
+    """
+    key = (size, uid, gid)
+    with _spares_lock:
+        if key in _spares or key in _refilling or _spares_closed:
+            return
+        _refilling[key] = thread = threading.Thread(target=_refill, args=(key,), name="pydantic-deep-disk",
+                                                    daemon=True)
+        thread.start()
 
 
 def _new_disk_name() -> str:

@@ -74,7 +74,7 @@ from ..paths import UPLOADS_DIR
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .disk import LABEL_DISK, LABEL_DISK_KEEP, LABEL_DISK_SIZE, open_disk, release_disk, take_disk
+from .disk import LABEL_DISK, LABEL_DISK_KEEP, LABEL_DISK_SIZE, open_disk, prepare_disk, release_disk, take_disk
 from .metadata import METADATA_ADDRESS, block_metadata
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox", "SandboxBase", "SandboxState"]
@@ -316,6 +316,8 @@ class DockerSandbox(SandboxBase):
                 self._release_disk(delete=not self._keep_disk)
                 raise
             self._adopt(client, container.id)
+        if self.disk_size is not None and not self._keep_disk:
+            prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
         return self
 
     def _release_disk(self, *, delete: bool) -> None:
