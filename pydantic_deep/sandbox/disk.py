@@ -15,6 +15,8 @@ Why this way: a loop-mounted file works on every engine that can run a container
 configuration (xfs project quotas need the data root on xfs mounted with ``pquota``), and the
 file is sparse: a disk costs only what is written to it. It is made with lazy inode tables and
 (for disks that go with their sandbox) no journal, in about 10 ms, and holds about 4 MB when new.
+Each process keeps one disk per size made ahead (:func:`prepare_disk`), so that a start takes one
+at once (:func:`take_disk`) instead of waiting for a disk operation.
 
 Who does the privileged part: a *disk agent*, one small container per process and engine, from
 the air-gapped minbase image, with ``CAP_SYS_ADMIN`` (mount), ``CAP_SYS_PTRACE`` (enter the

@@ -750,7 +750,7 @@ class DockerSandbox(SandboxBase):
             "Container": self.container_id[:12] if self.container_id else "-",
             "Work dir": self.work_dir,
             "Network": "on" if self.network else "off",
-            "Disk": f"{self.disk_size / 1024 ** 3:g} GB" if self.disk_size else "not capped",
+            "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
         }
         return field_table("DockerSandbox", rows)
 
