@@ -22,7 +22,7 @@ import pytest
 from pydantic_deep import DiskFullError, DockerSandbox, RuntimeConfig, SandboxPool, SessionManager, get_runtime
 from pydantic_deep.cli import main as cli
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.sandbox.disk import disk_dir
+from pydantic_deep.sandbox.disk import disk_dir, list_disks
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.disk, pytest.mark.anyio]
 
@@ -167,6 +167,24 @@ async def test_session_shutdown_keeps_or_removes_the_disk() -> None:
     assert leftovers(disk) == []
 
 
+EXITING_OWNER = """
+import os
+from pydantic_deep import DockerSandbox
+box = DockerSandbox("python-minimal", disk_size="64m").start()  # then a disk made ahead, in the background
+print(box.disk_name, os.getpid(), flush=True)
+"""
+
+
+def owned_disks(pid: str) -> list[str]:
+    return [disk.name for disk in list_disks() if disk.owner.endswith(f" {pid}")]
+
+
+def test_interpreter_exit_releases_the_disk_and_the_one_made_ahead() -> None:
+    exited = subprocess.run([sys.executable, "-c", EXITING_OWNER], capture_output=True, text=True, check=True)
+    disk, pid = exited.stdout.split()
+    assert leftovers(disk) == [] and owned_disks(pid) == []
+
+
 KILLED_OWNER = """
 import os, signal, sys
 from pydantic_deep import DockerSandbox
@@ -182,11 +200,11 @@ def test_prune_releases_the_disk_of_a_killed_owner(capsys: pytest.CaptureFixture
     disk, pid = killed.stdout.split()
     deadline = time.monotonic() + 60
     # The sandbox and the disk agent are tied to their process: they remove themselves.
-    while docker_client().containers.list(all=True, filters={"label": f"pydantic-deep.owner-pid={pid}"}):
+    while docker_client().api.containers(all=True, filters={"label": f"pydantic-deep.owner-pid={pid}"}):
         assert time.monotonic() < deadline, "the killed owner's containers stayed"
         time.sleep(0.1)
     assert leftovers(disk)  # still mounted: nobody released it
     cli(["prune"])
     assert "Released" in capsys.readouterr().out
-    assert leftovers(disk) == []
+    assert leftovers(disk) == [] and owned_disks(pid) == []  # the disk made ahead too
     assert os.path.isdir(os.path.dirname(disk_dir(disk)))

@@ -42,7 +42,8 @@ class SandboxPool:
         runtime: A runtime name or config, as for :class:`DockerSandbox`.
         size: How many started sandboxes to keep ready.
         factory: Makes each (unstarted) sandbox instead, for options that differ per sandbox.
-        **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
+        **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``,
+            ``disk_size``, ...): each sandbox has a disk of its own, made with it and deleted with it.
     """
 
     def __init__(self, runtime: str | RuntimeConfig = "python-minimal", size: int = 2, *,
