@@ -104,6 +104,16 @@ def test_default_disk_and_uncapped_opt_out() -> None:
         assert box.usage().disk_limit_bytes is None and box.execute("touch /home/sandbox/x").ok
 
 
+def test_files_the_image_holds_in_the_work_dir_and_home_are_on_a_new_disk() -> None:
+    runtime = RuntimeConfig(name="seeded", base_image="python:3.12-slim", setup_commands=[
+        "mkdir -p /workspace/data /home/sandbox && echo rows > /workspace/data/t.csv && echo hi > /home/sandbox/.rc"])
+    with DockerSandbox(runtime, disk_size="64m") as box:
+        assert box.execute("cat data/t.csv ~/.rc; df --output=fstype . | tail -1").output == "rows\nhi\next4\n"
+        owners = box.execute("stat -c %U . data/t.csv").output
+    with DockerSandbox(runtime, disk_size=None) as plain:
+        assert plain.execute("stat -c %U . data/t.csv").output == owners == "sandbox\nroot\n"  # as in the image
+
+
 @pytest.mark.parametrize("size", ["1m", "0", "-5g", "lots"])
 def test_bad_disk_sizes_are_refused(size: str) -> None:
     with pytest.raises(ValueError, match="disk_size"):

@@ -11,8 +11,10 @@ so a change of image, user, directories or supervisor prepares anew.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import posixpath
+import tarfile
 import threading
 from dataclasses import dataclass
 from importlib.resources import files
@@ -23,7 +25,7 @@ from docker.errors import ImageNotFound, NotFound
 
 from ..engine.containers import path_stat, remove_container
 from ..paths import TOOLS_DIR
-from .archive import entries_tar, iter_single_file
+from .archive import ChunkReader, entries_tar, iter_single_file
 from .builder import image_lock
 
 __all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage",
@@ -35,6 +37,7 @@ KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
 JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
 _PYTHON_LABEL = "pydantic-deep.python"
+_SEEDED_LABEL = "pydantic-deep.seeded"
 
 _prepared: dict[tuple[Any, ...], PreparedImage] = {}
 _prepared_lock = threading.Lock()
@@ -47,10 +50,13 @@ class PreparedImage:
     Attributes:
         tag: What containers start from.
         python: The image's ``python3``, which runs the supervisor; ``None`` when it has none.
+        seeded: The sandbox's directories (work dir, ``/uploads``, home) that hold files in the
+            image: a new disk (``disk_size``), mounted over them, gets a copy.
     """
 
     tag: str
     python: str | None
+    seeded: tuple[str, ...] = ()
 
 
 def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
@@ -63,14 +69,16 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
             return _prepared[key]
     tools = {path: files("pydantic_deep._guest").joinpath(path.rsplit("/", 1)[1]).read_bytes()
              for path in (SUPERVISOR_PATH, KERNEL_PATH, JS_KERNEL_PATH)}
-    setup_hash = hashlib.sha256(json.dumps([uid, gid, roots]).encode() + b"".join(tools.values())).hexdigest()
+    # The last item versions what a prepared image records in its labels.
+    setup_hash = hashlib.sha256(json.dumps([uid, gid, roots, 2]).encode() + b"".join(tools.values())).hexdigest()
     tag = f"pydantic-deep/prepared:{image_id.removeprefix('sha256:')[:12]}-{setup_hash[:12]}"
     with image_lock(tag):
         try:
             labels = client.images.get(tag).labels
         except ImageNotFound:
             labels = _commit_prepared(client, image_id, tag, uid, gid, roots, tools)
-    prepared = PreparedImage(tag, labels.get(_PYTHON_LABEL) or None)
+    prepared = PreparedImage(tag, labels.get(_PYTHON_LABEL) or None,
+                             tuple(filter(None, labels.get(_SEEDED_LABEL, "").split(","))))
     with _prepared_lock:
         _prepared[key] = prepared
     return prepared
@@ -82,7 +90,9 @@ def _commit_prepared(client: docker.DockerClient, image_id: str, tag: str, uid: 
     try:
         client.api.put_archive(container, "/", _setup_archive(client, container, uid, gid, roots, tools))
         python = next((p for p in _PYTHON_CANDIDATES if path_stat(client, container, p)), "")
-        labels = {"pydantic-deep.managed": "true", "pydantic-deep.kind": "prepared", _PYTHON_LABEL: python}
+        seeded = ",".join(d for d in (*roots, HOME_DIR) if _holds_files(client, container, d))
+        labels = {"pydantic-deep.managed": "true", "pydantic-deep.kind": "prepared", _PYTHON_LABEL: python,
+                  _SEEDED_LABEL: seeded}
         repository, version = tag.rsplit(":", 1)
         client.api.commit(container, repository=repository, tag=version,
                           changes=[f'LABEL {name}="{value}"' for name, value in labels.items()])
@@ -116,6 +126,14 @@ def _setup_archive(client: docker.DockerClient, container_id: str, uid: int, gid
                 entries[name] = current.rstrip(b"\n") + b"\n" + entry.encode() + b"\n"
     return entries_tar([(path.lstrip("/"), owner, group) for path, (owner, group) in sorted(directories.items())],
                        entries)
+
+
+def _holds_files(client: docker.DockerClient, container_id: str, directory: str) -> bool:
+    """Whether ``directory`` of the container holds anything."""
+    chunks, _stat = client.api.get_archive(container_id, directory)
+    with tarfile.open(fileobj=io.BufferedReader(ChunkReader(chunks)), mode="r|") as tar:
+        entries = sum(1 for _ in tar)
+    return entries > 1  # the directory itself, and more
 
 
 def _read_file(client: docker.DockerClient, container_id: str, path: str) -> bytes:

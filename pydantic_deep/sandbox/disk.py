@@ -89,6 +89,7 @@ open)
     mkfs.ext4 -q -m 0 $journal -E "$lazy,root_owner=$uid:$gid" -d "$skel" "$img.new"
     rm -rf "$skel"
     mv "$img.new" "$img"
+    echo new
   fi
   if [ "$keep" = 1 ]; then : > "/disks/$name.keep"; fi
   printf '%s\n' "$owner" > "/disks/$name.owner"
@@ -242,8 +243,11 @@ def disk_dir(name: str) -> str:
     return f"{_agent().host_dir}/{name}"
 
 
-def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> str:
-    """Make the disk ``name`` of ``size`` bytes (unless it exists) and mount it; its host directory.
+def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> tuple[str, bool]:
+    """Make the disk ``name`` of ``size`` bytes (unless it exists) and mount it.
+
+    Returns:
+        Its directory on the engine's host, and whether it was made now (it is empty).
 
     An existing disk keeps its files and its size. Safe to call when it is mounted already.
 
@@ -256,9 +260,9 @@ def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> str:
         SandboxError: the engine cannot make or mount it.
     """
     agent = _agent()
-    agent.run("open", name, str(size), str(uid), str(gid), "1" if keep else "0",
-              f"{socket.gethostname()} {os.getpid()}")
-    return f"{agent.host_dir}/{name}"
+    said = agent.run("open", name, str(size), str(uid), str(gid), "1" if keep else "0",
+                     f"{socket.gethostname()} {os.getpid()}")
+    return f"{agent.host_dir}/{name}", said.strip() == "new"
 
 
 # One disk made ahead per (size, uid, gid), for the next sandbox that goes with its disk: a start
@@ -276,7 +280,7 @@ def take_disk(size: int, uid: int, gid: int) -> tuple[str, str]:
         name = _spares.pop((size, uid, gid), None)
     if name is None:
         name = _new_disk_name()
-        return name, open_disk(name, size, uid, gid, keep=False)
+        return name, open_disk(name, size, uid, gid, keep=False)[0]
     return name, disk_dir(name)
 
 

@@ -292,16 +292,21 @@ class DockerSandbox(SandboxBase):
             prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
             for volume in self.volumes:
                 ensure_volume(volume)
+            new_disk = False
             if self.disk_size is not None and self._keep_disk:
-                self._disk_dir = open_disk(self.disk_name, self.disk_size, self._uid, self._gid, keep=True)
+                self._disk_dir, new_disk = open_disk(self.disk_name, self.disk_size, self._uid, self._gid,
+                                                     keep=True)
             elif self.disk_size is not None:
                 self.disk_name, self._disk_dir = take_disk(self.disk_size, self._uid, self._gid)
+                new_disk = True
             try:
                 container = client.containers.create(prepared.tag, **self._container_options())
             except BaseException:
                 self._release_disk(delete=not self._keep_disk)
                 raise
             try:
+                if new_disk and prepared.seeded:
+                    _seed_disk(client, prepared.tag, container.id, prepared.seeded)
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
@@ -753,6 +758,20 @@ class DockerSandbox(SandboxBase):
             "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
         }
         return field_table("DockerSandbox", rows)
+
+
+def _seed_disk(client: docker.DockerClient, image: str, container_id: str, directories: tuple[str, ...]) -> None:
+    """Copy what the image holds in ``directories`` onto the new disk mounted over them in the
+    created (not yet started) container: the files a plain container would have there."""
+    source = client.api.create_container(image, labels={"pydantic-deep.managed": "true"})["Id"]
+    try:
+        for directory in directories:
+            # "dir/." archives the directory's content as "./...", put into the mount itself (the
+            # engine refuses to write elsewhere in a read-only root filesystem).
+            chunks, _stat = client.api.get_archive(source, f"{directory}/.")
+            client.api.put_archive(container_id, directory, chunks)  # streamed
+    finally:
+        remove_container(client, source)
 
 
 def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | None, delete_disk: bool) -> None:
