@@ -143,7 +143,11 @@ class _Agent:
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
-        self.host_dir = f"{DISK_DIR}/{hashlib.sha256(client.info()['ID'].encode()).hexdigest()[:12]}"
+        # Engines on one host may share an ID (Docker 20.10 derives it from /etc/docker/key.json),
+        # never a data root: the two together name this engine, and its disks' folder.
+        info = client.info()
+        engine = hashlib.sha256(f"{info['ID']} {info['DockerRootDir']}".encode()).hexdigest()[:12]
+        self.host_dir = f"{DISK_DIR}/{engine}"
         self.container_id: str | None = None
         self._lifeline: Any = None
         self._lock = threading.Lock()
