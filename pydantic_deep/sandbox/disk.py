@@ -37,6 +37,7 @@ deleted.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
@@ -323,7 +324,9 @@ def _refill(key: tuple[int, int, int]) -> None:
 
 
 @atexit.register
-def _release_spares() -> None:
+def _at_exit() -> None:
+    """Release the disks made ahead, then remove the agents (which would go by themselves once
+    this process is gone, a moment later)."""
     global _spares_closed
     with _spares_lock:
         _spares_closed = True
@@ -338,6 +341,12 @@ def _release_spares() -> None:
             release_disk(name, delete=True)
         except Exception:  # the engine is gone: `pydantic-deep prune` finds it later
             logger.warning("Could not release the spare disk %s", name, exc_info=True)
+    with _agents_lock:
+        agents = list(_agents.values())
+    for agent in agents:
+        if agent.container_id is not None:
+            with contextlib.suppress(Exception):  # gone with its engine
+                remove_container(agent.client, agent.container_id)
 
 
 def release_disk(name: str, *, delete: bool) -> None:
