@@ -211,12 +211,13 @@ class _Agent:
                         "pydantic-deep.owner-host": socket.gethostname()},
             )
         except APIError as exc:
-            raise SandboxError(f"disk_size needs a helper container with CAP_SYS_ADMIN and loop devices, which "
-                               f"this Docker engine refused ({exc.explanation}); pass disk_size=None to run "
-                               "without a disk cap") from None
+            raise _refused(exc) from None
         try:
             self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
-            container.start()
+            try:
+                container.start()
+            except APIError as exc:  # a rootless engine, say, creates it and cannot start it
+                raise _refused(exc) from None
             # Ready once the shim's pid is written: the first exec must find it.
             for _ in range(200):
                 exec_id = client.api.exec_create(container.id, ["test", "-s", "/run/shim"])["Id"]
@@ -227,6 +228,11 @@ class _Agent:
             remove_container(client, container.id)
             raise
         return str(container.id)
+
+
+def _refused(exc: APIError) -> SandboxError:
+    return SandboxError(f"disk_size needs a helper container with CAP_SYS_ADMIN and loop devices, which this "
+                        f"Docker engine refused ({exc.explanation}); pass disk_size=None to run without a disk cap")
 
 
 _agents: dict[int, _Agent] = {}
