@@ -1,6 +1,6 @@
 """The benchmark suite: pydantic_deep against the plain Docker way, measured in the same run.
 
-Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick]``). It prints one
+Run it with ``scripts/bench`` (or ``.venv/bin/python bench/run.py [--quick] [--only GROUP ...]``). It prints one
 Markdown table: each case, our figure, the baseline's, their ratio and the target. Cases whose
 host memory matters run in a fresh subprocess, so one case's peak does not hide another's.
 """
@@ -22,10 +22,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pydantic_deep import DockerSandbox, SandboxPool, SessionManager
+from pydantic_deep import DockerSandbox, SandboxError, SandboxPool, SessionManager
 from pydantic_deep.engine.client import docker_client
 
 RUNTIME = "python-minimal"
+NODE_RUNTIME = "node-minimal"
+GROUPS = ("echo", "concurrency", "start", "disk", "network", "files", "output", "idle", "sessions", "node", "snapshots",
+          "cluster")
 ROWS: list[tuple[str, str, str, str, str]] = []
 
 
@@ -78,26 +81,28 @@ def peak_rss_growth_mb(baseline: float) -> float:
 # -- cases ------------------------------------------------------------------------------------
 
 
-def bench_echo(calls: int) -> None:
+def bench_echo(calls: int, runtime: str = RUNTIME) -> None:
     client = docker_client()
-    with DockerSandbox(RUNTIME) as sandbox:
+    with DockerSandbox(runtime) as sandbox:
         sandbox.execute("echo warm-up")
         ours = timed(lambda: sandbox.execute("echo hi"), calls)
         container = client.containers.get(sandbox.container_id)
         sdk = timed(lambda: container.exec_run(["sh", "-c", "echo hi"]), calls)
         cli = timed(lambda: subprocess.run(["docker", "exec", sandbox.container_id, "sh", "-c", "echo hi"],
                                            capture_output=True, check=True), calls)
+        where = "" if runtime == RUNTIME else f", {runtime} ({sandbox.supervisor} supervisor)"
     for name, baseline in (("SDK", sdk), ("CLI", cli)):
         for q, target in ((0.5, "<= 1 ms, >= 40x"), (0.95, "<= 3 ms")):
             ours_q, base_q = percentile(ours, q), percentile(baseline, q)
-            row(f'execute("echo hi") p{int(q * 100)} vs docker exec ({name}), {calls} calls',
+            row(f'execute("echo hi") p{int(q * 100)} vs docker exec ({name}), {calls} calls{where}',
                 f"{ours_q * 1e3:.3f} ms", f"{base_q * 1e3:.1f} ms", f"{base_q / ours_q:.0f}x faster", target)
 
 
-def bench_concurrency() -> None:
+def bench_concurrency_one(runtime: str) -> None:
+    """20 concurrent ``sleep 1`` in one sandbox of ``runtime``."""
     client = docker_client()
     command = "sleep 1"
-    with DockerSandbox(RUNTIME) as sandbox:
+    with DockerSandbox(runtime) as sandbox:
         async def ours_one() -> float:
             started = time.perf_counter()
             await asyncio.gather(*(sandbox.aexecute(command) for _ in range(20)))
@@ -109,9 +114,15 @@ def bench_concurrency() -> None:
         with ThreadPoolExecutor() as executor:  # the default size: min(32, cores + 4)
             list(executor.map(lambda _: container.exec_run(["sh", "-c", command]), range(20)))
         baseline = time.perf_counter() - started
-    row("20 concurrent `sleep 1`, one sandbox (vs exec_run in a default thread pool)",
+    where = "" if runtime == RUNTIME else f" ({runtime})"
+    row(f"20 concurrent `sleep 1`, one sandbox{where} (vs exec_run in a default thread pool)",
         f"{ours:.2f} s", f"{baseline:.2f} s", f"{baseline / ours:.1f}x faster", "<= 1.2 s")
 
+
+def bench_concurrency() -> None:
+    client = docker_client()
+    command = "sleep 1"
+    bench_concurrency_one(RUNTIME)
     sandboxes = [DockerSandbox(RUNTIME) for _ in range(20)]
     with ThreadPoolExecutor(20) as executor:
         list(executor.map(lambda s: s.start(), sandboxes))
@@ -198,6 +209,25 @@ def bench_disk(rounds: int) -> None:
             f"{capped * 1e3:.0f} ms", f"{uncapped * 1e3:.0f} ms", f"{capped / uncapped:.2f}x the baseline", target)
 
 
+def bench_network_start(rounds: int) -> None:
+    """A networked sandbox's start (its network and packet filter rules checked, re-applied) against
+    the same sandbox without the network, alternating, for a Python and a Node.js image."""
+    for runtime in (RUNTIME, "node-minimal"):
+        DockerSandbox(runtime, network=True).start().stop()  # the network exists: only the start is timed
+        samples: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(rounds):
+            for network in (True, False):
+                sandbox = DockerSandbox(runtime, network=network)
+                started = time.perf_counter()
+                sandbox.start().execute("true")
+                samples[network].append(time.perf_counter() - started)
+                sandbox.stop()
+        networked, offline = statistics.median(samples[True]), statistics.median(samples[False])
+        row(f"{runtime}: isolated networked start to first command, median of {rounds} (vs the network off)",
+            f"{networked * 1e3:.0f} ms", f"{offline * 1e3:.0f} ms", f"{networked / offline:.2f}x the baseline",
+            "<= 1.5x")
+
+
 def bench_files_case(size_mb: int) -> dict[str, float]:
     """Run in a subprocess: upload + read back ``size_mb`` MB, ours then the raw archive API."""
     client = docker_client()
@@ -226,11 +256,11 @@ def bench_files_case(size_mb: int) -> dict[str, float]:
     return result
 
 
-def bench_output_case() -> dict[str, float]:
+def bench_output_case(runtime: str) -> dict[str, float]:
     """Run in a subprocess: a command that prints 300 MB, ours then a streamed docker exec."""
     client = docker_client()
     command = "head -c 300000000 /dev/zero"
-    with DockerSandbox(RUNTIME) as sandbox:
+    with DockerSandbox(runtime) as sandbox:
         before = reset_peak_rss()
         started = time.perf_counter()
         result = sandbox.execute(command)
@@ -261,11 +291,26 @@ def bench_files() -> None:
             "<= 50 MB" if size == 100 else "")
 
 
-def bench_output() -> None:
-    figures = in_subprocess("output")
-    row("a command printing 300 MB: wall time (1 MB kept; vs a streamed docker exec)", f"{figures['ours_s']:.2f} s",
-        f"{figures['raw_s']:.2f} s", f"{figures['raw_s'] / figures['ours_s']:.1f}x faster", "")
-    row("a command printing 300 MB: host peak RSS growth", f"{figures['ours_rss_mb']:.1f} MB", "", "", "<= 30 MB")
+def bench_output(runtime: str = RUNTIME) -> None:
+    figures = in_subprocess("output", runtime)
+    where = "" if runtime == RUNTIME else f" ({runtime})"
+    row(f"a command printing 300 MB{where}: wall time (1 MB kept; vs a streamed docker exec)",
+        f"{figures['ours_s']:.2f} s", f"{figures['raw_s']:.2f} s",
+        f"{figures['raw_s'] / figures['ours_s']:.1f}x faster", "")
+    row(f"a command printing 300 MB{where}: host peak RSS growth", f"{figures['ours_rss_mb']:.1f} MB", "", "",
+        "<= 30 MB")
+
+
+def bench_node(calls: int) -> None:
+    """The Node.js supervisor's rows (node-minimal has no python3), after the same rows for
+    python-minimal as their baseline in this run."""
+    image_of(NODE_RUNTIME)
+    bench_echo(calls)
+    bench_echo(calls, NODE_RUNTIME)
+    bench_concurrency_one(RUNTIME)
+    bench_concurrency_one(NODE_RUNTIME)
+    bench_output()
+    bench_output(NODE_RUNTIME)
 
 
 def container_memory_mb(container_id: str) -> float:
@@ -347,25 +392,196 @@ def bench_sessions(count: int) -> None:
         f"{shutdown:.1f} s", f"{base_shutdown:.1f} s", f"{base_shutdown / shutdown:.2f}x", "")
 
 
+def docker_cp_seconds(container_id: str, path: str) -> float:
+    """The time ``docker cp`` takes to copy ``path`` out of the container into a host directory."""
+    with tempfile.TemporaryDirectory() as directory:
+        started = time.perf_counter()
+        subprocess.run(["docker", "cp", f"{container_id}:{path}", directory], check=True)
+        return time.perf_counter() - started
+
+
+def bench_snapshots(rounds: int) -> None:
+    """Pause/resume, snapshot, start from a snapshot and fork (issue 16)."""
+    from pydantic_deep import delete_snapshot
+
+    with DockerSandbox(RUNTIME) as sandbox:
+        sandbox.execute("true")
+        running = statistics.median(timed(lambda: sandbox.execute("true"), 20))
+        resumes = []
+        for _ in range(20):
+            sandbox.pause()
+            started = time.perf_counter()
+            sandbox.execute("true")
+            resumes.append(time.perf_counter() - started)
+        resume = statistics.median(resumes)
+        row("resume of a paused sandbox to the first command's result, median of 20 (vs a command, not paused)",
+            f"{resume * 1e3:.1f} ms", f"{running * 1e3:.1f} ms", f"+{(resume - running) * 1e3:.1f} ms", "<= 50 ms")
+
+        sandbox.pause()
+        before = sandbox.usage().cpu_seconds
+        time.sleep(10)
+        paused_cpu = sandbox.usage().cpu_seconds - before
+        sandbox.resume()
+        before = sandbox.usage().cpu_seconds
+        time.sleep(10)
+        idle_cpu = sandbox.usage().cpu_seconds - before
+        row("CPU time of an idle sandbox over 10 s, paused (vs running, idle)", f"{paused_cpu * 1e3:.2f} ms",
+            f"{idle_cpu * 1e3:.2f} ms", "", "flat (0)")
+
+    size_mb = 100
+    fill = f"mkdir -p data && for i in $(seq 10); do head -c {size_mb // 10}M /dev/urandom > data/f$i.bin; done"
+    for kind, volumes in (("in its filesystem", None), ("in a named volume (as a session's)",
+                                                         {f"bench-snapshot-{os.getpid()}": "/workspace"})):
+        with DockerSandbox(RUNTIME, volumes=volumes) as sandbox:
+            assert sandbox.execute(fill, timeout=300).exit_code == 0
+            assert sandbox.container_id is not None
+            copies, snaps, starts, colds = [], [], [], []
+            for index in range(rounds):
+                copies.append(docker_cp_seconds(sandbox.container_id, "/workspace/data"))
+                started = time.perf_counter()
+                with DockerSandbox(RUNTIME) as cold:  # the same start, from the runtime's image
+                    cold.execute("true")
+                    colds.append(time.perf_counter() - started)
+                name = f"bench-{os.getpid()}-{index}"
+                started = time.perf_counter()
+                snapshot = sandbox.snapshot(name)
+                snaps.append(time.perf_counter() - started)
+                fresh = {f"bench-restore-{os.getpid()}": "/workspace"} if volumes else None
+                started = time.perf_counter()
+                restored = DockerSandbox(snapshot=snapshot, volumes=fresh).start()
+                restored.execute("true")
+                starts.append(time.perf_counter() - started)
+                assert restored.execute("du -sm data").stdout.split()[0] in (str(size_mb), str(size_mb + 1))
+                restored.stop(remove_volumes=True)
+                delete_snapshot(name)
+            if volumes:
+                sandbox.stop(remove_volumes=True)
+        copy, snap, start = statistics.median(copies), statistics.median(snaps), statistics.median(starts)
+        row(f"snapshot of a sandbox with {size_mb} MB of files {kind}, median of {rounds} (vs `docker cp` of them)",
+            f"{snap:.2f} s", f"{copy:.2f} s", f"{snap / copy:.2f}x", "<= 3x")
+        into = " into a fresh volume" if volumes else ""
+        row(f"start from that snapshot{into} to the first command, median of {rounds} (vs `docker cp`; a cold "
+            f"start of the runtime took {statistics.median(colds):.2f} s)",
+            f"{start:.2f} s", f"{copy:.2f} s", f"{start / copy:.2f}x", "<= 3x")
+
+    forks, colds = [], []
+    with DockerSandbox(RUNTIME) as sandbox:
+        sandbox.write_file("notes.txt", "some state")
+        for _ in range(rounds):
+            started = time.perf_counter()
+            copies_made = sandbox.fork(5)
+            forks.append(time.perf_counter() - started)
+            for fork in copies_made:
+                fork.stop()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(5) as executor:
+                cold = list(executor.map(lambda _: DockerSandbox(RUNTIME).start(), range(5)))
+            colds.append(time.perf_counter() - started)
+            for fresh_sandbox in cold:
+                fresh_sandbox.stop()
+    fork_time, cold_time = statistics.median(forks), statistics.median(colds)
+    row(f"fork into 5 sandboxes, median of {rounds} (vs five cold starts, concurrently)", f"{fork_time:.2f} s",
+        f"{cold_time:.2f} s", f"{fork_time / cold_time:.2f}x", "<= 2x")
+
+
+def bench_cluster(users: int, calls: int) -> None:
+    """On a real 3-node swarm of this machine (tests/local_swarm.py): sessions, execute on a
+    worker, and a node's loss, each beside the same on this host's engine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from local_swarm import LocalSwarm
+
+    from pydantic_deep import SwarmCluster
+
+    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdb{os.getpid() % 100000}")
+    swarm.up()
+    try:
+        cluster = SwarmCluster(swarm.manager.socket)
+        small = {"memory": "128m", "cpus": 0.05}  # 60 reservations must fit this machine's 3 nodes
+
+        async def serve(manager: SessionManager) -> float:
+            started = time.perf_counter()
+
+            async def one(user: str) -> None:
+                sandbox = await manager.get_or_create(user)
+                assert (await sandbox.aexecute("echo hi")).output == "hi\n"
+
+            await asyncio.gather(*(one(f"user-{i}") for i in range(users)))
+            elapsed = time.perf_counter() - started
+            await manager.shutdown(keep_files=False)
+            return elapsed
+
+        DockerSandbox(RUNTIME, cluster=cluster, **small).start().stop()  # images onto the nodes first
+        on_cluster = asyncio.run(serve(SessionManager(RUNTIME, name="bench-cluster", cluster=cluster, **small)))
+        on_host = asyncio.run(serve(SessionManager(RUNTIME, name="bench-host", cluster=False, **small)))
+        row(f"{users} users' get_or_create + one command, concurrently, on a 3-node swarm (vs this host's engine)",
+            f"{on_cluster:.1f} s", f"{on_host:.1f} s", f"{on_host / on_cluster:.2f}x", "reported")
+
+        workers = SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"])
+        with DockerSandbox(RUNTIME, cluster=workers) as remote, DockerSandbox(RUNTIME, cluster=False) as local:
+            remote.execute("echo warm-up")
+            local.execute("echo warm-up")
+            ours = percentile(timed(lambda: remote.execute("echo hi"), calls), 0.5)
+            base = percentile(timed(lambda: local.execute("echo hi"), calls), 0.5)
+        row(f'execute("echo hi") p50 on a worker node (vs a sandbox on this host\'s engine), {calls} calls',
+            f"{ours * 1e3:.3f} ms", f"{base * 1e3:.3f} ms", f"{ours / base:.2f}x", "same channel: about 1x")
+
+        async def node_loss() -> tuple[float, float]:
+            manager = SessionManager(RUNTIME, name="bench-loss", cluster=workers, **small)
+            try:
+                sandbox = await manager.get_or_create("user")
+                node = swarm.nodes[sandbox.node or ""]
+                killed = time.perf_counter()
+                node.kill()
+                try:
+                    await sandbox.aexecute("echo hi")
+                    raise AssertionError("a call on a lost node succeeded")
+                except SandboxError:
+                    failed = time.perf_counter() - killed
+                replacement = await manager.get_or_create("user")
+                assert (await replacement.aexecute("echo back")).output == "back\n"
+                return failed, time.perf_counter() - killed
+            finally:
+                await manager.shutdown(keep_files=False)
+
+        failed, working = asyncio.run(node_loss())
+        row("worker node's engine killed: the next call fails after (ours); a working sandbox on another node "
+            "after (baseline column)",
+            f"{failed:.2f} s", f"{working:.2f} s", "", "seconds")
+    finally:
+        swarm.down()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer calls and sandboxes")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, metavar="GROUP",
+                        help=f"run only these groups of cases ({', '.join(GROUPS)}; all by default). 'node' runs "
+                             "node-minimal's rows, each beside python-minimal's as the baseline of the same run")
     parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         case, *rest = args.case
-        figures = bench_files_case(int(rest[0])) if case == "files" else bench_output_case()
+        figures = bench_files_case(int(rest[0])) if case == "files" else bench_output_case(rest[0])
         print(json.dumps(figures))
         return
     image_of(RUNTIME)  # build before timing anything
-    bench_echo(100 if args.quick else 500)
-    bench_concurrency()
-    bench_start(5 if args.quick else 10)
-    bench_disk(5 if args.quick else 10)
-    bench_files()
-    bench_output()
-    bench_idle(20 if args.quick else 100)
-    bench_sessions(20 if args.quick else 100)
+    calls = 100 if args.quick else 500
+    groups = {
+        "echo": lambda: bench_echo(calls),
+        "concurrency": bench_concurrency,
+        "start": lambda: bench_start(5 if args.quick else 10),
+        "disk": lambda: bench_disk(5 if args.quick else 10),
+        "network": lambda: bench_network_start(5 if args.quick else 10),
+        "files": bench_files,
+        "output": bench_output,
+        "idle": lambda: bench_idle(20 if args.quick else 100),
+        "sessions": lambda: bench_sessions(20 if args.quick else 100),
+        "node": lambda: bench_node(calls),
+        "snapshots": lambda: bench_snapshots(3 if args.quick else 5),
+        "cluster": lambda: bench_cluster(20 if args.quick else 60, calls),
+    }
+    for name in args.only or GROUPS:
+        groups[name]()
     print(f"\npydantic_deep benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores\n")
     print("| case | ours | baseline | ratio | target |\n|---|---|---|---|---|")
     for case, ours, baseline, ratio, target in ROWS:

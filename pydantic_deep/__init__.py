@@ -1,8 +1,8 @@
 """pydantic_deep: Docker sandboxes with pre-built runtimes, for AI agents and notebook users.
 
-Data flows one way: a :class:`RuntimeConfig` becomes an image (:mod:`pydantic_deep.images`), the
+Data flows one way: a :class:`RuntimeConfig` becomes an image (:mod:`pydantic_deep.images.runtime`), the
 image a container (:class:`DockerSandbox`), and commands run through an execution channel
-(:mod:`pydantic_deep.channel`) into an :class:`ExecuteResult`. A :class:`SandboxPool` keeps
+(:mod:`pydantic_deep.execution.channel`) into an :class:`ExecuteResult`. A :class:`SandboxPool` keeps
 started sandboxes ready.
 """
 
@@ -10,17 +10,25 @@ from typing import Any
 
 from .agent.deps import DeepAgentDeps, UploadedFile
 from .config import RuntimeConfig
+from .engine.swarm import SwarmCluster
 from .errors import (
+    CellError,
+    ChannelClosedError,
     ContainerGoneError,
     DiskFullError,
     DockerUnavailableError,
     ImageBuildError,
     ImageNotAvailableError,
     InvalidArgumentError,
+    InvalidArgumentTypeError,
+    NetworkIsolationError,
+    NodeLostError,
     PathOutsideSandboxError,
     SandboxError,
     SandboxFileNotFoundError,
     SandboxStateError,
+    SessionLimitError,
+    SnapshotNotFoundError,
     TransferInterruptedError,
     UnknownBackendError,
     UnknownRuntimeError,
@@ -30,18 +38,23 @@ from .images.certs import CaBundle, resolve_ca_bundle
 from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
 from .sandbox.backends import default_backend, open_sandbox
-from .sandbox.base import SandboxState
+from .sandbox.base import SandboxBase, SandboxState
 from .sandbox.docker import DockerSandbox
 from .sandbox.local import LocalSandbox
 from .sandbox.pool import SandboxPool
-from .sessions.manager import SessionInfo, SessionLimitError, SessionManager
+from .sandbox.snapshots import Snapshot, delete_snapshot, get_snapshot, list_snapshots
+from .sessions.manager import SessionInfo, SessionManager
 from .sessions.registry import InMemoryRegistry, RedisRegistry, SessionRecord, SessionRegistry
+from .sessions.sync import SyncSessionManager
 
 __all__ = [
     "BUILTIN_RUNTIMES",
     "CaBundle",
+    "CellError",
+    "ChannelClosedError",
     "CommandStream",
     "ContainerGoneError",
+    "DiskFullError",
     "DeepAgentDeps",
     "DockerSandbox",
     "DockerUnavailableError",
@@ -51,7 +64,10 @@ __all__ = [
     "ImageNotAvailableError",
     "InMemoryRegistry",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "NetworkIsolationError",
     "LocalSandbox",
+    "NodeLostError",
     "OutputChunk",
     "PathOutsideSandboxError",
     "RedisRegistry",
@@ -59,6 +75,7 @@ __all__ = [
     "RuntimeConfig",
     "SandboxError",
     "SandboxFileNotFoundError",
+    "SandboxBase",
     "SandboxPool",
     "SandboxState",
     "SandboxStateError",
@@ -67,15 +84,21 @@ __all__ = [
     "SessionManager",
     "SessionRecord",
     "SessionRegistry",
-    "DiskFullError",
+    "SyncSessionManager",
+    "Snapshot",
+    "SnapshotNotFoundError",
+    "SwarmCluster",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
     "UploadedFile",
     "create_deep_agent",
     "default_backend",
+    "delete_snapshot",
     "get_runtime",
+    "get_snapshot",
     "list_runtimes",
+    "list_snapshots",
     "open_sandbox",
     "register_runtime",
     "resolve_ca_bundle",

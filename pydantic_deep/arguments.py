@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import InvalidArgumentError, shown
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, shown
 
 __all__ = ["MAX_TIMEOUT", "checked_text", "checked_timeout", "file_content"]
 
@@ -22,11 +22,11 @@ def checked_text(value: object, what: str) -> str:
     """``value``, checked to be a ``str`` a container can receive unchanged.
 
     Raises:
-        TypeError: not a ``str``.
+        InvalidArgumentTypeError: not a ``str``.
         InvalidArgumentError: it holds a NUL byte or a lone surrogate.
     """
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+        raise InvalidArgumentTypeError(f"{what} must be a str, not {type(value).__name__}")
     if "\0" in value:
         raise InvalidArgumentError(f"{what} {shown(value)} contains a NUL byte")
     _utf8(value, f"{what} {shown(value)}")
@@ -55,11 +55,11 @@ def checked_timeout(value: object, what: str) -> float:
     """``value``, checked to be a number of seconds in ``(0, MAX_TIMEOUT]``.
 
     Raises:
-        TypeError: not a number.
+        InvalidArgumentTypeError: not a number.
         InvalidArgumentError: zero, negative, not a number, or more than ``MAX_TIMEOUT``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+        raise InvalidArgumentTypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
     if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT):
         raise InvalidArgumentError(
             f"{what} must be a positive number of seconds up to {MAX_TIMEOUT:.0f}, not {value!r}")

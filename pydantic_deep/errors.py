@@ -9,12 +9,21 @@ One root, so ``except SandboxError`` catches all of them::
     ├── ImageNotAvailableError      a base image that is neither local, pullable nor bootstrappable
     ├── ImageBuildError             a runtime image failed to build (carries the log tail)
     ├── InvalidArgumentError        an argument that cannot be used as given (names it and the problem)
+    │   └── InvalidArgumentTypeError    an argument of the wrong type (also a TypeError)
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     ├── TransferInterruptedError    a file transfer was cut off, its container still running
     ├── DiskFullError               a file API write found the sandbox's disk (disk_size) full
+    ├── ChannelClosedError          the execution channel closed (supervisor or container went away)
+    ├── SessionLimitError           a SessionManager already holds max_sessions sessions
+    ├── CellError                   a notebook cell raised inside the sandbox (carries its traceback)
+    ├── NetworkIsolationError       a networked sandbox's isolation rules could not be set (it did not start)
+    ├── SnapshotNotFoundError       no snapshot of that name (lists the known ones)
     └── SandboxStateError           the sandbox was used in a state that forbids it
         └── ContainerGoneError      its container died or was removed from outside
+            └── NodeLostError       the cluster node running it is lost (names the node)
+
+Every ``InvalidArgumentError`` is raised before anything is done: bad input changes nothing.
 
 Invalid ``RuntimeConfig`` fields raise pydantic's ``ValidationError`` (a ``ValueError``), whose
 message names the field and the problem.
@@ -23,16 +32,23 @@ message names the field and the problem.
 from __future__ import annotations
 
 __all__ = [
+    "CellError",
+    "ChannelClosedError",
     "ContainerGoneError",
     "DiskFullError",
     "DockerUnavailableError",
     "ImageBuildError",
     "ImageNotAvailableError",
     "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "NetworkIsolationError",
+    "NodeLostError",
     "PathOutsideSandboxError",
     "SandboxError",
     "SandboxFileNotFoundError",
     "SandboxStateError",
+    "SessionLimitError",
+    "SnapshotNotFoundError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
@@ -98,7 +114,13 @@ class ImageBuildError(SandboxError):
 class InvalidArgumentError(SandboxError, ValueError):
     """An argument that cannot be used as given: a path or command holding a NUL byte or text that
     is not valid Unicode, a path too long for the container's file system, a timeout that is not a
-    positive number. The message names the argument and the problem."""
+    positive number, a size or user id Docker cannot read. The message names the argument, the
+    problem and what to give instead; nothing was changed."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument of the wrong type (a number where a name is expected, say). Also a
+    ``TypeError``, as Python's own functions raise for one."""
 
 
 class PathOutsideSandboxError(SandboxError, ValueError):
@@ -134,6 +156,34 @@ class DiskFullError(SandboxError, OSError):
     """A write through the file API found the sandbox's disk (``disk_size``) full; nothing was written."""
 
 
+class ChannelClosedError(SandboxError):
+    """The execution channel closed (the supervisor or the container went away)."""
+
+
+class SessionLimitError(SandboxError):
+    """A :class:`SessionManager` already holds ``max_sessions`` sessions."""
+
+
+class CellError(SandboxError):
+    """A cell raised an exception inside the sandbox; the message is the sandbox's traceback.
+
+    Attributes:
+        ename: The exception's class name.
+        evalue: Its message.
+        traceback: The traceback, as the sandbox's interpreter printed it.
+    """
+
+    def __init__(self, ename: str, evalue: str, traceback: str) -> None:
+        self.ename, self.evalue, self.traceback = ename, evalue, traceback
+        super().__init__(traceback or f"{ename}: {evalue}")
+
+
+class NetworkIsolationError(SandboxError):
+    """The packet filter rules that keep a networked sandbox away from other sandboxes, the host and
+    private networks could not be set on the engine's host; the sandbox was not started. The
+    message says why (no ``iptables``, an engine that does not manage iptables, no permission)."""
+
+
 class SandboxStateError(SandboxError, RuntimeError):
     """The sandbox was used in a state that forbids it (for example after ``stop()``)."""
 
@@ -143,3 +193,28 @@ class ContainerGoneError(SandboxStateError):
     an engine restart). Its files are gone with it unless they were on named volumes: a
     :class:`SessionManager` replaces the container, files included, on the next ``get_or_create``;
     a plain sandbox needs ``stop()`` and ``start()``."""
+
+
+class SnapshotNotFoundError(SandboxError, KeyError):
+    """No snapshot of that name: it was never taken, or was deleted."""
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        self.name, self.available = name, available
+        known = ", ".join(available[:20]) or "none yet: take one with sandbox.snapshot(name)"
+        super().__init__(f"no snapshot named {shown(name)}; known snapshots: {known}")
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0])
+class NodeLostError(ContainerGoneError):
+    """The cluster node running the sandbox is lost: its engine does not answer (it crashed, or
+    the host went down). The sandbox's processes went with it, and its files too unless they were
+    on shared storage; a :class:`SessionManager` starts a new sandbox on another node on the next
+    ``get_or_create``.
+
+    Attributes:
+        node: The node's name.
+    """
+
+    def __init__(self, node: str, message: str) -> None:
+        self.node = node
+        super().__init__(message)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from .config import RuntimeConfig
-from .errors import UnknownRuntimeError
+from .errors import InvalidArgumentError, InvalidArgumentTypeError, UnknownRuntimeError
 
 __all__ = ["BUILTIN_RUNTIMES", "get_runtime", "list_runtimes", "register_runtime", "resolve_runtime"]
 
@@ -60,12 +60,14 @@ def register_runtime(runtime: RuntimeConfig, *, replace: bool = False) -> Runtim
     """Make ``runtime`` available by name, for ``DockerSandbox(runtime="name")`` and the CLI.
 
     Raises:
-        ValueError: the name is taken (by a built-in, or by another runtime unless ``replace``).
+        InvalidArgumentError: the name is taken (by a built-in, or by another runtime unless ``replace``).
     """
     if runtime.name in BUILTIN_RUNTIMES:
-        raise ValueError(f"{runtime.name!r} is a built-in runtime; choose another name")
+        raise InvalidArgumentError(f"{runtime.name!r} is a built-in runtime; choose another name")
     if runtime.name in _registered and not replace and _registered[runtime.name] != runtime:
-        raise ValueError(f"a different runtime named {runtime.name!r} is already registered")
+        raise InvalidArgumentError(
+            f"a different runtime named {runtime.name!r} is already registered; "
+            "choose another name, or pass replace=True")
     _registered[runtime.name] = runtime
     return runtime
 
@@ -94,4 +96,4 @@ def resolve_runtime(runtime: str | RuntimeConfig) -> RuntimeConfig:
         return runtime
     if isinstance(runtime, str):
         return get_runtime(runtime)
-    raise TypeError(f"runtime must be a name or a RuntimeConfig, not {type(runtime).__name__}")
+    raise InvalidArgumentTypeError(f"runtime must be a name or a RuntimeConfig, not {type(runtime).__name__}")

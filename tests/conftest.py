@@ -5,27 +5,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from helpers import answers, own_containers, poll_until, session_volumes
+from local_swarm import LocalSwarm
 
 from pydantic_deep import DockerSandbox
 from pydantic_deep.engine.client import docker_client
-
-
-def own_containers() -> list[str]:
-    """Containers that sandboxes of this test process created and have not removed (but the disk
-    agent, which serves the process until it ends: test_disk checks that it goes then)."""
-    return [c.name for c in docker_client().containers.list(
-        all=True, filters={"label": f"pydantic-deep.owner-pid={os.getpid()}"})
-        if c.labels.get("pydantic-deep.kind") != "disk-agent"]
-
-
-def session_volumes() -> list[str]:
-    """Volumes of test session managers (named test-*)."""
-    return [v.name for v in docker_client().volumes.list(filters={"label": "pydantic-deep.managed=true"})
-            if v.name.startswith("pd-test")]
+from pydantic_deep.engine.firewall import rules_installed
+from pydantic_deep.engine.networks import LABEL as NETWORK_LABEL
+from pydantic_deep.engine.networks import remove_unused_networks
+from pydantic_deep.images.netfilter import ensure_netfilter_image
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,6 +27,16 @@ def no_leaked_containers() -> Iterator[None]:
     yield
     assert own_containers() == [], "containers leaked by the test run"
     assert session_volumes() == [], "session volumes leaked by the test run"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_networks() -> Iterator[None]:
+    """After the run, remove the sandbox networks (kept for reuse while sandboxes come and go) and
+    their packet filter rules, as ``pydantic-deep prune`` does; fail if any is left (in use)."""
+    yield
+    remove_unused_networks(docker_client(), helper_image=lambda: ensure_netfilter_image(docker_client()))
+    assert docker_client().api.networks(filters={"label": NETWORK_LABEL}) == [], "sandbox networks in use"
+    assert rules_installed() == [], "packet filter rules left"
 
 
 @pytest.fixture(scope="session")
@@ -62,17 +65,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                 "--appendonly", "no", "--dir", str(directory)], stdout=subprocess.DEVNULL)
     url = f"unix://{socket_path}"
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
     try:
-        while True:  # poll until the server answers
-            try:
-                client.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.01)
+        poll_until(answers(client.ping, redis.exceptions.ConnectionError), "redis-server answers",
+                   timeout=10, interval=0.01, give_up=lambda: process.poll() is not None)
         yield url
     finally:
         process.terminate()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def swarm() -> Iterator[LocalSwarm]:
+    """A real 3-node Docker Swarm for the tests marked ``cluster`` (see tests/local_swarm.py),
+    torn down after the run, pass or fail."""
+    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdc{os.getpid() % 100000}")
+    swarm.up()
+    try:
+        yield swarm
+    finally:
+        swarm.down()

@@ -14,12 +14,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import docker
+import pytest
 from docker.errors import DockerException
+from helpers import answers, poll_until
 
 __all__ = ["PrivateEngine", "image_with_ancestors"]
 
@@ -60,15 +61,13 @@ class PrivateEngine:
         """Start the daemon (again, after :meth:`kill`) and wait until it answers."""
         self._process = subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=self._log,
                                          stderr=self._log, start_new_session=True)
-        deadline = time.monotonic() + _START_TIMEOUT
-        while True:
-            with contextlib.suppress(DockerException):
-                self.client().ping()
-                self._crashed = False
-                return
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the private dockerd did not start; its log:\n{self.log_tail()}")
-            time.sleep(0.05)
+        process = self._process
+        try:
+            poll_until(answers(lambda: self.client().ping(), DockerException), "the private dockerd answers",
+                       timeout=_START_TIMEOUT, interval=0.05, give_up=lambda: process.poll() is not None)
+        except pytest.fail.Exception:
+            pytest.fail(f"the private dockerd did not start; its log:\n{self.log_tail()}")
+        self._crashed = False
 
     def kill(self) -> None:
         """Crash the daemon with SIGKILL. Its containerd goes with it (dockerd starts it with a
@@ -79,11 +78,8 @@ class PrivateEngine:
         self._process.wait()
         self._process, self._crashed = None, True
         # A restart must not find the dying containerd still answering on its socket.
-        deadline = time.monotonic() + _START_TIMEOUT
-        while _alive(containerd):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"containerd {containerd} outlived its dockerd")
-            time.sleep(0.02)
+        poll_until(lambda: not _alive(containerd), f"containerd {containerd} ends with its dockerd",
+                   timeout=_START_TIMEOUT)
         # Where pid 1 does not reap orphans (a container), the dead containerd stays a zombie,
         # which passes dockerd's check of this pid file: the restart would wait on its socket.
         self._containerd_pid_file.unlink()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 
 import pytest
-from pydantic_ai import BinaryContent
+from helpers import poll_until
+from pydantic_ai import Agent, BinaryContent
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import (
     ModelMessage,
@@ -20,7 +25,18 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from pydantic_deep import DeepAgentDeps, DockerSandbox, RuntimeConfig, SessionManager, create_deep_agent
+from pydantic_deep import (
+    ContainerGoneError,
+    DeepAgentDeps,
+    DockerSandbox,
+    ImageBuildError,
+    RuntimeConfig,
+    SessionManager,
+    create_deep_agent,
+)
+from pydantic_deep.agent.prompt import BASE_INSTRUCTIONS
+from pydantic_deep.agent.tools import sandbox_toolset
+from pydantic_deep.engine.client import docker_client
 
 pytestmark = pytest.mark.anyio
 
@@ -120,6 +136,62 @@ async def test_system_prompt_names_the_runtime_and_the_uploads_never_env_values(
     assert "## Uploaded files\n\n- /uploads/notes.txt (2 bytes, text/plain)\n" \
            "- /uploads/report.csv (1.2 KB, text/csv)" in prompt
     assert "s3cr3t-value" not in prompt and "API_TOKEN" not in prompt
+
+
+async def test_the_toolset_brings_its_instructions_to_any_agent() -> None:
+    deps = DeepAgentDeps(backend=DockerSandbox("python-minimal"))  # the prompt needs no container
+    plain, deep = Script(), Script()
+    await Agent(FunctionModel(plain), deps_type=DeepAgentDeps, toolsets=[sandbox_toolset()]).run("hi", deps=deps)
+    await create_deep_agent(FunctionModel(deep), instructions="Answer in French.").run("hi", deps=deps)
+    [reused], [own] = plain.instructions, deep.instructions
+    for prompt in (reused, own):
+        assert prompt.count(BASE_INSTRUCTIONS) == 1 and prompt.count("## Runtime Environment") == 1
+        assert "**Name:** python-minimal" in prompt
+    assert own == "Answer in French.\n\n" + reused
+
+
+async def test_a_container_removed_from_outside_ends_the_run_with_its_error() -> None:
+    with DockerSandbox("python-minimal") as sandbox:
+        docker_client().api.remove_container(sandbox.container_id, force=True)
+        poll_until(lambda: not sandbox.alive, "the sandbox notices its container is gone")
+        script = Script([("execute", {"command": "echo hi"})])
+        with pytest.raises(ContainerGoneError, match="is gone"):
+            await create_deep_agent(FunctionModel(script)).run("hi", deps=DeepAgentDeps(backend=sandbox))
+    assert script.seen == []  # the model never saw it as a tool failure to retry
+
+
+async def test_an_image_that_fails_to_build_ends_the_run_with_its_error() -> None:
+    broken = RuntimeConfig(name=f"agent-broken-{uuid.uuid4().hex[:8]}", base_image="python:3.12-slim",
+                           setup_commands=["echo the-agent-reason >&2; exit 3"])
+    script = Script([("ls", {"path": "."})])  # the first tool starts the sandbox
+    with pytest.raises(ImageBuildError, match="the-agent-reason"):
+        await create_deep_agent(FunctionModel(script)).run("hi", deps=DeepAgentDeps(backend=DockerSandbox(broken)))
+    assert script.seen == []
+
+
+NO_ENGINE_RUN = """
+import asyncio, json
+from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models.function import FunctionModel
+from pydantic_deep import DeepAgentDeps, DockerSandbox, DockerUnavailableError, create_deep_agent
+
+def model(messages, info):
+    if len(messages) > 1:
+        return ModelResponse(parts=[TextPart("the model saw: " + str(messages[-1].parts[0].content))])
+    return ModelResponse(parts=[ToolCallPart("execute", json.dumps({"command": "echo hi"}))])
+
+try:
+    asyncio.run(create_deep_agent(FunctionModel(model)).run("hi", deps=DeepAgentDeps(backend=DockerSandbox())))
+except DockerUnavailableError as exc:
+    print("ended:", exc)
+"""
+
+
+def test_a_lost_engine_ends_the_run_with_its_error() -> None:
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    done = subprocess.run([sys.executable, "-c", NO_ENGINE_RUN], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ended: Cannot reach the Docker engine"), done.stdout
 
 
 def test_builtin_runtime_section_matches_the_guide() -> None:

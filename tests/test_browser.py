@@ -11,13 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import answers, poll_until
 
 from pydantic_deep.engine.client import docker_client
 
@@ -56,15 +56,8 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     try:
         import urllib.request
 
-        deadline = time.monotonic() + 60
-        while True:  # poll until the server answers
-            try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("JupyterLab did not start")
-                time.sleep(0.2)
+        poll_until(answers(lambda: urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2), OSError),
+                   "JupyterLab answers", interval=0.2, give_up=lambda: server.poll() is not None)
         yield f"{base}/lab/tree/dashboard.ipynb?token={token}", root
     finally:
         os.killpg(server.pid, signal.SIGINT)  # like Ctrl-C: kernels shut down, their sandboxes go

@@ -6,8 +6,9 @@ import asyncio
 import logging
 
 import pytest
+from helpers import poll_until
 
-from pydantic_deep import DockerSandbox, OutputChunk, SandboxError
+from pydantic_deep import DockerSandbox, OutputChunk, RuntimeConfig, SandboxError
 from pydantic_deep.execution import channel as channel_module
 from pydantic_deep.execution.channel import ChannelClosedError, DockerExecChannel, SupervisorChannel
 from pydantic_deep.sandbox import docker as sandbox_module
@@ -62,8 +63,7 @@ async def test_async_stream_yields_chunks_then_the_result(sandbox: DockerSandbox
 @pytest.mark.anyio
 async def test_cancelling_a_command_kills_its_process_group(sandbox: DockerSandbox) -> None:
     task = asyncio.ensure_future(sandbox.aexecute("sleep 300 & echo $! > cancel.pid; sleep 300"))
-    while not await sandbox.aexists("cancel.pid"):
-        await asyncio.sleep(0.01)
+    await asyncio.to_thread(poll_until, lambda: sandbox.exists("cancel.pid"), "the command wrote its pid")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -102,20 +102,29 @@ def test_a_frozen_supervisor_never_hangs_the_caller(sandbox: DockerSandbox, monk
     assert sandbox.execute(f"{processes} | grep -c '^sleep 10'").output == "0\n"  # its command too
 
 
-def test_image_without_python_falls_back_to_exec_and_says_so_once(
+def test_image_without_python_or_node_falls_back_to_exec_and_says_so_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sandbox_module, "_exec_fallback_logged", set())  # as in a fresh process
+    bare = RuntimeConfig(name="test-bare-minbase", image="pydantic-deep/debian:bookworm-minbase")
     with caplog.at_level(logging.WARNING, logger="pydantic_deep.sandbox.docker"):
-        with DockerSandbox("node-minimal") as first, DockerSandbox("node-minimal") as second:
-            assert isinstance(first._channel, DockerExecChannel)
-            assert first.execute("node -e 'console.log(6*7)'").output == "42\n"
+        with DockerSandbox(bare) as first, DockerSandbox(bare) as second:
+            assert isinstance(first._channel, DockerExecChannel) and first.supervisor is None
+            assert first.execute("expr 6 \\* 7").output == "42\n"
             assert second.execute("echo $((6*7))").output == "42\n"
             chunks: list[OutputChunk] = []
             assert second.execute("echo streamed", on_output=chunks.append).exit_code == 0
             assert chunks == [OutputChunk("stdout", "streamed\n")]
     messages = [r.getMessage() for r in caplog.records if "docker exec" in r.getMessage()]
-    assert len(messages) == 1 and "it has no python3" in messages[0]
+    assert len(messages) == 1 and "it has neither python3 nor node" in messages[0]
+
+
+def test_node_images_get_the_supervisor_channel() -> None:
+    with DockerSandbox("node-minimal") as box:
+        assert isinstance(box._channel, SupervisorChannel) and box.supervisor == "node" and not box.has_python
+        execs_before = len(_inspect(box)["ExecIDs"] or [])
+        assert box.execute("node -e 'console.log(6*7)'").output == "42\n"
+        assert len(_inspect(box)["ExecIDs"] or []) == execs_before  # no docker exec of its own
 
 
 def test_supervisor_is_not_visible_as_a_user_file(sandbox: DockerSandbox) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import poll_until
 from private_engine import PrivateEngine, image_with_ancestors
 
 from pydantic_deep import ContainerGoneError, DockerSandbox, RuntimeConfig, SessionManager
@@ -190,7 +191,7 @@ def test_a_build_killed_midway_tags_nothing_holds_no_lock_and_a_later_build_succ
         child.close()
     try:
         # The engine cancels a build whose client went away and removes the step's container.
-        wait_until(lambda: not client.containers.list(all=True, filters={"id": step_container}),
+        poll_until(lambda: not client.containers.list(all=True, filters={"id": step_container}),
                    "the killed build's step container is removed")
         assert not image_exists(client, tag), "a killed build must not tag its image"
         acquired = threading.Event()
@@ -206,15 +207,6 @@ def hold_briefly(tag: str, acquired: threading.Event) -> None:
     """Take the build lock of ``tag`` (in a thread of its own: a lock still held blocks it)."""
     with image_lock(tag):
         acquired.set()
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.02)
 
 
 UPLOAD = """
@@ -250,7 +242,7 @@ def test_an_upload_killed_midway_leaves_the_old_file_never_a_truncated_one(big_f
     container_id = child.line()
     try:
         watcher = DockerSandbox.attach(container_id)  # remove_on_exit=False: stop() removes it
-        wait_until(lambda: upload_under_way(watcher, "big.bin"), "the upload is under way")
+        poll_until(lambda: upload_under_way(watcher, "big.bin"), "the upload is under way")
         os.kill(child.process.pid, signal.SIGKILL)
         assert child.process.wait() == -signal.SIGKILL
         child.close()
@@ -317,7 +309,7 @@ async def test_an_upload_when_its_container_is_removed_fails_clearly_and_leaves_
     sandbox = await manager.get_or_create("emil")
     await sandbox.awrite_file("/uploads/kept.txt", "kept")
     upload = asyncio.ensure_future(sandbox.aupload(big_file))
-    await asyncio.to_thread(wait_until, lambda: upload_under_way(sandbox, big_file.name),
+    await asyncio.to_thread(poll_until, lambda: upload_under_way(sandbox, big_file.name),
                             "the upload is under way")
     docker_rm(sandbox.container_id)
     with pytest.raises(ContainerGoneError, match="is gone"):
@@ -336,7 +328,7 @@ def test_a_download_when_its_container_is_removed_is_whole_or_fails_clearly(big_
         sandbox_path = f"/uploads/{big_file.name}"
         download = threading.Thread(target=lambda: outcome.append(attempt(sandbox.download, sandbox_path, dest)))
         download.start()
-        wait_until(lambda: partial.exists() and partial.stat().st_size > 1 << 20, "the download is under way")
+        poll_until(lambda: partial.exists() and partial.stat().st_size > 1 << 20, "the download is under way")
         docker_rm(sandbox.container_id)
         download.join(60)
     [result] = outcome

@@ -1,5 +1,8 @@
 """Hostile code against the sandbox's safe defaults (issue 8): every attack is contained, reported,
-and leaves the host and a second sandbox (the *witness*) answering. See docs/security.md."""
+and leaves the host and a second sandbox (the *witness*) answering. See docs/security.md.
+
+Where the supervisor is involved (processes, memory, output, files), each attack runs against both
+supervisors: python-minimal's (Python) and node-minimal's (Node.js, issue 14)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import poll_until
 
 from pydantic_deep import DockerSandbox, SessionManager
 from pydantic_deep.engine.client import docker_client
@@ -20,14 +24,37 @@ from pydantic_deep.sandbox.disk import disk_dir
 
 pytestmark = pytest.mark.adversarial
 
-HOG = "python3 -c 'b = []\nwhile True: b.append(bytearray(10**7))'"
-FORK_BOMB = "python3 -c 'import os\nwhile True:\n  try: os.fork()\n  except OSError: pass'"
+RUNTIMES = ["python-minimal", "node-minimal"]
+HOG = {"python-minimal": "python3 -c 'b = []\nwhile True: b.append(bytearray(10**7))'",
+       "node-minimal": "node -e 'const b = []; for (;;) b.push(Buffer.alloc(1e7, 1))'"}
+FORK_BOMB = {"python-minimal": "python3 -c 'import os\nwhile True:\n  try: os.fork()\n  except OSError: pass'",
+             # Node.js spawns slowly (it forks itself): shells fork for it, and it starts them again
+             # when they give up (at the limit, `sh` exits on a failed fork).
+             "node-minimal": "node -e 'const {spawn} = require(\"child_process\"); const bomb = () => "
+                             "spawn(\"sh\", [\"-c\", \"while :; do sleep 600 & done\"], {stdio: \"ignore\"})"
+                             ".on(\"exit\", bomb).on(\"error\", () => setTimeout(bomb, 10)); "
+                             "for (let i = 0; i < 4; i++) bomb()'"}
+# Ignores SIGTERM, then sleeps 300 s.
+STUBBORN = {"python-minimal": "python3 -c 'import signal, time\n"
+                              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)'",
+            "node-minimal": "node -e 'process.on(\"SIGTERM\", () => {}); setTimeout(() => {}, 300000)'"}
+# Writes 9 MB to big2 in one call.
+WRITE_9MB = {"python-minimal": "python3 -c 'open(\"big2\", \"wb\").write(bytes(9 * 1024 * 1024))'",
+             "node-minimal": "node -e 'require(\"fs\").writeFileSync(\"big2\", Buffer.alloc(9 * 1024 * 1024))'"}
 
 
 @pytest.fixture(scope="module")
 def witness() -> Iterator[DockerSandbox]:
     """A second sandbox that must keep answering whatever the attacked one suffers."""
     with DockerSandbox(runtime="python-minimal") as running:
+        yield running
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def box(request: pytest.FixtureRequest) -> Iterator[DockerSandbox]:
+    """A running sandbox of each runtime, shared by a module's tests."""
+    with DockerSandbox(runtime=request.param) as running:
+        assert running.supervisor is not None
         yield running
 
 
@@ -44,26 +71,32 @@ def pids_in_use(sandbox: DockerSandbox) -> int:
 # -- processes ----------------------------------------------------------------------------------
 
 
-def test_background_fork_bomb_is_held_at_the_pid_limit_and_cleared_for_the_next_command(witness: DockerSandbox) -> None:
-    with DockerSandbox(runtime="python-minimal") as box:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_background_fork_bomb_is_held_at_the_pid_limit_and_cleared_for_the_next_command(
+        witness: DockerSandbox, runtime: str) -> None:
+    with DockerSandbox(runtime=runtime) as box:
         # The bomb's shell returns at once; its processes keep forking, in the background.
-        box.execute(f"{FORK_BOMB} >/dev/null 2>&1 &", timeout=10)
-        deadline = time.monotonic() + 60
-        while pids_in_use(box) < 500:  # it fills pids_limit=512 and stays there
-            assert time.monotonic() < deadline, "the fork bomb never reached the pid limit"
+        box.execute(f"{FORK_BOMB[runtime]} >/dev/null 2>&1 &", timeout=10)
+        # It fills pids_limit=512 and stays there.
+        poll_until(lambda: pids_in_use(box) >= 500, "the fork bomb reaches the pid limit", interval=0)
         assert_answers(witness)
-        # The first command takes the shell the supervisor keeps ready. The next finds no free pid,
-        # and the supervisor kills the process group the bomb shares with its finished command.
-        assert_answers(box)
-        assert_answers(box)
-        while pids_in_use(box) > 50:  # init reaps what was killed
-            assert time.monotonic() < deadline, "the fork bomb outlived the next command"
+        # The first commands take the shells the supervisor keeps ready (one; two for Node.js, whose
+        # spawns may also catch a pid the bomb freed). The first to find no free pid makes the
+        # supervisor kill the process group the bomb shares with its finished command.
+        for _ in range(10):
+            assert_answers(box)
+            if pids_in_use(box) < 400:
+                break
+        # init reaps what was killed.
+        poll_until(lambda: pids_in_use(box) <= 50, "the fork bomb is gone after the next command", interval=0)
 
 
-def test_foreground_fork_bomb_blocks_new_commands_with_a_clear_error_until_its_timeout(witness: DockerSandbox) -> None:
-    with DockerSandbox(runtime="python-minimal") as box:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_foreground_fork_bomb_blocks_new_commands_with_a_clear_error_until_its_timeout(
+        witness: DockerSandbox, runtime: str) -> None:
+    with DockerSandbox(runtime=runtime) as box:
         with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(box.execute, FORK_BOMB, 8)
+            running = pool.submit(box.execute, FORK_BOMB[runtime], 8)
             assert_answers(witness)  # while the bomb runs
             refused = None
             while refused is None and not running.done():  # until the bomb holds every pid
@@ -78,18 +111,17 @@ def test_foreground_fork_bomb_blocks_new_commands_with_a_clear_error_until_its_t
         assert_answers(box)
 
 
-def test_sigterm_is_ignored_but_the_timeout_still_kills(sandbox: DockerSandbox) -> None:
-    stubborn = ("trap '' TERM; python3 -c 'import signal, time\n"
-                "signal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(300)'")
-    result = sandbox.execute(stubborn, timeout=2)
+def test_sigterm_is_ignored_but_the_timeout_still_kills(box: DockerSandbox) -> None:
+    result = box.execute(f"trap '' TERM; {STUBBORN[box.runtime.name]}", timeout=2)
     assert result.timed_out and result.exit_code == 137
     # The pattern does not match the grep's own command line.
-    assert sandbox.execute("grep -l 'sleep(30[0])' /proc/[0-9]*/cmdline 2>/dev/null").output == ""
-    assert_answers(sandbox)
+    assert box.execute("grep -l '30[0]000\\|sleep(30[0])' /proc/[0-9]*/cmdline 2>/dev/null").output == ""
+    assert_answers(box)
 
 
-def test_many_cpu_spinners_stay_within_the_cpu_limit(witness: DockerSandbox) -> None:
-    with DockerSandbox(runtime="python-minimal", cpus=0.5) as box:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_many_cpu_spinners_stay_within_the_cpu_limit(witness: DockerSandbox, runtime: str) -> None:
+    with DockerSandbox(runtime=runtime, cpus=0.5) as box:
         before, started = box.usage().cpu_seconds, time.monotonic()
         with ThreadPoolExecutor(1) as pool:
             spin = pool.submit(box.execute, "for i in 1 2 3 4 5 6; do timeout 4 sh -c 'while :; do :; done' & done; "
@@ -106,10 +138,12 @@ def test_many_cpu_spinners_stay_within_the_cpu_limit(witness: DockerSandbox) -> 
 
 
 @pytest.mark.anyio
-async def test_memory_hog_is_reported_as_out_of_memory_and_spares_its_neighbours(witness: DockerSandbox) -> None:
-    async with DockerSandbox(runtime="python-minimal", memory="256m") as box:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_memory_hog_is_reported_as_out_of_memory_and_spares_its_neighbours(
+        witness: DockerSandbox, runtime: str) -> None:
+    async with DockerSandbox(runtime=runtime, memory="256m") as box:
         calm = asyncio.ensure_future(box.aexecute("until [ -e /tmp/release ]; do sleep 0.05; done; echo calm"))
-        hog = await box.aexecute(HOG, timeout=60)
+        hog = await box.aexecute(HOG[runtime], timeout=60)
         assert hog.oom_killed and hog.exit_code == 137
         assert hog.output.endswith("Out of memory: the kernel killed a process of this command at the sandbox's "
                                    "memory limit (DockerSandbox(memory=...)).\n")
@@ -119,7 +153,7 @@ async def test_memory_hog_is_reported_as_out_of_memory_and_spares_its_neighbours
         neighbour = await calm
         assert (neighbour.output, neighbour.oom_killed) == ("calm\n", False)
         # A script that goes on after its child was killed is still told.
-        survived = await box.aexecute(HOG + "; echo status=$?", timeout=60)
+        survived = await box.aexecute(HOG[runtime] + "; echo status=$?", timeout=60)
         assert survived.oom_killed and survived.exit_code == 0 and "status=137" in survived.output
         after = await box.aexecute("echo fine")
         assert (after.output, after.oom_killed) == ("fine\n", False)
@@ -128,13 +162,14 @@ async def test_memory_hog_is_reported_as_out_of_memory_and_spares_its_neighbours
 # -- disk ---------------------------------------------------------------------------------------
 
 
-def test_file_size_and_tmp_limits_are_enforced_and_named(witness: DockerSandbox) -> None:
-    with DockerSandbox(runtime="python-minimal", max_file_size="8m", tmp_size="4m") as box:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_file_size_and_tmp_limits_are_enforced_and_named(witness: DockerSandbox, runtime: str) -> None:
+    with DockerSandbox(runtime=runtime, max_file_size="8m", tmp_size="4m") as box:
         shell = box.execute("head -c 20m /dev/zero > big; echo status=$?; stat -c %s big")
         assert "File too large" in shell.output and "status=1" in shell.output
         assert shell.output.endswith(f"{8 * 1024 * 1024}\n")
-        python = box.execute("python3 -c 'open(\"big2\", \"wb\").write(bytes(9 * 1024 * 1024))'")
-        assert python.exit_code == 1 and "File too large" in python.output
+        program = box.execute(WRITE_9MB[runtime])
+        assert program.exit_code == 1 and "file too large" in program.output.lower()  # EFBIG, not SIGXFSZ
         tmp = box.execute("head -c 3m /dev/zero > /tmp/a; head -c 3m /dev/zero > /tmp/b")
         assert tmp.exit_code != 0 and "No space left on device" in tmp.output
         with pytest.raises(SandboxError, match="per-file size limit"):
@@ -144,9 +179,9 @@ def test_file_size_and_tmp_limits_are_enforced_and_named(witness: DockerSandbox)
         assert_answers(witness)
 
 
-def test_pipes_and_signals_behave_as_in_a_shell(sandbox: DockerSandbox) -> None:
+def test_pipes_and_signals_behave_as_in_a_shell(box: DockerSandbox) -> None:
     # SIGPIPE has its default action back (Python's supervisor ignores it); SIGXFSZ stays ignored.
-    assert sandbox.execute("yes | head -1").output == "y\n"
+    assert box.execute("yes | head -1").output == "y\n"
 
 
 def test_default_disk_limits(sandbox: DockerSandbox) -> None:
@@ -166,10 +201,10 @@ def test_flooding_the_container_log_costs_the_host_no_disk(sandbox: DockerSandbo
 # -- output -------------------------------------------------------------------------------------
 
 
-def test_a_million_lines_are_capped_quickly_in_bounded_memory(sandbox: DockerSandbox) -> None:
+def test_a_million_lines_are_capped_quickly_in_bounded_memory(box: DockerSandbox) -> None:
     tracemalloc.start()
     try:
-        result = sandbox.execute("seq 1000000; head -c 200000000 /dev/zero | tr '\\0' x")
+        result = box.execute("seq 1000000; head -c 200000000 /dev/zero | tr '\\0' x")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -178,9 +213,9 @@ def test_a_million_lines_are_capped_quickly_in_bounded_memory(sandbox: DockerSan
     assert peak < 16 * 1024 * 1024  # 200 MB went through the container, not the host
 
 
-def test_invalid_utf8_and_escape_codes(sandbox: DockerSandbox) -> None:
+def test_invalid_utf8_and_escape_codes(box: DockerSandbox) -> None:
     chunks: list[str] = []
-    result = sandbox.execute(r"printf 'a\377\376b \033[31mred\033[0m \033]0;title\007 \033]52;c;cGF3bmVk\007\n'",
+    result = box.execute(r"printf 'a\377\376b \033[31mred\033[0m \033]0;title\007 \033]52;c;cGF3bmVk\007\n'",
                              on_output=lambda chunk: chunks.append(chunk.text))
     # Invalid bytes become U+FFFD; escape codes pass through unchanged (docs/security.md says why).
     assert result.output == "a\ufffd\ufffdb \x1b[31mred\x1b[0m \x1b]0;title\x07 \x1b]52;c;cGF3bmVk\x07\n"
@@ -190,33 +225,33 @@ def test_invalid_utf8_and_escape_codes(sandbox: DockerSandbox) -> None:
 # -- escapes ------------------------------------------------------------------------------------
 
 
-def test_commands_cannot_write_system_paths_or_see_the_host(sandbox: DockerSandbox) -> None:
-    result = sandbox.execute("id -u; for p in /etc/x /usr/bin/x /x /opt/pydantic-deep/x; do touch $p; done")
+def test_commands_cannot_write_system_paths_or_see_the_host(box: DockerSandbox) -> None:
+    result = box.execute("id -u; for p in /etc/x /usr/bin/x /x /opt/pydantic-deep/x; do touch $p; done")
     assert result.output.splitlines()[0] == "1000"
     # The root filesystem is read-only (disk_size); without a disk, uid 1000 owns none of them.
     assert result.output.count("Read-only file system") + result.output.count("Permission denied") == 4
-    processes = sandbox.execute("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").output
+    processes = box.execute("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").output
     assert "dockerd" not in processes and "containerd" not in processes
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "/etc/passwd", "/uploads/../etc/shadow", "/proc/1/root"])
-def test_file_api_refuses_paths_outside(sandbox: DockerSandbox, path: str, tmp_path: Path) -> None:
-    for attempt in (lambda: sandbox.read_file(path), lambda: sandbox.write_file(path, "x"),
-                    lambda: sandbox.list_files(path), lambda: sandbox.exists(path),
-                    lambda: sandbox.download(path, tmp_path / "out"), lambda: sandbox.upload(b"x", path)):
+def test_file_api_refuses_paths_outside(box: DockerSandbox, path: str, tmp_path: Path) -> None:
+    for attempt in (lambda: box.read_file(path), lambda: box.write_file(path, "x"),
+                    lambda: box.list_files(path), lambda: box.exists(path),
+                    lambda: box.download(path, tmp_path / "out"), lambda: box.upload(b"x", path)):
         with pytest.raises(PathOutsideSandboxError, match="outside the sandbox"):
             attempt()
 
 
 @pytest.fixture(scope="module")
-def planted(sandbox: DockerSandbox) -> DockerSandbox:
+def planted(box: DockerSandbox) -> DockerSandbox:
     """Symlinks a hostile command planted in the work dir and /uploads."""
-    result = sandbox.execute("mkdir -p plant && cd plant && ln -s /etc/shadow shadow && ln -s /etc etc && "
+    result = box.execute("mkdir -p plant && cd plant && ln -s /etc/shadow shadow && ln -s /etc etc && "
                              "ln -s /proc/1/root root1 && ln -s /etc/passwd passwd && ln -s /tmp tmp && "
                              "ln -s /nonexistent/new dangling && ln -s /etc /uploads/etc && "
                              "echo inside > real.txt && ln -s real.txt ok && ln -s /uploads up")
     assert result.exit_code == 0, result.output
-    return sandbox
+    return box
 
 
 @pytest.mark.parametrize("path", ["plant/shadow", "plant/etc/shadow", "plant/etc/passwd", "plant/passwd",
@@ -241,10 +276,10 @@ def test_symlinks_inside_the_roots_still_work(planted: DockerSandbox) -> None:
     assert planted.read_file("plant/real.txt") == b"replaced"
 
 
-def test_file_api_cannot_read_a_pipe_into_a_hang(sandbox: DockerSandbox) -> None:
-    sandbox.execute("mkfifo trap.fifo")
+def test_file_api_cannot_read_a_pipe_into_a_hang(box: DockerSandbox) -> None:
+    box.execute("mkfifo trap.fifo")
     with pytest.raises(SandboxError, match="not a regular file"):
-        sandbox.read_file("trap.fifo")
+        box.read_file("trap.fifo")
 
 
 @pytest.mark.anyio
@@ -296,13 +331,10 @@ ls /sys/class/net"""
 
 
 def test_metadata_address_is_blocked_when_the_network_is_on() -> None:
+    # The block is the engine host's packet filter (pydantic_deep.engine.firewall), outside the
+    # sandbox's network namespace: nothing inside can see or change it, with or without NET_ADMIN.
     reach = r"""python3 - <<'EOF'
-import errno, socket, struct
-sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-body = struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 254, 0, 0, 0, 0)
-body += struct.pack("=HH4s", 8, 1, socket.inet_aton("169.254.169.254"))
-sock.send(struct.pack("=IHHII", 16 + len(body), 25, 0x5, 1, 0) + body)  # RTM_DELROUTE, with an ack
-print("delete route", errno.errorcode[-struct.unpack_from("=i", sock.recv(4096), 16)[0]])
+import errno, socket
 try:
     socket.create_connection(("169.254.169.254", 80), timeout=3)
     print("metadata reachable")
@@ -310,4 +342,4 @@ except OSError as exc:
     print("metadata", errno.errorcode.get(exc.errno, exc))
 EOF"""
     with DockerSandbox(runtime="python-minimal", network=True) as box:
-        assert box.execute(reach).output == "delete route EPERM\nmetadata EACCES\n"
+        assert box.execute(reach).output == "metadata EHOSTUNREACH\n"

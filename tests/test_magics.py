@@ -139,6 +139,7 @@ def test_node_runtimes_keep_javascript_state(ip: InteractiveShell) -> None:
         ip.run_cell_magic("sandbox", "-s js -r node-minimal",
                           "let total = 40\nconsole.log('from node', process.version)")
     assert first.stdout.startswith("from node v20.")
+    assert magics(ip).sandboxes["js"].supervisor == "node"  # cells ride on the Node.js supervisor's channel
     with capture_output() as second:
         ip.run_cell_magic("sandbox", "-s js", "total + 2")
     assert [output.data for output in second.outputs] == [{"text/plain": "42"}]

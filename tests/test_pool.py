@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import own_containers
+import logging
+import os
+import subprocess
+import sys
+import uuid
 
-from pydantic_deep import SandboxPool, SandboxStateError
+import pytest
+from helpers import own_containers, poll_until
+
+from pydantic_deep import (
+    DockerSandbox,
+    ImageBuildError,
+    InvalidArgumentError,
+    RuntimeConfig,
+    SandboxPool,
+    SandboxStateError,
+    UnknownRuntimeError,
+)
 from pydantic_deep.engine.client import docker_client
+
+
+def broken_runtime() -> RuntimeConfig:
+    """A runtime whose image fails to build (quickly: its first setup command fails)."""
+    return RuntimeConfig(name=f"pool-broken-{uuid.uuid4().hex[:8]}", base_image="python:3.12-slim",
+                         setup_commands=["echo the-pool-reason >&2; exit 3"])
 
 
 def test_acquire_hands_out_started_sandboxes_once_and_refills() -> None:
@@ -63,3 +83,53 @@ async def test_async_acquire_and_close_leaves_nothing() -> None:
     with pytest.raises(SandboxStateError, match="closed"):
         pool.acquire()
     assert not [name for name in own_containers() if "python-minimal" in name]
+
+
+def test_an_unknown_runtime_or_a_bad_size_fails_when_the_pool_is_made() -> None:
+    with pytest.raises(UnknownRuntimeError, match="no-such-runtime"):
+        SandboxPool("no-such-runtime")
+    with pytest.raises(InvalidArgumentError, match="size=0"):
+        SandboxPool("python-minimal", size=0)
+
+
+def test_a_failing_refill_reaches_wait_ready_and_acquire_and_is_retried_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pydantic_deep.pool"), \
+            SandboxPool(broken_runtime(), size=1) as pool:
+        with pytest.raises(ImageBuildError, match="the-pool-reason"):
+            pool.wait_ready(timeout=120)
+        with pytest.raises(ImageBuildError, match="the-pool-reason"):
+            pool.acquire()
+        # The refill logs the failure and tries again after a pause (1 s, then longer).
+        poll_until(lambda: len([r for r in caplog.records if "could not start" in r.getMessage()]) >= 2,
+                   "the refill tried a second time", timeout=120)
+    assert "retrying in 1 s" in caplog.records[0].getMessage()
+    assert not [name for name in own_containers() if "pool-broken" in name]
+
+
+def test_the_refill_recovers_once_sandboxes_start_again() -> None:
+    runtimes = iter([broken_runtime()])
+    with SandboxPool("python-minimal", size=1,
+                     factory=lambda: DockerSandbox(next(runtimes, "python-minimal"))) as pool:
+        with pytest.raises(ImageBuildError):
+            pool.wait_ready(timeout=120)
+        poll_until(lambda: pool.ready == 1, "the refill filled the pool after its failure", timeout=120)
+        assert pool.wait_ready(timeout=0)
+        sandbox = pool.acquire()
+        try:
+            assert sandbox.execute("echo back").output == "back\n"
+        finally:
+            sandbox.stop()
+
+
+def test_without_an_engine_wait_ready_raises_instead_of_hanging() -> None:
+    script = ("from pydantic_deep import SandboxPool, DockerUnavailableError\n"
+              "pool = SandboxPool('python-minimal', size=1)\n"
+              "try:\n    pool.wait_ready(timeout=60)\n"
+              "except DockerUnavailableError as exc:\n    print('raised:', exc)\n"
+              "pool.close()\n")
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("raised: Cannot reach the Docker engine"), done.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import own_containers
+from helpers import own_containers
 
 from pydantic_deep import (
     DockerSandbox,

@@ -62,7 +62,7 @@ def run_block(heading: str, check: str = "") -> dict[str, object]:
 def test_every_block_is_checked_here(heading: str) -> None:
     checked = {"Using Built-in Runtimes", "Creating Custom Runtimes", "Runtime Configuration Options",
                "Best Practices", "Session Persistence", "Automatic Cleanup", "Configuration Options",
-               "Quick Start", "Basic Usage", "Complete Example"}
+               "Quick Start", "Basic Usage", "Complete Example", "From Threads and Notebooks"}
     if heading in LATER:
         pytest.skip(LATER[heading])
     assert heading in checked, f"a Python block under {heading!r} is not run by any test"
@@ -125,6 +125,12 @@ async def test_automatic_cleanup_and_configuration_options() -> None:
     assert namespace["manager"]._cleanup_thread is None  # type: ignore[attr-defined]
     configured = SessionManager(default_runtime="python-datascience", default_idle_timeout=3600)
     assert configured.default_idle_timeout == 3600 and configured.default_runtime.name == "python-datascience"
+
+
+def test_from_threads_and_notebooks(capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = run_block("From Threads and Notebooks")
+    assert capsys.readouterr().out == "hello\n\n"
+    assert namespace["manager"].session_count == 0  # type: ignore[attr-defined]
 
 
 # The agent blocks need a model: Pydantic AI's offline TestModel, named the documented way.

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import own_containers
+from helpers import own_containers, poll_until
 
 from pydantic_deep import DockerSandbox, InMemoryRegistry, SessionManager
 from pydantic_deep.engine.client import docker_client
@@ -76,15 +76,6 @@ def open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def settled(count: int, timeout: float = 30) -> int:
-    """The thread count once threads on their way out (channel readers whose stream just closed)
-    have ended, or after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while threading.active_count() > count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return threading.active_count()
-
-
 def manager_volumes(manager: SessionManager) -> list[str]:
     return [v.name for v in docker_client().volumes.list() if v.name.startswith(f"pd-{manager.name}")]
 
@@ -100,7 +91,11 @@ def test_create_command_destroy_cycles_leak_nothing() -> None:
         failures = asyncio.run(run_cycles(manager, range(WARM_UP, WARM_UP + CYCLES)))
         elapsed = time.monotonic() - began
         gc.collect()
-        threads_after = settled(threads_before)
+        # Threads on their way out (channel readers whose stream just closed) get time to end.
+        poll_until(lambda: threading.active_count() <= threads_before,
+                   lambda: f"the threads are back to {threads_before}: {[t.name for t in threading.enumerate()]}",
+                   timeout=30, interval=0.05)
+        threads_after = threading.active_count()
         descriptors_after, rss_after = open_descriptors(), rss_bytes()
     finally:
         asyncio.run(manager.shutdown(keep_files=False))

@@ -78,7 +78,7 @@ async def test_session_monitor_of_a_session_manager() -> None:
     try:
         await manager.get_or_create("ada")
         monitor = SessionMonitor(manager, interval=3600)
-        await asyncio.to_thread(monitor.refresh)
+        monitor.refresh()  # on a thread whose loop runs, as in a kernel
         row = monitor.rows.children[1].children[0].value
         assert "ada · python-minimal · running" in row and re.search(r" · \d+\.\d / 99\d\d MB · ", row), row  # 10g
         monitor.rows.children[1].children[1].click()

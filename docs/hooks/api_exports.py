@@ -8,6 +8,7 @@ until a reference page covers it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import griffe
@@ -19,13 +20,27 @@ HOOKS = Path(__file__).resolve().parent
 MARKER = "<!-- exports -->"
 
 
+def _modules(package: griffe.Module) -> Iterator[griffe.Module]:
+    """Every module of the package, subpackages' included."""
+    for module in package.modules.values():
+        yield module
+        yield from _modules(module)
+
+
 def _member(package: griffe.Module, name: str) -> griffe.Object:
     """The object behind an exported name; a lazy export (a module ``__getattr__``) is looked up in the
     submodule whose ``__all__`` names it."""
     if name in package.members:
         return package[name].final_target
-    (module,) = (module for module in package.modules.values() if name in (module.exports or []))
+    (module,) = (module for module in _modules(package) if name in (module.exports or []))
     return module[name]
+
+
+def _modules(package: griffe.Module) -> Iterator[griffe.Module]:
+    """Every module of ``package``, its subpackages' too."""
+    for module in package.modules.values():
+        yield module
+        yield from _modules(module)
 
 
 def exports_table(package_name: str, search_path: Path) -> str:

@@ -1,8 +1,10 @@
 """The execution channel's far end: a small supervisor that runs *inside* the container.
 
 It is copied into every container whose image has ``python3`` (3.8 or newer) and started once per
-channel with ``docker exec -i``. From then on, commands travel as frames over that one open
-stream instead of costing a ``docker exec`` each (about 50 ms, against well under 1 ms here).
+channel with ``docker exec -i``; images with ``node`` and no ``python3`` run its Node.js twin,
+``supervisor.js``, which speaks the same protocol (``tests/test_protocol.py`` holds both to it).
+From then on, commands travel as frames over that one open stream instead of costing a
+``docker exec`` each (about 50 ms, against well under 1 ms here).
 
 Standard library only, and importable by the host, which takes the frame format from here.
 
@@ -15,7 +17,8 @@ Host to supervisor:
     SIGNAL  JSON ``{"signal": n}``: send the signal to the command's process group.
 
 Supervisor to host:
-    HELLO   JSON ``{"version", "python", "pid"}``, once, when ready.
+    HELLO   JSON ``{"version", "python", "pid"}`` (``"node"`` for ``"python"`` from supervisor.js), once,
+            when ready.
     STDOUT / STDERR   output bytes, at most ``max_output`` in all per command; the rest is dropped.
     EXIT    JSON ``{"exit_code", "timed_out", "dropped", "oom_killed"}``; exit code 128+n after signal n.
     ERROR   JSON ``{"message"}``: the command could not be started.

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic_ai import Agent, RunContext
+from pydantic_ai import Agent
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters
@@ -14,7 +14,6 @@ from pydantic_ai.settings import ModelSettings
 from pydantic_ai.toolsets import AbstractToolset
 
 from .deps import DeepAgentDeps
-from .prompt import BASE_INSTRUCTIONS, runtime_section, uploads_section
 from .tools import sandbox_toolset
 
 __all__ = ["MODEL_ENV_VAR", "create_deep_agent"]
@@ -53,28 +52,30 @@ def create_deep_agent(
     """A Pydantic AI agent that works inside the sandbox of each run's :class:`DeepAgentDeps`.
 
     Its tools run commands and list, read, write, edit, glob and grep files in ``deps.backend``,
-    looked up when a tool runs, so one agent serves every user's sandbox. Its system prompt names
-    the runtime (name, description, work dir, network, pre-installed packages) and the files
-    uploaded with ``deps.upload_file``.
+    looked up when a tool runs, so one agent serves every user's sandbox. Its instructions come
+    with the toolset (:func:`~pydantic_deep.agent.tools.sandbox_toolset`): how to work in the
+    sandbox, the runtime (name, description, work dir, network, pre-installed packages) and the
+    files uploaded with ``deps.upload_file``.
+
+    A tool failure the model can act on (a missing file, a bad path...) goes back to it; a failure
+    of the machinery (``DockerUnavailableError``, ``ContainerGoneError``, an image that cannot be
+    built...) ends the run with that error.
 
     Nothing reaches the network here: a model named by string is resolved on the first run.
 
     Args:
         model: A Pydantic AI model or model name; default ``$PYDANTIC_DEEP_MODEL``. With neither,
             the agent is built and its first run raises ``UserError`` saying how to name one.
-        instructions: Extra instructions, after the built-in ones.
+        instructions: Extra instructions for the model, given before the toolset's (the
+            sandbox's) instructions.
         toolsets: More toolsets for the agent, beside the sandbox tools.
         **agent_options: Passed to :class:`pydantic_ai.Agent` (``retries``, ``model_settings``, ...).
     """
     chosen: Model | str = model or os.environ.get(MODEL_ENV_VAR) or _NoModel()
-
-    def environment(ctx: RunContext[DeepAgentDeps]) -> str:
-        return "\n\n".join(filter(None, [runtime_section(ctx.deps), uploads_section(ctx.deps)]))
-
     return Agent(
         chosen,
         deps_type=DeepAgentDeps,
-        instructions=[BASE_INSTRUCTIONS, *([instructions] if instructions else []), environment],
+        instructions=instructions,
         toolsets=[sandbox_toolset(), *toolsets],
         defer_model_check=True,
         **agent_options,

@@ -9,8 +9,9 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..errors import InvalidArgumentError
 from ..paths import UPLOADS_DIR
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.base import SandboxBase
 
 __all__ = ["DeepAgentDeps", "UploadedFile"]
 
@@ -29,13 +30,13 @@ def safe_upload_name(name: str) -> str:
     """The last path component of ``name``, so ``../../etc/passwd`` becomes ``passwd``.
 
     Raises:
-        ValueError: nothing usable is left, or the name holds control characters.
+        InvalidArgumentError: nothing usable is left, or the name holds control characters.
     """
     if any(unicodedata.category(char) == "Cc" for char in name):
-        raise ValueError(f"upload name {name!r} contains control characters")
+        raise InvalidArgumentError(f"upload name {name!r} contains control characters")
     base = posixpath.basename(name.replace("\\", "/").rstrip("/"))
     if base in ("", ".", ".."):
-        raise ValueError(f"upload name {name!r} has no file name in it")
+        raise InvalidArgumentError(f"upload name {name!r} has no file name in it")
     return base
 
 
@@ -56,7 +57,7 @@ class DeepAgentDeps:
         uploads: What :meth:`upload_file` put into ``/uploads``, by name.
     """
 
-    backend: DockerSandbox
+    backend: SandboxBase
     max_upload_bytes: int = 100 * 1024 * 1024
     uploads: dict[str, UploadedFile] = field(default_factory=dict)
 
@@ -66,7 +67,7 @@ class DeepAgentDeps:
         The name is reduced to its last path component (no ``../``).
 
         Raises:
-            ValueError: the name is unusable, or the content is larger than ``max_upload_bytes``.
+            InvalidArgumentError: the name is unusable, or the content is larger than ``max_upload_bytes``.
         """
         return self._write(*self._checked(name, content))
 
@@ -79,7 +80,8 @@ class DeepAgentDeps:
         data = content.encode() if isinstance(content, str) else bytes(content)
         safe = safe_upload_name(name)
         if len(data) > self.max_upload_bytes:
-            raise ValueError(f"{safe} is {len(data):,} bytes; uploads are limited to {self.max_upload_bytes:,} bytes")
+            raise InvalidArgumentError(
+                f"{safe} is {len(data):,} bytes; uploads are limited to {self.max_upload_bytes:,} bytes")
         return safe, data
 
     def _write(self, name: str, data: bytes) -> UploadedFile:

@@ -1,9 +1,16 @@
 """The deep agent's tools: a Pydantic AI toolset acting in the sandbox named by the run's deps.
 
 The sandbox is looked up at run time (``ctx.deps.backend``), never at construction, so one agent
-serves any number of users' sandboxes. Problems the model can act on (a missing file, a path
-outside the sandbox, edit text that is absent or ambiguous) come back to it as failed tool results
-(:class:`~pydantic_ai.exceptions.ToolFailed`), which do not end the run.
+serves any number of users' sandboxes. The toolset carries its own instructions (how to work in the
+sandbox, its runtime and the uploaded files), so any agent given it tells the model about the
+sandbox.
+
+Problems the model can act on (a missing file, a path outside the sandbox, edit text that is absent
+or ambiguous, a file past the size limit) come back to it as failed tool results
+(:class:`~pydantic_ai.exceptions.ToolFailed`), which do not end the run. Failures of the machinery
+under it (no Docker engine, a container gone or stopped, an image that cannot be built, a broken
+execution channel) end the run with their own error: no retry by the model can mend them, and the
+application must hear of them.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from pathlib import PurePosixPath
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -20,11 +28,32 @@ from pydantic_ai import BinaryContent, RunContext, ToolReturn
 from pydantic_ai.exceptions import ToolFailed
 from pydantic_ai.toolsets import FunctionToolset
 
-from ..errors import SandboxError
+from ..errors import (
+    ChannelClosedError,
+    DockerUnavailableError,
+    ImageBuildError,
+    ImageNotAvailableError,
+    SandboxError,
+    SandboxStateError,
+    TransferInterruptedError,
+)
+from ..execution.channel import OutputCallback
 from ..paths import UPLOADS_DIR
 from .deps import DeepAgentDeps
+from .prompt import BASE_INSTRUCTIONS, runtime_section, uploads_section
 
-__all__ = ["sandbox_toolset"]
+__all__ = ["INFRASTRUCTURE_ERRORS", "command_output", "sandbox_toolset"]
+
+INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
+    DockerUnavailableError,  # the engine is gone
+    SandboxStateError,  # the sandbox was stopped, its container died or was removed (ContainerGoneError)
+    ChannelClosedError,  # the execution channel broke
+    TransferInterruptedError,  # a file transfer was cut off under the tool
+    ImageBuildError,
+    ImageNotAvailableError,
+    ConnectionError,  # a lost connection that no layer below turned into one of the above
+)
+"""Errors a tool lets through, ending the run, instead of reporting them to the model."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -32,6 +61,10 @@ _R = TypeVar("_R")
 _MAX_TOOL_OUTPUT = 30_000
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                 ".webp": "image/webp"}
+
+command_output: ContextVar[OutputCallback | None] = ContextVar("command_output", default=None)
+"""Set it to watch the output of the ``execute`` tool's commands as they run (the MCP server sends
+it on as progress notifications). Called on a reader thread with each :class:`OutputChunk`."""
 
 
 def _clip(text: str) -> str:
@@ -43,12 +76,15 @@ def _clip(text: str) -> str:
 def _failures_to_model(
     tool: Callable[Concatenate[RunContext[DeepAgentDeps], _P], Awaitable[_R]],
 ) -> Callable[Concatenate[RunContext[DeepAgentDeps], _P], Awaitable[_R]]:
-    """Report the sandbox's errors to the model as a failed tool result, in readable words."""
+    """Report the errors the model can act on as a failed tool result, in readable words; let
+    :data:`INFRASTRUCTURE_ERRORS` through to end the run."""
 
     @functools.wraps(tool)
     async def reporting(ctx: RunContext[DeepAgentDeps], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await tool(ctx, *args, **kwargs)
+        except INFRASTRUCTURE_ERRORS:
+            raise
         except (SandboxError, OSError, ValueError) as exc:
             raise ToolFailed(f"{type(exc).__name__}: {exc}") from exc
 
@@ -63,7 +99,7 @@ async def execute(ctx: RunContext[DeepAgentDeps], command: str, timeout: float =
         command: The command line; pipes, redirects and && work.
         timeout: Seconds before the command is killed.
     """
-    result = await ctx.deps.backend.aexecute(command, timeout=timeout)
+    result = await ctx.deps.backend.aexecute(command, timeout=timeout, on_output=command_output.get())
     notes = [f"[exit code {result.exit_code}]"]
     if result.timed_out:
         notes.append(f"[killed after {timeout:g} s]")
@@ -194,7 +230,17 @@ async def grep(ctx: RunContext[DeepAgentDeps], pattern: str, path: str = ".", in
     return _clip(result.stdout)
 
 
+def _environment(ctx: RunContext[DeepAgentDeps]) -> str:
+    """The run's sandbox: its runtime and the files uploaded to it (made for each run)."""
+    return "\n\n".join(filter(None, [runtime_section(ctx.deps), uploads_section(ctx.deps)]))
+
+
 def sandbox_toolset() -> FunctionToolset[DeepAgentDeps]:
-    """The toolset of a deep agent: every tool acts in ``ctx.deps.backend``."""
+    """The toolset of a deep agent: every tool acts in ``ctx.deps.backend``.
+
+    It carries its instructions: how to work in the sandbox, then the run's "Runtime Environment"
+    and "Uploaded files" sections. Any agent given this toolset (``Agent(..., toolsets=[...])``,
+    with ``deps_type=DeepAgentDeps``) tells its model about the sandbox.
+    """
     tools: list[Any] = [execute, ls, read_file, read_upload, write_file, edit_file, glob, grep]
-    return FunctionToolset(tools, max_retries=3)
+    return FunctionToolset(tools, max_retries=3, instructions=[BASE_INSTRUCTIONS, _environment])

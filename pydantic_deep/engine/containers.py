@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import posixpath
 import socket
@@ -14,6 +12,9 @@ import docker
 from docker.errors import APIError, NotFound
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
+
+from .api import archive_stat
+from .labels import OWNER_HOST, OWNER_PID
 
 __all__ = ["container_running", "container_stops_within", "is_directory", "owner_gone", "path_stat",
            "remove_container"]
@@ -27,15 +28,12 @@ def path_stat(client: docker.DockerClient, container_id: str, path: str) -> dict
 
     A path through a file (``file.txt/x``) is absent too.
     """
-    api = client.api
-    # docker-py has no call for the archive endpoint's HEAD form, which stats without copying.
-    response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
-    if response.status_code == 404:
-        return None
-    if response.status_code == 500 and path != "/" and _through_a_file(client, container_id, path):
-        return None  # the engine answers ENOTDIR with a bare 500
-    api._raise_for_status(response)
-    return json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
+    try:
+        return archive_stat(client, container_id, path)
+    except APIError as exc:
+        if exc.status_code == 500 and path != "/" and _through_a_file(client, container_id, path):
+            return None  # the engine answers ENOTDIR with a bare 500
+        raise
 
 
 def _through_a_file(client: docker.DockerClient, container_id: str, path: str) -> bool:
@@ -56,10 +54,10 @@ def owner_gone(labels: Mapping[str, str]) -> bool:
     Only a process on this host can be checked: a container made elsewhere, or whose owner is
     alive (or another user's to signal), is not taken for orphaned.
     """
-    if labels.get("pydantic-deep.owner-host") != socket.gethostname():
+    if labels.get(OWNER_HOST) != socket.gethostname():
         return False
     try:
-        os.kill(int(labels.get("pydantic-deep.owner-pid", "")), 0)
+        os.kill(int(labels.get(OWNER_PID, "")), 0)
     except (ProcessLookupError, ValueError):
         return True
     except PermissionError:

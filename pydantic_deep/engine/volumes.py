@@ -5,11 +5,9 @@ from __future__ import annotations
 from docker.errors import NotFound
 
 from .client import docker_client
+from .labels import managed
 
 __all__ = ["create_volume", "ensure_volume", "find_volumes", "remove_volume", "volume_labels"]
-
-_MANAGED = {"pydantic-deep.managed": "true"}
-
 
 def ensure_volume(name: str) -> None:
     """Create the volume ``name`` (labelled as ours) unless it exists."""
@@ -22,7 +20,7 @@ def ensure_volume(name: str) -> None:
 def create_volume(name: str, labels: dict[str, str] | None = None) -> None:
     """Create the volume ``name`` with ``labels``, replacing one of that name."""
     remove_volume(name)
-    docker_client().volumes.create(name, labels={**_MANAGED, **(labels or {})})
+    docker_client().volumes.create(name, labels=managed(labels))
 
 
 def volume_labels(name: str) -> dict[str, str] | None:

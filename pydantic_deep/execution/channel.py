@@ -1,10 +1,11 @@
 """Execution channels: how a command gets from the host into a running container and back.
 
 :class:`SupervisorChannel` keeps one ``docker exec -i`` stream open to the supervisor inside the
-container (:mod:`pydantic_deep.supervisor`) and multiplexes every command over it: well under a
-millisecond per command instead of a ``docker exec`` each, any number of commands at once, and
-async callers wait on the event loop instead of on a thread. :class:`DockerExecChannel` is the
-fallback for images without ``python3``: one ``docker exec`` per command.
+container (``_guest/supervisor.py``, or its Node.js twin ``supervisor.js`` in images without
+``python3``) and multiplexes every command over it: well under a millisecond per command instead of a
+``docker exec`` each, any number of commands at once, and async callers wait on the event loop
+instead of on a thread. :class:`DockerExecChannel` is the fallback for images with neither
+``python3`` nor ``node``: one ``docker exec`` per command.
 
 Both run ``sh -c command`` as the sandbox user, in the work dir, with the container's environment;
 kill the command's whole process group at its timeout; keep at most ``max_output`` bytes; and
@@ -20,7 +21,6 @@ import itertools
 import json
 import logging
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -32,8 +32,9 @@ import docker
 
 from .._guest import supervisor as protocol
 from ..arguments import checked_text, checked_timeout
+from ..engine.api import Exec, docker_frames
 from ..engine.containers import container_running
-from ..errors import InvalidArgumentError, SandboxError
+from ..errors import ChannelClosedError, InvalidArgumentError, SandboxError
 from ..results import ExecuteResult, OutputChunk
 
 __all__ = ["MAX_COMMAND_BYTES", "OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel",
@@ -49,25 +50,11 @@ _GRACE = 30.0
 _HELLO_TIMEOUT = 15.0
 # What `timeout -s KILL` exits with when it had to kill the command (128 + SIGKILL).
 _KILLED = 137
-_DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header
 OOM_NOTE = ("\n[pydantic-deep] Out of memory: the kernel killed a process of this command at the sandbox's "
             "memory limit (DockerSandbox(memory=...)).\n")
 """The line that ends the output and stderr of a command whose process was killed for lack of memory."""
 # `sh -c COMMAND` gets the command as one argument, which Linux limits to 32 pages with its NUL.
 MAX_COMMAND_BYTES = 128 * 1024 - 1
-
-
-def _docker_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
-    """The ``(stream, payload)`` frames of a hijacked ``docker exec`` stream, until it ends."""
-    buffer = bytearray()
-    while chunk := sock.recv(1 << 18):
-        buffer += chunk
-        while len(buffer) >= _DOCKER_FRAME.size:
-            stream, length = _DOCKER_FRAME.unpack_from(buffer)
-            if len(buffer) < _DOCKER_FRAME.size + length:
-                break
-            yield stream, bytes(buffer[_DOCKER_FRAME.size:_DOCKER_FRAME.size + length])
-            del buffer[:_DOCKER_FRAME.size + length]
 
 
 def _raw_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
@@ -76,23 +63,31 @@ def _raw_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
         yield 1, chunk
 
 
-class ChannelClosedError(SandboxError):
-    """The execution channel closed (the supervisor or the container went away)."""
-
-
 class Channel(Protocol):
     """What a sandbox needs from an execution channel."""
 
     def run(self, command: str, *, timeout: float, max_output: int,
-            on_output: OutputCallback | None = None) -> ExecuteResult: ...
+            on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Run ``command`` to its end (or its ``timeout``), keeping at most ``max_output`` bytes."""
 
     async def arun(self, command: str, *, timeout: float, max_output: int,
-                   on_output: OutputCallback | None = None) -> ExecuteResult: ...
+                   on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Async form of :meth:`run`."""
+
+    def spawn(self, command: str, on_output: OutputCallback) -> Process:
+        """Start a long-lived command with an open stdin; its output goes to ``on_output`` alone."""
 
     @property
-    def alive(self) -> bool: ...
+    def alive(self) -> bool:
+        """Whether commands can still run through it."""
 
-    def close(self) -> None: ...
+    @property
+    def multiplexed(self) -> bool:
+        """Commands share one stream to the supervisor: :meth:`alive` is known without asking the
+        engine, and :meth:`arun` waits on the event loop instead of a thread."""
+
+    def close(self) -> None:
+        """Close it; what still runs through it is killed."""
 
 
 class _OutputBuffer:
@@ -166,6 +161,7 @@ class DockerExecChannel:
 
     client: docker.DockerClient
     container_id: str
+    multiplexed = False
 
     @property
     def alive(self) -> bool:
@@ -175,16 +171,15 @@ class DockerExecChannel:
     def run(self, command: str, *, timeout: float, max_output: int,
             on_output: OutputCallback | None = None) -> ExecuteResult:
         _checked_command(command, timeout)
-        api = self.client.api
-        exec_id = api.exec_create(self.container_id, _timeout_argv(command, timeout))["Id"]
+        process = Exec(self.client, self.container_id, _timeout_argv(command, timeout))
         started = time.monotonic()
         collector = _Collector(max_output, on_output)
-        for out, err in api.exec_start(exec_id, stream=True, demux=True):
+        for out, err in process.output():
             if out:
                 collector.add("stdout", out)
             if err:
                 collector.add("stderr", err)
-        exit_code = api.exec_inspect(exec_id)["ExitCode"]
+        exit_code = process.exit_code
         timed_out = exit_code == _KILLED and time.monotonic() - started >= timeout
         return collector.result(exit_code, timed_out=timed_out)
 
@@ -192,6 +187,10 @@ class DockerExecChannel:
                    on_output: OutputCallback | None = None) -> ExecuteResult:
         return await asyncio.to_thread(self.run, command, timeout=timeout, max_output=max_output,
                                        on_output=on_output)
+
+    def spawn(self, command: str, on_output: OutputCallback) -> Process:
+        """Start a long-lived command over a ``docker exec -i`` of its own."""
+        return ExecProcess(self.client, self.container_id, command, on_output)
 
     def close(self) -> None:
         pass
@@ -240,6 +239,8 @@ class SupervisorChannel:
     false, so the owner can open a new channel.
     """
 
+    multiplexed = True
+
     def __init__(self, sock: socket.socket, client: docker.DockerClient | None, container_id: str, *,
                  framed: bool = True) -> None:
         self._sock = sock
@@ -257,17 +258,16 @@ class SupervisorChannel:
         self._reader.start()
 
     @classmethod
-    def open(cls, client: docker.DockerClient, container_id: str, python: str, script: str) -> SupervisorChannel:
-        """Start the supervisor with ``docker exec -i`` and wait until it says hello.
+    def open(cls, client: docker.DockerClient, container_id: str, command: list[str]) -> SupervisorChannel:
+        """Start the supervisor with ``docker exec -i command`` and wait until it says hello.
+
+        Args:
+            command: The supervisor's argv (see :meth:`PreparedImage.supervisor_command`).
 
         Raises:
             ChannelClosedError: the supervisor did not start (too old a Python, for example).
         """
-        # -I -S: no site-packages, user site or PYTHON* variables; a quicker start, and nothing
-        # of the user's can change how the supervisor runs.
-        exec_id = client.api.exec_create(container_id, [python, "-I", "-S", script], stdin=True)["Id"]
-        sock = client.api.exec_start(exec_id, socket=True)._sock
-        sock.settimeout(None)
+        sock = Exec(client, container_id, list(command), stdin=True).open_socket()
         return cls(sock, client, container_id)._said_hello()
 
     @classmethod
@@ -357,8 +357,7 @@ class SupervisorChannel:
             subprocess.run(["sh", "-c", script], check=False)
         else:
             with contextlib.suppress(docker.errors.DockerException):
-                exec_id = self._client.api.exec_create(self.container_id, ["sh", "-c", script])["Id"]
-                self._client.api.exec_start(exec_id)
+                Exec(self._client, self.container_id, ["sh", "-c", script]).run()
         raise ChannelClosedError(
             f"the sandbox did not answer within {timeout + _GRACE:.0f} s of starting a command "
             f"with a {timeout:.0f} s timeout; the channel was closed"
@@ -379,7 +378,7 @@ class SupervisorChannel:
         """Demultiplex docker's stream, then the supervisor's frames, until the stream ends."""
         frames = bytearray()
         try:
-            source = _docker_frames(self._sock) if self._framed else _raw_frames(self._sock)
+            source = docker_frames(self._sock) if self._framed else _raw_frames(self._sock)
             for stream, payload in source:
                 if stream == 1:
                     frames += payload
@@ -450,7 +449,7 @@ class Process(Protocol):
 
 
 class ExecProcess:
-    """A long-lived command over a ``docker exec -i`` of its own, for images without ``python3``.
+    """A long-lived command over a ``docker exec -i`` of its own, for images without a supervisor.
 
     The command is started as ``sh -c 'echo $$; exec COMMAND'``: the first line names its pid in
     the container, so that a signal can reach it.
@@ -459,9 +458,7 @@ class ExecProcess:
     def __init__(self, client: docker.DockerClient, container_id: str, command: str, on_output: OutputCallback) -> None:
         self._client, self._container_id, self._on_output = client, container_id, on_output
         _checked_command(command, None)
-        exec_id = client.api.exec_create(container_id, ["sh", "-c", f"echo $$; exec {command}"], stdin=True)["Id"]
-        self._sock = client.api.exec_start(exec_id, socket=True)._sock
-        self._sock.settimeout(None)
+        self._sock = Exec(client, container_id, ["sh", "-c", f"echo $$; exec {command}"], stdin=True).open_socket()
         self._pid: str | None = None
         self._pid_known = threading.Event()
         self._done = threading.Event()
@@ -471,7 +468,7 @@ class ExecProcess:
         decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"),
                     2: codecs.getincrementaldecoder("utf-8")("replace")}
         try:
-            for stream, payload in _docker_frames(self._sock):
+            for stream, payload in docker_frames(self._sock):
                 text = decoders[2 if stream == 2 else 1].decode(payload)
                 if stream == 1 and self._pid is None:
                     self._pid, _, text = text.partition("\n")
@@ -497,9 +494,7 @@ class ExecProcess:
     def signal(self, signum: int) -> None:
         self._pid_known.wait(10)
         if self._pid and not self._done.is_set():
-            kill = ["sh", "-c", f"kill -{signum} {self._pid}"]
-            exec_id = self._client.api.exec_create(self._container_id, kill)["Id"]
-            self._client.api.exec_start(exec_id)
+            Exec(self._client, self._container_id, ["sh", "-c", f"kill -{signum} {self._pid}"]).run()
 
     @property
     def finished(self) -> bool:

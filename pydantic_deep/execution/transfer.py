@@ -22,6 +22,7 @@ from typing import BinaryIO, Literal
 
 import docker
 
+from ..engine.api import Exec, docker_frames
 from ..errors import (
     DiskFullError,
     PathOutsideSandboxError,
@@ -29,7 +30,6 @@ from ..errors import (
     SandboxFileNotFoundError,
     TransferInterruptedError,
 )
-from .channel import _docker_frames
 
 __all__ = ["FileOp", "check_outcome", "file_command", "read_from", "write_into"]
 
@@ -131,16 +131,15 @@ def check_outcome(exit_code: int, stderr: str, path: str, roots: tuple[str, ...]
 def read_from(client: docker.DockerClient, container_id: str, path: str, roots: tuple[str, ...],
               target: BinaryIO) -> int:
     """Copy the sandbox file ``path`` into ``target``, streamed; return the byte count."""
-    api = client.api
-    exec_id = api.exec_create(container_id, file_command("read", path, roots))["Id"]
+    process = Exec(client, container_id, file_command("read", path, roots))
     total, errors = 0, bytearray()
-    for out, err in api.exec_start(exec_id, stream=True, demux=True):
+    for out, err in process.output():
         if out:
             target.write(out)
             total += len(out)
         if err:
             errors += err
-    check_outcome(api.exec_inspect(exec_id)["ExitCode"], errors.decode(errors="replace"), path, roots)
+    check_outcome(process.exit_code, errors.decode(errors="replace"), path, roots)
     return total
 
 
@@ -148,12 +147,11 @@ def write_into(client: docker.DockerClient, container_id: str, path: str, roots:
                content: BinaryIO, size: int) -> None:
     """Write the ``size`` bytes of ``content`` to the sandbox file ``path``, streamed, creating
     missing directories; the file appears only once all of them arrived."""
-    api = client.api
-    exec_id = api.exec_create(container_id, file_command("write", path, roots, size), stdin=True)["Id"]
-    sock = api.exec_start(exec_id, socket=True)._sock
+    process = Exec(client, container_id, file_command("write", path, roots, size), stdin=True)
+    sock = process.open_socket()
     # When the container is removed mid-write, the engine stops reading without closing the stream.
     sock.settimeout(_STALL_SECONDS)
-    frames = _docker_frames(sock)
+    frames = docker_frames(sock)
     errors = bytearray()
     try:
         # Content is sent only once the script said the path is fine: a refused path never reads
@@ -174,7 +172,7 @@ def write_into(client: docker.DockerClient, container_id: str, path: str, roots:
         raise TransferInterruptedError(f"writing {path} was cut off: {exc.strerror}") from None
     finally:
         sock.close()
-    check_outcome(api.exec_inspect(exec_id)["ExitCode"], errors.decode(errors="replace"), path, roots)
+    check_outcome(process.exit_code, errors.decode(errors="replace"), path, roots)
 
 
 def _await_ready(frames: Iterator[tuple[int, bytes]], errors: bytearray) -> bool:

@@ -36,6 +36,7 @@ from typing import IO
 import docker
 from docker.errors import DockerException
 
+from ..engine import labels as label
 from ..errors import ImageNotAvailableError
 from .builder import Progress, build_image, image_exists, image_lock
 
@@ -43,7 +44,7 @@ __all__ = ["AIRGAPPED_BASES", "AirgappedBase", "bootstrap_base", "ensure_base_im
 
 logger = logging.getLogger("pydantic_deep.images")
 
-_LABELS = {"pydantic-deep.managed": "true", "pydantic-deep.kind": "airgapped-base"}
+_LABELS = label.managed({label.KIND: label.KIND_AIRGAPPED_BASE})
 
 
 @dataclass(frozen=True)

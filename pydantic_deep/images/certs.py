@@ -27,6 +27,7 @@ from pathlib import Path
 import certifi
 
 from .._cache import cache_dir
+from ..errors import InvalidArgumentError
 
 __all__ = ["CONTAINER_CA_PATH", "CaBundle", "resolve_ca_bundle"]
 
@@ -49,10 +50,13 @@ class CaBundle:
         try:
             data = self.source.read_bytes()
         except OSError as exc:
-            raise ValueError(f"cannot read CA bundle {self.source}: {exc.strerror}") from None
+            raise InvalidArgumentError(
+                f"ca_bundle: cannot read {self.source}: {exc.strerror}; give a readable PEM file, or False for none"
+            ) from None
         certificates = _PEM_CERT.findall(data)
         if not certificates:
-            raise ValueError(f"CA bundle {self.source} holds no PEM certificate")
+            raise InvalidArgumentError(
+                f"ca_bundle: CA bundle {self.source} holds no PEM certificate; give a PEM file, or False for none")
         if len(certificates) < _WHOLE_STORE_MIN:
             data = Path(certifi.where()).read_bytes().rstrip() + b"\n" + b"\n".join(certificates) + b"\n"
         return data
@@ -91,14 +95,15 @@ def resolve_ca_bundle(ca_bundle: str | os.PathLike[str] | bool | None = None) ->
         The bundle, or ``None`` when there is none to use.
 
     Raises:
-        ValueError: an explicitly named bundle does not exist.
+        InvalidArgumentError: an explicitly named bundle does not exist.
     """
     if ca_bundle is False:
         return None
     if ca_bundle is not None and ca_bundle is not True:
         path = Path(ca_bundle)
         if not path.is_file():
-            raise ValueError(f"CA bundle {path} does not exist")
+            raise InvalidArgumentError(
+                f"ca_bundle: CA bundle {path} does not exist; give a PEM file, or False for none")
         return CaBundle(path.resolve())
     for variable in _HOST_VARIABLES:
         value = os.environ.get(variable)

@@ -23,21 +23,26 @@ from typing import Any
 import docker
 from docker.errors import ImageNotFound, NotFound
 
+from ..engine import labels as label
 from ..engine.containers import path_stat, remove_container
 from ..paths import TOOLS_DIR
 from .archive import ChunkReader, entries_tar, iter_single_file
 from .builder import image_lock
 
-__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR", "PreparedImage",
-           "prepare_image"]
+__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "JS_SUPERVISOR_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR",
+           "PreparedImage", "prepare_image"]
 
 HOME_DIR = "/home/sandbox"
 SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.py"
+JS_SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.js"
 KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
 JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
-_PYTHON_LABEL = "pydantic-deep.python"
-_SEEDED_LABEL = "pydantic-deep.seeded"
+_NODE_CANDIDATES = ("/usr/local/bin/node", "/usr/bin/node", "/usr/bin/nodejs")
+# The container's NODE_OPTIONS is moved aside while the supervisor starts (it could make Node.js load
+# code or refuse to start); the supervisor gives it back to commands (see supervisor.js).
+_NODE_LAUNCH = ('if [ "${NODE_OPTIONS+set}" ]; then export PYDANTIC_DEEP_NODE_OPTIONS="$NODE_OPTIONS"; '
+                'unset NODE_OPTIONS; fi; exec "$@"')
 
 _prepared: dict[tuple[Any, ...], PreparedImage] = {}
 _prepared_lock = threading.Lock()
@@ -49,14 +54,48 @@ class PreparedImage:
 
     Attributes:
         tag: What containers start from.
-        python: The image's ``python3``, which runs the supervisor; ``None`` when it has none.
+        python: The image's ``python3`` (which runs the supervisor), or ``None`` when it has none.
+        node: The image's ``node``, which runs the supervisor where there is no ``python3``; ``None``
+            when it has none.
         seeded: The sandbox's directories (work dir, ``/uploads``, home) that hold files in the
             image: a new disk (``disk_size``), mounted over them, gets a copy.
     """
 
     tag: str
     python: str | None
+    node: str | None = None
     seeded: tuple[str, ...] = ()
+
+    @property
+    def supervisor(self) -> str | None:
+        """What runs the supervisor: ``python3``, ``node``, or ``None`` (commands then use one
+        ``docker exec`` each)."""
+        return "python3" if self.python else "node" if self.node else None
+
+    def supervisor_command(self) -> list[str] | None:
+        """The argv that starts the supervisor in a container of this image, ``None`` without one."""
+        return supervisor_command(self.python, self.node)
+
+
+def supervisor_command(python: str | None, node: str | None) -> list[str] | None:
+    """The argv that starts the supervisor with ``python`` (preferred) or ``node``; ``None`` with neither."""
+    if python:
+        # -I -S: no site-packages, user site or PYTHON* variables; a quicker start, and nothing
+        # of the user's can change how the supervisor runs.
+        return [python, "-I", "-S", SUPERVISOR_PATH]
+    if node:
+        return ["/bin/sh", "-c", _NODE_LAUNCH, "sh", node, JS_SUPERVISOR_PATH]
+    return None
+
+
+def recorded_interpreters(labels: dict[str, str]) -> tuple[str | None, str | None]:
+    """The ``python3`` and ``node`` a prepared image's labels record (``None`` for none)."""
+    return labels.get(label.PYTHON) or None, labels.get(label.NODEJS) or None
+
+
+def recorded_seeded(labels: dict[str, str]) -> tuple[str, ...]:
+    """The sandbox directories that hold files in an image, as its labels record them."""
+    return tuple(filter(None, labels.get(label.SEEDED, "").split(",")))
 
 
 def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
@@ -68,7 +107,7 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
         if key in _prepared:
             return _prepared[key]
     tools = {path: files("pydantic_deep._guest").joinpath(path.rsplit("/", 1)[1]).read_bytes()
-             for path in (SUPERVISOR_PATH, KERNEL_PATH, JS_KERNEL_PATH)}
+             for path in (SUPERVISOR_PATH, JS_SUPERVISOR_PATH, KERNEL_PATH, JS_KERNEL_PATH)}
     # The last item versions what a prepared image records in its labels.
     setup_hash = hashlib.sha256(json.dumps([uid, gid, roots, 2]).encode() + b"".join(tools.values())).hexdigest()
     tag = f"pydantic-deep/prepared:{image_id.removeprefix('sha256:')[:12]}-{setup_hash[:12]}"
@@ -77,8 +116,7 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
             labels = client.images.get(tag).labels
         except ImageNotFound:
             labels = _commit_prepared(client, image_id, tag, uid, gid, roots, tools)
-    prepared = PreparedImage(tag, labels.get(_PYTHON_LABEL) or None,
-                             tuple(filter(None, labels.get(_SEEDED_LABEL, "").split(","))))
+    prepared = PreparedImage(tag, *recorded_interpreters(labels), seeded=recorded_seeded(labels))
     with _prepared_lock:
         _prepared[key] = prepared
     return prepared
@@ -86,19 +124,20 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
 
 def _commit_prepared(client: docker.DockerClient, image_id: str, tag: str, uid: int, gid: int,
                      roots: tuple[str, ...], tools: dict[str, bytes]) -> dict[str, str]:
-    container = client.api.create_container(image_id, labels={"pydantic-deep.managed": "true"})["Id"]
+    container = client.api.create_container(image_id, labels=label.managed())["Id"]
     try:
         client.api.put_archive(container, "/", _setup_archive(client, container, uid, gid, roots, tools))
         python = next((p for p in _PYTHON_CANDIDATES if path_stat(client, container, p)), "")
+        node = next((p for p in _NODE_CANDIDATES if path_stat(client, container, p)), "")
         seeded = ",".join(d for d in (*roots, HOME_DIR) if _holds_files(client, container, d))
-        labels = {"pydantic-deep.managed": "true", "pydantic-deep.kind": "prepared", _PYTHON_LABEL: python,
-                  _SEEDED_LABEL: seeded}
+        image_labels = label.managed({label.KIND: label.KIND_PREPARED, label.PYTHON: python, label.NODEJS: node,
+                                      label.SEEDED: seeded})
         repository, version = tag.rsplit(":", 1)
         client.api.commit(container, repository=repository, tag=version,
-                          changes=[f'LABEL {name}="{value}"' for name, value in labels.items()])
+                          changes=[f'LABEL {name}="{value}"' for name, value in image_labels.items()])
     finally:
         remove_container(client, container)
-    return labels
+    return image_labels
 
 
 def _setup_archive(client: docker.DockerClient, container_id: str, uid: int, gid: int,

@@ -19,6 +19,7 @@ import time
 import docker
 
 from ..config import RuntimeConfig
+from ..engine import labels as label
 from .bases import APT_CLEANUP, ensure_base_image
 from .builder import Progress, build_image, image_exists, image_lock
 from .certs import CONTAINER_CA_PATH, CaBundle
@@ -109,7 +110,7 @@ def ensure_runtime_image(
         build_image(
             client, tag, render_dockerfile(runtime, base, ca_bundle),
             files={"ca-certificates.crt": ca_bundle.pem} if ca_bundle else None,
-            labels={"pydantic-deep.managed": "true", "pydantic-deep.runtime": runtime.name},
+            labels=label.managed({label.RUNTIME: runtime.name}),
             progress=progress, nocache=not runtime.cache_image,
         )
         logger.info("Built %s in %.1f s", tag, time.monotonic() - started)

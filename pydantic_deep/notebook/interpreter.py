@@ -1,6 +1,6 @@
 """SandboxInterpreter: a Python or JavaScript interpreter inside a sandbox that keeps its variables.
 
-The host side of :mod:`pydantic_deep.kernel` (and its Node.js twin, ``kernel.js``), over the
+The host side of :mod:`pydantic_deep._guest.kernel` (and its Node.js twin, ``kernel.js``), over the
 sandbox's execution channel. The ``%%sandbox`` magic runs each cell with
 :meth:`SandboxInterpreter.execute`; any program can too.
 """
@@ -16,23 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._guest.kernel import decode_value, encode_json, encode_value
-from ..errors import SandboxError
+from ..errors import CellError, InvalidArgumentError, SandboxError
 from ..execution.channel import Process
 from ..results import OutputChunk
+from ..sandbox.base import SandboxBase, SandboxState
 from ..sandbox.docker import DockerSandbox
 
 __all__ = ["CellError", "CellResult", "SandboxInterpreter"]
 
 Event = dict[str, Any]
 """One message of the kernel: ``{"kind": "stream" | "display" | "result" | "error" | ..., ...}``."""
-
-
-class CellError(SandboxError):
-    """A cell raised an exception inside the sandbox; the message is the sandbox's traceback."""
-
-    def __init__(self, ename: str, evalue: str, traceback: str) -> None:
-        self.ename, self.evalue, self.traceback = ename, evalue, traceback
-        super().__init__(traceback or f"{ename}: {evalue}")
 
 
 @dataclass
@@ -83,9 +76,9 @@ class SandboxInterpreter:
         ```
     """
 
-    def __init__(self, sandbox: DockerSandbox, language: str = "python") -> None:
+    def __init__(self, sandbox: SandboxBase, language: str = "python") -> None:
         if language not in _LANGUAGES:
-            raise ValueError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
+            raise InvalidArgumentError(f"language must be one of {', '.join(_LANGUAGES)}, not {language!r}")
         self.sandbox = sandbox
         self.language = language
         self._process: Process | None = None
@@ -135,7 +128,11 @@ class SandboxInterpreter:
                 return event
 
     def _request(self, request: dict[str, Any], on_event: Callable[[Event], None] | None) -> CellResult:
-        with self._lock:
+        with self._lock, self.sandbox._activity():  # a running cell is use: its sandbox is not idle
+            if isinstance(self.sandbox, DockerSandbox) and self.sandbox.state is SandboxState.PAUSED:
+                # The interpreter's process talks over its own stream, past the calls that resume
+                # a paused sandbox by themselves: a cell must thaw it first, as any call does.
+                self.sandbox.resume()
             self.start()
             assert self._process is not None
             self._process.write((json.dumps(request) + "\n").encode())

@@ -27,6 +27,7 @@ from ..errors import SandboxError
 from ..results import OutputChunk
 from ..runtimes import get_runtime, list_runtimes
 from ..sandbox.backends import BACKENDS, default_backend, open_sandbox
+from ..sandbox.base import SandboxBase
 from ..sandbox.docker import DockerSandbox
 from .interpreter import CellError, Event, SandboxInterpreter
 
@@ -68,7 +69,7 @@ class SandboxMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
-        self.sandboxes: dict[str, DockerSandbox] = {}
+        self.sandboxes: dict[str, SandboxBase] = {}
         self.interpreters: dict[str, SandboxInterpreter] = {}
         self.progress: Callable[[str], None] = _print_progress  # where image build logs go
         self.widgets: list[Any] = []  # closed (their threads stopped) on %unload_ext
@@ -81,7 +82,7 @@ class SandboxMagics(Magics):
 
     # -- sandboxes ----------------------------------------------------------------------------
 
-    def sandbox_for(self, name: str | None = None, runtime: str | None = None) -> DockerSandbox:
+    def sandbox_for(self, name: str | None = None, runtime: str | None = None) -> SandboxBase:
         """The named sandbox (default: the notebook's), started with ``runtime`` if new or changed."""
         name = name or self.session
         wanted = get_runtime(runtime or self.runtime) if runtime or name not in self.sandboxes else None
@@ -93,7 +94,7 @@ class SandboxMagics(Magics):
         config = wanted or get_runtime(self.runtime)
         if self.backend == "local":
             print("Starting a LocalSandbox: cells run on this machine, NOT ISOLATED", file=sys.stderr)
-        sandbox: Any = open_sandbox(config, backend=self.backend, progress=self.progress)
+        sandbox = open_sandbox(config, backend=self.backend, progress=self.progress)
         self.sandboxes[name] = sandbox.start()
         return sandbox
 
@@ -105,7 +106,7 @@ class SandboxMagics(Magics):
             interpreter = self.interpreters[name] = SandboxInterpreter(sandbox, self.language_of(sandbox) or "python")
         return interpreter
 
-    def language_of(self, sandbox: DockerSandbox) -> str | None:
+    def language_of(self, sandbox: SandboxBase) -> str | None:
         """``python`` or ``javascript``: what the sandbox's cells are written in; ``None`` for shell only."""
         key = sandbox.container_id or ""
         if key not in self._languages:
@@ -136,7 +137,8 @@ class SandboxMagics(Magics):
 
     @magic_arguments()
     @argument("subcommand", nargs="*", help="line magic only: status | runtimes | upload PATH | files [DIR] | "
-                                             "restart | stop")
+                                             "restart | stop | pause | resume | snapshot [NAME] | restore NAME | "
+                                             "fork N")
     @argument("-s", "--sandbox", dest="name", help="the sandbox to use (default: the notebook's)")
     @argument("-r", "--runtime", help="the runtime to run the sandbox with")
     @argument("-t", "--timeout", type=float, help="seconds the cell may run")
@@ -148,7 +150,10 @@ class SandboxMagics(Magics):
         """Run a cell inside a Docker sandbox, or (as a line magic) manage the sandbox.
 
         Cell: ``%%sandbox [-s NAME] [-r RUNTIME] [-t SECONDS] [-o VAR] [--shell] [--no-raise]``.
-        Line: ``%sandbox status | runtimes | upload PATH | files [DIR] | restart | stop``.
+        Line: ``%sandbox status | runtimes | upload PATH | files [DIR] | restart | stop | pause | resume |
+        snapshot [NAME] | restore NAME | fork N``. ``snapshot`` keeps the sandbox's files (not its
+        variables) under NAME; ``restore`` rolls the files back to a snapshot and restarts the
+        interpreter; ``fork N`` starts N copies, named ``<sandbox>-fork1``..., for ``%%sandbox -s``.
         """
         args = parse_argstring(self.sandbox, line)
         try:
@@ -221,10 +226,51 @@ class SandboxMagics(Magics):
             print(f"Restarted the interpreter of {name!r}: its variables are gone")
         elif command == "stop":
             self.stop(args.name or self.session)
+        elif command in ("pause", "resume", "snapshot", "restore", "fork"):
+            if self.backend != "docker":
+                raise UsageError(f"%sandbox {command} needs the docker backend (a LocalSandbox has no container)")
+            self._container_subcommand(command, rest, args)
         else:
             raise UsageError(f"unknown subcommand {command!r}: status, runtimes, upload PATH, files [DIR], "
-                             "restart, stop")
+                             "restart, stop, pause, resume, snapshot [NAME], restore NAME, fork N")
         return None
+
+    def _docker_sandbox_for(self, name: str | None, runtime: str | None = None) -> DockerSandbox:
+        sandbox = self.sandbox_for(name, runtime)
+        assert isinstance(sandbox, DockerSandbox)  # the docker backend's, checked by the caller
+        return sandbox
+
+    def _container_subcommand(self, command: str, rest: list[str], args: Any) -> None:
+        name = args.name or self.session
+        if command == "pause":
+            self._docker_sandbox_for(args.name, args.runtime).pause()
+            print(f"Paused {name!r}: no CPU, variables kept; the next cell resumes it")
+        elif command == "resume":
+            self._docker_sandbox_for(args.name, args.runtime).resume()
+            print(f"Resumed {name!r}")
+        elif command == "snapshot":
+            if len(rest) > 1:
+                raise UsageError("usage: %sandbox snapshot [NAME]")
+            snapshot = self._docker_sandbox_for(args.name, args.runtime).snapshot(rest[0] if rest else None)
+            print(f"Snapshot {snapshot.name!r} of {name!r}: {snapshot.size_bytes / 1e6:.1f} MB of files "
+                  "(variables are not kept: re-run their cells after a restore)")
+        elif command == "restore":
+            if len(rest) != 1:
+                raise UsageError("usage: %sandbox restore NAME")
+            sandbox = self._docker_sandbox_for(args.name)
+            if (interpreter := self.interpreters.pop(name, None)) is not None:
+                interpreter.close()
+            sandbox.restore(rest[0])
+            print(f"Restored {name!r} to snapshot {rest[0]!r}: its files are back, its interpreter starts afresh")
+        else:
+            if len(rest) != 1 or not rest[0].isdigit():
+                raise UsageError("usage: %sandbox fork N")
+            forks = self._docker_sandbox_for(args.name, args.runtime).fork(int(rest[0]))
+            names = [f"{name}-fork{index}" for index in range(1, len(forks) + 1)]
+            for fork_name, fork in zip(names, forks, strict=True):
+                self.stop(fork_name)  # a fork of that name from before
+                self.sandboxes[fork_name] = fork
+            print(f"Forked {name!r} into {', '.join(names)}: run cells in one with %%sandbox -s NAME")
 
     @_transfer_arguments
     @line_magic

@@ -10,7 +10,6 @@ for the monitor, on a :class:`SessionManager`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import html
 import threading
@@ -20,10 +19,12 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..engine import labels as label
 from ..engine.client import docker_client
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
 from ..sessions.manager import SessionManager
+from ..sessions.sync import SyncSessionManager
 from .magics import SandboxMagics
 
 __all__ = ["RuntimePicker", "SessionMonitor", "UploadPanel", "current_magics", "dashboard"]
@@ -135,7 +136,7 @@ class RuntimePicker(_Panel):
 
 
 def _built_tags(runtime_name: str) -> list[str]:
-    images = docker_client().images.list(filters={"label": f"pydantic-deep.runtime={runtime_name}"})
+    images = docker_client().images.list(filters={"label": f"{label.RUNTIME}={runtime_name}"})
     return [tag for image in images for tag in image.tags]
 
 
@@ -172,13 +173,19 @@ class UploadPanel(_Panel):
 
 
 class SessionMonitor(_Panel):
-    """A live table of sandboxes: the notebook's, or a :class:`SessionManager`'s.
+    """A live table of sandboxes: the notebook's, or a session manager's.
 
     One background thread refreshes it every ``interval`` seconds until :meth:`close`.
     """
 
-    def __init__(self, source: SandboxMagics | SessionManager | None = None, interval: float = 2.0) -> None:
-        self.source = source or current_magics()
+    def __init__(self, source: SandboxMagics | SessionManager | SyncSessionManager | None = None,
+                 interval: float = 2.0) -> None:
+        source = source or current_magics()
+        # A SessionManager is called through a facade of the monitor's own (closed with it).
+        self._facade: SyncSessionManager | None = None
+        if isinstance(source, SessionManager):
+            source = self._facade = SyncSessionManager.wrap(source)
+        self.source: SandboxMagics | SyncSessionManager = source
         super().__init__(self.source if isinstance(self.source, SandboxMagics) else None)
         self.interval = interval
         self.rows = widgets.VBox()
@@ -196,15 +203,15 @@ class SessionMonitor(_Panel):
             self._stopped.wait(self.interval)
 
     def sessions(self) -> list[dict[str, Any]]:
-        """One dict per sandbox: user, runtime, state, cpu, memory, disk used and its cap, idle, and
-        how to stop it."""
-        if isinstance(self.source, SessionManager):
+        """One dict per sandbox: user, runtime, state, cpu, memory, disk used and its cap, idle,
+        container, its cluster node (``None`` on one host), and how to stop it."""
+        if isinstance(self.source, SyncSessionManager):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
                      "memory": s.memory_bytes, "disk": s.disk_bytes, "disk_limit": s.disk_limit_bytes,
-                     "idle": s.idle_seconds, "container": s.container,
-                     "stop": lambda user=s.user_id: asyncio.run(manager.stop(user))}
-                    for s in asyncio.run(manager.list_sessions())]
+                     "idle": s.idle_seconds, "container": s.container, "node": s.node,
+                     "stop": functools.partial(manager.stop, s.user_id)}
+                    for s in manager.list_sessions()]
         found = []
         for name, sandbox in list(self.source.sandboxes.items()):
             usage = sandbox.usage() if sandbox.alive else None
@@ -214,6 +221,7 @@ class SessionMonitor(_Panel):
                           "disk": usage.disk_bytes if usage else 0,
                           "disk_limit": usage.disk_limit_bytes if usage else None,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
+                          "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
                           "stop": functools.partial(self.source.stop, name)})
         return found
 
@@ -232,8 +240,8 @@ class SessionMonitor(_Panel):
             lines.append(widgets.HBox([widgets.HTML(
                 f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
                 f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
-                f"{session['idle']:.0f} s · "
-                f"{html.escape(session['container'])}"), stop]))
+                f"{session['idle']:.0f} s · {html.escape(session['container'])}"
+                + (f" on {html.escape(session['node'])}" if session["node"] else "")), stop]))
         if not sessions:
             lines.append(widgets.HTML("<i>no sandbox running</i>"))
         self.rows.children = lines  # one assignment: traitlets sends one update
@@ -245,6 +253,8 @@ class SessionMonitor(_Panel):
     def close(self) -> None:
         self._stopped.set()
         self._thread.join()
+        if self._facade is not None:
+            self._facade.close()
         super().close()
 
 
@@ -255,7 +265,7 @@ def _disk_text(session: dict[str, Any]) -> str:
     return f"{session['disk'] / 2**20:.1f} / {session['disk_limit'] / 2**20:.0f} MB"
 
 
-def dashboard(source: SessionManager | None = None) -> widgets.VBox:
+def dashboard(source: SessionManager | SyncSessionManager | None = None) -> widgets.VBox:
     """The runtime picker, the upload panel and the session monitor, together."""
     magics = current_magics()
     picker, uploads, monitor = RuntimePicker(magics), UploadPanel(magics), SessionMonitor(source or magics)

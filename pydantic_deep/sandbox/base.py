@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import enum
@@ -12,19 +13,20 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Concatenate, ParamSpec, Self, TypeVar
+from typing import BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 
 from ..arguments import checked_timeout
 from ..config import RuntimeConfig
 from ..errors import InvalidArgumentError
-from ..execution.channel import CommandStream, OutputCallback
+from ..execution.channel import CommandStream, OutputCallback, Process
 from ..paths import UPLOADS_DIR
-from ..results import ExecuteResult, FileInfo
+from ..results import ExecuteResult, FileInfo, ResourceUsage
 
-__all__ = ["SandboxBase", "SandboxState"]
+__all__ = ["SandboxBase", "SandboxState", "tracked"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_S = TypeVar("_S", bound="SandboxBase")
 
 
 class SandboxState(enum.Enum):
@@ -32,6 +34,8 @@ class SandboxState(enum.Enum):
 
     NEW = "new"
     RUNNING = "running"
+    PAUSED = "paused"
+    """Frozen in place (the cgroup freezer): no CPU, memory and processes kept; any call resumes it."""
     STOPPED = "stopped"
 
 
@@ -44,7 +48,7 @@ def _async_twin(method: Callable[Concatenate[SandboxBase, _P], _R]) -> Callable[
     """
     name = method.__name__
 
-    @functools.wraps(method)
+    @functools.wraps(method, updated=())  # not __dict__: an abstract method's twin is not abstract
     async def twin(self: SandboxBase, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return await asyncio.to_thread(getattr(self, name), *args, **kwargs)
 
@@ -52,15 +56,54 @@ def _async_twin(method: Callable[Concatenate[SandboxBase, _P], _R]) -> Callable[
     return twin
 
 
-class SandboxBase:
-    """What every sandbox shares: the runtime's paths, use tracking, streaming, ``with``.
+def tracked(method: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+    """Mark the sandbox busy while ``method`` runs: a busy sandbox is never idle."""
 
-    Subclasses set ``runtime`` and provide ``start``, ``stop`` and ``aexecute``.
+    @functools.wraps(method)
+    def in_use(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._activity():
+            return method(self, *args, **kwargs)
+
+    return in_use
+
+
+class SandboxBase(abc.ABC):
+    """The contract every sandbox honours, whatever runs it (a Docker container, local processes).
+
+    Code that accepts any sandbox types against this class: :func:`open_sandbox` returns one.
+    Every blocking method has an async twin prefixed with ``a`` (``aexecute``, ``aread_file``,
+    ...), and a sandbox is a context manager in both worlds (``with``, ``async with``): entering
+    starts it, leaving stops it.
+
+    A sandbox is ``NEW`` until :meth:`start` (or its first use, which starts it), ``RUNNING``, then
+    ``STOPPED`` after :meth:`stop`; calls on a stopped sandbox raise :class:`SandboxStateError`
+    until :meth:`start` starts a fresh one. File paths are the sandbox's own: relative to
+    :attr:`work_dir`, or absolute under one of :attr:`allowed_roots`; any other path raises
+    :class:`PathOutsideSandboxError` and nothing is done.
+
+    A backend subclasses it, sets ``runtime``, ``state``, ``image``, ``container_id``,
+    ``tools_dir`` and ``network``, and implements the abstract methods (a backend that forgets one
+    cannot be instantiated).
     """
 
     runtime: RuntimeConfig
+    """The runtime the sandbox runs: its work dir, environment, packages."""
+    state: SandboxState
+    """Where the sandbox is in its life."""
+    image: str | None
+    """What runs the sandbox: the container's image, or a description of a local one."""
+    container_id: str | None
+    """What identifies the running sandbox (its container id); ``None`` before it started."""
+    tools_dir: str
+    """Where the supervisor and the notebook interpreters are, as commands see it."""
+    network: bool
+    """Whether commands can reach the network."""
     command_timeout: float
+    """Seconds a command may run when it is given no ``timeout``."""
     max_output: int
+    """Bytes of output kept per command; the rest is discarded and the result flagged ``truncated``."""
+    isolated: bool = True
+    """Whether the sandbox's code is kept away from the host (``False`` only for :class:`LocalSandbox`)."""
 
     def __init__(self) -> None:
         self._busy = 0
@@ -109,15 +152,78 @@ class SandboxBase:
                 self._busy -= 1
                 self.last_used = time.monotonic()
 
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
     def start(self) -> Self:
-        raise NotImplementedError
+        """Start the sandbox; a no-op when it runs. After :meth:`stop`, start a fresh one.
 
+        Returns:
+            The sandbox itself, so that ``box = Sandbox().start()`` works.
+        """
+
+    @abc.abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop the sandbox and everything it runs, and remove its files (a backend may keep
+        some on request). Safe to call more than once, and before :meth:`start`."""
 
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """Running, with its execution channel open: commands can run now."""
+
+    @property
+    @abc.abstractmethod
+    def has_python(self) -> bool:
+        """Commands run through the supervisor, so ``python3`` (3.8+) is there: the notebook's
+        Python interpreter works, and async commands wait on the event loop."""
+
+    @abc.abstractmethod
+    def usage(self) -> ResourceUsage:
+        """The memory in use and the CPU time used so far (starts a new sandbox first).
+
+        Raises:
+            SandboxStateError: the sandbox was stopped.
+        """
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.astart()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.astop()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def execute(self, command: str, timeout: float | None = None, *,
+                on_output: OutputCallback | None = None) -> ExecuteResult:
+        """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
+
+        Args:
+            command: A shell command line: quoting, pipes and variables work as in ``sh``.
+            timeout: Seconds before the command's whole process group is killed (default
+                :attr:`command_timeout`, at most 1,000,000); the result then has ``timed_out=True``.
+            on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
+                on the channel's reader thread: keep it quick, and do not wait in it for another
+                command of this sandbox.
+
+        Raises:
+            InvalidArgumentError: the command holds a NUL byte or a lone surrogate, or the timeout
+                is not a positive number of seconds; nothing ran.
+            SandboxStateError: the sandbox was stopped.
+        """
+
+    @abc.abstractmethod
     async def aexecute(self, command: str, timeout: float | None = None, *,
                        on_output: OutputCallback | None = None) -> ExecuteResult:
-        raise NotImplementedError
+        """Async form of :meth:`execute`."""
 
     def astream(self, command: str, timeout: float | None = None) -> CommandStream:
         """Run ``command`` and iterate over its output as it is produced.
@@ -132,23 +238,77 @@ class SandboxBase:
         """
         return CommandStream(lambda on_output: self.aexecute(command, timeout, on_output=on_output))
 
+    @abc.abstractmethod
+    def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
+        """Start a long-lived ``command`` (an interpreter, say) with an open standard input.
+
+        Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
+        """
+
+    # -- files --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
     def write_file(self, path: str, content: bytes | str) -> str:
-        raise NotImplementedError
+        """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
 
+        Missing parent directories are created. Returns the absolute path written.
+
+        Raises:
+            InvalidArgumentError: an unusable path (empty, NUL, too long), or text content UTF-8
+                cannot hold.
+            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
+            IsADirectoryError: a directory is there (it is left as it is).
+            NotADirectoryError: a parent on the path is a file.
+        """
+
+    @abc.abstractmethod
     def _copy_in(self, source: Path, dest: str) -> str:
-        raise NotImplementedError
+        """Copy the host file ``source`` to the sandbox path ``dest``; return the absolute path."""
 
+    @abc.abstractmethod
     def read_file(self, path: str) -> bytes:
-        raise NotImplementedError
+        """The content of the file at ``path``.
+
+        Raises:
+            SandboxFileNotFoundError: there is no such file.
+            IsADirectoryError: the path is a directory.
+            InvalidArgumentError: an unusable path (empty, NUL, too long).
+            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
+        """
 
     def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
-        raise NotImplementedError
+        """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``; a
+        failed copy leaves no ``dest`` (the bytes go to ``dest.part`` first).
 
+        Raises:
+            SandboxFileNotFoundError: there is no such file.
+        """
+        dest_path = Path(dest)
+        partial = dest_path.with_name(dest_path.name + ".part")
+        try:
+            with partial.open("wb") as handle:
+                self._copy_out(path, handle)
+            partial.replace(dest_path)  # a half-copied file never carries the final name
+        finally:
+            partial.unlink(missing_ok=True)
+        return dest_path
+
+    @abc.abstractmethod
+    def _copy_out(self, path: str, target: BinaryIO) -> int:
+        """Write the content of the sandbox file ``path`` into ``target``; the number of bytes."""
+
+    @abc.abstractmethod
     def exists(self, path: str) -> bool:
-        raise NotImplementedError
+        """Whether a file or directory exists at ``path``."""
 
+    @abc.abstractmethod
     def list_files(self, path: str = ".") -> list[FileInfo]:
-        raise NotImplementedError
+        """The entries of the directory ``path``, sorted by name.
+
+        Raises:
+            SandboxFileNotFoundError: the directory does not exist.
+            NotADirectoryError: the path is a file.
+        """
 
     def upload(self, source: str | os.PathLike[str] | bytes, dest: str | None = None) -> str:
         """Copy a host file, or bytes, into the sandbox.
@@ -172,17 +332,13 @@ class SandboxBase:
             dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
         return self._copy_in(source_path, dest)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
     # -- async twins --------------------------------------------------------------------------
 
     astart = _async_twin(start)
-    aupload = _async_twin(upload)
     astop = _async_twin(stop)
+    ausage = _async_twin(usage)
+    aspawn = _async_twin(spawn)
+    aupload = _async_twin(upload)
     awrite_file = _async_twin(write_file)
     aread_file = _async_twin(read_file)
     adownload = _async_twin(download)

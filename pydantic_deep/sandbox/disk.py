@@ -50,24 +50,20 @@ from typing import Any
 import docker
 from docker.errors import APIError, NotFound
 
+from ..engine import labels as label
 from ..engine.client import docker_client
 from ..engine.containers import remove_container
 from ..errors import SandboxError
 from ..images.bases import MINBASE, bootstrap_base
 
-__all__ = ["DISK_DIR", "LABEL_DISK", "LABEL_DISK_KEEP", "LABEL_DISK_SIZE", "DiskInfo", "disk_dir", "list_disks",
-           "open_disk", "prepare_disk", "prune_disks", "release_disk", "take_disk"]
+__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "list_disks", "open_disk", "prepare_disk", "prune_disks",
+           "release_disk", "take_disk"]
 
 logger = logging.getLogger("pydantic_deep.disk")
 
 DISK_DIR = os.environ.get("PYDANTIC_DEEP_DISK_DIR", "/var/lib/pydantic-deep/disks")
 """Where disks live on the engine's host (``$PYDANTIC_DEEP_DISK_DIR``), one folder per engine."""
 
-LABEL_DISK = "pydantic-deep.disk"
-LABEL_DISK_KEEP = "pydantic-deep.disk-keep"
-LABEL_DISK_SIZE = "pydantic-deep.disk-size"
-_LABEL_KIND = "pydantic-deep.kind"
-_AGENT_KIND = "disk-agent"
 
 # Run in the agent. $1 is the operation; the disk directory of this engine is /disks in the agent
 # and "$HOST_DIR" on the engine's host. Mounts happen in the shim's mount namespace (its pid is
@@ -206,9 +202,8 @@ class _Agent:
                 volumes={self.host_dir: {"bind": "/disks", "mode": "rw"}},
                 read_only=True, tmpfs={"/run": "size=1m", "/tmp": "size=64m"},
                 log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
-                labels={"pydantic-deep.managed": "true", _LABEL_KIND: _AGENT_KIND,
-                        "pydantic-deep.owner-pid": str(os.getpid()),
-                        "pydantic-deep.owner-host": socket.gethostname()},
+                labels=label.managed({label.KIND: label.KIND_DISK_AGENT, label.OWNER_PID: str(os.getpid()),
+                                      label.OWNER_HOST: socket.gethostname()}),
             )
         except APIError as exc:
             raise _refused(exc) from None
@@ -382,8 +377,8 @@ def prune_disks(*, everything: bool = False) -> int:
         How many disks were released.
     """
     client = docker_client()
-    in_use = {container.labels.get(LABEL_DISK) for container in
-              client.containers.list(all=True, filters={"label": LABEL_DISK})}
+    in_use = {container.labels.get(label.DISK) for container in
+              client.containers.list(all=True, filters={"label": label.DISK})}
     released = 0
     for disk in list_disks():
         if disk.name in in_use or (not everything and not _owner_gone(disk.owner)):

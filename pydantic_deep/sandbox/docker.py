@@ -11,10 +11,14 @@ Safe defaults, each overridable by an argument of the same name:
 - no container log, so output written to it cannot fill the host's disk;
 - the file API acts as the sandbox user and follows no symlink out of the work dir and ``/uploads``;
 - an init process reaps orphaned children;
-- no network unless the runtime or the sandbox asks for it (``network=True``), and then no cloud
-  metadata address (``block_metadata``);
+- no network unless the runtime or the sandbox asks for it (``network=True``), and then the outside
+  world only: not other sandboxes, the host, private networks (``allow_private``) or the cloud
+  metadata address (``block_metadata``); sandboxes talk only on a ``shared_network`` they all name;
 - labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
   ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
+
+A sandbox can be paused (frozen in place, resumed by the next call), snapshotted (its files kept as
+an image, see :mod:`pydantic_deep.sandbox.snapshots`), restored from a snapshot, and forked.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import contextlib
 import functools
 import io
 import logging
+import math
 import os
 import posixpath
+import re
 import shlex
 import socket
 import tarfile
@@ -33,7 +39,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
@@ -42,24 +49,40 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.utils import parse_bytes
 from requests.exceptions import ChunkedEncodingError
+from requests.exceptions import ConnectionError as EngineConnectionError
 
 from .._html import field_table
 from ..arguments import file_content
 from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
+from ..engine import labels as label
+from ..engine.api import attach_stdin
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
-from ..engine.volumes import ensure_volume, remove_volume
+from ..engine.networks import (
+    checked_private_ranges,
+    checked_shared_name,
+    ensure_egress_network,
+    ensure_shared_network,
+    remove_network_if_unused,
+    secure,
+    shared_network_name,
+)
+from ..engine.swarm import SwarmCluster, TaskPlacement, resolve_cluster
+from ..engine.volumes import create_volume, ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
+    ImageNotAvailableError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
     SandboxError,
     SandboxStateError,
     TransferInterruptedError,
+    shown,
 )
 from ..execution.channel import (
     Channel,
     ChannelClosedError,
     DockerExecChannel,
-    ExecProcess,
     OutputCallback,
     Process,
     SupervisorChannel,
@@ -67,16 +90,26 @@ from ..execution.channel import (
 from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
 from ..images.builder import Progress
 from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
-from ..images.prepare import HOME_DIR, SUPERVISOR_PATH, TOOLS_DIR, prepare_image
+from ..images.netfilter import ensure_netfilter_image
+from ..images.prepare import (
+    HOME_DIR,
+    TOOLS_DIR,
+    PreparedImage,
+    prepare_image,
+    recorded_interpreters,
+    supervisor_command,
+)
 from ..images.runtime import ensure_runtime_image
 from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .disk import LABEL_DISK, LABEL_DISK_KEEP, LABEL_DISK_SIZE, open_disk, prepare_disk, release_disk, take_disk
-from .metadata import METADATA_ADDRESS, block_metadata
+from .disk import open_disk, prepare_disk, release_disk, take_disk
+from .metadata import METADATA_ADDRESS, block_metadata, helper_image
+from .network import cut_network
+from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
-__all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox", "SandboxBase", "SandboxState"]
+__all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
 
 logger = logging.getLogger("pydantic_deep.sandbox")
 
@@ -96,6 +129,29 @@ class _FromRuntime:
 
 FROM_RUNTIME = _FromRuntime()
 
+
+def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeConfig, cluster: SwarmCluster | None,
+                       snapshot: Snapshot | None = None) -> str | None:
+    """The ``disk_size`` a sandbox gets: the one given; else its snapshot's source's; else its
+    runtime's, but on a cluster (where Swarm cannot mount a disk) no disk unless asked for.
+
+    Raises:
+        InvalidArgumentError: a disk asked for on a cluster, by ``disk_size`` or by the runtime.
+    """
+    if isinstance(disk_size, _FromRuntime):
+        if snapshot is not None and snapshot.disk_size is not None:
+            return str(snapshot.disk_size)
+        if cluster is None or "disk_size" not in runtime.model_fields_set:
+            return runtime.disk_size if cluster is None else None
+        disk_size, argument = runtime.disk_size, f"runtime {runtime.name!r}'s disk_size"
+    else:
+        argument = "disk_size"
+    if cluster is not None and disk_size is not None:
+        raise InvalidArgumentError(f"a sandbox on a cluster cannot have a disk: {argument}={disk_size!r} needs a "
+                                   "loop-mounted disk on the sandbox's host, which Swarm services cannot mount; "
+                                   "leave disk_size unset (on a cluster the default is no disk) or pass None")
+    return disk_size
+
 # What a call fails with when its container stopped or was removed under it (or the engine
 # refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
 _CONTAINER_FAILURES = (APIError, ChannelClosedError, ChunkedEncodingError, tarfile.ReadError)
@@ -113,23 +169,76 @@ def _in_use(method: Callable[Concatenate[DockerSandbox, _P], _R]) -> Callable[Co
     return tracked
 
 
-def _size_in_bytes(argument: str, size: str | None) -> int | None:
-    """``size`` in Docker's notation (``"512m"``, ``"1g"``) as bytes; ``None`` stays ``None``."""
+_MIN_MEMORY = 6 * 1024 * 1024  # the least memory limit the engine accepts
+
+
+def _size_in_bytes(argument: str, size: str | int | None, *, minimum: int = 1) -> int | None:
+    """``size`` in Docker's notation (``"512m"``, ``"1g"``, or bytes) as bytes; ``None`` stays ``None``.
+
+    Raises:
+        InvalidArgumentError: not a size, or less than ``minimum`` bytes.
+    """
     if size is None:
         return None
+    if isinstance(size, bool) or not isinstance(size, (str, int)):
+        raise InvalidArgumentTypeError(
+            f"{argument} must be a size like '512m' or '1g' (or None for no limit), not {type(size).__name__}")
     try:
         value = parse_bytes(size)
     except docker.errors.DockerException:
-        raise ValueError(f"{argument} must be a size like '512m' or '1g', not {size!r}") from None
-    if value <= 0:
-        raise ValueError(f"{argument} must be positive, not {size!r}")
+        raise InvalidArgumentError(
+            f"{argument} must be a size like '512m' or '1g' (or None for no limit), not {shown(str(size))}") from None
+    if value < minimum:
+        least = "positive" if minimum == 1 else f"at least {minimum // (1024 * 1024)}m"
+        raise InvalidArgumentError(f"{argument} must be {least}, not {size!r} (or None for no limit)")
     return value
 
 
+def _checked_cpus(cpus: float | None) -> float | None:
+    if cpus is None:
+        return None
+    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)):
+        raise InvalidArgumentTypeError(f"cpus must be a number of cores like 1.5 (or None), not {type(cpus).__name__}")
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise InvalidArgumentError(f"cpus must be a positive number of cores like 0.5 or 2 (or None), not {cpus!r}")
+    return float(cpus)
+
+
+def _checked_pids_limit(pids_limit: int | None) -> int | None:
+    if pids_limit is None:
+        return None
+    if isinstance(pids_limit, bool) or not isinstance(pids_limit, int):
+        raise InvalidArgumentTypeError(
+            f"pids_limit must be a whole number of processes (or None), not {type(pids_limit).__name__}")
+    if pids_limit < 1:
+        raise InvalidArgumentError(f"pids_limit must be at least 1 (or None for no limit), not {pids_limit!r}")
+    return pids_limit
+
+
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")  # what the engine accepts
+
+
+def _checked_volumes(volumes: Mapping[str, str] | None) -> dict[str, str]:
+    """``volumes`` as a dict, checked before any volume is made: engine names, absolute paths."""
+    checked = dict(volumes or {})
+    for name, path in checked.items():
+        if not isinstance(name, str) or not _VOLUME_NAME.fullmatch(name):
+            raise InvalidArgumentError(
+                f"volumes: {shown(str(name))} is not a volume name; use letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit")
+        if not isinstance(path, str) or not posixpath.isabs(path) or "\0" in path:
+            raise InvalidArgumentError(
+                f"volumes: the volume {name!r} must be mounted at an absolute path in the container, "
+                f"not {shown(str(path))}")
+    return checked
+
+
 def _parse_user(user: str) -> tuple[int, int]:
+    if not isinstance(user, str):
+        raise InvalidArgumentTypeError(f"user must be a str like '1000:1000', not {type(user).__name__}")
     uid, _, gid = user.partition(":")
-    if not uid.isdigit() or (gid and not gid.isdigit()):
-        raise ValueError(f"user must be numeric 'uid' or 'uid:gid', not {user!r}")
+    if not uid.isascii() or not uid.isdigit() or (gid and not (gid.isascii() and gid.isdigit())):
+        raise InvalidArgumentError(f"user must be numeric 'uid' or 'uid:gid' like '1000:1000', not {shown(user)}")
     return int(uid), int(gid or uid)
 
 
@@ -148,8 +257,27 @@ class DockerSandbox(SandboxBase):
         ```
 
     Args:
-        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`.
-        network: Give the container network access; ``None`` follows ``runtime.network``.
+        runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`; default
+            ``python-minimal``, or the runtime of ``snapshot``.
+        network: Give the container network access; ``None`` follows ``runtime.network``. A
+            networked sandbox reaches the outside world through the host's route, and nothing else:
+            not other sandboxes (whoever's), not the host's own addresses and ports (the engine's
+            TCP port included), not private, shared or link-local ranges (``allow_private`` lists
+            exceptions). Enforced by the engine host's packet filter, out of the sandbox's reach
+            (see :mod:`pydantic_deep.engine.firewall`); where it cannot be set, :meth:`start` fails
+            with :class:`NetworkIsolationError` rather than start a sandbox with more access.
+        shared_network: A network name (``"team"``): sandboxes that name the same one (and the same
+            ``network_owner``) reach each other on it, by address and by container name; otherwise
+            they are as isolated as ever. With the network off it is their only network (peers, no
+            way out). A shared network's sandboxes share one ``network``, ``allow_private`` and
+            ``block_metadata`` setting: :meth:`start` refuses one that differs
+            (:class:`InvalidArgumentError`).
+        network_owner: Whose ``shared_network`` it is: sandboxes of different owners never share
+            one, whatever name they give. A :class:`SessionManager` sets it to the user.
+        allow_private: IPv4 ranges (``["10.1.2.0/24"]``) the networked sandbox may reach although
+            they are private, e.g. an internal package mirror. The host's own addresses stay out of
+            reach; so does the metadata address unless ``block_metadata=False``. Each distinct
+            list is a Docker network of its own (the engine's address pools hold about 30).
         user: The numeric ``uid:gid`` that commands run as.
         memory: Memory limit in Docker's notation (``"2g"``), or ``None`` for none.
         cpus: CPU limit in cores, or ``None`` for none.
@@ -175,12 +303,12 @@ class DockerSandbox(SandboxBase):
             container.
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
-        block_metadata: With network access, make the cloud metadata address (169.254.169.254)
-            unreachable, through a route the sandbox cannot change (see :mod:`pydantic_deep.metadata`).
+        block_metadata: With network access, keep the cloud metadata address (169.254.169.254)
+            unreachable (the host's packet filter refuses it, for every image).
         command_timeout: Seconds a command may run when :meth:`execute` gets no ``timeout``.
         max_output: Bytes of output kept per command; the rest is discarded and flagged.
         ca_bundle: Extra CA certificates for HTTPS in builds and the container (see
-            :mod:`pydantic_deep.certs`); ``None`` picks up the host's ``SSL_CERT_FILE`` and the like,
+            :mod:`pydantic_deep.images.certs`); ``None`` picks up the host's ``SSL_CERT_FILE`` and the like,
             ``False`` hands in none.
         progress: Called with each line of an image build's log, when a build is needed.
         session_id: Recorded in the container's labels; a random one by default.
@@ -192,14 +320,24 @@ class DockerSandbox(SandboxBase):
         remove_on_exit: Tie the container to this process: it is removed when this object is
             garbage-collected, when the interpreter exits, and when the process is killed (even by
             SIGKILL, through a stream the container's main process waits on). ``False`` leaves
-            it running until ``stop()`` (sessions that a later process adopts).
+            it running until ``stop()`` (sessions that a later process adopts). On a cluster the
+            sandbox is removed when this object is collected or the interpreter exits, not when
+            the process is killed (``pydantic-deep prune`` finds what is left).
+        cluster: Run on a Docker Swarm (see :class:`SwarmCluster`): one of them, a manager's
+            address, or ``False`` for this host's engine. ``None`` (the default) follows
+            ``$PYDANTIC_DEEP_CLUSTER``, and this host's engine when it is unset.
+        snapshot: Start from this :class:`Snapshot` (or the name of one): its files, its runtime.
+            Empty named ``volumes`` are filled with the snapshot's files at their paths.
     """
 
     def __init__(
         self,
-        runtime: str | RuntimeConfig = "python-minimal",
+        runtime: str | RuntimeConfig | None = None,
         *,
         network: bool | None = None,
+        shared_network: str | None = None,
+        network_owner: str | None = None,
+        allow_private: Sequence[str] = (),
         user: str = "1000:1000",
         memory: str | None = "2g",
         cpus: float | None = 1.0,
@@ -220,15 +358,27 @@ class DockerSandbox(SandboxBase):
         name: str | None = None,
         volumes: Mapping[str, str] | None = None,
         remove_on_exit: bool = True,
+        snapshot: Snapshot | str | None = None,
+        cluster: SwarmCluster | str | bool | None = None,
     ) -> None:
-        self.runtime: RuntimeConfig = resolve_runtime(runtime)
+        self.from_snapshot: Snapshot | None = resolve_snapshot(snapshot) if snapshot is not None else None
+        self.runtime: RuntimeConfig = self._runtime_for(runtime, self.from_snapshot)
         self.network = self.runtime.network if network is None else network
+        if not isinstance(self.network, bool):
+            raise InvalidArgumentError(f"network must be True or False, not {shown(repr(self.network))}")
+        self.shared_network = checked_shared_name(shared_network) if shared_network is not None else None
+        if network_owner is not None and not re.fullmatch(r"[a-z0-9]{1,64}", network_owner):
+            raise InvalidArgumentError(f"network_owner must be 1-64 lowercase letters and digits (a hash of "
+                                       f"the user id, say), not {shown(str(network_owner))}")
+        self.network_owner = network_owner
+        self.allow_private = checked_private_ranges(allow_private)
         self.user = user
         self._uid, self._gid = _parse_user(user)
-        self.memory, self.cpus, self.pids_limit = memory, cpus, pids_limit
+        _size_in_bytes("memory", memory, minimum=_MIN_MEMORY)
+        self.memory = memory
+        self.cpus, self.pids_limit = _checked_cpus(cpus), _checked_pids_limit(pids_limit)
         self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
         self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
-        self.disk_size = disk_size_bytes(self.runtime.disk_size if isinstance(disk_size, _FromRuntime) else disk_size)
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         self.block_metadata = block_metadata
         self._set_command_limits(command_timeout, max_output)
@@ -242,17 +392,39 @@ class DockerSandbox(SandboxBase):
         self.disk_name = disk_name or ""
         self._keep_disk = disk_name is not None
         self._disk_dir: str | None = None  # where the disk is mounted on the engine's host
-        self.volumes = dict(volumes or {})
+        self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
+        self.cluster = resolve_cluster(cluster)
+        size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot)
+        try:
+            self.disk_size = disk_size_bytes(size)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        self._placement: TaskPlacement | None = None  # on a cluster: the node and its engine
         self.image: str | None = None
         self.container_id: str | None = None
         self.state = SandboxState.NEW
         self._lock = threading.Lock()  # start, stop and the channel
         self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
-        self._python: str | None = None
+        self._python: str | None = None  # the image's python3, or None
+        self._node: str | None = None  # the image's node, or None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
+        self._fork_image: str | None = None  # a fork's image: removed with the fork's last sandbox
+        if self.from_snapshot is not None and self.from_snapshot.user != f"{self._uid}:{self._gid}":
+            raise InvalidArgumentError(f"user={user!r} differs from the user of snapshot {self.from_snapshot.name!r} "
+                                       f"({self.from_snapshot.user}), who owns its files: leave user out")
         super().__init__()
+
+    @staticmethod
+    def _runtime_for(runtime: str | RuntimeConfig | None, snapshot: Snapshot | None) -> RuntimeConfig:
+        if snapshot is None:
+            return resolve_runtime(runtime or "python-minimal")
+        if runtime is not None and resolve_runtime(runtime) != snapshot.runtime:
+            raise InvalidArgumentError(f"runtime {runtime if isinstance(runtime, str) else runtime.name!r} differs "
+                                       f"from the runtime of snapshot {snapshot.name!r} ({snapshot.runtime.name}): "
+                                       "a snapshot starts with its own runtime; leave runtime out")
+        return snapshot.runtime
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -261,15 +433,32 @@ class DockerSandbox(SandboxBase):
 
     @property
     def has_python(self) -> bool:
-        """The running container has ``python3`` (3.8+): the fast channel and interpreters work."""
-        return isinstance(self._channel, SupervisorChannel)
+        """The running container has ``python3`` (3.8+): the fast channel and Python interpreters work."""
+        return self._python is not None and self.supervisor is not None
+
+    @property
+    def supervisor(self) -> str | None:
+        """What runs this sandbox's supervisor: ``"python3"``, ``"node"``, or ``None`` when commands go
+        one ``docker exec`` each (an image with neither, or whose interpreter could not run it)."""
+        if self._channel is None or not self._channel.multiplexed:
+            return None
+        return "python3" if self._python is not None else "node"
+
+    @property
+    def node(self) -> str | None:
+        """The cluster node the sandbox runs on (``None`` on this host's engine)."""
+        return self._placement.node if self._placement is not None else None
+
+    def _engine(self) -> docker.DockerClient:
+        """The engine holding the container: its node's on a cluster, else this host's."""
+        return self._placement.client if self._placement is not None else docker_client()
 
     @property
     def alive(self) -> bool:
         """Running, with its execution channel open (false once the container died, as far as
         the channel can tell; the ``docker exec`` fallback cannot tell)."""
         channel = self._channel
-        return self.state is SandboxState.RUNNING and channel is not None and channel.alive
+        return self.state in (SandboxState.RUNNING, SandboxState.PAUSED) and channel is not None and channel.alive
 
     @engine_errors()
     def start(self) -> Self:
@@ -283,12 +472,21 @@ class DockerSandbox(SandboxBase):
             ImageNotAvailableError, ImageBuildError: the runtime's image cannot be had.
         """
         with self._lock:
-            if self.state is SandboxState.RUNNING:
+            if self.state in (SandboxState.RUNNING, SandboxState.PAUSED):
                 return self
             client = docker_client()
-            self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
-                                              progress=self.progress)
-            prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            if self.from_snapshot is not None:  # committed from a prepared image: ready as it is
+                self.image = self.from_snapshot.tag
+                # A new disk gets the files the snapshot holds at the paths it is mounted over.
+                prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python, self.from_snapshot.node,
+                                         seeded=self._disk_paths())
+            else:
+                self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
+                                                  progress=self.progress)
+                prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+            if self.cluster is not None:
+                self._start_on_cluster(self.cluster, prepared)
+                return self
             for volume in self.volumes:
                 ensure_volume(volume)
             new_disk = False
@@ -299,7 +497,7 @@ class DockerSandbox(SandboxBase):
                 self.disk_name, self._disk_dir = take_disk(self.disk_size, self._uid, self._gid)
                 new_disk = True
             try:
-                container = client.containers.create(prepared.tag, **self._container_options())
+                container = self._create_container(client, prepared.tag)
             except BaseException:
                 self._release_disk(delete=not self._keep_disk)
                 raise
@@ -309,11 +507,9 @@ class DockerSandbox(SandboxBase):
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
-                    self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+                    self._lifeline = attach_stdin(client, container.id)
                 container.start()
-                self._python = prepared.python
-                if self.network and self.block_metadata:
-                    self._block_metadata(client, container.id, prepared.tag)
+                self._python, self._node = prepared.python, prepared.node
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
@@ -324,24 +520,84 @@ class DockerSandbox(SandboxBase):
             prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
         return self
 
+    def _disk_paths(self) -> tuple[str, ...]:
+        """The paths the disk is mounted over, that a snapshot keeps: the work dir, ``/uploads``, home."""
+        return self.work_dir, UPLOADS_DIR, HOME_DIR
+
+    def _snapshot_paths(self) -> list[str]:
+        """The paths whose files a snapshot copies from the container, as ``docker commit`` keeps
+        none of them: the named volumes' and, with a disk, the paths it is mounted over."""
+        return sorted({*self.volumes.values(), *(self._disk_paths() if self._disk_dir is not None else ())})
+
     def _release_disk(self, *, delete: bool) -> None:
         """Unmount this sandbox's disk (no container may use it any more); ``delete`` its file too."""
         if self._disk_dir is not None:
             release_disk(self.disk_name, delete=delete)
             self._disk_dir = None
 
+    def _create_container(self, client: docker.DockerClient, image: str) -> Any:
+        """Create the container on its network (made, and its host rules written, first)."""
+        for attempt in range(3):
+            network = self._ensure_network(client)
+            try:
+                return client.containers.create(image, network_mode=network, **self._container_options())
+            except NotFound as exc:
+                # A network removed by a concurrent prune between our look and our use: make it again.
+                if "network" not in str(exc.explanation) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _ensure_network(self, client: docker.DockerClient) -> str:
+        """The container's network (``"none"`` with the network off and no shared network); the
+        host's rules for it are in place when this returns."""
+        if self.shared_network is not None:
+            network = ensure_shared_network(client, self.shared_network, self.network_owner, egress=self.network,
+                                            allow_private=self.allow_private, allow_metadata=not self.block_metadata)
+        elif self.network:
+            network = ensure_egress_network(client, self.allow_private, not self.block_metadata)
+        else:
+            return "none"
+        secure(client, helper_image=functools.partial(ensure_netfilter_image, client))
+        return network
+
+    def _start_on_cluster(self, cluster: SwarmCluster, prepared: PreparedImage) -> None:
+        """Start the sandbox as a one-task Swarm service and reach its container through its
+        node's engine (with the lock held)."""
+        placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress)
+        try:
+            self._placement, self._python, self._node = placement, prepared.python, prepared.node
+            # The helpers run the sandbox's image as the node knows it (from a registry, maybe).
+            if not self.network:  # Swarm has no "none" network: take the task's links down instead
+                cut_network(placement.client, placement.container_id, placement.image, prepared.python,
+                            self._helper_labels())
+            elif self.block_metadata:
+                self._block_metadata(placement.client, placement.container_id, placement.image)
+            self._channel = self._open_channel(placement.container_id)
+        except BaseException:
+            cluster.remove(self.name)
+            self._placement = None
+            raise
+        self._adopt(placement.client, placement.container_id)
+
+    def _helper_labels(self) -> dict[str, str]:
+        return label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()})
+
     def _block_metadata(self, client: docker.DockerClient, container_id: str, image: str) -> None:
-        if self._python is None:
-            logger.warning("Image %s has no python3 to block %s with: this networked sandbox can reach it",
-                           self.image, METADATA_ADDRESS)
-            return
-        block_metadata(client, container_id, image, self._python,
-                       {"pydantic-deep.managed": "true", "pydantic-deep.owner-pid": str(os.getpid()),
-                        "pydantic-deep.owner-host": socket.gethostname()})
+        python = self._python
+        if python is None:
+            try:
+                image, python = helper_image(client)
+            except ImageNotAvailableError as exc:
+                logger.warning("Image %s has no python3 to block %s with, and no Python image is at hand (%s): "
+                               "this networked sandbox can reach it", self.image, METADATA_ADDRESS, exc)
+                return
+        block_metadata(client, container_id, image, python, self._helper_labels())
 
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
-        if self.remove_on_exit:
+        if self.remove_on_exit and self.cluster is not None:
+            self._finalizer = weakref.finalize(self, self.cluster.remove, self.name)
+        elif self.remove_on_exit:
             self._finalizer = weakref.finalize(self, _remove_sandbox, client, container_id,
                                                self.disk_name if self._disk_dir else None, not self._keep_disk)
         self.state = SandboxState.RUNNING
@@ -360,34 +616,47 @@ class DockerSandbox(SandboxBase):
                 ``stop()`` removes it).
             **options: Other :class:`DockerSandbox` arguments (``command_timeout``, ...).
 
+        With ``cluster`` (or ``$PYDANTIC_DEEP_CLUSTER``), ``container`` names the sandbox's service.
+
         Raises:
             SandboxStateError: the container is not a running pydantic_deep sandbox.
         """
-        client = docker_client()
+        cluster = resolve_cluster(options.get("cluster"))
+        placement = cluster.locate(container) if cluster is not None else None
+        # On a lost node the service's task may still be listed as running: no sandbox there either.
+        lost_node = (EngineConnectionError,) if cluster is not None else ()
         with engine_errors():
             try:
-                attrs = client.api.inspect_container(container)
-            except NotFound:
+                if cluster is not None and placement is None:
+                    raise NotFound(container)
+                client = placement.client if placement is not None else docker_client()
+                attrs = client.api.inspect_container(placement.container_id if placement else container)
+            except (NotFound, *lost_node):
                 raise SandboxStateError(f"no sandbox container {container!r}") from None
         labels = attrs["Config"]["Labels"] or {}
-        if "pydantic-deep.runtime-config" not in labels or not attrs["State"]["Running"]:
+        if label.RUNTIME_CONFIG not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
-        disk = labels.get(LABEL_DISK)
-        options = {**options, "disk_size": labels.get(LABEL_DISK_SIZE) if disk else None}
+        disk = labels.get(label.DISK)
+        options = {**options, "disk_size": labels.get(label.DISK_SIZE) if disk else None}
+        if attrs["State"]["Paused"]:  # paused by another process: a channel cannot open on it frozen
+            with engine_errors():
+                resume_container(client, attrs["Id"])
         sandbox = cls(
-            RuntimeConfig.model_validate_json(labels["pydantic-deep.runtime-config"]),
-            user=attrs["Config"]["User"], session_id=labels["pydantic-deep.session"],
-            name=attrs["Name"].lstrip("/"), remove_on_exit=remove_on_exit,
+            RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG]),
+            user=attrs["Config"]["User"], session_id=labels[label.SESSION],
+            name=labels.get("com.docker.swarm.service.name") or attrs["Name"].lstrip("/"),
+            remove_on_exit=remove_on_exit,
             volumes={m["Name"]: m["Destination"] for m in attrs["Mounts"] if m["Type"] == "volume"},
-            labels={k: v for k, v in labels.items() if not k.startswith("pydantic-deep.")}, **options,
+            labels={k: v for k, v in labels.items() if not k.startswith(label.PREFIX)}, **options,
         )
-        sandbox.image = labels.get("pydantic-deep.image")
+        sandbox.image = labels.get(label.IMAGE)
+        sandbox._placement = placement
         if disk:
-            sandbox.disk_name, sandbox._keep_disk = disk, labels.get(LABEL_DISK_KEEP) == "true"
+            sandbox.disk_name, sandbox._keep_disk = disk, labels.get(label.DISK_KEEP) == "true"
             sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
                                      "").rsplit("/", 1)[0] or None
         with sandbox._lock, engine_errors():
-            sandbox._python = client.images.get(attrs["Image"]).labels.get("pydantic-deep.python") or None
+            sandbox._python, sandbox._node = recorded_interpreters(client.images.get(attrs["Image"]).labels)
             sandbox._channel = sandbox._open_channel(attrs["Id"])
             sandbox._adopt(client, attrs["Id"])
         return sandbox
@@ -407,9 +676,16 @@ class DockerSandbox(SandboxBase):
                 self._channel.close()  # the supervisor kills what still runs
             if self._finalizer is not None:
                 self._finalizer.detach()
-            if self.state is SandboxState.RUNNING and self.container_id is not None:
+            if self.state in (SandboxState.RUNNING, SandboxState.PAUSED) and self.container_id is not None:
                 with engine_errors():
-                    remove_container(docker_client(), self.container_id)
+                    if self.cluster is not None:
+                        self.cluster.remove(self.name)  # works with the node lost, too
+                    else:
+                        remove_container(docker_client(), self.container_id)
+                    if self.shared_network is not None:  # the last one out removes it
+                        remove_network_if_unused(docker_client(), self._shared_network_name())
+                    if self._fork_image is not None:
+                        remove_fork_image(self._fork_image)
                 self.state = SandboxState.STOPPED
             self._finalizer = self._channel = None
             if self._lifeline is not None:
@@ -419,27 +695,36 @@ class DockerSandbox(SandboxBase):
                 self._release_disk(delete=remove_volumes or not self._keep_disk)
                 if remove_volumes:
                     for volume in self.volumes:
-                        remove_volume(volume)
+                        if self.cluster is not None:
+                            self.cluster.remove_volume(volume)
+                        else:
+                            remove_volume(volume)
 
     def _open_channel(self, container_id: str) -> Channel:
-        """The supervisor channel, or one ``docker exec`` per command where it cannot run."""
-        client = docker_client()
-        if self._python is not None:
+        """The supervisor channel (run by the image's ``python3``, else its ``node``), or one
+        ``docker exec`` per command where neither can run it."""
+        client = self._engine()
+        command = supervisor_command(self._python, self._node)
+        if command is not None:
             try:
-                return SupervisorChannel.open(client, container_id, self._python, SUPERVISOR_PATH)
+                return SupervisorChannel.open(client, container_id, command)
             except ChannelClosedError:
                 if not container_running(client, container_id):
                     raise self._gone() from None
-                reason = f"its {self._python} could not run the supervisor (Python 3.8+ is needed)"
+                reason = (f"its {self._python} could not run the supervisor (Python 3.8+ is needed)" if self._python
+                          else f"its {self._node} could not run the supervisor (Node.js 18+ is needed)")
         else:
-            reason = "it has no python3"
+            reason = "it has neither python3 nor node"
         if self.image not in _exec_fallback_logged:
             _exec_fallback_logged.add(self.image)
             logger.warning("Image %s: %s, so commands use one docker exec each (about 50 ms)", self.image, reason)
         return DockerExecChannel(client, container_id)
 
     def _live_channel(self) -> Channel:
-        """The running sandbox's channel, re-opened if it died (the container must still run)."""
+        """The running sandbox's channel, re-opened if it died (the container must still run).
+        A paused sandbox is resumed first: every call gets here."""
+        if self.state is SandboxState.PAUSED:
+            self.resume()
         container_id = self._running_id()
         with self._lock:
             if self._channel is None:
@@ -466,6 +751,9 @@ class DockerSandbox(SandboxBase):
                 yield
             except _CONTAINER_FAILURES as exc:
                 raise self._explain(exc, action) from exc
+            except EngineConnectionError:
+                self._check_node()
+                raise
             except TransferInterruptedError as exc:
                 if self._container_gone():
                     raise self._gone() from exc
@@ -474,7 +762,15 @@ class DockerSandbox(SandboxBase):
     def _container_gone(self) -> bool:
         """Whether the container stopped or was removed. A call cut off by ``docker rm -f`` fails a
         moment before the engine calls the container stopped, so a running one gets 2 s to stop."""
-        return self.container_id is not None and container_stops_within(docker_client(), self.container_id, 2)
+        self._check_node()
+        return self.container_id is not None and container_stops_within(self._engine(), self.container_id, 2)
+
+    def _check_node(self) -> None:
+        """On a cluster, raise :class:`NodeLostError` when the sandbox's node does not answer."""
+        if self.cluster is not None and self._placement is not None:
+            lost = self.cluster.lost(self._placement)
+            if lost is not None:
+                raise lost
 
     def _explain(self, exc: Exception, action: str) -> Exception:
         """What ``action``, failed with ``exc``, should raise: asks the engine about the container."""
@@ -488,21 +784,24 @@ class DockerSandbox(SandboxBase):
 
     def _container_options(self) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
-        volumes = {name: {"bind": path, "mode": "rw"} for name, path in self.volumes.items()}
-        mounts, disk_labels = [], {}
+        # Mounts, not binds: binds are also declared as the container's volumes, which a snapshot's
+        # commit would carry into its image (and every container of the snapshot would get them).
+        mounts = [docker.types.Mount(path, name, type="volume") for name, path in self.volumes.items()]
+        disk_labels = {}
         if self._disk_dir is not None:
             # A bind mount of a missing source fails (a `volumes` bind would create it on the host's
             # disk): the container never starts with an uncapped work dir.
             targets = {"work": self.work_dir, "uploads": UPLOADS_DIR, "home": HOME_DIR}
             if not self.tmp_size:
                 targets["tmp"] = "/tmp"
-            mounts = [docker.types.Mount(target, f"{self._disk_dir}/{part}", type="bind")
-                      for part, target in targets.items()]
-            disk_labels = {LABEL_DISK: self.disk_name, LABEL_DISK_KEEP: str(self._keep_disk).lower(),
-                           LABEL_DISK_SIZE: str(self.disk_size)}
+            mounts += [docker.types.Mount(target, f"{self._disk_dir}/{part}", type="bind")
+                       for part, target in targets.items()]
+            disk_labels = {label.DISK: self.disk_name, label.DISK_KEEP: str(self._keep_disk).lower(),
+                           label.DISK_SIZE: str(self.disk_size)}
         if self.ca_bundle is not None:
             environment.update(self.ca_bundle.environment())
-            volumes[str(self.ca_bundle.host_file())] = {"bind": CONTAINER_CA_PATH, "mode": "ro"}
+            mounts.append(docker.types.Mount(CONTAINER_CA_PATH, str(self.ca_bundle.host_file()), type="bind",
+                                             read_only=True))
         return dict(
             # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
             entrypoint=["sh", "-c", "read -r _"] if self.remove_on_exit else ["sleep", "infinity"],
@@ -512,21 +811,21 @@ class DockerSandbox(SandboxBase):
             user=f"{self._uid}:{self._gid}",
             working_dir=self.work_dir,
             environment=environment,
-            volumes=volumes,
             mounts=mounts,
             # With a disk, nothing else the sandbox could write may be on the host's disk.
             read_only=self._disk_dir is not None,
             labels={
                 **self.labels,
                 **disk_labels,
-                "pydantic-deep.managed": "true",
-                "pydantic-deep.session": self.session_id,
-                "pydantic-deep.runtime": self.runtime.name,
-                "pydantic-deep.runtime-config": self.runtime.model_dump_json(),
-                "pydantic-deep.image": self.image or "",
-                "pydantic-deep.created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "pydantic-deep.owner-pid": str(os.getpid()),
-                "pydantic-deep.owner-host": socket.gethostname(),
+                label.MANAGED: "true",
+                label.SESSION: self.session_id,
+                label.RUNTIME: self.runtime.name,
+                label.RUNTIME_CONFIG: self.runtime.model_dump_json(),
+                label.IMAGE: self.image or "",
+                label.CREATED: datetime.now(UTC).isoformat(timespec="seconds"),
+                label.OWNER_PID: str(os.getpid()),
+                label.OWNER_HOST: socket.gethostname(),
+                **({label.FROM_SNAPSHOT: self.from_snapshot.name} if self.from_snapshot is not None else {}),
             },
             init=True,
             # Nothing reads the container's log, and a command can write to it (through the main
@@ -535,13 +834,18 @@ class DockerSandbox(SandboxBase):
             ulimits=[docker.types.Ulimit(name="fsize", soft=self.max_file_size, hard=self.max_file_size)]
             if self.max_file_size else None,
             tmpfs={"/tmp": f"rw,exec,nosuid,nodev,mode=1777,size={self.tmp_size}"} if self.tmp_size else None,
-            network_mode=None if self.network else "none",
+            # Without IPv6 nothing reaches the host or a neighbour past the IPv4 rules.
+            sysctls={"net.ipv6.conf.all.disable_ipv6": "1"} if self.network or self.shared_network else None,
             cap_drop=["ALL"] if self.drop_capabilities else None,
             security_opt=["no-new-privileges"] if self.no_new_privileges else None,
             pids_limit=self.pids_limit,
             mem_limit=self.memory,
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
         )
+
+    def _shared_network_name(self) -> str:
+        assert self.shared_network is not None
+        return shared_network_name(self.shared_network, self.network_owner)
 
     def _gone(self) -> ContainerGoneError:
         return ContainerGoneError(
@@ -556,13 +860,6 @@ class DockerSandbox(SandboxBase):
         if self.state is SandboxState.STOPPED or self.container_id is None:
             raise SandboxStateError("this sandbox was stopped; call start() to run a fresh container")
         return self.container_id
-
-    async def __aenter__(self) -> Self:
-        await self.astart()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.astop()
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -593,7 +890,7 @@ class DockerSandbox(SandboxBase):
         with self._activity(), engine_errors():
             try:
                 channel = self._channel
-                if not (self.state is SandboxState.RUNNING and isinstance(channel, SupervisorChannel)
+                if not (self.state is SandboxState.RUNNING and channel is not None and channel.multiplexed
                         and channel.alive):
                     # Starting, re-opening or asking the engine: in a worker thread, off the loop.
                     channel = await asyncio.to_thread(self._live_channel)
@@ -601,6 +898,9 @@ class DockerSandbox(SandboxBase):
                                           max_output=self.max_output, on_output=on_output)
             except _CONTAINER_FAILURES as exc:
                 raise await asyncio.to_thread(self._explain, exc, "aexecute") from exc
+            except EngineConnectionError:
+                await asyncio.to_thread(self._check_node)
+                raise
 
     @_in_use
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
@@ -608,10 +908,7 @@ class DockerSandbox(SandboxBase):
 
         Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
         """
-        channel = self._live_channel()
-        if isinstance(channel, SupervisorChannel):
-            return channel.spawn(command, on_output)
-        return ExecProcess(docker_client(), self._running_id(), command, on_output)
+        return self._live_channel().spawn(command, on_output)
 
     # -- files --------------------------------------------------------------------------------
 
@@ -640,7 +937,7 @@ class DockerSandbox(SandboxBase):
         target = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         if target in self.allowed_roots:
             raise IsADirectoryError(f"{target} is a directory")
-        write_into(docker_client(), self._live_container(), target, self.allowed_roots, content, size)
+        write_into(self._engine(), self._live_container(), target, self.allowed_roots, content, size)
         return target
 
     @_in_use
@@ -658,21 +955,9 @@ class DockerSandbox(SandboxBase):
         return buffer.getvalue()
 
     @_in_use
-    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
-        """Copy the sandbox file ``path`` to the host file ``dest``, streamed. Returns ``dest``."""
-        dest_path = Path(dest)
-        partial = dest_path.with_name(dest_path.name + ".part")
-        try:
-            with partial.open("wb") as handle:
-                self._copy_out(path, handle)
-            partial.replace(dest_path)  # a half-copied file never carries the final name
-        finally:
-            partial.unlink(missing_ok=True)
-        return dest_path
-
     def _copy_out(self, path: str, target: BinaryIO) -> int:
         source = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
-        return read_from(docker_client(), self._live_container(), source, self.allowed_roots, target)
+        return read_from(self._engine(), self._live_container(), source, self.allowed_roots, target)
 
     @_in_use
     def exists(self, path: str) -> bool:
@@ -699,7 +984,7 @@ class DockerSandbox(SandboxBase):
 
     def _file_command(self, op: FileOp, path: str) -> ExecuteResult:
         """Run a file operation that answers in text through the execution channel (quick), as
-        the sandbox user, with the file API's symlink check (see :mod:`pydantic_deep.transfer`)."""
+        the sandbox user, with the file API's symlink check (see :mod:`pydantic_deep.execution.transfer`)."""
         result = self.execute(shlex.join(file_command(op, path, self.allowed_roots)), timeout=60)
         if result.truncated:
             raise SandboxError(f"the answer for {path} went past max_output ({self.max_output} bytes)")
@@ -710,7 +995,14 @@ class DockerSandbox(SandboxBase):
 
     @_in_use
     def rename(self, name: str) -> None:
-        """Give the container a new name (a session manager names a pooled sandbox for its user)."""
+        """Give the container a new name (a session manager names a pooled sandbox for its user).
+
+        Raises:
+            SandboxStateError: the sandbox is on a cluster, where Swarm cannot rename its service.
+        """
+        if self.cluster is not None:
+            raise SandboxStateError(f"a sandbox on a cluster keeps its name ({self.name}): Swarm cannot rename "
+                                    "a service")
         docker_client().api.rename(self._running_id(), name)
         self.name = name
 
@@ -719,7 +1011,7 @@ class DockerSandbox(SandboxBase):
         (one cheap stats call, and one quick command when it has a disk). Does not count as use:
         polling it never keeps a sandbox from going idle."""
         with self._clear_errors("usage"):
-            stats = docker_client().api.stats(self._running_id(), stream=False, one_shot=True)
+            stats = self._engine().api.stats(self._running_id(), stream=False, one_shot=True)
             disk_used, disk_limit = self._disk_usage()
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
                              cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9,
@@ -738,12 +1030,180 @@ class DockerSandbox(SandboxBase):
             raise SandboxError(f"could not read the disk's use: {result.output.strip()}") from None
         return (total - free) * block, total * block
 
+    # -- pause, snapshot, fork ----------------------------------------------------------------
+
+    @engine_errors()
+    def pause(self) -> None:
+        """Freeze the sandbox in place (the cgroup freezer): it uses no CPU and keeps its memory,
+        its processes and the variables of its interpreters.
+
+        :attr:`state` becomes ``paused``. The next call (a command, a file, an interpreter's cell)
+        resumes it first, by itself; :meth:`resume` does it explicitly. A command running meanwhile
+        is frozen with the rest, its timeout still counting. A no-op when paused already.
+
+        Raises:
+            SandboxStateError: the sandbox is not running (never started, or stopped).
+        """
+        with self._lock:
+            if self.state is SandboxState.PAUSED:
+                return
+            if self.state is not SandboxState.RUNNING or self.container_id is None:
+                raise SandboxStateError(f"only a running sandbox can be paused; this one is {self.state.value}")
+            with self._clear_errors("pause"):
+                self._engine().api.pause(self.container_id)
+            self.state = SandboxState.PAUSED
+
+    def pause_if_idle(self, idle: float) -> bool:
+        """Pause the sandbox if it ran and was unused for ``idle`` seconds; a call that comes
+        meanwhile waits for the pause and then resumes it, so none is ever frozen mid-way.
+
+        Returns:
+            Whether it was paused now.
+        """
+        with self._activity_lock:  # no call can begin while this looks and pauses
+            if self._busy or time.monotonic() - self.last_used < idle or self.state is not SandboxState.RUNNING:
+                return False
+            self.pause()
+            return True
+
+    @engine_errors()
+    def resume(self) -> None:
+        """Thaw a paused sandbox (any call does it by itself, first); a no-op unless paused."""
+        with self._lock:
+            if self.state is not SandboxState.PAUSED or self.container_id is None:
+                return
+            with self._clear_errors("resume"):
+                resume_container(self._engine(), self.container_id)
+            self.state = SandboxState.RUNNING
+
+    @_in_use
+    def _refuse_on_cluster(self, action: str) -> None:
+        if self.cluster is not None:
+            raise SandboxStateError(f"{action}() is not available on a cluster yet: snapshots are images of "
+                                    "this host's engine, which the cluster's nodes do not share")
+
+    def snapshot(self, name: str | None = None) -> Snapshot:
+        """Keep the sandbox's files as a named snapshot, to start from, restore or fork later.
+
+        It holds everything the container changed in its filesystem, the content of its named
+        volumes (a session's work dir and ``/uploads``) and of its disk (``disk_size``: the work dir,
+        ``/uploads`` and home), and the disk's size, taken at one moment: the sandbox is paused
+        for the copy and resumed after it (a paused sandbox stays paused). Not kept: memory and
+        processes (interpreter variables), and ``/tmp``. It lives in the engine as an image, so it
+        outlives this process: see :func:`pydantic_deep.list_snapshots`.
+
+        Args:
+            name: Its name (letters, digits, ``_.-``); default ``snapshot-<runtime>-<time>-<random>``.
+
+        Raises:
+            InvalidArgumentError: a malformed name, or one a snapshot already has.
+            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
+        """
+        self._refuse_on_cluster("snapshot")
+        container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
+        return take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
+                             volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name)
+
+    def restore(self, snapshot: Snapshot | str) -> Self:
+        """Roll the sandbox back to ``snapshot``: its container is replaced by one started from the
+        snapshot, and its named volumes (or its disk, ``disk_size``, which keeps its size) are
+        emptied and filled with the snapshot's files.
+
+        Processes and interpreter variables start afresh (a snapshot holds files only). The
+        sandbox takes the snapshot's runtime.
+
+        Raises:
+            SnapshotNotFoundError: there is no such snapshot.
+            InvalidArgumentError: the snapshot's files belong to another user than this sandbox's.
+        """
+        snap = resolve_snapshot(snapshot)
+        if snap.user != f"{self._uid}:{self._gid}":
+            raise InvalidArgumentError(f"snapshot {snap.name!r} holds files of user {snap.user}, "
+                                       f"this sandbox runs as {self.user}")
+        self.stop()
+        with engine_errors():
+            for volume in self.volumes:
+                create_volume(volume)  # empty: the engine fills it from the snapshot's image
+            if self.disk_size is not None and self._keep_disk:
+                release_disk(self.disk_name, delete=True)  # made anew on start, seeded from the snapshot
+        self.from_snapshot, self.runtime = snap, snap.runtime
+        return self.start()
+
+    def fork(self, n: int) -> list[DockerSandbox]:
+        """``n`` independent, started copies of this sandbox's files, taken at one moment.
+
+        Each has its own container (with this sandbox's limits and settings) and its own copy of
+        the files; a change in one is never seen in another, nor here. A fork of a sandbox with
+        named volumes has its copy of them in its own container (nothing to clean up): forks are
+        for trying things (parallel agent attempts, "what if" in a notebook), sessions for keeping
+        them. Processes and interpreter variables are not copied. Stop each fork when done; the
+        image they share goes with the last one.
+
+        Raises:
+            InvalidArgumentError: ``n`` is not a number from 1 to 64.
+            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
+        """
+        self._refuse_on_cluster("fork")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+            raise InvalidArgumentError(f"fork(n) needs a number of copies from 1 to 64, not {n!r}")
+        with self._activity(), self._clear_errors("fork"):
+            container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
+            snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
+                                 volume_paths=self._snapshot_paths(), disk_size=self.disk_size, kind="fork")
+        forks = [self._fork_from(snap) for _ in range(n)]
+        try:
+            with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pydantic-deep-fork") as pool:
+                list(pool.map(DockerSandbox.start, forks))
+        except BaseException:
+            for fork in forks:
+                fork.stop()
+            with engine_errors():
+                remove_fork_image(snap.image)
+            raise
+        return forks
+
+    def _fork_from(self, snap: Snapshot) -> DockerSandbox:
+        fork = DockerSandbox(
+            self.runtime, network=self.network, user=self.user, memory=self.memory, cpus=self.cpus,
+            pids_limit=self.pids_limit,
+            max_file_size=str(self.max_file_size) if self.max_file_size else None,
+            tmp_size=str(self.tmp_size) if self.tmp_size else None,
+            disk_size=str(self.disk_size) if self.disk_size else None,
+            drop_capabilities=self.drop_capabilities, no_new_privileges=self.no_new_privileges,
+            block_metadata=self.block_metadata, command_timeout=self.command_timeout,
+            max_output=self.max_output, ca_bundle=False, progress=self.progress,
+            labels={key: value for key, value in self.labels.items() if not key.startswith(label.PREFIX)},
+        )
+        fork.ca_bundle, fork.from_snapshot, fork._fork_image = self.ca_bundle, snap, snap.image
+        return fork
+
+    async def apause(self) -> None:
+        """Async form of :meth:`pause`."""
+        await asyncio.to_thread(self.pause)
+
+    async def aresume(self) -> None:
+        """Async form of :meth:`resume`."""
+        await asyncio.to_thread(self.resume)
+
+    async def asnapshot(self, name: str | None = None) -> Snapshot:
+        """Async form of :meth:`snapshot`."""
+        return await asyncio.to_thread(self.snapshot, name)
+
+    async def arestore(self, snapshot: Snapshot | str) -> Self:
+        """Async form of :meth:`restore`."""
+        return await asyncio.to_thread(self.restore, snapshot)
+
+    async def afork(self, n: int) -> list[DockerSandbox]:
+        """Async form of :meth:`fork`."""
+        return await asyncio.to_thread(self.fork, n)
+
     # -- display ------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
         container = self.container_id[:12] if self.container_id else None
+        node = f" node={self.node!r}" if self.node is not None else ""
         return (f"<DockerSandbox runtime={self.runtime.name!r} image={self.image!r} "
-                f"state={self.state.value} container={container}>")
+                f"state={self.state.value} container={container}{node}>")
 
     def _repr_html_(self) -> str:
         rows = {
@@ -753,8 +1213,10 @@ class DockerSandbox(SandboxBase):
             "State": self.state.value,
             "Container": self.container_id[:12] if self.container_id else "-",
             "Work dir": self.work_dir,
-            "Network": "on" if self.network else "off",
+            "Network": ("on (isolated)" if self.network else "off")
+            + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
             "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
+            **({"Node": self.node} if self.node is not None else {}),
         }
         return field_table("DockerSandbox", rows)
 
@@ -762,7 +1224,7 @@ class DockerSandbox(SandboxBase):
 def _seed_disk(client: docker.DockerClient, image: str, container_id: str, directories: tuple[str, ...]) -> None:
     """Copy what the image holds in ``directories`` onto the new disk mounted over them in the
     created (not yet started) container: the files a plain container would have there."""
-    source = client.api.create_container(image, labels={"pydantic-deep.managed": "true"})["Id"]
+    source = client.api.create_container(image, labels=label.managed())["Id"]
     try:
         for directory in directories:
             # "dir/." archives the directory's content as "./...", put into the mount itself (the

@@ -5,7 +5,7 @@ container (the supervisor, here a local process), so ``execute``, streaming, tim
 notebook interpreter and the file API behave the same. Nothing is isolated: code can read and
 write whatever the current user can, and reach the network. It is never chosen for you: create
 it by name, set ``%config SandboxMagics.backend = "local"``, or deploy with
-``PYDANTIC_DEEP_BACKEND=local`` (:mod:`pydantic_deep.backends`, as Binder does). Everything it shows says so.
+``PYDANTIC_DEEP_BACKEND=local`` (:mod:`pydantic_deep.sandbox.backends`, as Binder does). Everything it shows says so.
 
 Paths: the file API takes the container's paths (the runtime's work dir, ``/uploads``) and maps
 them into the private directory. Commands run in the mapped work dir; ``$PYDANTIC_DEEP_UPLOADS``
@@ -25,15 +25,16 @@ import tempfile
 import threading
 from importlib.resources import files
 from pathlib import Path
+from typing import BinaryIO, Self
 
 from ..arguments import file_content
 from ..config import RuntimeConfig
-from ..errors import PathOutsideSandboxError, SandboxFileNotFoundError, SandboxStateError
+from ..errors import PathOutsideSandboxError, SandboxError, SandboxFileNotFoundError, SandboxStateError
 from ..execution.channel import OutputCallback, Process, SupervisorChannel
 from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
-from .base import SandboxBase, SandboxState
+from .base import SandboxBase, SandboxState, tracked
 
 __all__ = ["LocalSandbox"]
 
@@ -70,13 +71,15 @@ class LocalSandbox(SandboxBase):
 
     @property
     def has_python(self) -> bool:
+        """Always: commands run through a supervisor on this process's Python."""
         return True
 
     @property
     def alive(self) -> bool:
+        """Running, with its supervisor answering."""
         return self.state is SandboxState.RUNNING and self._channel is not None and self._channel.alive
 
-    def start(self) -> LocalSandbox:
+    def start(self) -> Self:
         """Make the private directory and start the local supervisor; a no-op when running."""
         with self._lock:
             if self.state is SandboxState.RUNNING:
@@ -103,7 +106,8 @@ class LocalSandbox(SandboxBase):
         return self
 
     def stop(self) -> None:
-        """Stop the supervisor (and what it runs) and delete the private directory."""
+        """Stop the supervisor (and what it runs) and delete the private directory. Safe to call
+        more than once."""
         with self._lock:
             if self._channel is not None:
                 self._channel.close()
@@ -149,47 +153,68 @@ class LocalSandbox(SandboxBase):
             return await channel.arun(command, timeout=self._timeout(timeout),
                                       max_output=self.max_output, on_output=on_output)
 
+    @tracked
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
         """Start a long-lived ``command`` with an open standard input."""
         return self._live_channel().spawn(command, on_output)
 
     # -- files --------------------------------------------------------------------------------
 
+    @tracked
     def write_file(self, path: str, content: bytes | str) -> str:
+        """Write ``content`` to ``path``, as :meth:`DockerSandbox.write_file` does."""
+        data = file_content(content)
         self._live_channel()
-        real = self._real(path)
-        real.parent.mkdir(parents=True, exist_ok=True)
-        real.write_bytes(file_content(content))
+        self._writable(path).write_bytes(data)
         return resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
 
+    @tracked
     def _copy_in(self, source: Path, dest: str) -> str:
         self._live_channel()
-        real = self._real(dest)
-        real.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, real)
+        shutil.copyfile(source, self._writable(dest))
         return resolve_sandbox_path(dest, self.work_dir, self.allowed_roots)
 
+    def _writable(self, path: str) -> Path:
+        """The local path to write ``path`` at, its parent directories made; errors as in a container."""
+        real = self._real(path)
+        if real.is_dir():
+            raise IsADirectoryError(f"{resolve_sandbox_path(path, self.work_dir, self.allowed_roots)} is a directory")
+        try:
+            real.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(f"a parent of {path} is not a directory") from None
+        return real
+
+    @tracked
     def read_file(self, path: str) -> bytes:
+        """The content of the file at ``path``, as :meth:`DockerSandbox.read_file` reads it."""
         self._live_channel()
         real = self._real(path)
         if real.is_dir():
             raise IsADirectoryError(f"{path} is a directory; use list_files()")
         if not real.exists():
             raise SandboxFileNotFoundError(f"no such file in the sandbox: {path}")
+        if not real.is_file():
+            raise SandboxError(f"{path} is not a regular file (a pipe or a device, say), so it cannot be read")
         return real.read_bytes()
 
-    def download(self, path: str, dest: str | os.PathLike[str]) -> Path:
-        Path(dest).write_bytes(self.read_file(path))
-        return Path(dest)
+    def _copy_out(self, path: str, target: BinaryIO) -> int:
+        return target.write(self.read_file(path))
 
+    @tracked
     def exists(self, path: str) -> bool:
+        """Whether a file or directory exists at ``path``."""
         self._live_channel()
         return self._real(path).exists()
 
+    @tracked
     def list_files(self, path: str = ".") -> list[FileInfo]:
+        """The entries of the directory ``path``, sorted by name."""
         self._live_channel()
         directory = resolve_sandbox_path(path, self.work_dir, self.allowed_roots)
         real = self._real(path)
+        if real.exists() and not real.is_dir():
+            raise NotADirectoryError(f"{directory} is not a directory")
         if not real.is_dir():
             raise SandboxFileNotFoundError(f"no such directory in the sandbox: {directory}")
         return sorted((FileInfo(name=p.name, path=f"{directory.rstrip('/')}/{p.name}", size=p.lstat().st_size,
@@ -198,8 +223,8 @@ class LocalSandbox(SandboxBase):
 
     def usage(self) -> ResourceUsage:
         """The supervisor's memory and CPU time (its commands are not counted)."""
-        if self._process is None:
-            return ResourceUsage(0, 0.0)
+        self._live_channel()
+        assert self._process is not None
         stat = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
         return ResourceUsage(memory_bytes=int(stat[21]) * os.sysconf("SC_PAGE_SIZE"),

@@ -6,7 +6,9 @@ no ``NET_ADMIN``), and Docker has no per-container firewall, so a short-lived he
 joins the sandbox's network namespace with ``NET_ADMIN``, adds a *prohibit* route for the address
 there (connections fail at once with "Permission denied"), and exits. The route stays with the
 namespace, out of the sandbox's reach. The helper runs the sandbox's own image, with its Python
-and nothing else, over a raw netlink socket (no ``ip`` command needed).
+and nothing else, over a raw netlink socket (no ``ip`` command needed). An image without ``python3``
+(the Node.js runtimes: Node.js has no netlink sockets) lends the helper nothing but its network
+namespace: the helper then runs from the Python runtimes' base image (:func:`helper_image`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import docker
 from docker.errors import ContainerError
 
 from ..errors import SandboxError
+from ..images.bases import ensure_base_image
+from ..runtimes import BUILTIN_RUNTIMES
 
-__all__ = ["METADATA_ADDRESS", "block_metadata"]
+__all__ = ["METADATA_ADDRESS", "block_metadata", "helper_image"]
 
 METADATA_ADDRESS = "169.254.169.254"
 
@@ -53,3 +57,15 @@ def block_metadata(client: docker.DockerClient, container_id: str, image: str, p
     except ContainerError as exc:
         raise SandboxError(f"could not block the metadata address {METADATA_ADDRESS} in the sandbox "
                            f"(exit code {exc.exit_status}); pass block_metadata=False to go without") from None
+
+
+def helper_image(client: docker.DockerClient) -> tuple[str, str]:
+    """An image with ``python3`` for the helper of a sandbox whose own image has none, and its
+    ``python3``: the Python runtimes' base (pulled, or its air-gapped stand-in, once).
+
+    Raises:
+        ImageNotAvailableError: the base image cannot be had.
+    """
+    base = BUILTIN_RUNTIMES["python-minimal"].base_image
+    assert base is not None
+    return ensure_base_image(client, base), "python3"

@@ -10,15 +10,18 @@ from collections.abc import Callable
 from typing import Any, Self
 
 from ..config import RuntimeConfig
-from ..errors import SandboxStateError
+from ..errors import InvalidArgumentError, SandboxStateError
+from ..runtimes import resolve_runtime
 from .docker import DockerSandbox
 
 __all__ = ["SandboxPool"]
 
 logger = logging.getLogger("pydantic_deep.pool")
 
-# After a failed start, the refill thread waits this long before it tries again.
-_RETRY_AFTER = 5.0
+# After a failed start the refill thread waits before it tries again: 1 s, then twice as long after
+# each further failure, up to a minute (a broken image build is not retried in a tight loop).
+_FIRST_RETRY = 1.0
+_LONGEST_RETRY = 60.0
 
 
 class SandboxPool:
@@ -27,6 +30,11 @@ class SandboxPool:
     :meth:`acquire` hands out a ready sandbox, or starts one when none is ready. A sandbox is
     handed out once and never comes back: the caller owns it and stops it, so nobody ever gets a
     sandbox with another user's files or processes in it.
+
+    When the refill cannot start a sandbox (the image fails to build, the engine is gone...),
+    :meth:`wait_ready` raises that error instead of waiting, and :meth:`acquire`, which then has
+    nothing ready, raises it from its own start. The refill logs the failure and tries again
+    later, waiting longer after each failure (1 s up to a minute).
 
     Example:
         ```python
@@ -44,13 +52,17 @@ class SandboxPool:
         factory: Makes each (unstarted) sandbox instead, for options that differ per sandbox.
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``,
             ``disk_size``, ...): each sandbox has a disk of its own, made with it and deleted with it.
+
+    Raises:
+        UnknownRuntimeError: ``runtime`` names no runtime.
+        InvalidArgumentError: ``size`` is below 1.
     """
 
     def __init__(self, runtime: str | RuntimeConfig = "python-minimal", size: int = 2, *,
                  factory: Callable[[], DockerSandbox] | None = None, **sandbox_options: Any) -> None:
         if size < 1:
-            raise ValueError("a pool needs a size of at least 1")
-        self.runtime = runtime
+            raise InvalidArgumentError(f"size={size!r}: a pool needs a size of at least 1")
+        self.runtime: RuntimeConfig = resolve_runtime(runtime)
         self.size = size
         self.sandbox_options = sandbox_options
         self._factory = factory
@@ -58,6 +70,7 @@ class SandboxPool:
         self._changed = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._failure: Exception | None = None  # the refill's last start failed with this
 
     @property
     def ready(self) -> int:
@@ -75,13 +88,28 @@ class SandboxPool:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until the pool is full; False if ``timeout`` seconds passed first."""
+        """Block until the pool is full; False if ``timeout`` seconds passed first.
+
+        Raises:
+            SandboxError: the refill's latest attempt to start a sandbox failed with it
+                (``ImageBuildError``, ``DockerUnavailableError``...); the refill tries again later.
+        """
         self.start()
         with self._changed:
-            return self._changed.wait_for(lambda: len(self._ready) >= self.size or self._closed, timeout)
+            full = self._changed.wait_for(
+                lambda: len(self._ready) >= self.size or self._closed or self._failure is not None, timeout)
+            if self._failure is not None and len(self._ready) < self.size:
+                raise self._failure
+            return full
 
     def acquire(self) -> DockerSandbox:
-        """A started sandbox that nobody else has had; started now if none is ready."""
+        """A started sandbox that nobody else has had; started now if none is ready.
+
+        Raises:
+            SandboxStateError: the pool was closed.
+            SandboxError: none was ready and starting one failed (``ImageBuildError``,
+                ``DockerUnavailableError``...).
+        """
         with self._changed:
             if self._closed:
                 raise SandboxStateError("this pool was closed")
@@ -120,28 +148,43 @@ class SandboxPool:
         return DockerSandbox(self.runtime, **self.sandbox_options)
 
     def _refill(self) -> None:
+        retry_after = _FIRST_RETRY
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._closed or len(self._ready) < self.size)
                 if self._closed:
                     return
-            sandbox = self._new_sandbox()
             try:
-                sandbox.start()
-            except Exception:
-                logger.exception("The pool could not start a %s sandbox; retrying in %.0f s",
-                                 sandbox.runtime.name, _RETRY_AFTER)
-                sandbox.stop()
+                sandbox = self._start_one()
+            except Exception as exc:
+                logger.warning("The pool could not start a %s sandbox (%s: %s); retrying in %.0f s",
+                               self.runtime.name, type(exc).__name__, exc, retry_after)
                 with self._changed:
-                    self._changed.wait_for(lambda: self._closed, _RETRY_AFTER)
+                    self._failure = exc
+                    self._changed.notify_all()
+                    self._changed.wait_for(lambda: self._closed, retry_after)
+                retry_after = min(retry_after * 2, _LONGEST_RETRY)
                 continue
+            retry_after = _FIRST_RETRY
             with self._changed:
+                self._failure = None
                 keep = not self._closed
                 if keep:
                     self._ready.append(sandbox)
                     self._changed.notify_all()
             if not keep:
                 sandbox.stop()
+
+    def _start_one(self) -> DockerSandbox:
+        sandbox = self._new_sandbox()
+        try:
+            return sandbox.start()
+        except BaseException:
+            try:
+                sandbox.stop()
+            except Exception:  # the engine that failed the start may fail the clean-up too
+                logger.debug("Cleaning up a sandbox that failed to start failed", exc_info=True)
+            raise
 
     def __enter__(self) -> Self:
         return self.start()
@@ -156,5 +199,4 @@ class SandboxPool:
         await asyncio.to_thread(self.close)
 
     def __repr__(self) -> str:
-        name = self.runtime if isinstance(self.runtime, str) else self.runtime.name
-        return f"<SandboxPool runtime={name!r} ready={self.ready}/{self.size} closed={self._closed}>"
+        return f"<SandboxPool runtime={self.runtime.name!r} ready={self.ready}/{self.size} closed={self._closed}>"

@@ -14,55 +14,56 @@ What a session is made of, all named from a hash of the user id (``<key>``), nev
 
 Files go away only when a session is ended on purpose: :meth:`SessionManager.release`, or
 :meth:`SessionManager.shutdown` with ``keep_files=False``. Idle cleanup and ``shutdown()`` remove
-containers and keep files.
+containers and keep files. Before that, an idle session can be *paused* (``pause_after``): frozen
+in place, using no CPU, its processes and interpreter variables kept; its next call resumes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import time
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Self
 
 import docker
 
 from .._html import field_table
 from ..config import DEFAULT_DISK_SIZE, RuntimeConfig
+from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
+from ..engine.swarm import SwarmCluster, resolve_cluster
 from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_labels
-from ..errors import InvalidArgumentError, SandboxError, SandboxStateError, shown
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStateError, SessionLimitError, shown
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
-from ..sandbox.disk import LABEL_DISK, release_disk
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.base import SandboxState
+from ..sandbox.disk import release_disk
+from ..sandbox.docker import FROM_RUNTIME, DockerSandbox, resolved_disk_size
 from ..sandbox.pool import SandboxPool
+from ..sandbox.snapshots import Snapshot, resolve_snapshot
+from . import naming
 from .registry import InMemoryRegistry, SessionRecord, SessionRegistry
 
 __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 
 logger = logging.getLogger("pydantic_deep.sessions")
 
-_LABEL_MANAGER = "pydantic-deep.manager"
-_LABEL_USER = "pydantic-deep.user-id"
-_LABEL_WORK = "pydantic-deep.work-volume"
-_LABEL_UPLOADS = "pydantic-deep.uploads-volume"
-_LABEL_RUNTIME = "pydantic-deep.runtime-config"
-_LABEL_CREATED = "pydantic-deep.session-created"
-_LABEL_POOL = "pydantic-deep.pool"
-_LABEL_DISK = LABEL_DISK  # on the session volume: the disk holding the user's files
-
-
-class SessionLimitError(SandboxError):
-    """The manager already holds ``max_sessions`` sessions."""
+_LABEL_MANAGER = label.MANAGER
+_LABEL_USER = label.USER_ID
+_LABEL_WORK = label.WORK_VOLUME
+_LABEL_UPLOADS = label.UPLOADS_VOLUME
+_LABEL_RUNTIME = label.RUNTIME_CONFIG
+_LABEL_CREATED = label.SESSION_CREATED
+_LABEL_POOL = label.POOL
+_LABEL_DISK = label.DISK  # on the session volume: the disk holding the user's files
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,15 @@ class SessionInfo:
 
     user_id: str
     runtime: str
-    state: Literal["running", "busy", "stopped"]
+    state: Literal["running", "busy", "paused", "stopped"]
     container: str
     idle_seconds: float
     memory_bytes: int
     cpu_seconds: float
     disk_bytes: int = 0
     disk_limit_bytes: int | None = None
+    node: str | None = None
+    """The cluster node the sandbox runs on (``None`` on one host, or when it is stopped)."""
 
 
 _MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
@@ -87,12 +90,34 @@ def _checked_manager_name(name: str) -> str:
     # Used as is in container and volume names: a name that had to be changed to fit ("My App"
     # into "my-app") could be another manager's, whose sessions this one would then take over.
     if not isinstance(name, str):
-        raise TypeError(f"a manager name must be a str, not {type(name).__name__}")
+        raise InvalidArgumentTypeError(f"a manager name must be a str, not {type(name).__name__}")
     if not _MANAGER_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"manager name {shown(name)} must be 1-30 lowercase letters, digits and '-', starting and ending "
             "with a letter or digit (e.g. 'my-app')")
     return name
+
+
+def _check_options(default_idle_timeout: float, max_sessions: int | None, pool_size: int, orphans: str) -> None:
+    """Refuse, before anything is made, options a manager could only misread."""
+    if isinstance(default_idle_timeout, bool) or not isinstance(default_idle_timeout, (int, float)):
+        raise InvalidArgumentTypeError(
+            f"default_idle_timeout must be a number of seconds, not {type(default_idle_timeout).__name__}")
+    if not default_idle_timeout > 0:  # NaN too
+        raise InvalidArgumentError(
+            f"default_idle_timeout must be a positive number of seconds, not {default_idle_timeout!r}")
+    if max_sessions is not None:
+        _check_count("max_sessions", max_sessions, 1)
+    _check_count("pool_size", pool_size, 0)
+    if orphans not in ("adopt", "reap"):
+        raise InvalidArgumentError(f"orphans must be 'adopt' or 'reap', not {shown(str(orphans))}")
+
+
+def _check_count(argument: str, value: int, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentTypeError(f"{argument} must be a whole number, not {type(value).__name__}")
+    if value < least:
+        raise InvalidArgumentError(f"{argument} must be at least {least}, not {value!r}")
 
 
 class SessionManager:
@@ -108,7 +133,8 @@ class SessionManager:
         ```
 
     Nothing blocks the event loop: Docker calls run in worker threads, and concurrent calls for
-    one user share one creation.
+    one user share one creation. Code without an event loop of its own (threads, widgets, magics)
+    uses :class:`~pydantic_deep.sessions.sync.SyncSessionManager`, the same methods, blocking.
 
     Args:
         default_runtime: The runtime of new sessions (a name or a :class:`RuntimeConfig`).
@@ -125,10 +151,25 @@ class SessionManager:
         orphans: What to do with this manager's containers left by a process that is gone:
             ``"adopt"`` them (the user gets the same container and files back) or ``"reap"`` them
             (containers removed, files kept).
+        pause_after: Seconds without use before :meth:`cleanup_idle` (and its loop) pauses a
+            session: frozen, no CPU, memory and interpreter variables kept, resumed by its next
+            call in milliseconds. Meant to be shorter than ``default_idle_timeout``, after which
+            the session is stopped (files kept). ``None`` never pauses; ``get_or_create`` can set
+            it per session.
+        cluster: Run the sandboxes on a Docker Swarm (see :class:`SwarmCluster`); ``None`` follows
+            ``$PYDANTIC_DEEP_CLUSTER``, ``False`` is this host's engine. A session whose node is
+            lost gets a new sandbox on another node on its next :meth:`get_or_create`.
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
             ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
             and home on one disk of that size, kept with their files across containers, processes
             and container losses. A session keeps the size its disk was made with.
+            A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
+            user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
+            different users' never can.
+
+    Raises:
+        InvalidArgumentError: ``network_owner`` among the options (the manager sets it), or a
+            ``shared_network`` with a warm pool (whose sandboxes start before their user is known).
     """
 
     def __init__(
@@ -141,15 +182,28 @@ class SessionManager:
         registry: SessionRegistry | None = None,
         pool_size: int = 0,
         orphans: Literal["adopt", "reap"] = "adopt",
+        pause_after: float | None = None,
+        cluster: SwarmCluster | str | bool | None = None,
         **sandbox_options: Any,
     ) -> None:
+        _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
+        if "network_owner" in sandbox_options:
+            raise InvalidArgumentError("network_owner is set by the session manager, to each user's own key; "
+                                       "leave it out")
+        if pool_size and sandbox_options.get("shared_network") is not None:
+            raise InvalidArgumentError("shared_network cannot be used with pool_size: a warm pool's sandboxes "
+                                       "start before their user is known, and each user's shared network is "
+                                       "their own")
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
         self.name = _checked_manager_name(name)
         self.max_sessions = max_sessions
         self.registry = registry or InMemoryRegistry()
         self.orphans = orphans
-        self.sandbox_options = sandbox_options
+        self.pause_after = _checked_pause_after(pause_after)
+        self._pause_after: dict[str, float | None] = {}  # per session, where get_or_create set it
+        self.cluster = resolve_cluster(cluster)
+        self.sandbox_options = {**sandbox_options, "cluster": self.cluster or False}
         self._shared = not isinstance(self.registry, InMemoryRegistry)
         self._sandboxes: dict[str, DockerSandbox] = {}
         self._creating: dict[str, concurrent.futures.Future[DockerSandbox]] = {}
@@ -164,13 +218,13 @@ class SessionManager:
 
     def _key(self, user_id: str) -> str:
         if not isinstance(user_id, str):
-            raise TypeError(f"a user id must be a str, not {type(user_id).__name__}")
+            raise InvalidArgumentTypeError(f"a user id must be a str, not {type(user_id).__name__}")
         if not user_id:
             raise InvalidArgumentError("a user id must not be empty")
-        return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return naming.user_key(user_id)
 
     def _container_name(self, key: str) -> str:
-        return f"pd-{self.name}-{key}"
+        return naming.session_name(self.name, key)
 
     def _registry_key(self, key: str) -> str:
         return f"{self.name}:{key}"
@@ -193,23 +247,43 @@ class SessionManager:
         """
         return sum(1 for record in self.registry.records(f"{self.name}:").values() if record.container)
 
-    async def get_or_create(self, user_id: str, runtime: str | RuntimeConfig | None = None) -> DockerSandbox:
+    async def get_or_create(self, user_id: str, runtime: str | RuntimeConfig | None = None, *,
+                            snapshot: Snapshot | str | None = None, pause_after: float | None = None) -> DockerSandbox:
         """The user's sandbox: the same one on every call, with the user's files.
 
         Creates it on first use (from the warm pool when there is one), re-attaches to it from
         another process, and replaces a container that died or was removed, files included.
         With ``runtime`` different from the session's, the container is replaced by one of that
-        runtime, again with the same files.
+        runtime, again with the same files. A paused session is handed back as it is: its next
+        call resumes it.
+
+        Args:
+            user_id: Whose session.
+            runtime: The runtime it must run (default: the session's, or the manager's for a new one).
+            snapshot: Start the session from this snapshot (or its name): a new session gets its
+                files; an existing one is rolled back to them (its container replaced, its files
+                replaced by the snapshot's; processes and variables start afresh).
+            pause_after: This session's ``pause_after`` (default: the manager's); ``math.inf``
+                never pauses it.
 
         Raises:
             SessionLimitError: a new session would pass ``max_sessions``.
+            SnapshotNotFoundError: there is no such snapshot.
         """
         key = self._key(user_id)
         wanted = resolve_runtime(runtime) if runtime is not None else None
+        if pause_after is not None:
+            self._pause_after[key] = _checked_pause_after(pause_after)
         await self._ensure_recovered()
+        snap = await asyncio.to_thread(resolve_snapshot, snapshot) if snapshot is not None else None
+        if snap is not None and wanted not in (None, snap.runtime):
+            assert wanted is not None
+            raise InvalidArgumentError(f"runtime {wanted.name!r} differs from the runtime of snapshot {snap.name!r} "
+                                       f"({snap.runtime.name}): a session restored from it runs its runtime")
         known = self._sandboxes.get(key)
         # `alive` may ask the engine (images without the supervisor): never on the event loop.
-        if known is not None and wanted in (None, known.runtime) and await asyncio.to_thread(getattr, known, "alive"):
+        if snap is None and known is not None and wanted in (None, known.runtime) \
+                and await asyncio.to_thread(getattr, known, "alive"):
             return known
         with self._guard:
             future = self._creating.get(key)
@@ -219,7 +293,7 @@ class SessionManager:
         if not creator:
             return await asyncio.wrap_future(future)
         try:
-            sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted)
+            sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted, snap)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -230,12 +304,19 @@ class SessionManager:
             with self._guard:
                 del self._creating[key]
 
-    def _open_session(self, key: str, user_id: str, wanted: RuntimeConfig | None) -> DockerSandbox:
-        """Find, attach, repair or create the user's sandbox (in a worker thread)."""
+    def _open_session(self, key: str, user_id: str, wanted: RuntimeConfig | None,
+                      snapshot: Snapshot | None = None) -> DockerSandbox:
+        """Find, attach, repair or create the user's sandbox (in a worker thread); from
+        ``snapshot``, a new container with the snapshot's files in the session's volumes."""
         with engine_errors(), self.registry.lock(self._registry_key(key)):
             record = self.registry.get(self._registry_key(key)) or self._record_from_engine(key)
             sandbox = self._sandboxes.get(key)
-            if record is not None and record.container:
+            if snapshot is not None:
+                if sandbox is not None:
+                    sandbox.stop()  # its files are replaced below
+                    sandbox = None
+                wanted = snapshot.runtime
+            elif record is not None and record.container:
                 if sandbox is None or not sandbox.alive:
                     sandbox = self._attach(record.container)
                 if sandbox is not None and wanted is not None and sandbox.runtime != wanted:
@@ -244,19 +325,19 @@ class SessionManager:
             if record is not None:
                 if sandbox is None:  # stopped, died or removed: a new container, the same files
                     runtime = wanted or RuntimeConfig.model_validate_json(record.runtime)
-                    sandbox = self._new_sandbox(key, runtime, record)
+                    sandbox = self._new_sandbox(key, runtime, record, snapshot)
             else:
                 if self.max_sessions is not None and self.session_count >= self.max_sessions:
                     raise SessionLimitError(
                         f"the session manager {self.name!r} is full: {self.max_sessions} sessions at once")
                 runtime = wanted or self.default_runtime
-                sandbox = self._from_pool(key, runtime) or self._new_sandbox(key, runtime, None)
-                record = SessionRecord(user_id, sandbox.name, sandbox.volumes, runtime.model_dump_json(),
+                pooled = self._from_pool(key, runtime) if snapshot is None else None
+                sandbox = pooled or self._new_sandbox(key, runtime, None, snapshot)
+                record = SessionRecord(user_id, sandbox.name, dict(sandbox.volumes), runtime.model_dump_json(),
                                        created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
                 self._write_session_volume(key, record)
-            record.container, record.runtime = sandbox.name, sandbox.runtime.model_dump_json()
-            record.last_used = time.time()
-            self.registry.put(self._registry_key(key), record)
+            self.registry.put(self._registry_key(key), replace(
+                record, container=sandbox.name, runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
             self._sandboxes[key] = sandbox
             return sandbox
 
@@ -266,40 +347,50 @@ class SessionManager:
         return {"remove_on_exit": False, **self.sandbox_options,
                 "labels": {**self.sandbox_options.get("labels", {}), **self._labels()}}
 
-    def _new_sandbox(self, key: str, runtime: RuntimeConfig, record: SessionRecord | None) -> DockerSandbox:
+    def _new_sandbox(self, key: str, runtime: RuntimeConfig, record: SessionRecord | None,
+                     snapshot: Snapshot | None = None) -> DockerSandbox:
         name = self._container_name(key)
-        remove_container(docker_client(), name)  # a dead container of this session holds the name
-        options = self._sandbox_options()
+        self._remove_container(name)  # a dead container of this session holds the name
+        options = {**self._sandbox_options(), "session_id": key, "network_owner": naming.network_owner(key),
+                   "snapshot": snapshot}
         if record is not None and record.disk:  # the user's disk, files and quota (its size is the disk's own)
             options["disk_size"] = options.get("disk_size") or runtime.disk_size or DEFAULT_DISK_SIZE
-            return DockerSandbox(runtime, name=name, disk_name=record.disk, session_id=key, **options).start()
-        if record is None and options.get("disk_size", runtime.disk_size):
-            return DockerSandbox(runtime, name=name, disk_name=f"{name}-disk", session_id=key, **options).start()
+            if snapshot is not None:  # a new disk, seeded with the snapshot's files
+                release_disk(record.disk, delete=True)
+            return DockerSandbox(runtime, name=name, disk_name=record.disk, **options).start()
+        if record is None and resolved_disk_size(options.get("disk_size", FROM_RUNTIME), runtime, self.cluster):
+            return DockerSandbox(runtime, name=name, disk_name=naming.disk_name(name), **options).start()
         # Volumes (disk_size=None), mounted at this runtime's work dir, which may differ from the last one's.
-        work, uploads = _split_volumes(record.volumes) if record else (f"{name}-work", f"{name}-uploads")
+        work, uploads = _split_volumes(record.volumes) if record else naming.volume_names(name)
+        if snapshot is not None:
+            for volume in (work, uploads):
+                create_volume(volume)  # emptied: the engine fills an empty volume from the snapshot's image
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
-                             session_id=key, **options).start()
+                             **options).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
-        name = f"pd-{self.name}-pool-{uuid.uuid4().hex[:12]}"
+        name = naming.pool_name(self.name)
         options = self._sandbox_options()
         options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
-        if options.get("disk_size", self.default_runtime.disk_size):
-            return DockerSandbox(self.default_runtime, name=name, disk_name=f"{name}-disk", **options)
-        volumes = {f"{name}-work": self.default_runtime.work_dir, f"{name}-uploads": UPLOADS_DIR}
+        if resolved_disk_size(options.get("disk_size", FROM_RUNTIME), self.default_runtime, self.cluster):
+            return DockerSandbox(self.default_runtime, name=name, disk_name=naming.disk_name(name), **options)
+        work, uploads = naming.volume_names(name)
+        volumes = {work: self.default_runtime.work_dir, uploads: UPLOADS_DIR}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
 
     def _from_pool(self, key: str, runtime: RuntimeConfig) -> DockerSandbox | None:
         if self._pool is None or runtime != self.default_runtime:
             return None
         sandbox = self._pool.acquire()
-        sandbox.rename(self._container_name(key))
+        if self.cluster is None:  # a Swarm service cannot be renamed: the session keeps the pool's name
+            sandbox.rename(self._container_name(key))
         return sandbox
 
     def _attach(self, container: str) -> DockerSandbox | None:
         try:
-            return DockerSandbox.attach(container, **{k: v for k, v in self._sandbox_options().items()
-                                                      if k not in ("labels",)})
+            key = container.removeprefix(f"pd-{self.name}-")
+            return DockerSandbox.attach(container, network_owner=naming.network_owner(key),
+                                        **{k: v for k, v in self._sandbox_options().items() if k not in ("labels",)})
         except SandboxStateError:
             return None
 
@@ -355,20 +446,25 @@ class SessionManager:
             was_running = sandbox is not None or bool(record and record.container)
             if sandbox is not None:
                 sandbox.stop()
-            remove_container(docker_client(), self._container_name(key))  # another process's, or dead
+            for name in {self._container_name(key), record.container if record else ""} - {""}:
+                self._remove_container(name)  # another process's, or dead
             if record is not None and record.disk:  # mounted still, when another process ran it
                 release_disk(record.disk, delete=remove_files)
             if remove_files:
-                for volume in [*(record.volumes if record else {}), self._container_name(key)]:
-                    remove_volume(volume)
+                for volume in record.volumes if record else {}:
+                    if self.cluster is not None:
+                        self.cluster.remove_volume(volume)
+                    else:
+                        remove_volume(volume)
+                remove_volume(self._container_name(key))
                 self.registry.delete(self._registry_key(key))
-            elif record is not None:
-                record.container = ""  # dormant: the files wait for the user's next session
-                self.registry.put(self._registry_key(key), record)
+            elif record is not None:  # dormant: the files wait for the user's next session
+                self.registry.put(self._registry_key(key), replace(record, container=""))
             return was_running or remove_files
 
     async def cleanup_idle(self, max_idle: float | None = None) -> int:
-        """Stop the sessions unused for ``max_idle`` seconds (default ``default_idle_timeout``).
+        """Stop the sessions unused for ``max_idle`` seconds (default ``default_idle_timeout``),
+        then pause those unused for their ``pause_after`` (see :meth:`pause_idle`).
 
         A session that runs a command or moves a file is never idle. Their files are kept: the
         user's next :meth:`get_or_create` brings them back in a new container.
@@ -381,7 +477,23 @@ class SessionManager:
                 if not sandbox.busy and sandbox.idle_seconds >= limit]
         ended = await asyncio.gather(*(asyncio.to_thread(self._end_session, key, False, only_if_idle=limit)
                                        for key in idle))
+        paused = await self.pause_idle()
+        if paused:
+            logger.info("Paused %d idle session(s)", paused)
         return sum(ended)
+
+    async def pause_idle(self) -> int:
+        """Pause the running sessions unused for their ``pause_after`` seconds (see the manager's
+        ``pause_after``): no CPU, memory kept; each one's next call resumes it.
+
+        Returns:
+            How many sessions were paused.
+        """
+        due = [(sandbox, limit) for key, sandbox in list(self._sandboxes.items())
+               if (limit := self._pause_after.get(key, self.pause_after)) is not None
+               and sandbox.state is SandboxState.RUNNING and not sandbox.busy and sandbox.idle_seconds >= limit]
+        paused = await asyncio.gather(*(asyncio.to_thread(sandbox.pause_if_idle, limit) for sandbox, limit in due))
+        return sum(paused)
 
     def start_cleanup_loop(self, interval: float = 300) -> None:
         """Run :meth:`cleanup_idle` every ``interval`` seconds in a background thread, until
@@ -423,8 +535,7 @@ class SessionManager:
             await asyncio.to_thread(self._pool.close)
         keys = {k.split(":", 1)[1] for k in self.registry.records(f"{self.name}:")} | set(self._sandboxes)
         if not keep_files:  # sessions of earlier processes too: their files are recorded in the engine
-            keys |= {name.removeprefix(f"pd-{self.name}-") for name in find_volumes(self._labels())
-                     if self._container_name(name.removeprefix(f"pd-{self.name}-")) == name}
+            keys |= {key for name in find_volumes(self._labels()) if (key := naming.session_key(self.name, name))}
         running = sum(1 for key in keys if key in self._sandboxes or self._is_running(key))
         await asyncio.gather(*(asyncio.to_thread(self._end_session, key, not keep_files) for key in keys))
         return running
@@ -442,16 +553,25 @@ class SessionManager:
         for key, record in sorted(self.registry.records(f"{self.name}:").items()):
             sandbox = self._sandboxes.get(key.split(":", 1)[1])
             usage = sandbox.usage() if sandbox is not None and sandbox.alive else None
-            state: Literal["running", "busy", "stopped"] = (
-                "stopped" if usage is None else "busy" if sandbox and sandbox.busy else "running")
+            state: Literal["running", "busy", "paused", "stopped"] = (
+                "stopped" if usage is None else "busy" if sandbox and sandbox.busy
+                else "paused" if sandbox and sandbox.state is SandboxState.PAUSED else "running")
             idle = sandbox.idle_seconds if sandbox is not None else time.time() - record.last_used
             infos.append(SessionInfo(
                 user_id=record.user_id, runtime=RuntimeConfig.model_validate_json(record.runtime).name,
                 state=state, container=record.container, idle_seconds=idle,
                 memory_bytes=usage.memory_bytes if usage else 0, cpu_seconds=usage.cpu_seconds if usage else 0.0,
                 disk_bytes=usage.disk_bytes if usage else 0,
-                disk_limit_bytes=usage.disk_limit_bytes if usage else None))
+                disk_limit_bytes=usage.disk_limit_bytes if usage else None,
+                node=sandbox.node if usage is not None and sandbox is not None else None))
         return infos
+
+    def _remove_container(self, name: str) -> None:
+        """Remove a session's container (its service, on a cluster); one that is gone is fine."""
+        if self.cluster is not None:
+            self.cluster.remove(name)
+        else:
+            remove_container(docker_client(), name)
 
     # -- after a crash ------------------------------------------------------------------------
 
@@ -490,20 +610,20 @@ class SessionManager:
             for container in containers:
                 if not self._orphaned(container):
                     continue
-                key = container.name.removeprefix(f"pd-{self.name}-")
-                record = self._record_from_engine(key) if container.name == self._container_name(key) else None
-                if record is not None and self.orphans == "adopt" and container.status == "running":
+                key = naming.session_key(self.name, container.name)
+                record = self._record_from_engine(key) if key is not None else None
+                if key is not None and record is not None and self.orphans == "adopt" \
+                        and container.status in ("running", "paused"):
                     sandbox = self._attach(container.name)
                     if sandbox is not None:
-                        record.last_used = time.time()
-                        self.registry.put(self._registry_key(key), record)
+                        self.registry.put(self._registry_key(key), replace(record, last_used=time.time()))
                         self._sandboxes[key] = sandbox
                         adopted += 1
                         continue
                 # A warm pool's sandbox nobody got, or a session to reap: the container goes;
                 # files go only when no session names them.
                 volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
-                disk = container.labels.get(LABEL_DISK)
+                disk = container.labels.get(label.DISK)
                 container.remove(force=True)
                 if disk:  # a pool's disk goes; a session's is unmounted, its files kept
                     release_disk(disk, delete=record is None)
@@ -519,6 +639,13 @@ class SessionManager:
     def _orphaned(self, container: docker.models.containers.Container) -> bool:
         """Left by a process on this host that is gone (with a shared registry, nothing is)."""
         return not self._shared and owner_gone(container.labels)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Shut the sessions down (files kept), as :class:`SyncSessionManager`'s ``with`` does."""
+        await self.shutdown()
 
     def __repr__(self) -> str:
         return f"<SessionManager {self.name!r} runtime={self.default_runtime.name!r} sessions={self.session_count}>"
@@ -537,6 +664,16 @@ def _user_from_label(text: str) -> str:
     except json.JSONDecodeError:
         return text
     return value if isinstance(value, str) else text
+
+
+def _checked_pause_after(seconds: float | None) -> float | None:
+    """``seconds`` if it can be a ``pause_after`` (a positive number, ``math.inf`` or ``None``)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or math.isnan(seconds) or seconds < 0:
+        raise InvalidArgumentError(f"pause_after must be a number of seconds (0 or more, math.inf for never) "
+                                   f"or None, not {seconds!r}")
+    return None if math.isinf(seconds) else float(seconds)
 
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:

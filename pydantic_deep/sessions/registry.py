@@ -4,6 +4,10 @@ A record names the user's container and volumes, so any process that reads it ca
 same sandbox, and a replacement container can mount the same files. The registry also provides
 the per-user lock that makes "get or create" happen once across threads or processes.
 
+Both registries keep copies: :meth:`SessionRegistry.put` stores the record as it is at that moment
+and every read returns a new copy, so a change reaches the registry only through ``put``, in this
+process as across processes. Records are frozen; make a changed one with :func:`dataclasses.replace`.
+
 Sync by design: a SessionManager calls it from worker threads, never on the event loop.
 """
 
@@ -20,9 +24,10 @@ from typing import Any
 __all__ = ["InMemoryRegistry", "RedisRegistry", "SessionRecord", "SessionRegistry"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SessionRecord:
-    """One user's session, as every process sharing the registry sees it.
+    """One user's session, as every process sharing the registry sees it (frozen: a registry
+    hands out copies, so changing one would change nothing anywhere else).
 
     Attributes:
         user_id: The user's id, as the application gave it.
@@ -52,20 +57,27 @@ class SessionRecord:
 
 
 class SessionRegistry(ABC):
-    """The records of one or more SessionManagers, keyed by ``"<manager>:<user key>"``."""
+    """The records of one or more SessionManagers, keyed by ``"<manager>:<user key>"``.
+
+    Copies in, copies out: what ``put`` stores cannot be changed by the caller afterwards, and
+    what ``get`` and ``records`` return is the caller's own.
+    """
 
     @abstractmethod
-    def get(self, key: str) -> SessionRecord | None: ...
+    def get(self, key: str) -> SessionRecord | None:
+        """A copy of the record under ``key``, or None."""
 
     @abstractmethod
-    def put(self, key: str, record: SessionRecord) -> None: ...
+    def put(self, key: str, record: SessionRecord) -> None:
+        """Store a copy of ``record`` under ``key``, replacing any record there."""
 
     @abstractmethod
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Forget the record under ``key`` (nothing happens when there is none)."""
 
     @abstractmethod
     def records(self, prefix: str) -> dict[str, SessionRecord]:
-        """Every record whose key starts with ``prefix``."""
+        """Copies of every record whose key starts with ``prefix``."""
 
     @abstractmethod
     def lock(self, key: str) -> contextlib.AbstractContextManager[Any]:
@@ -73,21 +85,27 @@ class SessionRegistry(ABC):
 
 
 class InMemoryRegistry(SessionRegistry):
-    """The default: records live in this process, locks are thread locks."""
+    """The default: records live in this process, locks are thread locks.
+
+    Records are kept as the same JSON a :class:`RedisRegistry` stores, so that the two behave
+    alike: each read makes a new copy.
+    """
 
     def __init__(self) -> None:
-        self._records: dict[str, SessionRecord] = {}
+        self._records: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock_users: dict[str, int] = {}  # holding or waiting, per key
         self._guard = threading.Lock()
 
     def get(self, key: str) -> SessionRecord | None:
         with self._guard:
-            return self._records.get(key)
+            stored = self._records.get(key)
+        return SessionRecord.from_json(stored) if stored is not None else None
 
     def put(self, key: str, record: SessionRecord) -> None:
+        stored = record.to_json()
         with self._guard:
-            self._records[key] = record
+            self._records[key] = stored
 
     def delete(self, key: str) -> None:
         with self._guard:
@@ -95,7 +113,8 @@ class InMemoryRegistry(SessionRegistry):
 
     def records(self, prefix: str) -> dict[str, SessionRecord]:
         with self._guard:
-            return {k: r for k, r in self._records.items() if k.startswith(prefix)}
+            stored = {key: text for key, text in self._records.items() if key.startswith(prefix)}
+        return {key: SessionRecord.from_json(text) for key, text in stored.items()}
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:

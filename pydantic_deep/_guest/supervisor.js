@@ -1,0 +1,697 @@
+// The execution channel's far end for images without Python: the Node.js twin of supervisor.py.
+//
+// It speaks the same frame protocol with the same behaviour (see supervisor.py's docstring, the
+// reference; tests/test_protocol.py runs one conformance suite against both). Node.js 18 or newer,
+// built-in modules only. Where Node.js lacks what the Python one uses, it is made up for so that a
+// command cannot tell which supervisor runs it:
+//
+// - Pipes. Node.js gives a child's stdio as UNIX socketpairs, and a socket cannot be opened through
+//   /proc/self/fd: `echo x > /dev/stderr` would fail with ENXIO. The supervisor makes real pipes from
+//   FIFOs instead: `mkfifo` (coreutils) creates a batch of them in a private directory ahead of
+//   time; opening both ends of one and unlinking it leaves an anonymous pipe. Without `mkfifo` or a
+//   writable directory the supervisor does not start, and the host falls back to `docker exec`.
+// - Spawning. Node.js forks (Python's posix_spawn does not): a spawn blocks its thread for a
+//   millisecond or more, longer than a quick command takes. Shells are spawned by two worker
+//   threads, so the main thread goes on moving frames meanwhile, and two shells wait ready.
+// - Signals. libuv resets every signal to its default in a child, but commands must ignore SIGXFSZ
+//   (a write past the file size limit then fails with "File too large" instead of killing the
+//   program). A waiting shell runs `trap '' XFSZ` first (a bare `trap` in a command lists it); a
+//   command that gets a shell of its own runs as `trap '' XFSZ; exec /bin/sh -c ...`, so its shell
+//   inherits SIGXFSZ ignored, as under the Python supervisor.
+// - Process groups. `detached: true` starts each shell in a new session, as the leader of its own
+//   process group; `process.kill(-pid, signal)` signals the group.
+// - NODE_OPTIONS. The host starts the supervisor with the container's NODE_OPTIONS moved aside (into
+//   PYDANTIC_DEEP_NODE_OPTIONS) so that nothing of the user's changes how it runs; commands get it
+//   back.
+"use strict";
+const childProcess = require("child_process");
+const fs = require("fs");
+const net = require("net");
+const os = require("os");
+const path = require("path");
+const { Worker, isMainThread, parentPort } = require("worker_threads");
+
+const VERSION = 1;
+const HEADER_SIZE = 9; // >BII: kind, request id, payload length
+const RUN = 1, STDIN = 2, SIGNAL = 3;
+const HELLO = 10, STDOUT = 11, STDERR = 12, EXIT = 13, ERROR = 14;
+const WAITING_SHELL = 's=; while IFS= read -r l || [ -n "$l" ]; do s="$s$l\n"; done <&3; exec 3<&-; eval "$s"';
+const IGNORING_XFSZ = "trap '' XFSZ; exec /bin/sh -c \"$1\" sh";
+const SCRIPT_PIPE_LIMIT = 1024;
+const OOM_COUNTERS = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"];
+const SIGKILL = os.constants.signals.SIGKILL;
+const KILLED_BY_SIGKILL = 128 + SIGKILL;
+const REAP_WAIT_MS = 1000, REAP_STEP_MS = 10;
+const EARLY_REAP_ATTEMPTS = 2; // turns of the event loop to see a shell whose pipes closed become a zombie
+// Waiting shells kept ready. A spawn takes longer than a quick command: with two spawner threads
+// (on two cores) shells come about as fast as commands use them.
+const SPARES = 2;
+const FIFO_BATCH = 96, FIFO_LOW = 48; // FIFOs made per `mkfifo` run, and the stock that triggers one
+const { O_RDONLY, O_WRONLY, O_NONBLOCK } = fs.constants;
+const PROCESS_LIMIT_MESSAGE = "the sandbox is at its process limit (pids_limit): its commands' processes use them all";
+
+const environment = { ...process.env };
+if ("PYDANTIC_DEEP_NODE_OPTIONS" in environment) {
+  environment.NODE_OPTIONS = environment.PYDANTIC_DEEP_NODE_OPTIONS;
+  delete environment.PYDANTIC_DEEP_NODE_OPTIONS;
+}
+
+function killGroup(group, signal = SIGKILL) {
+  // False when the group has no process left.
+  try {
+    process.kill(-group, signal);
+    return true;
+  } catch (error) {
+    if (error.code === "ESRCH") return false;
+    if (error.code === "EPERM") return true; // a member that is not ours (setuid): the group lives
+    throw error;
+  }
+}
+
+// -- out of memory ------------------------------------------------------------------------------
+
+function readOomKills(fd) {
+  // The `oom_kill` count in the counter file (re-read from its start on every call).
+  if (fd === null) return null;
+  const buffer = Buffer.alloc(4096);
+  const length = fs.readSync(fd, buffer, 0, buffer.length, 0);
+  for (const line of buffer.subarray(0, length).toString("latin1").split("\n")) {
+    const [name, value] = line.split(" ");
+    if (name === "oom_kill") return Number(value);
+  }
+  return null;
+}
+
+function openOomCounter() {
+  for (const file of OOM_COUNTERS) {
+    let fd;
+    try {
+      fd = fs.openSync(file, O_RDONLY);
+    } catch {
+      continue;
+    }
+    if (readOomKills(fd) !== null) return fd;
+    fs.closeSync(fd);
+  }
+  return null;
+}
+
+// -- pipes --------------------------------------------------------------------------------------
+
+class Pipes {
+  // A stock of FIFOs in a private directory; each becomes one anonymous pipe. `make(names, done)`
+  // creates FIFOs (in the spawner thread).
+  constructor(make) {
+    this.make = make;
+    this.directory = makePrivateDirectory();
+    this.stock = [];
+    this.made = 0;
+    this.refilling = false;
+    this.unused = { true: [], false: [] }; // pipes of spawns that failed, by whether the child reads
+    const names = this.names(FIFO_BATCH);
+    const made = childProcess.spawnSync("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
+    if (made.status !== 0) throw new Error(`mkfifo could not make FIFOs in ${this.directory}`);
+    this.stock.push(...names);
+  }
+
+  names(count) {
+    const names = [];
+    for (let i = 0; i < count; i++) names.push(path.join(this.directory, String(this.made++)));
+    return names;
+  }
+
+  refill() {
+    if (this.refilling) return;
+    this.refilling = true;
+    const names = this.names(FIFO_BATCH);
+    this.make(names, () => {
+      this.refilling = false;
+      for (const name of names) if (fs.existsSync(name)) this.stock.push(name);
+    });
+  }
+
+  // One pipe: [read end, write end], as descriptors; the end a child gets blocks, the supervisor's
+  // does not. Throws when there is no FIFO left to make it from.
+  open(childReads) {
+    if (this.unused[childReads].length) return this.unused[childReads].pop();
+    if (this.stock.length < FIFO_LOW) this.refill();
+    while (this.stock.length) {
+      const name = this.stock.shift();
+      const ends = [];
+      try {
+        ends.push(fs.openSync(name, O_RDONLY | O_NONBLOCK)); // with no writer yet, must not block
+        if (!fs.fstatSync(ends[0]).isFIFO()) throw new Error("not a FIFO");
+        ends.push(fs.openSync(name, O_WRONLY)); // a reader is there: returns at once, and blocks
+        if (childReads) { // the child's end must block: open another, now that a writer is there
+          const blocking = fs.openSync(name, O_RDONLY);
+          fs.closeSync(ends[0]);
+          ends[0] = blocking;
+        }
+        fs.unlinkSync(name);
+        return ends;
+      } catch {
+        for (const fd of ends) fs.closeSync(fd);
+        try { fs.unlinkSync(name); } catch { /* gone already */ }
+      }
+    }
+    throw Object.assign(new Error("no FIFO left to make a pipe from (mkfifo failed)"), { code: "ENOFIFO" });
+  }
+
+  keep(ends, childReads) {
+    // A pipe that no child got (its spawn failed), for the next one: at the process limit spawns
+    // fail again and again, and making FIFOs needs a process too.
+    if (ends) this.unused[childReads].push(ends);
+  }
+
+  remove() {
+    fs.rmSync(this.directory, { recursive: true, force: true });
+  }
+}
+
+function makePrivateDirectory() {
+  // In /dev/shm (or /tmp), named by our pid; left-overs of supervisors that were killed are removed.
+  for (const parent of ["/dev/shm", os.tmpdir(), os.homedir()]) {
+    try {
+      for (const entry of fs.readdirSync(parent)) {
+        const match = /^\.pydantic-deep-supervisor-(\d+)-/.exec(entry);
+        if (match && !fs.existsSync(`/proc/${match[1]}`)) {
+          fs.rmSync(path.join(parent, entry), { recursive: true, force: true });
+        }
+      }
+      return fs.mkdtempSync(path.join(parent, `.pydantic-deep-supervisor-${process.pid}-`));
+    } catch {
+      continue;
+    }
+  }
+  throw new Error("no writable directory for FIFOs");
+}
+
+// -- shells and commands -------------------------------------------------------------------------
+
+class Shell {
+  // A spawned shell: its pid and the supervisor's ends of its pipes.
+  constructor(pid, scriptFd, outputs, stdin) {
+    this.pid = pid;
+    this.scriptFd = scriptFd; // a waiting shell's: where its command goes
+    this.outputs = outputs; // [[role, socket], ...]
+    this.stdin = stdin;
+    this.command = null;
+    this.exited = false;
+  }
+
+  writeScript(script) {
+    // The script fits the pipe's buffer: the write never blocks. False when the shell is gone.
+    try {
+      fs.writeSync(this.scriptFd, script);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      closeQuietly(this.scriptFd);
+      this.scriptFd = null;
+    }
+  }
+
+  closeParentEnds() {
+    if (this.scriptFd !== null) closeQuietly(this.scriptFd);
+    this.scriptFd = null;
+    for (const [, socket] of this.outputs) socket.destroy();
+    if (this.stdin !== null) this.stdin.destroy();
+  }
+}
+
+function closeQuietly(fd) {
+  try {
+    fs.closeSync(fd);
+  } catch { /* closed already */ }
+}
+
+class Command {
+  // One running command: its shell, output budget and deadline.
+  constructor(requestId, shell, maxOutput, oomKills) {
+    this.requestId = requestId;
+    this.shell = shell;
+    this.pid = shell.pid;
+    this.budget = maxOutput === undefined ? null : maxOutput;
+    this.dropped = 0;
+    this.timedOut = false;
+    this.timer = null;
+    this.oomKills = oomKills; // the container's OOM-kill count when the command started
+    this.overlapped = false; // another command ran at some time during this one
+    this.finished = false;
+  }
+}
+
+class Supervisor {
+  constructor(hostIn, hostOut) {
+    this.hostIn = hostIn;
+    this.hostOut = hostOut;
+    this.commands = new Map(); // by request id
+    this.starting = new Map(); // request id: the STDIN and SIGNAL frames that came before its shell
+    this.inbox = Buffer.alloc(0);
+    this.spares = []; // waiting shells, ready for the next commands
+    this.oomCounter = openOomCounter();
+    this.leftoverGroups = new Set(); // process groups of finished commands that still had members
+    this.spawner = new Spawner();
+    this.pipes = new Pipes((names, done) => this.spawner.mkfifo(names, done));
+    this.sparesComing = 0; // waiting shells being spawned
+    this.waiting = []; // commands that wait for one
+    this.paused = false; // commands' output is not read while the host is slow to take frames
+    hostOut.on("drain", () => this.pauseOutput(false));
+    hostOut.on("error", () => this.shutDown());
+    hostIn.on("data", (chunk) => this.readHost(chunk));
+    hostIn.on("end", () => this.shutDown());
+    hostIn.on("error", () => this.shutDown());
+  }
+
+  send(kind, requestId, payload = Buffer.alloc(0)) {
+    const header = Buffer.allocUnsafe(HEADER_SIZE);
+    header.writeUInt8(kind, 0);
+    header.writeUInt32BE(requestId, 1);
+    header.writeUInt32BE(payload.length, 5);
+    // What the host cannot take yet is queued, and commands' output is no longer read until it
+    // drains: a slow host slows commands down instead of losing their output.
+    if (!this.hostOut.write(Buffer.concat([header, payload])) && !this.paused) this.pauseOutput(true);
+  }
+
+  pauseOutput(paused) {
+    this.paused = paused;
+    for (const command of this.commands.values()) {
+      for (const [, socket] of command.shell.outputs) paused ? socket.pause() : socket.resume();
+    }
+  }
+
+  sendJson(kind, requestId, message) {
+    this.send(kind, requestId, Buffer.from(JSON.stringify(message)));
+  }
+
+  serve() {
+    this.keepSpare();
+    this.sendJson(HELLO, 0, { version: VERSION, node: process.versions.node, pid: process.pid });
+  }
+
+  shutDown() {
+    // The host's stream closed: kill every command still running, and go.
+    for (const command of this.commands.values()) killGroup(command.pid);
+    for (const spare of this.spares) killGroup(spare.pid);
+    this.pipes.remove();
+    process.exit(0);
+  }
+
+  // -- frames from the host ----------------------------------------------------------------------
+
+  readHost(chunk) {
+    this.inbox = this.inbox.length ? Buffer.concat([this.inbox, chunk]) : chunk;
+    while (this.inbox.length >= HEADER_SIZE) {
+      const length = this.inbox.readUInt32BE(5);
+      if (this.inbox.length < HEADER_SIZE + length) break;
+      const kind = this.inbox.readUInt8(0), requestId = this.inbox.readUInt32BE(1);
+      const payload = Buffer.from(this.inbox.subarray(HEADER_SIZE, HEADER_SIZE + length));
+      this.inbox = this.inbox.subarray(HEADER_SIZE + length);
+      this.handle(kind, requestId, payload);
+    }
+  }
+
+  handle(kind, requestId, payload) {
+    const early = this.starting.get(requestId);
+    if (early !== undefined && kind !== RUN) {
+      early.push([kind, payload]);
+      return;
+    }
+    const command = this.commands.get(requestId);
+    if (kind === RUN) {
+      this.start(requestId, payload);
+    } else if (kind === STDIN && command !== undefined && command.shell.stdin !== null) {
+      if (payload.length) command.shell.stdin.write(payload);
+      else command.shell.stdin.end();
+    } else if (kind === SIGNAL && command !== undefined) {
+      killGroup(command.pid, JSON.parse(payload.toString()).signal);
+    }
+  }
+
+  // -- starting commands ---------------------------------------------------------------------------
+
+  spawn(command, withStdin, done) {
+    // `sh -c command` in a new session; with no command, a shell that waits for one on fd 3 (see
+    // supervisor.py's _spawn). Then done(error, shell): EAGAIN at the process limit, say.
+    const opened = [];
+    let script, out, err, input;
+    try {
+      const pipe = (childReads) => {
+        const ends = this.pipes.open(childReads);
+        opened.push(...ends);
+        return ends; // [read end, write end]
+      };
+      script = command === null ? pipe(true) : null;
+      out = pipe(false);
+      err = pipe(false);
+      input = withStdin ? pipe(true) : null;
+    } catch (error) {
+      for (const fd of opened) closeQuietly(fd);
+      done(error, null);
+      return;
+    }
+    const stdio = [input ? input[0] : "ignore", out[1], err[1]];
+    if (script) stdio.push(script[0]);
+    // A waiting shell ignores SIGXFSZ itself (`trap`): a second exec would cost every command.
+    const args = command === null ? ["-c", `trap '' XFSZ; ${WAITING_SHELL}`] : ["-c", IGNORING_XFSZ, "sh", command];
+    this.spawner.spawn(args, stdio, (error, pid) => {
+      if (error !== null) {
+        for (const [ends, childReads] of [[script, true], [out, false], [err, false], [input, true]]) {
+          this.pipes.keep(ends, childReads);
+        }
+        done(error, null);
+        return;
+      }
+      for (const ends of [script, input]) if (ends) closeQuietly(ends[0]); // the child has them now
+      closeQuietly(out[1]);
+      closeQuietly(err[1]);
+      const stdin = input ? new net.Socket({ fd: input[1], readable: false, writable: true }) : null;
+      const readers = [["stdout", out[0]], ["stderr", err[0]]].map(([role, fd]) =>
+        [role, new net.Socket({ fd, readable: true, writable: false })]);
+      const shell = new Shell(pid, script ? script[1] : null, readers, stdin);
+      let open = readers.length;
+      for (const [role, socket] of readers) {
+        socket.on("data", (chunk) => this.forward(shell.command, role, chunk));
+        socket.on("end", () => --open || this.reapEarly(shell));
+        socket.on("error", () => {});
+        if (this.paused) socket.pause();
+      }
+      if (stdin !== null) stdin.on("error", () => stdin.destroy()); // the command closed its stdin
+      // The spawner's word may come before the shell's last output has been read: two turns of the
+      // event loop let that output come first, in the order it was written.
+      this.spawner.onExit(pid, (code, signal) => setImmediate(() => setImmediate(
+        () => this.exited(shell, code, signal && os.constants.signals[signal]))));
+      done(null, shell);
+    });
+  }
+
+  spawnThen(command, withStdin, done) {
+    // spawn(); at the process limit, first kill the background jobs of finished commands, then try
+    // again for a while: the killed processes free their slots once init has reaped them.
+    let deadline = null;
+    const attempt = () => this.spawn(command, withStdin, (error, shell) => {
+      if (error === null || error.code !== "EAGAIN") {
+        done(error, shell);
+      } else if (deadline !== null) {
+        if (Date.now() > deadline) done(error, null);
+        else setTimeout(attempt, REAP_STEP_MS);
+      } else if (!this.leftoverGroups.size) {
+        done(error, null);
+      } else {
+        // A group whose processes all ended may have passed its number on to a running command.
+        const running = new Set([...this.commands.values()].map((c) => c.pid));
+        for (const spare of this.spares) running.add(spare.pid);
+        for (const group of this.leftoverGroups) if (!running.has(group)) killGroup(group);
+        this.leftoverGroups.clear();
+        deadline = Date.now() + REAP_WAIT_MS;
+        attempt();
+      }
+    });
+    attempt();
+  }
+
+  start(requestId, payload) {
+    // The host refuses such commands; should one come anyway, it fails alone.
+    let spec, script;
+    try {
+      spec = JSON.parse(payload.toString());
+      if (typeof spec.command !== "string") throw new Error("the command is not a string");
+      if (/[\uD800-\uDFFF]/u.test(spec.command)) throw new Error("it holds a lone surrogate");
+      script = Buffer.from(spec.command + "\n");
+    } catch (error) {
+      this.sendJson(ERROR, requestId, { message: `cannot run the command: ${error.message}` });
+      return;
+    }
+    if (script.includes(0)) { // sh -c would cut it short, the waiting shell would drop the byte
+      this.sendJson(ERROR, requestId, { message: "cannot run the command: it holds a NUL byte" });
+      return;
+    }
+    this.starting.set(requestId, []);
+    if (!spec.stdin && script.length <= SCRIPT_PIPE_LIMIT) {
+      if (this.spares.length) {
+        this.takeSpare(this.spares.shift(), requestId, spec, script);
+        return;
+      }
+      if (this.waiting.length < this.sparesComing) { // one comes sooner than a shell spawned now would
+        this.waiting.push([requestId, spec, script]);
+        return;
+      }
+    }
+    this.spawnThen(spec.command, Boolean(spec.stdin), (error, shell) => {
+      if (error === null) this.run(requestId, spec, shell);
+      else this.failed(requestId, error);
+    });
+  }
+
+  takeSpare(spare, requestId, spec, script) {
+    if (!spare.exited && spare.writeScript(script)) {
+      this.run(requestId, spec, spare);
+      return;
+    }
+    spare.closeParentEnds(); // the spare was killed (by a `pkill sh`, say): a shell of its own
+    this.spawnThen(spec.command, false, (error, shell) => {
+      if (error === null) this.run(requestId, spec, shell);
+      else this.failed(requestId, error);
+    });
+  }
+
+  failed(requestId, error) {
+    this.starting.delete(requestId);
+    const reason = error.code === "EAGAIN" ? PROCESS_LIMIT_MESSAGE : error.message;
+    this.sendJson(ERROR, requestId, { message: `cannot start /bin/sh: ${reason}` });
+  }
+
+  run(requestId, spec, shell) {
+    const command = new Command(requestId, shell, spec.max_output, readOomKills(this.oomCounter));
+    if (this.commands.size) {
+      command.overlapped = true;
+      for (const other of this.commands.values()) other.overlapped = true;
+    }
+    this.commands.set(requestId, command);
+    shell.command = command;
+    if (this.paused) for (const [, socket] of shell.outputs) socket.pause(); // a spare's were not
+    const early = this.starting.get(requestId);
+    this.starting.delete(requestId);
+    for (const [kind, payload] of early) this.handle(kind, requestId, payload);
+    if (spec.timeout) { // at most 2**31 - 1 ms (24.8 days) for a timer; the host allows 11.6
+      command.timer = setTimeout(() => {
+        command.timedOut = true;
+        killGroup(command.pid);
+      }, Math.min(spec.timeout * 1000, 2 ** 31 - 1));
+    }
+    this.keepSpare(); // while this command runs, so it is up before the next one comes
+  }
+
+  keepSpare() {
+    // Have a waiting shell ready (or coming) for the next command.
+    while (this.spares.length + this.sparesComing < SPARES) {
+      this.sparesComing++;
+      this.spawn(null, false, (error, shell) => {
+        this.sparesComing--;
+        const next = this.waiting.shift();
+        if (error !== null) { // the process limit, say: commands then start their own shell
+          if (next !== undefined) {
+            const [requestId, spec] = next;
+            this.spawnThen(spec.command, false, (failure, own) => {
+              if (failure === null) this.run(requestId, spec, own);
+              else this.failed(requestId, failure);
+            });
+          }
+        } else if (next !== undefined) {
+          this.takeSpare(shell, ...next);
+        } else {
+          this.spares.push(shell);
+        }
+      });
+    }
+  }
+
+  // -- running commands ----------------------------------------------------------------------------
+
+  forward(command, role, chunk) {
+    if (command === null || command.finished) return; // a finished command's background children: discarded
+    if (command.budget !== null) {
+      const kept = chunk.subarray(0, Math.max(command.budget, 0));
+      command.dropped += chunk.length - kept.length;
+      command.budget -= kept.length;
+      chunk = kept;
+    }
+    if (chunk.length) this.send(role === "stdout" ? STDOUT : STDERR, command.requestId, chunk);
+  }
+
+  reapEarly(shell, attempts = EARLY_REAP_ATTEMPTS) {
+    // Both pipes closed: the shell has most likely exited. The spawner thread reaps it and says so,
+    // but it may be busy spawning the next shell: read the exit status of the zombie instead,
+    // from /proc/<pid>/stat (field 52, in waitpid's form).
+    if (shell.command === null || shell.exited) return;
+    let fields;
+    try {
+      const stat = fs.readFileSync(`/proc/${shell.pid}/stat`, "latin1");
+      fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3, the state
+    } catch {
+      return; // reaped already: the spawner's message is on its way
+    }
+    if (fields[0] !== "Z" || fields.length < 50) {
+      // Its descriptors close a moment before it is a zombie; or it closed them and runs on.
+      if (attempts > 1) setImmediate(() => this.reapEarly(shell, attempts - 1));
+      return;
+    }
+    const status = Number(fields[49]);
+    if (status & 0x7f) this.exited(shell, null, status & 0x7f);
+    else this.exited(shell, (status >> 8) & 0xff, null);
+  }
+
+  exited(shell, code, signal) {
+    // The shell exited with `code`, or was killed by signal number `signal`.
+    if (shell.exited) return; // said already, by reapEarly()
+    shell.exited = true;
+    const command = shell.command;
+    if (command === null) { // a spare that died before it got a command
+      if (this.spares.includes(shell)) {
+        this.spares.splice(this.spares.indexOf(shell), 1);
+        shell.closeParentEnds();
+      }
+      return;
+    }
+    // Whatever the shell wrote before it exited is in its pipes now: read it before EXIT.
+    const buffer = Buffer.allocUnsafe(65536);
+    for (const [role, socket] of shell.outputs) {
+      while (socket.read() !== null); // what the stream holds (paused), through its 'data' handler
+      const fd = socket._handle ? socket._handle.fd : -1;
+      while (fd >= 0) {
+        let length;
+        try {
+          length = fs.readSync(fd, buffer, 0, buffer.length, null);
+        } catch {
+          break; // EAGAIN: empty, and still open in a background child
+        }
+        if (length === 0) {
+          socket.destroy();
+          break;
+        }
+        this.forward(command, role, Buffer.from(buffer.subarray(0, length)));
+      }
+      socket.resume(); // from now on read and discarded, so that background children never block
+    }
+    if (shell.stdin !== null) shell.stdin.destroy();
+    clearTimeout(command.timer);
+    command.finished = true;
+    this.commands.delete(command.requestId);
+    const exitCode = signal !== null ? 128 + signal : code;
+    // Signal 0 only asks whether a group still has members.
+    for (const group of this.leftoverGroups) if (!killGroup(group, 0)) this.leftoverGroups.delete(group);
+    if (killGroup(command.pid, 0)) this.leftoverGroups.add(command.pid);
+    this.sendJson(EXIT, command.requestId, {
+      exit_code: exitCode, timed_out: command.timedOut, dropped: command.dropped,
+      oom_killed: this.oomKilled(command, exitCode),
+    });
+  }
+
+  oomKilled(command, exitCode) {
+    // Whether the OOM killer struck this command (see supervisor.py's docstring).
+    const now = readOomKills(this.oomCounter);
+    if (now === null || command.oomKills === null || now <= command.oomKills) return false;
+    return !command.overlapped || (exitCode === KILLED_BY_SIGKILL && !command.timedOut);
+  }
+}
+
+class Spawner {
+  // The main thread's side of the spawner threads (see spawnerThread below), used in turn.
+  constructor() {
+    this.replies = new Map(); // request number: (error, pid) callback
+    this.exits = new Map(); // pid: (code, signal) callback
+    this.next = 0;
+    this.workers = Array.from({ length: SPARES }, () => this.startWorker());
+  }
+
+  startWorker() {
+    const worker = new Worker(__filename);
+    worker.unref(); // the host's stream keeps the supervisor alive, not these threads
+    worker.on("message", (message) => {
+      if (message.exit) {
+        const onExit = this.exits.get(message.pid);
+        this.exits.delete(message.pid);
+        if (onExit) onExit(message.code, message.signal);
+        return;
+      }
+      const reply = this.replies.get(message.id);
+      this.replies.delete(message.id);
+      const error = message.error ? Object.assign(new Error(message.error), { code: message.code }) : null;
+      reply(error, message.pid);
+    });
+    worker.on("error", (error) => {
+      process.stderr.write(`supervisor.js: a spawner thread failed: ${error.stack}\n`);
+      process.exit(1);
+    });
+    return worker;
+  }
+
+  request(message, reply) {
+    const id = this.next++;
+    this.replies.set(id, reply);
+    this.workers[id % this.workers.length].postMessage({ id, ...message });
+  }
+
+  spawn(args, stdio, reply) {
+    this.request({ op: "spawn", args, stdio }, reply);
+  }
+
+  mkfifo(names, reply) {
+    this.request({ op: "mkfifo", names }, reply);
+  }
+
+  onExit(pid, callback) {
+    this.exits.set(pid, callback);
+  }
+}
+
+function spawnerThread() {
+  // Spawns what the main thread asks for and tells it of each spawn and exit. The stdio
+  // descriptors are the main thread's: a process's descriptors belong to all its threads.
+  parentPort.on("message", ({ id, op, args, stdio, names }) => {
+    const reply = (message) => parentPort.postMessage({ id, ...message });
+    const fail = (error) => reply({ error: error.message, code: error.code });
+    if (op === "mkfifo") {
+      const child = childProcess.spawn("mkfifo", ["-m", "600", "--", ...names], { stdio: "ignore" });
+      let replied = false;
+      const once = () => replied || (replied = true, reply({}));
+      child.on("error", once);
+      child.on("exit", once);
+      return;
+    }
+    let child;
+    try {
+      child = childProcess.spawn("/bin/sh", args, { stdio, detached: true, env: environment, argv0: "sh" });
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (child.pid === undefined) { // the reason comes with the 'error' event (EAGAIN, say)
+      child.on("error", fail);
+      return;
+    }
+    const pid = child.pid;
+    child.on("exit", (code, signal) => parentPort.postMessage({ exit: true, pid, code, signal }));
+    reply({ pid });
+  });
+}
+
+function hostStream(fd, readable) {
+  // A pipe or socket as a stream; anything else (a file, a terminal) through the fs module.
+  try {
+    return new net.Socket({ fd, readable, writable: !readable });
+  } catch {
+    return readable ? fs.createReadStream(null, { fd }) : fs.createWriteStream(null, { fd });
+  }
+}
+
+function main() {
+  // Frames own fd 1; nothing else of this process writes there (console.log would corrupt it).
+  console.log = console.info = console.debug = console.error;
+  const supervisor = new Supervisor(hostStream(0, true), hostStream(1, false));
+  supervisor.serve();
+}
+
+if (isMainThread) main();
+else spawnerThread();

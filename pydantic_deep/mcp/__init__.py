@@ -1,0 +1,1 @@
+"""``pydantic-deep mcp``: the sandbox tools served over the Model Context Protocol."""

@@ -1,0 +1,318 @@
+"""Sandboxes and sessions on a real 3-node Docker Swarm (issue 13); see tests/local_swarm.py.
+
+The swarm starts once per run (about 10 s) and is torn down after, pass or fail. Run alone with
+``scripts/test -m cluster``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from local_swarm import LocalSwarm, SwarmNode
+
+from pydantic_deep import (
+    DockerSandbox,
+    InvalidArgumentError,
+    NodeLostError,
+    RedisRegistry,
+    SandboxError,
+    SandboxPool,
+    SessionManager,
+    SwarmCluster,
+)
+from pydantic_deep.widgets import SessionMonitor
+
+pytestmark = pytest.mark.cluster
+
+
+def test_bad_cluster_arguments_are_refused_and_unknown_engines_say_what_to_do() -> None:
+    with pytest.raises(InvalidArgumentError, match="manager must be an engine address"):
+        SwarmCluster("manager.internal")
+    with pytest.raises(InvalidArgumentError, match="constraints must be a list"):
+        SwarmCluster("tcp://manager:2376", constraints="node.role==worker")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="need a volume_driver"):
+        SwarmCluster("tcp://manager:2376", volume_driver_options={"type": "nfs"})
+    with pytest.raises(InvalidArgumentError, match="cluster must be a SwarmCluster"):
+        DockerSandbox(cluster=3)  # type: ignore[arg-type]
+    cluster = SwarmCluster("tcp://manager:2376", nodes={"gpu-1": "tcp://10.0.0.21:2376"})
+    labelled = {"ID": "n2", "Spec": {"Labels": {"pydantic-deep.engine": "tcp://10.0.0.22:2376"}},
+                "Description": {"Hostname": "cpu-2"}}
+    given = {"ID": "n1", "Spec": {"Labels": {}}, "Description": {"Hostname": "gpu-1"}}
+    assert (cluster.node_address(given), cluster.node_address(labelled)) == ("tcp://10.0.0.21:2376",
+                                                                             "tcp://10.0.0.22:2376")
+    with pytest.raises(SandboxError, match="docker node update --label-add pydantic-deep.engine=tcp://"):
+        cluster.node_address({"ID": "n3", "Spec": {}, "Description": {"Hostname": "cpu-3"}})
+
+
+@pytest.fixture(scope="module")
+def cluster(swarm: LocalSwarm) -> SwarmCluster:
+    return SwarmCluster(swarm.manager.socket)
+
+
+def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(cluster: SwarmCluster) -> None:
+    sandboxes = [DockerSandbox(cluster=cluster, memory="256m", cpus=0.25) for _ in range(3)]
+    try:
+        for sandbox in sandboxes:
+            sandbox.start()
+        assert sorted(s.node or "" for s in sandboxes) == ["node1", "node2", "node3"]
+        for sandbox in sandboxes:
+            result = sandbox.execute("id -u; echo $PWD")
+            assert result.output.split() == ["1000", sandbox.work_dir], result
+            sandbox.write_file("data.txt", f"on {sandbox.node}")
+            assert sandbox.read_file("data.txt") == f"on {sandbox.node}".encode()
+            assert [f.name for f in sandbox.list_files(".")] == ["data.txt"]
+        worker = next(s for s in sandboxes if s.node != "node1")
+        chunks: list[str] = []
+        result = worker.execute("for i in 1 2 3; do echo $i; sleep 0.05; done",
+                                on_output=lambda chunk: chunks.append(chunk.text))
+        assert "".join(chunks) == result.output == "1\n2\n3\n"
+        assert worker.has_python  # the supervisor channel, through the worker's own engine
+        # No network: Swarm has no "none" network, so the task's link on the node's bridge is down.
+        links = worker.execute("cd /sys/class/net && for l in *; do echo $l $(cat $l/operstate); done").output
+        assert sorted(links.splitlines()) == ["eth0 down", "lo unknown"], links
+        # The single-host limits hold on the node: file size, processes, /tmp in memory, no capabilities.
+        limits = worker.execute("ulimit -f; cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; "
+                                "grep ' /tmp ' /proc/mounts | cut -d' ' -f3; grep CapEff /proc/self/status").output
+        assert limits.split() == [str(2**30 // 512), "512", "tmpfs", "CapEff:", "0000000000000000"], limits
+        # The limits are the task's reservations: Swarm does not overcommit a node.
+        service = cluster.client.services.get(worker.name)
+        reservations = service.attrs["Spec"]["TaskTemplate"]["Resources"]["Reservations"]
+        assert reservations == {"NanoCPUs": 250_000_000, "MemoryBytes": 256 * 2**20}
+    finally:
+        for sandbox in sandboxes:
+            sandbox.stop()
+    assert cluster.client.services.list(filters={"label": "pydantic-deep.managed=true"}) == []
+
+
+def test_images_go_through_a_registry_once(swarm: LocalSwarm) -> None:
+    """With a registry, an image is pushed once and pulled by the node a sandbox lands on."""
+    through_registry = SwarmCluster(swarm.manager.socket, registry=swarm.registry,
+                                    constraints=["node.labels.pydantic-deep.node==node3"])
+    lines: list[str] = []
+    with DockerSandbox("python-web", cluster=through_registry, memory="256m", cpus=0.25,
+                       progress=lines.append) as sandbox:
+        assert sandbox.execute("echo pulled").output == "pulled\n"
+        image = swarm.nodes["node3"].client().containers.get(sandbox.container_id).attrs["Config"]["Image"]
+        assert image.startswith(f"{swarm.registry}/pydantic-deep/prepared:")
+    assert any(line.startswith("Pushed pydantic-deep/prepared:") for line in lines), lines
+
+
+def test_a_constraint_no_node_meets_fails_clearly_and_leaves_nothing(swarm: LocalSwarm) -> None:
+    nowhere = SwarmCluster(swarm.manager.socket, constraints=["node.labels.gpu==yes"], start_timeout=3)
+    with pytest.raises(SandboxError, match="not running within 3 s: pending, no suitable node"):
+        DockerSandbox(cluster=nowhere).start()
+    assert nowhere.client.services.list() == []
+
+
+@pytest.fixture
+def workers(swarm: LocalSwarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmCluster]:
+    """The swarm's workers only (node1 is the one manager: losing it would lose the swarm), with
+    session files on storage every node sees: a bind of one host directory per volume through the
+    local driver (what an NFS export does across machines; this machine's kernel cannot serve NFS)."""
+    shared = tmp_path_factory.mktemp("shared")
+    yield SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"], volume_driver="local",
+                       volume_driver_options={"type": "none", "o": "bind", "device": f"{shared}/{{name}}"})
+    for node in swarm.nodes.values():  # a node a failed test left down
+        if node.process is None:
+            node.start()
+
+
+def _session_dirs(manager: SessionManager, user: str, root: str) -> None:
+    """Make the shared directories of the user's two volumes (an NFS export would have them)."""
+    name = manager._container_name(manager._key(user))
+    for suffix in ("work", "uploads"):
+        os.makedirs(f"{root}/{name}-{suffix}", exist_ok=True)
+
+
+@pytest.mark.anyio
+async def test_node_lost_mid_command_fails_fast_and_the_session_comes_back_elsewhere(
+        swarm: LocalSwarm, workers: SwarmCluster) -> None:
+    manager = SessionManager(name="test-cluster", cluster=workers, memory="256m", cpus=0.25)
+    _session_dirs(manager, "alice", workers.volume_driver_options["device"].rsplit("/", 1)[0])
+    lost_node = None
+    try:
+        sandbox = await manager.get_or_create("alice")
+        assert sandbox.node in ("node2", "node3")
+        sandbox.write_file("notes.txt", "kept on shared storage")
+        [info] = await manager.list_sessions()
+        assert info.node == sandbox.node and info.state == "running"
+        old_service = sandbox.name
+
+        lost_node = swarm.nodes[sandbox.node]
+        errors: list[BaseException] = []
+        command = threading.Thread(target=lambda: _capture(errors, sandbox.execute, "sleep 60"))
+        command.start()
+        _wait_until(lambda: "sleep 60" in _processes(lost_node), "the command to start")
+        killed_at = time.monotonic()
+        lost_node.kill()
+        command.join(30)
+        assert not command.is_alive()
+        failed_after = time.monotonic() - killed_at
+        [error] = errors
+        assert isinstance(error, NodeLostError) and error.node == lost_node.name
+        assert f"node {lost_node.name}" in str(error) and "is lost" in str(error)
+        assert failed_after < 10, failed_after  # seconds, not the 120 s of a client timeout
+
+        replacement = await manager.get_or_create("alice")
+        assert replacement.node not in (None, lost_node.name)
+        assert replacement.execute("cat notes.txt").output == "kept on shared storage"
+        print(f"node loss: the call failed after {failed_after:.2f} s, a working sandbox "
+              f"{time.monotonic() - killed_at:.2f} s after the kill")
+
+        lost_node.start()  # the node comes back: nothing of the old task is left on it
+        _wait_until(lambda: not _service_containers(lost_node, old_service), "the old task's container to go")
+    finally:
+        if lost_node is not None and lost_node.process is None:
+            lost_node.start()
+        await manager.shutdown(keep_files=False)
+    assert workers.client.services.list() == []
+
+
+@pytest.mark.anyio
+async def test_draining_a_node_moves_its_sessions_off_it(swarm: LocalSwarm, workers: SwarmCluster) -> None:
+    manager = SessionManager(name="test-cluster-drain", cluster=workers, memory="256m", cpus=0.25)
+    _session_dirs(manager, "bob", workers.volume_driver_options["device"].rsplit("/", 1)[0])
+    drained = None
+    try:
+        sandbox = await manager.get_or_create("bob")
+        sandbox.write_file("notes.txt", "still here")
+        drained = workers.client.nodes.get(swarm.node_id(sandbox.node or ""))
+        drained.update({**drained.attrs["Spec"], "Availability": "drain"})
+        _wait_until(lambda: not sandbox.alive, "the drained node to stop the sandbox")
+        moved = await manager.get_or_create("bob")
+        assert moved.node not in (None, sandbox.node)
+        assert moved.read_file("notes.txt") == b"still here"
+    finally:
+        if drained is not None:
+            drained.reload()
+            drained.update({**drained.attrs["Spec"], "Availability": "active"})
+        await manager.shutdown(keep_files=False)
+
+
+@pytest.mark.anyio
+async def test_without_shared_storage_a_moved_session_starts_with_empty_files(
+        swarm: LocalSwarm, cluster: SwarmCluster) -> None:
+    """What a user loses on a cluster without a volume driver: files stay on the node's disk."""
+    workers_only = SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"])
+    manager = SessionManager(name="test-cluster-local", cluster=workers_only, memory="256m", cpus=0.25)
+    drained = None
+    try:
+        sandbox = await manager.get_or_create("dave")
+        sandbox.write_file("notes.txt", "on one node's disk")
+        drained = workers_only.client.nodes.get(swarm.node_id(sandbox.node or ""))
+        drained.update({**drained.attrs["Spec"], "Availability": "drain"})
+        _wait_until(lambda: not sandbox.alive, "the drained node to stop the sandbox")
+        moved = await manager.get_or_create("dave")
+        assert moved.node not in (None, sandbox.node)
+        assert not moved.exists("notes.txt")  # the session goes on, its files stayed behind
+    finally:
+        if drained is not None:
+            drained.reload()
+            drained.update({**drained.attrs["Spec"], "Availability": "active"})
+        await manager.shutdown(keep_files=False)
+
+
+@pytest.mark.anyio
+async def test_a_warm_pool_serves_sessions_on_the_cluster(cluster: SwarmCluster) -> None:
+    manager = SessionManager(name="test-cluster-pool", cluster=cluster, pool_size=1, memory="256m", cpus=0.25)
+    try:
+        assert manager.pool is not None and manager.pool.start().wait_ready(60)
+        sandbox = await manager.get_or_create("erin")
+        assert sandbox.name.startswith("pd-test-cluster-pool-pool-") and sandbox.node is not None
+        assert sandbox.execute("echo pooled").output == "pooled\n"
+    finally:
+        await manager.shutdown(keep_files=False)
+    assert cluster.client.services.list() == []
+
+
+def test_the_environment_variable_sends_pools_and_sandboxes_to_the_cluster(
+        swarm: LocalSwarm, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYDANTIC_DEEP_CLUSTER", swarm.manager.socket)
+    with SandboxPool("python-minimal", size=2, memory="256m", cpus=0.25) as pool:
+        first, second = pool.acquire(), pool.acquire()
+        try:
+            assert {first.node, second.node} <= {"node1", "node2", "node3"} and first.node != second.node
+            assert first.execute("echo ok").output == "ok\n"
+        finally:
+            first.stop()
+            second.stop()
+    assert DockerSandbox(cluster=False).cluster is None  # one host, whatever the environment says
+
+
+@pytest.mark.anyio
+async def test_two_processes_share_sessions_through_redis(swarm: LocalSwarm, cluster: SwarmCluster,
+                                                          redis_url: str) -> None:
+    other = textwrap.dedent(f"""
+        import asyncio
+        from pydantic_deep import RedisRegistry, SessionManager, SwarmCluster
+        async def main():
+            manager = SessionManager(name="test-cluster-shared", registry=RedisRegistry({redis_url!r}),
+                                     cluster=SwarmCluster({swarm.manager.socket!r}), memory="256m", cpus=0.25)
+            sandbox = await manager.get_or_create("carol")
+            sandbox.write_file("from-the-other.txt", "hello")
+            print(sandbox.node)
+        asyncio.run(main())
+        """)
+    node = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, check=True).stdout.split()[-1]
+    manager = SessionManager(name="test-cluster-shared", registry=RedisRegistry(redis_url), cluster=cluster)
+    try:
+        sandbox = await manager.get_or_create("carol")
+        assert sandbox.node == node
+        assert sandbox.read_file("from-the-other.txt") == b"hello"
+        [info] = await manager.list_sessions()
+        assert (info.user_id, info.node, info.state) == ("carol", node, "running")
+        monitor = SessionMonitor(manager, interval=3600)  # the dashboard's table
+        try:
+            await asyncio.to_thread(monitor.refresh)
+            assert f" on {node}" in monitor.rows.children[1].children[0].value
+        finally:
+            monitor.close()
+    finally:
+        await manager.shutdown(keep_files=False)
+    assert cluster.client.services.list() == []
+
+
+def test_prune_removes_the_services_a_killed_process_left(swarm: LocalSwarm, cluster: SwarmCluster) -> None:
+    environment = {**os.environ, "PYDANTIC_DEEP_CLUSTER": swarm.manager.socket}
+    left = ("from pydantic_deep import DockerSandbox; "
+            "print(DockerSandbox(remove_on_exit=False, memory='256m', cpus=0.25).start().name)")
+    name = subprocess.run([sys.executable, "-c", left], env=environment, capture_output=True, text=True,
+                          check=True).stdout.split()[-1]
+    assert [s.name for s in cluster.client.services.list()] == [name]
+    pruned = subprocess.run([sys.executable, "-m", "pydantic_deep.cli", "prune"], env=environment,
+                            capture_output=True, text=True, check=True).stdout
+    assert f"Removed 1 service(s) from the cluster at {swarm.manager.socket}" in pruned
+    assert cluster.client.services.list() == []
+
+
+def _capture(errors: list[BaseException], call: Callable[..., object], *args: object) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _processes(node: SwarmNode) -> str:
+    """The command lines of every container process on ``node``."""
+    return " ".join(c.top()["Processes"].__str__() for c in node.client().containers.list())
+
+
+def _service_containers(node: SwarmNode, service: str) -> list[str]:
+    return [c.name for c in node.client().containers.list(
+        all=True, filters={"label": f"com.docker.swarm.service.name={service}"})]

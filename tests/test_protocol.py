@@ -1,0 +1,354 @@
+"""One conformance suite for every supervisor: frames in, frames out, the same behaviour.
+
+Each test runs against the Python supervisor (``_guest/supervisor.py``) and its Node.js twin
+(``supervisor.js``), both as a local subprocess fed through pipes and inside a real container
+(python-minimal, node-minimal) through ``docker exec -i``, the way the channel starts them. A
+behaviour one supervisor has and the other lacks fails here, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pydantic_deep import BUILTIN_RUNTIMES, DockerSandbox
+from pydantic_deep._guest import supervisor as protocol
+from pydantic_deep.images.prepare import supervisor_command
+
+pytestmark = pytest.mark.protocol
+
+GUEST = Path(protocol.__file__).parent
+LOCAL = {"python": [sys.executable, "-I", "-S", str(GUEST / "supervisor.py")],
+         "node": ["node", str(GUEST / "supervisor.js")]}
+RUNTIMES = {"python": "python-minimal", "node": "node-minimal"}
+SUPERVISORS = ["python-local", "node-local", "python-minimal", "node-minimal"]
+TIMEOUT = 30  # seconds any one frame may take to come
+
+
+@dataclass
+class Exit:
+    """One command's frames, from RUN to EXIT."""
+
+    stdout: bytes = b""
+    stderr: bytes = b""
+    status: dict = field(default_factory=dict)
+
+
+class Driver:
+    """A supervisor started with ``argv``, spoken to in frames over its standard streams."""
+
+    def __init__(self, argv: list[str], kind: str) -> None:
+        self.kind = kind
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.frames: queue.Queue[tuple[int, int, bytes] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        kind_, _, hello = self.read()
+        assert kind_ == protocol.HELLO
+        self.hello = json.loads(hello)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        stream = self.process.stdout
+
+        def read_exactly(size: int) -> bytes:
+            data = b""
+            while len(data) < size and (chunk := stream.read(size - len(data))):
+                data += chunk
+            return data
+
+        try:
+            while len(header := read_exactly(protocol.HEADER.size)) == protocol.HEADER.size:
+                kind, request_id, length = protocol.HEADER.unpack(header)
+                self.frames.put((kind, request_id, read_exactly(length)))
+        finally:
+            self.frames.put(None)
+
+    def write(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(data)
+
+    def send(self, kind: int, request_id: int, payload: bytes | dict = b"") -> None:
+        data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+        self.write(protocol.HEADER.pack(kind, request_id, len(data)) + data)
+
+    def run(self, request_id: int, command: str, *, timeout: float | None = 20, max_output: int | None = 100_000,
+            stdin: bool = False) -> None:
+        self.send(protocol.RUN, request_id,
+                  {"command": command, "timeout": timeout, "max_output": max_output, "stdin": stdin})
+
+    def read(self) -> tuple[int, int, bytes]:
+        frame = self.frames.get(timeout=TIMEOUT)
+        assert frame is not None, "the supervisor's stream ended"
+        return frame
+
+    def until_exit(self, request_id: int) -> Exit:
+        result = Exit()
+        while True:
+            kind, rid, payload = self.read()
+            assert rid == request_id, (kind, rid, payload)
+            if kind == protocol.EXIT:
+                result.status = json.loads(payload)
+                return result
+            assert kind in (protocol.STDOUT, protocol.STDERR), (kind, payload)
+            if kind == protocol.STDOUT:
+                result.stdout += payload
+            else:
+                result.stderr += payload
+
+    def execute(self, request_id: int, command: str, **options: object) -> Exit:
+        self.run(request_id, command, **options)  # type: ignore[arg-type]
+        return self.until_exit(request_id)
+
+    def ended(self) -> bool:
+        """Whether the stream ends (with nothing else on it) within TIMEOUT."""
+        return self.frames.get(timeout=TIMEOUT) is None
+
+    def close(self) -> int:
+        assert self.process.stdin is not None
+        self.process.stdin.close()  # the supervisor kills what runs and exits
+        return self.process.wait(timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def boxes() -> Iterator[dict[str, DockerSandbox]]:
+    """The containers of this module, one per runtime, started when a test first needs one."""
+    started: dict[str, DockerSandbox] = {}
+    try:
+        yield started
+    finally:
+        for box in started.values():
+            box.stop()
+
+
+def box_for(boxes: dict[str, DockerSandbox], runtime: str) -> DockerSandbox:
+    if runtime not in boxes:
+        boxes[runtime] = DockerSandbox(runtime).start()
+    return boxes[runtime]
+
+
+@pytest.fixture(params=SUPERVISORS)
+def driver(request: pytest.FixtureRequest, boxes: dict[str, DockerSandbox]) -> Iterator[Driver]:
+    kind, where = request.param.split("-", 1)
+    if where == "local":
+        if shutil.which(LOCAL[kind][0]) is None:
+            pytest.fail(f"{LOCAL[kind][0]} is missing on this machine: scripts/setup installs it")
+        argv = LOCAL[kind]
+    else:
+        box = box_for(boxes, RUNTIMES[kind])
+        assert box.supervisor == ("python3" if kind == "python" else "node")  # what the sandbox itself runs
+        command = supervisor_command(box._python, box._node)
+        assert command is not None
+        argv = ["docker", "exec", "-i", box.container_id or "", *command]
+    running = Driver(argv, kind)
+    running.where = where  # type: ignore[attr-defined]
+    running.box = None if where == "local" else box_for(boxes, RUNTIMES[kind])  # type: ignore[attr-defined]
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            assert running.close() == 0
+
+
+# -- frames and exit codes ------------------------------------------------------------------------
+
+
+def test_hello_names_the_protocol_version_and_the_supervisor(driver: Driver) -> None:
+    assert driver.hello["version"] == protocol.VERSION and isinstance(driver.hello["pid"], int)
+    assert set(driver.hello) == {"version", "pid", "python" if driver.kind == "python" else "node"}
+
+
+def test_exit_codes_and_deaths_by_signal(driver: Driver) -> None:
+    for request_id, (command, code) in enumerate([("true", 0), ("exit 3", 3), ("kill -TERM $$", 143),
+                                                   ("kill -KILL $$", 137), ("nonexistent-cmd", 127)], 1):
+        status = driver.execute(request_id, command).status
+        assert status == {"exit_code": code, "timed_out": False, "dropped": 0, "oom_killed": False}, command
+
+
+def test_stdout_and_stderr_stay_apart_and_are_real_pipes(driver: Driver) -> None:
+    # A socket in their place would make `> /dev/stderr` fail (ENXIO): scripts use it all the time.
+    result = driver.execute(1, "echo out; echo err >&2; echo out2 > /dev/stdout; echo err2 > /dev/stderr; "
+                               "[ -p /dev/stdout ] && [ -p /dev/stderr ] && echo pipes; cat /dev/stdin")
+    assert (result.stdout, result.stderr, result.status["exit_code"]) == (b"out\nout2\npipes\n", b"err\nerr2\n", 0)
+
+
+def test_commands_get_a_plain_shell(driver: Driver) -> None:
+    # sh -c with no arguments; SIGPIPE at its default (`yes | head` ends quietly); only SIGXFSZ
+    # ignored (see the next test); the same for a command long enough to skip the waiting shell.
+    probe = 'echo "$0 $#"; yes | head -1; grep SigIgn /proc/self/status'
+    for request_id, command in enumerate((probe, probe + "   #" + "x" * 2000), 1):
+        arguments, first, ignored = driver.execute(request_id, command).stdout.decode().splitlines()
+        assert (arguments, first) == ("sh 0", "y")
+        # Signals 1-31 only: C libraries keep 32 and up (real-time signals) for themselves.
+        assert int(ignored.split()[1], 16) & 0x7FFFFFFF == 1 << (signal.SIGXFSZ - 1), ignored
+
+
+def test_a_write_past_the_file_size_limit_fails_with_a_message(driver: Driver) -> None:
+    result = driver.execute(1, 'cd "$(mktemp -d)" && ulimit -f 1 && head -c 5000 /dev/zero > big; '
+                               'echo status=$?; stat -c %s big; rm -r "$PWD"')
+    status, size = result.stdout.decode().split()
+    assert status == "status=1" and int(size) < 5000 and b"File too large" in result.stderr
+
+
+def test_partial_frames_and_frames_sent_together(driver: Driver) -> None:
+    one = json.dumps({"command": "echo one", "timeout": 10, "max_output": 100}).encode()
+    frame = protocol.HEADER.pack(protocol.RUN, 1, len(one)) + one
+    for index in range(len(frame)):  # a byte at a time: a header, then a payload, cut anywhere
+        driver.write(frame[index:index + 1])
+        time.sleep(0.001)
+    assert driver.until_exit(1).stdout == b"one\n"
+    frames = b"".join(protocol.HEADER.pack(protocol.RUN, rid, len(payload)) + payload for rid, payload in (
+        (2, json.dumps({"command": "echo two", "timeout": 10, "max_output": 100}).encode()),
+        (3, json.dumps({"command": "sleep 0.2; echo three", "timeout": 10, "max_output": 100}).encode())))
+    driver.write(frames[:-3])
+    driver.write(frames[-3:])
+    assert driver.until_exit(2).stdout == b"two\n"
+    assert driver.until_exit(3).stdout == b"three\n"
+
+
+def test_long_commands_and_refused_ones(driver: Driver) -> None:
+    assert driver.execute(1, "echo " + "x" * 5000, max_output=None).stdout == b"x" * 5000 + b"\n"
+    driver.send(protocol.RUN, 2, {"command": "echo a\0b", "timeout": 10, "max_output": 100})
+    kind, rid, payload = driver.read()
+    assert (kind, rid) == (protocol.ERROR, 2) and "NUL" in json.loads(payload)["message"]
+    driver.send(protocol.RUN, 3, {"timeout": 10, "max_output": 100})
+    kind, rid, payload = driver.read()
+    assert (kind, rid) == (protocol.ERROR, 3) and json.loads(payload)["message"].startswith("cannot run the command")
+    assert driver.execute(4, "echo still here").stdout == b"still here\n"  # one bad command fails alone
+
+
+# -- stdin and signals ----------------------------------------------------------------------------
+
+
+def test_stdin_frames_feed_the_command(driver: Driver) -> None:
+    driver.run(1, "tr a-z A-Z", stdin=True)
+    driver.send(protocol.STDIN, 1, b"hello ")
+    driver.send(protocol.STDIN, 1, b"world\n")
+    driver.send(protocol.STDIN, 1, b"")  # closes stdin
+    result = driver.until_exit(1)
+    assert (result.stdout, result.status["exit_code"]) == (b"HELLO WORLD\n", 0)
+
+
+def test_signal_frame_reaches_the_process_group(driver: Driver) -> None:
+    command = "trap 'echo got INT; exit 5' INT; echo ready; while :; do sleep 0.01; done"
+    driver.run(2, command)
+    assert driver.read() == (protocol.STDOUT, 2, b"ready\n")
+    driver.send(protocol.SIGNAL, 2, {"signal": int(signal.SIGINT)})
+    result = driver.until_exit(2)
+    assert result.stdout == b"got INT\n" and result.status["exit_code"] == 5
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+def test_output_budget_applies_inside_the_supervisor(driver: Driver) -> None:
+    result = driver.execute(1, "head -c 5000 /dev/zero; echo tail >&2", max_output=10)
+    assert result.stdout == b"\0" * 10 and result.stderr == b""
+    assert result.status == {"exit_code": 0, "timed_out": False, "dropped": 4995, "oom_killed": False}
+    assert len(driver.execute(2, "head -c 3000000 /dev/zero", max_output=None).stdout) == 3_000_000
+
+
+def test_timeout_kills_the_whole_process_group(driver: Driver) -> None:
+    result = driver.execute(1, "sleep 300 & echo $!; sleep 300", timeout=0.5)
+    assert result.status == {"exit_code": 137, "timed_out": True, "dropped": 0, "oom_killed": False}
+    pid = int(result.stdout)
+    wait_gone = f"while kill -0 {pid} 2>/dev/null; do sleep 0.01; done; echo gone"
+    assert driver.execute(2, wait_gone, timeout=10).stdout == b"gone\n"
+
+
+def test_concurrent_commands_interleave(driver: Driver) -> None:
+    # The slow one is sent first and waits for a file that the quick ones create: only commands
+    # that run at the same time can finish this way.
+    marker = f"/tmp/pd-protocol-{os.getpid()}-{driver.kind}"
+    driver.run(1, f"while [ ! -e {marker} ]; do sleep 0.01; done; rm {marker}; echo slow")
+    for rid in range(2, 12):
+        driver.run(rid, f"echo quick{rid}")
+    driver.run(12, f"touch {marker}")
+    stdout: dict[int, bytes] = {}
+    exits: list[int] = []
+    while len(exits) < 12:
+        kind, rid, payload = driver.read()
+        if kind == protocol.EXIT:
+            exits.append(rid)
+        else:
+            stdout[rid] = stdout.get(rid, b"") + payload
+    assert stdout[1] == b"slow\n"
+    assert all(stdout[rid] == f"quick{rid}\n".encode() for rid in range(2, 12))
+
+
+def test_background_output_is_discarded_and_never_blocks(driver: Driver) -> None:
+    started = driver.execute(1, "(while :; do echo tick; done) & echo $!")
+    [pid] = [int(line) for line in started.stdout.split() if line.isdigit()]
+    assert started.status["exit_code"] == 0
+    # The ticker writes on, more than any pipe holds; nothing of request 1 comes after its EXIT.
+    result = driver.execute(2, f"head -c 300000 /dev/zero > /dev/null; kill {pid}; echo done")
+    assert result.stdout == b"done\n"
+
+
+# -- the supervisor's own life ------------------------------------------------------------------
+
+
+def test_closing_the_stream_kills_what_runs_and_ends_the_supervisor(driver: Driver) -> None:
+    result = driver.execute(1, "true")
+    assert result.status["exit_code"] == 0
+    driver.run(2, "sleep 300 & echo $!; wait")
+    kind, _, payload = driver.read()
+    pid = int(payload)
+    assert driver.close() == 0
+    check = f"kill -0 {pid} 2>/dev/null && echo alive || echo gone"
+    deadline = time.monotonic() + TIMEOUT
+    while _shell(driver, check) != "gone\n":
+        assert time.monotonic() < deadline, "the command outlived its supervisor's stream"
+        time.sleep(0.05)
+
+
+def test_a_supervisor_killed_mid_command_ends_the_stream(driver: Driver) -> None:
+    driver.run(1, "echo started; sleep 10")
+    assert driver.read() == (protocol.STDOUT, 1, b"started\n")
+    driver.run(2, "kill -9 $PPID")  # $PPID: the supervisor
+    assert driver.ended()  # no EXIT for either command: the host fails them
+    assert driver.process.wait(timeout=TIMEOUT) != 0
+
+
+def _shell(driver: Driver, command: str) -> str:
+    """``command``'s output, run where the driver's supervisor runs (not through it)."""
+    box = driver.box  # type: ignore[attr-defined]
+    if box is None:
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+    return box.execute(command).output
+
+
+# -- out of memory, in real containers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES.values())
+def test_out_of_memory_is_reported(runtime: str) -> None:
+    # Pure shell, so the same in every image: a command substitution holds 400 MB in the shell.
+    hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' x); echo survived"
+    with DockerSandbox(runtime, memory="256m") as box:
+        assert box.supervisor is not None
+        result = box.execute(hog, timeout=60)
+        assert (result.oom_killed, result.exit_code) == (True, 137), result
+        after = box.execute("echo fine")
+        assert (after.output, after.oom_killed) == ("fine\n", False)
+
+
+def test_the_users_node_options_reach_commands_not_the_supervisor() -> None:
+    # NODE_OPTIONS could make Node.js load code, or refuse to start: the supervisor runs without it.
+    runtime = BUILTIN_RUNTIMES["node-minimal"].model_copy(
+        update={"name": "test-node-options", "env_vars": {"NODE_OPTIONS": "--require /nonexistent.js"}})
+    with DockerSandbox(runtime) as box:
+        assert box.supervisor == "node"
+        result = box.execute("echo \"$NODE_OPTIONS\"; env | grep -c PYDANTIC_DEEP")
+        assert result.output == "--require /nonexistent.js\n0\n"
