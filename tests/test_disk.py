@@ -16,13 +16,24 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from pydantic_deep import DiskFullError, DockerSandbox, RuntimeConfig, SandboxPool, SessionManager, get_runtime
+from pydantic_deep import (
+    DiskFullError,
+    DockerSandbox,
+    InvalidArgumentError,
+    RuntimeConfig,
+    SandboxPool,
+    SessionManager,
+    SwarmCluster,
+    get_runtime,
+)
 from pydantic_deep.cli import main as cli
 from pydantic_deep.engine.client import docker_client
 from pydantic_deep.sandbox.disk import disk_dir, list_disks
+from pydantic_deep.sandbox.docker import FROM_RUNTIME, resolved_disk_size
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.disk, pytest.mark.anyio]
 
@@ -218,3 +229,17 @@ def test_prune_releases_the_disk_of_a_killed_owner(capsys: pytest.CaptureFixture
     assert "Released" in capsys.readouterr().out
     assert leftovers(disk) == [] and owned_disks(pid) == []  # the disk made ahead too
     assert os.path.isdir(os.path.dirname(disk_dir(disk)))
+
+
+def test_on_a_cluster_the_default_is_no_disk_and_an_explicit_one_is_refused() -> None:
+    """Swarm services cannot mount a disk: the 10g default must not make every cluster sandbox fail."""
+    cluster = cast(SwarmCluster, object())  # only whether there is one matters here
+    runtime = get_runtime("python-minimal")
+    assert resolved_disk_size(FROM_RUNTIME, runtime, None) == runtime.disk_size == "10g"
+    assert resolved_disk_size(FROM_RUNTIME, runtime, cluster) is None
+    assert resolved_disk_size(None, runtime, cluster) is None
+    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk: disk_size='1g'"):
+        resolved_disk_size("1g", runtime, cluster)
+    with pytest.raises(InvalidArgumentError, match="runtime 'python-minimal'.s disk_size='2g'"):
+        resolved_disk_size(FROM_RUNTIME, RuntimeConfig.model_validate(
+            {**runtime.model_dump(exclude_unset=True), "disk_size": "2g"}), cluster)

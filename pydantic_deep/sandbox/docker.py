@@ -392,6 +392,7 @@ class DockerSandbox(SandboxBase):
         self.disk_name = disk_name or ""
         self._keep_disk = disk_name is not None
         self._disk_dir: str | None = None  # where the disk is mounted on the engine's host
+        self._disk_usage_when_paused: tuple[int, int | None] = (0, None)
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.cluster = resolve_cluster(cluster)
@@ -794,8 +795,9 @@ class DockerSandbox(SandboxBase):
             targets = {"work": self.work_dir, "uploads": UPLOADS_DIR, "home": HOME_DIR}
             if not self.tmp_size:
                 targets["tmp"] = "/tmp"
+            # A named volume the caller mounts at one of these paths is theirs: the disk is not put over it.
             mounts += [docker.types.Mount(target, f"{self._disk_dir}/{part}", type="bind")
-                       for part, target in targets.items()]
+                       for part, target in targets.items() if target not in self.volumes.values()]
             disk_labels = {label.DISK: self.disk_name, label.DISK_KEEP: str(self._keep_disk).lower(),
                            label.DISK_SIZE: str(self.disk_size)}
         if self.ca_bundle is not None:
@@ -1018,9 +1020,12 @@ class DockerSandbox(SandboxBase):
                              disk_bytes=disk_used, disk_limit_bytes=disk_limit)
 
     def _disk_usage(self) -> tuple[int, int | None]:
-        """(bytes used, filesystem size) of the disk, asked of the running container's filesystem."""
+        """(bytes used, filesystem size) of the disk, asked of the running container's filesystem
+        (of a paused one, as it was when paused: a command would have to resume it)."""
         if self._disk_dir is None:
             return 0, None
+        if self.state is SandboxState.PAUSED:
+            return self._disk_usage_when_paused
         # Through the channel itself, not execute(): no activity, so the sandbox's idle time stands.
         result = self._live_channel().run(f"stat -f -c '%S %b %f' -- {shlex.quote(self.work_dir)}",
                                           timeout=30, max_output=4096)
@@ -1044,6 +1049,10 @@ class DockerSandbox(SandboxBase):
         Raises:
             SandboxStateError: the sandbox is not running (never started, or stopped).
         """
+        if self.state is SandboxState.RUNNING and self._disk_dir is not None:
+            with self._clear_errors("pause"):
+                # Read while a command can still run; a frozen sandbox writes nothing till resumed.
+                self._disk_usage_when_paused = self._disk_usage()
         with self._lock:
             if self.state is SandboxState.PAUSED:
                 return
