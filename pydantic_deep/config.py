@@ -116,7 +116,8 @@ class RuntimeConfig(BaseModel):
         cache_image: Reuse a previously built image with the same content hash.
         disk_size: What a sandbox of this runtime may write to the host's disk, all paths together
             (Docker's notation, at least ``"16m"``), unless the sandbox is given its own
-            ``disk_size``; ``None`` caps nothing. See :class:`DockerSandbox`.
+            ``disk_size``; ``None`` caps nothing. On a cluster the default means no disk, and
+            another size is refused. See :class:`DockerSandbox`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

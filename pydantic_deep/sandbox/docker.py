@@ -136,12 +136,13 @@ def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeCon
     runtime's, but on a cluster (where Swarm cannot mount a disk) no disk unless asked for.
 
     Raises:
-        InvalidArgumentError: a disk asked for on a cluster, by ``disk_size`` or by the runtime.
+        InvalidArgumentError: a disk asked for on a cluster: by ``disk_size``, or by a runtime
+            whose ``disk_size`` is not the default.
     """
     if isinstance(disk_size, _FromRuntime):
         if snapshot is not None and snapshot.disk_size is not None:
             return str(snapshot.disk_size)
-        if cluster is None or "disk_size" not in runtime.model_fields_set:
+        if cluster is None or runtime.disk_size == DEFAULT_DISK_SIZE:
             return runtime.disk_size if cluster is None else None
         disk_size, argument = runtime.disk_size, f"runtime {runtime.name!r}'s disk_size"
     else:
@@ -296,7 +297,9 @@ class DockerSandbox(SandboxBase):
             :class:`DiskFullError`), and hurts nothing else. The file is sparse: the host spends only
             what is written. ``None`` caps nothing: a writable root filesystem and home, as plain
             Docker gives (see :mod:`pydantic_deep.sandbox.disk` for how, and what the engine needs).
-            Named ``volumes`` you mount are not on it.
+            Named ``volumes`` you mount are not on it. Started from a ``snapshot``, the default is
+            the source's size. On a ``cluster`` the default is no disk (Swarm cannot mount one),
+            and a size given there is refused.
         disk_name: Keep the disk under this name when the container goes (a session's files):
             ``stop()`` unmounts it, ``stop(remove_volumes=True)`` deletes it, and a new sandbox
             with the same ``disk_name`` gets its files back. By default the disk goes with the

@@ -162,14 +162,16 @@ class SessionManager:
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
             ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
             and home on one disk of that size, kept with their files across containers, processes
-            and container losses. A session keeps the size its disk was made with.
+            and container losses. A session keeps the size its disk was made with. On a
+            ``cluster`` the default is no disk (Swarm cannot mount one).
             A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
             user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
             different users' never can.
 
     Raises:
         InvalidArgumentError: ``network_owner`` among the options (the manager sets it), or a
-            ``shared_network`` with a warm pool (whose sandboxes start before their user is known).
+            ``shared_network`` with a warm pool (whose sandboxes start before their user is known),
+            or a ``disk_size`` on a ``cluster`` (where the default is no disk).
     """
 
     def __init__(
@@ -203,6 +205,8 @@ class SessionManager:
         self.pause_after = _checked_pause_after(pause_after)
         self._pause_after: dict[str, float | None] = {}  # per session, where get_or_create set it
         self.cluster = resolve_cluster(cluster)
+        # A disk asked for on a cluster is refused now, not at the first user's session.
+        resolved_disk_size(sandbox_options.get("disk_size", FROM_RUNTIME), self.default_runtime, self.cluster)
         self.sandbox_options = {**sandbox_options, "cluster": self.cluster or False}
         self._shared = not isinstance(self.registry, InMemoryRegistry)
         self._sandboxes: dict[str, DockerSandbox] = {}
