@@ -351,12 +351,13 @@ class SwarmCluster:
         """The keyword arguments of ``APIClient.create_service`` for a sandbox whose container
         options (``containers.create`` keywords, as :class:`DockerSandbox` makes them) are
         ``options``. Options Swarm cannot carry are refused, never dropped."""
-        volumes = options.get("volumes") or {}
-        # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node.
-        configs = [self._config_of(Path(source), spec["bind"]) for source, spec in volumes.items()
-                   if source.startswith("/")]
-        mounts = [self._volume_mount(source, spec["bind"]) for source, spec in volumes.items()
-                  if not source.startswith("/")]
+        # (source, target) of the binds and mounts: a host path (a file such as the CA bundle) or a
+        # named volume.
+        sources = [(source, spec["bind"]) for source, spec in (options.get("volumes") or {}).items()]
+        sources += [(mount["Source"], mount["Target"]) for mount in options.get("mounts") or []]
+        # Host files travel as Swarm configs, which the manager hands to each node.
+        configs = [self._config_of(Path(source), target) for source, target in sources if source.startswith("/")]
+        mounts = [self._volume_mount(source, target) for source, target in sources if not source.startswith("/")]
         for path, tmpfs in (options.get("tmpfs") or {}).items():
             size = next((o.removeprefix("size=") for o in tmpfs.split(",") if o.startswith("size=")), None)
             mounts.append(Mount(path, None, type="tmpfs", tmpfs_size=parse_bytes(size) if size else None,
