@@ -27,7 +27,7 @@ from pydantic_deep.engine.client import docker_client
 
 RUNTIME = "python-minimal"
 NODE_RUNTIME = "node-minimal"
-GROUPS = ("echo", "concurrency", "start", "network", "files", "output", "idle", "sessions", "node", "snapshots",
+GROUPS = ("echo", "concurrency", "start", "disk", "network", "files", "output", "idle", "sessions", "node", "snapshots",
           "cluster")
 ROWS: list[tuple[str, str, str, str, str]] = []
 
@@ -185,6 +185,28 @@ def bench_start(rounds: int) -> None:
     acquire = statistics.median(samples)
     row(f"acquire from the warm pool, median of {rounds} (vs the cold start above)",
         f"{acquire * 1e3:.3f} ms", f"{ours_p50 * 1e3:.0f} ms", f"{ours_p50 / acquire:.0f}x faster", "<= 5 ms")
+
+
+def bench_disk(rounds: int) -> None:
+    """The capped disk's cost (issue 22): start and stop with the default disk_size, against the
+    same sandbox with disk_size=None, interleaved so that both see the same load."""
+    starts: dict[str | None, list[float]] = {"10g": [], None: []}
+    stops: dict[str | None, list[float]] = {"10g": [], None: []}
+    for size in starts:
+        DockerSandbox(RUNTIME, disk_size=size).start().stop()  # the disk agent, and a disk made ahead
+    for _ in range(rounds):
+        for size in starts:
+            started = time.perf_counter()
+            sandbox = DockerSandbox(RUNTIME, disk_size=size).start()
+            sandbox.execute("true")
+            starts[size].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            sandbox.stop()
+            stops[size].append(time.perf_counter() - started)
+    for what, samples, target in (("start to first command", starts, "<= 1.1x"), ("stop", stops, "<= 3x")):
+        capped, uncapped = statistics.median(samples["10g"]), statistics.median(samples[None])
+        row(f"{what} with a 10 GB disk (default), median of {rounds} (vs disk_size=None)",
+            f"{capped * 1e3:.0f} ms", f"{uncapped * 1e3:.0f} ms", f"{capped / uncapped:.2f}x the baseline", target)
 
 
 def bench_network_start(rounds: int) -> None:
@@ -548,6 +570,7 @@ def main() -> None:
         "echo": lambda: bench_echo(calls),
         "concurrency": bench_concurrency,
         "start": lambda: bench_start(5 if args.quick else 10),
+        "disk": lambda: bench_disk(5 if args.quick else 10),
         "network": lambda: bench_network_start(5 if args.quick else 10),
         "files": bench_files,
         "output": bench_output,

@@ -18,6 +18,7 @@ from .images.certs import resolve_ca_bundle
 from .images.netfilter import ensure_netfilter_image
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
+from .sandbox.disk import prune_disks
 from .sandbox.snapshots import delete_snapshot, list_snapshots, prune_snapshot_leftovers
 
 
@@ -64,7 +65,8 @@ def _images_list(args: argparse.Namespace) -> None:
 def _prune(args: argparse.Namespace) -> None:
     """Remove sandbox containers whose owning process on this host is gone (or all, with --all), the
     same sandbox services on the cluster ``$PYDANTIC_DEEP_CLUSTER`` names, what failed snapshots and
-    ended forks left, then the sandbox networks nobody is on, and the host's packet filter rules of those."""
+    ended forks left, then release the disks (``disk_size``) that no container uses any more, and
+    remove the sandbox networks nobody is on, and the host's packet filter rules of those."""
     client = docker_client()
     removed = 0
     for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}):
@@ -75,6 +77,7 @@ def _prune(args: argparse.Namespace) -> None:
     images = prune_snapshot_leftovers(everything=args.all)  # after the containers that may use them
     print(f"Removed {removed} container(s)" + (f" and {images} image(s) of failed snapshots and ended forks"
                                                 if images else ""))
+    print(f"Released {prune_disks(everything=args.all)} disk(s)")
     cluster = resolve_cluster(None)
     if cluster is not None:  # $PYDANTIC_DEEP_CLUSTER: the sandbox services this host's processes left
         services = [service for service in cluster.client.services.list(filters={"label": label.MANAGED_FILTER})
@@ -163,9 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     delete.add_argument("names", nargs="+", metavar="NAME")
     delete.set_defaults(run=_snapshots_delete)
 
-    prune = commands.add_parser("prune", help="remove containers (and cluster services) left by processes that "
-                                "are gone, what failed snapshots and ended forks left (never a named snapshot), "
-                                "and unused sandbox networks with their firewall rules")
+    prune = commands.add_parser("prune", help="remove containers (and cluster services) and disks left by "
+                                "processes that are gone, what failed snapshots and ended forks left (never a "
+                                "named snapshot), and unused sandbox networks with their firewall rules")
     prune.add_argument("--all", action="store_true", help="remove every pydantic-deep container")
     prune.set_defaults(run=_prune)
     commands.add_parser("demo", help="analyse a CSV with pandas inside a sandbox").set_defaults(run=_demo)

@@ -6,6 +6,8 @@ import posixpath
 import re
 from typing import Literal, Self
 
+from docker.errors import DockerException
+from docker.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._html import field_table
@@ -13,7 +15,29 @@ from .arguments import checked_text
 from .errors import shown
 from .paths import TOOLS_DIR, UPLOADS_DIR
 
-__all__ = ["PackageManager", "RuntimeConfig"]
+__all__ = ["DEFAULT_DISK_SIZE", "PackageManager", "RuntimeConfig", "disk_size_bytes"]
+
+DEFAULT_DISK_SIZE = "10g"
+"""What a sandbox may write to the host's disk, all paths together, unless told otherwise: big enough
+for a data-science stack and its data, small enough that one runaway sandbox cannot fill a host."""
+_MIN_DISK_SIZE = 16 * 1024 ** 2  # ext4's own tables need a few MB
+
+
+def disk_size_bytes(size: str | None) -> int | None:
+    """``disk_size`` in bytes (``None`` stays ``None``).
+
+    Raises:
+        ValueError: not a size in Docker's notation (``"512m"``, ``"10g"``) of at least 16 MB.
+    """
+    if size is None:
+        return None
+    try:
+        value = parse_bytes(size)
+    except DockerException:
+        value = -1
+    if isinstance(size, bool) or not isinstance(size, str) or value < _MIN_DISK_SIZE:
+        raise ValueError(f"disk_size must be a size like '10g' of at least '16m', or None, not {size!r}")
+    return int(value)
 
 PackageManager = Literal["pip", "npm", "apt", "cargo"]
 
@@ -90,6 +114,10 @@ class RuntimeConfig(BaseModel):
         work_dir: Absolute path of the working directory, owned by the sandbox user.
         network: Whether containers of this runtime get network access (builds always have it).
         cache_image: Reuse a previously built image with the same content hash.
+        disk_size: What a sandbox of this runtime may write to the host's disk, all paths together
+            (Docker's notation, at least ``"16m"``), unless the sandbox is given its own
+            ``disk_size``; ``None`` caps nothing. On a cluster the default means no disk, and
+            another size is refused. See :class:`DockerSandbox`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -105,6 +133,7 @@ class RuntimeConfig(BaseModel):
     work_dir: str = "/workspace"
     network: bool = False
     cache_image: bool = True
+    disk_size: str | None = DEFAULT_DISK_SIZE
 
     @field_validator("name")
     @classmethod
@@ -141,6 +170,12 @@ class RuntimeConfig(BaseModel):
         rows["Work dir"] = self.work_dir
         rows["Network"] = "on" if self.network else "off"
         return field_table("RuntimeConfig", rows)
+    @field_validator("disk_size")
+    @classmethod
+    def _check_disk_size(cls, value: str | None) -> str | None:
+        disk_size_bytes(value)
+        return value
+
     @field_validator("description")
     @classmethod
     def _check_description(cls, value: str) -> str:

@@ -13,6 +13,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── PathOutsideSandboxError     a file path that escapes the sandbox's allowed roots
     ├── SandboxFileNotFoundError    a file that is not in the sandbox
     ├── TransferInterruptedError    a file transfer was cut off, its container still running
+    ├── DiskFullError               a file API write found the sandbox's disk (disk_size) full
     ├── ChannelClosedError          the execution channel closed (supervisor or container went away)
     ├── SessionLimitError           a SessionManager already holds max_sessions sessions
     ├── CellError                   a notebook cell raised inside the sandbox (carries its traceback)
@@ -34,6 +35,7 @@ __all__ = [
     "CellError",
     "ChannelClosedError",
     "ContainerGoneError",
+    "DiskFullError",
     "DockerUnavailableError",
     "ImageBuildError",
     "ImageNotAvailableError",
@@ -150,6 +152,10 @@ class TransferInterruptedError(SandboxError):
     :class:`ContainerGoneError` instead."""
 
 
+class DiskFullError(SandboxError, OSError):
+    """A write through the file API found the sandbox's disk (``disk_size``) full; nothing was written."""
+
+
 class ChannelClosedError(SandboxError):
     """The execution channel closed (the supervisor or the container went away)."""
 
@@ -170,6 +176,8 @@ class CellError(SandboxError):
     def __init__(self, ename: str, evalue: str, traceback: str) -> None:
         self.ename, self.evalue, self.traceback = ename, evalue, traceback
         super().__init__(traceback or f"{ename}: {evalue}")
+
+
 class NetworkIsolationError(SandboxError):
     """The packet filter rules that keep a networked sandbox away from other sandboxes, the host and
     private networks could not be set on the engine's host; the sandbox was not started. The

@@ -53,10 +53,20 @@ class OutputChunk:
 
 @dataclass(frozen=True, slots=True)
 class ResourceUsage:
-    """What a sandbox's container uses now."""
+    """What a sandbox's container uses now.
+
+    Attributes:
+        memory_bytes: Memory in use.
+        cpu_seconds: CPU time used so far.
+        disk_bytes: Bytes used on the sandbox's disk (work dir, ``/uploads``, home); 0 without one.
+        disk_limit_bytes: The size of that disk's filesystem (a little under ``disk_size``: ext4's
+            own tables take the rest), or ``None`` when the sandbox has no capped disk.
+    """
 
     memory_bytes: int
     cpu_seconds: float
+    disk_bytes: int = 0
+    disk_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

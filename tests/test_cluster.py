@@ -63,6 +63,11 @@ def cluster(swarm: LocalSwarm) -> SwarmCluster:
 
 def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(cluster: SwarmCluster) -> None:
     sandboxes = [DockerSandbox(cluster=cluster, memory="256m", cpus=0.25) for _ in range(3)]
+    assert [s.disk_size for s in sandboxes] == [None] * 3  # the 10g default is no disk on a cluster
+    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk: disk_size='1g'"):
+        DockerSandbox(cluster=cluster, disk_size="1g")
+    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk"):
+        SessionManager(cluster=cluster, disk_size="1g")
     try:
         for sandbox in sandboxes:
             sandbox.start()

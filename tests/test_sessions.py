@@ -182,7 +182,7 @@ async def test_any_string_is_a_safe_user_id(manager: SessionManager, user_ids: l
     for user_id, sandbox in zip(user_ids, sandboxes, strict=True):
         sandbox.write_file("owner.txt", user_id)
     assert len({s.container_id for s in sandboxes}) == len(user_ids)
-    assert len({tuple(s.volumes) for s in sandboxes}) == len(user_ids)
+    assert len({(s.disk_name, tuple(s.volumes)) for s in sandboxes}) == len(user_ids)  # a disk, or volumes
     for user_id, sandbox in zip(user_ids, sandboxes, strict=True):
         assert sandbox.read_file("owner.txt").decode() == user_id
     assert {info.user_id for info in await manager.list_sessions()} == set(user_ids)

@@ -162,17 +162,17 @@ async def test_a_session_starts_from_a_snapshot_and_rolls_back_to_it(snapshot_na
     snapshot_names.append(name)
     try:
         sandbox = await manager.get_or_create("alice")
-        sandbox.write_file("notes.txt", "v1")  # in the session's work volume
-        sandbox.write_file("/uploads/in.bin", b"\x00" * 1000)  # in its uploads volume
+        sandbox.write_file("notes.txt", "v1")  # on the session's disk
+        sandbox.write_file("/uploads/in.bin", b"\x00" * 1000)
         snapshot = await sandbox.asnapshot(name)
-        assert snapshot.volume_paths == ("/uploads", "/workspace")
+        assert snapshot.volume_paths == ("/home/sandbox", "/uploads", "/workspace")  # the disk's paths
 
         sandbox.write_file("notes.txt", "v2")
         sandbox.execute("rm /uploads/in.bin; echo junk > junk.txt")
         restored = await manager.get_or_create("alice", snapshot=name)
         assert restored.read_file("notes.txt") == b"v1" and not restored.exists("junk.txt")
         assert restored.read_file("/uploads/in.bin") == b"\x00" * 1000
-        assert list(restored.volumes) == list(sandbox.volumes)  # the same volumes, rolled back
+        assert restored.disk_name == sandbox.disk_name  # the same disk, rolled back
 
         # A snapshot of a session restored from a snapshot: what was deleted since stays deleted.
         later = unique()
@@ -189,6 +189,48 @@ async def test_a_session_starts_from_a_snapshot_and_rolls_back_to_it(snapshot_na
         assert not restored.exists("notes.txt")
     finally:
         await manager.shutdown(keep_files=False)
+
+
+@pytest.mark.disk
+def test_a_disk_is_kept_by_snapshots_and_forks_with_its_cap(snapshot_names: list[str]) -> None:
+    """The disk (disk_size) is bind-mounted, which docker commit leaves out: a snapshot copies its
+    work dir, /uploads and home, and what starts from it gets a disk of the same size with them."""
+    name = unique()
+    snapshot_names.append(name)
+    with DockerSandbox("python-minimal", disk_size="64m") as sandbox:
+        sandbox.write_file("work.txt", "in the work dir")
+        sandbox.write_file("/uploads/up.txt", "uploaded")
+        sandbox.execute("echo at home > ~/home.txt")
+        snapshot = sandbox.snapshot(name)
+        assert snapshot.disk_size == 64 * 2 ** 20
+        assert set(snapshot.volume_paths) == {"/workspace", "/uploads", "/home/sandbox"}
+
+        forks = sandbox.fork(2)
+        try:
+            for fork in forks:
+                assert fork.disk_size == sandbox.disk_size and fork.disk_name != sandbox.disk_name
+                assert fork.read_file("work.txt") == b"in the work dir"
+                usage = fork.usage()
+                assert usage.disk_limit_bytes is not None and 50 * 2 ** 20 < usage.disk_limit_bytes <= 64 * 2 ** 20
+                # The cap holds in the fork: the disk fills, not the host.
+                full = fork.execute("head -c 100m /dev/zero > big; echo $?")
+                assert "No space left on device" in full.output, full.output
+        finally:
+            for fork in forks:
+                fork.stop()
+
+        sandbox.execute("rm work.txt ~/home.txt")
+        sandbox.restore(name)
+        assert sandbox.read_file("work.txt") == b"in the work dir"
+        assert sandbox.execute("cat ~/home.txt /uploads/up.txt").output == "at home\nuploaded"
+        assert sandbox.usage().disk_limit_bytes == usage.disk_limit_bytes
+
+    with DockerSandbox(snapshot=name) as started:  # the source's size by default, its files on it
+        assert started.disk_size == 64 * 2 ** 20
+        assert started.read_file("work.txt") == b"in the work dir"
+        assert started.execute("touch /etc/x").exit_code != 0  # the root is read-only, as with any disk
+    with DockerSandbox(snapshot=name, disk_size=None) as uncapped:  # no disk: the files in its own layer
+        assert uncapped.read_file("work.txt") == b"in the work dir" and uncapped.usage().disk_limit_bytes is None
 
 
 def test_fork_gives_independent_copies(snapshot_names: list[str]) -> None:

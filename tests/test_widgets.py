@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -63,6 +64,7 @@ def test_session_monitor_shows_the_notebook_sandbox_and_stops_it(magics: Sandbox
     monitor.refresh()
     text = " ".join(row.children[0].value for row in monitor.rows.children[1:])
     assert "notebook" in text and (sandbox.container_id or "")[:12] in text and " MB" in text
+    assert re.search(r" · \d+\.\d / \d+ MB · ", text), text  # disk used against its cap (disk_size)
     monitor.rows.children[1].children[1].click()  # Stop
     monitor.last_action.result(timeout=60)  # type: ignore[union-attr]
     assert "notebook" not in magics.sandboxes and sandbox.state.value == "stopped"
@@ -77,7 +79,8 @@ async def test_session_monitor_of_a_session_manager() -> None:
         await manager.get_or_create("ada")
         monitor = SessionMonitor(manager, interval=3600)
         monitor.refresh()  # on a thread whose loop runs, as in a kernel
-        assert "ada · python-minimal · running" in monitor.rows.children[1].children[0].value
+        row = monitor.rows.children[1].children[0].value
+        assert "ada · python-minimal · running" in row and re.search(r" · \d+\.\d / 99\d\d MB · ", row), row  # 10g
         monitor.rows.children[1].children[1].click()
         await asyncio.wrap_future(monitor.last_action)  # type: ignore[arg-type]
         assert manager.session_count == 0

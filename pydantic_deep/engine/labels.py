@@ -10,10 +10,14 @@ from collections.abc import Mapping
 
 __all__ = [
     "CREATED",
+    "DISK",
+    "DISK_KEEP",
+    "DISK_SIZE",
     "FROM_SNAPSHOT",
     "IMAGE",
     "KIND",
     "KIND_AIRGAPPED_BASE",
+    "KIND_DISK_AGENT",
     "KIND_PREPARED",
     "MANAGED",
     "MANAGED_FILTER",
@@ -35,10 +39,12 @@ __all__ = [
     "RUNTIME_CONFIG",
     "SESSION",
     "SERVICE",
+    "SEEDED",
     "SESSION_CREATED",
     "SNAPSHOT",
     "SNAPSHOT_BASE",
     "SNAPSHOT_CREATED",
+    "SNAPSHOT_DISK_SIZE",
     "SNAPSHOT_RUNTIME",
     "SNAPSHOT_SOURCE",
     "SNAPSHOT_USER",
@@ -81,6 +87,15 @@ POOL = PREFIX + "pool"
 ROLE = PREFIX + "role"
 """What a short-lived helper container is for (``"firewall-helper"``)."""
 
+# -- disks (see pydantic_deep.sandbox.disk) -------------------------------------------------------
+DISK = PREFIX + "disk"
+"""The name of the disk (``disk_size``) mounted over the work dir, ``/uploads`` and home; on a session
+volume too: the disk that holds the user's files."""
+DISK_KEEP = PREFIX + "disk-keep"
+"""``"true"`` when the disk outlives the container (a session's): stopping it only unmounts it."""
+DISK_SIZE = PREFIX + "disk-size"
+"""The disk's size as given (``"10g"``), so that a later process can attach with the same cap."""
+
 # -- clusters (see pydantic_deep.engine.swarm) ---------------------------------------------------
 NODE = PREFIX + "node"
 """On a Swarm node: its name as sandboxes report it."""
@@ -101,10 +116,15 @@ KIND = PREFIX + "kind"
 """What an image is for: :data:`KIND_PREPARED` or :data:`KIND_AIRGAPPED_BASE`."""
 KIND_PREPARED = "prepared"
 KIND_AIRGAPPED_BASE = "airgapped-base"
+KIND_DISK_AGENT = "disk-agent"
+"""On a container: the process's disk agent, which mounts and unmounts disks (it goes with the process)."""
 PYTHON = PREFIX + "python"
 """A prepared image's ``python3`` (3.8+) for the supervisor, or empty when it has none."""
 NODEJS = PREFIX + "nodejs"
 """A prepared image's ``node``, for the Node.js supervisor where it has no ``python3``; or empty."""
+SEEDED = PREFIX + "seeded"
+"""A prepared image's sandbox directories (work dir, ``/uploads``, home) that hold files, comma
+separated: a new disk mounted over them gets a copy."""
 
 # -- snapshot images (see pydantic_deep.sandbox.snapshots) ---------------------------------------
 SNAPSHOT = PREFIX + "snapshot"
@@ -115,8 +135,11 @@ SNAPSHOT_RUNTIME = PREFIX + "snapshot-runtime"
 SNAPSHOT_CREATED = PREFIX + "snapshot-created"
 SNAPSHOT_USER = PREFIX + "snapshot-user"
 SNAPSHOT_VOLUME_PATHS = PREFIX + "snapshot-volume-paths"
-"""Where the source's named volumes were mounted: their files are in the image at those paths."""
+"""Where the source's named volumes and disk were mounted: their files are in the image at those paths."""
 SNAPSHOT_BASE = PREFIX + "snapshot-base"
+SNAPSHOT_DISK_SIZE = PREFIX + "snapshot-disk-size"
+"""The source's disk (``disk_size``) in bytes, or empty: sandboxes started from the snapshot get one
+of that size, seeded with the files the snapshot holds at the paths it is mounted over."""
 
 # -- session volumes (and their containers) ----------------------------------------------------
 MANAGER = PREFIX + "manager"

@@ -351,9 +351,6 @@ class SwarmCluster:
         """The keyword arguments of ``APIClient.create_service`` for a sandbox whose container
         options (``containers.create`` keywords, as :class:`DockerSandbox` makes them) are
         ``options``. Options Swarm cannot carry are refused, never dropped."""
-        if options.get("storage_opt"):
-            raise InvalidArgumentError("a sandbox on a cluster cannot have a disk_size: Swarm services have no "
-                                       "storage options; leave disk_size unset")
         given: list[Mount] = options.get("mounts") or []
         # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node.
         configs = [self._config_of(Path(mount["Source"]), mount["Target"]) for mount in given

@@ -23,7 +23,13 @@ from typing import BinaryIO, Literal
 import docker
 
 from ..engine.api import Exec, docker_frames
-from ..errors import PathOutsideSandboxError, SandboxError, SandboxFileNotFoundError, TransferInterruptedError
+from ..errors import (
+    DiskFullError,
+    PathOutsideSandboxError,
+    SandboxError,
+    SandboxFileNotFoundError,
+    TransferInterruptedError,
+)
 
 __all__ = ["FileOp", "check_outcome", "file_command", "read_from", "write_into"]
 
@@ -114,6 +120,9 @@ def check_outcome(exit_code: int, stderr: str, path: str, roots: tuple[str, ...]
     if exit_code == _FILE_TOO_LARGE:
         raise SandboxError(f"writing {path} stopped at the sandbox's per-file size limit (max_file_size); "
                            "nothing was written")
+    if "No space left on device" in stderr:
+        raise DiskFullError(f"writing {path} ran out of disk space: the sandbox's disk (disk_size) is full; "
+                            "nothing was written")
     if exit_code == _KILLED:
         raise TransferInterruptedError(f"the transfer of {path} was killed (SIGKILL)")
     raise SandboxError(f"file operation on {path} failed (exit code {exit_code}): {stderr.strip()}")

@@ -11,8 +11,10 @@ so a change of image, user, directories or supervisor prepares anew.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import posixpath
+import tarfile
 import threading
 from dataclasses import dataclass
 from importlib.resources import files
@@ -24,7 +26,7 @@ from docker.errors import ImageNotFound, NotFound
 from ..engine import labels as label
 from ..engine.containers import path_stat, remove_container
 from ..paths import TOOLS_DIR
-from .archive import entries_tar, iter_single_file
+from .archive import ChunkReader, entries_tar, iter_single_file
 from .builder import image_lock
 
 __all__ = ["HOME_DIR", "JS_KERNEL_PATH", "JS_SUPERVISOR_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR",
@@ -37,7 +39,7 @@ KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
 JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
 # What a prepared image holds and records beside the guest files (its labels): a change prepares anew.
-_RECIPE = 2
+_RECIPE = 3
 _NODE_CANDIDATES = ("/usr/local/bin/node", "/usr/bin/node", "/usr/bin/nodejs")
 # The container's NODE_OPTIONS is moved aside while the supervisor starts (it could make Node.js load
 # code or refuse to start); the supervisor gives it back to commands (see supervisor.js).
@@ -57,11 +59,14 @@ class PreparedImage:
         python: The image's ``python3`` (which runs the supervisor), or ``None`` when it has none.
         node: The image's ``node``, which runs the supervisor where there is no ``python3``; ``None``
             when it has none.
+        seeded: The sandbox's directories (work dir, ``/uploads``, home) that hold files in the
+            image: a new disk (``disk_size``), mounted over them, gets a copy.
     """
 
     tag: str
     python: str | None
     node: str | None = None
+    seeded: tuple[str, ...] = ()
 
     @property
     def supervisor(self) -> str | None:
@@ -90,6 +95,11 @@ def recorded_interpreters(labels: dict[str, str]) -> tuple[str | None, str | Non
     return labels.get(label.PYTHON) or None, labels.get(label.NODEJS) or None
 
 
+def recorded_seeded(labels: dict[str, str]) -> tuple[str, ...]:
+    """The sandbox directories that hold files in an image, as its labels record them."""
+    return tuple(filter(None, labels.get(label.SEEDED, "").split(",")))
+
+
 def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
                   roots: tuple[str, ...]) -> PreparedImage:
     """The prepared form of ``image`` for a sandbox user and its directories, made once."""
@@ -107,7 +117,7 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
             labels = client.images.get(tag).labels
         except ImageNotFound:
             labels = _commit_prepared(client, image_id, tag, uid, gid, roots, tools)
-    prepared = PreparedImage(tag, *recorded_interpreters(labels))
+    prepared = PreparedImage(tag, *recorded_interpreters(labels), seeded=recorded_seeded(labels))
     with _prepared_lock:
         _prepared[key] = prepared
     return prepared
@@ -120,7 +130,9 @@ def _commit_prepared(client: docker.DockerClient, image_id: str, tag: str, uid: 
         client.api.put_archive(container, "/", _setup_archive(client, container, uid, gid, roots, tools))
         python = next((p for p in _PYTHON_CANDIDATES if path_stat(client, container, p)), "")
         node = next((p for p in _NODE_CANDIDATES if path_stat(client, container, p)), "")
-        image_labels = label.managed({label.KIND: label.KIND_PREPARED, label.PYTHON: python, label.NODEJS: node})
+        seeded = ",".join(d for d in (*roots, HOME_DIR) if _holds_files(client, container, d))
+        image_labels = label.managed({label.KIND: label.KIND_PREPARED, label.PYTHON: python, label.NODEJS: node,
+                                      label.SEEDED: seeded})
         repository, version = tag.rsplit(":", 1)
         client.api.commit(container, repository=repository, tag=version,
                           changes=[f'LABEL {name}="{value}"' for name, value in image_labels.items()])
@@ -154,6 +166,14 @@ def _setup_archive(client: docker.DockerClient, container_id: str, uid: int, gid
                 entries[name] = current.rstrip(b"\n") + b"\n" + entry.encode() + b"\n"
     return entries_tar([(path.lstrip("/"), owner, group) for path, (owner, group) in sorted(directories.items())],
                        entries)
+
+
+def _holds_files(client: docker.DockerClient, container_id: str, directory: str) -> bool:
+    """Whether ``directory`` of the container holds anything."""
+    chunks, _stat = client.api.get_archive(container_id, directory)
+    with tarfile.open(fileobj=io.BufferedReader(ChunkReader(chunks)), mode="r|") as tar:
+        entries = sum(1 for _ in tar)
+    return entries > 1  # the directory itself, and more
 
 
 def _read_file(client: docker.DockerClient, container_id: str, path: str) -> bytes:

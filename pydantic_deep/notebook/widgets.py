@@ -203,12 +203,13 @@ class SessionMonitor(_Panel):
             self._stopped.wait(self.interval)
 
     def sessions(self) -> list[dict[str, Any]]:
-        """One dict per sandbox: user, runtime, state, cpu, memory, idle, container, its cluster
-        node (``None`` on one host), and how to stop it."""
+        """One dict per sandbox: user, runtime, state, cpu, memory, disk used and its cap, idle,
+        container, its cluster node (``None`` on one host), and how to stop it."""
         if isinstance(self.source, SyncSessionManager):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
-                     "memory": s.memory_bytes, "idle": s.idle_seconds, "container": s.container, "node": s.node,
+                     "memory": s.memory_bytes, "disk": s.disk_bytes, "disk_limit": s.disk_limit_bytes,
+                     "idle": s.idle_seconds, "container": s.container, "node": s.node,
                      "stop": functools.partial(manager.stop, s.user_id)}
                     for s in manager.list_sessions()]
         found = []
@@ -217,6 +218,8 @@ class SessionMonitor(_Panel):
             found.append({"user": name, "runtime": sandbox.runtime.name,
                           "state": "busy" if sandbox.busy else sandbox.state.value,
                           "cpu": usage.cpu_seconds if usage else 0.0, "memory": usage.memory_bytes if usage else 0,
+                          "disk": usage.disk_bytes if usage else 0,
+                          "disk_limit": usage.disk_limit_bytes if usage else None,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
                           "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
                           "stop": functools.partial(self.source.stop, name)})
@@ -229,15 +232,15 @@ class SessionMonitor(_Panel):
         except Exception as exc:
             self.show_error(exc)
             raise
-        header = widgets.HTML("<b>user · runtime · state · CPU s · memory · idle · container</b>")
+        header = widgets.HTML("<b>user · runtime · state · CPU s · memory · disk · idle · container</b>")
         lines: list[widgets.Widget] = [header]
         for session in sessions:
             stop = widgets.Button(description="Stop", icon="stop", layout=widgets.Layout(width="6em"))
             stop.on_click(lambda _, action=session["stop"]: self._run(lambda: self._stop_and_refresh(action)))
             lines.append(widgets.HBox([widgets.HTML(
                 f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
-                f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {session['idle']:.0f} s · "
-                f"{html.escape(session['container'])}"
+                f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
+                f"{session['idle']:.0f} s · {html.escape(session['container'])}"
                 + (f" on {html.escape(session['node'])}" if session["node"] else "")), stop]))
         if not sessions:
             lines.append(widgets.HTML("<i>no sandbox running</i>"))
@@ -253,6 +256,13 @@ class SessionMonitor(_Panel):
         if self._facade is not None:
             self._facade.close()
         super().close()
+
+
+def _disk_text(session: dict[str, Any]) -> str:
+    """Disk used against the cap, e.g. ``12.0 / 200 MB``; ``not capped`` without a disk."""
+    if session["disk_limit"] is None:
+        return "disk not capped"
+    return f"{session['disk'] / 2**20:.1f} / {session['disk_limit'] / 2**20:.0f} MB"
 
 
 def dashboard(source: SessionManager | SyncSessionManager | None = None) -> widgets.VBox:

@@ -6,6 +6,8 @@ Safe defaults, each overridable by an argument of the same name:
 - every Linux capability is dropped (``drop_capabilities``) and ``no-new-privileges`` is set;
 - a process limit (``pids_limit=512``), memory (``memory="2g"``) and CPU (``cpus=1.0``) limits;
 - files of at most ``max_file_size="1g"``, and ``/tmp`` in memory, ``tmp_size="512m"``;
+- everything else it can write on one filesystem of ``disk_size="10g"`` (work dir, ``/uploads``,
+  home), its root filesystem read-only (see :mod:`pydantic_deep.sandbox.disk`);
 - no container log, so output written to it cannot fill the host's disk;
 - the file API acts as the sandbox user and follows no symlink out of the work dir and ``/uploads``;
 - an init process reaps orphaned children;
@@ -51,7 +53,7 @@ from requests.exceptions import ConnectionError as EngineConnectionError
 
 from .._html import field_table
 from ..arguments import file_content
-from ..config import RuntimeConfig
+from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine import labels as label
 from ..engine.api import attach_stdin
 from ..engine.client import docker_client, engine_errors
@@ -97,14 +99,15 @@ from ..images.prepare import (
     supervisor_command,
 )
 from ..images.runtime import ensure_runtime_image
-from ..paths import resolve_sandbox_path
+from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
+from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .network import cut_network
 from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
-__all__ = ["DockerSandbox"]
+__all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
 
 logger = logging.getLogger("pydantic_deep.sandbox")
 
@@ -113,6 +116,40 @@ _R = TypeVar("_R")
 
 
 _exec_fallback_logged: set[str | None] = set()
+
+
+class _FromRuntime:
+    """The default of ``DockerSandbox(disk_size=)``: the runtime's own ``disk_size``."""
+
+    def __repr__(self) -> str:
+        return "FROM_RUNTIME"
+
+
+FROM_RUNTIME = _FromRuntime()
+
+
+def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeConfig, cluster: SwarmCluster | None,
+                       snapshot: Snapshot | None = None) -> str | None:
+    """The ``disk_size`` a sandbox gets: the one given; else its snapshot's source's; else its
+    runtime's, but on a cluster (where Swarm cannot mount a disk) no disk unless asked for.
+
+    Raises:
+        InvalidArgumentError: a disk asked for on a cluster: by ``disk_size``, or by a runtime
+            whose ``disk_size`` is not the default.
+    """
+    if isinstance(disk_size, _FromRuntime):
+        if snapshot is not None and snapshot.disk_size is not None:
+            return str(snapshot.disk_size)
+        if cluster is None or runtime.disk_size == DEFAULT_DISK_SIZE:
+            return runtime.disk_size if cluster is None else None
+        disk_size, argument = runtime.disk_size, f"runtime {runtime.name!r}'s disk_size"
+    else:
+        argument = "disk_size"
+    if cluster is not None and disk_size is not None:
+        raise InvalidArgumentError(f"a sandbox on a cluster cannot have a disk: {argument}={disk_size!r} needs a "
+                                   "loop-mounted disk on the sandbox's host, which Swarm services cannot mount; "
+                                   "leave disk_size unset (on a cluster the default is no disk) or pass None")
+    return disk_size
 
 # What a call fails with when its container stopped or was removed under it (or the engine
 # refused it): each is looked into and turned into one clear error, see DockerSandbox._explain.
@@ -250,9 +287,21 @@ class DockerSandbox(SandboxBase):
             API's uploads are held to it too. It limits each file, not how many there are.
         tmp_size: ``/tmp`` is a memory-backed filesystem of this size (``No space left on device``
             past it), counted in ``memory``; ``None`` leaves ``/tmp`` on the container's disk.
-        disk_size: The container's own filesystem size (Docker's ``storage_opt size``), or ``None``.
-            Only some engines support it (overlay2 over xfs with ``pquota``, devicemapper, zfs,
-            btrfs); elsewhere :meth:`start` fails and says so. It never covers named ``volumes``.
+        disk_size: Most the sandbox may write to the host's disk, all paths together (Docker's
+            notation, at least ``"16m"``; by default the runtime's, ``"10g"`` unless it says
+            otherwise): the work dir, ``/uploads`` and the home directory share
+            one filesystem of this size, and the rest of the container's filesystem is read-only.
+            A write past it fails with ``No space left on device`` (``ENOSPC``; the file API raises
+            :class:`DiskFullError`), and hurts nothing else. The file is sparse: the host spends only
+            what is written. ``None`` caps nothing: a writable root filesystem and home, as plain
+            Docker gives (see :mod:`pydantic_deep.sandbox.disk` for how, and what the engine needs).
+            Named ``volumes`` you mount are not on it. Started from a ``snapshot``, the default is
+            the source's size. On a ``cluster`` the default is no disk (Swarm cannot mount one),
+            and a size given there is refused.
+        disk_name: Keep the disk under this name when the container goes (a session's files):
+            ``stop()`` unmounts it, ``stop(remove_volumes=True)`` deletes it, and a new sandbox
+            with the same ``disk_name`` gets its files back. By default the disk goes with the
+            container.
         drop_capabilities: Drop every Linux capability.
         no_new_privileges: Forbid gaining privileges through setuid binaries.
         block_metadata: With network access, keep the cloud metadata address (169.254.169.254)
@@ -296,7 +345,8 @@ class DockerSandbox(SandboxBase):
         pids_limit: int | None = 512,
         max_file_size: str | None = "1g",
         tmp_size: str | None = "512m",
-        disk_size: str | None = None,
+        disk_size: str | None | _FromRuntime = FROM_RUNTIME,
+        disk_name: str | None = None,
         drop_capabilities: bool = True,
         no_new_privileges: bool = True,
         block_metadata: bool = True,
@@ -330,8 +380,6 @@ class DockerSandbox(SandboxBase):
         self.cpus, self.pids_limit = _checked_cpus(cpus), _checked_pids_limit(pids_limit)
         self.max_file_size = _size_in_bytes("max_file_size", max_file_size)
         self.tmp_size = _size_in_bytes("tmp_size", tmp_size)
-        _size_in_bytes("disk_size", disk_size)
-        self.disk_size = disk_size
         self.drop_capabilities, self.no_new_privileges = drop_capabilities, no_new_privileges
         self.block_metadata = block_metadata
         self._set_command_limits(command_timeout, max_output)
@@ -340,6 +388,12 @@ class DockerSandbox(SandboxBase):
         self.session_id = session_id or uuid.uuid4().hex[:12]
         self.labels = dict(labels or {})
         self.name = name or f"pydantic-deep-{self.runtime.name.lower()}-{uuid.uuid4().hex[:8]}"
+        # A disk of its own is named on start; a kept one has its name (which a pooled sandbox
+        # renamed for its user keeps).
+        self.disk_name = disk_name or ""
+        self._keep_disk = disk_name is not None
+        self._disk_dir: str | None = None  # where the disk is mounted on the engine's host
+        self._disk_usage_when_paused: tuple[int, int | None] = (0, None)
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.cluster = resolve_cluster(cluster)
@@ -350,6 +404,11 @@ class DockerSandbox(SandboxBase):
                 "network access (network=True or shared_network) is not available on a cluster yet: networked "
                 "sandboxes are kept from each other and the hosts by each engine host's packet filter, which "
                 "the cluster's nodes do not have; run networked sandboxes with cluster=False")
+        size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot)
+        try:
+            self.disk_size = disk_size_bytes(size)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
         self._placement: TaskPlacement | None = None  # on a cluster: the node and its engine
         self.image: str | None = None
         self.container_id: str | None = None
@@ -427,7 +486,9 @@ class DockerSandbox(SandboxBase):
             client = docker_client()
             if self.from_snapshot is not None:  # committed from a prepared image: ready as it is
                 self.image = self.from_snapshot.tag
-                prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python, self.from_snapshot.node)
+                # A new disk gets the files the snapshot holds at the paths it is mounted over.
+                prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python, self.from_snapshot.node,
+                                         seeded=self._disk_paths())
             else:
                 self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                                   progress=self.progress)
@@ -437,8 +498,21 @@ class DockerSandbox(SandboxBase):
                 return self
             for volume in self.volumes:
                 ensure_volume(volume)
-            container = self._create_container(client, prepared.tag)
+            new_disk = False
+            if self.disk_size is not None and self._keep_disk:
+                self._disk_dir, new_disk = open_disk(self.disk_name, self.disk_size, self._uid, self._gid,
+                                                     keep=True)
+            elif self.disk_size is not None:
+                self.disk_name, self._disk_dir = take_disk(self.disk_size, self._uid, self._gid)
+                new_disk = True
             try:
+                container = self._create_container(client, prepared.tag)
+            except BaseException:
+                self._release_disk(delete=not self._keep_disk)
+                raise
+            try:
+                if new_disk and prepared.seeded:
+                    _seed_disk(client, prepared.tag, container.id, prepared.seeded)
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
@@ -448,9 +522,27 @@ class DockerSandbox(SandboxBase):
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
+                self._release_disk(delete=not self._keep_disk)
                 raise
             self._adopt(client, container.id)
+        if self.disk_size is not None and not self._keep_disk:
+            prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
         return self
+
+    def _disk_paths(self) -> tuple[str, ...]:
+        """The paths the disk is mounted over, that a snapshot keeps: the work dir, ``/uploads``, home."""
+        return self.work_dir, UPLOADS_DIR, HOME_DIR
+
+    def _snapshot_paths(self) -> list[str]:
+        """The paths whose files a snapshot copies from the container, as ``docker commit`` keeps
+        none of them: the named volumes' and, with a disk, the paths it is mounted over."""
+        return sorted({*self.volumes.values(), *(self._disk_paths() if self._disk_dir is not None else ())})
+
+    def _release_disk(self, *, delete: bool) -> None:
+        """Unmount this sandbox's disk (no container may use it any more); ``delete`` its file too."""
+        if self._disk_dir is not None:
+            release_disk(self.disk_name, delete=delete)
+            self._disk_dir = None
 
     def _create_container(self, client: docker.DockerClient, image: str) -> Any:
         """Create the container on its network (made, and its host rules written, first)."""
@@ -462,11 +554,6 @@ class DockerSandbox(SandboxBase):
                 # A network removed by a concurrent prune between our look and our use: make it again.
                 if "network" not in str(exc.explanation) or attempt == 2:
                     raise
-            except APIError as exc:
-                if self.disk_size and "storage-opt" in str(exc.explanation):
-                    raise SandboxError(f"disk_size={self.disk_size!r} is not supported by this Docker engine: "
-                                       f"{exc.explanation}") from None
-                raise
         raise AssertionError("unreachable")
 
     def _ensure_network(self, client: docker.DockerClient) -> str:
@@ -507,7 +594,8 @@ class DockerSandbox(SandboxBase):
         if self.remove_on_exit and self.cluster is not None:
             self._finalizer = weakref.finalize(self, self.cluster.remove, self.name)
         elif self.remove_on_exit:
-            self._finalizer = weakref.finalize(self, remove_container, client, container_id)
+            self._finalizer = weakref.finalize(self, _remove_sandbox, client, container_id,
+                                               self.disk_name if self._disk_dir else None, not self._keep_disk)
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
 
@@ -544,6 +632,8 @@ class DockerSandbox(SandboxBase):
         labels = attrs["Config"]["Labels"] or {}
         if label.RUNTIME_CONFIG not in labels or not attrs["State"]["Running"]:
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
+        disk = labels.get(label.DISK)
+        options = {**options, "disk_size": labels.get(label.DISK_SIZE) if disk else None}
         if attrs["State"]["Paused"]:  # paused by another process: a channel cannot open on it frozen
             with engine_errors():
                 resume_container(client, attrs["Id"])
@@ -557,6 +647,10 @@ class DockerSandbox(SandboxBase):
         )
         sandbox.image = labels.get(label.IMAGE)
         sandbox._placement = placement
+        if disk:
+            sandbox.disk_name, sandbox._keep_disk = disk, labels.get(label.DISK_KEEP) == "true"
+            sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
+                                     "").rsplit("/", 1)[0] or None
         with sandbox._lock, engine_errors():
             sandbox._python, sandbox._node = recorded_interpreters(client.images.get(attrs["Image"]).labels)
             sandbox._channel = sandbox._open_channel(attrs["Id"])
@@ -567,8 +661,11 @@ class DockerSandbox(SandboxBase):
         """Remove the container and everything in it but its named volumes. Safe to call more than
         once.
 
+        Its disk (``disk_size``) is unmounted, and deleted unless it has a ``disk_name``.
+
         Args:
-            remove_volumes: Remove the named ``volumes`` too, and the files in them.
+            remove_volumes: Remove the named ``volumes`` too, and the files in them, and the
+                disk of a ``disk_name``.
         """
         with self._lock:
             if self._channel is not None:
@@ -590,8 +687,9 @@ class DockerSandbox(SandboxBase):
             if self._lifeline is not None:
                 self._lifeline.close()
                 self._lifeline = None
-            if remove_volumes:
-                with engine_errors():
+            with engine_errors():
+                self._release_disk(delete=remove_volumes or not self._keep_disk)
+                if remove_volumes:
                     for volume in self.volumes:
                         if self.cluster is not None:
                             self.cluster.remove_volume(volume)
@@ -685,6 +783,18 @@ class DockerSandbox(SandboxBase):
         # Mounts, not binds: binds are also declared as the container's volumes, which a snapshot's
         # commit would carry into its image (and every container of the snapshot would get them).
         mounts = [docker.types.Mount(path, name, type="volume") for name, path in self.volumes.items()]
+        disk_labels = {}
+        if self._disk_dir is not None:
+            # A bind mount of a missing source fails (a `volumes` bind would create it on the host's
+            # disk): the container never starts with an uncapped work dir.
+            targets = {"work": self.work_dir, "uploads": UPLOADS_DIR, "home": HOME_DIR}
+            if not self.tmp_size:
+                targets["tmp"] = "/tmp"
+            # A named volume the caller mounts at one of these paths is theirs: the disk is not put over it.
+            mounts += [docker.types.Mount(target, f"{self._disk_dir}/{part}", type="bind")
+                       for part, target in targets.items() if target not in self.volumes.values()]
+            disk_labels = {label.DISK: self.disk_name, label.DISK_KEEP: str(self._keep_disk).lower(),
+                           label.DISK_SIZE: str(self.disk_size)}
         if self.ca_bundle is not None:
             environment.update(self.ca_bundle.environment())
             mounts.append(docker.types.Mount(CONTAINER_CA_PATH, str(self.ca_bundle.host_file()), type="bind",
@@ -699,8 +809,11 @@ class DockerSandbox(SandboxBase):
             working_dir=self.work_dir,
             environment=environment,
             mounts=mounts,
+            # With a disk, nothing else the sandbox could write may be on the host's disk.
+            read_only=self._disk_dir is not None,
             labels={
                 **self.labels,
+                **disk_labels,
                 label.MANAGED: "true",
                 label.SESSION: self.session_id,
                 label.RUNTIME: self.runtime.name,
@@ -718,7 +831,6 @@ class DockerSandbox(SandboxBase):
             ulimits=[docker.types.Ulimit(name="fsize", soft=self.max_file_size, hard=self.max_file_size)]
             if self.max_file_size else None,
             tmpfs={"/tmp": f"rw,exec,nosuid,nodev,mode=1777,size={self.tmp_size}"} if self.tmp_size else None,
-            storage_opt={"size": self.disk_size} if self.disk_size else None,
             # Without IPv6 nothing reaches the host or a neighbour past the IPv4 rules.
             sysctls={"net.ipv6.conf.all.disable_ipv6": "1"} if self.network or self.shared_network else None,
             cap_drop=["ALL"] if self.drop_capabilities else None,
@@ -892,11 +1004,31 @@ class DockerSandbox(SandboxBase):
         self.name = name
 
     def usage(self) -> ResourceUsage:
-        """The container's memory in use and CPU time so far (one cheap stats call)."""
+        """The container's memory in use, CPU time so far, and its disk's use against its size
+        (one cheap stats call, and one quick command when it has a disk). Does not count as use:
+        polling it never keeps a sandbox from going idle."""
         with self._clear_errors("usage"):
             stats = self._engine().api.stats(self._running_id(), stream=False, one_shot=True)
+            disk_used, disk_limit = self._disk_usage()
         return ResourceUsage(memory_bytes=stats.get("memory_stats", {}).get("usage", 0),
-                             cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9)
+                             cpu_seconds=stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0) / 1e9,
+                             disk_bytes=disk_used, disk_limit_bytes=disk_limit)
+
+    def _disk_usage(self) -> tuple[int, int | None]:
+        """(bytes used, filesystem size) of the disk, asked of the running container's filesystem
+        (of a paused one, as it was when paused: a command would have to resume it)."""
+        if self._disk_dir is None:
+            return 0, None
+        if self.state is SandboxState.PAUSED:
+            return self._disk_usage_when_paused
+        # Through the channel itself, not execute(): no activity, so the sandbox's idle time stands.
+        result = self._live_channel().run(f"stat -f -c '%S %b %f' -- {shlex.quote(self.work_dir)}",
+                                          timeout=30, max_output=4096)
+        try:
+            block, total, free = map(int, result.stdout.split())
+        except ValueError:
+            raise SandboxError(f"could not read the disk's use: {result.output.strip()}") from None
+        return (total - free) * block, total * block
 
     # -- pause, snapshot, fork ----------------------------------------------------------------
 
@@ -912,6 +1044,10 @@ class DockerSandbox(SandboxBase):
         Raises:
             SandboxStateError: the sandbox is not running (never started, or stopped).
         """
+        if self.state is SandboxState.RUNNING and self._disk_dir is not None:
+            with self._clear_errors("pause"):
+                # Read while a command can still run; a frozen sandbox writes nothing till resumed.
+                self._disk_usage_when_paused = self._disk_usage()
         with self._lock:
             if self.state is SandboxState.PAUSED:
                 return
@@ -953,8 +1089,9 @@ class DockerSandbox(SandboxBase):
     def snapshot(self, name: str | None = None) -> Snapshot:
         """Keep the sandbox's files as a named snapshot, to start from, restore or fork later.
 
-        It holds everything the container changed in its filesystem, and the content of its named
-        volumes (a session's work dir and ``/uploads``), taken at one moment: the sandbox is paused
+        It holds everything the container changed in its filesystem, the content of its named
+        volumes (a session's work dir and ``/uploads``) and of its disk (``disk_size``: the work dir,
+        ``/uploads`` and home), and the disk's size, taken at one moment: the sandbox is paused
         for the copy and resumed after it (a paused sandbox stays paused). Not kept: memory and
         processes (interpreter variables), and ``/tmp``. It lives in the engine as an image, so it
         outlives this process: see :func:`pydantic_deep.list_snapshots`.
@@ -969,11 +1106,12 @@ class DockerSandbox(SandboxBase):
         self._refuse_on_cluster("snapshot")
         container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
         return take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
-                             volume_paths=sorted(self.volumes.values()), name=name)
+                             volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name)
 
     def restore(self, snapshot: Snapshot | str) -> Self:
         """Roll the sandbox back to ``snapshot``: its container is replaced by one started from the
-        snapshot, and its named volumes are emptied and filled with the snapshot's files.
+        snapshot, and its named volumes (or its disk, ``disk_size``, which keeps its size) are
+        emptied and filled with the snapshot's files.
 
         Processes and interpreter variables start afresh (a snapshot holds files only). The
         sandbox takes the snapshot's runtime.
@@ -990,6 +1128,8 @@ class DockerSandbox(SandboxBase):
         with engine_errors():
             for volume in self.volumes:
                 create_volume(volume)  # empty: the engine fills it from the snapshot's image
+            if self.disk_size is not None and self._keep_disk:
+                release_disk(self.disk_name, delete=True)  # made anew on start, seeded from the snapshot
         self.from_snapshot, self.runtime = snap, snap.runtime
         return self.start()
 
@@ -1013,7 +1153,7 @@ class DockerSandbox(SandboxBase):
         with self._activity(), self._clear_errors("fork"):
             container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
             snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
-                                 volume_paths=sorted(self.volumes.values()), kind="fork")
+                                 volume_paths=self._snapshot_paths(), disk_size=self.disk_size, kind="fork")
         forks = [self._fork_from(snap) for _ in range(n)]
         try:
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pydantic-deep-fork") as pool:
@@ -1031,7 +1171,8 @@ class DockerSandbox(SandboxBase):
             self.runtime, network=self.network, user=self.user, memory=self.memory, cpus=self.cpus,
             pids_limit=self.pids_limit,
             max_file_size=str(self.max_file_size) if self.max_file_size else None,
-            tmp_size=str(self.tmp_size) if self.tmp_size else None, disk_size=self.disk_size,
+            tmp_size=str(self.tmp_size) if self.tmp_size else None,
+            disk_size=str(self.disk_size) if self.disk_size else None,
             drop_capabilities=self.drop_capabilities, no_new_privileges=self.no_new_privileges,
             block_metadata=self.block_metadata, command_timeout=self.command_timeout,
             max_output=self.max_output, ca_bundle=False, progress=self.progress,
@@ -1078,7 +1219,28 @@ class DockerSandbox(SandboxBase):
             "Work dir": self.work_dir,
             "Network": ("on (isolated)" if self.network else "off")
             + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
+            "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
             **({"Node": self.node} if self.node is not None else {}),
         }
         return field_table("DockerSandbox", rows)
 
+
+def _seed_disk(client: docker.DockerClient, image: str, container_id: str, directories: tuple[str, ...]) -> None:
+    """Copy what the image holds in ``directories`` onto the new disk mounted over them in the
+    created (not yet started) container: the files a plain container would have there."""
+    source = client.api.create_container(image, labels=label.managed())["Id"]
+    try:
+        for directory in directories:
+            # "dir/." archives the directory's content as "./...", put into the mount itself (the
+            # engine refuses to write elsewhere in a read-only root filesystem).
+            chunks, _stat = client.api.get_archive(source, f"{directory}/.")
+            client.api.put_archive(container_id, directory, chunks)  # streamed
+    finally:
+        remove_container(client, source)
+
+
+def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | None, delete_disk: bool) -> None:
+    """Remove a sandbox's container, then release its disk (garbage collection, interpreter exit)."""
+    remove_container(client, container_id)
+    if disk is not None:
+        release_disk(disk, delete=delete_disk)

@@ -50,7 +50,8 @@ class SandboxPool:
         runtime: A runtime name or config, as for :class:`DockerSandbox`.
         size: How many started sandboxes to keep ready.
         factory: Makes each (unstarted) sandbox instead, for options that differ per sandbox.
-        **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
+        **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``,
+            ``disk_size``, ...): each sandbox has a disk of its own, made with it and deleted with it.
 
     Raises:
         UnknownRuntimeError: ``runtime`` names no runtime.

@@ -79,6 +79,8 @@ class Snapshot:
         volume_paths: The paths that were named volumes in the source (their content is in the image).
         python: The image's ``python3`` (runs the execution channel's supervisor), or ``None``.
         node: The image's ``node`` (runs the supervisor where there is no ``python3``), or ``None``.
+        disk_size: The source's disk (``disk_size``) in bytes, which sandboxes started from the
+            snapshot get by default; ``None`` when it had none.
     """
 
     name: str
@@ -91,6 +93,7 @@ class Snapshot:
     volume_paths: tuple[str, ...]
     python: str | None
     node: str | None = None
+    disk_size: int | None = None
 
     @property
     def tag(self) -> str:
@@ -125,6 +128,7 @@ class Snapshot:
             volume_paths=tuple(json.loads(labels.get(_VOLUME_PATHS, "[]"))),
             python=labels.get(label.PYTHON) or None,
             node=labels.get(label.NODEJS) or None,
+            disk_size=int(labels[label.SNAPSHOT_DISK_SIZE]) if labels.get(label.SNAPSHOT_DISK_SIZE) else None,
         )
 
 
@@ -211,8 +215,10 @@ def delete_snapshot(name: str) -> None:
 
 
 def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volume_paths: list[str],
-                  name: str | None = None, kind: Literal["snapshot", "fork"] = "snapshot") -> Snapshot:
-    """Snapshot the container's files (its filesystem and the content of ``volume_paths``).
+                  disk_size: int | None = None, name: str | None = None,
+                  kind: Literal["snapshot", "fork"] = "snapshot") -> Snapshot:
+    """Snapshot the container's files (its filesystem and the content of ``volume_paths``: its
+    named volumes and its disk, which ``docker commit`` does not keep); ``disk_size`` is recorded.
 
     The container is paused for the copy and resumed after it, unless it was paused already.
     """
@@ -238,6 +244,7 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
             _NAME: name, _SOURCE: attrs["Name"].lstrip("/"), _SOURCE_RUNTIME: runtime.name,
             label.RUNTIME_CONFIG: runtime.model_dump_json(), _USER: user,
             _CREATED: created.isoformat(timespec="seconds"), _VOLUME_PATHS: json.dumps(sorted(volume_paths)),
+            label.SNAPSHOT_DISK_SIZE: str(disk_size or ""),
             _BASE: base["Id"], _KIND: kind, **(mine if kind == "fork" else {_OWNER_PID: "", _OWNER_HOST: ""}),
         }
         # The image's own settings, not the container's (the CA bundle's variables, say).

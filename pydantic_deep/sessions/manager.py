@@ -3,9 +3,11 @@
 What a session is made of, all named from a hash of the user id (``<key>``), never the id itself:
 
 - a container ``pd-<manager>-<key>``, a :class:`DockerSandbox` like any other;
-- two named volumes holding the user's work dir and ``/uploads``. They outlive the container: a
-  container that dies, is removed or is replaced (idle cleanup, a runtime change, a restart) comes
-  back with the same files;
+- a capped *disk* (``disk_size``, see :mod:`pydantic_deep.sandbox.disk`) holding the user's work
+  dir, ``/uploads`` and home: the user's quota. It outlives the container: a container that dies,
+  is removed or is replaced (idle cleanup, a runtime change, a restart) comes back with the same
+  files, and the same quota. With ``disk_size=None``, two named volumes hold the work dir and
+  ``/uploads`` instead, uncapped;
 - a *session volume* ``pd-<manager>-<key>`` that is never mounted: its labels record the user id,
   the runtime and which volumes hold the files, in the engine itself, so a new process (after a
   crash, a deploy, a ``kill -9``) finds every user's files again.
@@ -33,7 +35,7 @@ from typing import Any, Literal, Self
 import docker
 
 from .._html import field_table
-from ..config import RuntimeConfig
+from ..config import DEFAULT_DISK_SIZE, RuntimeConfig
 from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
@@ -43,7 +45,8 @@ from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStat
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
-from ..sandbox.docker import DockerSandbox
+from ..sandbox.disk import release_disk
+from ..sandbox.docker import FROM_RUNTIME, DockerSandbox, resolved_disk_size
 from ..sandbox.pool import SandboxPool
 from ..sandbox.snapshots import Snapshot, resolve_snapshot
 from . import naming
@@ -60,6 +63,7 @@ _LABEL_UPLOADS = label.UPLOADS_VOLUME
 _LABEL_RUNTIME = label.RUNTIME_CONFIG
 _LABEL_CREATED = label.SESSION_CREATED
 _LABEL_POOL = label.POOL
+_LABEL_DISK = label.DISK  # on the session volume: the disk holding the user's files
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class SessionInfo:
     idle_seconds: float
     memory_bytes: int
     cpu_seconds: float
+    disk_bytes: int = 0
+    disk_limit_bytes: int | None = None
     node: str | None = None
     """The cluster node the sandbox runs on (``None`` on one host, or when it is stopped)."""
 
@@ -154,13 +160,18 @@ class SessionManager:
             ``$PYDANTIC_DEEP_CLUSTER``, ``False`` is this host's engine. A session whose node is
             lost gets a new sandbox on another node on its next :meth:`get_or_create`.
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
+            ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
+            and home on one disk of that size, kept with their files across containers, processes
+            and container losses. A session keeps the size its disk was made with. On a
+            ``cluster`` the default is no disk (Swarm cannot mount one).
             A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
             user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
             different users' never can.
 
     Raises:
         InvalidArgumentError: ``network_owner`` among the options (the manager sets it), or a
-            ``shared_network`` with a warm pool (whose sandboxes start before their user is known).
+            ``shared_network`` with a warm pool (whose sandboxes start before their user is known),
+            or a ``disk_size`` on a ``cluster`` (where the default is no disk).
     """
 
     def __init__(
@@ -194,6 +205,8 @@ class SessionManager:
         self.pause_after = _checked_pause_after(pause_after)
         self._pause_after: dict[str, float | None] = {}  # per session, where get_or_create set it
         self.cluster = resolve_cluster(cluster)
+        # A disk asked for on a cluster is refused now, not at the first user's session.
+        resolved_disk_size(sandbox_options.get("disk_size", FROM_RUNTIME), self.default_runtime, self.cluster)
         self.sandbox_options = {**sandbox_options, "cluster": self.cluster or False}
         self._shared = not isinstance(self.registry, InMemoryRegistry)
         self._sandboxes: dict[str, DockerSandbox] = {}
@@ -316,7 +329,7 @@ class SessionManager:
             if record is not None:
                 if sandbox is None:  # stopped, died or removed: a new container, the same files
                     runtime = wanted or RuntimeConfig.model_validate_json(record.runtime)
-                    sandbox = self._new_sandbox(key, runtime, record.volumes, snapshot)
+                    sandbox = self._new_sandbox(key, runtime, record, snapshot)
             else:
                 if self.max_sessions is not None and self.session_count >= self.max_sessions:
                     raise SessionLimitError(
@@ -325,7 +338,7 @@ class SessionManager:
                 pooled = self._from_pool(key, runtime) if snapshot is None else None
                 sandbox = pooled or self._new_sandbox(key, runtime, None, snapshot)
                 record = SessionRecord(user_id, sandbox.name, dict(sandbox.volumes), runtime.model_dump_json(),
-                                       created=time.time())
+                                       created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
                 self._write_session_volume(key, record)
             self.registry.put(self._registry_key(key), replace(
                 record, container=sandbox.name, runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
@@ -338,25 +351,35 @@ class SessionManager:
         return {"remove_on_exit": False, **self.sandbox_options,
                 "labels": {**self.sandbox_options.get("labels", {}), **self._labels()}}
 
-    def _new_sandbox(self, key: str, runtime: RuntimeConfig, volumes: Mapping[str, str] | None,
+    def _new_sandbox(self, key: str, runtime: RuntimeConfig, record: SessionRecord | None,
                      snapshot: Snapshot | None = None) -> DockerSandbox:
         name = self._container_name(key)
         self._remove_container(name)  # a dead container of this session holds the name
-        # Existing volumes are mounted at this runtime's work dir, which may differ from the last one's.
-        work, uploads = _split_volumes(volumes) if volumes else naming.volume_names(name)
+        options = {**self._sandbox_options(), "session_id": key, "network_owner": naming.network_owner(key),
+                   "snapshot": snapshot}
+        if record is not None and record.disk:  # the user's disk, files and quota (its size is the disk's own)
+            options["disk_size"] = options.get("disk_size") or runtime.disk_size or DEFAULT_DISK_SIZE
+            if snapshot is not None:  # a new disk, seeded with the snapshot's files
+                release_disk(record.disk, delete=True)
+            return DockerSandbox(runtime, name=name, disk_name=record.disk, **options).start()
+        if record is None and resolved_disk_size(options.get("disk_size", FROM_RUNTIME), runtime, self.cluster):
+            return DockerSandbox(runtime, name=name, disk_name=naming.disk_name(name), **options).start()
+        # Volumes (disk_size=None), mounted at this runtime's work dir, which may differ from the last one's.
+        work, uploads = _split_volumes(record.volumes) if record else naming.volume_names(name)
         if snapshot is not None:
             for volume in (work, uploads):
                 create_volume(volume)  # emptied: the engine fills an empty volume from the snapshot's image
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
-                             session_id=key, network_owner=naming.network_owner(key), snapshot=snapshot,
-                             **self._sandbox_options()).start()
+                             **options).start()
 
     def _pooled_sandbox(self) -> DockerSandbox:
         name = naming.pool_name(self.name)
-        work, uploads = naming.volume_names(name)
-        volumes = {work: self.default_runtime.work_dir, uploads: UPLOADS_DIR}
         options = self._sandbox_options()
         options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
+        if resolved_disk_size(options.get("disk_size", FROM_RUNTIME), self.default_runtime, self.cluster):
+            return DockerSandbox(self.default_runtime, name=name, disk_name=naming.disk_name(name), **options)
+        work, uploads = naming.volume_names(name)
+        volumes = {work: self.default_runtime.work_dir, uploads: UPLOADS_DIR}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
 
     def _from_pool(self, key: str, runtime: RuntimeConfig) -> DockerSandbox | None:
@@ -378,10 +401,13 @@ class SessionManager:
     def _write_session_volume(self, key: str, record: SessionRecord) -> None:
         """Record the session in the engine itself: a never-mounted volume whose labels say whose
         files are where."""
-        work, uploads = _split_volumes(record.volumes)
         # The user id as JSON: ASCII, so any string (even one no UTF-8 can hold) comes back unchanged.
-        labels = {**self._labels(), _LABEL_USER: json.dumps(record.user_id), _LABEL_WORK: work,
-                  _LABEL_UPLOADS: uploads, _LABEL_RUNTIME: record.runtime, _LABEL_CREATED: str(record.created)}
+        labels = {**self._labels(), _LABEL_USER: json.dumps(record.user_id), _LABEL_RUNTIME: record.runtime,
+                  _LABEL_CREATED: str(record.created)}
+        if record.disk:
+            labels[_LABEL_DISK] = record.disk
+        else:
+            labels[_LABEL_WORK], labels[_LABEL_UPLOADS] = _split_volumes(record.volumes)
         create_volume(self._container_name(key), labels)
 
     def _record_from_engine(self, key: str) -> SessionRecord | None:
@@ -389,9 +415,11 @@ class SessionManager:
         if labels is None:
             return None
         runtime = RuntimeConfig.model_validate_json(labels[_LABEL_RUNTIME])
-        return SessionRecord(_user_from_label(labels[_LABEL_USER]), self._container_name(key),
-                             {labels[_LABEL_WORK]: runtime.work_dir, labels[_LABEL_UPLOADS]: UPLOADS_DIR},
-                             labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]))
+        volumes = {} if _LABEL_DISK in labels else {labels[_LABEL_WORK]: runtime.work_dir,
+                                                    labels[_LABEL_UPLOADS]: UPLOADS_DIR}
+        return SessionRecord(_user_from_label(labels[_LABEL_USER]), self._container_name(key), volumes,
+                             labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]),
+                             disk=labels.get(_LABEL_DISK, ""))
 
     async def stop(self, user_id: str) -> bool:
         """Stop the user's container now, as idle cleanup would: the files stay for their next session.
@@ -424,6 +452,8 @@ class SessionManager:
                 sandbox.stop()
             for name in {self._container_name(key), record.container if record else ""} - {""}:
                 self._remove_container(name)  # another process's, or dead
+            if record is not None and record.disk:  # mounted still, when another process ran it
+                release_disk(record.disk, delete=remove_files)
             if remove_files:
                 for volume in record.volumes if record else {}:
                     if self.cluster is not None:
@@ -535,6 +565,8 @@ class SessionManager:
                 user_id=record.user_id, runtime=RuntimeConfig.model_validate_json(record.runtime).name,
                 state=state, container=record.container, idle_seconds=idle,
                 memory_bytes=usage.memory_bytes if usage else 0, cpu_seconds=usage.cpu_seconds if usage else 0.0,
+                disk_bytes=usage.disk_bytes if usage else 0,
+                disk_limit_bytes=usage.disk_limit_bytes if usage else None,
                 node=sandbox.node if usage is not None and sandbox is not None else None))
         return infos
 
@@ -595,7 +627,10 @@ class SessionManager:
                 # A warm pool's sandbox nobody got, or a session to reap: the container goes;
                 # files go only when no session names them.
                 volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+                disk = container.labels.get(label.DISK)
                 container.remove(force=True)
+                if disk:  # a pool's disk goes; a session's is unmounted, its files kept
+                    release_disk(disk, delete=record is None)
                 if record is None:
                     for volume in volumes:
                         remove_volume(volume)

@@ -2,7 +2,8 @@
 
 A user's session is ``pd-<manager>-<key>`` (its container, and the never-mounted volume that
 records it), where ``<key>`` is a hash of the user id, never the id itself; its files live in the
-volumes ``<that>-work`` and ``<that>-uploads``. A warm pool's sandbox is ``pd-<manager>-pool-<random>``
+disk ``<that>-disk`` (``disk_size``), or with ``disk_size=None`` in the volumes ``<that>-work`` and
+``<that>-uploads``. A warm pool's sandbox is ``pd-<manager>-pool-<random>``
 until a user gets it and it is renamed to the user's session.
 """
 
@@ -12,7 +13,7 @@ import hashlib
 import re
 import uuid
 
-__all__ = ["network_owner", "pool_name", "session_key", "session_name", "user_key", "volume_names"]
+__all__ = ["disk_name", "network_owner", "pool_name", "session_key", "session_name", "user_key", "volume_names"]
 
 _PREFIX = "pd-"
 _KEY = re.compile(r"[0-9a-f]{32}")
@@ -44,6 +45,11 @@ def pool_name(manager: str) -> str:
 def volume_names(name: str) -> tuple[str, str]:
     """The (work dir, ``/uploads``) volumes of the sandbox called ``name``."""
     return f"{name}-work", f"{name}-uploads"
+
+
+def disk_name(name: str) -> str:
+    """The disk (``disk_size``) that keeps the files of the sandbox called ``name``."""
+    return f"{name}-disk"
 
 
 def network_owner(key: str) -> str:

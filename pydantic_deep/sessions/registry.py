@@ -32,10 +32,12 @@ class SessionRecord:
     Attributes:
         user_id: The user's id, as the application gave it.
         container: The name of the user's container.
-        volumes: The user's named volumes, ``{volume: path in the container}``.
+        volumes: The user's named volumes, ``{volume: path in the container}`` (none when the
+            files are on a ``disk``).
         runtime: The runtime's config, as JSON.
         created: When the session began (Unix time).
         last_used: When a process last handed the session out (Unix time).
+        disk: The name of the capped disk holding the user's files (``disk_size``), or ``""``.
     """
 
     user_id: str
@@ -44,6 +46,7 @@ class SessionRecord:
     runtime: str
     created: float
     last_used: float = field(default=0.0)
+    disk: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

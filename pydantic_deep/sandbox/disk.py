@@ -1,0 +1,406 @@
+"""Capped disks: everything a sandbox writes to the host's disk, on one size-capped filesystem.
+
+Docker cannot cap a container's writable layer on overlay2 over ext4 (the common host), nor a
+named volume on any storage driver. So a sandbox with ``disk_size`` gets a *disk* of its own: an
+ext4 filesystem in a sparse file of that size, attached to a loop device and mounted on the
+engine's host under ``/var/lib/pydantic-deep/disks/<engine>/<disk>``. Its ``work``, ``uploads``
+and ``home`` directories are bind-mounted at the sandbox's work dir, ``/uploads`` and home (and
+``tmp`` at ``/tmp`` when ``tmp_size=None`` puts ``/tmp`` on disk), and
+the container's root filesystem is read-only: nothing else it can write lives on the host's disk
+(``/tmp`` is memory, see ``tmp_size``). A writer past the cap gets ``No space left on device``
+from its own filesystem; the host's filesystem never fills, and no other sandbox notices.
+
+Why this way: a loop-mounted file works on every engine that can run a container with
+``CAP_SYS_ADMIN`` (overlay2 on ext4 or xfs, btrfs, zfs, a Docker Desktop VM), needs no engine
+configuration (xfs project quotas need the data root on xfs mounted with ``pquota``), and the
+file is sparse: a disk costs only what is written to it. It is made with lazy inode tables and
+(for disks that go with their sandbox) no journal, in about 10 ms, and holds about 4 MB when new.
+Each process keeps one disk per size made ahead (:func:`prepare_disk`), so that a start takes one
+at once (:func:`take_disk`) instead of waiting for a disk operation.
+
+Who does the privileged part: a *disk agent*, one small container per process and engine, from
+the air-gapped minbase image, with ``CAP_SYS_ADMIN`` (mount), ``CAP_SYS_PTRACE`` (enter the
+engine's mount namespace), access to loop devices, and the host's disk directory mounted. Disk
+operations are ``docker exec`` calls into it (about 60 ms). It works the same whether this process
+is root or a user with access to the Docker socket, on the engine's host or elsewhere (a remote
+engine, a container holding the socket), because it runs where the engine runs: the mounts are
+made in the mount namespace of the agent's containerd shim, where the engine resolves bind mounts.
+Like a sandbox, the agent is tied to this process through its standard input: it goes when the
+process goes, even by SIGKILL.
+
+What outlives a killed process is found again by ``pydantic-deep prune`` (:func:`prune_disks`):
+every disk records its owner (host and pid); a disk that no container uses and whose owner is
+gone is unmounted (its loop device goes with the mount) and, unless it holds a session's files,
+deleted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+from docker.errors import APIError, NotFound
+
+from ..engine import labels as label
+from ..engine.client import docker_client
+from ..engine.containers import remove_container
+from ..errors import SandboxError
+from ..images.bases import MINBASE, bootstrap_base
+
+__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "list_disks", "open_disk", "prepare_disk", "prune_disks",
+           "release_disk", "take_disk"]
+
+logger = logging.getLogger("pydantic_deep.disk")
+
+DISK_DIR = os.environ.get("PYDANTIC_DEEP_DISK_DIR", "/var/lib/pydantic-deep/disks")
+"""Where disks live on the engine's host (``$PYDANTIC_DEEP_DISK_DIR``), one folder per engine."""
+
+
+# Run in the agent. $1 is the operation; the disk directory of this engine is /disks in the agent
+# and "$HOST_DIR" on the engine's host. Mounts happen in the shim's mount namespace (its pid is
+# in /run/shim), with the host's own mount, which sets up the loop device and frees it on umount.
+_SCRIPT = r"""
+set -eu
+op=$1; shift
+host() { nsenter -t "$(cat /run/shim)" -m -- sh -c "$@"; }
+case $op in
+open)
+  name=$1 size=$2 uid=$3 gid=$4 keep=$5 owner=$6
+  img=/disks/$name.img
+  if [ ! -e "$img" ]; then
+    skel=/tmp/skel-$name
+    rm -rf "$skel" && mkdir -p "$skel/work" "$skel/uploads" "$skel/home" "$skel/tmp"
+    chown -R "$uid:$gid" "$skel" && chmod 1777 "$skel/tmp"
+    journal=; [ "$keep" = 1 ] || journal="-O ^has_journal"
+    truncate -s "$size" "$img.new"
+    lazy=lazy_itable_init=1,lazy_journal_init=1,assume_storage_prezeroed=1
+    mkfs.ext4 -q -m 0 $journal -E "$lazy,root_owner=$uid:$gid" -d "$skel" "$img.new"
+    rm -rf "$skel"
+    mv "$img.new" "$img"
+    echo new
+  fi
+  if [ "$keep" = 1 ]; then : > "/disks/$name.keep"; fi
+  printf '%s\n' "$owner" > "/disks/$name.owner"
+  host 'grep -q " $1 ext4 " /proc/self/mounts && exit
+        mkdir -p "$1" && mount -o loop,nosuid,nodev "$1.img" "$1" || { rmdir "$1"; exit 1; }' sh "$HOST_DIR/$name";;
+release)
+  name=$1 delete=$2
+  host 'if grep -q " $1 ext4 " /proc/self/mounts; then umount "$1" 2>/dev/null || umount -l "$1"; fi
+        rmdir "$1" 2>/dev/null || true' sh "$HOST_DIR/$name"
+  rm -f "/disks/$name.owner"
+  if [ "$delete" = 1 ]; then rm -f "/disks/$name.img" "/disks/$name.img.new" "/disks/$name.keep"; fi;;
+list)
+  mounts=$(host 'grep " $1/" /proc/self/mounts | cut -d" " -f2' sh "$HOST_DIR" || true)
+  for img in /disks/*.img; do
+    [ -e "$img" ] || continue
+    name=${img##*/}; name=${name%.img}
+    keep=0; [ -e "/disks/$name.keep" ] && keep=1
+    mounted=0; case "
+$mounts
+" in *"
+$HOST_DIR/$name
+"*) mounted=1;; esac
+    owner=$(cat "/disks/$name.owner" 2>/dev/null || true)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$keep" "$mounted" "$(du -k "$img" | cut -f1)" "$owner"
+  done;;
+esac
+"""
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """A disk on the engine's host, as :func:`list_disks` finds it.
+
+    Attributes:
+        name: The disk's name (a sandbox's container name, or a session's disk).
+        keep: It holds a session's files: stopping its sandbox keeps it.
+        mounted: Its filesystem is mounted (a loop device is attached).
+        host_bytes: What its file takes on the host's disk now (it is sparse).
+        owner: ``"<host> <pid>"`` of the process that last mounted it, or ``""``.
+    """
+
+    name: str
+    keep: bool
+    mounted: bool
+    host_bytes: int
+    owner: str
+
+
+class _Agent:
+    """The disk agent of this process for one engine (see the module's docstring)."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        # Engines on one host may share an ID (Docker 20.10 derives it from /etc/docker/key.json),
+        # never a data root: the two together name this engine, and its disks' folder.
+        info = client.info()
+        engine = hashlib.sha256(f"{info['ID']} {info['DockerRootDir']}".encode()).hexdigest()[:12]
+        self.host_dir = f"{DISK_DIR}/{engine}"
+        self.container_id: str | None = None
+        self._lifeline: Any = None
+        self._lock = threading.Lock()
+
+    def run(self, *args: str) -> str:
+        """Run the script's operation ``args`` in the agent; its standard output."""
+        for attempt in (1, 2):
+            container_id = self._ensure()
+            try:
+                exec_id = self.client.api.exec_create(
+                    container_id, ["sh", "-c", _SCRIPT, "sh", *args], user="0:0",
+                    environment={"HOST_DIR": self.host_dir})["Id"]
+                out, err = self.client.api.exec_start(exec_id, demux=True)
+            except APIError as exc:  # NotFound included
+                if attempt == 1 and (isinstance(exc, NotFound) or exc.status_code == 409):
+                    self._forget(container_id)  # removed or stopped from outside: start another
+                    continue
+                raise
+            code = self.client.api.exec_inspect(exec_id)["ExitCode"]
+            if code != 0:
+                detail = (err or b"").decode(errors="replace").strip() or f"exit code {code}"
+                raise SandboxError(f"the disk operation {args[0]} {args[1] if len(args) > 1 else ''} failed: {detail}")
+            return (out or b"").decode()
+        raise AssertionError("unreachable")
+
+    def _forget(self, container_id: str) -> None:
+        with self._lock:
+            if self.container_id == container_id:
+                self.container_id = None
+                if self._lifeline is not None:
+                    self._lifeline.close()
+                    self._lifeline = None
+
+    def _ensure(self) -> str:
+        with self._lock:
+            if self.container_id is None:
+                self.container_id = self._start()
+            return self.container_id
+
+    def _start(self) -> str:
+        client = self.client
+        bootstrap_base(client, MINBASE)  # a no-op where it exists (it is built once, air-gapped)
+        try:
+            container = client.containers.create(
+                MINBASE.tag, name=f"pydantic-deep-disk-agent-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                # Note the shim's pid (whose mount namespace the engine's bind mounts are resolved
+                # in), then wait for EOF on the lifeline: this process ending ends the agent.
+                entrypoint=["sh", "-c", "echo $PPID > /run/shim; read -r _"],
+                stdin_open=True, auto_remove=True, user="0:0", network_mode="none",
+                pid_mode="host", cap_drop=["ALL"],
+                cap_add=["SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE", "CHOWN", "DAC_OVERRIDE", "FOWNER"],
+                # Loop devices (block major 7) and /dev/loop-control, used from the host's /dev.
+                device_cgroup_rules=["b 7:* rmw", "c 10:237 rmw"],
+                security_opt=["apparmor=unconfined"],
+                volumes={self.host_dir: {"bind": "/disks", "mode": "rw"}},
+                read_only=True, tmpfs={"/run": "size=1m", "/tmp": "size=64m"},
+                log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
+                labels=label.managed({label.KIND: label.KIND_DISK_AGENT, label.OWNER_PID: str(os.getpid()),
+                                      label.OWNER_HOST: socket.gethostname()}),
+            )
+        except APIError as exc:
+            raise _refused(exc) from None
+        try:
+            self._lifeline = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+            try:
+                container.start()
+            except APIError as exc:  # a rootless engine, say, creates it and cannot start it
+                raise _refused(exc) from None
+            # Ready once the shim's pid is written: the first exec must find it.
+            for _ in range(200):
+                exec_id = client.api.exec_create(container.id, ["test", "-s", "/run/shim"])["Id"]
+                client.api.exec_start(exec_id)
+                if client.api.exec_inspect(exec_id)["ExitCode"] == 0:
+                    break
+        except BaseException:
+            remove_container(client, container.id)
+            raise
+        return str(container.id)
+
+
+def _refused(exc: APIError) -> SandboxError:
+    return SandboxError(f"disk_size needs a helper container with CAP_SYS_ADMIN and loop devices, which this "
+                        f"Docker engine refused ({exc.explanation}); pass disk_size=None to run without a disk cap")
+
+
+_agents: dict[int, _Agent] = {}
+_agents_lock = threading.Lock()
+
+
+def _agent() -> _Agent:
+    client = docker_client()
+    with _agents_lock:
+        agent = _agents.get(id(client))
+        if agent is None:
+            agent = _agents[id(client)] = _Agent(client)
+        return agent
+
+
+def disk_dir(name: str) -> str:
+    """Where the disk ``name`` is mounted on the engine's host (its ``work``, ``uploads`` and
+    ``home`` directories are bind-mounted into the sandbox)."""
+    return f"{_agent().host_dir}/{name}"
+
+
+def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> tuple[str, bool]:
+    """Make the disk ``name`` of ``size`` bytes (unless it exists) and mount it.
+
+    Returns:
+        Its directory on the engine's host, and whether it was made now (it is empty).
+
+    An existing disk keeps its files and its size. Safe to call when it is mounted already.
+
+    Args:
+        uid: Owner, with ``gid``, of its directories (the sandbox user).
+        keep: It holds files that outlive the sandbox (a session's): it gets a journal, and
+            :func:`prune_disks` never deletes it.
+
+    Raises:
+        SandboxError: the engine cannot make or mount it.
+    """
+    agent = _agent()
+    said = agent.run("open", name, str(size), str(uid), str(gid), "1" if keep else "0",
+                     f"{socket.gethostname()} {os.getpid()}")
+    return f"{agent.host_dir}/{name}", said.strip() == "new"
+
+
+# One disk made ahead per (size, uid, gid), for the next sandbox that goes with its disk: a start
+# then costs no disk operation. Refilled in the background after each take; released at exit.
+_spares: dict[tuple[int, int, int], str] = {}
+_refilling: dict[tuple[int, int, int], threading.Thread] = {}
+_spares_lock = threading.Lock()
+_spares_closed = False
+
+
+def take_disk(size: int, uid: int, gid: int) -> tuple[str, str]:
+    """A new mounted disk that goes with its sandbox: ``(name, host directory)``, the one made
+    ahead by :func:`prepare_disk` when there is one."""
+    with _spares_lock:
+        name = _spares.pop((size, uid, gid), None)
+    if name is None:
+        name = _new_disk_name()
+        return name, open_disk(name, size, uid, gid, keep=False)[0]
+    return name, disk_dir(name)
+
+
+def prepare_disk(size: int, uid: int, gid: int) -> None:
+    """Make the next disk for :func:`take_disk` in the background, unless one is ready or coming.
+
+    Called once a sandbox started, so that making it does not slow that start down.
+    """
+    key = (size, uid, gid)
+    with _spares_lock:
+        if key in _spares or key in _refilling or _spares_closed:
+            return
+        _refilling[key] = thread = threading.Thread(target=_refill, args=(key,), name="pydantic-deep-disk",
+                                                    daemon=True)
+        thread.start()
+
+
+def _new_disk_name() -> str:
+    return f"pd-disk-{uuid.uuid4().hex[:16]}"
+
+
+def _refill(key: tuple[int, int, int]) -> None:
+    name = _new_disk_name()
+    try:
+        open_disk(name, *key, keep=False)
+    except Exception:
+        logger.warning("Could not make a disk ahead; the next sandbox makes its own", exc_info=True)
+        name = ""
+    with _spares_lock:
+        del _refilling[key]
+        keep = bool(name) and not _spares_closed and key not in _spares
+        if keep:
+            _spares[key] = name
+    if name and not keep:
+        release_disk(name, delete=True)
+
+
+@atexit.register
+def _at_exit() -> None:
+    """Release the disks made ahead, then remove the agents (which would go by themselves once
+    this process is gone, a moment later)."""
+    global _spares_closed
+    with _spares_lock:
+        _spares_closed = True
+        threads = list(_refilling.values())
+    for thread in threads:
+        thread.join(timeout=30)
+    with _spares_lock:
+        names = list(_spares.values())
+        _spares.clear()
+    for name in names:
+        try:
+            release_disk(name, delete=True)
+        except Exception:  # the engine is gone: `pydantic-deep prune` finds it later
+            logger.warning("Could not release the spare disk %s", name, exc_info=True)
+    with _agents_lock:
+        agents = list(_agents.values())
+    for agent in agents:
+        if agent.container_id is not None:
+            with contextlib.suppress(Exception):  # gone with its engine
+                remove_container(agent.client, agent.container_id)
+
+
+def release_disk(name: str, *, delete: bool) -> None:
+    """Unmount the disk ``name`` (its loop device goes with it), and with ``delete`` remove its file.
+
+    Call it once no container uses the disk. A disk that is not there is fine.
+    """
+    _agent().run("release", name, "1" if delete else "0")
+
+
+def list_disks() -> list[DiskInfo]:
+    """Every disk of this engine, mounted or not."""
+    disks = []
+    for line in _agent().run("list").splitlines():
+        name, keep, mounted, kilobytes, owner = line.split("\t", 4)
+        disks.append(DiskInfo(name, keep == "1", mounted == "1", int(kilobytes) * 1024, owner))
+    return disks
+
+
+def prune_disks(*, everything: bool = False) -> int:
+    """Release the disks that no container uses and whose owning process is gone.
+
+    A disk holding a session's files is only unmounted (the session's next container mounts it
+    again); any other is deleted too. With ``everything``, a live owner does not keep a disk.
+
+    Returns:
+        How many disks were released.
+    """
+    client = docker_client()
+    in_use = {container.labels.get(label.DISK) for container in
+              client.containers.list(all=True, filters={"label": label.DISK})}
+    released = 0
+    for disk in list_disks():
+        if disk.name in in_use or (not everything and not _owner_gone(disk.owner)):
+            continue
+        if disk.keep and not disk.mounted:
+            continue  # a dormant session's files: nothing to release
+        release_disk(disk.name, delete=not disk.keep)
+        released += 1
+    return released
+
+
+def _owner_gone(owner: str) -> bool:
+    """Whether ``"<host> <pid>"`` names a process of this host that has ended ("" has no owner)."""
+    host, _, pid = owner.partition(" ")
+    if not owner:
+        return True
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return True
+    except PermissionError:
+        return False
+    return False

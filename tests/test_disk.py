@@ -1,0 +1,245 @@
+"""disk_size (issue 22): everything a sandbox or a session writes to the host's disk is capped, a full
+disk hurts only its writer, and no loop device, disk file or mount outlives its sandbox, session, or
+a killed owner once `pydantic-deep prune` ran. See docs/security.md and pydantic_deep/sandbox/disk.py.
+
+The checks of what is left read this host's loop devices, mounts and disk directory: the engine
+runs here."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from pydantic_deep import (
+    DiskFullError,
+    DockerSandbox,
+    InvalidArgumentError,
+    RuntimeConfig,
+    SandboxPool,
+    SessionManager,
+    SwarmCluster,
+    get_runtime,
+)
+from pydantic_deep.cli import main as cli
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.sandbox.disk import disk_dir, list_disks
+from pydantic_deep.sandbox.docker import FROM_RUNTIME, resolved_disk_size
+
+pytestmark = [pytest.mark.adversarial, pytest.mark.disk, pytest.mark.anyio]
+
+MB = 1024 ** 2
+
+
+def assert_answers(sandbox: DockerSandbox) -> None:
+    result = sandbox.execute("echo $((6 * 7))", timeout=60)
+    assert (result.output, result.exit_code) == ("42\n", 0)
+
+
+def leftovers(disk: str) -> list[str]:
+    """What of the disk ``disk`` is still on this host: loop devices, mounts, files."""
+    where = disk_dir(disk)
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
+    found = [f"loop device: {line}" for line in loops.splitlines() if f"{where}.img" in line]
+    found += [f"mount: {line}" for line in Path("/proc/mounts").read_text().splitlines() if f" {where} " in line]
+    return found + glob.glob(f"{where}*")
+
+
+@pytest.fixture(scope="module")
+def capped() -> Iterator[DockerSandbox]:
+    with DockerSandbox(runtime="python-minimal", disk_size="200m") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def witness() -> Iterator[DockerSandbox]:
+    with DockerSandbox(runtime="python-minimal") as running:
+        yield running
+
+
+@pytest.mark.parametrize("where", ["$PWD", "$HOME", "/uploads"])
+def test_writing_past_the_disk_fails_with_enospc_and_hurts_nobody_else(
+        capped: DockerSandbox, witness: DockerSandbox, where: str) -> None:
+    result = capped.execute(f"head -c 300m /dev/zero > {where}/big; echo status=$?; du -m {where}/big | cut -f1; "
+                            f"rm {where}/big", timeout=120)
+    lines = result.output.splitlines()
+    assert "No space left on device" in lines[0] and lines[1] == "status=1", result.output
+    assert 150 < int(lines[2]) < 200  # it wrote until the disk was full, no further
+    assert_answers(capped)
+    assert witness.execute("head -c 300m /dev/zero > big; du -m big | cut -f1; rm big").output == "300\n"
+
+
+def test_the_file_api_gets_disk_full_and_leaves_no_partial_file(capped: DockerSandbox, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    with big.open("wb") as handle:
+        handle.truncate(300 * MB)  # sparse: nothing on the host's disk
+    with pytest.raises(DiskFullError, match="disk_size"):
+        capped.upload(big, "big.bin")
+    assert capped.list_files(".") == [] and capped.list_files("/uploads") == []
+    assert capped.usage().disk_bytes < 10 * MB  # the partial file is gone too
+    capped.write_file("small.txt", "still works")
+    assert capped.read_file("small.txt") == b"still works"
+    capped.execute("rm small.txt")
+
+
+def test_nothing_else_is_writable_and_usage_reports_the_disk(capped: DockerSandbox) -> None:
+    result = capped.execute("for p in / /etc /usr /var/tmp /opt /run /var/lib; do touch $p/x; done 2>&1; "
+                            "grep ' / ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1")
+    assert result.output.count("Read-only file system") == 7 and result.output.endswith("\nro\n"), result.output
+    writable = capped.execute("df -B1 --output=fstype,size,target $PWD $HOME /uploads /tmp | tail -n +2").output
+    sizes = {target: (kind, int(size)) for kind, size, target in map(str.split, writable.splitlines())}
+    assert sizes["/tmp"] == ("tmpfs", 512 * MB)  # memory, as before
+    assert {sizes[p] for p in ("/workspace", "/home/sandbox", "/uploads")} == {sizes["/workspace"]}  # one disk
+    assert sizes["/workspace"][0] == "ext4" and 180 * MB < sizes["/workspace"][1] <= 200 * MB
+    capped.execute("head -c 20m /dev/zero > twenty")
+    usage = capped.usage()
+    assert usage.disk_limit_bytes == sizes["/workspace"][1]
+    assert 20 * MB <= usage.disk_bytes < 30 * MB
+    capped.execute("rm twenty")
+
+
+def test_default_disk_and_uncapped_opt_out() -> None:
+    with DockerSandbox(runtime="python-minimal") as box:
+        assert box.disk_size == 10 * 1024 ** 3
+        assert box.usage().disk_limit_bytes is not None
+    with DockerSandbox(runtime="python-minimal", disk_size=None) as box:
+        assert box.usage().disk_limit_bytes is None and box.execute("touch /home/sandbox/x").ok
+
+
+def test_files_the_image_holds_in_the_work_dir_and_home_are_on_a_new_disk() -> None:
+    runtime = RuntimeConfig(name="seeded", base_image="python:3.12-slim", setup_commands=[
+        "mkdir -p /workspace/data /home/sandbox && echo rows > /workspace/data/t.csv && echo hi > /home/sandbox/.rc"])
+    with DockerSandbox(runtime, disk_size="64m") as box:
+        assert box.execute("cat data/t.csv ~/.rc; df --output=fstype . | tail -1").output == "rows\nhi\next4\n"
+        owners = box.execute("stat -c %U . data/t.csv").output
+    with DockerSandbox(runtime, disk_size=None) as plain:
+        assert plain.execute("stat -c %U . data/t.csv").output == owners == "sandbox\nroot\n"  # as in the image
+
+
+@pytest.mark.parametrize("size", ["1m", "0", "-5g", "lots"])
+def test_bad_disk_sizes_are_refused(size: str) -> None:
+    with pytest.raises(ValueError, match="disk_size"):
+        DockerSandbox(runtime="python-minimal", disk_size=size)
+    with pytest.raises(ValueError, match="disk_size"):
+        RuntimeConfig(name="x", image="debian", disk_size=size)
+
+
+def test_the_runtime_sets_the_default_and_the_sandbox_overrides_it() -> None:
+    runtime = RuntimeConfig(**{**get_runtime("python-minimal").model_dump(), "disk_size": "64m"})
+    assert DockerSandbox(runtime).disk_size == 64 * MB
+    assert DockerSandbox(runtime, disk_size="1g").disk_size == 1024 * MB
+    assert DockerSandbox(runtime, disk_size=None).disk_size is None
+    assert SandboxPool(runtime, disk_size="32m").sandbox_options["disk_size"] == "32m"
+
+
+def test_stop_and_garbage_collection_leave_nothing() -> None:
+    box = DockerSandbox(runtime="python-minimal", disk_size="64m").start()
+    disk = box.disk_name
+    assert leftovers(disk)  # mounted while it runs
+    box.stop()
+    assert leftovers(disk) == []
+    dropped = DockerSandbox(runtime="python-minimal", disk_size="64m").start()
+    disk = dropped.disk_name
+    del dropped  # remove_on_exit: the finalizer removes the container, then the disk
+    assert leftovers(disk) == []
+
+
+async def test_a_session_quota_holds_across_a_container_loss_and_release_frees_it() -> None:
+    manager = SessionManager("python-minimal", name=f"test-{uuid.uuid4().hex[:8]}", disk_size="200m")
+    try:
+        sandbox = await manager.get_or_create("ann")
+        disk = sandbox.disk_name
+        assert sandbox.execute("head -c 120m /dev/zero > first").ok
+        docker_client().api.remove_container(sandbox.container_id, force=True)  # the container is lost
+        again = await manager.get_or_create("ann")
+        assert again.container_id != sandbox.container_id and again.disk_name == disk
+        assert again.execute("stat -c %s first").output == f"{120 * MB}\n"
+        result = again.execute("head -c 120m /dev/zero > second; echo status=$?")
+        assert "No space left on device" in result.output and "status=1" in result.output  # the same quota
+        info, = await manager.list_sessions()
+        assert info.disk_limit_bytes and info.disk_bytes > info.disk_limit_bytes - 8 * MB  # full
+        assert await manager.release("ann")
+        assert leftovers(disk) == []
+    finally:
+        await manager.shutdown(keep_files=False)
+
+
+async def test_session_shutdown_keeps_or_removes_the_disk() -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    manager = SessionManager("python-minimal", name=name, disk_size="64m")
+    disk = (await manager.get_or_create("bo")).disk_name
+    (await manager.get_or_create("bo")).write_file("kept.txt", "yes")
+    await manager.shutdown()  # keep_files: unmounted, the file stays
+    successor = SessionManager("python-minimal", name=name, disk_size="64m")
+    try:
+        assert sorted(leftovers(disk)) == [f"{disk_dir(disk)}.img", f"{disk_dir(disk)}.keep"]
+        assert (await successor.get_or_create("bo")).read_file("kept.txt") == b"yes"
+    finally:
+        await successor.shutdown(keep_files=False)
+    assert leftovers(disk) == []
+
+
+EXITING_OWNER = """
+import os
+from pydantic_deep import DockerSandbox
+box = DockerSandbox("python-minimal", disk_size="64m").start()  # then a disk made ahead, in the background
+print(box.disk_name, os.getpid(), flush=True)
+"""
+
+
+def owned_disks(pid: str) -> list[str]:
+    return [disk.name for disk in list_disks() if disk.owner.endswith(f" {pid}")]
+
+
+def test_interpreter_exit_releases_the_disk_and_the_one_made_ahead() -> None:
+    exited = subprocess.run([sys.executable, "-c", EXITING_OWNER], capture_output=True, text=True, check=True)
+    disk, pid = exited.stdout.split()
+    assert leftovers(disk) == [] and owned_disks(pid) == []
+
+
+KILLED_OWNER = """
+import os, signal, sys
+from pydantic_deep import DockerSandbox
+box = DockerSandbox("python-minimal", disk_size="64m").start()
+print(box.disk_name, os.getpid(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_prune_releases_the_disk_of_a_killed_owner(capsys: pytest.CaptureFixture[str]) -> None:
+    killed = subprocess.run([sys.executable, "-c", KILLED_OWNER], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    disk, pid = killed.stdout.split()
+    deadline = time.monotonic() + 60
+    # The sandbox and the disk agent are tied to their process: they remove themselves.
+    while docker_client().api.containers(all=True, filters={"label": f"pydantic-deep.owner-pid={pid}"}):
+        assert time.monotonic() < deadline, "the killed owner's containers stayed"
+        time.sleep(0.1)
+    assert leftovers(disk)  # still mounted: nobody released it
+    cli(["prune"])
+    assert "Released" in capsys.readouterr().out
+    assert leftovers(disk) == [] and owned_disks(pid) == []  # the disk made ahead too
+    assert os.path.isdir(os.path.dirname(disk_dir(disk)))
+
+
+def test_on_a_cluster_the_default_is_no_disk_and_an_explicit_one_is_refused() -> None:
+    """Swarm services cannot mount a disk: the 10g default must not make every cluster sandbox fail."""
+    cluster = cast(SwarmCluster, object())  # only whether there is one matters here
+    runtime = get_runtime("python-minimal")
+    assert resolved_disk_size(FROM_RUNTIME, runtime, None) == runtime.disk_size == "10g"
+    assert resolved_disk_size(FROM_RUNTIME, runtime, cluster) is None
+    assert resolved_disk_size(None, runtime, cluster) is None
+    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk: disk_size='1g'"):
+        resolved_disk_size("1g", runtime, cluster)
+    with pytest.raises(InvalidArgumentError, match="runtime 'python-minimal'.s disk_size='2g'"):
+        resolved_disk_size(FROM_RUNTIME, RuntimeConfig.model_validate(
+            {**runtime.model_dump(exclude_unset=True), "disk_size": "2g"}), cluster)
