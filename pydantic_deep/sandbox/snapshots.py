@@ -48,15 +48,7 @@ logger = logging.getLogger("pydantic_deep.snapshots")
 
 SNAPSHOT_REPOSITORY = "pydantic-deep/snapshot"
 
-_KIND = label.KIND  # snapshot | fork (a fork's, removed with its last sandbox) | snapshot-partial
-_NAME = label.SNAPSHOT
-_SOURCE = label.SNAPSHOT_SOURCE
-_SOURCE_RUNTIME = label.SNAPSHOT_RUNTIME
-_CREATED = label.SNAPSHOT_CREATED
-_USER = label.SNAPSHOT_USER
-_VOLUME_PATHS = label.SNAPSHOT_VOLUME_PATHS
-_BASE = label.SNAPSHOT_BASE
-_OWNER_PID, _OWNER_HOST = label.OWNER_PID, label.OWNER_HOST
+# label.KIND of a snapshot's images: snapshot | fork (a fork's, removed with its last sandbox) | snapshot-partial
 # Labels a snapshot keeps from its container: what a sandbox needs to start from it. The others
 # (session, manager, owner, the user's own) belong to that one container, and are cleared.
 _KEPT_LABELS = (label.MANAGED, label.RUNTIME, label.RUNTIME_CONFIG, label.IMAGE, label.PYTHON, label.NODEJS)
@@ -120,12 +112,12 @@ class Snapshot:
         labels = attrs["Config"]["Labels"] or {}
         size = attrs.get("Size", 0)
         return cls(
-            name=labels[_NAME], image=attrs["Id"],
+            name=labels[label.SNAPSHOT], image=attrs["Id"],
             runtime=RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG]),
-            user=labels.get(_USER, "1000:1000"), source=labels.get(_SOURCE, ""),
-            created=datetime.fromisoformat(labels[_CREATED]),
+            user=labels.get(label.SNAPSHOT_USER, "1000:1000"), source=labels.get(label.SNAPSHOT_SOURCE, ""),
+            created=datetime.fromisoformat(labels[label.SNAPSHOT_CREATED]),
             size_bytes=size - base_size if base_size is not None and base_size <= size else size,
-            volume_paths=tuple(json.loads(labels.get(_VOLUME_PATHS, "[]"))),
+            volume_paths=tuple(json.loads(labels.get(label.SNAPSHOT_VOLUME_PATHS, "[]"))),
             python=labels.get(label.PYTHON) or None,
             node=labels.get(label.NODEJS) or None,
             disk_size=int(labels[label.SNAPSHOT_DISK_SIZE]) if labels.get(label.SNAPSHOT_DISK_SIZE) else None,
@@ -146,13 +138,13 @@ def _snapshot_attrs(client: docker.DockerClient, name: str) -> dict[str, Any]:
         attrs: dict[str, Any] = client.api.inspect_image(f"{SNAPSHOT_REPOSITORY}:{name}")
     except ImageNotFound:
         raise SnapshotNotFoundError(name, [s.name for s in list_snapshots()]) from None
-    if (attrs["Config"]["Labels"] or {}).get(_KIND) != "snapshot":
+    if (attrs["Config"]["Labels"] or {}).get(label.KIND) != "snapshot":
         raise SnapshotNotFoundError(name, [s.name for s in list_snapshots()])
     return attrs
 
 
 def _size_of(client: docker.DockerClient, attrs: dict[str, Any]) -> Snapshot:
-    base = (attrs["Config"]["Labels"] or {}).get(_BASE)
+    base = (attrs["Config"]["Labels"] or {}).get(label.SNAPSHOT_BASE)
     try:
         base_size = client.api.inspect_image(base)["Size"] if base else None
     except ImageNotFound:
@@ -176,7 +168,7 @@ def list_snapshots() -> list[Snapshot]:
     """Every snapshot on the engine (of every process, before and after restarts), oldest first."""
     client = docker_client()
     found = [_size_of(client, client.api.inspect_image(image["Id"]))
-             for image in client.api.images(filters={"label": f"{_KIND}=snapshot"})]
+             for image in client.api.images(filters={"label": f"{label.KIND}=snapshot"})]
     return sorted(found, key=lambda snapshot: (snapshot.created, snapshot.name))
 
 
@@ -238,14 +230,20 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
         attrs = client.api.inspect_container(container_id)
         base = client.api.inspect_image(attrs["Image"])
         container_labels = attrs["Config"]["Labels"] or {}
-        mine = {_OWNER_PID: str(os.getpid()), _OWNER_HOST: socket.gethostname()}
+        mine = {label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()}
         labels = {
             **{key: "" for key in container_labels if key not in _KEPT_LABELS},
-            _NAME: name, _SOURCE: attrs["Name"].lstrip("/"), _SOURCE_RUNTIME: runtime.name,
-            label.RUNTIME_CONFIG: runtime.model_dump_json(), _USER: user,
-            _CREATED: created.isoformat(timespec="seconds"), _VOLUME_PATHS: json.dumps(sorted(volume_paths)),
+            label.SNAPSHOT: name,
+            label.SNAPSHOT_SOURCE: attrs["Name"].lstrip("/"),
+            label.SNAPSHOT_RUNTIME: runtime.name,
+            label.RUNTIME_CONFIG: runtime.model_dump_json(),
+            label.SNAPSHOT_USER: user,
+            label.SNAPSHOT_CREATED: created.isoformat(timespec="seconds"),
+            label.SNAPSHOT_VOLUME_PATHS: json.dumps(sorted(volume_paths)),
             label.SNAPSHOT_DISK_SIZE: str(disk_size or ""),
-            _BASE: base["Id"], _KIND: kind, **(mine if kind == "fork" else {_OWNER_PID: "", _OWNER_HOST: ""}),
+            label.SNAPSHOT_BASE: base["Id"],
+            label.KIND: kind,
+            **(mine if kind == "fork" else {label.OWNER_PID: "", label.OWNER_HOST: ""}),
         }
         # The image's own settings, not the container's (the CA bundle's variables, say).
         conf = {"Labels": labels, "Env": base["Config"].get("Env") or []}
@@ -263,7 +261,7 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
                     # Commit the container's own changes, then copy the volumes' content over it in a
                     # helper made from that commit (never started): all while the source is paused.
                     partial = client.api.commit(container_id, pause=False, conf={
-                        **conf, "Labels": {**labels, _KIND: "snapshot-partial", **mine}})["Id"]
+                        **conf, "Labels": {**labels, label.KIND: "snapshot-partial", **mine}})["Id"]
                     helper = _helper_from(client, partial, volume_paths, mine)
                     for path in volume_paths:
                         chunks, _stat = client.api.get_archive(container_id, path)
@@ -307,7 +305,7 @@ def resume_container(client: docker.DockerClient, container_id: str) -> None:
 def _helper_from(client: docker.DockerClient, image_id: str, volume_paths: list[str],
                  owner: dict[str, str]) -> str:
     """A container of ``image_id`` (never started) whose ``volume_paths`` are empty, to copy into."""
-    labels = label.managed({_KIND: "snapshot-helper", **owner})
+    labels = label.managed({label.KIND: "snapshot-helper", **owner})
     helper: str = client.api.create_container(image_id, labels=labels)["Id"]
     try:
         leftovers = [path for path in volume_paths if _has_entries(client, helper, path)]
@@ -379,7 +377,7 @@ def prune_snapshot_leftovers(*, everything: bool = False) -> int:
     client = docker_client()
     removed = 0
     for kind in ("snapshot-partial", "fork"):
-        for image in client.api.images(all=True, filters={"label": f"{_KIND}={kind}"}):
+        for image in client.api.images(all=True, filters={"label": f"{label.KIND}={kind}"}):
             labels = image.get("Labels") or {}
             if not everything and not owner_gone(labels):
                 continue

@@ -56,14 +56,6 @@ __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 
 logger = logging.getLogger("pydantic_deep.sessions")
 
-_LABEL_MANAGER = label.MANAGER
-_LABEL_USER = label.USER_ID
-_LABEL_WORK = label.WORK_VOLUME
-_LABEL_UPLOADS = label.UPLOADS_VOLUME
-_LABEL_RUNTIME = label.RUNTIME_CONFIG
-_LABEL_CREATED = label.SESSION_CREATED
-_LABEL_POOL = label.POOL
-_LABEL_DISK = label.DISK  # on the session volume: the disk holding the user's files
 
 
 @dataclass(frozen=True)
@@ -234,7 +226,7 @@ class SessionManager:
         return f"{self.name}:{key}"
 
     def _labels(self) -> dict[str, str]:
-        return {_LABEL_MANAGER: self.name}
+        return {label.MANAGER: self.name}
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -375,7 +367,7 @@ class SessionManager:
     def _pooled_sandbox(self) -> DockerSandbox:
         name = naming.pool_name(self.name)
         options = self._sandbox_options()
-        options["labels"] = {**options["labels"], _LABEL_POOL: self.name}
+        options["labels"] = {**options["labels"], label.POOL: self.name}
         if resolved_disk_size(options.get("disk_size", FROM_RUNTIME), self.default_runtime, self.cluster):
             return DockerSandbox(self.default_runtime, name=name, disk_name=naming.disk_name(name), **options)
         work, uploads = naming.volume_names(name)
@@ -402,24 +394,24 @@ class SessionManager:
         """Record the session in the engine itself: a never-mounted volume whose labels say whose
         files are where."""
         # The user id as JSON: ASCII, so any string (even one no UTF-8 can hold) comes back unchanged.
-        labels = {**self._labels(), _LABEL_USER: json.dumps(record.user_id), _LABEL_RUNTIME: record.runtime,
-                  _LABEL_CREATED: str(record.created)}
+        labels = {**self._labels(), label.USER_ID: json.dumps(record.user_id), label.RUNTIME_CONFIG: record.runtime,
+                  label.SESSION_CREATED: str(record.created)}
         if record.disk:
-            labels[_LABEL_DISK] = record.disk
+            labels[label.DISK] = record.disk
         else:
-            labels[_LABEL_WORK], labels[_LABEL_UPLOADS] = _split_volumes(record.volumes)
+            labels[label.WORK_VOLUME], labels[label.UPLOADS_VOLUME] = _split_volumes(record.volumes)
         create_volume(self._container_name(key), labels)
 
     def _record_from_engine(self, key: str) -> SessionRecord | None:
         labels = volume_labels(self._container_name(key))
         if labels is None:
             return None
-        runtime = RuntimeConfig.model_validate_json(labels[_LABEL_RUNTIME])
-        volumes = {} if _LABEL_DISK in labels else {labels[_LABEL_WORK]: runtime.work_dir,
-                                                    labels[_LABEL_UPLOADS]: UPLOADS_DIR}
-        return SessionRecord(_user_from_label(labels[_LABEL_USER]), self._container_name(key), volumes,
-                             labels[_LABEL_RUNTIME], created=float(labels[_LABEL_CREATED]),
-                             disk=labels.get(_LABEL_DISK, ""))
+        runtime = RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG])
+        volumes = {} if label.DISK in labels else {labels[label.WORK_VOLUME]: runtime.work_dir,
+                                                    labels[label.UPLOADS_VOLUME]: UPLOADS_DIR}
+        return SessionRecord(_user_from_label(labels[label.USER_ID]), self._container_name(key), volumes,
+                             labels[label.RUNTIME_CONFIG], created=float(labels[label.SESSION_CREATED]),
+                             disk=labels.get(label.DISK, ""))
 
     async def stop(self, user_id: str) -> bool:
         """Stop the user's container now, as idle cleanup would: the files stay for their next session.
@@ -610,7 +602,7 @@ class SessionManager:
         client = docker_client()
         adopted = reaped = 0
         with engine_errors():
-            containers = client.containers.list(all=True, filters={"label": f"{_LABEL_MANAGER}={self.name}"})
+            containers = client.containers.list(all=True, filters={"label": f"{label.MANAGER}={self.name}"})
             for container in containers:
                 if not self._orphaned(container):
                     continue
