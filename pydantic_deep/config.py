@@ -169,7 +169,9 @@ class RuntimeConfig(BaseModel):
         rows["Env vars"] = ", ".join(self.env_vars) or "-"  # names only: values may be secrets
         rows["Work dir"] = self.work_dir
         rows["Network"] = "on" if self.network else "off"
+        rows["Disk"] = f"at most {self.disk_size}" if self.disk_size else "not capped"
         return field_table("RuntimeConfig", rows)
+
     @field_validator("disk_size")
     @classmethod
     def _check_disk_size(cls, value: str | None) -> str | None:
