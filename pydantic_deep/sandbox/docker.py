@@ -104,7 +104,7 @@ from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
 from .disk import open_disk, prepare_disk, release_disk, take_disk
-from .network import cut_network
+from .offline import cut_network
 from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
