@@ -7,6 +7,7 @@ The swarm starts once per run (about 10 s) and is torn down after, pass or fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import poll_until
 from local_swarm import LocalSwarm, SwarmNode
 
 from pydantic_deep import (
@@ -159,7 +161,7 @@ async def test_node_lost_mid_command_fails_fast_and_the_session_comes_back_elsew
         errors: list[BaseException] = []
         command = threading.Thread(target=lambda: _capture(errors, sandbox.execute, "sleep 60"))
         command.start()
-        _wait_until(lambda: "sleep 60" in _processes(lost_node), "the command to start")
+        poll_until(lambda: "sleep 60" in _processes(lost_node), "the command to start")
         killed_at = time.monotonic()
         lost_node.kill()
         command.join(30)
@@ -177,7 +179,7 @@ async def test_node_lost_mid_command_fails_fast_and_the_session_comes_back_elsew
               f"{time.monotonic() - killed_at:.2f} s after the kill")
 
         lost_node.start()  # the node comes back: nothing of the old task is left on it
-        _wait_until(lambda: not _service_containers(lost_node, old_service), "the old task's container to go")
+        poll_until(lambda: not _service_containers(lost_node, old_service), "the old task's container to go")
     finally:
         if lost_node is not None and lost_node.process is None:
             lost_node.start()
@@ -189,20 +191,14 @@ async def test_node_lost_mid_command_fails_fast_and_the_session_comes_back_elsew
 async def test_draining_a_node_moves_its_sessions_off_it(swarm: LocalSwarm, workers: SwarmCluster) -> None:
     manager = SessionManager(name="test-cluster-drain", cluster=workers, memory="256m", cpus=0.25)
     _session_dirs(manager, "bob", workers.volume_driver_options["device"].rsplit("/", 1)[0])
-    drained = None
     try:
         sandbox = await manager.get_or_create("bob")
         sandbox.write_file("notes.txt", "still here")
-        drained = workers.client.nodes.get(swarm.node_id(sandbox.node or ""))
-        drained.update({**drained.attrs["Spec"], "Availability": "drain"})
-        _wait_until(lambda: not sandbox.alive, "the drained node to stop the sandbox")
-        moved = await manager.get_or_create("bob")
-        assert moved.node not in (None, sandbox.node)
-        assert moved.read_file("notes.txt") == b"still here"
+        with _drained(swarm, workers, sandbox):
+            moved = await manager.get_or_create("bob")
+            assert moved.node not in (None, sandbox.node)
+            assert moved.read_file("notes.txt") == b"still here"
     finally:
-        if drained is not None:
-            drained.reload()
-            drained.update({**drained.attrs["Spec"], "Availability": "active"})
         await manager.shutdown(keep_files=False)
 
 
@@ -212,20 +208,14 @@ async def test_without_shared_storage_a_moved_session_starts_with_empty_files(
     """What a user loses on a cluster without a volume driver: files stay on the node's disk."""
     workers_only = SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"])
     manager = SessionManager(name="test-cluster-local", cluster=workers_only, memory="256m", cpus=0.25)
-    drained = None
     try:
         sandbox = await manager.get_or_create("dave")
         sandbox.write_file("notes.txt", "on one node's disk")
-        drained = workers_only.client.nodes.get(swarm.node_id(sandbox.node or ""))
-        drained.update({**drained.attrs["Spec"], "Availability": "drain"})
-        _wait_until(lambda: not sandbox.alive, "the drained node to stop the sandbox")
-        moved = await manager.get_or_create("dave")
-        assert moved.node not in (None, sandbox.node)
-        assert not moved.exists("notes.txt")  # the session goes on, its files stayed behind
+        with _drained(swarm, workers_only, sandbox):
+            moved = await manager.get_or_create("dave")
+            assert moved.node not in (None, sandbox.node)
+            assert not moved.exists("notes.txt")  # the session goes on, its files stayed behind
     finally:
-        if drained is not None:
-            drained.reload()
-            drained.update({**drained.attrs["Spec"], "Availability": "active"})
         await manager.shutdown(keep_files=False)
 
 
@@ -302,19 +292,24 @@ def test_prune_removes_the_services_a_killed_process_left(swarm: LocalSwarm, clu
     assert cluster.client.services.list() == []
 
 
+@contextlib.contextmanager
+def _drained(swarm: LocalSwarm, cluster: SwarmCluster, sandbox: DockerSandbox) -> Iterator[None]:
+    """Drain the node ``sandbox`` runs on until the block ends; the sandbox is stopped by then."""
+    node = cluster.client.nodes.get(swarm.node_id(sandbox.node or ""))
+    node.update({**node.attrs["Spec"], "Availability": "drain"})
+    try:
+        poll_until(lambda: not sandbox.alive, "the drained node to stop the sandbox")
+        yield
+    finally:
+        node.reload()
+        node.update({**node.attrs["Spec"], "Availability": "active"})
+
+
 def _capture(errors: list[BaseException], call: Callable[..., object], *args: object) -> None:
     try:
         call(*args)
     except BaseException as exc:
         errors.append(exc)
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _processes(node: SwarmNode) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
+from helpers import poll_until
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
@@ -103,10 +104,9 @@ async def test_idle_sandbox_stops_and_comes_back_with_its_files_and_a_tool_switc
     async with Client(server) as client:
         await client.call_tool("write_file", {"path": "kept.txt", "content": "still here"})
         containers = {"label": f"pydantic-deep.manager={name}"}
-        deadline = time.monotonic() + 30
-        while docker_client().api.containers(all=True, filters=containers):  # idle cleanup removes it
-            assert time.monotonic() < deadline, "the idle sandbox was not stopped"
-            await anyio.sleep(0.1)
+        await anyio.to_thread.run_sync(lambda: poll_until(  # idle cleanup removes it
+            lambda: not docker_client().api.containers(all=True, filters=containers),
+            "the idle sandbox is stopped", timeout=30, interval=0.1))
         assert text_of(await client.call_tool("read_file", {"path": "kept.txt"})) == "     1\tstill here"
 
         switched = text_of(await client.call_tool("sandbox_runtime", {"runtime": "node-minimal"}))
@@ -146,15 +146,14 @@ def http_server() -> Iterator[tuple[str, str, str]]:
                                 "--ephemeral"], stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/mcp"
     try:
-        deadline = time.monotonic() + 60
-        while True:  # poll until it answers (401: it wants the token)
+        def wants_the_token() -> bool:  # it answers, and asks for the token
             try:
-                if httpx2.post(url, json={}).status_code == 401:
-                    break
+                return httpx2.post(url, json={}).status_code == 401
             except httpx2.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
-            time.sleep(0.05)
+                return False
+
+        poll_until(wants_the_token, "the MCP server answers", interval=0.05,
+                   give_up=lambda: process.poll() is not None)
         yield url, token, name
     finally:
         process.send_signal(signal.SIGTERM)
