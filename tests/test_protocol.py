@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import poll_until
 
 from pydantic_deep import BUILTIN_RUNTIMES, DockerSandbox
 from pydantic_deep._guest import supervisor as protocol
@@ -352,3 +354,72 @@ def test_the_users_node_options_reach_commands_not_the_supervisor() -> None:
         assert box.supervisor == "node"
         result = box.execute("echo \"$NODE_OPTIONS\"; env | grep -c PYDANTIC_DEEP")
         assert result.output == "--require /nonexistent.js\n0\n"
+
+
+# -- terminals ------------------------------------------------------------------------------------
+
+
+def _terminal_output(driver: Driver, request_id: int, expected: bytes) -> bytes:
+    """The terminal's output up to and including ``expected`` (its EXIT fails the test)."""
+    seen = b""
+    while expected not in seen:
+        kind, rid, payload = driver.read()
+        assert (kind, rid) == (protocol.STDOUT, request_id), (kind, rid, payload, seen)
+        seen += payload
+    return seen
+
+
+def _terminal_exit(driver: Driver, request_id: int) -> dict:
+    while True:
+        kind, rid, payload = driver.read()
+        assert rid == request_id and kind in (protocol.STDOUT, protocol.EXIT), (kind, rid, payload)
+        if kind == protocol.EXIT:
+            return json.loads(payload)
+
+
+def test_a_terminal_is_a_pty_of_its_size_that_follows_resizes(driver: Driver) -> None:
+    driver.send(protocol.TERMINAL, 1, {"command": None, "cols": 80, "rows": 24})
+    driver.send(protocol.TERMINAL_INPUT, 1, b"stty size; tty; echo \"term=${TERM:+set}\"\n")
+    seen = _terminal_output(driver, 1, b"term=set")
+    assert b"24 80\r\n/dev/pts/" in seen  # \r\n: the pty's line discipline, not a pipe
+    driver.send(protocol.TERMINAL_RESIZE, 1, {"cols": 100, "rows": 30})
+    driver.send(protocol.TERMINAL_INPUT, 1, b"stty size\n")
+    _terminal_output(driver, 1, b"30 100")
+    driver.send(protocol.TERMINAL_INPUT, 1, b"exit 3\n")
+    assert _terminal_exit(driver, 1) == {"exit_code": 3, "timed_out": False, "dropped": 0, "oom_killed": False}
+    assert driver.execute(2, "echo still here").stdout == b"still here\n"
+
+
+def test_ctrl_c_in_a_terminal_interrupts_the_foreground_process_only(driver: Driver) -> None:
+    driver.send(protocol.TERMINAL, 1, {"command": "sh -i", "cols": 80, "rows": 24})
+    # "ready" (not in the echo of the line typed) comes once the job runs in the foreground.
+    driver.send(protocol.TERMINAL_INPUT, 1, b"sh -c 'echo rea\"\"dy; exec sleep 100'\n")
+    _terminal_output(driver, 1, b"ready")
+    driver.send(protocol.TERMINAL_INPUT, 1, b"\x03")
+    _terminal_output(driver, 1, b"^C")
+    driver.send(protocol.TERMINAL_INPUT, 1, b"echo status=$?\n")
+    _terminal_output(driver, 1, b"status=130\r\n")  # the shell lives on, and saw sleep die of SIGINT
+    driver.send(protocol.TERMINAL_CLOSE, 1)
+    assert _terminal_exit(driver, 1)["exit_code"] == 128 + signal.SIGKILL
+
+
+def test_closing_a_terminal_kills_its_whole_session(driver: Driver) -> None:
+    driver.send(protocol.TERMINAL, 2, {"command": "echo second; exec cat", "cols": 80, "rows": 24})
+    _terminal_output(driver, 2, b"second\r\n")
+    driver.send(protocol.TERMINAL, 1, {"command": None, "cols": 80, "rows": 24})
+    driver.send(protocol.TERMINAL_INPUT, 1, b"sleep 300 & echo \"pid=<$!>\"\n")
+    pid = int(re.findall(rb"pid=<(\d+)>", _terminal_output(driver, 1, b">\r\n"))[0])
+    driver.send(protocol.TERMINAL_CLOSE, 1)
+    assert _terminal_exit(driver, 1)["exit_code"] == 128 + signal.SIGKILL
+    # Killed, then reaped by init (a zombie still answers `kill -0`).
+    running = f"grep -qs '^State:.*[RSD]' /proc/{pid}/status && echo running || echo gone"
+    poll_until(lambda: _shell(driver, running) == "gone\n", f"the terminal's background job {pid} is gone",
+               timeout=TIMEOUT)
+    driver.send(protocol.TERMINAL_INPUT, 2, b"typed\n")  # the other terminal lives on
+    _terminal_output(driver, 2, b"typed\r\ntyped\r\n")  # the echo, then cat's copy
+
+
+def test_a_terminal_of_a_bad_size_is_refused(driver: Driver) -> None:
+    driver.send(protocol.TERMINAL, 1, {"command": None, "cols": 0, "rows": 24})
+    kind, rid, payload = driver.read()
+    assert (kind, rid) == (protocol.ERROR, 1) and "size" in json.loads(payload)["message"]

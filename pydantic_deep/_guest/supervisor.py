@@ -15,6 +15,13 @@ Host to supervisor:
             new session (so its process group can be killed whole).
     STDIN   bytes for the command's standard input; an empty payload closes it.
     SIGNAL  JSON ``{"signal": n}``: send the signal to the command's process group.
+    TERMINAL         JSON ``{"command", "cols", "rows"}``: open a terminal: run ``command`` (``None``:
+                     an interactive shell, bash where there is one) on a new pseudo-terminal of that
+                     size, as the leader of a new session with it as its controlling terminal.
+    TERMINAL_INPUT   bytes typed into the terminal (``\x03`` is Ctrl-C: the terminal's line
+                     discipline turns it into SIGINT for the foreground process group).
+    TERMINAL_RESIZE  JSON ``{"cols", "rows"}``: the new size (its foreground process gets SIGWINCH).
+    TERMINAL_CLOSE   kill every process of the terminal's session.
 
 Supervisor to host:
     HELLO   JSON ``{"version", "python", "pid"}`` (``"node"`` for ``"python"`` from supervisor.js), once,
@@ -22,6 +29,11 @@ Supervisor to host:
     STDOUT / STDERR   output bytes, at most ``max_output`` in all per command; the rest is dropped.
     EXIT    JSON ``{"exit_code", "timed_out", "dropped", "oom_killed"}``; exit code 128+n after signal n.
     ERROR   JSON ``{"message"}``: the command could not be started.
+
+A terminal's output comes in STDOUT frames (a terminal has one stream), and its end in an EXIT frame
+(``timed_out``, ``dropped`` and ``oom_killed`` always false or 0) when its process exits; what the
+process left in the background keeps running, as after a logout, until TERMINAL_CLOSE or the end of
+the host's stream.
 
 Out of memory: the kernel counts, per cgroup, the processes its OOM killer killed (cgroup v2's
 ``memory.events``, v1's ``memory.oom_control``: field ``oom_kill``). The count is the container's,
@@ -40,18 +52,26 @@ the host's stream closes, every command still running is killed and the supervis
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import selectors
 import signal
 import struct
 import sys
+import termios
 import time
 
 VERSION = 1
 HEADER = struct.Struct(">BII")
 RUN, STDIN, SIGNAL = 1, 2, 3
 HELLO, STDOUT, STDERR, EXIT, ERROR = 10, 11, 12, 13, 14
+TERMINAL, TERMINAL_INPUT, TERMINAL_RESIZE, TERMINAL_CLOSE = 20, 21, 22, 23
+TERMINAL_FRAMES = (TERMINAL, TERMINAL_INPUT, TERMINAL_RESIZE, TERMINAL_CLOSE)
+# A terminal's default program: an interactive shell, not a login one (a login shell's
+# /etc/profile would replace the image's PATH).
+_TERMINAL_SHELL = b'if [ -x /bin/bash ]; then exec /bin/bash -i; else exec /bin/sh -i; fi'
+_TERMINAL_TYPE = b"xterm-256color"
 _READ_SIZE = 65536
 # The waiting shell: reads the command from fd 3 line by line (no other process is started),
 # closes fd 3 so the command does not inherit it, and evaluates it as `sh -c` would.
@@ -134,6 +154,37 @@ class _Command:
         self.open_pipes = 2  # stdout and stderr
 
 
+class _Terminal:
+    """One terminal: its session leader and the supervisor's end (the master) of its pseudo-terminal."""
+
+    def __init__(self, request_id: int, pid: int, master_fd: int) -> None:
+        self.request_id, self.pid, self.master_fd = request_id, pid, master_fd
+        self.pending_input = b""
+
+
+def _window_size(cols: object, rows: object) -> bytes:
+    """A ``struct winsize`` for TIOCSWINSZ; ValueError for sizes that are not 1 to 65535."""
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 65536 for n in (cols, rows)):
+        raise ValueError(f"the size must be whole numbers from 1 to 65535, not cols={cols!r}, rows={rows!r}")
+    return struct.pack("HHHH", rows, cols, 0, 0)
+
+
+def _session_members(session: int) -> list[int]:
+    """The pids of the processes in ``session`` (field 6 of ``/proc/PID/stat``)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 3 and int(fields[3]) == session:
+            members.append(int(entry))
+    return members
+
+
 class Supervisor:
     """The event loop: frames from the host, output from commands, exits and deadlines."""
 
@@ -142,6 +193,8 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.commands: dict[int, _Command] = {}  # by request id
         self.by_pid: dict[int, _Command] = {}
+        self.terminals: dict[int, _Terminal] = {}  # by request id
+        self.terminal_pids: dict[int, _Terminal] = {}
         self.inbox = b""
         # Converted once: handing os.environ to posix_spawn re-encodes it on every command.
         self.environment = dict(os.environb)
@@ -171,7 +224,7 @@ class Supervisor:
         self._keep_spare()
         self.send_json(HELLO, 0, {"version": VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
         while True:
-            for key, _events in self.selector.select(self._next_timeout()):
+            for key, events in self.selector.select(self._next_timeout()):
                 role, command = key.data
                 if role == "host" and not self._read_host():
                     self._kill_all()
@@ -182,6 +235,8 @@ class Supervisor:
                     self._read_output(key.fd, role, command)
                 elif role == "stdin":
                     self._flush_stdin(command)
+                elif role == "terminal":
+                    self._terminal_ready(command, events)
             self._reap()
             self._enforce_deadlines()
 
@@ -213,6 +268,8 @@ class Supervisor:
             self._flush_stdin(command)
         elif kind == SIGNAL and command is not None:
             self._signal(command, json.loads(payload)["signal"])
+        elif kind in TERMINAL_FRAMES:
+            self._handle_terminal(kind, request_id, payload)
 
     def _spawn(self, command: bytes | None, with_stdin: bool) -> _Shell:
         """Start ``sh -c command`` in a new session; with no command, a shell that waits for one.
@@ -383,7 +440,7 @@ class Supervisor:
         return True
 
     def _reap(self) -> None:
-        while self.by_pid:
+        while self.by_pid or self.terminal_pids:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -393,6 +450,9 @@ class Supervisor:
             command = self.by_pid.pop(pid, None)
             if command is not None:
                 self._finish(command, status)
+            terminal = self.terminal_pids.pop(pid, None)
+            if terminal is not None:
+                self._terminal_exited(terminal, status)
 
     def _finish(self, command: _Command, status: int) -> None:
         # Whatever the shell wrote before it exited is in its pipes now: read it before EXIT.
@@ -465,6 +525,130 @@ class Supervisor:
             self._signal(command, signal.SIGKILL)
         if self.spare is not None:
             self.spare.kill()
+        for terminal in self.terminals.values():
+            self._kill_session(terminal)
+
+    # -- terminals ----------------------------------------------------------------------------
+
+    def _handle_terminal(self, kind: int, request_id: int, payload: bytes) -> None:
+        terminal = self.terminals.get(request_id)
+        if kind == TERMINAL:
+            self._open_terminal(request_id, payload)
+        elif terminal is None:
+            return  # ended already: its EXIT is on its way
+        elif kind == TERMINAL_INPUT:
+            terminal.pending_input += payload
+            self._flush_terminal_input(terminal)
+        elif kind == TERMINAL_RESIZE:
+            size = json.loads(payload)
+            try:
+                fcntl.ioctl(terminal.master_fd, termios.TIOCSWINSZ, _window_size(size.get("cols"), size.get("rows")))
+            except (ValueError, OSError):
+                pass  # the host checks sizes; a terminal whose process just ended has no size to set
+        elif kind == TERMINAL_CLOSE:
+            self._kill_session(terminal)
+
+    def _open_terminal(self, request_id: int, payload: bytes) -> None:
+        try:
+            spec = json.loads(payload)
+            winsize = _window_size(spec.get("cols"), spec.get("rows"))
+            command = spec.get("command")
+            script = _TERMINAL_SHELL if command is None else command.encode()
+            if b"\0" in script:
+                raise ValueError("it holds a NUL byte")
+        except (ValueError, AttributeError, UnicodeEncodeError) as exc:
+            self.send_json(ERROR, request_id, {"message": f"cannot open the terminal: {exc}"})
+            return
+        master, slave = os.openpty()
+        environment = dict(self.environment)
+        environment.setdefault(b"TERM", _TERMINAL_TYPE)
+        try:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
+            pid = os.fork()
+        except OSError as exc:
+            os.close(master)
+            os.close(slave)
+            reason = ("the sandbox is at its process limit (pids_limit)" if exc.errno == errno.EAGAIN else str(exc))
+            self.send_json(ERROR, request_id, {"message": f"cannot open the terminal: {reason}"})
+            return
+        if pid == 0:  # the child: a new session whose controlling terminal is the slave
+            try:
+                os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                for fd in (0, 1, 2):
+                    os.dup2(slave, fd)
+                for signum in _DEFAULT_SIGNALS:
+                    signal.signal(signum, signal.SIG_DFL)
+                os.execve(b"/bin/sh", [b"sh", b"-c", script], environment)
+            except BaseException as exc:  # noqa: B036 - nothing may run on in a forked child
+                os.write(2, f"cannot start /bin/sh: {exc}\r\n".encode())
+            finally:
+                os._exit(127)
+        os.close(slave)
+        os.set_blocking(master, False)
+        terminal = _Terminal(request_id, pid, master)
+        self.terminals[request_id] = terminal
+        self.terminal_pids[pid] = terminal
+        self.selector.register(master, selectors.EVENT_READ, ("terminal", terminal))
+
+    def _terminal_ready(self, terminal: _Terminal, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._flush_terminal_input(terminal)
+        if events & selectors.EVENT_READ:
+            self._read_terminal(terminal)
+
+    def _read_terminal(self, terminal: _Terminal) -> bool:
+        """Forward what the terminal shows; False once nothing is left to read."""
+        try:
+            chunk = os.read(terminal.master_fd, _READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:  # EIO: no process has the terminal open any more
+            chunk = b""
+        if not chunk:
+            self._watch_terminal(terminal, 0)
+            return False
+        self.send(STDOUT, terminal.request_id, chunk)
+        return True
+
+    def _flush_terminal_input(self, terminal: _Terminal) -> None:
+        try:
+            while terminal.pending_input:
+                written = os.write(terminal.master_fd, terminal.pending_input)
+                terminal.pending_input = terminal.pending_input[written:]
+        except BlockingIOError:
+            pass
+        except OSError:
+            terminal.pending_input = b""
+        self._watch_terminal(terminal, selectors.EVENT_READ | (selectors.EVENT_WRITE if terminal.pending_input else 0))
+
+    def _watch_terminal(self, terminal: _Terminal, events: int) -> None:
+        """Have the selector report ``events`` on the terminal's master (none: stop watching it)."""
+        registered = terminal.master_fd in self.selector.get_map()
+        if events and registered:
+            self.selector.modify(terminal.master_fd, events, ("terminal", terminal))
+        elif events:
+            self.selector.register(terminal.master_fd, events, ("terminal", terminal))
+        elif registered:
+            self.selector.unregister(terminal.master_fd)
+
+    def _terminal_exited(self, terminal: _Terminal, status: int) -> None:
+        while self._read_terminal(terminal):  # what it showed before it exited comes before EXIT
+            pass
+        self._watch_terminal(terminal, 0)
+        os.close(terminal.master_fd)  # a background process that reads the terminal now gets SIGHUP
+        del self.terminals[terminal.request_id]
+        exit_code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        self.send_json(EXIT, terminal.request_id,
+                       {"exit_code": exit_code, "timed_out": False, "dropped": 0, "oom_killed": False})
+
+    def _kill_session(self, terminal: _Terminal) -> None:
+        """Kill every process of the terminal's session (jobs in process groups of their own too)."""
+        for pid in {terminal.pid, *_session_members(terminal.pid)}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def main() -> None:
