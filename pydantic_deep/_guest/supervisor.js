@@ -20,6 +20,12 @@
 //   inherits SIGXFSZ ignored, as under the Python supervisor.
 // - Process groups. `detached: true` starts each shell in a new session, as the leader of its own
 //   process group; `process.kill(-pid, signal)` signals the group.
+// - Terminals. Node.js has no pseudo-terminals: a terminal's program runs under util-linux's
+//   `script -qfec CMD /dev/null` (bsdutils, in every Debian image), which makes one and copies
+//   between it and its own standard streams. The program is started as `stty sane rows R cols C;
+//   exec /bin/sh -c CMD`, which gives the pty its size and its echo back (script turns echo off
+//   when its input is not a terminal). A resize runs `stty -F /dev/pts/N rows R cols C`, N read
+//   from /proc: the kernel then sends SIGWINCH to the terminal's foreground process group.
 // - NODE_OPTIONS. The host starts the supervisor with the container's NODE_OPTIONS moved aside (into
 //   PYDANTIC_DEEP_NODE_OPTIONS) so that nothing of the user's changes how it runs; commands get it
 //   back.
@@ -35,6 +41,12 @@ const VERSION = 1;
 const HEADER_SIZE = 9; // >BII: kind, request id, payload length
 const RUN = 1, STDIN = 2, SIGNAL = 3;
 const HELLO = 10, STDOUT = 11, STDERR = 12, EXIT = 13, ERROR = 14;
+const TERMINAL = 20, TERMINAL_INPUT = 21, TERMINAL_RESIZE = 22, TERMINAL_CLOSE = 23;
+const TERMINAL_FRAMES = [TERMINAL, TERMINAL_INPUT, TERMINAL_RESIZE, TERMINAL_CLOSE];
+// A terminal's default program: an interactive shell, not a login one (a login shell's
+// /etc/profile would replace the image's PATH).
+const TERMINAL_SHELL = "if [ -x /bin/bash ]; then exec /bin/bash -i; else exec /bin/sh -i; fi";
+const TERMINAL_TYPE = "xterm-256color";
 const WAITING_SHELL = 's=; while IFS= read -r l || [ -n "$l" ]; do s="$s$l\n"; done <&3; exec 3<&-; eval "$s"';
 const IGNORING_XFSZ = "trap '' XFSZ; exec /bin/sh -c \"$1\" sh";
 const SCRIPT_PIPE_LIMIT = 1024;
@@ -247,6 +259,7 @@ class Supervisor {
     this.hostIn = hostIn;
     this.hostOut = hostOut;
     this.commands = new Map(); // by request id
+    this.terminals = new Map(); // by request id
     this.starting = new Map(); // request id: the STDIN and SIGNAL frames that came before its shell
     this.inbox = Buffer.alloc(0);
     this.spares = []; // waiting shells, ready for the next commands
@@ -294,6 +307,7 @@ class Supervisor {
     // The host's stream closed: kill every command still running, and go.
     for (const command of this.commands.values()) killGroup(command.pid);
     for (const spare of this.spares) killGroup(spare.pid);
+    for (const terminal of this.terminals.values()) terminal.kill();
     this.pipes.remove();
     process.exit(0);
   }
@@ -326,7 +340,73 @@ class Supervisor {
       else command.shell.stdin.end();
     } else if (kind === SIGNAL && command !== undefined) {
       killGroup(command.pid, JSON.parse(payload.toString()).signal);
+    } else if (TERMINAL_FRAMES.includes(kind)) {
+      this.handleTerminal(kind, requestId, payload);
     }
+  }
+
+  // -- terminals -----------------------------------------------------------------------------------
+
+  handleTerminal(kind, requestId, payload) {
+    const terminal = this.terminals.get(requestId);
+    if (kind === TERMINAL) {
+      this.openTerminal(requestId, payload);
+    } else if (terminal === undefined) {
+      return; // ended already: its EXIT is on its way
+    } else if (kind === TERMINAL_INPUT) {
+      terminal.child.stdin.write(payload);
+    } else if (kind === TERMINAL_RESIZE) {
+      const { cols, rows } = JSON.parse(payload.toString());
+      if (windowSizeError(cols, rows) === null) terminal.resize(cols, rows);
+    } else if (kind === TERMINAL_CLOSE) {
+      terminal.kill();
+    }
+  }
+
+  openTerminal(requestId, payload) {
+    let spec, program;
+    try {
+      spec = JSON.parse(payload.toString());
+      const sizeError = windowSizeError(spec.cols, spec.rows);
+      if (sizeError !== null) throw new Error(sizeError);
+      program = spec.command === null || spec.command === undefined ? TERMINAL_SHELL : spec.command;
+      if (typeof program !== "string") throw new Error("the command is not a string");
+      if (program.includes("\0")) throw new Error("it holds a NUL byte");
+      if (/[\uD800-\uDFFF]/u.test(program)) throw new Error("it holds a lone surrogate");
+    } catch (error) {
+      this.sendJson(ERROR, requestId, { message: `cannot open the terminal: ${error.message}` });
+      return;
+    }
+    // script runs its command with $SHELL -c: /bin/sh, and the program gets the user's SHELL back.
+    const restoreShell = "SHELL" in environment ? `export SHELL=${shellQuote(environment.SHELL)}` : "unset SHELL";
+    const wrapper = `stty sane rows ${spec.rows} cols ${spec.cols} 2>/dev/null; ${restoreShell}; ` +
+      `exec /bin/sh -c ${shellQuote(program)}`;
+    const env = { ...environment, SHELL: "/bin/sh", TERM: environment.TERM || TERMINAL_TYPE };
+    const child = childProcess.spawn("script", ["-qfec", wrapper, "/dev/null"],
+      { stdio: ["pipe", "pipe", "pipe"], detached: true, env });
+    // Frames for it may come before it has started: its stdin holds their input until then.
+    this.terminals.set(requestId, new Terminal(requestId, child));
+    let opened = false;
+    child.on("spawn", () => { opened = true; });
+    child.on("error", (error) => {
+      if (opened) return;
+      this.terminals.delete(requestId);
+      const reason = error.code === "ENOENT" ? "script (util-linux) is missing in this image"
+        : error.code === "EAGAIN" ? "the sandbox is at its process limit (pids_limit)" : error.message;
+      this.sendJson(ERROR, requestId, { message: `cannot open the terminal: ${reason}` });
+    });
+    // One stream, as from a pty: script's own complaints too.
+    for (const stream of [child.stdout, child.stderr]) {
+      stream.on("data", (chunk) => this.send(STDOUT, requestId, chunk));
+    }
+    child.stdin.on("error", () => {}); // script exited: its EXIT comes with 'close'
+    child.on("close", (code, signal) => {
+      if (!opened) return;
+      this.terminals.delete(requestId);
+      this.sendJson(EXIT, requestId, {
+        exit_code: signal ? 128 + os.constants.signals[signal] : code, timed_out: false, dropped: 0, oom_killed: false,
+      });
+    });
   }
 
   // -- starting commands ---------------------------------------------------------------------------
@@ -594,6 +674,95 @@ class Supervisor {
     if (now === null || command.oomKills === null || now <= command.oomKills) return false;
     return !command.overlapped || (exitCode === KILLED_BY_SIGKILL && !command.timedOut);
   }
+}
+
+class Terminal {
+  // A terminal's `script` process, and what it takes to resize and close it.
+  constructor(requestId, child) {
+    this.requestId = requestId;
+    this.child = child;
+    this.device = null; // /dev/pts/N, once known
+    this.resizing = false; // an stty runs: the next size waits for it, so sizes apply in order
+    this.nextSize = null;
+  }
+
+  session() {
+    // The pid of the program script started (it leads a session of its own), or null.
+    const script = this.child.pid;
+    for (const [pid, fields] of processes()) if (Number(fields[1]) === script && Number(fields[3]) === pid) return pid;
+    return null;
+  }
+
+  resize(cols, rows) {
+    this.nextSize = [cols, rows];
+    if (this.resizing) return;
+    if (this.device === null) {
+      const leader = this.session();
+      const stat = leader === null ? null : processStat(leader);
+      if (stat === null) return; // not started yet, or ended: nothing to resize
+      const ttyNr = Number(stat[4]); // major in bits 8-15, minor in bits 0-7 and 20-31
+      const major = (ttyNr >> 8) & 0xfff, minor = (ttyNr & 0xff) | ((ttyNr >> 12) & 0xfff00);
+      if (major < 136 || major > 143) return; // not a Unix 98 pty
+      this.device = `/dev/pts/${(major - 136) * 256 + minor}`;
+    }
+    const [nextCols, nextRows] = this.nextSize;
+    this.nextSize = null;
+    this.resizing = true;
+    const stty = childProcess.spawn("stty", ["-F", this.device, "rows", String(nextRows), "cols", String(nextCols)],
+      { stdio: "ignore" });
+    const done = () => {
+      this.resizing = false;
+      if (this.nextSize !== null) this.resize(...this.nextSize);
+    };
+    stty.on("error", done);
+    stty.on("close", done);
+  }
+
+  kill() {
+    // Every process of the terminal's session (jobs in process groups of their own too), and script.
+    const leader = this.session();
+    if (leader !== null) {
+      for (const [pid, fields] of processes()) if (Number(fields[3]) === leader) killProcess(pid);
+      killProcess(leader);
+    }
+    killProcess(this.child.pid);
+  }
+}
+
+function processStat(pid) {
+  // /proc/PID/stat from field 3 (the state) on, split; null when the process is gone.
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "latin1");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  } catch {
+    return null;
+  }
+}
+
+function* processes() {
+  // [pid, its stat fields from the state on] for every process.
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const fields = processStat(entry);
+    if (fields !== null) yield [Number(entry), fields];
+  }
+}
+
+function killProcess(pid) {
+  try {
+    process.kill(pid, SIGKILL);
+  } catch { /* gone already */ }
+}
+
+function windowSizeError(cols, rows) {
+  // Why a terminal cannot have this size, or null.
+  const valid = (n) => Number.isInteger(n) && n > 0 && n < 65536;
+  return valid(cols) && valid(rows) ? null
+    : `the size must be whole numbers from 1 to 65535, not cols=${JSON.stringify(cols)}, rows=${JSON.stringify(rows)}`;
+}
+
+function shellQuote(text) {
+  return `'${text.replace(/'/g, "'\\''")}'`;
 }
 
 class Spawner {
