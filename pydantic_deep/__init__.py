@@ -29,11 +29,13 @@ from .errors import (
     SandboxStateError,
     SessionLimitError,
     SnapshotNotFoundError,
+    TerminalClosedError,
     TransferInterruptedError,
     UnknownBackendError,
     UnknownRuntimeError,
 )
 from .execution.channel import CommandStream
+from .execution.terminal import Terminal
 from .images.certs import CaBundle, resolve_ca_bundle
 from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
@@ -88,6 +90,8 @@ __all__ = [
     "Snapshot",
     "SnapshotNotFoundError",
     "SwarmCluster",
+    "Terminal",
+    "TerminalClosedError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",

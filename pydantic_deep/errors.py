@@ -20,6 +20,7 @@ One root, so ``except SandboxError`` catches all of them::
     ├── NetworkIsolationError       a networked sandbox's isolation rules could not be set (it did not start)
     ├── SnapshotNotFoundError       no snapshot of that name (lists the known ones)
     └── SandboxStateError           the sandbox was used in a state that forbids it
+        ├── TerminalClosedError     a terminal was used after it ended
         └── ContainerGoneError      its container died or was removed from outside
             └── NodeLostError       the cluster node running it is lost (names the node)
 
@@ -49,6 +50,7 @@ __all__ = [
     "SandboxStateError",
     "SessionLimitError",
     "SnapshotNotFoundError",
+    "TerminalClosedError",
     "TransferInterruptedError",
     "UnknownBackendError",
     "UnknownRuntimeError",
@@ -186,6 +188,11 @@ class NetworkIsolationError(SandboxError):
 
 class SandboxStateError(SandboxError, RuntimeError):
     """The sandbox was used in a state that forbids it (for example after ``stop()``)."""
+
+
+class TerminalClosedError(SandboxStateError):
+    """A :class:`Terminal` was typed into or resized after it ended (its program exited, it was
+    closed, or its sandbox stopped)."""
 
 
 class ContainerGoneError(SandboxStateError):

@@ -36,6 +36,7 @@ from ..engine.api import Exec, docker_frames
 from ..engine.containers import container_running
 from ..errors import ChannelClosedError, InvalidArgumentError, SandboxError
 from ..results import ExecuteResult, OutputChunk
+from .terminal import Terminal, checked_terminal_size
 
 __all__ = ["MAX_COMMAND_BYTES", "OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel",
            "ExecProcess", "OutputCallback", "Process", "RunningCommand", "SupervisorChannel"]
@@ -417,6 +418,28 @@ class SupervisorChannel:
                 self._pending.pop(request_id, None)
                 pending.finish(error=SandboxError(json.loads(payload)["message"]))
 
+    # -- terminals ----------------------------------------------------------------------------
+
+    def terminal(self, command: str | None, *, cols: int, rows: int,
+                 on_output: Callable[[str], object] | None = None,
+                 on_activity: Callable[[], object] | None = None) -> Terminal:
+        """Open a :class:`Terminal`: ``command`` (``None``: an interactive shell) on a new PTY."""
+        cols, rows = checked_terminal_size(cols, rows)
+        if command is not None:
+            _checked_command(command, None)
+        request_id = next(self._ids)
+        terminal = Terminal(_ChannelTerminalLink(self, request_id), cols=cols, rows=rows, on_output=on_output,
+                            on_activity=on_activity)
+        # Its output is decoded as a command's is, and kept by the terminal, not the collector.
+        pending = _Pending(_Collector(0, lambda chunk: terminal._feed(chunk.text)))
+        pending.on_done(lambda: terminal._finish(pending.result.exit_code if pending.result else None, pending.error))
+        with self._state_lock:
+            if self._closed:
+                raise ChannelClosedError("the execution channel is closed")
+            self._pending[request_id] = pending
+        self._send(protocol.TERMINAL, request_id, json.dumps({"command": command, "cols": cols, "rows": rows}).encode())
+        return terminal
+
     def close(self) -> None:
         """Close the stream (the supervisor then kills what still runs) and fail what is pending."""
         with self._state_lock:
@@ -433,6 +456,23 @@ class SupervisorChannel:
         self._hello.finish(error=error)
         for item in pending.values():
             item.finish(error=error)
+
+
+@dataclass
+class _ChannelTerminalLink:
+    """One terminal's frames on a :class:`SupervisorChannel`."""
+
+    channel: SupervisorChannel
+    request_id: int
+
+    def send_input(self, data: bytes) -> None:
+        self.channel._send(protocol.TERMINAL_INPUT, self.request_id, data)
+
+    def send_resize(self, cols: int, rows: int) -> None:
+        self.channel._send(protocol.TERMINAL_RESIZE, self.request_id, json.dumps({"cols": cols, "rows": rows}).encode())
+
+    def send_close(self) -> None:
+        self.channel._send(protocol.TERMINAL_CLOSE, self.request_id, b"")
 
 
 class Process(Protocol):

@@ -19,6 +19,7 @@ from ..arguments import checked_timeout
 from ..config import RuntimeConfig
 from ..errors import InvalidArgumentError
 from ..execution.channel import CommandStream, OutputCallback, Process
+from ..execution.terminal import Terminal
 from ..paths import UPLOADS_DIR
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 
@@ -245,6 +246,37 @@ class SandboxBase(abc.ABC):
         Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
         """
 
+    # -- terminals ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def terminal(self, cols: int = 80, rows: int = 24, command: str | None = None, *,
+                 on_output: Callable[[str], object] | None = None) -> Terminal:
+        """Open an interactive terminal: ``command`` on a new pseudo-terminal (PTY) of ``cols`` x ``rows``.
+
+        Type into it with :meth:`Terminal.write` (``"\x03"`` is Ctrl-C), see what it shows with
+        :meth:`Terminal.read`, change its size with :meth:`Terminal.resize`, and end it with
+        :meth:`Terminal.close` (or a ``with`` block). It ends by itself when its program exits, and
+        with the sandbox. Any number may be open at once. Typing into one counts as using the
+        sandbox (it is not idle).
+
+        Args:
+            cols: Width in characters (1 to 65535).
+            rows: Height in lines (1 to 65535).
+            command: A shell command line to run on it; ``None``: an interactive shell (``bash``
+                where the image has it, else ``sh``).
+            on_output: Also called with each piece of output as it comes (on the channel's reader
+                thread: keep it quick); what is not read is kept too, up to a megabyte.
+
+        Raises:
+            InvalidArgumentError: a size out of range, or a command with a NUL byte; nothing ran.
+            SandboxStateError: the sandbox was stopped.
+            SandboxError: the sandbox cannot run terminals (no ``python3`` or ``node`` in its image).
+        """
+
+    def _used(self) -> None:
+        """Count this moment as use of the sandbox (a terminal was typed into)."""
+        self.last_used = time.monotonic()
+
     # -- files --------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -338,6 +370,7 @@ class SandboxBase(abc.ABC):
     astop = _async_twin(stop)
     ausage = _async_twin(usage)
     aspawn = _async_twin(spawn)
+    aterminal = _async_twin(terminal)
     aupload = _async_twin(upload)
     awrite_file = _async_twin(write_file)
     aread_file = _async_twin(read_file)

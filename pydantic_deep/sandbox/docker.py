@@ -86,6 +86,7 @@ from ..execution.channel import (
     Process,
     SupervisorChannel,
 )
+from ..execution.terminal import Terminal, checked_terminal_size
 from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
 from ..images.builder import Progress
 from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
@@ -906,6 +907,17 @@ class DockerSandbox(SandboxBase):
         Its output goes to ``on_output`` as it comes, and nothing is kept; it has no timeout.
         """
         return self._live_channel().spawn(command, on_output)
+
+    @_in_use
+    def terminal(self, cols: int = 80, rows: int = 24, command: str | None = None, *,
+                 on_output: Callable[[str], object] | None = None) -> Terminal:
+        """Open an interactive terminal in the container (see :meth:`SandboxBase.terminal`)."""
+        checked_terminal_size(cols, rows)
+        channel = self._live_channel()
+        if not isinstance(channel, SupervisorChannel):
+            raise SandboxError(f"image {self.image} has neither python3 nor node, which terminals need "
+                               "(commands there go through docker exec); add one to the runtime's packages")
+        return channel.terminal(command, cols=cols, rows=rows, on_output=on_output, on_activity=self._used)
 
     # -- files --------------------------------------------------------------------------------
 

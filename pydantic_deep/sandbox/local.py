@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import BinaryIO, Self
@@ -31,6 +32,7 @@ from ..arguments import file_content
 from ..config import RuntimeConfig
 from ..errors import PathOutsideSandboxError, SandboxError, SandboxFileNotFoundError, SandboxStateError
 from ..execution.channel import OutputCallback, Process, SupervisorChannel
+from ..execution.terminal import Terminal, checked_terminal_size
 from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
@@ -157,6 +159,14 @@ class LocalSandbox(SandboxBase):
     def spawn(self, command: str, *, on_output: OutputCallback) -> Process:
         """Start a long-lived ``command`` with an open standard input."""
         return self._live_channel().spawn(command, on_output)
+
+    @tracked
+    def terminal(self, cols: int = 80, rows: int = 24, command: str | None = None, *,
+                 on_output: Callable[[str], object] | None = None) -> Terminal:
+        """Open an interactive terminal on this machine, in the work dir (see :meth:`SandboxBase.terminal`)."""
+        checked_terminal_size(cols, rows)
+        return self._live_channel().terminal(command, cols=cols, rows=rows, on_output=on_output,
+                                             on_activity=self._used)
 
     # -- files --------------------------------------------------------------------------------
 
