@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from helpers import poll_until
 from IPython.core.interactiveshell import InteractiveShell
 
 from pydantic_deep import SessionManager
@@ -124,3 +125,50 @@ def test_widgets_on_the_local_backend(magics: SandboxMagics) -> None:
     finally:
         magics.close()
         magics.backend = "docker"
+
+
+@pytest.mark.terminal
+def test_the_monitor_charts_cpu_and_memory_and_opens_a_terminal(magics: SandboxMagics) -> None:
+    magics.runtime = "python-minimal"
+    sandbox = magics.sandbox_for()
+    monitor = SessionMonitor(magics, interval=3600)  # the test refreshes by hand
+    try:
+        # A command that burns a core for a while, left running in the background.
+        sandbox.execute("sh -c 'end=$(($(date +%s)+30)); while [ $(date +%s) -lt $end ]; do :; done' "
+                        ">/dev/null 2>&1 &")
+
+        def cpu_shown() -> float:
+            monitor.refresh()
+            row = monitor.rows.children[1].children[0].value
+            return float(re.search(r"data-kind='cpu' data-last='([\d.]+)'", row).group(1))  # type: ignore[union-attr]
+
+        assert poll_until(lambda: cpu_shown() > 50, "the CPU chart shows the busy loop", timeout=30, interval=0.5)
+        row = monitor.rows.children[1].children[0].value
+        assert "<polyline" in row and "data-kind='memory'" in row and "data-state='running'" in row
+        assert "data-state='running'" in monitor.rows.children[0].value  # the summary above the rows
+        monitor.rows.children[1].children[2].click()  # Terminal
+        monitor.last_action.result(timeout=60)  # type: ignore[union-attr]
+        widget = monitor.terminal
+        assert widget is not None and widget in monitor.terminal_area.children
+        widget._from_browser(widget, {"type": "input", "data": "echo $((40+2))\n"}, [])  # as the browser sends it
+        poll_until(lambda: "42\r\n" in "".join(widget._shown), "the terminal answers", timeout=30)
+        widget._from_browser(widget, {"type": "resize", "cols": 120, "rows": 30}, [])
+        assert widget.terminal.size == (120, 30) and (widget.cols, widget.rows) == (120, 30)
+        monitor.close_terminal()
+        assert not widget.terminal.alive and monitor.terminal_area.children == ()
+    finally:
+        monitor.close()
+        magics.stop("notebook")
+
+
+@pytest.mark.terminal
+def test_sandbox_terminal_magic_shows_a_terminal_closed_on_unload(magics: SandboxMagics) -> None:
+    from pydantic_deep.notebook.terminal import TerminalWidget
+
+    magics.runtime = "python-minimal"
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("sandbox", "terminal")
+    widget = next(w for w in magics.widgets if isinstance(w, TerminalWidget))
+    assert widget.terminal.alive and "pydantic_deep" not in widget._esm[:100]  # xterm.js itself comes first
+    magics.close()  # what %unload_ext does
+    assert not widget.terminal.alive and "notebook" not in magics.sandboxes

@@ -14,6 +14,7 @@ read.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from ..errors import (
 )
 
 __all__ = ["MAX_BUFFERED", "Terminal", "TerminalLink", "checked_terminal_size"]
+
+logger = logging.getLogger("pydantic_deep.terminal")
 
 MAX_BUFFERED = 1 << 20
 """Characters of output a terminal keeps until they are read; past that the oldest are dropped."""
@@ -101,7 +104,10 @@ class Terminal:
                 self._buffered -= len(self._buffer.pop(0))
             self._wake()
         if self._on_output is not None:
-            self._on_output(text)
+            try:
+                self._on_output(text)
+            except Exception:  # on the channel's reader thread: raising there would end the channel
+                logger.exception("a terminal's on_output callback failed")
 
     def _finish(self, exit_code: int | None, error: BaseException | None) -> None:
         """The program exited with ``exit_code``, or the terminal failed with ``error``."""

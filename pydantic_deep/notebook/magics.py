@@ -138,7 +138,7 @@ class SandboxMagics(Magics):
     @magic_arguments()
     @argument("subcommand", nargs="*", help="line magic only: status | runtimes | upload PATH | files [DIR] | "
                                              "restart | stop | pause | resume | snapshot [NAME] | restore NAME | "
-                                             "fork N")
+                                             "fork N | terminal [COMMAND]")
     @argument("-s", "--sandbox", dest="name", help="the sandbox to use (default: the notebook's)")
     @argument("-r", "--runtime", help="the runtime to run the sandbox with")
     @argument("-t", "--timeout", type=float, help="seconds the cell may run")
@@ -151,9 +151,10 @@ class SandboxMagics(Magics):
 
         Cell: ``%%sandbox [-s NAME] [-r RUNTIME] [-t SECONDS] [-o VAR] [--shell] [--no-raise]``.
         Line: ``%sandbox status | runtimes | upload PATH | files [DIR] | restart | stop | pause | resume |
-        snapshot [NAME] | restore NAME | fork N``. ``snapshot`` keeps the sandbox's files (not its
-        variables) under NAME; ``restore`` rolls the files back to a snapshot and restarts the
-        interpreter; ``fork N`` starts N copies, named ``<sandbox>-fork1``..., for ``%%sandbox -s``.
+        snapshot [NAME] | restore NAME | fork N | terminal [COMMAND]``. ``snapshot`` keeps the sandbox's
+        files (not its variables) under NAME; ``restore`` rolls the files back to a snapshot and restarts
+        the interpreter; ``fork N`` starts N copies, named ``<sandbox>-fork1``..., for ``%%sandbox -s``;
+        ``terminal`` opens an interactive terminal on the sandbox under the cell (a shell, or COMMAND).
         """
         args = parse_argstring(self.sandbox, line)
         try:
@@ -226,14 +227,26 @@ class SandboxMagics(Magics):
             print(f"Restarted the interpreter of {name!r}: its variables are gone")
         elif command == "stop":
             self.stop(args.name or self.session)
+        elif command == "terminal":
+            self._show_terminal(args.name, args.runtime, " ".join(rest) or None)
         elif command in ("pause", "resume", "snapshot", "restore", "fork"):
             if self.backend != "docker":
                 raise UsageError(f"%sandbox {command} needs the docker backend (a LocalSandbox has no container)")
             self._container_subcommand(command, rest, args)
         else:
             raise UsageError(f"unknown subcommand {command!r}: status, runtimes, upload PATH, files [DIR], "
-                             "restart, stop, pause, resume, snapshot [NAME], restore NAME, fork N")
+                             "restart, stop, pause, resume, snapshot [NAME], restore NAME, fork N, terminal [COMMAND]")
         return None
+
+    def _show_terminal(self, name: str | None, runtime: str | None, command: str | None) -> None:
+        """Show a terminal of the sandbox under the cell (closed with the others on ``%unload_ext``)."""
+        from IPython.display import display
+
+        from .terminal import TerminalWidget  # anywidget: imported when a terminal is first asked for
+
+        widget = TerminalWidget(self.sandbox_for(name, runtime), command=command)
+        self.widgets.append(widget)
+        display(widget)
 
     def _docker_sandbox_for(self, name: str | None, runtime: str | None = None) -> DockerSandbox:
         sandbox = self.sandbox_for(name, runtime)

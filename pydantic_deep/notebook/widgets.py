@@ -10,12 +10,14 @@ for the monitor, on a :class:`SessionManager`.
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
@@ -23,9 +25,14 @@ from ..engine import labels as label
 from ..engine.client import docker_client
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
+from ..sandbox.base import SandboxBase
 from ..sessions.manager import SessionManager
 from ..sessions.sync import SyncSessionManager
+from .charts import HISTORY_SECONDS, History, sparkline, state_badge
 from .magics import SandboxMagics
+
+if TYPE_CHECKING:
+    from .terminal import TerminalWidget
 
 __all__ = ["RuntimePicker", "SessionMonitor", "UploadPanel", "current_magics", "dashboard"]
 
@@ -173,8 +180,12 @@ class UploadPanel(_Panel):
 
 
 class SessionMonitor(_Panel):
-    """A live table of sandboxes: the notebook's, or a session manager's.
+    """A live view of sandboxes: the notebook's, or a session manager's.
 
+    Each row shows the sandbox's state as a coloured badge, a line of figures (CPU seconds, memory,
+    disk, idle time, container), and two small live charts of its CPU use and memory over the last
+    minutes (inline SVG: nothing is downloaded); above them, how many sandboxes are in each state.
+    Each row has Stop, and Terminal, which opens an interactive terminal on that sandbox below.
     One background thread refreshes it every ``interval`` seconds until :meth:`close`.
     """
 
@@ -189,7 +200,11 @@ class SessionMonitor(_Panel):
         super().__init__(self.source if isinstance(self.source, SandboxMagics) else None)
         self.interval = interval
         self.rows = widgets.VBox()
-        self.box.children = [self.rows, self.error]
+        self.terminal_area = widgets.VBox()
+        self.terminal: TerminalWidget | None = None
+        self.box.children = [self.rows, self.terminal_area, self.error]
+        self._histories: dict[tuple[str, str], History] = {}
+        self._row_widgets: dict[tuple[str, str], widgets.HBox] = {}
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pydantic-deep-monitor", daemon=True)
         self._thread.start()
@@ -204,13 +219,15 @@ class SessionMonitor(_Panel):
 
     def sessions(self) -> list[dict[str, Any]]:
         """One dict per sandbox: user, runtime, state, cpu, memory, disk used and its cap, idle,
-        container, its cluster node (``None`` on one host), and how to stop it."""
+        container, its cluster node (``None`` on one host), how to stop it, and how to get it
+        (for a terminal)."""
         if isinstance(self.source, SyncSessionManager):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
                      "memory": s.memory_bytes, "disk": s.disk_bytes, "disk_limit": s.disk_limit_bytes,
                      "idle": s.idle_seconds, "container": s.container, "node": s.node,
-                     "stop": functools.partial(manager.stop, s.user_id)}
+                     "stop": functools.partial(manager.stop, s.user_id),
+                     "sandbox": functools.partial(manager.get_or_create, s.user_id)}
                     for s in manager.list_sessions()]
         found = []
         for name, sandbox in list(self.source.sandboxes.items()):
@@ -222,29 +239,77 @@ class SessionMonitor(_Panel):
                           "disk_limit": usage.disk_limit_bytes if usage else None,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
                           "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
-                          "stop": functools.partial(self.source.stop, name)})
+                          "stop": functools.partial(self.source.stop, name),
+                          "sandbox": functools.partial(lambda box: box, sandbox)})
         return found
 
     def refresh(self) -> None:
-        """Read the sandboxes now and redraw the table (called by the background thread)."""
+        """Read the sandboxes now and redraw the view (called by the background thread)."""
         try:
             sessions = self.sessions()
         except Exception as exc:
             self.show_error(exc)
             raise
-        header = widgets.HTML("<b>user · runtime · state · CPU s · memory · disk · idle · container</b>")
+        now = time.monotonic()
+        keys = [(session["user"], session["container"]) for session in sessions]
+        for key, session in zip(keys, sessions, strict=True):
+            self._histories.setdefault(key, History()).add(now, session["cpu"], session["memory"])
+        for gone in set(self._histories) - set(keys):
+            del self._histories[gone]
+            self._row_widgets.pop(gone, None)
+        counts = collections.Counter(session["state"] for session in sessions)
+        summary = " ".join(f"{state_badge(state)} {count}" for state, count in sorted(counts.items()))
+        header = widgets.HTML(f"<b>Sandboxes</b> {summary} <span style='color:#666'>· charts: CPU % and "
+                              f"memory over the last {HISTORY_SECONDS / 60:.0f} minutes</span>")
         lines: list[widgets.Widget] = [header]
-        for session in sessions:
-            stop = widgets.Button(description="Stop", icon="stop", layout=widgets.Layout(width="6em"))
-            stop.on_click(lambda _, action=session["stop"]: self._run(lambda: self._stop_and_refresh(action)))
-            lines.append(widgets.HBox([widgets.HTML(
-                f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
-                f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
-                f"{session['idle']:.0f} s · {html.escape(session['container'])}"
-                + (f" on {html.escape(session['node'])}" if session["node"] else "")), stop]))
+        for key, session in zip(keys, sessions, strict=True):
+            row = self._row_widgets.get(key)
+            if row is None:  # buttons made once per sandbox: a refresh never swaps one under the pointer
+                stop = widgets.Button(description="Stop", icon="stop", layout=widgets.Layout(width="6em"))
+                stop.on_click(lambda _, action=session["stop"]: self._run(lambda: self._stop_and_refresh(action)))
+                terminal = widgets.Button(description="Terminal", icon="terminal", layout=widgets.Layout(width="8em"))
+                terminal.on_click(lambda _, get=session["sandbox"], user=session["user"]:
+                                  self._run(lambda: self.open_terminal(get(), user)))
+                row = self._row_widgets[key] = widgets.HBox([widgets.HTML(), stop, terminal])
+            row.children[0].value = self._describe(session, self._histories[key], now)
+            lines.append(row)
         if not sessions:
             lines.append(widgets.HTML("<i>no sandbox running</i>"))
         self.rows.children = lines  # one assignment: traitlets sends one update
+
+    @staticmethod
+    def _describe(session: dict[str, Any], history: History, now: float) -> str:
+        """A row's figures, then its CPU and memory charts."""
+        figures = (f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
+                   f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
+                   f"{session['idle']:.0f} s · {html.escape(session['container'])}"
+                   + (f" on {html.escape(session['node'])}" if session["node"] else ""))
+        cpu, memory = history.cpu_percent(), history.memory()
+        cpu_now = cpu[-1][1] if cpu else 0.0
+        charts = (sparkline(cpu, now, floor=100, colour="#d84315", kind="cpu", label="CPU, % of one core")
+                  + f" CPU {cpu_now:.0f}% &nbsp; "
+                  + sparkline(memory, now, floor=64 * 2**20, colour="#1565c0", kind="memory", label="memory")
+                  + f" memory {session['memory'] / 2**20:.0f} MB")
+        return f"{state_badge(session['state'])} {figures}<br>{charts}"
+
+    def open_terminal(self, sandbox: SandboxBase, name: str) -> TerminalWidget:
+        """Show a terminal of ``sandbox`` below the table (closing the one shown before)."""
+        from .terminal import TerminalWidget  # anywidget: imported when a terminal is first asked for
+
+        if self.terminal is not None:
+            self.terminal.close()
+        self.terminal = TerminalWidget(sandbox)
+        close = widgets.Button(description="Close terminal", icon="times", layout=widgets.Layout(width="11em"))
+        close.on_click(lambda _: self.close_terminal())
+        self.terminal_area.children = [widgets.HTML(f"<b>Terminal of {html.escape(name)}</b>"), self.terminal, close]
+        return self.terminal
+
+    def close_terminal(self) -> None:
+        """Close the terminal shown below the table, if any."""
+        if self.terminal is not None:
+            self.terminal.close()
+            self.terminal = None
+        self.terminal_area.children = []
 
     def _stop_and_refresh(self, stop: Callable[[], Any]) -> None:
         stop()
@@ -253,6 +318,7 @@ class SessionMonitor(_Panel):
     def close(self) -> None:
         self._stopped.set()
         self._thread.join()
+        self.close_terminal()
         if self._facade is not None:
             self._facade.close()
         super().close()
