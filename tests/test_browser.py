@@ -110,3 +110,61 @@ def test_dashboard_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> N
     listings = [c.exec_run(["ls", "/uploads"]).output.decode() for c in sandboxes]
     assert any("from-the-browser.csv" in listing for listing in listings)
 
+
+
+@pytest.mark.terminal
+def test_terminal_and_monitor_charts_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, root = lab
+    url = url.replace("dashboard.ipynb", "terminal.ipynb")
+    artifacts = Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    notebook.cells = [nbformat.v4.new_code_cell("%load_ext pydantic_deep\n"
+                                                "%config SandboxMagics.runtime = 'python-minimal'"),
+                      nbformat.v4.new_code_cell("%sandbox terminal"),
+                      nbformat.v4.new_code_cell("from pydantic_deep.widgets import SessionMonitor\n"
+                                                "SessionMonitor(interval=1)"),
+                      # A busy loop for 40 s, left running in the background: the CPU chart climbs.
+                      nbformat.v4.new_code_cell("%%sandbox --shell\nsh -c 'end=$(($(date +%s)+40)); "
+                                                "while [ $(date +%s) -lt $end ]; do :; done' >/dev/null 2>&1 &")]
+    nbformat.write(notebook, root / "terminal.ipynb")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            expect(page.locator("text=Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
+            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=30_000)
+            screen = page.locator(".pd-terminal .xterm-rows").first
+            try:
+                expect(screen).to_contain_text("$", timeout=300_000)  # the shell's prompt
+            finally:
+                page.screenshot(path=str(artifacts / "terminal-opened.png"))
+            page.locator(".pd-terminal .xterm").first.click()
+            page.keyboard.type("echo $HOSTNAME")
+            page.keyboard.press("Enter")
+            hostname = poll_until(lambda: re.search(r"^([0-9a-f]{12})\s*$", screen.inner_text(), re.MULTILINE),
+                                  lambda: f"the terminal shows a container's hostname: {screen.inner_text()!r}",
+                                  timeout=60).group(1)
+            page.screenshot(path=str(artifacts / "terminal-hostname.png"))
+            # The hostname is the id of the notebook's container.
+            assert docker_client().containers.get(hostname).labels.get("pydantic-deep.runtime") == "python-minimal"
+
+            cpu = page.locator("svg.pd-chart[data-kind='cpu']").first
+            expect(cpu).to_be_visible(timeout=60_000)
+            expect(page.locator("svg.pd-chart[data-kind='memory'] polyline").first).to_be_attached(timeout=60_000)
+            poll_until(lambda: float(cpu.get_attribute("data-last") or 0) > 25,
+                       lambda: f"the CPU chart shows the busy loop (now {cpu.get_attribute('data-last')} %)",
+                       timeout=60, interval=0.5)
+            line = page.locator("svg.pd-chart[data-kind='cpu'] polyline").first
+            before = line.get_attribute("points")
+            page.screenshot(path=str(artifacts / "monitor-charts.png"))
+            poll_until(lambda: line.get_attribute("points") != before, "the CPU chart moves", timeout=30, interval=0.5)
+            page.screenshot(path=str(artifacts / "monitor-charts-later.png"))
+        finally:
+            browser.close()

@@ -16,6 +16,7 @@ HISTORY_SECONDS = 300.0
 STATE_COLOURS = {"running": "#2e7d32", "busy": "#ef6c00", "paused": "#1565c0", "stopped": "#757575",
                  "new": "#757575"}
 _WIDTH, _HEIGHT = 160, 34
+_MIN_SPAN = 60.0
 
 
 class History:
@@ -29,6 +30,12 @@ class History:
         self.samples.append((when, cpu_seconds, memory_bytes))
         while self.samples and self.samples[0][0] < when - self.span:
             self.samples.popleft()
+
+    def shown_span(self, now: float) -> float:
+        """The seconds a chart spans: what the samples cover (a minute at least), up to the full span,
+        so that a new sandbox's chart fills its width in its first minute, then scrolls."""
+        covered = now - self.samples[0][0] if self.samples else 0.0
+        return min(self.span, max(_MIN_SPAN, covered))
 
     def cpu_percent(self) -> list[tuple[float, float]]:
         """CPU use between samples, in percent of one core (200 = two cores busy)."""

@@ -260,7 +260,7 @@ class SessionMonitor(_Panel):
         counts = collections.Counter(session["state"] for session in sessions)
         summary = " ".join(f"{state_badge(state)} {count}" for state, count in sorted(counts.items()))
         header = widgets.HTML(f"<b>Sandboxes</b> {summary} <span style='color:#666'>· charts: CPU % and "
-                              f"memory over the last {HISTORY_SECONDS / 60:.0f} minutes</span>")
+                              f"memory over the last {HISTORY_SECONDS / 60:.0f} minutes at most</span>")
         lines: list[widgets.Widget] = [header]
         for key, session in zip(keys, sessions, strict=True):
             row = self._row_widgets.get(key)
@@ -284,11 +284,12 @@ class SessionMonitor(_Panel):
                    f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
                    f"{session['idle']:.0f} s · {html.escape(session['container'])}"
                    + (f" on {html.escape(session['node'])}" if session["node"] else ""))
-        cpu, memory = history.cpu_percent(), history.memory()
+        cpu, memory, span = history.cpu_percent(), history.memory(), history.shown_span(now)
         cpu_now = cpu[-1][1] if cpu else 0.0
-        charts = (sparkline(cpu, now, floor=100, colour="#d84315", kind="cpu", label="CPU, % of one core")
+        charts = (sparkline(cpu, now, span=span, floor=100, colour="#d84315", kind="cpu", label="CPU, % of one core")
                   + f" CPU {cpu_now:.0f}% &nbsp; "
-                  + sparkline(memory, now, floor=64 * 2**20, colour="#1565c0", kind="memory", label="memory")
+                  + sparkline(memory, now, span=span, floor=64 * 2**20, colour="#1565c0", kind="memory",
+                              label="memory")
                   + f" memory {session['memory'] / 2**20:.0f} MB")
         return f"{state_badge(session['state'])} {figures}<br>{charts}"
 

@@ -9,7 +9,8 @@ function render({ model, el }) {
   el.appendChild(box);
   const term = new xterm.Terminal({
     cols: model.get("cols"), rows: model.get("rows"), fontSize: 13, cursorBlink: true, scrollback: 5000,
-    fontFamily: "var(--jp-code-font-family, monospace)",
+    // A font list, not a CSS variable: xterm.js measures the font on a canvas, which cannot resolve one.
+    fontFamily: "Menlo, Consolas, \"DejaVu Sans Mono\", \"Liberation Mono\", monospace",
   });
   const fit = new xtermFit.FitAddon();
   term.loadAddon(fit);
