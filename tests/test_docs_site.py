@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,3 +25,12 @@ def test_docs_site_builds_strict(tmp_path: Path) -> None:
     assert 'href="docker-runtimes/"' in (tmp_path / "index.html").read_text()  # README's docs/docker-runtimes.md
     for notebook in sorted(REPO.glob("notebooks/[0-9][0-9]-*.ipynb")):
         assert (tmp_path / "notebooks" / notebook.stem / "index.html").is_file(), f"{notebook.name} has no page"
+    widgets_page = (tmp_path / "notebooks" / "04-magics-and-widgets" / "index.html").read_text()
+    # The title keeps its code span's text in the navigation and the page's <title>.
+    assert "<title>%%sandbox and the widgets - pydantic_deep</title>" in widgets_page
+    assert re.search(r'md-ellipsis">\s*%%sandbox and the widgets\s*<', widgets_page)
+    # Informational stderr (the base image's fallback) is plain output; the traceback keeps the error colours.
+    stderr = re.findall(r'data-mime-type="([^"]+)"[^>]*>\s*<pre>(.{0,40})', widgets_page, re.S)
+    fallback = [kind for kind, text in stderr if text.startswith("Base image")]  # committed with the notebook
+    assert fallback and "application/vnd.jupyter.stderr" not in fallback
+    assert any(kind == "application/vnd.jupyter.stderr" for kind, text in stderr if "Traceback" in text)
