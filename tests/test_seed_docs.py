@@ -62,7 +62,7 @@ def run_block(heading: str, check: str = "") -> dict[str, object]:
 def test_every_block_is_checked_here(heading: str) -> None:
     checked = {"Using Built-in Runtimes", "Creating Custom Runtimes", "Runtime Configuration Options",
                "Best Practices", "Session Persistence", "Automatic Cleanup", "Configuration Options",
-               "Quick Start", "Basic Usage", "Complete Example", "From Threads and Notebooks"}
+               "Quick Start", "Basic Usage", "Complete Example", "From Threads and Notebooks", "Terminals"}
     if heading in LATER:
         pytest.skip(LATER[heading])
     assert heading in checked, f"a Python block under {heading!r} is not run by any test"
@@ -82,6 +82,13 @@ def test_creating_custom_runtimes() -> None:
     assert sandbox.runtime.setup_commands == ["apt-get update", "apt-get install -y git"]
     assert runtime_image_tag(sandbox.runtime, docker_client().images.get(PYTHON.tag).id, None).startswith(
         "pydantic-deep/ml-env:")
+
+
+@pytest.mark.terminal
+def test_terminals(capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = run_block("Terminals")
+    assert capsys.readouterr().out.replace("\r", "").rstrip().endswith("\n2 4 6")  # the output, not the echo
+    assert not namespace["term"].alive  # type: ignore[attr-defined]
 
 
 def test_configuration_options_block_lists_alternatives_and_is_refused_as_such() -> None:

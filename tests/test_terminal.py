@@ -137,6 +137,16 @@ def test_nothing_is_left_after_close(box: SandboxBase) -> None:
     term.close()  # again: a no-op
 
 
+def test_read_until_stops_at_the_text_and_keeps_the_rest(box: SandboxBase) -> None:
+    with box.terminal(command="printf 'one\\ntwo\\nthree\\n'; exec cat") as term:
+        assert term.read_until("two", timeout=TIMEOUT).endswith("one\r\ntwo")
+        assert term.read_until("three", timeout=TIMEOUT) == "\r\nthree"
+        rest = term.read_until("never", timeout=0.2)  # it does not come: what is left, if anything
+        assert rest in ("", "\r\n")
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        term.read_until("")
+
+
 def test_bad_sizes_and_commands_are_refused_before_anything_runs(box: SandboxBase) -> None:
     for cols, rows in ((0, 24), (80, 70000), (80.5, 24), (True, 24)):
         with pytest.raises(InvalidArgumentError, match="cols|rows"):

@@ -73,7 +73,7 @@ class Terminal:
         with sandbox.terminal() as term:
             term.write("python3\\n")
             term.write("1+1\\n")
-            print(term.read(timeout=2))
+            print(term.read_until("2\\r\\n"))  # the prompts, the echo of 1+1, its answer
             term.write("\\x03")  # Ctrl-C
         ```
     """
@@ -191,6 +191,31 @@ class Terminal:
                 self._changed.wait(remaining)
             return self._take()
 
+    def read_until(self, text: str, timeout: float | None = 30) -> str:
+        """What the terminal shows up to and including the first ``text`` (say, a prompt); what
+        follows stays to be read.
+
+        When ``text`` does not come within ``timeout`` seconds (``None``: no limit), or the terminal
+        ends first, returns everything unread instead (as :mod:`telnetlib`'s ``read_until`` did):
+        check ``text in result``.
+        """
+        if not text:
+            raise InvalidArgumentError("read_until() needs the text to wait for, not an empty string")
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0)
+        with self._changed:
+            while True:
+                shown = "".join(self._buffer)
+                found = shown.find(text)
+                if found >= 0:
+                    end = found + len(text)
+                    self._buffer[:] = [shown[end:]] if end < len(shown) else []
+                    self._buffered = len(shown) - end
+                    return shown[:end]
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._ended or (remaining is not None and remaining <= 0):
+                    return self._take()
+                self._changed.wait(remaining)
+
     def resize(self, cols: int, rows: int) -> None:
         """Change the terminal's size; its foreground program gets SIGWINCH.
 
@@ -240,6 +265,10 @@ class Terminal:
             pass
         with self._changed:
             return self._take()
+
+    async def aread_until(self, text: str, timeout: float | None = 30) -> str:
+        """Async form of :meth:`read_until` (in a worker thread)."""
+        return await asyncio.to_thread(self.read_until, text, timeout)
 
     async def aresize(self, cols: int, rows: int) -> None:
         """Async form of :meth:`resize`."""
