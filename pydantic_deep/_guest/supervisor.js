@@ -354,7 +354,7 @@ class Supervisor {
     } else if (terminal === undefined) {
       return; // ended already: its EXIT is on its way
     } else if (kind === TERMINAL_INPUT) {
-      terminal.child.stdin.write(payload);
+      terminal.input(payload);
     } else if (kind === TERMINAL_RESIZE) {
       const { cols, rows } = JSON.parse(payload.toString());
       if (windowSizeError(cols, rows) === null) terminal.resize(cols, rows);
@@ -684,6 +684,12 @@ class Terminal {
     this.device = null; // /dev/pts/N, once known
     this.resizing = false; // an stty runs: the next size waits for it, so sizes apply in order
     this.nextSize = null;
+    this.held = []; // input that came during a resize: typed after it, as it was sent
+  }
+
+  input(data) {
+    if (this.resizing) this.held.push(data);
+    else this.child.stdin.write(data);
   }
 
   session() {
@@ -712,7 +718,11 @@ class Terminal {
       { stdio: "ignore" });
     const done = () => {
       this.resizing = false;
-      if (this.nextSize !== null) this.resize(...this.nextSize);
+      if (this.nextSize !== null) {
+        this.resize(...this.nextSize);
+        return;
+      }
+      for (const data of this.held.splice(0)) this.child.stdin.write(data);
     };
     stty.on("error", done);
     stty.on("close", done);
