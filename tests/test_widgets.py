@@ -162,9 +162,10 @@ def test_the_monitor_charts_cpu_and_memory_and_opens_a_terminal(magics: SandboxM
 
 
 @pytest.mark.terminal
-def test_sandbox_terminal_magic_shows_a_terminal_closed_on_unload(magics: SandboxMagics) -> None:
+def test_sandbox_terminal_magic_shows_a_terminal_closed_on_unload() -> None:
     from pydantic_deep.notebook.terminal import TerminalWidget
 
+    magics = current_magics()  # the one %sandbox reaches (a test above loads the extension anew)
     magics.runtime = "python-minimal"
     shell = InteractiveShell.instance()
     shell.run_line_magic("sandbox", "terminal")
