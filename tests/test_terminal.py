@@ -1,7 +1,8 @@
 """Interactive terminals (issue 20): a PTY in a real sandbox, typed into and read from.
 
 Run against a Python image (the Python supervisor), a Node.js image (the Node.js supervisor, whose
-PTY comes from util-linux's ``script``) and the local backend, plus a session's sandbox.
+PTY comes from util-linux's ``script``), an image with neither (no supervisor: a ``docker exec``
+with a tty) and the local backend, plus a session's sandbox.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic_deep import (
     DockerSandbox,
     InvalidArgumentError,
     LocalSandbox,
+    RuntimeConfig,
     SandboxBase,
     SyncSessionManager,
     Terminal,
@@ -26,7 +28,8 @@ from pydantic_deep import (
 
 pytestmark = pytest.mark.terminal
 
-KINDS = ["python-minimal", "node-minimal", "local"]
+KINDS = ["python-minimal", "node-minimal", "bare", "local"]
+BARE = RuntimeConfig(name="test-terminal-bare", image="pydantic-deep/debian:bookworm-minbase")
 TIMEOUT = 30
 
 
@@ -45,7 +48,7 @@ def boxes() -> Iterator[dict[str, SandboxBase]]:
 def box(request: pytest.FixtureRequest, boxes: dict[str, SandboxBase]) -> SandboxBase:
     kind = request.param
     if kind not in boxes:
-        boxes[kind] = (LocalSandbox() if kind == "local" else DockerSandbox(kind)).start()
+        boxes[kind] = (LocalSandbox() if kind == "local" else DockerSandbox(BARE if kind == "bare" else kind)).start()
     return boxes[kind]
 
 
@@ -73,7 +76,12 @@ class Screen:
 
 
 def test_an_interactive_interpreter_answers(box: SandboxBase) -> None:
-    interpreter = "node" if box.runtime.name == "node-minimal" else "python3"
+    interpreter = {"node-minimal": "node", "test-terminal-bare": "sh"}.get(box.runtime.name, "python3")
+    if interpreter == "sh":  # a bare image has no interpreter but the shell's arithmetic
+        with box.terminal() as term:
+            term.write("echo $((1+1))\n")
+            Screen(term).expect(r"\n2\n")
+        return
     with box.terminal() as term:
         screen = Screen(term)
         term.write(f"{interpreter}\n")

@@ -45,9 +45,11 @@ class Exec:
     """
 
     def __init__(self, client: docker.DockerClient, container_id: str, argv: list[str], *,
-                 stdin: bool = False) -> None:
+                 stdin: bool = False, tty: bool = False, environment: dict[str, str] | None = None) -> None:
         self._api = client.api
-        self.id: str = self._api.exec_create(container_id, argv, stdin=stdin)["Id"]
+        # With a tty the engine gives the process a pseudo-terminal, and the stream is raw (no frames).
+        self._tty = tty
+        self.id: str = self._api.exec_create(container_id, argv, stdin=stdin, tty=tty, environment=environment)["Id"]
 
     def run(self) -> None:
         """Start it and wait for it to end; its output is dropped."""
@@ -59,10 +61,14 @@ class Exec:
 
     def open_socket(self) -> socket.socket:
         """Start it and return the raw stream, blocking: write its stdin there, read its output
-        with :func:`docker_frames`. The caller closes it."""
-        sock: socket.socket = self._api.exec_start(self.id, socket=True)._sock
+        with :func:`docker_frames` (with a tty: as it is). The caller closes it."""
+        sock: socket.socket = self._api.exec_start(self.id, socket=True, tty=self._tty)._sock
         sock.settimeout(None)
         return sock
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Set the size of a started ``tty`` exec's pseudo-terminal."""
+        self._api.exec_resize(self.id, height=rows, width=cols)
 
     @property
     def exit_code(self) -> int:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -77,6 +78,11 @@ class Channel(Protocol):
 
     def spawn(self, command: str, on_output: OutputCallback) -> Process:
         """Start a long-lived command with an open stdin; its output goes to ``on_output`` alone."""
+
+    def terminal(self, command: str | None, *, cols: int, rows: int,
+                 on_output: Callable[[str], object] | None = None,
+                 on_activity: Callable[[], object] | None = None) -> Terminal:
+        """Open a :class:`Terminal`: ``command`` (``None``: an interactive shell) on a new PTY."""
 
     @property
     def alive(self) -> bool:
@@ -192,6 +198,16 @@ class DockerExecChannel:
     def spawn(self, command: str, on_output: OutputCallback) -> Process:
         """Start a long-lived command over a ``docker exec -i`` of its own."""
         return ExecProcess(self.client, self.container_id, command, on_output)
+
+    def terminal(self, command: str | None, *, cols: int, rows: int,
+                 on_output: Callable[[str], object] | None = None,
+                 on_activity: Callable[[], object] | None = None) -> Terminal:
+        """Open a :class:`Terminal` over a ``docker exec -it`` of its own (the engine's PTY)."""
+        cols, rows = checked_terminal_size(cols, rows)
+        if command is not None:
+            _checked_command(command, None)
+        return _ExecTerminalLink(self.client, self.container_id, command, cols, rows, on_output,
+                                 on_activity).terminal
 
     def close(self) -> None:
         pass
@@ -473,6 +489,62 @@ class _ChannelTerminalLink:
 
     def send_close(self) -> None:
         self.channel._send(protocol.TERMINAL_CLOSE, self.request_id, b"")
+
+
+class _ExecTerminalLink:
+    """A terminal over a ``docker exec`` with a tty, for images without a supervisor.
+
+    The engine makes the PTY and sizes it (``exec_resize``). Its processes carry a marker in their
+    environment, by which :meth:`send_close` finds and kills them (and the rest of their session).
+    """
+
+    def __init__(self, client: docker.DockerClient, container_id: str, command: str | None, cols: int, rows: int,
+                 on_output: Callable[[str], object] | None, on_activity: Callable[[], object] | None) -> None:
+        self._client, self._container_id = client, container_id
+        self._marker = f"PYDANTIC_DEEP_TERMINAL={uuid.uuid4().hex}"
+        name, value = self._marker.split("=")
+        program = protocol._TERMINAL_SHELL.decode() if command is None else command
+        self._exec = Exec(client, container_id, ["/bin/sh", "-c", program], stdin=True, tty=True,
+                          environment={name: value, "TERM": protocol._TERMINAL_TYPE.decode()})
+        self._sock = self._exec.open_socket()
+        self.terminal = Terminal(self, cols=cols, rows=rows, on_output=on_output, on_activity=on_activity)
+        with contextlib.suppress(docker.errors.DockerException):
+            self._exec.resize(cols, rows)
+        threading.Thread(target=self._read, name=f"pydantic-deep-terminal-{container_id[:12]}", daemon=True).start()
+
+    def _read(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        try:
+            while chunk := self._sock.recv(1 << 16):
+                if text := decoder.decode(chunk):
+                    self.terminal._feed(text)
+        except OSError:
+            pass
+        exit_code: int | None = None
+        with contextlib.suppress(docker.errors.DockerException, TypeError, ValueError):
+            exit_code = self._exec.exit_code
+        self._sock.close()
+        self.terminal._finish(exit_code, None)
+
+    def send_input(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise ChannelClosedError(f"the terminal's stream broke: {exc}") from None
+
+    def send_resize(self, cols: int, rows: int) -> None:
+        self._exec.resize(cols, rows)
+
+    def send_close(self) -> None:
+        # Every process with the marker, and every member of their sessions.
+        script = (f'for p in /proc/[0-9]*; do grep -qs "{self._marker}" "$p/environ" && '
+                  'echo "${p#/proc/} $(cut -d" " -f6 "$p/stat")"; done | while read -r pid session; do '
+                  'for q in /proc/[0-9]*; do [ "$(cut -d" " -f6 "$q/stat" 2>/dev/null)" = "$session" ] && '
+                  'kill -9 "${q#/proc/}" 2>/dev/null; done; kill -9 "$pid" 2>/dev/null; done; true')
+        try:
+            Exec(self._client, self._container_id, ["sh", "-c", script]).run()
+        except docker.errors.DockerException as exc:
+            raise ChannelClosedError(f"the terminal could not be closed: {exc}") from None
 
 
 class Process(Protocol):

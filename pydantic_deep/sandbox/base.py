@@ -270,7 +270,6 @@ class SandboxBase(abc.ABC):
         Raises:
             InvalidArgumentError: a size out of range, or a command with a NUL byte; nothing ran.
             SandboxStateError: the sandbox was stopped.
-            SandboxError: the sandbox cannot run terminals (no ``python3`` or ``node`` in its image).
         """
 
     def _used(self) -> None:

@@ -913,11 +913,8 @@ class DockerSandbox(SandboxBase):
                  on_output: Callable[[str], object] | None = None) -> Terminal:
         """Open an interactive terminal in the container (see :meth:`SandboxBase.terminal`)."""
         checked_terminal_size(cols, rows)
-        channel = self._live_channel()
-        if not isinstance(channel, SupervisorChannel):
-            raise SandboxError(f"image {self.image} has neither python3 nor node, which terminals need "
-                               "(commands there go through docker exec); add one to the runtime's packages")
-        return channel.terminal(command, cols=cols, rows=rows, on_output=on_output, on_activity=self._used)
+        return self._live_channel().terminal(command, cols=cols, rows=rows, on_output=on_output,
+                                             on_activity=self._used)
 
     # -- files --------------------------------------------------------------------------------
 
