@@ -155,6 +155,14 @@ def test_read_until_stops_at_the_text_and_keeps_the_rest(box: SandboxBase) -> No
         term.read_until("")
 
 
+def test_typing_counts_as_use_of_the_sandbox(box: SandboxBase) -> None:
+    with box.terminal(command="cat") as term:
+        box.last_used -= 1000  # as if untouched for a quarter of an hour
+        assert box.idle_seconds > 999
+        term.write("x")
+        assert box.idle_seconds < 999  # an idle-session reaper leaves it alone
+
+
 def test_bad_sizes_and_commands_are_refused_before_anything_runs(box: SandboxBase) -> None:
     for cols, rows in ((0, 24), (80, 70000), (80.5, 24), (True, 24)):
         with pytest.raises(InvalidArgumentError, match="cols|rows"):
