@@ -240,7 +240,7 @@ class SessionMonitor(_Panel):
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
                           "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
                           "stop": functools.partial(self.source.stop, name),
-                          "sandbox": functools.partial(lambda box: box, sandbox)})
+                          "sandbox": lambda sandbox=sandbox: sandbox})
         return found
 
     def refresh(self) -> None:
