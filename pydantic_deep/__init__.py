@@ -34,6 +34,7 @@ from .errors import (
     UnknownRuntimeError,
 )
 from .execution.channel import CommandStream
+from .execution.ports import ExposedPort
 from .images.certs import CaBundle, resolve_ca_bundle
 from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
@@ -59,6 +60,7 @@ __all__ = [
     "DockerSandbox",
     "DockerUnavailableError",
     "ExecuteResult",
+    "ExposedPort",
     "FileInfo",
     "ImageBuildError",
     "ImageNotAvailableError",

@@ -18,7 +18,8 @@ from typing import BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 from ..arguments import checked_timeout
 from ..config import RuntimeConfig
 from ..errors import InvalidArgumentError
-from ..execution.channel import CommandStream, OutputCallback, Process
+from ..execution.channel import CommandStream, OutputCallback, Process, SupervisorChannel
+from ..execution.ports import ExposedPort, PortForwards
 from ..paths import UPLOADS_DIR
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 
@@ -109,6 +110,7 @@ class SandboxBase(abc.ABC):
         self._busy = 0
         self._activity_lock = threading.Lock()
         self.last_used = time.monotonic()
+        self._ports: PortForwards | None = None
 
     def _set_command_limits(self, command_timeout: float, max_output: int) -> None:
         """Check and keep what every command gets by default: its timeout and its output cap."""
@@ -332,6 +334,74 @@ class SandboxBase(abc.ABC):
             dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
         return self._copy_in(source_path, dest)
 
+    # -- ports --------------------------------------------------------------------------------
+
+    def expose(self, port: int, *, host: str = "127.0.0.1", host_port: int | None = None,
+               token: str | None = None) -> str:
+        """Open ``port`` of the sandbox on the host, and return its URL (starts a new sandbox first).
+
+        Each connection to the URL is carried over the sandbox's execution channel, as
+        ``kubectl port-forward`` does: it works with the sandbox's network off, for HTTP, WebSockets
+        and any other TCP protocol, and what a server sends waits in the sandbox, not in the host's
+        memory, while the client is slow. The listener closes when the sandbox stops (or on
+        :meth:`unexpose`). Exposing an exposed port again the same way returns the same URL.
+
+        Args:
+            port: The port a server listens on inside the sandbox (on any of its addresses, or
+                its loopback: ``127.0.0.1`` or ``::1``).
+            host: The host address to listen on: loopback by default, so that only this machine
+                can connect. Any other (``"0.0.0.0"``: every address) requires a token.
+            host_port: The port on the host; default a free one.
+            token: What a client must show (16+ URL-safe characters); made for you when ``host``
+                is not loopback, and then part of the URL (``?pydantic_deep_token=...``). A
+                browser that opens that URL gets a cookie and carries the token from then on;
+                other clients may send it as the ``X-Pydantic-Deep-Token`` header instead.
+
+        Returns:
+            The URL, with the token if there is one. :attr:`exposed` lists the details.
+
+        Raises:
+            InvalidArgumentError: a port out of range, a bad token, a host or host port that
+                cannot be listened on, or the port exposed already in another way.
+            SandboxStateError: the sandbox was stopped.
+            SandboxError: the sandbox cannot carry connections (an image with neither
+                ``python3`` nor ``node`` for the supervisor).
+        """
+        return self._port_forwards().expose(port, host=host, host_port=host_port, token=token).url
+
+    def unexpose(self, port: int) -> bool:
+        """Close ``port``'s listener on the host and its connections; ``False`` if it was not open."""
+        return self._port_forwards().unexpose(port)
+
+    @property
+    def exposed(self) -> list[ExposedPort]:
+        """The sandbox's ports open on the host (see :meth:`expose`), by port number."""
+        return self._ports.exposed if self._ports is not None else []
+
+    def _port_forwards(self) -> PortForwards:
+        with self._activity_lock:
+            if self._ports is None:
+                self._ports = PortForwards(self._channel_for_connection, direct=not self.isolated)
+            return self._ports
+
+    def _channel_for_connection(self) -> SupervisorChannel:
+        self.last_used = time.monotonic()  # a connection to a port is a use: the sandbox is not idle
+        return self._stream_channel()
+
+    @abc.abstractmethod
+    def _stream_channel(self) -> SupervisorChannel:
+        """The live supervisor channel that connections to ports travel on (starts a new sandbox).
+
+        Raises:
+            SandboxStateError: the sandbox was stopped.
+            SandboxError: the sandbox has no supervisor channel.
+        """
+
+    def _close_ports(self) -> None:
+        """Close every exposed port: the sandbox stops."""
+        if self._ports is not None:
+            self._ports.close_all()
+
     # -- async twins --------------------------------------------------------------------------
 
     astart = _async_twin(start)
@@ -344,3 +414,5 @@ class SandboxBase(abc.ABC):
     adownload = _async_twin(download)
     aexists = _async_twin(exists)
     alist_files = _async_twin(list_files)
+    aexpose = _async_twin(expose)
+    aunexpose = _async_twin(unexpose)
