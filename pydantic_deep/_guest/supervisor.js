@@ -665,8 +665,15 @@ class Ports {
       if (stream.gotEnd) socket.end();
     });
     socket.on("data", (chunk) => {
-      stream.credit -= chunk.length;
-      this.send(PORT_DATA, stream.id, chunk);
+      if (chunk.length > stream.credit) { // the socket read past the window: the rest waits in its buffer
+        socket.pause();
+        socket.unshift(chunk.subarray(stream.credit));
+        chunk = chunk.subarray(0, stream.credit);
+      }
+      if (chunk.length) {
+        stream.credit -= chunk.length;
+        this.send(PORT_DATA, stream.id, chunk);
+      }
       if (stream.credit <= 0) socket.pause();
     });
     socket.on("end", () => {
