@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import html
 import ipaddress
 import json
 import re
@@ -169,7 +170,7 @@ class _Tunnel:
                 with contextlib.suppress(TimeoutError, ConnectionError, OSError):
                     self.first = await asyncio.wait_for(self.reader.read(_READ_SIZE), 0.5)
             if _HTTP_METHODS.match(self.first):
-                self.writer.write(_http_response(502, "Bad Gateway", f"pydantic-deep: {error}\n"))
+                self.writer.write(_bad_gateway(error, browser=b"text/html" in self.first))
         self._finish()
 
     async def run(self, head: bytes) -> None:
@@ -232,10 +233,22 @@ class _Tunnel:
             self.done.set_result(None)
 
 
+def _bad_gateway(error: str, *, browser: bool) -> bytes:
+    """The answer to a request the sandbox's port did not take: a browser gets a page that tries
+    again every second, so a preview opened before its server is up shows the app once it is."""
+    if not browser:
+        return _http_response(502, "Bad Gateway", f"pydantic-deep: {error}\n")
+    page = (f"<!doctype html><meta http-equiv='refresh' content='1'><title>Waiting for the sandbox</title>"
+            f"<p style='font-family:sans-serif;color:#555'>pydantic-deep: {html.escape(error)}; "
+            "trying again every second.</p>")
+    return _http_response(502, "Bad Gateway", page, ("Content-Type: text/html; charset=utf-8",))
+
+
 def _http_response(status: int, reason: str, text: str = "", headers: tuple[str, ...] = ()) -> bytes:
     body = text.encode()
-    lines = [f"HTTP/1.1 {status} {reason}", "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(body)}", "Connection: close", *headers]
+    plain = () if any(header.startswith("Content-Type:") for header in headers) else (
+        "Content-Type: text/plain; charset=utf-8",)
+    lines = [f"HTTP/1.1 {status} {reason}", *plain, f"Content-Length: {len(body)}", "Connection: close", *headers]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 

@@ -19,9 +19,10 @@ from ..arguments import checked_timeout
 from ..config import RuntimeConfig
 from ..errors import InvalidArgumentError
 from ..execution.channel import CommandStream, OutputCallback, Process, SupervisorChannel
-from ..execution.ports import ExposedPort, PortForwards
+from ..execution.ports import ExposedPort, PortForwards, checked_port
 from ..paths import UPLOADS_DIR
 from ..results import ExecuteResult, FileInfo, ResourceUsage
+from .preview import Preview, find_jupyter_server, listens_in, preview_of
 
 __all__ = ["SandboxBase", "SandboxState", "tracked"]
 
@@ -373,6 +374,31 @@ class SandboxBase(abc.ABC):
         """Close ``port``'s listener on the host and its connections; ``False`` if it was not open."""
         return self._port_forwards().unexpose(port)
 
+    def preview(self, port: int, *, path: str = "/", absolute: bool = False, height: int = 480) -> Preview:
+        """Expose ``port`` (see :meth:`expose`) and return a :class:`Preview`: displayed (the last
+        line of a notebook cell), it shows the app in an iframe under the cell.
+
+        The iframe goes through the Jupyter server when it has jupyter-server-proxy, so it works
+        where the browser cannot reach this host (JupyterHub, Binder, a remote server); else it
+        opens the exposed URL directly.
+
+        Args:
+            port: The port a server listens on inside the sandbox.
+            path: The page to open, from the app's root.
+            absolute: Keep the proxy's path in requests (jupyter-server-proxy's ``proxy/absolute``):
+                for apps that write absolute paths into their pages and are told the path they are
+                served under (:attr:`Preview.base`; Vite's ``--base``).
+            height: The iframe's height in pixels.
+        """
+        self.expose(port)
+        exposed = next(item for item in self.exposed if item.port == port)
+        return preview_of(exposed, path=path, absolute=absolute, height=height, server=find_jupyter_server())
+
+    def listening(self, port: int) -> bool:
+        """Whether a server listens on TCP ``port`` inside the sandbox (on any of its addresses)."""
+        port = checked_port(port)
+        return listens_in(self.execute("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null", timeout=30).output, port)
+
     @property
     def exposed(self) -> list[ExposedPort]:
         """The sandbox's ports open on the host (see :meth:`expose`), by port number."""
@@ -416,3 +442,5 @@ class SandboxBase(abc.ABC):
     alist_files = _async_twin(list_files)
     aexpose = _async_twin(expose)
     aunexpose = _async_twin(unexpose)
+    apreview = _async_twin(preview)
+    alistening = _async_twin(listening)
