@@ -318,3 +318,27 @@ def test_a_port_bound_wider_than_loopback_takes_its_token(namespace: str) -> Non
     # A browser's first visit: redirected to the same page without the token, which a cookie now carries.
     assert status == 303 and headers["Location"] == "/?a=1"
     assert headers["Set-Cookie"].startswith(f"{TOKEN_PARAMETER}_") and "HttpOnly" in headers["Set-Cookie"]
+
+
+def test_the_agents_tool_exposes_a_port_and_tells_the_model_the_url(web: DockerSandbox) -> None:
+    from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    from pydantic_deep import DeepAgentDeps, create_deep_agent
+
+    poll_until(lambda: web.listening(8000), "the app listens", timeout=60)
+    seen: list[str] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returns = [part for part in messages[-1].parts if isinstance(part, ToolReturnPart)] if isinstance(
+            messages[-1], ModelRequest) else []
+        if not returns:
+            return ModelResponse(parts=[ToolCallPart("expose_port", json.dumps({"port": 8000}))])
+        seen.extend(str(part.content) for part in returns)
+        return ModelResponse(parts=[TextPart("done")])
+
+    asyncio.run(create_deep_agent(FunctionModel(model)).run("Serve the app", deps=DeepAgentDeps(backend=web)))
+    [said] = seen
+    url = next(item.url for item in web.exposed if item.port == 8000)
+    assert said.startswith(f"Port 8000 of the sandbox is open at {url}")
+    assert "answered 200" in said and '{"hello":"from the sandbox"}' in said
