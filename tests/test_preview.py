@@ -342,3 +342,34 @@ def test_the_agents_tool_exposes_a_port_and_tells_the_model_the_url(web: DockerS
     url = next(item.url for item in web.exposed if item.port == 8000)
     assert said.startswith(f"Port 8000 of the sandbox is open at {url}")
     assert "answered 200" in said and '{"hello":"from the sandbox"}' in said
+
+
+def test_sessions_list_their_open_ports_and_the_dashboard_links_them() -> None:
+    import uuid
+
+    from pydantic_deep import SessionManager
+    from pydantic_deep.widgets import SessionMonitor
+
+    async def scenario() -> None:
+        manager = SessionManager("python-minimal", name=f"test-ports-{uuid.uuid4().hex[:8]}")
+        try:
+            sandbox = await manager.get_or_create("ada")
+            await sandbox.aexecute("nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+            url = await sandbox.aexpose(8000)
+            [info] = await manager.list_sessions()
+            assert [(item.port, item.url) for item in info.exposed] == [(8000, url)]
+            monitor = SessionMonitor(manager, interval=3600)
+            try:
+                await asyncio.to_thread(monitor.refresh)
+                row = monitor.rows.children[1].children[0].value
+                assert f"ports <a href='{url}' target='_blank'>8000</a>" in row, row
+            finally:
+                monitor.close()
+            await manager.stop("ada")  # the session's sandbox stops: its ports close
+            assert sandbox.exposed == []
+            with pytest.raises(OSError):
+                await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
+        finally:
+            await manager.shutdown(keep_files=False)
+
+    asyncio.run(scenario())

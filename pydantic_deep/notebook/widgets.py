@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import html
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +21,7 @@ import ipywidgets as widgets
 
 from ..engine import labels as label
 from ..engine.client import docker_client
+from ..execution.ports import ExposedPort
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
 from ..sessions.manager import SessionManager
@@ -209,7 +210,7 @@ class SessionMonitor(_Panel):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
                      "memory": s.memory_bytes, "disk": s.disk_bytes, "disk_limit": s.disk_limit_bytes,
-                     "idle": s.idle_seconds, "container": s.container, "node": s.node,
+                     "idle": s.idle_seconds, "container": s.container, "node": s.node, "exposed": s.exposed,
                      "stop": functools.partial(manager.stop, s.user_id)}
                     for s in manager.list_sessions()]
         found = []
@@ -222,6 +223,7 @@ class SessionMonitor(_Panel):
                           "disk_limit": usage.disk_limit_bytes if usage else None,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
                           "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
+                          "exposed": sandbox.exposed,
                           "stop": functools.partial(self.source.stop, name)})
         return found
 
@@ -241,7 +243,8 @@ class SessionMonitor(_Panel):
                 f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
                 f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
                 f"{session['idle']:.0f} s · {html.escape(session['container'])}"
-                + (f" on {html.escape(session['node'])}" if session["node"] else "")), stop]))
+                + (f" on {html.escape(session['node'])}" if session["node"] else "")
+                + _ports_html(session["exposed"])), stop]))
         if not sessions:
             lines.append(widgets.HTML("<i>no sandbox running</i>"))
         self.rows.children = lines  # one assignment: traitlets sends one update
@@ -256,6 +259,12 @@ class SessionMonitor(_Panel):
         if self._facade is not None:
             self._facade.close()
         super().close()
+
+
+def _ports_html(exposed: Sequence[ExposedPort]) -> str:
+    """The open ports as links, e.g. `` · ports 8000`` linking to their URLs; nothing without any."""
+    links = [f"<a href='{html.escape(item.url, quote=True)}' target='_blank'>{item.port}</a>" for item in exposed]
+    return f" · ports {', '.join(links)}" if links else ""
 
 
 def _disk_text(session: dict[str, Any]) -> str:
