@@ -68,8 +68,9 @@ RUN, STDIN, SIGNAL = 1, 2, 3
 HELLO, STDOUT, STDERR, EXIT, ERROR = 10, 11, 12, 13, 14
 PORT_OPEN, PORT_DATA, PORT_END, PORT_CLOSE, PORT_ACK = 20, 21, 22, 23, 24
 PORT_FRAMES = frozenset((PORT_OPEN, PORT_DATA, PORT_END, PORT_CLOSE, PORT_ACK))
-PORT_WINDOW = 256 * 1024
+PORT_WINDOW = 1024 * 1024
 ACK = struct.Struct(">I")
+_PORT_READ_SIZE = 256 * 1024  # per read from a port's socket: fewer, larger frames
 _READ_SIZE = 65536
 # The waiting shell: reads the command from fd 3 line by line (no other process is started),
 # closes fd 3 so the command does not inherit it, and evaluates it as `sh -c` would.
@@ -318,7 +319,7 @@ class Supervisor:
             self._port_write(stream)
         if events & selectors.EVENT_READ and stream.id in self.streams:
             try:
-                chunk = stream.sock.recv(min(_READ_SIZE, stream.credit))
+                chunk = stream.sock.recv(min(_PORT_READ_SIZE, stream.credit))
             except BlockingIOError:
                 chunk = None
             except OSError as exc:
