@@ -373,3 +373,48 @@ def test_sessions_list_their_open_ports_and_the_dashboard_links_them() -> None:
             await manager.shutdown(keep_files=False)
 
     asyncio.run(scenario())
+
+
+def test_a_client_that_closes_its_sending_side_still_gets_the_answer(web: DockerSandbox) -> None:
+    import socket
+
+    # Python's http.server answers a request whose client sent its end (uvicorn drops it).
+    web.execute("mkdir -p half && echo half-closed > half/page.txt && "
+                "nohup python3 -m http.server 8002 -d half > /dev/null 2>&1 &")
+    url = urllib.parse.urlsplit(web.expose(8002))
+    poll_until(lambda: web.listening(8002), "http.server listens", timeout=30)
+    with socket.create_connection((url.hostname, url.port), timeout=30) as client:
+        client.sendall(b"GET /page.txt HTTP/1.0\r\n\r\n")
+        client.shutdown(socket.SHUT_WR)  # half-closed: PORT_END to the sandbox, which still answers
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"\r\n\r\nhalf-closed\n")
+
+
+def test_traffic_through_a_port_is_use_of_the_sandbox(web: DockerSandbox) -> None:
+    url = web.expose(8000)
+    poll_until(lambda: get(url)[0] == 200, "the app answers", timeout=60)
+    before = web.last_used
+    poll_until(lambda: get(url)[0] == 200 and web.last_used > before, "a request counts as use", timeout=10)
+
+
+def test_a_preview_goes_through_the_jupyter_server_when_it_has_the_proxy() -> None:
+    from pydantic_deep.sandbox.preview import JupyterServer, preview_of
+
+    exposed = ExposedPort(8000, "http://127.0.0.1:41000/", "127.0.0.1", 41000, "channel")
+    hub = JupyterServer("/user/ada/", proxy=True)
+    proxied = preview_of(exposed, path="/docs", server=hub)
+    assert (proxied.src, proxied.via, proxied.base) == ("/user/ada/proxy/41000/docs", "jupyter", "/")
+    absolute = preview_of(exposed, absolute=True, server=hub)
+    assert (absolute.src, absolute.base) == ("/user/ada/proxy/absolute/41000/", "/user/ada/proxy/absolute/41000/")
+    assert "<iframe src='/user/ada/proxy/41000/docs'" in proxied._repr_html_()
+    # No proxy, no server found, or a token (the proxy would not carry it): the exposed URL itself.
+    for server in (JupyterServer("/", proxy=False), None):
+        assert preview_of(exposed, path="/docs", server=server).src == "http://127.0.0.1:41000/docs"
+    tokened = ExposedPort(8000, "http://h:41000/?pydantic_deep_token=" + "t" * 20, "0.0.0.0", 41000, "channel",
+                          "t" * 20)
+    direct = preview_of(tokened, server=hub)
+    assert (direct.via, direct.src) == ("direct", "http://h:41000/?pydantic_deep_token=" + "t" * 20)
+    with pytest.raises(InvalidArgumentError, match="path must start with '/'"):
+        preview_of(exposed, path="docs")

@@ -111,9 +111,11 @@ class _Tunnel:
     """One accepted connection, carried to the sandbox's port as a stream of the channel."""
 
     def __init__(self, channel: SupervisorChannel, port: int, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, on_traffic: Callable[[], object] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.channel, self.port, self.reader, self.writer = channel, port, reader, writer
+        self.on_traffic = on_traffic
+        self.last_traffic = 0.0
         self.stream_id = 0
         self.credit = protocol.PORT_WINDOW  # bytes that may go to the sandbox before it acknowledges some
         self.credit_came = asyncio.Event()
@@ -134,6 +136,7 @@ class _Tunnel:
             return
         if kind == protocol.PORT_DATA:
             self.received = True
+            self._traffic()
             self.writer.write(payload)
             self.to_ack += len(payload)
             if not self.acking:
@@ -200,6 +203,7 @@ class _Tunnel:
             while True:
                 if data:
                     self.first = self.first or data
+                    self._traffic()
                     self.credit -= len(data)
                     self._send(protocol.PORT_DATA, data)
                 while self.credit <= 0:
@@ -213,6 +217,13 @@ class _Tunnel:
             self._finish_if_ended()
         except (ConnectionError, OSError):
             self._abort()
+
+    def _traffic(self) -> None:
+        """Bytes moved: the sandbox is in use (said at most once a second)."""
+        now = self.loop.time()
+        if self.on_traffic is not None and now - self.last_traffic >= 1.0:
+            self.last_traffic = now
+            self.on_traffic()
 
     def _send(self, kind: int, payload: bytes = b"") -> None:
         try:
@@ -292,8 +303,9 @@ class _Request:
 class _Forward:
     """One listener on the host for one port of the sandbox."""
 
-    def __init__(self, open_channel: Callable[[], SupervisorChannel], port: int, token: str | None) -> None:
-        self.open_channel, self.port, self.token = open_channel, port, token
+    def __init__(self, open_channel: Callable[[], SupervisorChannel], port: int, token: str | None,
+                 on_traffic: Callable[[], object] | None) -> None:
+        self.open_channel, self.port, self.token, self.on_traffic = open_channel, port, token, on_traffic
         self.server: asyncio.Server | None = None
         self.cookie = ""
         self.tunnels: set[asyncio.Task[None]] = set()
@@ -322,7 +334,7 @@ class _Forward:
             except SandboxError as exc:
                 writer.write(_http_response(502, "Bad Gateway", f"pydantic-deep: {exc}\n"))
                 return
-            await _Tunnel(channel, self.port, reader, writer).run(head)
+            await _Tunnel(channel, self.port, reader, writer, self.on_traffic).run(head)
         except (ConnectionError, OSError, asyncio.CancelledError):  # cancelled: the listener closes
             pass
         finally:
@@ -380,9 +392,11 @@ class PortForwards:
             without a token, a port is given as it is, with no listener of ours in between.
     """
 
-    def __init__(self, open_channel: Callable[[], SupervisorChannel], *, direct: bool = False) -> None:
+    def __init__(self, open_channel: Callable[[], SupervisorChannel], *, direct: bool = False,
+                 on_traffic: Callable[[], object] | None = None) -> None:
         self._open_channel = open_channel
         self._direct = direct
+        self._on_traffic = on_traffic
         self._forwards: dict[int, tuple[_Forward | None, ExposedPort]] = {}  # None: direct
         self._lock = threading.Lock()
 
@@ -412,7 +426,7 @@ class PortForwards:
                 exposed = ExposedPort(port, _url("127.0.0.1", port, None), "127.0.0.1", port, "direct")
                 self._forwards[port] = (None, exposed)
                 return exposed
-            forward = _Forward(self._open_channel, port, token)
+            forward = _Forward(self._open_channel, port, token, self._on_traffic)
             loop = _forwarding_loop()
             try:
                 bound = asyncio.run_coroutine_threadsafe(forward.listen(host, host_port or 0), loop).result()

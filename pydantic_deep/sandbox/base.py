@@ -407,12 +407,18 @@ class SandboxBase(abc.ABC):
     def _port_forwards(self) -> PortForwards:
         with self._activity_lock:
             if self._ports is None:
-                self._ports = PortForwards(self._channel_for_connection, direct=not self.isolated)
+                self._ports = PortForwards(self._channel_for_connection, direct=not self.isolated,
+                                           on_traffic=self._used_by_port)
             return self._ports
 
     def _channel_for_connection(self) -> SupervisorChannel:
-        self.last_used = time.monotonic()  # a connection to a port is a use: the sandbox is not idle
+        self._used_by_port()
         return self._stream_channel()
+
+    def _used_by_port(self) -> None:
+        """A connection to a port opened, or moved bytes: the sandbox is in use, not idle (an open
+        connection that moves nothing, a quiet WebSocket, does not keep it from idling)."""
+        self.last_used = time.monotonic()
 
     @abc.abstractmethod
     def _stream_channel(self) -> SupervisorChannel:
