@@ -222,6 +222,8 @@ class SandboxMagics(Magics):
                 print("No sandbox yet: the first %%sandbox cell starts one.")
             for name, sandbox in self.sandboxes.items():
                 print(f"{name}: {sandbox!r}")
+                for exposed in sandbox.exposed:
+                    print(f"  port {exposed.port}: {exposed.url}")
         elif command == "upload":
             if len(rest) != 1:
                 raise UsageError("usage: %sandbox upload PATH")
