@@ -417,3 +417,39 @@ def test_a_preview_goes_through_the_jupyter_server_when_it_has_the_proxy() -> No
     assert (direct.via, direct.src) == ("direct", "http://h:41000/?pydantic_deep_token=" + "t" * 20)
     with pytest.raises(InvalidArgumentError, match="path must start with '/'"):
         preview_of(exposed, path="docs")
+
+
+def test_the_preview_magic_starts_the_app_and_shows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from pydantic_deep.sandbox.preview import Preview, find_jupyter_server
+
+    find_jupyter_server.cache_clear()
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")  # as under JupyterHub: through its proxy
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "pydantic_deep")
+    try:
+        options = "-s preview-test -r python-minimal -t 60"
+        run = ('--run "mkdir -p site && cd site && echo $PYDANTIC_DEEP_PREVIEW_BASE > base.txt && '
+               'python3 -m http.server 8000"')
+        shown = ip.run_line_magic("sandbox", f"preview 8000 {options} --absolute {run}")
+        assert isinstance(shown, Preview) and shown.via == "jupyter"
+        port = shown.exposed.host_port
+        assert shown.src == shown.base == f"/user/ada/proxy/absolute/{port}/"
+        # The server started with the base in its environment, and answers through the exposed port.
+        status, body = get(shown.exposed.url + "base.txt")
+        assert (status, body) == (200, f"/user/ada/proxy/absolute/{port}/\n".encode())
+        with capture_output() as out:
+            ip.run_line_magic("sandbox", f"expose 8000 {options}")
+            ip.run_line_magic("sandbox", "status")
+        assert f"Port 8000 of 'preview-test' is at {shown.exposed.url}" in out.stdout
+        assert f"  port 8000: {shown.exposed.url}" in out.stdout
+        with pytest.raises(UsageError, match="usage: %sandbox preview PORT"):
+            ip.run_line_magic("sandbox", f"preview {options}")
+        with pytest.raises(UsageError, match="nothing listens on port 8001 after 'echo no server'"):
+            ip.run_line_magic("sandbox", 'preview 8001 -s preview-test -t 1 --run "echo no server"')
+    finally:
+        ip.run_line_magic("unload_ext", "pydantic_deep")  # stops the sandbox
+        find_jupyter_server.cache_clear()
