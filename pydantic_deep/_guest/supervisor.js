@@ -35,7 +35,7 @@ const VERSION = 1;
 const HEADER_SIZE = 9; // >BII: kind, request id, payload length
 const RUN = 1, STDIN = 2, SIGNAL = 3;
 const HELLO = 10, STDOUT = 11, STDERR = 12, EXIT = 13, ERROR = 14;
-const PORT_OPEN = 20, PORT_DATA = 21, PORT_END = 22, PORT_CLOSE = 23, PORT_ACK = 24;
+const PORT_OPEN = 30, PORT_DATA = 31, PORT_END = 32, PORT_CLOSE = 33, PORT_ACK = 34; // 20s: terminals
 const PORT_WINDOW = 1024 * 1024;
 const WAITING_SHELL = 's=; while IFS= read -r l || [ -n "$l" ]; do s="$s$l\n"; done <&3; exec 3<&-; eval "$s"';
 const IGNORING_XFSZ = "trap '' XFSZ; exec /bin/sh -c \"$1\" sh";
