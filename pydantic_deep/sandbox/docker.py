@@ -1231,6 +1231,7 @@ class DockerSandbox(SandboxBase):
             + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
             "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
             **({"Node": self.node} if self.node is not None else {}),
+            **({"Ports": ", ".join(f"{item.port} at {item.url}" for item in self.exposed)} if self.exposed else {}),
         }
         return field_table("DockerSandbox", rows)
 
