@@ -453,3 +453,24 @@ def test_the_preview_magic_starts_the_app_and_shows_it(monkeypatch: pytest.Monke
     finally:
         ip.run_line_magic("unload_ext", "pydantic_deep")  # stops the sandbox
         find_jupyter_server.cache_clear()
+
+
+def test_a_dead_channel_ends_its_connections_and_the_next_one_gets_a_new_channel() -> None:
+    with DockerSandbox("python-minimal") as box:
+        box.execute("head -c 50000000 /dev/zero > big && nohup python3 -m http.server 8000 >/dev/null 2>&1 &")
+        url = urllib.parse.urlsplit(box.expose(8000))
+        poll_until(lambda: box.listening(8000), "the server listens", timeout=30)
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        connection.request("GET", "/big")
+        response = connection.getresponse()
+        assert response.status == 200 and response.read(1 << 20)
+        # The supervisor dies (as the OOM killer or a `pkill` could do it): the download ends short,
+        # rather than hanging.
+        kill = ('for p in /proc/[0-9]*; do [ "${p#/proc/}" != $$ ] && grep -qs supervisor.py $p/cmdline && '
+                'kill -9 "${p#/proc/}"; done; true')
+        assert box._engine().containers.get(box.container_id).exec_run(["sh", "-c", kill]).exit_code == 0
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        connection.close()
+        # The next connection re-opens the channel and the server (which outlived it) answers.
+        assert poll_until(lambda: get(url.geturl())[0] == 200, "a new connection answers", timeout=30)
