@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -200,8 +201,6 @@ def test_a_100_mb_download_streams_with_the_hosts_memory_bounded(web: DockerSand
     before = memory("VmRSS")
     # The client reads nothing for a while: without flow control the sandbox would push the body
     # into the host's memory meanwhile (tried: 29 MB in 2 s on a busy 2-core machine, 45 in 3).
-    import time
-
     time.sleep(3)
     received = 0
     block = bytes(range(256)) * 256
@@ -474,3 +473,20 @@ def test_a_dead_channel_ends_its_connections_and_the_next_one_gets_a_new_channel
         connection.close()
         # The next connection re-opens the channel and the server (which outlived it) answers.
         assert poll_until(lambda: get(url.geturl())[0] == 200, "a new connection answers", timeout=30)
+
+
+def test_a_client_that_speaks_late_to_a_port_nothing_listens_on_gets_the_reason(web: DockerSandbox) -> None:
+    import socket
+
+    url = urllib.parse.urlsplit(web.expose(8998))
+    with socket.create_connection((url.hostname, url.port), timeout=30) as client:
+        # A slow client: the sandbox refuses the stream before the request comes, which still gets
+        # a readable 502 (a browser's, a page that retries).
+        time.sleep(0.1)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway") and b"http-equiv='refresh'" in answer
+    assert b"nothing listens on port 8998 in the sandbox" in answer
+    web.unexpose(8998)

@@ -125,6 +125,7 @@ class _Tunnel:
         self.received = False  # the sandbox sent data
         self.closed_by_sandbox = False
         self.first = b""  # the client's first bytes: an HTTP request gets a readable error
+        self.first_came = asyncio.Event()
         self.done = self.loop.create_future()
 
     def stream_frame(self, kind: int, payload: bytes) -> None:
@@ -169,9 +170,9 @@ class _Tunnel:
 
     async def _closed_by_sandbox(self, error: str | None) -> None:
         if error and not self.received:
-            if not self.first:  # the client's request may not have been read yet
-                with contextlib.suppress(TimeoutError, ConnectionError, OSError):
-                    self.first = await asyncio.wait_for(self.reader.read(_READ_SIZE), 0.5)
+            if not self.first:  # the client's request may not have been read yet (the pump reads it)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.first_came.wait(), 0.5)
             if _HTTP_METHODS.match(self.first):
                 self.writer.write(_bad_gateway(error, browser=b"text/html" in self.first))
         self._finish()
@@ -181,7 +182,8 @@ class _Tunnel:
         try:
             self.stream_id = self.channel.open_stream(self.port, self)
         except ChannelClosedError as exc:
-            self.first = head
+            with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+                self.first = head or await asyncio.wait_for(self.reader.read(_READ_SIZE), 0.5)
             await self._closed_by_sandbox(str(exc))
             return
         pump = self.loop.create_task(self._pump(head))
@@ -202,7 +204,9 @@ class _Tunnel:
             data = head
             while True:
                 if data:
-                    self.first = self.first or data
+                    if not self.first:
+                        self.first = data
+                        self.first_came.set()
                     self._traffic()
                     self.credit -= len(data)
                     self._send(protocol.PORT_DATA, data)
