@@ -28,7 +28,7 @@ from pydantic_deep.engine.client import docker_client
 RUNTIME = "python-minimal"
 NODE_RUNTIME = "node-minimal"
 GROUPS = ("echo", "concurrency", "start", "disk", "network", "files", "output", "idle", "sessions", "node", "snapshots",
-          "cluster")
+          "cluster", "preview")
 ROWS: list[tuple[str, str, str, str, str]] = []
 
 
@@ -551,6 +551,73 @@ def bench_cluster(users: int, calls: int) -> None:
         swarm.down()
 
 
+def _http_get(host: str, port: int, path: str) -> int:
+    """One GET on a new connection (as http.server, HTTP/1.0, serves them); the body's size."""
+    import http.client
+
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        size = 0
+        while chunk := response.read(1 << 20):
+            size += len(chunk)
+        assert response.status == 200, response.status
+        return size
+    finally:
+        connection.close()
+
+
+def bench_preview(requests: int) -> None:
+    """A port exposed over the execution channel (the sandbox's network off) against the same server
+    in a container of the same image on Docker's bridge, its port published with -p: request
+    latency (a small page, a new connection each) and a 100 MB download."""
+    import urllib.parse
+
+    size = 100 * 2**20
+    serve = f"cd /tmp && head -c {size} /dev/zero > big && echo hi > small && exec python3 -m http.server 8000"
+    client = docker_client()
+    with DockerSandbox(RUNTIME, network=False) as sandbox:
+        sandbox.execute(f"nohup sh -c '{serve}' > /dev/null 2>&1 &")
+        url = urllib.parse.urlsplit(sandbox.expose(8000))
+        published = client.containers.run(sandbox.image, ["sh", "-c", serve], detach=True, remove=True,
+                                          ports={"8000/tcp": ("127.0.0.1", None)},
+                                          labels={"pydantic-deep.bench": "preview"})
+        try:
+            published.reload()
+            host_port = int(published.ports["8000/tcp"][0]["HostPort"])
+            targets = {"tunnel": ("127.0.0.1", url.port), "published": ("127.0.0.1", host_port)}
+            for host, port in targets.values():  # both up, and warm
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        _http_get(host, port, "/small")
+                        break
+                    except (OSError, AssertionError):
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+            latency = {name: statistics.median(timed(lambda t=target: _http_get(*t, "/small"), requests))
+                       for name, target in targets.items()}
+            seconds = {}
+            before = reset_peak_rss()
+            for name, target in targets.items():
+                started = time.perf_counter()
+                assert _http_get(*target, "/big") == size
+                seconds[name] = time.perf_counter() - started
+                if name == "tunnel":
+                    rss_growth = peak_rss_growth_mb(before)
+        finally:
+            published.remove(force=True)
+    row(f"exposed port: GET of a small page on a new connection, p50 of {requests} (vs a published -p port)",
+        f"{latency['tunnel'] * 1e3:.2f} ms", f"{latency['published'] * 1e3:.2f} ms",
+        f"{latency['tunnel'] / latency['published']:.2f}x the baseline", "")
+    row("exposed port: 100 MB download throughput (vs a published -p port)",
+        f"{size / 2**20 / seconds['tunnel']:.0f} MB/s", f"{size / 2**20 / seconds['published']:.0f} MB/s",
+        f"{seconds['published'] / seconds['tunnel']:.2f}x the baseline's speed", "")
+    row("exposed port: 100 MB download, host peak RSS growth", f"{rss_growth:.1f} MB", "", "", "bounded (window)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer calls and sandboxes")
@@ -579,6 +646,7 @@ def main() -> None:
         "node": lambda: bench_node(calls),
         "snapshots": lambda: bench_snapshots(3 if args.quick else 5),
         "cluster": lambda: bench_cluster(20 if args.quick else 60, calls),
+        "preview": lambda: bench_preview(100 if args.quick else 300),
     }
     for name in args.only or GROUPS:
         groups[name]()

@@ -35,6 +35,7 @@ from .errors import (
     UnknownRuntimeError,
 )
 from .execution.channel import CommandStream
+from .execution.ports import ExposedPort
 from .execution.terminal import Terminal
 from .images.certs import CaBundle, resolve_ca_bundle
 from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
@@ -61,6 +62,7 @@ __all__ = [
     "DockerSandbox",
     "DockerUnavailableError",
     "ExecuteResult",
+    "ExposedPort",
     "FileInfo",
     "ImageBuildError",
     "ImageNotAvailableError",

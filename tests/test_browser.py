@@ -112,6 +112,76 @@ def test_dashboard_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> N
 
 
 
+VITE_APP = """\
+mkdir -p app/node_modules && cd app
+ln -sfn /usr/local/lib/node_modules/react /usr/local/lib/node_modules/react-dom node_modules/
+cat > vite.config.js <<'END'
+export default {
+  base: process.env.PYDANTIC_DEEP_PREVIEW_BASE || "/",
+  server: { host: "127.0.0.1", port: 5173, strictPort: true },
+};
+END
+cat > index.html <<'END'
+<!doctype html><html><body><div id="root"></div><script type="module" src="/main.jsx"></script></body></html>
+END
+cat > main.jsx <<'END'
+import React from "react";
+import { createRoot } from "react-dom/client";
+import App from "./App.jsx";
+const root = createRoot(document.getElementById("root"));
+root.render(<App />);
+if (import.meta.hot) import.meta.hot.accept("./App.jsx", (next) => root.render(<next.default />));
+END
+cat > App.jsx <<'END'
+import React from "react";
+export default function App() { return <h1 id="message">Hello v1 MARK</h1>; }
+END
+"""
+
+
+@pytest.mark.preview
+def test_a_vite_app_previewed_under_its_cell_updates_without_a_reload(lab: tuple[str, Path], tmp_path: Path) -> None:
+    """%sandbox preview shows a Vite React dev server of a node-react sandbox (network off) in an
+    iframe routed through the Jupyter server (jupyter-server-proxy); an edit inside the sandbox
+    reaches the page by hot module replacement over the proxied WebSocket, without a reload."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, root = lab
+    mark = uuid.uuid4().hex
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    notebook.cells = [nbformat.v4.new_code_cell("%load_ext pydantic_deep\n"
+                                                "%config SandboxMagics.runtime = 'node-react'"),
+                      nbformat.v4.new_code_cell("%%sandbox --shell\n" + VITE_APP.replace("MARK", mark)),
+                      nbformat.v4.new_code_cell('%sandbox preview 5173 --absolute --run "cd app && npx vite"')]
+    nbformat.write(notebook, root / "preview.ipynb")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url.replace("dashboard.ipynb", "preview.ipynb"))
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            expect(page.locator("text=Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
+            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=30_000)
+            iframe = page.locator(".pydantic-deep-preview iframe")
+            expect(iframe).to_be_visible(timeout=300_000)
+            assert "/proxy/absolute/" in (iframe.get_attribute("src") or "")  # through the Jupyter server
+            message = page.frame_locator(".pydantic-deep-preview iframe").locator("#message")
+            expect(message).to_have_text(f"Hello v1 {mark}", timeout=120_000)
+            frame = next(f for f in page.frames if "/proxy/absolute/" in f.url)
+            frame.evaluate("window.__keptAcrossUpdates = 42")
+            # The edit, made inside the sandbox (found by the mark its app carries).
+            [box] = [c for c in docker_client().containers.list(filters={"label": "pydantic-deep.runtime=node-react"})
+                     if mark in c.exec_run(["sh", "-c", "cat app/App.jsx 2>/dev/null"]).output.decode()]
+            assert box.exec_run(["sed", "-i", "s/Hello v1/Hello v2/", "app/App.jsx"]).exit_code == 0
+            expect(message).to_have_text(f"Hello v2 {mark}", timeout=60_000)
+            assert frame.evaluate("window.__keptAcrossUpdates") == 42  # the same page: not reloaded
+            page.screenshot(path=str(Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path)) / "preview.png"))
+        finally:
+            browser.close()
+
+
 @pytest.mark.terminal
 def test_terminal_and_monitor_charts_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright

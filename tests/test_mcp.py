@@ -68,7 +68,7 @@ async def test_stdio_client_runs_commands_moves_files_and_gets_images() -> None:
     async with Client(server) as client:
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert tools == {"execute", "ls", "read_file", "read_upload", "write_file", "edit_file", "glob", "grep",
-                         "upload_file", "sandbox_runtime"}
+                         "expose_port", "upload_file", "sandbox_runtime"}
 
         progress: list[str | None] = []
 

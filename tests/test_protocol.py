@@ -423,3 +423,150 @@ def test_a_terminal_of_a_bad_size_is_refused(driver: Driver) -> None:
     driver.send(protocol.TERMINAL, 1, {"command": None, "cols": 0, "rows": 24})
     kind, rid, payload = driver.read()
     assert (kind, rid) == (protocol.ERROR, 1) and "size" in json.loads(payload)["message"]
+
+
+# -- ports: streams to TCP ports on the supervisor's loopback (issue 15) -------------------------
+
+# A server for the port tests, as each supervisor's language writes it: it prints its port, then per
+# connection reads a first line; "blast N" gets N bytes and the end, anything else is echoed (the
+# line too) until the client's end, which it answers with its own.
+PORT_SERVERS = {
+    "python": """python3 -u -c '
+import socket, threading
+def serve(c):
+    line = b""
+    while not line.endswith(b"\\n"):
+        byte = c.recv(1)
+        if not byte:
+            break
+        line += byte
+    if line.startswith(b"blast "):
+        c.sendall(b"x" * int(line.split()[1]))
+    else:
+        c.sendall(line)
+        while True:
+            data = c.recv(65536)
+            if not data:
+                break
+            c.sendall(data)
+    c.shutdown(socket.SHUT_WR)
+    c.close()
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(64)
+print(s.getsockname()[1])
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+'""",
+    "node": """node -e '
+require("net").createServer({ allowHalfOpen: true }, (s) => {
+  let head = Buffer.alloc(0), mode = null;
+  s.on("data", (d) => {
+    if (mode === "echo") return void s.write(d);
+    head = Buffer.concat([head, d]);
+    const end = head.indexOf(10);
+    if (end < 0) return;
+    const line = head.subarray(0, end).toString();
+    mode = line.startsWith("blast ") ? "blast" : "echo";
+    if (mode === "blast") s.end(Buffer.alloc(Number(line.split(" ")[1]), "x"));
+    else s.write(head);
+  });
+  s.on("end", () => { if (mode !== "blast") s.end(); });
+  s.on("error", () => {});
+}).listen(0, "127.0.0.1", function () { console.log(this.address().port); });
+'""",
+}
+
+
+def start_port_server(driver: Driver, request_id: int) -> int:
+    driver.run(request_id, PORT_SERVERS[driver.kind], timeout=None, max_output=None)
+    line = b""
+    while not line.endswith(b"\n"):
+        kind, rid, payload = driver.read()
+        assert (kind, rid) == (protocol.STDOUT, request_id), payload
+        line += payload
+    return int(line)
+
+
+def open_stream(driver: Driver, stream_id: int, port: int) -> None:
+    driver.send(protocol.PORT_OPEN, stream_id, {"port": port})
+
+
+def test_a_port_stream_carries_bytes_both_ways_and_ends_both_ways(driver: Driver) -> None:
+    port = start_port_server(driver, 1)
+    open_stream(driver, 7, port)
+    driver.send(protocol.PORT_DATA, 7, b"hello\n")
+    driver.send(protocol.PORT_DATA, 7, b"more")
+    driver.send(protocol.PORT_END, 7)
+    received, acked, ended = b"", 0, False
+    while not ended:
+        kind, rid, payload = driver.read()
+        assert rid == 7, (kind, rid, payload)
+        if kind == protocol.PORT_DATA:
+            received += payload
+        elif kind == protocol.PORT_ACK:
+            acked += protocol.ACK.unpack(payload)[0]
+        else:
+            assert kind == protocol.PORT_END, (kind, payload)
+            ended = True
+    assert received == b"hello\nmore"
+    # Everything the host sent was written to the socket and acknowledged (the last ACK may come
+    # just after END); the stream is then forgotten: a second one gets a server of its own.
+    while acked < 10:
+        kind, rid, payload = driver.read()
+        assert (kind, rid) == (protocol.PORT_ACK, 7)
+        acked += protocol.ACK.unpack(payload)[0]
+    assert acked == 10
+    open_stream(driver, 8, port)
+    driver.send(protocol.PORT_DATA, 8, b"blast 3\n")
+    frames = [driver.read(), driver.read(), driver.read()]
+    assert sorted(frames) == sorted([(protocol.PORT_ACK, 8, protocol.ACK.pack(8)), (protocol.PORT_DATA, 8, b"xxx"),
+                                     (protocol.PORT_END, 8, b"")])
+
+
+def test_a_port_stream_sends_no_more_than_its_window_until_acknowledged(driver: Driver) -> None:
+    port = start_port_server(driver, 1)
+    size = 3 * protocol.PORT_WINDOW
+    open_stream(driver, 5, port)
+    driver.send(protocol.PORT_DATA, 5, f"blast {size}\n".encode())
+    received = 0
+
+    def take_until_quiet() -> None:
+        nonlocal received
+        while True:
+            try:
+                frame = driver.frames.get(timeout=1.0)  # the window is full once nothing comes for a second
+            except queue.Empty:
+                return
+            assert frame is not None
+            kind, rid, payload = frame
+            if kind == protocol.PORT_DATA:
+                received += len(payload)
+
+    take_until_quiet()
+    assert received == protocol.PORT_WINDOW
+    driver.send(protocol.PORT_ACK, 5, protocol.ACK.pack(100_000))
+    take_until_quiet()
+    assert received == protocol.PORT_WINDOW + 100_000
+    driver.send(protocol.PORT_ACK, 5, protocol.ACK.pack(size))  # all the rest may come
+    while received < size:
+        kind, rid, payload = driver.read()
+        if kind == protocol.PORT_DATA:
+            received += len(payload)
+    assert received == size
+    assert driver.read() == (protocol.PORT_END, 5, b"")
+
+
+def test_a_port_nothing_listens_on_is_closed_with_a_reason(driver: Driver) -> None:
+    open_stream(driver, 3, 1)  # tcpmux: nothing listens there
+    kind, rid, payload = driver.read()
+    assert (kind, rid) == (protocol.PORT_CLOSE, 3)
+    assert "nothing listens on port" in json.loads(payload)["error"]
+    driver.send(protocol.PORT_OPEN, 4, {"port": 70000})
+    kind, rid, payload = driver.read()
+    assert (kind, rid) == (protocol.PORT_CLOSE, 4) and "out of range" in json.loads(payload)["error"]
+    # Frames for streams the supervisor does not know are ignored; commands go on.
+    driver.send(protocol.PORT_DATA, 99, b"stray")
+    driver.send(protocol.PORT_ACK, 99, protocol.ACK.pack(1))
+    assert driver.execute(5, "echo still here").stdout == b"still here\n"
+

@@ -47,6 +47,8 @@ const TERMINAL_FRAMES = [TERMINAL, TERMINAL_INPUT, TERMINAL_RESIZE, TERMINAL_CLO
 // /etc/profile would replace the image's PATH).
 const TERMINAL_SHELL = "if [ -x /bin/bash ]; then exec /bin/bash -i; else exec /bin/sh -i; fi";
 const TERMINAL_TYPE = "xterm-256color";
+const PORT_OPEN = 30, PORT_DATA = 31, PORT_END = 32, PORT_CLOSE = 33, PORT_ACK = 34; // 20s: terminals
+const PORT_WINDOW = 1024 * 1024;
 const WAITING_SHELL = 's=; while IFS= read -r l || [ -n "$l" ]; do s="$s$l\n"; done <&3; exec 3<&-; eval "$s"';
 const IGNORING_XFSZ = "trap '' XFSZ; exec /bin/sh -c \"$1\" sh";
 const SCRIPT_PIPE_LIMIT = 1024;
@@ -270,6 +272,7 @@ class Supervisor {
     this.sparesComing = 0; // waiting shells being spawned
     this.waiting = []; // commands that wait for one
     this.paused = false; // commands' output is not read while the host is slow to take frames
+    this.ports = new Ports((kind, id, payload) => this.send(kind, id, payload));
     hostOut.on("drain", () => this.pauseOutput(false));
     hostOut.on("error", () => this.shutDown());
     hostIn.on("data", (chunk) => this.readHost(chunk));
@@ -327,6 +330,10 @@ class Supervisor {
   }
 
   handle(kind, requestId, payload) {
+    if (kind >= PORT_OPEN && kind <= PORT_ACK) {
+      this.ports.handle(kind, requestId, payload);
+      return;
+    }
     const early = this.starting.get(requestId);
     if (early !== undefined && kind !== RUN) {
       early.push([kind, payload]);
@@ -773,6 +780,120 @@ function windowSizeError(cols, rows) {
 
 function shellQuote(text) {
   return `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+// -- ports ------------------------------------------------------------------------------------------
+
+class Ports {
+  // Connections to TCP ports on the container's loopback, each carried to the host as a stream of
+  // PORT_* frames (see supervisor.py's docstring), with the same window of unacknowledged bytes.
+  constructor(send) {
+    this.send = send;
+    this.streams = new Map(); // by stream id
+  }
+
+  handle(kind, id, payload) {
+    if (kind === PORT_OPEN) {
+      this.open(id, payload);
+      return;
+    }
+    const stream = this.streams.get(id);
+    if (stream === undefined) return; // forgotten already (closed): the host learns it from our CLOSE
+    if (kind === PORT_DATA) {
+      if (stream.connected) this.write(stream, payload);
+      else stream.early.push(payload); // until the connection is up (at most a window of it)
+    } else if (kind === PORT_ACK) {
+      stream.credit += payload.readUInt32BE(0);
+      if (stream.credit > 0) stream.socket.resume();
+    } else if (kind === PORT_END) {
+      stream.gotEnd = true;
+      if (stream.connected) stream.socket.end(); // after what was written; 'finish' follows
+    } else if (kind === PORT_CLOSE) {
+      this.forget(stream);
+    }
+  }
+
+  write(stream, payload) {
+    stream.socket.write(payload, () => {
+      if (this.streams.get(stream.id) === stream) this.send(PORT_ACK, stream.id, ack(payload.length));
+    });
+  }
+
+  open(id, payload) {
+    let port;
+    try {
+      port = Number(JSON.parse(payload.toString()).port);
+      if (!Number.isInteger(port) || port <= 0 || port >= 65536) throw new Error(`port ${port} is out of range`);
+    } catch (error) {
+      this.closeWith(id, `cannot open the stream: ${error.message}`);
+      return;
+    }
+    const stream = { id, port, socket: null, credit: PORT_WINDOW, connected: false, early: [], gotEnd: false,
+      sentEnd: false, shut: false };
+    this.streams.set(id, stream);
+    this.connect(stream, ["127.0.0.1", "::1"], null); // IPv4, then IPv6 (Vite's default), as supervisor.py
+  }
+
+  connect(stream, addresses, firstError) {
+    const socket = net.connect({ port: stream.port, host: addresses[0], allowHalfOpen: true, noDelay: true });
+    stream.socket = socket;
+    socket.on("connect", () => {
+      stream.connected = true;
+      for (const chunk of stream.early) this.write(stream, chunk);
+      stream.early = [];
+      if (stream.gotEnd) socket.end();
+    });
+    socket.on("data", (chunk) => {
+      if (chunk.length > stream.credit) { // the socket read past the window: the rest waits in its buffer
+        socket.pause();
+        socket.unshift(chunk.subarray(stream.credit));
+        chunk = chunk.subarray(0, stream.credit);
+      }
+      if (chunk.length) {
+        stream.credit -= chunk.length;
+        this.send(PORT_DATA, stream.id, chunk);
+      }
+      if (stream.credit <= 0) socket.pause();
+    });
+    socket.on("end", () => {
+      stream.sentEnd = true;
+      this.send(PORT_END, stream.id);
+      this.forgetIfDone(stream);
+    });
+    socket.on("finish", () => {
+      stream.shut = true;
+      this.forgetIfDone(stream);
+    });
+    socket.on("error", (error) => {
+      if (this.streams.get(stream.id) !== stream || stream.socket !== socket) return;
+      if (!stream.connected && addresses.length > 1) {
+        this.connect(stream, addresses.slice(1), firstError || error);
+        return;
+      }
+      this.closeWith(stream.id, stream.connected ? `the connection to the sandbox's port broke (${error.message})`
+        : `nothing listens on port ${stream.port} in the sandbox (${(firstError || error).code || error.message})`);
+      this.forget(stream);
+    });
+  }
+
+  closeWith(id, message) {
+    this.send(PORT_CLOSE, id, Buffer.from(JSON.stringify({ error: message })));
+  }
+
+  forgetIfDone(stream) {
+    if (stream.sentEnd && stream.shut) this.forget(stream);
+  }
+
+  forget(stream) {
+    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    stream.socket.destroy();
+  }
+}
+
+function ack(count) {
+  const payload = Buffer.allocUnsafe(4);
+  payload.writeUInt32BE(count, 0);
+  return payload;
 }
 
 class Spawner {

@@ -34,6 +34,18 @@ A terminal's output comes in STDOUT frames (a terminal has one stream), and its 
 (``timed_out``, ``dropped`` and ``oom_killed`` always false or 0) when its process exits; what the
 process left in the background keeps running, as after a logout, until TERMINAL_CLOSE or the end of
 the host's stream.
+Ports (``kubectl port-forward``'s way): the host carries each TCP connection it accepts for a port of
+the sandbox as a stream of frames, whose id (a request id the host picks) names it both ways. The
+supervisor connects to the port on the container's loopback, so this works with the network off.
+    PORT_OPEN    host to supervisor, JSON ``{"port": n}``: connect to 127.0.0.1:n (else [::1]:n).
+    PORT_DATA    both ways, the stream's bytes. A side has at most ``PORT_WINDOW`` bytes of a stream
+                 sent and not yet acknowledged: memory stays bounded however fast the other side is.
+    PORT_ACK     both ways, ``>I`` n: the receiver wrote n bytes of the stream out; n more may come.
+    PORT_END     both ways: the sender sends no more data (its socket read end of file); the receiver
+                 shuts down writing once what it holds is written.
+    PORT_CLOSE   both ways, JSON ``{"error": text}`` or empty: the stream is gone (nothing listens,
+                 a reset); no frame follows for it.
+A side forgets a stream once it has sent and received PORT_END, or sent or received PORT_CLOSE.
 
 Out of memory: the kernel counts, per cgroup, the processes its OOM killer killed (cgroup v2's
 ``memory.events``, v1's ``memory.oom_control``: field ``oom_kill``). The count is the container's,
@@ -57,6 +69,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import struct
 import sys
 import termios
@@ -72,6 +85,11 @@ TERMINAL_FRAMES = (TERMINAL, TERMINAL_INPUT, TERMINAL_RESIZE, TERMINAL_CLOSE)
 # /etc/profile would replace the image's PATH).
 _TERMINAL_SHELL = b'if [ -x /bin/bash ]; then exec /bin/bash -i; else exec /bin/sh -i; fi'
 _TERMINAL_TYPE = b"xterm-256color"
+PORT_OPEN, PORT_DATA, PORT_END, PORT_CLOSE, PORT_ACK = 30, 31, 32, 33, 34  # 20s: terminals
+PORT_FRAMES = frozenset((PORT_OPEN, PORT_DATA, PORT_END, PORT_CLOSE, PORT_ACK))
+PORT_WINDOW = 1024 * 1024
+ACK = struct.Struct(">I")
+_PORT_READ_SIZE = 256 * 1024  # per read from a port's socket: fewer, larger frames
 _READ_SIZE = 65536
 # The waiting shell: reads the command from fd 3 line by line (no other process is started),
 # closes fd 3 so the command does not inherit it, and evaluates it as `sh -c` would.
@@ -183,6 +201,40 @@ def _session_members(session: int) -> list[int]:
         if len(fields) > 3 and int(fields[3]) == session:
             members.append(int(entry))
     return members
+class _Stream:
+    """One connection to a port of the sandbox, carried to the host as a stream (see PORT_* above)."""
+
+    def __init__(self, stream_id: int, sock: socket.socket) -> None:
+        self.id, self.sock = stream_id, sock
+        self.outgoing = bytearray()  # from the host, not yet written to the socket
+        self.credit = PORT_WINDOW  # bytes that may still go to the host before it acknowledges some
+        self.sent_end = False  # the socket read end of file, and the host was told
+        self.got_end = False  # the host sends no more: shut down writing once outgoing is written
+        self.shut = False  # writing is shut down
+        self.events = 0  # what the selector watches the socket for
+
+
+def _connect_loopback(port: int) -> socket.socket:
+    """A connection to ``port`` on the container's loopback: IPv4 first, then IPv6 (Vite's default)."""
+    failure: OSError | None = None
+    for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # no IPv6 in this container
+            failure = failure or exc
+            continue
+        try:
+            sock.settimeout(5)  # on loopback a connect is answered at once, unless the backlog is full
+            sock.connect((address, port))
+        except OSError as exc:
+            sock.close()
+            failure = failure or exc
+            continue
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    assert failure is not None
+    raise failure
 
 
 class Supervisor:
@@ -203,6 +255,7 @@ class Supervisor:
         self.oom_counter = _open_oom_counter()
         # Process groups of finished commands that still had members: their background jobs.
         self.leftover_groups: set[int] = set()
+        self.streams: dict[int, _Stream] = {}  # connections to ports, by stream id
         wake_read, wake_write = os.pipe()
         for fd in (wake_read, wake_write):
             os.set_blocking(fd, False)
@@ -229,7 +282,9 @@ class Supervisor:
                 if role == "host" and not self._read_host():
                     self._kill_all()
                     return
-                if role == "wake":
+                if role == "port":
+                    self._port_ready(command, events)
+                elif role == "wake":
                     self._drain_wakeups(key.fd)
                 elif role in ("stdout", "stderr"):
                     self._read_output(key.fd, role, command)
@@ -257,6 +312,9 @@ class Supervisor:
         return True
 
     def _handle(self, kind: int, request_id: int, payload: bytes) -> None:
+        if kind in PORT_FRAMES:
+            self._port_frame(kind, request_id, payload)
+            return
         command = self.commands.get(request_id)
         if kind == RUN:
             self._start(request_id, json.loads(payload))
@@ -270,6 +328,115 @@ class Supervisor:
             self._signal(command, json.loads(payload)["signal"])
         elif kind in TERMINAL_FRAMES:
             self._handle_terminal(kind, request_id, payload)
+
+    # -- ports (streams to TCP ports on the container's loopback) -----------------------------
+
+    def _port_frame(self, kind: int, stream_id: int, payload: bytes) -> None:
+        if kind == PORT_OPEN:
+            self._port_open(stream_id, payload)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return  # a stream this side forgot already (closed): the host learns it from our CLOSE
+        if kind == PORT_DATA:
+            stream.outgoing += payload
+            self._port_write(stream)
+        elif kind == PORT_ACK:
+            stream.credit += ACK.unpack(payload)[0]
+        elif kind == PORT_END:
+            stream.got_end = True
+            self._port_write(stream)
+        elif kind == PORT_CLOSE:
+            self._port_forget(stream)
+        if stream.id in self.streams:
+            self._port_watch(stream)
+
+    def _port_open(self, stream_id: int, payload: bytes) -> None:
+        try:
+            port = int(json.loads(payload)["port"])
+            if not 0 < port < 65536:
+                raise ValueError(f"port {port} is out of range")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.send_json(PORT_CLOSE, stream_id, {"error": f"cannot open the stream: {exc}"})
+            return
+        try:
+            sock = _connect_loopback(port)
+        except OSError as exc:
+            self.send_json(PORT_CLOSE, stream_id,
+                           {"error": f"nothing listens on port {port} in the sandbox ({exc.strerror or exc})"})
+            return
+        stream = self.streams[stream_id] = _Stream(stream_id, sock)
+        self._port_watch(stream)
+
+    def _port_ready(self, stream: _Stream, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._port_write(stream)
+        if events & selectors.EVENT_READ and stream.id in self.streams:
+            try:
+                chunk = stream.sock.recv(min(_PORT_READ_SIZE, stream.credit))
+            except BlockingIOError:
+                chunk = None
+            except OSError as exc:
+                self._port_fail(stream, exc)
+                return
+            if chunk:
+                stream.credit -= len(chunk)
+                self.send(PORT_DATA, stream.id, chunk)
+            elif chunk is not None:
+                stream.sent_end = True
+                self.send(PORT_END, stream.id)
+        if stream.id in self.streams:
+            self._port_watch(stream)
+
+    def _port_write(self, stream: _Stream) -> None:
+        """Write what the host sent to the socket, as far as it takes it, and acknowledge that."""
+        written = 0
+        try:
+            while stream.outgoing:
+                sent = stream.sock.send(stream.outgoing)
+                del stream.outgoing[:sent]
+                written += sent
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._port_fail(stream, exc)
+            return
+        if written:
+            self.send(PORT_ACK, stream.id, ACK.pack(written))
+        if stream.got_end and not stream.outgoing and not stream.shut:
+            stream.shut = True
+            try:
+                stream.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the peer closed already
+
+    def _port_watch(self, stream: _Stream) -> None:
+        """Watch the socket for what the stream waits for; forget the stream once both ways ended."""
+        if stream.sent_end and stream.shut:
+            self._port_forget(stream)
+            return
+        events = (selectors.EVENT_READ if not stream.sent_end and stream.credit > 0 else 0) | (
+            selectors.EVENT_WRITE if stream.outgoing else 0)
+        if events == stream.events:
+            return
+        if not events:
+            self.selector.unregister(stream.sock)
+        elif not stream.events:
+            self.selector.register(stream.sock, events, ("port", stream))
+        else:
+            self.selector.modify(stream.sock, events, ("port", stream))
+        stream.events = events
+
+    def _port_fail(self, stream: _Stream, exc: OSError) -> None:
+        self.send_json(PORT_CLOSE, stream.id, {"error": f"the connection to the sandbox's port broke ({exc})"})
+        self._port_forget(stream)
+
+    def _port_forget(self, stream: _Stream) -> None:
+        if stream.events:
+            self.selector.unregister(stream.sock)
+            stream.events = 0
+        stream.sock.close()
+        self.streams.pop(stream.id, None)
 
     def _spawn(self, command: bytes | None, with_stdin: bool) -> _Shell:
         """Start ``sh -c command`` in a new session; with no command, a shell that waits for one.

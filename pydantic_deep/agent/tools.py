@@ -15,10 +15,13 @@ application must hear of them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import posixpath
 import re
 import shlex
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from pathlib import PurePosixPath
@@ -38,6 +41,7 @@ from ..errors import (
     TransferInterruptedError,
 )
 from ..execution.channel import OutputCallback
+from ..execution.ports import TOKEN_HEADER
 from ..paths import UPLOADS_DIR
 from .deps import DeepAgentDeps
 from .prompt import BASE_INSTRUCTIONS, runtime_section, uploads_section
@@ -230,6 +234,39 @@ async def grep(ctx: RunContext[DeepAgentDeps], pattern: str, path: str = ".", in
     return _clip(result.stdout)
 
 
+@_failures_to_model
+async def expose_port(ctx: RunContext[DeepAgentDeps], port: int, path: str = "/") -> str:
+    """Open a port of the sandbox to the user, and check that it answers: for a web app or API you
+    started in the sandbox. Start the server first, in the background (e.g. `nohup python -m uvicorn
+    app:app --port 8000 > server.log 2>&1 &`). Works with the sandbox's network off.
+
+    Args:
+        port: The port the server listens on inside the sandbox.
+        path: The page to fetch, from the user's side, to check it (default /).
+
+    Returns:
+        The URL to give the user, and the status and start of the page fetched from it.
+    """
+    backend = ctx.deps.backend
+    url = await backend.aexpose(port)
+    token = next((item.token for item in backend.exposed if item.port == port), None)
+    check = await asyncio.to_thread(_fetch, url.split("?")[0].rstrip("/") + "/" + path.lstrip("/"), token)
+    return f"Port {port} of the sandbox is open at {url} (give the user this URL).\n{check}"
+
+
+def _fetch(url: str, token: str | None) -> str:
+    """One GET of ``url``, described for the model: status and the start of the body."""
+    request = urllib.request.Request(url, headers={TOKEN_HEADER: token} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            status, body = response.status, response.read(2000)
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read(2000)
+    except OSError as exc:
+        return f"GET {url} failed: {exc}"
+    return f"GET {url} answered {status}:\n{body.decode(errors='replace')}"
+
+
 def _environment(ctx: RunContext[DeepAgentDeps]) -> str:
     """The run's sandbox: its runtime and the files uploaded to it (made for each run)."""
     return "\n\n".join(filter(None, [runtime_section(ctx.deps), uploads_section(ctx.deps)]))
@@ -242,5 +279,5 @@ def sandbox_toolset() -> FunctionToolset[DeepAgentDeps]:
     and "Uploaded files" sections. Any agent given this toolset (``Agent(..., toolsets=[...])``,
     with ``deps_type=DeepAgentDeps``) tells its model about the sandbox.
     """
-    tools: list[Any] = [execute, ls, read_file, read_upload, write_file, edit_file, glob, grep]
+    tools: list[Any] = [execute, ls, read_file, read_upload, write_file, edit_file, glob, grep, expose_port]
     return FunctionToolset(tools, max_retries=3, instructions=[BASE_INSTRUCTIONS, _environment])

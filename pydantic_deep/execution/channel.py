@@ -40,7 +40,7 @@ from ..results import ExecuteResult, OutputChunk
 from .terminal import Terminal, checked_terminal_size
 
 __all__ = ["MAX_COMMAND_BYTES", "OOM_NOTE", "Channel", "ChannelClosedError", "CommandStream", "DockerExecChannel",
-           "ExecProcess", "OutputCallback", "Process", "RunningCommand", "SupervisorChannel"]
+           "ExecProcess", "OutputCallback", "Process", "RunningCommand", "StreamReceiver", "SupervisorChannel"]
 
 logger = logging.getLogger("pydantic_deep.channel")
 
@@ -270,6 +270,7 @@ class SupervisorChannel:
         self._state_lock = threading.Lock()
         self._closed = False
         self._hello: _Pending = _Pending(_Collector(0, None))
+        self._streams: dict[int, StreamReceiver] = {}  # connections to the sandbox's ports, by stream id
         self._reader = threading.Thread(target=self._read_loop, name=f"pydantic-deep-channel-{container_id[:12]}",
                                         daemon=True)
         self._reader.start()
@@ -419,6 +420,9 @@ class SupervisorChannel:
             if kind == protocol.HELLO:
                 self._hello.finish(result=ExecuteResult(output=payload.decode(), exit_code=0))
                 continue
+            if kind in protocol.PORT_FRAMES:
+                self._stream_frame(kind, request_id, payload)
+                continue
             pending = self._pending.get(request_id)
             if pending is None:
                 continue
@@ -472,6 +476,56 @@ class SupervisorChannel:
         self._hello.finish(error=error)
         for item in pending.values():
             item.finish(error=error)
+        self._close_streams()
+
+    # -- streams to the sandbox's ports (execution/ports.py) -------------------------------------
+
+    def open_stream(self, port: int, receiver: StreamReceiver) -> int:
+        """Connect to ``port`` on the sandbox's loopback; the stream's frames go to ``receiver``.
+
+        Returns:
+            The stream's id, for :meth:`send_stream`.
+
+        Raises:
+            ChannelClosedError: the channel is closed.
+        """
+        stream_id = next(self._ids)
+        with self._state_lock:
+            if self._closed:
+                raise ChannelClosedError("the execution channel is closed")
+            self._streams[stream_id] = receiver
+        self._send(protocol.PORT_OPEN, stream_id, json.dumps({"port": port}).encode())
+        return stream_id
+
+    def send_stream(self, stream_id: int, kind: int, payload: bytes = b"") -> None:
+        """Send a PORT_DATA, PORT_ACK, PORT_END or PORT_CLOSE frame of a stream."""
+        if kind == protocol.PORT_CLOSE:
+            self._streams.pop(stream_id, None)
+        self._send(kind, stream_id, payload)
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop a stream that ended both ways: its frames, if any come, are ignored."""
+        self._streams.pop(stream_id, None)
+
+    def _stream_frame(self, kind: int, stream_id: int, payload: bytes) -> None:
+        receiver = self._streams.get(stream_id)
+        if receiver is None:
+            return
+        if kind == protocol.PORT_CLOSE:
+            self._streams.pop(stream_id, None)
+        receiver.stream_frame(kind, payload)
+
+    def _close_streams(self) -> None:
+        with self._state_lock:
+            streams, self._streams = self._streams, {}
+        for receiver in streams.values():
+            receiver.stream_frame(protocol.PORT_CLOSE, b'{"error": "the execution channel closed"}')
+
+
+class StreamReceiver(Protocol):
+    """Where a stream's frames from the supervisor go (on the channel's reader thread: be quick)."""
+
+    def stream_frame(self, kind: int, payload: bytes) -> None: ...
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """SandboxMCPServer: the deep agent's sandbox tools, served to any MCP client.
 
 The tools are the agent's own (:func:`~pydantic_deep.agent.tools.sandbox_toolset`: execute, ls,
-read_file, read_upload, write_file, edit_file, glob, grep), called with the same logic and the same
-argument schemas, plus two that only an MCP client needs: ``upload_file`` (put a file into
+read_file, read_upload, write_file, edit_file, glob, grep, expose_port), called with the same logic
+and the same argument schemas, plus two that only an MCP client needs: ``upload_file`` (put a file into
 ``/uploads``) and ``sandbox_runtime`` (describe or change the sandbox's runtime).
 
 Each MCP session gets its own sandbox from a :class:`~pydantic_deep.sessions.SessionManager`,

@@ -12,8 +12,10 @@ Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session
 
 from __future__ import annotations
 
+import shlex
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -138,23 +140,32 @@ class SandboxMagics(Magics):
     @magic_arguments()
     @argument("subcommand", nargs="*", help="line magic only: status | runtimes | upload PATH | files [DIR] | "
                                              "restart | stop | pause | resume | snapshot [NAME] | restore NAME | "
-                                             "fork N | terminal [COMMAND]")
+                                             "fork N | expose PORT | preview PORT | terminal [COMMAND]")
     @argument("-s", "--sandbox", dest="name", help="the sandbox to use (default: the notebook's)")
     @argument("-r", "--runtime", help="the runtime to run the sandbox with")
     @argument("-t", "--timeout", type=float, help="seconds the cell may run")
     @argument("-o", "--out", help="keep the cell's result object in this variable")
     @argument("--shell", action="store_true", help="run the cell as a shell script")
     @argument("--no-raise", action="store_true", help="do not fail the cell when the code fails")
+    @argument("--run", help="preview: start the app's server with this shell command first (in the background, "
+                            "with $PYDANTIC_DEEP_PREVIEW_BASE set to the path the browser sees it under)")
+    @argument("--absolute", action="store_true", help="preview: keep the proxy's path in requests (an app told its "
+                                                      "base path, as Vite's --base)")
+    @argument("--path", default="/", help="preview: the page to open (default /)")
     @line_cell_magic
     def sandbox(self, line: str, cell: str | None = None) -> Any:
         """Run a cell inside a Docker sandbox, or (as a line magic) manage the sandbox.
 
         Cell: ``%%sandbox [-s NAME] [-r RUNTIME] [-t SECONDS] [-o VAR] [--shell] [--no-raise]``.
         Line: ``%sandbox status | runtimes | upload PATH | files [DIR] | restart | stop | pause | resume |
-        snapshot [NAME] | restore NAME | fork N | terminal [COMMAND]``. ``snapshot`` keeps the sandbox's
-        files (not its variables) under NAME; ``restore`` rolls the files back to a snapshot and restarts
-        the interpreter; ``fork N`` starts N copies, named ``<sandbox>-fork1``..., for ``%%sandbox -s``;
+        snapshot [NAME] | restore NAME | fork N | expose PORT | preview PORT [--absolute] [--run CMD] [--path P] |
+        terminal [COMMAND]``.
+        ``expose`` prints the host URL of a port of the sandbox; ``preview`` shows the app in an iframe
+        under the cell (see :meth:`SandboxBase.preview`), after starting it with ``--run``;
         ``terminal`` opens an interactive terminal on the sandbox under the cell (a shell, or COMMAND).
+        ``snapshot`` keeps the sandbox's files (not its
+        variables) under NAME; ``restore`` rolls the files back to a snapshot and restarts the
+        interpreter; ``fork N`` starts N copies, named ``<sandbox>-fork1``..., for ``%%sandbox -s``.
         """
         args = parse_argstring(self.sandbox, line)
         try:
@@ -213,6 +224,8 @@ class SandboxMagics(Magics):
                 print("No sandbox yet: the first %%sandbox cell starts one.")
             for name, sandbox in self.sandboxes.items():
                 print(f"{name}: {sandbox!r}")
+                for exposed in sandbox.exposed:
+                    print(f"  port {exposed.port}: {exposed.url}")
         elif command == "upload":
             if len(rest) != 1:
                 raise UsageError("usage: %sandbox upload PATH")
@@ -227,6 +240,10 @@ class SandboxMagics(Magics):
             print(f"Restarted the interpreter of {name!r}: its variables are gone")
         elif command == "stop":
             self.stop(args.name or self.session)
+        elif command in ("expose", "preview"):
+            if len(rest) != 1 or not rest[0].isdigit():
+                raise UsageError(f"usage: %sandbox {command} PORT")
+            return self._port_subcommand(command, int(rest[0]), args)
         elif command == "terminal":
             self._show_terminal(args.name, args.runtime, " ".join(rest) or None)
         elif command in ("pause", "resume", "snapshot", "restore", "fork"):
@@ -235,7 +252,8 @@ class SandboxMagics(Magics):
             self._container_subcommand(command, rest, args)
         else:
             raise UsageError(f"unknown subcommand {command!r}: status, runtimes, upload PATH, files [DIR], "
-                             "restart, stop, pause, resume, snapshot [NAME], restore NAME, fork N, terminal [COMMAND]")
+                             "restart, stop, pause, resume, snapshot [NAME], restore NAME, fork N, expose PORT, "
+                             "preview PORT, terminal [COMMAND]")
         return None
 
     def _show_terminal(self, name: str | None, runtime: str | None, command: str | None) -> None:
@@ -247,6 +265,29 @@ class SandboxMagics(Magics):
         widget = TerminalWidget(self.sandbox_for(name, runtime), command=command)
         self.widgets.append(widget)
         display(widget)
+
+    def _port_subcommand(self, command: str, port: int, args: Any) -> Any:
+        sandbox = self.sandbox_for(args.name, args.runtime)
+        if command == "expose":
+            print(f"Port {port} of {args.name or self.session!r} is at {sandbox.expose(port)}")
+            return None
+        preview = sandbox.preview(port, path=args.path, absolute=args.absolute)
+        if args.run:
+            run = args.run
+            if len(run) > 1 and run[0] == run[-1] and run[0] in "'\"":  # IPython keeps the quotes of an option
+                run = run[1:-1]
+            start = (f"PYDANTIC_DEEP_PREVIEW_BASE={shlex.quote(preview.base)} nohup sh -c {shlex.quote(run)} "
+                     f"> /tmp/pydantic-deep-preview-{port}.log 2>&1 &")
+            sandbox.execute(start, timeout=30)
+            deadline = time.monotonic() + (args.timeout or self.timeout)
+            while not sandbox.listening(port):
+                if time.monotonic() > deadline:
+                    log = sandbox.execute(f"tail -20 /tmp/pydantic-deep-preview-{port}.log", timeout=30).output
+                    raise UsageError(f"nothing listens on port {port} after {run!r}; its log ends with:\n{log}")
+                time.sleep(0.2)
+        if args.out:
+            self._user_ns[args.out] = preview
+        return preview
 
     def _docker_sandbox_for(self, name: str | None, runtime: str | None = None) -> DockerSandbox:
         sandbox = self.sandbox_for(name, runtime)

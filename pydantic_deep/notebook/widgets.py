@@ -15,7 +15,7 @@ import functools
 import html
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ import ipywidgets as widgets
 
 from ..engine import labels as label
 from ..engine.client import docker_client
+from ..execution.ports import ExposedPort
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
 from ..sandbox.base import SandboxBase
@@ -225,7 +226,7 @@ class SessionMonitor(_Panel):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
                      "memory": s.memory_bytes, "disk": s.disk_bytes, "disk_limit": s.disk_limit_bytes,
-                     "idle": s.idle_seconds, "container": s.container, "node": s.node,
+                     "idle": s.idle_seconds, "container": s.container, "node": s.node, "exposed": s.exposed,
                      "stop": functools.partial(manager.stop, s.user_id),
                      "sandbox": functools.partial(manager.get_or_create, s.user_id)}
                     for s in manager.list_sessions()]
@@ -239,6 +240,7 @@ class SessionMonitor(_Panel):
                           "disk_limit": usage.disk_limit_bytes if usage else None,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
                           "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
+                          "exposed": sandbox.exposed,
                           "stop": functools.partial(self.source.stop, name),
                           "sandbox": lambda sandbox=sandbox: sandbox})
         return found
@@ -283,7 +285,8 @@ class SessionMonitor(_Panel):
         figures = (f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
                    f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
                    f"{session['idle']:.0f} s · {html.escape(session['container'])}"
-                   + (f" on {html.escape(session['node'])}" if session["node"] else ""))
+                   + (f" on {html.escape(session['node'])}" if session["node"] else "")
+                   + _ports_html(session["exposed"]))
         cpu, memory, span = history.cpu_percent(), history.memory(), history.shown_span(now)
         cpu_now = cpu[-1][1] if cpu else 0.0
         charts = (sparkline(cpu, now, span=span, floor=100, colour="#d84315", kind="cpu", label="CPU, % of one core")
@@ -323,6 +326,12 @@ class SessionMonitor(_Panel):
         if self._facade is not None:
             self._facade.close()
         super().close()
+
+
+def _ports_html(exposed: Sequence[ExposedPort]) -> str:
+    """The open ports as links, e.g. `` · ports 8000`` linking to their URLs; nothing without any."""
+    links = [f"<a href='{html.escape(item.url, quote=True)}' target='_blank'>{item.port}</a>" for item in exposed]
+    return f" · ports {', '.join(links)}" if links else ""
 
 
 def _disk_text(session: dict[str, Any]) -> str:

@@ -18,10 +18,12 @@ from typing import BinaryIO, Concatenate, ParamSpec, Self, TypeVar
 from ..arguments import checked_timeout
 from ..config import RuntimeConfig
 from ..errors import InvalidArgumentError
-from ..execution.channel import CommandStream, OutputCallback, Process
+from ..execution.channel import CommandStream, OutputCallback, Process, SupervisorChannel
+from ..execution.ports import ExposedPort, PortForwards, checked_port
 from ..execution.terminal import Terminal
 from ..paths import UPLOADS_DIR
 from ..results import ExecuteResult, FileInfo, ResourceUsage
+from .preview import Preview, find_jupyter_server, listens_in, preview_of
 
 __all__ = ["SandboxBase", "SandboxState", "tracked"]
 
@@ -110,6 +112,7 @@ class SandboxBase(abc.ABC):
         self._busy = 0
         self._activity_lock = threading.Lock()
         self.last_used = time.monotonic()
+        self._ports: PortForwards | None = None
 
     def _set_command_limits(self, command_timeout: float, max_output: int) -> None:
         """Check and keep what every command gets by default: its timeout and its output cap."""
@@ -363,6 +366,105 @@ class SandboxBase(abc.ABC):
             dest = posixpath.join(dest or UPLOADS_DIR, source_path.name)
         return self._copy_in(source_path, dest)
 
+    # -- ports --------------------------------------------------------------------------------
+
+    def expose(self, port: int, *, host: str = "127.0.0.1", host_port: int | None = None,
+               token: str | None = None) -> str:
+        """Open ``port`` of the sandbox on the host, and return its URL (starts a new sandbox first).
+
+        Each connection to the URL is carried over the sandbox's execution channel, as
+        ``kubectl port-forward`` does: it works with the sandbox's network off, for HTTP, WebSockets
+        and any other TCP protocol, and what a server sends waits in the sandbox, not in the host's
+        memory, while the client is slow. The listener closes when the sandbox stops (or on
+        :meth:`unexpose`). Exposing an exposed port again the same way returns the same URL.
+
+        Args:
+            port: The port a server listens on inside the sandbox (on any of its addresses, or
+                its loopback: ``127.0.0.1`` or ``::1``).
+            host: The host address to listen on: loopback by default, so that only this machine
+                can connect. Any other (``"0.0.0.0"``: every address) requires a token.
+            host_port: The port on the host; default a free one.
+            token: What a client must show (16+ URL-safe characters); made for you when ``host``
+                is not loopback, and then part of the URL (``?pydantic_deep_token=...``). A
+                browser that opens that URL gets a cookie and carries the token from then on;
+                other clients may send it as the ``X-Pydantic-Deep-Token`` header instead.
+
+        Returns:
+            The URL, with the token if there is one. :attr:`exposed` lists the details.
+
+        Raises:
+            InvalidArgumentError: a port out of range, a bad token, a host or host port that
+                cannot be listened on, or the port exposed already in another way.
+            SandboxStateError: the sandbox was stopped.
+            SandboxError: the sandbox cannot carry connections (an image with neither
+                ``python3`` nor ``node`` for the supervisor).
+        """
+        return self._port_forwards().expose(port, host=host, host_port=host_port, token=token).url
+
+    def unexpose(self, port: int) -> bool:
+        """Close ``port``'s listener on the host and its connections; ``False`` if it was not open."""
+        return self._port_forwards().unexpose(port)
+
+    def preview(self, port: int, *, path: str = "/", absolute: bool = False, height: int = 480) -> Preview:
+        """Expose ``port`` (see :meth:`expose`) and return a :class:`Preview`: displayed (the last
+        line of a notebook cell), it shows the app in an iframe under the cell.
+
+        The iframe goes through the Jupyter server when it has jupyter-server-proxy, so it works
+        where the browser cannot reach this host (JupyterHub, Binder, a remote server); else it
+        opens the exposed URL directly.
+
+        Args:
+            port: The port a server listens on inside the sandbox.
+            path: The page to open, from the app's root.
+            absolute: Keep the proxy's path in requests (jupyter-server-proxy's ``proxy/absolute``):
+                for apps that write absolute paths into their pages and are told the path they are
+                served under (:attr:`Preview.base`; Vite's ``--base``).
+            height: The iframe's height in pixels.
+        """
+        self.expose(port)
+        exposed = next(item for item in self.exposed if item.port == port)
+        return preview_of(exposed, path=path, absolute=absolute, height=height, server=find_jupyter_server())
+
+    def listening(self, port: int) -> bool:
+        """Whether a server listens on TCP ``port`` inside the sandbox (on any of its addresses)."""
+        port = checked_port(port)
+        return listens_in(self.execute("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null", timeout=30).output, port)
+
+    @property
+    def exposed(self) -> list[ExposedPort]:
+        """The sandbox's ports open on the host (see :meth:`expose`), by port number."""
+        return self._ports.exposed if self._ports is not None else []
+
+    def _port_forwards(self) -> PortForwards:
+        with self._activity_lock:
+            if self._ports is None:
+                self._ports = PortForwards(self._channel_for_connection, direct=not self.isolated,
+                                           on_traffic=self._used_by_port)
+            return self._ports
+
+    def _channel_for_connection(self) -> SupervisorChannel:
+        self._used_by_port()
+        return self._stream_channel()
+
+    def _used_by_port(self) -> None:
+        """A connection to a port opened, or moved bytes: the sandbox is in use, not idle (an open
+        connection that moves nothing, a quiet WebSocket, does not keep it from idling)."""
+        self.last_used = time.monotonic()
+
+    @abc.abstractmethod
+    def _stream_channel(self) -> SupervisorChannel:
+        """The live supervisor channel that connections to ports travel on (starts a new sandbox).
+
+        Raises:
+            SandboxStateError: the sandbox was stopped.
+            SandboxError: the sandbox has no supervisor channel.
+        """
+
+    def _close_ports(self) -> None:
+        """Close every exposed port: the sandbox stops."""
+        if self._ports is not None:
+            self._ports.close_all()
+
     # -- async twins --------------------------------------------------------------------------
 
     astart = _async_twin(start)
@@ -376,3 +478,7 @@ class SandboxBase(abc.ABC):
     adownload = _async_twin(download)
     aexists = _async_twin(exists)
     alist_files = _async_twin(list_files)
+    aexpose = _async_twin(expose)
+    aunexpose = _async_twin(unexpose)
+    apreview = _async_twin(preview)
+    alistening = _async_twin(listening)

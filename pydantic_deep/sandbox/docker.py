@@ -668,6 +668,7 @@ class DockerSandbox(SandboxBase):
             remove_volumes: Remove the named ``volumes`` too, and the files in them, and the
                 disk of a ``disk_name``.
         """
+        self._close_ports()  # before the lock: a connection being opened may wait for it
         with self._lock:
             if self._channel is not None:
                 self._channel.close()  # the supervisor kills what still runs
@@ -729,6 +730,15 @@ class DockerSandbox(SandboxBase):
             if not self._channel.alive:
                 self._channel = self._open_channel(container_id)
             return self._channel
+
+    def _stream_channel(self) -> SupervisorChannel:
+        """The live supervisor channel, for connections to the sandbox's ports."""
+        channel = self._live_channel()
+        if not isinstance(channel, SupervisorChannel):
+            raise SandboxError(f"ports cannot be exposed from image {self.image}: it runs commands one docker exec "
+                               "each, without the supervisor that carries connections (it needs python3 3.8+ "
+                               "or node 18+)")
+        return channel
 
     def _live_container(self) -> str:
         """The id of the running container. Checked through the channel, which closes when the
@@ -1230,6 +1240,7 @@ class DockerSandbox(SandboxBase):
             + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
             "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
             **({"Node": self.node} if self.node is not None else {}),
+            **({"Ports": ", ".join(f"{item.port} at {item.url}" for item in self.exposed)} if self.exposed else {}),
         }
         return field_table("DockerSandbox", rows)
 

@@ -110,6 +110,7 @@ class LocalSandbox(SandboxBase):
     def stop(self) -> None:
         """Stop the supervisor (and what it runs) and delete the private directory. Safe to call
         more than once."""
+        self._close_ports()
         with self._lock:
             if self._channel is not None:
                 self._channel.close()
@@ -127,6 +128,11 @@ class LocalSandbox(SandboxBase):
         if self._channel is None or not self._channel.alive:
             raise SandboxStateError("this local sandbox was stopped (or its supervisor died); call start()")
         return self._channel
+
+    def _stream_channel(self) -> SupervisorChannel:
+        """The local supervisor's channel: it carries connections to ports that are exposed wider
+        than loopback, or on another port (a loopback port is given directly: it is on this host)."""
+        return self._live_channel()
 
     def _real(self, virtual: str) -> Path:
         """The local path of a sandbox path, refusing anything outside the private directory."""
