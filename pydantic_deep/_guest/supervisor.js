@@ -389,8 +389,14 @@ class Supervisor {
     const wrapper = `stty sane rows ${spec.rows} cols ${spec.cols} 2>/dev/null; ${restoreShell}; ` +
       `exec /bin/sh -c ${shellQuote(program)}`;
     const env = { ...environment, SHELL: "/bin/sh", TERM: environment.TERM || TERMINAL_TYPE };
-    const child = childProcess.spawn("script", ["-qfec", wrapper, "/dev/null"],
-      { stdio: ["pipe", "pipe", "pipe"], detached: true, env });
+    let child;
+    try {
+      child = childProcess.spawn("script", ["-qfec", wrapper, "/dev/null"],
+        { stdio: ["pipe", "pipe", "pipe"], detached: true, env });
+    } catch (error) { // most failures come as an 'error' event below; some are thrown
+      this.sendJson(ERROR, requestId, { message: `cannot open the terminal: ${error.message}` });
+      return;
+    }
     // Frames for it may come before it has started: its stdin holds their input until then.
     this.terminals.set(requestId, new Terminal(requestId, child));
     let opened = false;

@@ -726,15 +726,17 @@ class Supervisor:
         except (ValueError, AttributeError, UnicodeEncodeError) as exc:
             self.send_json(ERROR, request_id, {"message": f"cannot open the terminal: {exc}"})
             return
-        master, slave = os.openpty()
         environment = dict(self.environment)
         environment.setdefault(b"TERM", _TERMINAL_TYPE)
+        opened: list[int] = []
         try:
+            master, slave = os.openpty()  # no /dev/ptmx, or no descriptor left: the terminal fails alone
+            opened += (master, slave)
             fcntl.ioctl(slave, termios.TIOCSWINSZ, winsize)
             pid = os.fork()
         except OSError as exc:
-            os.close(master)
-            os.close(slave)
+            for fd in opened:
+                os.close(fd)
             reason = ("the sandbox is at its process limit (pids_limit)" if exc.errno == errno.EAGAIN else str(exc))
             self.send_json(ERROR, request_id, {"message": f"cannot open the terminal: {reason}"})
             return
