@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,13 +16,16 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from docker.tls import TLSConfig
 from helpers import poll_until
-from local_swarm import LocalSwarm, SwarmNode
+from local_swarm import LocalSwarm, SwarmNode, make_certificates
 
 from pydantic_deep import (
     DockerSandbox,
+    DockerUnavailableError,
     InvalidArgumentError,
     NodeLostError,
     RedisRegistry,
@@ -320,3 +324,50 @@ def _processes(node: SwarmNode) -> str:
 def _service_containers(node: SwarmNode, service: str) -> list[str]:
     return [c.name for c in node.client().containers.list(
         all=True, filters={"label": f"com.docker.swarm.service.name={service}"})]
+
+
+# -- node engines over TLS ----------------------------------------------------------------------
+
+
+def _tls(directory: Path, ca: Path | None = None) -> TLSConfig:
+    """Client TLS settings from a directory of make_certificates (and another CA, to get it wrong)."""
+    return TLSConfig(client_cert=(str(directory / "cert.pem"), str(directory / "key.pem")),
+                     ca_cert=str(ca or directory / "ca.pem"), verify=True)
+
+
+def test_node_engines_over_tls_run_commands_files_and_the_channel(swarm: LocalSwarm) -> None:
+    """Every engine (manager and nodes) at its tcp:// address with --tlsverify, certificates given."""
+    over_tls = SwarmCluster(swarm.manager.tcp, tls=_tls(swarm.tls), constraints=["node.role==worker"],
+                            nodes={node.name: node.tcp for node in swarm.nodes.values()})
+    with DockerSandbox(cluster=over_tls, memory="256m", cpus=0.25) as sandbox:
+        assert sandbox.node is not None and sandbox._placement is not None
+        assert sandbox._placement.address == swarm.nodes[sandbox.node].tcp
+        assert sandbox.has_python  # the supervisor channel's stream, hijacked over TLS
+        chunks: list[str] = []
+        result = sandbox.execute("for i in 1 2 3; do echo $i; sleep 0.05; done; head -c 300000 /dev/zero | wc -c",
+                                 on_output=lambda chunk: chunks.append(chunk.text))
+        assert result.output == "".join(chunks) == "1\n2\n3\n300000\n", result
+        payload = os.urandom(1 << 20)
+        sandbox.write_file("blob.bin", payload)
+        assert sandbox.read_file("blob.bin") == payload
+        assert sandbox.execute("sha256sum blob.bin").output.split()[0] == hashlib.sha256(payload).hexdigest()
+
+
+def test_wrong_or_missing_certificates_fail_clearly_and_start_nothing(swarm: LocalSwarm, tmp_path: Path) -> None:
+    make_certificates(tmp_path, {})  # another CA, and a client certificate it signed
+    node = swarm.nodes["node2"]
+    cases = [
+        (None, "accepts TLS connections only, and no certificates were given"),
+        (_tls(swarm.tls, ca=tmp_path / "ca.pem"), "presented a certificate this cluster's CA does not verify"),
+        (_tls(tmp_path, ca=swarm.tls / "ca.pem"), "refused this client's TLS connection"),
+    ]
+    for tls, message in cases:
+        # The manager over TLS...
+        with pytest.raises(DockerUnavailableError, match=f"the engine at {swarm.manager.tcp} {message}"):
+            DockerSandbox(cluster=SwarmCluster(swarm.manager.tcp, tls=tls), memory="256m", cpus=0.25).start()
+        # ... and a node's engine (the manager through its socket, which needs none).
+        through_node = SwarmCluster(swarm.manager.socket, tls=tls, nodes={node.name: node.tcp},
+                                    constraints=[f"node.labels.pydantic-deep.node=={node.name}"])
+        with pytest.raises(DockerUnavailableError, match=f"the engine at {node.tcp} {message}"):
+            DockerSandbox(cluster=through_node, memory="256m", cpus=0.25).start()
+        assert through_node.client.services.list() == []

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,8 +45,9 @@ from docker.types import (
 from docker.utils import parse_bytes
 from requests.exceptions import ConnectionError as EngineConnectionError
 
-from ..errors import InvalidArgumentError, NodeLostError, SandboxError
+from ..errors import DockerUnavailableError, InvalidArgumentError, NodeLostError, SandboxError
 from . import labels as label
+from .api import engine_client
 from .client import docker_client
 
 __all__ = ["CLUSTER_VARIABLE", "NODE_ENGINE_LABEL", "NODE_NAME_LABEL", "SwarmCluster", "TaskPlacement",
@@ -158,12 +160,24 @@ class SwarmCluster:
     # -- engines ------------------------------------------------------------------------------
 
     def engine(self, address: str) -> docker.DockerClient:
-        """The (shared) client of the engine at ``address``."""
+        """The (shared) client of the engine at ``address``.
+
+        Raises:
+            DockerUnavailableError: the engine and this cluster's ``tls`` do not agree (the engine
+                needs TLS and none was given, refused the client's certificate, presented one the
+                CA does not verify, or speaks no TLS); the message says which and what to pass.
+        """
         with self._lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = docker.DockerClient(
-                    base_url=address, tls=self.tls or False, version="auto", timeout=120, max_pool_size=64)
+                try:
+                    client = engine_client(address, self.tls, timeout=120, max_pool_size=64)
+                except DockerException as exc:
+                    refusal = _tls_refusal(address, self.tls is not None, str(exc))
+                    if refusal is None:
+                        raise
+                    raise DockerUnavailableError(refusal) from None
+                self._clients[address] = client
             return client
 
     @property
@@ -174,8 +188,7 @@ class SwarmCluster:
     def engine_answers(self, address: str) -> bool:
         """Whether the engine at ``address`` answers a ping within :attr:`heartbeat` seconds."""
         try:
-            docker.DockerClient(base_url=address, tls=self.tls or False, version="1.41",
-                                timeout=self.heartbeat).ping()
+            engine_client(address, self.tls, version="1.41", timeout=self.heartbeat).ping()
         except (DockerException, OSError):
             return False
         return True
@@ -426,6 +439,32 @@ class SwarmCluster:
 
     def __repr__(self) -> str:
         return f"<SwarmCluster manager={self.manager!r}>"
+
+
+_SSL_DETAIL = re.compile(r"\[SSL(?:: [A-Z0-9_]+)?\][^(')\"]*|EOF occurred in violation of protocol")
+_TLS_EXAMPLE = "tls=docker.tls.TLSConfig(client_cert=('cert.pem', 'key.pem'), ca_cert='ca.pem', verify=True)"
+
+
+def _tls_refusal(address: str, tls: bool, failure: str) -> str | None:
+    """What went wrong between this client's TLS settings and the engine at ``address``, said with
+    what to do, when ``failure`` (a connection's error) is a TLS disagreement; else ``None``."""
+    found = _SSL_DETAIL.search(failure)
+    detail = found.group(0).strip() if found else ""
+    if "HTTP request to an HTTPS server" in failure:
+        return (f"the engine at {address} accepts TLS connections only, and no certificates were given: "
+                f"pass SwarmCluster(..., {_TLS_EXAMPLE}) with a client certificate the engine's CA signed")
+    if "CERTIFICATE_VERIFY_FAILED" in failure:
+        return (f"the engine at {address} presented a certificate this cluster's CA does not verify ({detail}): "
+                f"give TLSConfig(ca_cert=...) the CA that signed the engines' certificates, and reach each engine "
+                f"at an address its certificate names")
+    if "WRONG_VERSION_NUMBER" in failure or "record layer failure" in failure:
+        return (f"the engine at {address} does not speak TLS ({detail}): leave tls out for it, or start it "
+                f"with dockerd --tlsverify")
+    if tls and found:
+        return (f"the engine at {address} refused this client's TLS connection ({detail}): give "
+                f"TLSConfig(client_cert=(cert, key)) a certificate signed by the CA the engine trusts "
+                f"(its dockerd --tlscacert)")
+    return None
 
 
 _from_env: dict[str, SwarmCluster] = {}
