@@ -34,6 +34,7 @@ from pydantic_deep import (
     SessionManager,
     SwarmCluster,
 )
+from pydantic_deep.engine.swarm_networks import remove_unused_swarm_networks
 from pydantic_deep.widgets import SessionMonitor
 
 pytestmark = pytest.mark.cluster
@@ -48,10 +49,6 @@ def test_bad_cluster_arguments_are_refused_and_unknown_engines_say_what_to_do() 
         SwarmCluster("tcp://manager:2376", volume_driver_options={"type": "nfs"})
     with pytest.raises(InvalidArgumentError, match="cluster must be a SwarmCluster"):
         DockerSandbox(cluster=3)  # type: ignore[arg-type]
-    # Networked sandboxes are isolated by each engine host's packet filter, which nodes lack yet.
-    for networked in ({"network": True}, {"shared_network": "team"}):
-        with pytest.raises(InvalidArgumentError, match="not available on a cluster yet"):
-            DockerSandbox(cluster=SwarmCluster("tcp://manager:2376"), **networked)
     cluster = SwarmCluster("tcp://manager:2376", nodes={"gpu-1": "tcp://10.0.0.21:2376"})
     labelled = {"ID": "n2", "Spec": {"Labels": {"pydantic-deep.engine": "tcp://10.0.0.22:2376"}},
                 "Description": {"Hostname": "cpu-2"}}
@@ -371,3 +368,115 @@ def test_wrong_or_missing_certificates_fail_clearly_and_start_nothing(swarm: Loc
         with pytest.raises(DockerUnavailableError, match=f"the engine at {node.tcp} {message}"):
             DockerSandbox(cluster=through_node, memory="256m", cpus=0.25).start()
         assert through_node.client.services.list() == []
+
+
+# -- networked sandboxes on the cluster (issue 21 on every node) ---------------------------------
+
+# Tries each host:port, one line each: "connected", or why not (errno name).
+_PROBE = r"""python3 - {targets} <<'EOF'
+import errno, socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        print(target, "connected")
+    except OSError as exc:
+        print(target, errno.errorcode.get(exc.errno, type(exc).__name__))
+EOF"""
+# A server on all the sandbox's interfaces, up before the command returns.
+_SERVE = ("nohup python3 -c 'import socket; s = socket.create_server((\"0.0.0.0\", 8000)); "
+          "[s.accept()[0].close() for _ in iter(int, 1)]' >/dev/null 2>&1 & "
+          "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
+          "2>/dev/null && exit 0; sleep 0.05; done; exit 1")
+
+
+def _probe(sandbox: DockerSandbox, *targets: str) -> dict[str, str]:
+    result = sandbox.execute(_PROBE.format(targets=" ".join(targets)), timeout=60)
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
+def _address(sandbox: DockerSandbox) -> str:
+    assert sandbox._placement is not None and sandbox.container_id is not None
+    networks = sandbox._placement.client.api.inspect_container(sandbox.container_id)["NetworkSettings"]["Networks"]
+    [network] = networks.values()
+    return str(network["IPAddress"])
+
+
+@contextlib.contextmanager
+def _outside_server(swarm: LocalSwarm) -> Iterator[str]:
+    """A TCP server at the swarm's outside address (in its hub namespace), as ``host:port``."""
+    target = f"{swarm.outside_address()}:8080"
+    server = subprocess.Popen(swarm.in_hub(sys.executable, "-c", (
+        f"import socket; s = socket.create_server(({swarm.outside_address()!r}, 8080)); "
+        "[s.accept()[0].close() for _ in iter(int, 1)]")))
+    try:
+        poll_until(lambda: subprocess.run(swarm.in_hub("ss", "-ltnH", "sport = :8080"), capture_output=True,
+                                          text=True).stdout.strip() != "", "the outside server to listen",
+                   give_up=lambda: server.poll() is not None)
+        yield target
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _on(swarm: LocalSwarm, node: str) -> SwarmCluster:
+    return SwarmCluster(swarm.manager.socket, constraints=[f"node.labels.pydantic-deep.node=={node}"])
+
+
+def test_networked_sandboxes_reach_the_outside_but_not_each_other_nor_the_nodes(swarm: LocalSwarm) -> None:
+    """Three users' networked sandboxes: two on node2, one on node3; only the outside answers."""
+    options = {"network": True, "memory": "256m", "cpus": 0.25}
+    sandboxes = [DockerSandbox(cluster=_on(swarm, node), **options) for node in ("node2", "node2", "node3")]
+    try:
+        with _outside_server(swarm) as outside:
+            for sandbox in sandboxes:
+                sandbox.start()
+            probe, neighbour, elsewhere = sandboxes
+            for server in (neighbour, elsewhere):
+                assert server.execute(_SERVE, timeout=30).exit_code == 0
+                assert _probe(server, "127.0.0.1:8000") == {"127.0.0.1:8000": "connected"}  # it does answer
+            node2, node3 = swarm.nodes["node2"], swarm.nodes["node3"]
+            targets = {
+                outside: "connected",
+                f"{_address(neighbour)}:8000": "refused",  # the same node's bridge: inter-container traffic off
+                f"{_address(elsewhere)}:8000": "refused",  # another node's sandbox (a private address)
+                f"{node2.address}:2376": "refused",  # its own node's engine, over TLS
+                f"{node3.address}:2376": "refused",  # another node's engine
+                f"{swarm.registry}": "refused",  # the cluster's registry, a private address
+                "169.254.169.254:80": "refused",  # the metadata address
+            }
+            outcome = _probe(probe, *targets)
+            assert {t: "connected" if o == "connected" else "refused" for t, o in outcome.items()} == targets, outcome
+            # The nodes' addresses are routed: refused at once by the node's packet filter ("No
+            # route to host"), not left to time out. (A neighbour's packets are dropped by Docker's
+            # rule for the bridge; another node's bridge is not routed from this node at all.)
+            assert outcome[f"{node2.address}:2376"] == outcome[f"{node3.address}:2376"] == "EHOSTUNREACH", outcome
+    finally:
+        for sandbox in sandboxes:
+            sandbox.stop()
+
+
+def test_a_shared_network_puts_its_sandboxes_on_one_node_where_they_talk(swarm: LocalSwarm,
+                                                                          cluster: SwarmCluster) -> None:
+    options = {"memory": "256m", "cpus": 0.25, "network": True, "shared_network": "team"}
+    first, second = (DockerSandbox(cluster=cluster, network_owner="alice", **options) for _ in range(2))
+    stranger = DockerSandbox(cluster=cluster, network_owner="mallory", **options)
+    try:
+        first.start()
+        second.start()
+        stranger.start()
+        assert second.node == first.node  # a shared network is a bridge on one node
+        assert first.execute(_SERVE, timeout=30).exit_code == 0
+        target = f"{_address(first)}:8000"
+        assert _probe(second, target) == {target: "connected"}
+        assert _probe(stranger, target)[target] != "connected"  # another owner's "team" is another network
+    finally:
+        for sandbox in (first, second, stranger):
+            sandbox.stop()
+    assert cluster.client.services.list() == []
+
+    def networks_left() -> list[str]:  # what the last one out could not remove yet, prune removes
+        remove_unused_swarm_networks(cluster)
+        return [n["Name"] for n in cluster.client.api.networks() if n["Name"].startswith("pydantic-deep-swarm-user")]
+
+    poll_until(lambda: networks_left() == [], "the shared networks to go")

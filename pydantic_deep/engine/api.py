@@ -21,7 +21,7 @@ import docker
 
 from .relay import plain_end
 
-__all__ = ["Exec", "archive_stat", "attach_stdin", "docker_frames", "engine_client"]
+__all__ = ["Exec", "archive_stat", "attach_stdin", "create_network", "docker_frames", "engine_client", "engine_key"]
 
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header: stream, size
 
@@ -114,3 +114,17 @@ def engine_client(address: str, tls: docker.tls.TLSConfig | None, *, timeout: fl
     if version == "auto":
         client.api._version = client.api._retrieve_server_version()
     return client
+
+
+def engine_key(client: docker.DockerClient) -> str:
+    """What tells the engine of ``client`` from others: its address, and for a unix socket the
+    socket's path (docker-py gives every unix socket the one base URL ``http+docker://localhost``)."""
+    adapter = client.api.adapters.get("http+docker://")
+    return f"{client.api.base_url}{getattr(adapter, 'socket_path', '')}"
+
+
+def create_network(client: docker.DockerClient, body: dict[str, Any]) -> None:
+    """``POST /networks/create`` with ``body`` as the Engine API takes it: docker-py's
+    ``create_network`` has no ``ConfigOnly`` nor ``ConfigFrom``. Refusals raise ``APIError``."""
+    api = client.api
+    api._result(api._post_json(api._url("/networks/create"), data=body), json=True)

@@ -213,6 +213,11 @@ class SwarmCluster:
         """Every node as the manager reports it (``docker node inspect``)."""
         return [node.attrs for node in self.client.nodes.list()]
 
+    def ready_nodes(self) -> list[dict[str, Any]]:
+        """The nodes new sandboxes may go to: ready, active, and not found lost."""
+        return [n for n in self.list_nodes() if n["Status"]["State"] == "ready" and n["ID"] not in self._lost
+                and n["Spec"].get("Availability") == "active"]
+
     # -- images -------------------------------------------------------------------------------
 
     def distribute(self, image: str, progress: Callable[[str], None] | None = None) -> str:
@@ -224,10 +229,16 @@ class SwarmCluster:
         """
         if self.registry is not None:
             return self._push(image, progress)
-        nodes = [n for n in self.list_nodes() if n["Status"]["State"] == "ready" and n["ID"] not in self._lost
-                 and n["Spec"].get("Availability") == "active" and (n["ID"], image) not in self._images]
+        nodes = [n for n in self.ready_nodes() if (n["ID"], image) not in self._images]
         with ThreadPoolExecutor(max(1, len(nodes))) as threads:
             list(threads.map(lambda node: self._load_onto(node, image, progress), nodes))
+        return image
+
+    def provide(self, node: Mapping[str, Any], image: str) -> str:
+        """Make ``image`` (on this host's engine) present on ``node``'s engine, loading it if
+        missing (a helper's image, say); returns it."""
+        if (node["ID"], image) not in self._images:
+            self._load_onto(node, image, None)
         return image
 
     def _load_onto(self, node: Mapping[str, Any], image: str, progress: Callable[[str], None] | None) -> None:
@@ -278,20 +289,24 @@ class SwarmCluster:
     # -- services -----------------------------------------------------------------------------
 
     def run(self, name: str, image: str, options: Mapping[str, Any], *,
-            progress: Callable[[str], None] | None = None) -> TaskPlacement:
+            progress: Callable[[str], None] | None = None, network: str | None = None,
+            constraints: Sequence[str] = ()) -> TaskPlacement:
         """Create the one-task service ``name`` for a sandbox and wait until its task runs.
 
         Args:
             image: The image on this host's engine; it is made available to the nodes first.
             options: The sandbox's container options (``docker.containers.create`` keywords),
                 turned into the service's spec (see :func:`service_spec`).
+            network: The swarm network the task joins (see
+                :mod:`pydantic_deep.engine.swarm_networks`); ``None``: the node's default bridge.
+            constraints: Placement constraints of this sandbox, besides the cluster's.
 
         Raises:
             SandboxError: the task failed to start, or was not running within
                 :attr:`start_timeout` (the message says why, e.g. no node has the memory).
         """
         reference = self.distribute(image, progress)
-        spec = self.service_spec(reference, options)
+        spec = self.service_spec(reference, options, network=network, constraints=constraints)
         try:
             service_id = self.client.api.create_service(**spec)["ID"]
         except APIError as exc:
@@ -360,10 +375,12 @@ class SwarmCluster:
             f"not answer. The sandbox's processes and its files on that node's disk are gone with it; a "
             f"SessionManager starts a new sandbox on another node on the next get_or_create")
 
-    def service_spec(self, image: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    def service_spec(self, image: str, options: Mapping[str, Any], *, network: str | None = None,
+                     constraints: Sequence[str] = ()) -> dict[str, Any]:
         """The keyword arguments of ``APIClient.create_service`` for a sandbox whose container
         options (``containers.create`` keywords, as :class:`DockerSandbox` makes them) are
-        ``options``. Options Swarm cannot carry are refused, never dropped."""
+        ``options``, on the swarm ``network`` if any, with ``constraints`` besides the cluster's.
+        Options Swarm cannot carry are refused, never dropped."""
         given: list[Mount] = options.get("mounts") or []
         # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node.
         configs = [self._config_of(Path(mount["Source"]), mount["Target"]) for mount in given
@@ -388,13 +405,15 @@ class SwarmCluster:
         resources = Resources(cpu_limit=cpus, mem_limit=memory, cpu_reservation=cpus, mem_reservation=memory)
         if options.get("pids_limit"):
             resources.setdefault("Limits", {})["Pids"] = options["pids_limit"]
-        placement = Placement(constraints=[*self.constraints, *self._avoided()] or None,
+        placement = Placement(constraints=[*self.constraints, *constraints, *self._avoided()] or None,
                               preferences=[("spread", f"node.labels.{self.spread}")] if self.spread else None)
         log = options.get("log_config")
         task = TaskTemplate(container, resources=resources, placement=placement,
                             restart_policy=RestartPolicy(condition="none", delay=0),
-                            log_driver=DriverConfig(log["Type"]) if log else None)
-        labels = {**(options.get("labels") or {}), _SERVICE_LABEL: "true"}
+                            log_driver=DriverConfig(log["Type"]) if log else None,
+                            networks=[network] if network is not None else None)
+        labels = {**(options.get("labels") or {}), _SERVICE_LABEL: "true",
+                  **({label.SWARM_NETWORK: network} if network is not None else {})}
         return {"task_template": task, "name": options["name"], "labels": labels, "mode": ServiceMode("replicated", 1)}
 
     def _config_of(self, source: Path, target: str) -> ConfigReference:

@@ -68,6 +68,7 @@ from ..engine.networks import (
     shared_network_name,
 )
 from ..engine.swarm import SwarmCluster, TaskPlacement, resolve_cluster
+from ..engine.swarm_networks import ensure_swarm_network, remove_unused_swarm_networks, shared_network_node
 from ..engine.volumes import create_volume, ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
@@ -397,13 +398,6 @@ class DockerSandbox(SandboxBase):
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.cluster = resolve_cluster(cluster)
-        if self.cluster is not None and (self.network or self.shared_network is not None):
-            # The isolation of networked sandboxes (engine/firewall.py) is each engine host's own;
-            # a cluster's nodes do not have it yet, so a networked sandbox there would reach others.
-            raise InvalidArgumentError(
-                "network access (network=True or shared_network) is not available on a cluster yet: networked "
-                "sandboxes are kept from each other and the hosts by each engine host's packet filter, which "
-                "the cluster's nodes do not have; run networked sandboxes with cluster=False")
         size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot)
         try:
             self.disk_size = disk_size_bytes(size)
@@ -572,19 +566,36 @@ class DockerSandbox(SandboxBase):
     def _start_on_cluster(self, cluster: SwarmCluster, prepared: PreparedImage) -> None:
         """Start the sandbox as a one-task Swarm service and reach its container through its
         node's engine (with the lock held)."""
-        placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress)
+        network, constraints = self._swarm_network(cluster)
+        placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress,
+                                network=network, constraints=constraints)
         try:
             self._placement, self._python, self._node = placement, prepared.python, prepared.node
-            # Swarm has no "none" network (and a networked sandbox is refused on a cluster): take the
-            # task's links down, with a helper running the sandbox's image as the node knows it.
-            cut_network(placement.client, placement.container_id, placement.image, prepared.python,
-                        self._helper_labels())
+            if network is None:
+                # Swarm has no "none" network: take the task's links down, with a helper running
+                # the sandbox's image as the node knows it.
+                cut_network(placement.client, placement.container_id, placement.image, prepared.python,
+                            self._helper_labels())
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
             self._placement = None
             raise
         self._adopt(placement.client, placement.container_id)
+
+    def _swarm_network(self, cluster: SwarmCluster) -> tuple[str | None, list[str]]:
+        """A networked sandbox's swarm network (its nodes' rules in place) and, on a shared network,
+        the constraint that puts it on the node of the network's running sandboxes; ``(None, [])``
+        without network."""
+        if not self.network and self.shared_network is None:
+            return None, []
+        netfilter = ensure_netfilter_image(docker_client())
+        network = ensure_swarm_network(
+            cluster, shared=self.shared_network, owner=self.network_owner, egress=self.network,
+            allow_private=self.allow_private, allow_metadata=not self.block_metadata,
+            helper_image=lambda node: cluster.provide(node, netfilter))
+        node = shared_network_node(cluster, network) if self.shared_network is not None else None
+        return network, [f"node.id=={node}"] if node is not None else []
 
     def _helper_labels(self) -> dict[str, str]:
         return label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()})
@@ -678,7 +689,9 @@ class DockerSandbox(SandboxBase):
                         self.cluster.remove(self.name)  # works with the node lost, too
                     else:
                         remove_container(docker_client(), self.container_id)
-                    if self.shared_network is not None:  # the last one out removes it
+                    if self.shared_network is not None and self.cluster is not None:  # the last one out...
+                        remove_unused_swarm_networks(self.cluster)
+                    elif self.shared_network is not None:  # the last one out removes it
                         remove_network_if_unused(docker_client(), self._shared_network_name())
                     if self._fork_image is not None:
                         remove_fork_image(self._fork_image)
