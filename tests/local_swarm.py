@@ -311,6 +311,7 @@ class LocalSwarm:
             os.kill(registry, signal.SIGKILL)
             _wait_gone(registry)
         _kill_shims_below(self.root)
+        _kill_containers_below(self.root)
         _unmount_below(self.root)
         for namespace in [self.hub, *(node.namespace for node in self.nodes.values())]:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
@@ -361,6 +362,23 @@ def _kill_shims_below(root: Path) -> None:
         except OSError:
             continue
         if cmdline and b"containerd-shim" in cmdline[0] and any(str(root).encode() in part for part in cmdline):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _kill_containers_below(root: Path) -> None:
+    """Kill the processes of containers whose daemon was killed with SIGKILL: their shim's death
+    leaves them running, reparented to init, holding their mounts (a disk's loop device among them).
+    A container's process has its root filesystem (the mount at ``/``) under the daemon's data root."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or proc.name == str(os.getpid()):
+            continue
+        try:
+            root_mount = next((line for line in (proc / "mountinfo").read_text().splitlines()
+                               if line.split()[4] == "/"), "")
+        except (OSError, IndexError):
+            continue
+        if f"{root}/" in root_mount:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGKILL)
 

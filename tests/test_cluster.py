@@ -24,6 +24,7 @@ from helpers import poll_until
 from local_swarm import LocalSwarm, SwarmNode, make_certificates
 
 from pydantic_deep import (
+    DiskFullError,
     DockerSandbox,
     DockerUnavailableError,
     InvalidArgumentError,
@@ -35,6 +36,7 @@ from pydantic_deep import (
     SwarmCluster,
 )
 from pydantic_deep.engine.swarm_networks import remove_unused_swarm_networks
+from pydantic_deep.sandbox.disk import DISK_DIR
 from pydantic_deep.widgets import SessionMonitor
 
 pytestmark = pytest.mark.cluster
@@ -67,10 +69,10 @@ def cluster(swarm: LocalSwarm) -> SwarmCluster:
 def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(cluster: SwarmCluster) -> None:
     sandboxes = [DockerSandbox(cluster=cluster, memory="256m", cpus=0.25) for _ in range(3)]
     assert [s.disk_size for s in sandboxes] == [None] * 3  # the 10g default is no disk on a cluster
-    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk: disk_size='1g'"):
-        DockerSandbox(cluster=cluster, disk_size="1g")
-    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk"):
+    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk: disk_size='1g'"):
         SessionManager(cluster=cluster, disk_size="1g")
+    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk"):
+        DockerSandbox(cluster=cluster, disk_size="1g", disk_name="kept")
     try:
         for sandbox in sandboxes:
             sandbox.start()
@@ -480,3 +482,35 @@ def test_a_shared_network_puts_its_sandboxes_on_one_node_where_they_talk(swarm: 
         return [n["Name"] for n in cluster.client.api.networks() if n["Name"].startswith("pydantic-deep-swarm-user")]
 
     poll_until(lambda: networks_left() == [], "the shared networks to go")
+
+
+# -- a capped disk on the task's node (issue 22) -------------------------------------------------
+
+
+def _disk_mounts(disk: str) -> list[str]:
+    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if f"/{disk} " in line]
+
+
+def test_a_disk_caps_a_cluster_sandbox_on_its_node_and_goes_with_it(swarm: LocalSwarm, cluster: SwarmCluster) -> None:
+    with DockerSandbox(cluster=cluster, disk_size="100m", memory="256m", cpus=0.25) as sandbox:
+        disk = sandbox.disk_name
+        node_id = swarm.node_id(sandbox.node or "")
+        # Made on every node, kept on the task's only: the one mount there is, under its node's id.
+        assert _disk_mounts(disk) == [f"{DISK_DIR}/swarm-{node_id}/{disk}"]
+        for where in (sandbox.work_dir, "~"):
+            full = sandbox.execute(f"head -c 150M /dev/zero > {where}/big; echo $?; rm -f {where}/big")
+            assert "No space left on device" in full.output and full.output.split()[-1] == "1", full
+        with pytest.raises(DiskFullError, match="ran out of disk space"):
+            sandbox.write_file("big.bin", b"\0" * (150 << 20))
+        assert "Read-only file system" in sandbox.execute("touch /opt/elsewhere").output  # nothing else writable
+        assert sandbox.execute("echo still here").output == "still here\n"
+        usage = sandbox.usage()
+        assert usage.disk_limit_bytes is not None and 80 << 20 < usage.disk_limit_bytes <= 100 << 20, usage
+        node = swarm.nodes[sandbox.node or ""]
+    # Released with its service: no mount, no file, and once the task's container is gone (Swarm
+    # removes it a moment after the service), no loop device.
+    poll_until(lambda: _disk_mounts(disk) == [], "the disk to be unmounted")
+    assert list(Path(DISK_DIR).glob(f"swarm-*/{disk}*")) == []
+    poll_until(lambda: _service_containers(node, sandbox.name) == [], "the task's container to go")
+    poll_until(lambda: disk not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout,
+               "the disk's loop device to be detached")

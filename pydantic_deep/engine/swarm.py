@@ -50,8 +50,8 @@ from . import labels as label
 from .api import engine_client
 from .client import docker_client
 
-__all__ = ["CLUSTER_VARIABLE", "NODE_ENGINE_LABEL", "NODE_NAME_LABEL", "SwarmCluster", "TaskPlacement",
-           "resolve_cluster"]
+__all__ = ["CLUSTER_VARIABLE", "NODE_ENGINE_LABEL", "NODE_ID_TEMPLATE", "NODE_NAME_LABEL", "SwarmCluster",
+           "TaskPlacement", "resolve_cluster"]
 
 CLUSTER_VARIABLE = "PYDANTIC_DEEP_CLUSTER"
 """The environment variable naming a Swarm manager: every sandbox then runs on that cluster."""
@@ -63,6 +63,9 @@ NODE_ENGINE_LABEL = label.NODE_ENGINE
 """A node label holding the address of the node's own engine (``unix://``, ``tcp://``)."""
 
 logger = logging.getLogger(__name__)
+
+NODE_ID_TEMPLATE = "{{.Node.ID}}"
+"""Swarm's template for the id of the node a task runs on (in a mount's source, say)."""
 
 _RUNNING, _FAILED = "running", {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 _SERVICE_LABEL = label.SERVICE
@@ -382,11 +385,14 @@ class SwarmCluster:
         ``options``, on the swarm ``network`` if any, with ``constraints`` besides the cluster's.
         Options Swarm cannot carry are refused, never dropped."""
         given: list[Mount] = options.get("mounts") or []
-        # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node.
+        # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node;
+        # binds of a path on the task's node (a disk's, named with Swarm's {{.Node.ID}}) stay binds.
         configs = [self._config_of(Path(mount["Source"]), mount["Target"]) for mount in given
-                   if mount["Type"] == "bind"]
+                   if mount["Type"] == "bind" and NODE_ID_TEMPLATE not in mount["Source"]]
         mounts = [self._volume_mount(mount["Source"], mount["Target"]) for mount in given
                   if mount["Type"] == "volume"]
+        mounts += [Mount(mount["Target"], mount["Source"], type="bind") for mount in given
+                   if mount["Type"] == "bind" and NODE_ID_TEMPLATE in mount["Source"]]
         for path, tmpfs in (options.get("tmpfs") or {}).items():
             size = next((o.removeprefix("size=") for o in tmpfs.split(",") if o.startswith("size=")), None)
             mounts.append(Mount(path, None, type="tmpfs", tmpfs_size=parse_bytes(size) if size else None,
@@ -395,6 +401,7 @@ class SwarmCluster:
             image, command=["sleep", "infinity"], user=options.get("user"), workdir=options.get("working_dir"),
             env=options.get("environment"), labels=options.get("labels"), mounts=mounts,
             init=options.get("init"), cap_drop=options.get("cap_drop"), configs=configs or None,
+            read_only=options.get("read_only") or None, sysctls=options.get("sysctls"),
         )
         # Fields of the Engine API 1.41 that docker-py's ContainerSpec does not take.
         ulimits = options.get("ulimits") or []

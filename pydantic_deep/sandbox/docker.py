@@ -104,6 +104,7 @@ from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
+from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
 from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
@@ -130,13 +131,17 @@ FROM_RUNTIME = _FromRuntime()
 
 
 def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeConfig, cluster: SwarmCluster | None,
-                       snapshot: Snapshot | None = None) -> str | None:
+                       snapshot: Snapshot | None = None, *, kept: bool = True) -> str | None:
     """The ``disk_size`` a sandbox gets: the one given; else its snapshot's source's; else its
-    runtime's, but on a cluster (where Swarm cannot mount a disk) no disk unless asked for.
+    runtime's, but on a cluster no disk unless asked for (see :mod:`.cluster_disk`).
+
+    Args:
+        kept: The disk outlives its sandbox (a session's, under a ``disk_name``).
 
     Raises:
-        InvalidArgumentError: a disk asked for on a cluster: by ``disk_size``, or by a runtime
-            whose ``disk_size`` is not the default.
+        InvalidArgumentError: a disk that outlives its sandbox asked for on a cluster (by
+            ``disk_size``, or by a runtime whose ``disk_size`` is not the default): it would stay
+            on one node while the session moves to others.
     """
     if isinstance(disk_size, _FromRuntime):
         if snapshot is not None and snapshot.disk_size is not None:
@@ -146,10 +151,12 @@ def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeCon
         disk_size, argument = runtime.disk_size, f"runtime {runtime.name!r}'s disk_size"
     else:
         argument = "disk_size"
-    if cluster is not None and disk_size is not None:
-        raise InvalidArgumentError(f"a sandbox on a cluster cannot have a disk: {argument}={disk_size!r} needs a "
-                                   "loop-mounted disk on the sandbox's host, which Swarm services cannot mount; "
-                                   "leave disk_size unset (on a cluster the default is no disk) or pass None")
+    if cluster is not None and disk_size is not None and kept:
+        raise InvalidArgumentError(
+            f"sessions on a cluster cannot have a disk: {argument}={disk_size!r} is a disk that keeps the session's "
+            "files on the node it was made on, and a session moves between nodes; on a cluster, sessions keep "
+            "their files on volumes (shared across nodes with SwarmCluster(volume_driver=...)): leave disk_size "
+            "unset or pass None (a DockerSandbox or SandboxPool on a cluster may have a disk_size)")
     return disk_size
 
 # What a call fails with when its container stopped or was removed under it (or the engine
@@ -398,12 +405,14 @@ class DockerSandbox(SandboxBase):
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.cluster = resolve_cluster(cluster)
-        size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot)
+        size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot,
+                                  kept=disk_name is not None)
         try:
             self.disk_size = disk_size_bytes(size)
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from None
         self._placement: TaskPlacement | None = None  # on a cluster: the node and its engine
+        self._disk_node: Mapping[str, Any] | None = None  # on a cluster: the node whose disk it uses
         self.image: str | None = None
         self.container_id: str | None = None
         self.state = SandboxState.NEW
@@ -534,7 +543,11 @@ class DockerSandbox(SandboxBase):
 
     def _release_disk(self, *, delete: bool) -> None:
         """Unmount this sandbox's disk (no container may use it any more); ``delete`` its file too."""
-        if self._disk_dir is not None:
+        if self._disk_dir is not None and self.cluster is not None:
+            if self._disk_node is not None:  # a cluster's disks go with their sandbox
+                release_on_nodes(self.cluster, self.disk_name, [self._disk_node])
+            self._disk_dir = self._disk_node = None
+        elif self._disk_dir is not None:
             release_disk(self.disk_name, delete=delete)
             self._disk_dir = None
 
@@ -567,8 +580,21 @@ class DockerSandbox(SandboxBase):
         """Start the sandbox as a one-task Swarm service and reach its container through its
         node's engine (with the lock held)."""
         network, constraints = self._swarm_network(cluster)
-        placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress,
-                                network=network, constraints=constraints)
+        disk_nodes: list[Mapping[str, Any]] = []
+        if self.disk_size is not None:  # made on every node it may go to, kept on the one it goes to
+            self.disk_name = self.disk_name or f"pd-disk-{uuid.uuid4().hex[:16]}"
+            disk_nodes = open_on_nodes(cluster, self.disk_name, self.disk_size, self._uid, self._gid)
+            self._disk_dir = node_disk_dir(self.disk_name)
+        try:
+            placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress,
+                                    network=network, constraints=constraints)
+        except BaseException:
+            release_on_nodes(cluster, self.disk_name, disk_nodes)
+            self._disk_dir = None
+            raise
+        if disk_nodes:
+            release_on_nodes(cluster, self.disk_name, disk_nodes, but=placement.node_id)
+            self._disk_node = next(node for node in disk_nodes if node["ID"] == placement.node_id)
         try:
             self._placement, self._python, self._node = placement, prepared.python, prepared.node
             if network is None:
@@ -580,6 +606,7 @@ class DockerSandbox(SandboxBase):
         except BaseException:
             cluster.remove(self.name)
             self._placement = None
+            self._release_disk(delete=True)
             raise
         self._adopt(placement.client, placement.container_id)
 
@@ -603,7 +630,9 @@ class DockerSandbox(SandboxBase):
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
         if self.remove_on_exit and self.cluster is not None:
-            self._finalizer = weakref.finalize(self, self.cluster.remove, self.name)
+            self._finalizer = weakref.finalize(self, _remove_service, self.cluster, self.name,
+                                               self.disk_name if self._disk_node is not None else None,
+                                               self._disk_node)
         elif self.remove_on_exit:
             self._finalizer = weakref.finalize(self, _remove_sandbox, client, container_id,
                                                self.disk_name if self._disk_dir else None, not self._keep_disk)
@@ -1257,3 +1286,10 @@ def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | 
     remove_container(client, container_id)
     if disk is not None:
         release_disk(disk, delete=delete_disk)
+
+
+def _remove_service(cluster: SwarmCluster, name: str, disk: str | None, node: Mapping[str, Any] | None) -> None:
+    """Remove a cluster sandbox's service, then its disk on its node (garbage collection, interpreter exit)."""
+    cluster.remove(name)
+    if disk is not None and node is not None:
+        release_on_nodes(cluster, disk, [node])
