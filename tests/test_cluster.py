@@ -34,6 +34,8 @@ from pydantic_deep import (
     SandboxPool,
     SessionManager,
     SwarmCluster,
+    delete_snapshot,
+    list_snapshots,
 )
 from pydantic_deep.engine.swarm_networks import remove_unused_swarm_networks
 from pydantic_deep.sandbox.disk import DISK_DIR
@@ -321,7 +323,9 @@ def _processes(node: SwarmNode) -> str:
 
 
 def _service_containers(node: SwarmNode, service: str) -> list[str]:
-    return [c.name for c in node.client().containers.list(
+    # The low-level list: docker-py's containers.list() inspects each one, and fails on one that
+    # Swarm removes meanwhile.
+    return [c["Names"][0] for c in node.client().api.containers(
         all=True, filters={"label": f"com.docker.swarm.service.name={service}"})]
 
 
@@ -514,3 +518,40 @@ def test_a_disk_caps_a_cluster_sandbox_on_its_node_and_goes_with_it(swarm: Local
     poll_until(lambda: _service_containers(node, sandbox.name) == [], "the task's container to go")
     poll_until(lambda: disk not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout,
                "the disk's loop device to be detached")
+
+
+# -- snapshots and forks (issue 16) on the cluster -----------------------------------------------
+
+
+def test_snapshots_and_forks_of_a_cluster_sandbox_start_on_other_nodes(swarm: LocalSwarm,
+                                                                       cluster: SwarmCluster) -> None:
+    source = DockerSandbox(cluster=cluster, memory="256m", cpus=0.25, disk_size="100m")
+    started: list[DockerSandbox] = [source]
+    snap = None
+    try:
+        source.start()
+        source.write_file("notes.txt", "before")
+        source.execute("echo kept > ~/.profile-note")
+        snap = source.snapshot()  # made on the source's node, kept in this host's engine
+        assert snap.name in {s.name for s in list_snapshots()} and snap.disk_size == 100 << 20
+        forks = source.fork(2)
+        started += forks
+        assert {fork.node for fork in forks} - {source.node}, "Swarm spreads the forks to the other nodes"
+        for index, fork in enumerate(forks):
+            assert fork.read_file("notes.txt") == b"before"
+            assert fork.execute("cat ~/.profile-note").output == "kept\n"
+            fork.write_file("notes.txt", f"fork {index}")
+            limit = fork.usage().disk_limit_bytes  # a fork keeps its source's disk cap
+            assert limit is not None and limit <= 100 << 20, limit
+        assert [f.read_file("notes.txt") for f in forks] == [b"fork 0", b"fork 1"]
+        assert source.read_file("notes.txt") == b"before"
+        other = next(name for name in swarm.nodes if name != source.node)
+        restored = DockerSandbox(snapshot=snap, cluster=_on(swarm, other), memory="256m", cpus=0.25)
+        started.append(restored)
+        restored.start()
+        assert restored.node == other and restored.read_file("notes.txt") == b"before"
+    finally:
+        for sandbox in started:
+            sandbox.stop()
+        if snap is not None:
+            delete_snapshot(snap.name)

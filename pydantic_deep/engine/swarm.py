@@ -237,6 +237,10 @@ class SwarmCluster:
             list(threads.map(lambda node: self._load_onto(node, image, progress), nodes))
         return image
 
+    def known_on(self, node_id: str, image: str) -> None:
+        """Note that the node ``node_id`` holds ``image`` already (a snapshot made there): not loaded again."""
+        self._images.add((node_id, image))
+
     def provide(self, node: Mapping[str, Any], image: str) -> str:
         """Make ``image`` (on this host's engine) present on ``node``'s engine, loading it if
         missing (a helper's image, say); returns it."""

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, BinaryIO, Concatenate, Literal, ParamSpec, Self, TypeVar
 
 import docker
 from docker.errors import APIError, NotFound
@@ -107,7 +107,7 @@ from .base import SandboxBase, SandboxState
 from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
-from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
+from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
 
@@ -602,6 +602,8 @@ class DockerSandbox(SandboxBase):
                 # the sandbox's image as the node knows it.
                 cut_network(placement.client, placement.container_id, placement.image, prepared.python,
                             self._helper_labels())
+            if disk_nodes and prepared.seeded:  # a new disk gets the snapshot's files, before first use
+                _seed_disk(placement.client, placement.image, placement.container_id, prepared.seeded)
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
@@ -1122,11 +1124,19 @@ class DockerSandbox(SandboxBase):
                 resume_container(self._engine(), self.container_id)
             self.state = SandboxState.RUNNING
 
-    @_in_use
-    def _refuse_on_cluster(self, action: str) -> None:
-        if self.cluster is not None:
-            raise SandboxStateError(f"{action}() is not available on a cluster yet: snapshots are images of "
-                                    "this host's engine, which the cluster's nodes do not share")
+    def _take_snapshot(self, container_id: str, name: str | None = None,
+                       kind: Literal["snapshot", "fork"] = "snapshot") -> Snapshot:
+        """A snapshot of the container, made on its engine; on a cluster, made on its node and
+        loaded into this host's engine, where snapshots live (and from where the cluster hands it to
+        the node a sandbox started from it lands on)."""
+        snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
+                             volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name, kind=kind,
+                             client=self._engine())
+        if self.cluster is None or self._placement is None:
+            return snap
+        home = bring_home(snap, self._placement.client)
+        self.cluster.known_on(self._placement.node_id, home.tag)
+        return home
 
     def snapshot(self, name: str | None = None) -> Snapshot:
         """Keep the sandbox's files as a named snapshot, to start from, restore or fork later.
@@ -1143,12 +1153,12 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             InvalidArgumentError: a malformed name, or one a snapshot already has.
-            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
+
+        On a cluster the snapshot is made on the sandbox's node and loaded into this host's engine
+        (where every snapshot lives); a sandbox started from it gets it on its node as any image.
         """
-        self._refuse_on_cluster("snapshot")
         container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
-        return take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
-                             volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name)
+        return self._take_snapshot(container_id, name)
 
     def restore(self, snapshot: Snapshot | str) -> Self:
         """Roll the sandbox back to ``snapshot``: its container is replaced by one started from the
@@ -1161,7 +1171,13 @@ class DockerSandbox(SandboxBase):
         Raises:
             SnapshotNotFoundError: there is no such snapshot.
             InvalidArgumentError: the snapshot's files belong to another user than this sandbox's.
+            SandboxStateError: a sandbox with named volumes (a session's) on a cluster, whose
+                volumes are on its nodes.
         """
+        if self.cluster is not None and self.volumes:
+            raise SandboxStateError("restore() of a sandbox with named volumes (a session's) is not available on a "
+                                    "cluster: its volumes are on the nodes it ran on; start a new sandbox from the "
+                                    "snapshot instead (DockerSandbox(snapshot=..., cluster=...))")
         snap = resolve_snapshot(snapshot)
         if snap.user != f"{self._uid}:{self._gid}":
             raise InvalidArgumentError(f"snapshot {snap.name!r} holds files of user {snap.user}, "
@@ -1187,15 +1203,12 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             InvalidArgumentError: ``n`` is not a number from 1 to 64.
-            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
         """
-        self._refuse_on_cluster("fork")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
             raise InvalidArgumentError(f"fork(n) needs a number of copies from 1 to 64, not {n!r}")
         with self._activity(), self._clear_errors("fork"):
             container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
-            snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
-                                 volume_paths=self._snapshot_paths(), disk_size=self.disk_size, kind="fork")
+            snap = self._take_snapshot(container_id, kind="fork")
         forks = [self._fork_from(snap) for _ in range(n)]
         try:
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pydantic-deep-fork") as pool:
@@ -1219,6 +1232,7 @@ class DockerSandbox(SandboxBase):
             block_metadata=self.block_metadata, command_timeout=self.command_timeout,
             max_output=self.max_output, ca_bundle=False, progress=self.progress,
             labels={key: value for key, value in self.labels.items() if not key.startswith(label.PREFIX)},
+            cluster=self.cluster or False,
         )
         fork.ca_bundle, fork.from_snapshot, fork._fork_image = self.ca_bundle, snap, snap.image
         return fork
