@@ -304,8 +304,9 @@ class DockerSandbox(SandboxBase):
             what is written. ``None`` caps nothing: a writable root filesystem and home, as plain
             Docker gives (see :mod:`pydantic_deep.sandbox.disk` for how, and what the engine needs).
             Named ``volumes`` you mount are not on it. Started from a ``snapshot``, the default is
-            the source's size. On a ``cluster`` the default is no disk (Swarm cannot mount one),
-            and a size given there is refused.
+            the source's size. On a ``cluster`` the default is no disk, and one given is made on
+            the node that runs the task (see :mod:`pydantic_deep.sandbox.cluster_disk`); a kept
+            one (``disk_name``) is refused there.
         disk_name: Keep the disk under this name when the container goes (a session's files):
             ``stop()`` unmounts it, ``stop(remove_volumes=True)`` deletes it, and a new sandbox
             with the same ``disk_name`` gets its files back. By default the disk goes with the
