@@ -237,6 +237,16 @@ class SwarmCluster:
             list(threads.map(lambda node: self._load_onto(node, image, progress), nodes))
         return image
 
+    def unreachable(self, node: Mapping[str, Any]) -> bool:
+        """Whether ``node``'s engine does not answer; such a node is kept out of placement until
+        it does (what the manager takes a heartbeat or two to find out itself)."""
+        address = self.node_address(node)
+        if self.engine_answers(address):
+            return False
+        logger.warning("Node %s does not answer at %s: no sandbox goes there", self.node_name(node), address)
+        self._lost[node["ID"]] = address
+        return True
+
     def known_on(self, node_id: str, image: str) -> None:
         """Note that the node ``node_id`` holds ``image`` already (a snapshot made there): not loaded again."""
         self._images.add((node_id, image))

@@ -29,7 +29,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, DockerException, NotFound
+from requests.exceptions import ConnectionError as EngineConnectionError
 
 from ..errors import InvalidArgumentError
 from . import labels as label
@@ -81,6 +82,14 @@ def ensure_swarm_network(cluster: SwarmCluster, *, shared: str | None, owner: st
     }
 
     def on_node(node: Mapping[str, Any]) -> None:
+        try:
+            secure_node(node)
+        except (DockerException, EngineConnectionError):
+            if cluster.unreachable(node):  # lost, and so kept out of this sandbox's placement
+                return
+            raise
+
+    def secure_node(node: Mapping[str, Any]) -> None:
         client = cluster.engine(cluster.node_address(node))
         _create(client, config)
         labels = client.api.inspect_network(config["Name"]).get("Labels") or {}

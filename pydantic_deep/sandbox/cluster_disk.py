@@ -65,8 +65,15 @@ def open_on_nodes(cluster: SwarmCluster, name: str, size: int, uid: int, gid: in
     nodes: list[Mapping[str, Any]] = list(cluster.ready_nodes())
     owner = f"{socket.gethostname()} {os.getpid()}"
 
-    def open_on(node: Mapping[str, Any]) -> None:
-        _agent(cluster, node).run("open", name, str(size), str(uid), str(gid), "0", owner)
+    def open_on(node: Mapping[str, Any]) -> bool:
+        """Whether the disk is on ``node`` now (not when the node is found lost: no sandbox goes there)."""
+        try:
+            _agent(cluster, node).run("open", name, str(size), str(uid), str(gid), "0", owner)
+        except Exception:
+            if cluster.unreachable(node):
+                return False
+            raise
+        return True
 
     with ThreadPoolExecutor(max(1, len(nodes))) as threads:
         outcomes = [threads.submit(open_on, node) for node in nodes]
@@ -74,7 +81,7 @@ def open_on_nodes(cluster: SwarmCluster, name: str, size: int, uid: int, gid: in
     if failures:
         release_on_nodes(cluster, name, nodes)
         raise failures[0]  # type: ignore[misc]
-    return nodes
+    return [node for node, outcome in zip(nodes, outcomes, strict=True) if outcome.result()]
 
 
 def release_on_node(cluster: SwarmCluster, name: str, node: Mapping[str, Any]) -> None:
