@@ -151,7 +151,9 @@ def _session_dirs(manager: SessionManager, user: str, root: str) -> None:
 @pytest.mark.anyio
 async def test_node_lost_mid_command_fails_fast_and_the_session_comes_back_elsewhere(
         swarm: LocalSwarm, workers: SwarmCluster) -> None:
-    manager = SessionManager(name="test-cluster", cluster=workers, memory="256m", cpus=0.25)
+    # Networked: the replacement's start must skip the lost node's networks and rules, which the
+    # manager may not have found down yet.
+    manager = SessionManager(name="test-cluster", cluster=workers, memory="256m", cpus=0.25, network=True)
     _session_dirs(manager, "alice", workers.volume_driver_options["device"].rsplit("/", 1)[0])
     lost_node = None
     try:
