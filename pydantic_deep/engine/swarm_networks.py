@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from docker.errors import APIError, DockerException, NotFound
 from requests.exceptions import ConnectionError as EngineConnectionError
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NetworkIsolationError
 from . import labels as label
 from .api import create_network
 from .firewall import BRIDGE_PREFIX, apply_rules
@@ -74,10 +75,9 @@ def ensure_swarm_network(cluster: SwarmCluster, *, shared: str | None, owner: st
     """
     name = swarm_network_name(shared, owner, allow_private, allow_metadata)
     wanted = _settings(egress, allow_private, allow_metadata)
-    config = {
-        "Name": f"{name}-config", "ConfigOnly": True, "CheckDuplicate": True,
-        "Options": {_BRIDGE_OPTION: f"{BRIDGE_PREFIX}c{hashlib.sha256(name.encode()).hexdigest()[:10]}",
-                    "com.docker.network.bridge.enable_icc": str(shared is not None).lower()},
+    config: dict[str, Any] = {
+        "ConfigOnly": True, "CheckDuplicate": True,
+        "Options": {"com.docker.network.bridge.enable_icc": str(shared is not None).lower()},
         "Labels": label.managed({LABEL: "shared" if shared is not None else "egress", **wanted}),
     }
 
@@ -91,7 +91,7 @@ def ensure_swarm_network(cluster: SwarmCluster, *, shared: str | None, owner: st
 
     def secure_node(node: Mapping[str, Any]) -> None:
         client = cluster.engine(cluster.node_address(node))
-        _create(client, config)
+        _create(client, {**config, "Options": {**config["Options"], _BRIDGE_OPTION: _bridge_of(config["Name"])}})
         labels = client.api.inspect_network(config["Name"]).get("Labels") or {}
         if any(labels.get(key) != value for key, value in wanted.items()):
             raise InvalidArgumentError(
@@ -102,18 +102,40 @@ def ensure_swarm_network(cluster: SwarmCluster, *, shared: str | None, owner: st
         # from it both carry the bridge's name.
         apply_rules(client, list(dict.fromkeys(network_rules(client))), helper_image=lambda: helper_image(node))
 
-    nodes = cluster.ready_nodes()
-    with ThreadPoolExecutor(max(1, len(nodes))) as threads:
-        list(threads.map(on_node, nodes))
-    _create(cluster.client, {"Name": name, "Driver": "bridge", "Scope": "swarm", "CheckDuplicate": True,
-                             "ConfigFrom": {"Network": config["Name"]}})
-    return name
+    # Each making of the swarm network gets config-only networks (and so bridges) of new names: a
+    # node may keep its local copy of an earlier one, removed meanwhile (a node that was down when
+    # it went), and two bridges of one name cannot be.
+    for _attempt in range(3):
+        made = _config_of(cluster, name)
+        config["Name"] = made or f"{name}-{uuid.uuid4().hex[:8]}"
+        nodes = cluster.ready_nodes()
+        with ThreadPoolExecutor(max(1, len(nodes))) as threads:
+            list(threads.map(on_node, nodes))
+        if made is not None or _create(cluster.client, {"Name": name, "Driver": "bridge", "Scope": "swarm",
+                                                        "CheckDuplicate": True,
+                                                        "ConfigFrom": {"Network": config["Name"]}}):
+            return name
+        # Made meanwhile by another process, from config-only networks of its own: secure those.
+    raise NetworkIsolationError(f"the cluster network {name} kept changing while it was being secured")
 
 
-def _create(client: Any, body: dict[str, Any]) -> None:
+def _bridge_of(config_name: str) -> str:
+    return f"{BRIDGE_PREFIX}c{hashlib.sha256(config_name.encode()).hexdigest()[:10]}"
+
+
+def _config_of(cluster: SwarmCluster, name: str) -> str | None:
+    """The config-only network the swarm network ``name`` is made from, or ``None`` without one."""
+    try:
+        return str(cluster.client.api.inspect_network(name)["ConfigFrom"]["Network"])
+    except NotFound:
+        return None
+
+
+def _create(client: Any, body: dict[str, Any]) -> bool:
+    """Make the network ``body`` describes unless one of its name exists; whether it was made."""
     try:
         client.api.inspect_network(body["Name"])
-        return
+        return False
     except NotFound:
         pass
     try:
@@ -121,6 +143,8 @@ def _create(client: Any, body: dict[str, Any]) -> None:
     except APIError as exc:
         if exc.status_code != 409:  # made meanwhile by another process: use it
             raise
+        return False
+    return True
 
 
 def _described(labels: Mapping[str, str]) -> str:
@@ -146,11 +170,11 @@ def remove_unused_swarm_networks(cluster: SwarmCluster) -> int:
     ours = [n["Name"] for n in cluster.client.api.networks(filters={"scope": "swarm"})
             if n["Name"].startswith("pydantic-deep-swarm-")]
     removed = sum(_remove(cluster.client, name) for name in ours if name not in in_use)
-    left = {n["Name"] for n in cluster.client.api.networks(filters={"scope": "swarm"})}
+    used = {(n.get("ConfigFrom") or {}).get("Network") for n in cluster.client.api.networks(filters={"scope": "swarm"})}
     for node in cluster.ready_nodes():
         client = cluster.engine(cluster.node_address(node))
         for network in client.api.networks(filters={"label": LABEL}):
-            if network.get("ConfigOnly") and network["Name"].removesuffix("-config") not in left:
+            if network.get("ConfigOnly") and network["Name"] not in used:
                 _remove(client, network["Name"])
     return removed
 
