@@ -49,6 +49,8 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
+from pydantic_deep.sandbox.disk import DISK_DIR
+
 __all__ = ["LocalSwarm", "SwarmNode"]
 
 DEFAULT_ROOT = Path("/run/pydantic-deep-cluster")
@@ -291,11 +293,22 @@ class LocalSwarm:
         # name and one with their engine's address (what SwarmCluster reads).
         for node in self.nodes.values():
             info = node.client().info()
+            self._record(node_ids=[*self._state().get("node_ids", []), info["Swarm"]["NodeID"]])
             swarm_node = manager.nodes.get(info["Swarm"]["NodeID"])
             spec = swarm_node.attrs["Spec"]
             spec["Labels"] = {**spec.get("Labels", {}), "pydantic-deep.node": node.name,
                               "pydantic-deep.engine": node.socket}
             swarm_node.update(spec)
+
+    def _state(self) -> dict[str, object]:
+        try:
+            state: dict[str, object] = json.loads((self.root / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return state
+
+    def _record(self, **more: object) -> None:
+        (self.root / "state.json").write_text(json.dumps({**self._state(), **more}))
 
     def node_id(self, name: str) -> str:
         return str(self.nodes[name].client().info()["Swarm"]["NodeID"])
@@ -313,6 +326,11 @@ class LocalSwarm:
         _kill_shims_below(self.root)
         _kill_containers_below(self.root)
         _unmount_below(self.root)
+        # Capped disks of the nodes' sandboxes (pydantic_deep.sandbox.cluster_disk), on this host's disk.
+        for node_id in self._state().get("node_ids", []) or []:
+            disks = Path(DISK_DIR) / f"swarm-{node_id}"
+            _unmount_below(disks)
+            shutil.rmtree(disks, ignore_errors=True)
         for namespace in [self.hub, *(node.namespace for node in self.nodes.values())]:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
         subprocess.run(["ip", "link", "delete", self.host_link], capture_output=True)  # gone with the hub
