@@ -45,8 +45,10 @@ class _Relay:
         try:
             with selectors.DefaultSelector() as selector:
                 while self._step():
-                    self._watch(selector, self.tls, self.tls_open, self.outbound)
-                    self._watch(selector, self.plain, self.plain_open, self.inbound)
+                    # Read a side only while its buffer has room (else the poll would spin).
+                    self._watch(selector, self.tls, self.tls_open and len(self.inbound) < _BUFFERED, self.outbound)
+                    self._watch(selector, self.plain, self.plain_open and len(self.outbound) < _BUFFERED,
+                                self.inbound)
                     # Records already decrypted wait in the TLS object, where no poll sees them.
                     selector.select(0 if self.tls.pending() else None)
         except OSError:
@@ -75,16 +77,21 @@ class _Relay:
             self.tls_open = self._read(self.tls, self.inbound)
         if self.inbound:
             self._write(self.plain, self.inbound)
-        elif not self.tls_open and not self.plain_write_closed:
+        # Checked after the write, not instead of it: the last bytes and the end can come in one step,
+        # and no poll would wake the relay for the end alone.
+        if not self.inbound and not self.tls_open and not self.plain_write_closed:
             self.plain.shutdown(socket.SHUT_WR)  # the engine's output ended: the caller reads EOF
             self.plain_write_closed = True
         if self.plain_open:
             self.plain_open = self._read(self.plain, self.outbound)
         if self.outbound:
             self._write(self.tls, self.outbound)
-        elif not self.plain_open and not self.tls_write_closed:
+        if not self.outbound and not self.plain_open and not self.tls_write_closed:
             with contextlib.suppress(OSError):
-                self.tls.shutdown(socket.SHUT_WR)  # the caller's stdin ended: so does the command's
+                # The caller's stdin ended: so does the command's, by the TCP connection's half-close.
+                # Not SSLSocket.shutdown(), which drops the TLS state: what the engine sends after
+                # would then be read undecrypted.
+                socket.socket.shutdown(self.tls, socket.SHUT_WR)
             self.tls_write_closed = True
         return self.tls_open or bool(self.inbound) or (self.plain_open and not self.plain_write_closed)
 
