@@ -488,11 +488,13 @@ def bench_cluster(users: int, calls: int) -> None:
     """On a real 3-node swarm of this machine (tests/local_swarm.py): sessions, execute on a
     worker, and a node's loss, each beside the same on this host's engine."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from docker.tls import TLSConfig
     from local_swarm import LocalSwarm
 
     from pydantic_deep import SwarmCluster
 
-    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdb{os.getpid() % 100000}")
+    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdb{os.getpid() % 100000}",
+                       subnet=f"10.213.{os.getpid() % 200 + 20}")
     swarm.up()
     try:
         cluster = SwarmCluster(swarm.manager.socket)
@@ -524,6 +526,32 @@ def bench_cluster(users: int, calls: int) -> None:
             base = percentile(timed(lambda: local.execute("echo hi"), calls), 0.5)
         row(f'execute("echo hi") p50 on a worker node (vs a sandbox on this host\'s engine), {calls} calls',
             f"{ours * 1e3:.3f} ms", f"{base * 1e3:.3f} ms", f"{ours / base:.2f}x", "same channel: about 1x")
+
+        tls = TLSConfig(client_cert=(str(swarm.tls / "cert.pem"), str(swarm.tls / "key.pem")),
+                        ca_cert=str(swarm.tls / "ca.pem"), verify=True)
+        over_tls = SwarmCluster(swarm.manager.tcp, tls=tls, constraints=["node.role==worker"],
+                                nodes={node.name: node.tcp for node in swarm.nodes.values()})
+        with DockerSandbox(RUNTIME, cluster=over_tls) as secure, DockerSandbox(RUNTIME, cluster=workers) as plain:
+            secure.execute("echo warm-up")
+            plain.execute("echo warm-up")
+            ours = percentile(timed(lambda: secure.execute("echo hi"), calls), 0.5)
+            base = percentile(timed(lambda: plain.execute("echo hi"), calls), 0.5)
+        row(f'execute("echo hi") p50 on a worker reached over TLS (vs its unix socket), {calls} calls',
+            f"{ours * 1e3:.3f} ms", f"{base * 1e3:.3f} ms", f"{ours / base:.2f}x", "reported")
+
+        def start_stop(**options: object) -> float:
+            started = time.perf_counter()
+            DockerSandbox(RUNTIME, cluster=workers, **small, **options).start().stop()
+            return time.perf_counter() - started
+
+        start_stop(network=True)  # the nodes' networks and rules, once per process
+        start_stop(disk_size="1g")  # the nodes' disk agents, once per process
+        plain_start = statistics.median(start_stop() for _ in range(3))
+        for what, options in (("networked (network=True)", {"network": True}),
+                              ("with a 1 GB disk (disk_size, made on every node it may go to)", {"disk_size": "1g"})):
+            taken = statistics.median(start_stop(**options) for _ in range(3))
+            row(f"start + stop of a sandbox on the cluster {what} (vs without), median of 3",
+                f"{taken:.2f} s", f"{plain_start:.2f} s", f"{taken / plain_start:.2f}x", "reported")
 
         async def node_loss() -> tuple[float, float]:
             manager = SessionManager(RUNTIME, name="bench-loss", cluster=workers, **small)

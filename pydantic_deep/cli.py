@@ -12,6 +12,7 @@ from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone
 from .engine.networks import remove_unused_networks
 from .engine.swarm import resolve_cluster
+from .engine.swarm_networks import remove_unused_swarm_networks
 from .errors import InvalidArgumentError, SandboxError
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
@@ -85,6 +86,9 @@ def _prune(args: argparse.Namespace) -> None:
         for service in services:
             service.remove()
         print(f"Removed {len(services)} service(s) from the cluster at {cluster.manager}")
+        swarm_networks = remove_unused_swarm_networks(cluster)
+        if swarm_networks:
+            print(f"Removed {swarm_networks} network(s) from the cluster at {cluster.manager}")
     # A remote engine's rules are changed through a helper container (its image built if needed).
     networks = remove_unused_networks(client, helper_image=lambda: ensure_netfilter_image(client))
     print(f"Removed {networks} network(s)")

@@ -78,7 +78,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def swarm() -> Iterator[LocalSwarm]:
     """A real 3-node Docker Swarm for the tests marked ``cluster`` (see tests/local_swarm.py),
     torn down after the run, pass or fail."""
-    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdc{os.getpid() % 100000}")
+    swarm = LocalSwarm(Path(tempfile.mkdtemp(prefix="pdc-", dir="/run")), prefix=f"pdc{os.getpid() % 100000}",
+                       subnet=f"10.213.{os.getpid() % 200 + 20}")  # the host has a link into it: one per run
     swarm.up()
     try:
         yield swarm

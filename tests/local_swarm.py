@@ -2,11 +2,20 @@
 
 Each node is a private ``dockerd`` in a network namespace of its own (``<prefix>-node1`` ...), its
 veth pair plugged into a bridge inside a hub namespace (``<prefix>-hub``), on the subnet
-``10.213.0.0/24``, which exists only inside those namespaces. Each daemon keeps everything under
-``<root>/nodeN`` (data root, exec root, pid file, unix socket): the host reaches each engine through
-its socket file. Daemons are started with ``nsenter --net=/run/netns/NAME``, never in the host's
-own namespace (a dockerd there deletes the host's docker0) and never with ``ip netns exec`` (which
-remounts /sys and hides the cgroup v1 mounts).
+``10.213.0.0/24`` (another ``subnet`` for a second swarm), which exists only inside those namespaces
+and on one veth pair from the host (``<prefix>-h``, the host's address ``.254``). Each daemon keeps
+everything under ``<root>/nodeN`` (data root, exec root, pid file, unix socket): the host reaches
+each engine through its socket file, and over TLS at ``tcp://<node address>:2376``
+(``--tlsverify``, with certificates :func:`make_certificates` makes under ``<root>/tls``: a CA, a
+server certificate per node with the node's address as its IP SAN, and a client certificate).
+
+Each daemon manages its own namespace's iptables (as an engine host does: NAT out of its bridges,
+inter-container rules), and its namespace routes the benchmark range ``198.18.0.0/15`` to the hub,
+where a test can serve an "outside" address (:meth:`LocalSwarm.outside_address`).
+
+Daemons are started with ``nsenter --net=/run/netns/NAME``, never in the host's own namespace (a
+dockerd there deletes the host's docker0) and never with ``ip netns exec`` (which remounts /sys and
+hides the cgroup v1 mounts).
 
 A registry (Debian's ``docker-registry``) listens in the hub namespace at ``10.213.0.1:5000``,
 which the nodes trust over plain HTTP: :class:`pydantic_deep.SwarmCluster` with ``registry=`` pushes
@@ -26,6 +35,7 @@ Run ``python tests/local_swarm.py up|down|status`` (what ``scripts/cluster`` doe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -39,11 +49,14 @@ from pathlib import Path
 import docker
 from docker.errors import DockerException
 
+from pydantic_deep.sandbox.disk import DISK_DIR
+
 __all__ = ["LocalSwarm", "SwarmNode"]
 
 DEFAULT_ROOT = Path("/run/pydantic-deep-cluster")
 SUBNET = "10.213.0"
-REGISTRY = f"{SUBNET}.1:5000"
+OUTSIDE = "198.18.0.0/15"  # the benchmark range: not private, so a networked sandbox may reach it
+ENGINE_PORT = 2376
 _START_TIMEOUT = 60.0
 
 
@@ -51,6 +64,25 @@ def _run(*argv: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
+def make_certificates(directory: Path, servers: dict[str, str]) -> None:
+    """A CA (``ca.pem``), a server certificate per name in ``servers`` with its address as IP SAN
+    (``<name>-cert.pem``, ``<name>-key.pem``) and a client certificate (``cert.pem``, ``key.pem``),
+    with openssl, valid for two days: what ``dockerd --tlsverify`` and docker's ``TLSConfig`` take."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _run("openssl", "req", "-x509", *key, "-keyout", str(directory / "ca-key.pem"), "-out",
+         str(directory / "ca.pem"), "-days", "2", "-subj", f"/CN=pydantic-deep test CA {directory.parent.name}")
+    for name, extensions in [*((n, f"subjectAltName=IP:{a}\nextendedKeyUsage=serverAuth") for n, a in servers.items()),
+                             ("client", "extendedKeyUsage=clientAuth")]:
+        prefix = "" if name == "client" else f"{name}-"
+        (directory / f"{name}.ext").write_text(extensions + "\n")
+        _run("openssl", "req", *key, "-keyout", str(directory / f"{prefix}key.pem"), "-out",
+             str(directory / f"{name}.csr"), "-subj", f"/CN={name}")
+        _run("openssl", "x509", "-req", "-in", str(directory / f"{name}.csr"), "-CA", str(directory / "ca.pem"),
+             "-CAkey", str(directory / "ca-key.pem"), "-CAcreateserial", "-days", "2", "-out",
+             str(directory / f"{prefix}cert.pem"), "-extfile", str(directory / f"{name}.ext"))
 
 
 @dataclass
@@ -61,12 +93,18 @@ class SwarmNode:
     namespace: str
     address: str
     root: Path
-    registry: str = REGISTRY
+    registry: str
+    tls: Path  # the swarm's certificates (see make_certificates)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def socket(self) -> str:
         return f"unix://{self.root}/docker.sock"
+
+    @property
+    def tcp(self) -> str:
+        """The engine's TLS address (``--tlsverify``: a client needs a certificate of the swarm's CA)."""
+        return f"tcp://{self.address}:{ENGINE_PORT}"
 
     @property
     def pid_file(self) -> Path:
@@ -84,8 +122,11 @@ class SwarmNode:
             "dockerd", "--host", self.socket, "--data-root", str(self.root / "data"),
             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.pid_file),
             "--config-file", str(self.root / "daemon.json"),
-            # A docker0 of its own inside the namespace (the host's is never touched), no iptables.
-            "--iptables=false", "--ip-masq=false", "--insecure-registry", self.registry,
+            # A docker0 of its own inside the namespace (the host's is never touched); its iptables
+            # rules are the namespace's own, as an engine host's are its own.
+            "--insecure-registry", self.registry,
+            "--host", self.tcp, "--tlsverify", "--tlscacert", str(self.tls / "ca.pem"),
+            "--tlscert", str(self.tls / f"{self.name}-cert.pem"), "--tlskey", str(self.tls / f"{self.name}-key.pem"),
         ]
         # Not DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1: it stops pulls from the registry too. A node's
         # pull of a loaded image from Docker Hub fails at once (no route out), and Swarm then
@@ -144,12 +185,15 @@ class LocalSwarm:
         size: How many nodes; node1 is the manager.
     """
 
-    def __init__(self, root: Path = DEFAULT_ROOT, prefix: str = "pdc", size: int = 3) -> None:
+    def __init__(self, root: Path = DEFAULT_ROOT, prefix: str = "pdc", size: int = 3, subnet: str = SUBNET) -> None:
         self.root = root
         self.prefix = prefix
+        self.subnet = subnet
         self.hub = f"{prefix}-hub"
-        self.nodes = {f"node{i}": SwarmNode(f"node{i}", f"{prefix}-node{i}", f"{SUBNET}.{10 + i}",
-                                            root / f"node{i}") for i in range(1, size + 1)}
+        self.host_link = f"{prefix}-h"
+        self.nodes = {f"node{i}": SwarmNode(f"node{i}", f"{prefix}-node{i}", f"{subnet}.{10 + i}",
+                                            root / f"node{i}", self.registry, self.tls)
+                      for i in range(1, size + 1)}
 
     @property
     def manager(self) -> SwarmNode:
@@ -158,7 +202,22 @@ class LocalSwarm:
     @property
     def registry(self) -> str:
         """The registry in the hub namespace, which every node trusts (plain HTTP)."""
-        return REGISTRY
+        return f"{self.subnet}.1:5000"
+
+    @property
+    def tls(self) -> Path:
+        """The directory of the swarm's certificates: ``ca.pem``, and the client's ``cert.pem`` and ``key.pem``."""
+        return self.root / "tls"
+
+    def outside_address(self) -> str:
+        """An address in the hub namespace that every node routes to, from the benchmark range (not a
+        private one): where a test serves what networked sandboxes may reach."""
+        index = int(self.subnet.rsplit(".", 1)[1])
+        return str(ipaddress.IPv4Network(OUTSIDE)[256 * index + 1])
+
+    def in_hub(self, *argv: str) -> list[str]:
+        """``argv`` run in the hub namespace (what a test server there is started with)."""
+        return ["nsenter", f"--net=/run/netns/{self.hub}", "--", *argv]
 
     @property
     def engines(self) -> dict[str, str]:
@@ -170,8 +229,10 @@ class LocalSwarm:
         if (self.root / "state.json").exists():
             raise RuntimeError(f"a cluster is already up under {self.root}; run `scripts/cluster down` first")
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "state.json").write_text(json.dumps({"prefix": self.prefix, "size": len(self.nodes)}))
+        (self.root / "state.json").write_text(json.dumps({"prefix": self.prefix, "size": len(self.nodes),
+                                                          "subnet": self.subnet}))
         try:
+            make_certificates(self.tls, {node.name: node.address for node in self.nodes.values()})
             self._network()
             self._start_registry()
             for node in self.nodes.values():
@@ -184,9 +245,15 @@ class LocalSwarm:
     def _network(self) -> None:
         _run("ip", "netns", "add", self.hub)
         _run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
-        _run("ip", "-n", self.hub, "addr", "add", f"{SUBNET}.1/24", "dev", "br0")
+        _run("ip", "-n", self.hub, "addr", "add", f"{self.subnet}.1/24", "dev", "br0")
+        _run("ip", "-n", self.hub, "addr", "add", f"{self.outside_address()}/32", "dev", "lo")
         _run("ip", "-n", self.hub, "link", "set", "br0", "up")
         _run("ip", "-n", self.hub, "link", "set", "lo", "up")
+        # The host's way to the engines' TLS ports: one veth pair into the hub's bridge.
+        _run("ip", "link", "add", self.host_link, "type", "veth", "peer", "name", "host", "netns", self.hub)
+        _run("ip", "-n", self.hub, "link", "set", "host", "master", "br0", "up")
+        _run("ip", "addr", "add", f"{self.subnet}.254/24", "dev", self.host_link)
+        _run("ip", "link", "set", self.host_link, "up")
         for index, node in enumerate(self.nodes.values(), start=1):
             _run("ip", "netns", "add", node.namespace)
             outer = f"{self.prefix}-v{index}"
@@ -196,11 +263,12 @@ class LocalSwarm:
             _run("ip", "-n", node.namespace, "addr", "add", f"{node.address}/24", "dev", "eth0")
             _run("ip", "-n", node.namespace, "link", "set", "eth0", "up")
             _run("ip", "-n", node.namespace, "link", "set", "lo", "up")
+            _run("ip", "-n", node.namespace, "route", "add", OUTSIDE, "via", f"{self.subnet}.1")
 
     def _start_registry(self) -> None:
         config = self.root / "registry.yml"
         config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.root}/registry\n"
-                          f"http:\n  addr: {REGISTRY}\nlog:\n  level: warn\n")
+                          f"http:\n  addr: {self.registry}\nlog:\n  level: warn\n")
         with (self.root / "registry.log").open("ab") as log:
             process = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.hub}", "--", "docker-registry", "serve",
                                         str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -225,11 +293,22 @@ class LocalSwarm:
         # name and one with their engine's address (what SwarmCluster reads).
         for node in self.nodes.values():
             info = node.client().info()
+            self._record(node_ids=[*self._state().get("node_ids", []), info["Swarm"]["NodeID"]])
             swarm_node = manager.nodes.get(info["Swarm"]["NodeID"])
             spec = swarm_node.attrs["Spec"]
             spec["Labels"] = {**spec.get("Labels", {}), "pydantic-deep.node": node.name,
                               "pydantic-deep.engine": node.socket}
             swarm_node.update(spec)
+
+    def _state(self) -> dict[str, object]:
+        try:
+            state: dict[str, object] = json.loads((self.root / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return state
+
+    def _record(self, **more: object) -> None:
+        (self.root / "state.json").write_text(json.dumps({**self._state(), **more}))
 
     def node_id(self, name: str) -> str:
         return str(self.nodes[name].client().info()["Swarm"]["NodeID"])
@@ -245,9 +324,16 @@ class LocalSwarm:
             os.kill(registry, signal.SIGKILL)
             _wait_gone(registry)
         _kill_shims_below(self.root)
+        _kill_containers_below(self.root)
         _unmount_below(self.root)
+        # Capped disks of the nodes' sandboxes (pydantic_deep.sandbox.cluster_disk), on this host's disk.
+        for node_id in self._state().get("node_ids", []) or []:
+            disks = Path(DISK_DIR) / f"swarm-{node_id}"
+            _unmount_below(disks)
+            shutil.rmtree(disks, ignore_errors=True)
         for namespace in [self.hub, *(node.namespace for node in self.nodes.values())]:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "delete", self.host_link], capture_output=True)  # gone with the hub
         shutil.rmtree(self.root, ignore_errors=True)
 
     @classmethod
@@ -257,7 +343,7 @@ class LocalSwarm:
             state = json.loads((root / "state.json").read_text())
         except (OSError, ValueError):
             return None
-        return cls(root, state["prefix"], state["size"])
+        return cls(root, state["prefix"], state["size"], state.get("subnet", SUBNET))
 
 
 def _read_pid(path: Path) -> int | None:
@@ -298,6 +384,23 @@ def _kill_shims_below(root: Path) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
 
 
+def _kill_containers_below(root: Path) -> None:
+    """Kill the processes of containers whose daemon was killed with SIGKILL: their shim's death
+    leaves them running, reparented to init, holding their mounts (a disk's loop device among them).
+    A container's process has its root filesystem (the mount at ``/``) under the daemon's data root."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or proc.name == str(os.getpid()):
+            continue
+        try:
+            root_mount = next((line for line in (proc / "mountinfo").read_text().splitlines()
+                               if line.split()[4] == "/"), "")
+        except (OSError, IndexError):
+            continue
+        if f"{root}/" in root_mount:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
 def _unmount_below(root: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(f"{root}/")), key=len, reverse=True):
@@ -311,7 +414,7 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         swarm.up()
         print(f"3-node swarm up in {time.monotonic() - started:.1f} s under {swarm.root}")
-        print(f"  manager: {swarm.manager.socket}")
+        print(f"  manager: {swarm.manager.socket} (over TLS: {swarm.manager.tcp}, certificates in {swarm.tls})")
         print(f"  export PYDANTIC_DEEP_CLUSTER={swarm.manager.socket}")
         return 0
     if command == "down":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,13 +16,17 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from docker.tls import TLSConfig
 from helpers import poll_until
-from local_swarm import LocalSwarm, SwarmNode
+from local_swarm import LocalSwarm, SwarmNode, make_certificates
 
 from pydantic_deep import (
+    DiskFullError,
     DockerSandbox,
+    DockerUnavailableError,
     InvalidArgumentError,
     NodeLostError,
     RedisRegistry,
@@ -29,7 +34,11 @@ from pydantic_deep import (
     SandboxPool,
     SessionManager,
     SwarmCluster,
+    delete_snapshot,
+    list_snapshots,
 )
+from pydantic_deep.engine.swarm_networks import remove_unused_swarm_networks
+from pydantic_deep.sandbox.disk import DISK_DIR
 from pydantic_deep.widgets import SessionMonitor
 
 pytestmark = pytest.mark.cluster
@@ -44,10 +53,6 @@ def test_bad_cluster_arguments_are_refused_and_unknown_engines_say_what_to_do() 
         SwarmCluster("tcp://manager:2376", volume_driver_options={"type": "nfs"})
     with pytest.raises(InvalidArgumentError, match="cluster must be a SwarmCluster"):
         DockerSandbox(cluster=3)  # type: ignore[arg-type]
-    # Networked sandboxes are isolated by each engine host's packet filter, which nodes lack yet.
-    for networked in ({"network": True}, {"shared_network": "team"}):
-        with pytest.raises(InvalidArgumentError, match="not available on a cluster yet"):
-            DockerSandbox(cluster=SwarmCluster("tcp://manager:2376"), **networked)
     cluster = SwarmCluster("tcp://manager:2376", nodes={"gpu-1": "tcp://10.0.0.21:2376"})
     labelled = {"ID": "n2", "Spec": {"Labels": {"pydantic-deep.engine": "tcp://10.0.0.22:2376"}},
                 "Description": {"Hostname": "cpu-2"}}
@@ -66,10 +71,10 @@ def cluster(swarm: LocalSwarm) -> SwarmCluster:
 def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(cluster: SwarmCluster) -> None:
     sandboxes = [DockerSandbox(cluster=cluster, memory="256m", cpus=0.25) for _ in range(3)]
     assert [s.disk_size for s in sandboxes] == [None] * 3  # the 10g default is no disk on a cluster
-    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk: disk_size='1g'"):
-        DockerSandbox(cluster=cluster, disk_size="1g")
-    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk"):
+    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk: disk_size='1g'"):
         SessionManager(cluster=cluster, disk_size="1g")
+    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk"):
+        DockerSandbox(cluster=cluster, disk_size="1g", disk_name="kept")
     try:
         for sandbox in sandboxes:
             sandbox.start()
@@ -146,7 +151,9 @@ def _session_dirs(manager: SessionManager, user: str, root: str) -> None:
 @pytest.mark.anyio
 async def test_node_lost_mid_command_fails_fast_and_the_session_comes_back_elsewhere(
         swarm: LocalSwarm, workers: SwarmCluster) -> None:
-    manager = SessionManager(name="test-cluster", cluster=workers, memory="256m", cpus=0.25)
+    # Networked: the replacement's start must skip the lost node's networks and rules, which the
+    # manager may not have found down yet.
+    manager = SessionManager(name="test-cluster", cluster=workers, memory="256m", cpus=0.25, network=True)
     _session_dirs(manager, "alice", workers.volume_driver_options["device"].rsplit("/", 1)[0])
     lost_node = None
     try:
@@ -318,5 +325,236 @@ def _processes(node: SwarmNode) -> str:
 
 
 def _service_containers(node: SwarmNode, service: str) -> list[str]:
-    return [c.name for c in node.client().containers.list(
+    # The low-level list: docker-py's containers.list() inspects each one, and fails on one that
+    # Swarm removes meanwhile.
+    return [c["Names"][0] for c in node.client().api.containers(
         all=True, filters={"label": f"com.docker.swarm.service.name={service}"})]
+
+
+# -- node engines over TLS ----------------------------------------------------------------------
+
+
+def _tls(directory: Path, ca: Path | None = None) -> TLSConfig:
+    """Client TLS settings from a directory of make_certificates (and another CA, to get it wrong)."""
+    return TLSConfig(client_cert=(str(directory / "cert.pem"), str(directory / "key.pem")),
+                     ca_cert=str(ca or directory / "ca.pem"), verify=True)
+
+
+def test_node_engines_over_tls_run_commands_files_and_the_channel(swarm: LocalSwarm) -> None:
+    """Every engine (manager and nodes) at its tcp:// address with --tlsverify, certificates given."""
+    over_tls = SwarmCluster(swarm.manager.tcp, tls=_tls(swarm.tls), constraints=["node.role==worker"],
+                            nodes={node.name: node.tcp for node in swarm.nodes.values()})
+    with DockerSandbox(cluster=over_tls, memory="256m", cpus=0.25) as sandbox:
+        assert sandbox.node is not None and sandbox._placement is not None
+        assert sandbox._placement.address == swarm.nodes[sandbox.node].tcp
+        assert sandbox.has_python  # the supervisor channel's stream, hijacked over TLS
+        chunks: list[str] = []
+        result = sandbox.execute("for i in 1 2 3; do echo $i; sleep 0.05; done; head -c 300000 /dev/zero | wc -c",
+                                 on_output=lambda chunk: chunks.append(chunk.text))
+        assert result.output == "".join(chunks) == "1\n2\n3\n300000\n", result
+        for size in range(1 << 20, (1 << 20) + 5):  # a few: the end of an upload once came with its last bytes
+            payload = os.urandom(size)
+            sandbox.write_file("blob.bin", payload)
+            assert sandbox.read_file("blob.bin") == payload
+            assert sandbox.execute("sha256sum blob.bin").output.split()[0] == hashlib.sha256(payload).hexdigest()
+
+
+def test_wrong_or_missing_certificates_fail_clearly_and_start_nothing(swarm: LocalSwarm, tmp_path: Path) -> None:
+    make_certificates(tmp_path, {})  # another CA, and a client certificate it signed
+    node = swarm.nodes["node2"]
+    cases = [
+        (None, "accepts TLS connections only, and no certificates were given"),
+        (_tls(swarm.tls, ca=tmp_path / "ca.pem"), "presented a certificate this cluster's CA does not verify"),
+        (_tls(tmp_path, ca=swarm.tls / "ca.pem"), "refused this client's TLS connection"),
+    ]
+    for tls, message in cases:
+        # The manager over TLS...
+        with pytest.raises(DockerUnavailableError, match=f"the engine at {swarm.manager.tcp} {message}"):
+            DockerSandbox(cluster=SwarmCluster(swarm.manager.tcp, tls=tls), memory="256m", cpus=0.25).start()
+        # ... and a node's engine (the manager through its socket, which needs none).
+        through_node = SwarmCluster(swarm.manager.socket, tls=tls, nodes={node.name: node.tcp},
+                                    constraints=[f"node.labels.pydantic-deep.node=={node.name}"])
+        with pytest.raises(DockerUnavailableError, match=f"the engine at {node.tcp} {message}"):
+            DockerSandbox(cluster=through_node, memory="256m", cpus=0.25).start()
+        assert through_node.client.services.list() == []
+
+
+# -- networked sandboxes on the cluster (issue 21 on every node) ---------------------------------
+
+# Tries each host:port, one line each: "connected", or why not (errno name).
+_PROBE = r"""python3 - {targets} <<'EOF'
+import errno, socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        print(target, "connected")
+    except OSError as exc:
+        print(target, errno.errorcode.get(exc.errno, type(exc).__name__))
+EOF"""
+# A server on all the sandbox's interfaces, up before the command returns.
+_SERVE = ("nohup python3 -c 'import socket; s = socket.create_server((\"0.0.0.0\", 8000)); "
+          "[s.accept()[0].close() for _ in iter(int, 1)]' >/dev/null 2>&1 & "
+          "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
+          "2>/dev/null && exit 0; sleep 0.05; done; exit 1")
+
+
+def _probe(sandbox: DockerSandbox, *targets: str) -> dict[str, str]:
+    result = sandbox.execute(_PROBE.format(targets=" ".join(targets)), timeout=60)
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
+def _address(sandbox: DockerSandbox) -> str:
+    assert sandbox._placement is not None and sandbox.container_id is not None
+    networks = sandbox._placement.client.api.inspect_container(sandbox.container_id)["NetworkSettings"]["Networks"]
+    [network] = networks.values()
+    return str(network["IPAddress"])
+
+
+@contextlib.contextmanager
+def _outside_server(swarm: LocalSwarm) -> Iterator[str]:
+    """A TCP server at the swarm's outside address (in its hub namespace), as ``host:port``."""
+    target = f"{swarm.outside_address()}:8080"
+    server = subprocess.Popen(swarm.in_hub(sys.executable, "-c", (
+        f"import socket; s = socket.create_server(({swarm.outside_address()!r}, 8080)); "
+        "[s.accept()[0].close() for _ in iter(int, 1)]")))
+    try:
+        poll_until(lambda: subprocess.run(swarm.in_hub("ss", "-ltnH", "sport = :8080"), capture_output=True,
+                                          text=True).stdout.strip() != "", "the outside server to listen",
+                   give_up=lambda: server.poll() is not None)
+        yield target
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _on(swarm: LocalSwarm, node: str) -> SwarmCluster:
+    return SwarmCluster(swarm.manager.socket, constraints=[f"node.labels.pydantic-deep.node=={node}"])
+
+
+def test_networked_sandboxes_reach_the_outside_but_not_each_other_nor_the_nodes(swarm: LocalSwarm) -> None:
+    """Three users' networked sandboxes: two on node2, one on node3; only the outside answers."""
+    options = {"network": True, "memory": "256m", "cpus": 0.25}
+    sandboxes = [DockerSandbox(cluster=_on(swarm, node), **options) for node in ("node2", "node2", "node3")]
+    try:
+        with _outside_server(swarm) as outside:
+            for sandbox in sandboxes:
+                sandbox.start()
+            probe, neighbour, elsewhere = sandboxes
+            for server in (neighbour, elsewhere):
+                assert server.execute(_SERVE, timeout=30).exit_code == 0
+                assert _probe(server, "127.0.0.1:8000") == {"127.0.0.1:8000": "connected"}  # it does answer
+            node2, node3 = swarm.nodes["node2"], swarm.nodes["node3"]
+            targets = {
+                outside: "connected",
+                f"{_address(neighbour)}:8000": "refused",  # the same node's bridge: inter-container traffic off
+                f"{_address(elsewhere)}:8000": "refused",  # another node's sandbox (a private address)
+                f"{node2.address}:2376": "refused",  # its own node's engine, over TLS
+                f"{node3.address}:2376": "refused",  # another node's engine
+                f"{swarm.registry}": "refused",  # the cluster's registry, a private address
+                "169.254.169.254:80": "refused",  # the metadata address
+            }
+            outcome = _probe(probe, *targets)
+            assert {t: "connected" if o == "connected" else "refused" for t, o in outcome.items()} == targets, outcome
+            # The nodes' addresses are routed: refused at once by the node's packet filter ("No
+            # route to host"), not left to time out. (A neighbour's packets are dropped by Docker's
+            # rule for the bridge; another node's bridge is not routed from this node at all.)
+            assert outcome[f"{node2.address}:2376"] == outcome[f"{node3.address}:2376"] == "EHOSTUNREACH", outcome
+    finally:
+        for sandbox in sandboxes:
+            sandbox.stop()
+
+
+def test_a_shared_network_puts_its_sandboxes_on_one_node_where_they_talk(swarm: LocalSwarm,
+                                                                          cluster: SwarmCluster) -> None:
+    options = {"memory": "256m", "cpus": 0.25, "network": True, "shared_network": "team"}
+    first, second = (DockerSandbox(cluster=cluster, network_owner="alice", **options) for _ in range(2))
+    stranger = DockerSandbox(cluster=cluster, network_owner="mallory", **options)
+    try:
+        first.start()
+        second.start()
+        stranger.start()
+        assert second.node == first.node  # a shared network is a bridge on one node
+        assert first.execute(_SERVE, timeout=30).exit_code == 0
+        target = f"{_address(first)}:8000"
+        assert _probe(second, target) == {target: "connected"}
+        assert _probe(stranger, target)[target] != "connected"  # another owner's "team" is another network
+    finally:
+        for sandbox in (first, second, stranger):
+            sandbox.stop()
+    assert cluster.client.services.list() == []
+
+    def networks_left() -> list[str]:  # what the last one out could not remove yet, prune removes
+        remove_unused_swarm_networks(cluster)
+        return [n["Name"] for n in cluster.client.api.networks() if n["Name"].startswith("pydantic-deep-swarm-user")]
+
+    poll_until(lambda: networks_left() == [], "the shared networks to go")
+
+
+# -- a capped disk on the task's node (issue 22) -------------------------------------------------
+
+
+def _disk_mounts(disk: str) -> list[str]:
+    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if f"/{disk} " in line]
+
+
+def test_a_disk_caps_a_cluster_sandbox_on_its_node_and_goes_with_it(swarm: LocalSwarm, cluster: SwarmCluster) -> None:
+    with DockerSandbox(cluster=cluster, disk_size="100m", memory="256m", cpus=0.25) as sandbox:
+        disk = sandbox.disk_name
+        node_id = swarm.node_id(sandbox.node or "")
+        # Made on every node, kept on the task's only: the one mount there is, under its node's id.
+        assert _disk_mounts(disk) == [f"{DISK_DIR}/swarm-{node_id}/{disk}"]
+        for where in (sandbox.work_dir, "~"):
+            full = sandbox.execute(f"head -c 150M /dev/zero > {where}/big; echo $?; rm -f {where}/big")
+            assert "No space left on device" in full.output and full.output.split()[-1] == "1", full
+        with pytest.raises(DiskFullError, match="ran out of disk space"):
+            sandbox.write_file("big.bin", b"\0" * (150 << 20))
+        assert "Read-only file system" in sandbox.execute("touch /opt/elsewhere").output  # nothing else writable
+        assert sandbox.execute("echo still here").output == "still here\n"
+        usage = sandbox.usage()
+        assert usage.disk_limit_bytes is not None and 80 << 20 < usage.disk_limit_bytes <= 100 << 20, usage
+        node = swarm.nodes[sandbox.node or ""]
+    # Released with its service: no mount, no file, and once the task's container is gone (Swarm
+    # removes it a moment after the service), no loop device.
+    poll_until(lambda: _disk_mounts(disk) == [], "the disk to be unmounted")
+    assert list(Path(DISK_DIR).glob(f"swarm-*/{disk}*")) == []
+    poll_until(lambda: _service_containers(node, sandbox.name) == [], "the task's container to go")
+    poll_until(lambda: disk not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout,
+               "the disk's loop device to be detached")
+
+
+# -- snapshots and forks (issue 16) on the cluster -----------------------------------------------
+
+
+def test_snapshots_and_forks_of_a_cluster_sandbox_start_on_other_nodes(swarm: LocalSwarm,
+                                                                       cluster: SwarmCluster) -> None:
+    source = DockerSandbox(cluster=cluster, memory="256m", cpus=0.25, disk_size="100m")
+    started: list[DockerSandbox] = [source]
+    snap = None
+    try:
+        source.start()
+        source.write_file("notes.txt", "before")
+        source.execute("echo kept > ~/.profile-note")
+        snap = source.snapshot()  # made on the source's node, kept in this host's engine
+        assert snap.name in {s.name for s in list_snapshots()} and snap.disk_size == 100 << 20
+        forks = source.fork(2)
+        started += forks
+        assert {fork.node for fork in forks} - {source.node}, "Swarm spreads the forks to the other nodes"
+        for index, fork in enumerate(forks):
+            assert fork.read_file("notes.txt") == b"before"
+            assert fork.execute("cat ~/.profile-note").output == "kept\n"
+            fork.write_file("notes.txt", f"fork {index}")
+            limit = fork.usage().disk_limit_bytes  # a fork keeps its source's disk cap
+            assert limit is not None and limit <= 100 << 20, limit
+        assert [f.read_file("notes.txt") for f in forks] == [b"fork 0", b"fork 1"]
+        assert source.read_file("notes.txt") == b"before"
+        other = next(name for name in swarm.nodes if name != source.node)
+        restored = DockerSandbox(snapshot=snap, cluster=_on(swarm, other), memory="256m", cpus=0.25)
+        started.append(restored)
+        restored.start()
+        assert restored.node == other and restored.read_file("notes.txt") == b"before"
+    finally:
+        for sandbox in started:
+            sandbox.stop()
+        if snap is not None:
+            delete_snapshot(snap.name)

@@ -230,14 +230,16 @@ def test_prune_releases_the_disk_of_a_killed_owner(capsys: pytest.CaptureFixture
     assert os.path.isdir(os.path.dirname(disk_dir(disk)))
 
 
-def test_on_a_cluster_the_default_is_no_disk_and_an_explicit_one_is_refused() -> None:
-    """Swarm services cannot mount a disk: the 10g default must not make every cluster sandbox fail."""
+def test_on_a_cluster_the_default_is_no_disk_and_a_sessions_disk_is_refused() -> None:
+    """On a cluster a disk is made on every node a sandbox may go to: not by default, and never a
+    session's (kept) disk, which would stay on one node while the session moves."""
     cluster = cast(SwarmCluster, object())  # only whether there is one matters here
     runtime = get_runtime("python-minimal")
     assert resolved_disk_size(FROM_RUNTIME, runtime, None) == runtime.disk_size == "10g"
     assert resolved_disk_size(FROM_RUNTIME, runtime, cluster) is None
     assert resolved_disk_size(None, runtime, cluster) is None
-    with pytest.raises(InvalidArgumentError, match="on a cluster cannot have a disk: disk_size='1g'"):
+    assert resolved_disk_size("1g", runtime, cluster, kept=False) == "1g"  # a sandbox's own (tests/test_cluster.py)
+    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk: disk_size='1g'"):
         resolved_disk_size("1g", runtime, cluster)
     with pytest.raises(InvalidArgumentError, match="runtime 'python-minimal'.s disk_size='2g'"):
         resolved_disk_size(FROM_RUNTIME, RuntimeConfig.model_validate(

@@ -12,13 +12,16 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 import struct
 from collections.abc import Iterator
 from typing import Any
 
 import docker
 
-__all__ = ["Exec", "archive_stat", "attach_stdin", "docker_frames"]
+from .relay import plain_end
+
+__all__ = ["Exec", "archive_stat", "attach_stdin", "create_network", "docker_frames", "engine_client", "engine_key"]
 
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header: stream, size
 
@@ -62,7 +65,10 @@ class Exec:
     def open_socket(self) -> socket.socket:
         """Start it and return the raw stream, blocking: write its stdin there, read its output
         with :func:`docker_frames` (with a tty: as it is). The caller closes it."""
-        sock: socket.socket = self._api.exec_start(self.id, socket=True, tty=self._tty)._sock
+        raw = self._api.exec_start(self.id, socket=True, tty=self._tty)
+        if isinstance(raw, ssl.SSLSocket):  # an engine over TLS: docker-py hands out the TLS socket itself
+            return plain_end(raw)
+        sock: socket.socket = raw._sock
         sock.settimeout(None)
         return sock
 
@@ -93,3 +99,38 @@ def archive_stat(client: docker.DockerClient, container_id: str, path: str) -> d
     api._raise_for_status(response)
     stat: dict[str, Any] = json.loads(base64.b64decode(response.headers["X-Docker-Container-Path-Stat"]))
     return stat
+
+
+def engine_client(address: str, tls: docker.tls.TLSConfig | None, *, timeout: float, max_pool_size: int = 10,
+                  version: str = "auto") -> docker.DockerClient:
+    """A client of the engine at ``address``, over TLS with ``tls``.
+
+    Unlike ``docker.DockerClient(tls=...)`` alone, the TLS settings hold whatever the environment
+    says: requests lets ``$REQUESTS_CA_BUNDLE`` (or ``$CURL_CA_BUNDLE``) replace a session's CA
+    (psf/requests#3829), so an engine whose certificate the given CA signed would fail to verify
+    wherever that variable is set (Debian's and many images' default). With ``tls`` the client
+    therefore ignores the environment (it is not sent through ``$HTTPS_PROXY`` either), and asks
+    the engine's API version itself, after that.
+    """
+    if tls is None:
+        return docker.DockerClient(base_url=address, version=version, timeout=timeout, max_pool_size=max_pool_size)
+    client = docker.DockerClient(base_url=address, tls=tls, version="1.41" if version == "auto" else version,
+                                 timeout=timeout, max_pool_size=max_pool_size)
+    client.api.trust_env = False
+    if version == "auto":
+        client.api._version = client.api._retrieve_server_version()
+    return client
+
+
+def engine_key(client: docker.DockerClient) -> str:
+    """What tells the engine of ``client`` from others: its address, and for a unix socket the
+    socket's path (docker-py gives every unix socket the one base URL ``http+docker://localhost``)."""
+    adapter = client.api.adapters.get("http+docker://")
+    return f"{client.api.base_url}{getattr(adapter, 'socket_path', '')}"
+
+
+def create_network(client: docker.DockerClient, body: dict[str, Any]) -> None:
+    """``POST /networks/create`` with ``body`` as the Engine API takes it: docker-py's
+    ``create_network`` has no ``ConfigOnly`` nor ``ConfigFrom``. Refusals raise ``APIError``."""
+    api = client.api
+    api._result(api._post_json(api._url("/networks/create"), data=body), json=True)

@@ -49,6 +49,7 @@ import docker
 
 from ..errors import NetworkIsolationError
 from . import labels as label
+from .api import engine_key
 
 __all__ = ["BLOCKED_RANGES", "BRIDGE_PREFIX", "METADATA_ADDRESS", "HelperImage", "NetworkRules", "apply_rules",
            "remove_rules", "rules_installed"]
@@ -204,7 +205,7 @@ def apply_rules(client: docker.DockerClient, networks: Sequence[NetworkRules], *
     # a network it did not see yet loses its allowances (never gains any) until the next start.
     script = _apply_script(networks)
     local = _runs_here([n.bridge for n in networks])
-    key = (client.api.base_url, hashlib.sha256(script.encode()).hexdigest())
+    key = (engine_key(client), hashlib.sha256(script.encode()).hexdigest())
     with _applied.lock:
         if not local and key in _applied.digests:
             return

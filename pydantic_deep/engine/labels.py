@@ -39,6 +39,7 @@ __all__ = [
     "RUNTIME_CONFIG",
     "SESSION",
     "SERVICE",
+    "SWARM_NETWORK",
     "SEEDED",
     "SESSION_CREATED",
     "SNAPSHOT",
@@ -103,6 +104,8 @@ NODE_ENGINE = PREFIX + "engine"
 """On a Swarm node: the address of its own engine, through which its sandboxes are reached."""
 SERVICE = PREFIX + "service"
 """On a sandbox's service and its task's container: the service's name."""
+SWARM_NETWORK = PREFIX + "swarm-network"
+"""On a sandbox's service: the swarm network it sits on (the tasks of a shared one share a node)."""
 
 # -- networks ----------------------------------------------------------------------------------
 NETWORK = PREFIX + "network"

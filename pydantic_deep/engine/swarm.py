@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,12 +45,13 @@ from docker.types import (
 from docker.utils import parse_bytes
 from requests.exceptions import ConnectionError as EngineConnectionError
 
-from ..errors import InvalidArgumentError, NodeLostError, SandboxError
+from ..errors import DockerUnavailableError, InvalidArgumentError, NodeLostError, SandboxError
 from . import labels as label
+from .api import engine_client
 from .client import docker_client
 
-__all__ = ["CLUSTER_VARIABLE", "NODE_ENGINE_LABEL", "NODE_NAME_LABEL", "SwarmCluster", "TaskPlacement",
-           "resolve_cluster"]
+__all__ = ["CLUSTER_VARIABLE", "NODE_ENGINE_LABEL", "NODE_ID_TEMPLATE", "NODE_NAME_LABEL", "SwarmCluster",
+           "TaskPlacement", "resolve_cluster"]
 
 CLUSTER_VARIABLE = "PYDANTIC_DEEP_CLUSTER"
 """The environment variable naming a Swarm manager: every sandbox then runs on that cluster."""
@@ -61,6 +63,9 @@ NODE_ENGINE_LABEL = label.NODE_ENGINE
 """A node label holding the address of the node's own engine (``unix://``, ``tcp://``)."""
 
 logger = logging.getLogger(__name__)
+
+NODE_ID_TEMPLATE = "{{.Node.ID}}"
+"""Swarm's template for the id of the node a task runs on (in a mount's source, say)."""
 
 _RUNNING, _FAILED = "running", {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 _SERVICE_LABEL = label.SERVICE
@@ -158,12 +163,24 @@ class SwarmCluster:
     # -- engines ------------------------------------------------------------------------------
 
     def engine(self, address: str) -> docker.DockerClient:
-        """The (shared) client of the engine at ``address``."""
+        """The (shared) client of the engine at ``address``.
+
+        Raises:
+            DockerUnavailableError: the engine and this cluster's ``tls`` do not agree (the engine
+                needs TLS and none was given, refused the client's certificate, presented one the
+                CA does not verify, or speaks no TLS); the message says which and what to pass.
+        """
         with self._lock:
             client = self._clients.get(address)
             if client is None:
-                client = self._clients[address] = docker.DockerClient(
-                    base_url=address, tls=self.tls or False, version="auto", timeout=120, max_pool_size=64)
+                try:
+                    client = engine_client(address, self.tls, timeout=120, max_pool_size=64)
+                except DockerException as exc:
+                    refusal = _tls_refusal(address, self.tls is not None, str(exc))
+                    if refusal is None:
+                        raise
+                    raise DockerUnavailableError(refusal) from None
+                self._clients[address] = client
             return client
 
     @property
@@ -174,8 +191,7 @@ class SwarmCluster:
     def engine_answers(self, address: str) -> bool:
         """Whether the engine at ``address`` answers a ping within :attr:`heartbeat` seconds."""
         try:
-            docker.DockerClient(base_url=address, tls=self.tls or False, version="1.41",
-                                timeout=self.heartbeat).ping()
+            engine_client(address, self.tls, version="1.41", timeout=self.heartbeat).ping()
         except (DockerException, OSError):
             return False
         return True
@@ -200,6 +216,11 @@ class SwarmCluster:
         """Every node as the manager reports it (``docker node inspect``)."""
         return [node.attrs for node in self.client.nodes.list()]
 
+    def ready_nodes(self) -> list[dict[str, Any]]:
+        """The nodes new sandboxes may go to: ready, active, and not found lost."""
+        return [n for n in self.list_nodes() if n["Status"]["State"] == "ready" and n["ID"] not in self._lost
+                and n["Spec"].get("Availability") == "active"]
+
     # -- images -------------------------------------------------------------------------------
 
     def distribute(self, image: str, progress: Callable[[str], None] | None = None) -> str:
@@ -211,10 +232,30 @@ class SwarmCluster:
         """
         if self.registry is not None:
             return self._push(image, progress)
-        nodes = [n for n in self.list_nodes() if n["Status"]["State"] == "ready" and n["ID"] not in self._lost
-                 and n["Spec"].get("Availability") == "active" and (n["ID"], image) not in self._images]
+        nodes = [n for n in self.ready_nodes() if (n["ID"], image) not in self._images]
         with ThreadPoolExecutor(max(1, len(nodes))) as threads:
             list(threads.map(lambda node: self._load_onto(node, image, progress), nodes))
+        return image
+
+    def unreachable(self, node: Mapping[str, Any]) -> bool:
+        """Whether ``node``'s engine does not answer; such a node is kept out of placement until
+        it does (what the manager takes a heartbeat or two to find out itself)."""
+        address = self.node_address(node)
+        if self.engine_answers(address):
+            return False
+        logger.warning("Node %s does not answer at %s: no sandbox goes there", self.node_name(node), address)
+        self._lost[node["ID"]] = address
+        return True
+
+    def known_on(self, node_id: str, image: str) -> None:
+        """Note that the node ``node_id`` holds ``image`` already (a snapshot made there): not loaded again."""
+        self._images.add((node_id, image))
+
+    def provide(self, node: Mapping[str, Any], image: str) -> str:
+        """Make ``image`` (on this host's engine) present on ``node``'s engine, loading it if
+        missing (a helper's image, say); returns it."""
+        if (node["ID"], image) not in self._images:
+            self._load_onto(node, image, None)
         return image
 
     def _load_onto(self, node: Mapping[str, Any], image: str, progress: Callable[[str], None] | None) -> None:
@@ -265,20 +306,24 @@ class SwarmCluster:
     # -- services -----------------------------------------------------------------------------
 
     def run(self, name: str, image: str, options: Mapping[str, Any], *,
-            progress: Callable[[str], None] | None = None) -> TaskPlacement:
+            progress: Callable[[str], None] | None = None, network: str | None = None,
+            constraints: Sequence[str] = ()) -> TaskPlacement:
         """Create the one-task service ``name`` for a sandbox and wait until its task runs.
 
         Args:
             image: The image on this host's engine; it is made available to the nodes first.
             options: The sandbox's container options (``docker.containers.create`` keywords),
                 turned into the service's spec (see :func:`service_spec`).
+            network: The swarm network the task joins (see
+                :mod:`pydantic_deep.engine.swarm_networks`); ``None``: the node's default bridge.
+            constraints: Placement constraints of this sandbox, besides the cluster's.
 
         Raises:
             SandboxError: the task failed to start, or was not running within
                 :attr:`start_timeout` (the message says why, e.g. no node has the memory).
         """
         reference = self.distribute(image, progress)
-        spec = self.service_spec(reference, options)
+        spec = self.service_spec(reference, options, network=network, constraints=constraints)
         try:
             service_id = self.client.api.create_service(**spec)["ID"]
         except APIError as exc:
@@ -347,16 +392,21 @@ class SwarmCluster:
             f"not answer. The sandbox's processes and its files on that node's disk are gone with it; a "
             f"SessionManager starts a new sandbox on another node on the next get_or_create")
 
-    def service_spec(self, image: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    def service_spec(self, image: str, options: Mapping[str, Any], *, network: str | None = None,
+                     constraints: Sequence[str] = ()) -> dict[str, Any]:
         """The keyword arguments of ``APIClient.create_service`` for a sandbox whose container
         options (``containers.create`` keywords, as :class:`DockerSandbox` makes them) are
-        ``options``. Options Swarm cannot carry are refused, never dropped."""
+        ``options``, on the swarm ``network`` if any, with ``constraints`` besides the cluster's.
+        Options Swarm cannot carry are refused, never dropped."""
         given: list[Mount] = options.get("mounts") or []
-        # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node.
+        # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node;
+        # binds of a path on the task's node (a disk's, named with Swarm's {{.Node.ID}}) stay binds.
         configs = [self._config_of(Path(mount["Source"]), mount["Target"]) for mount in given
-                   if mount["Type"] == "bind"]
+                   if mount["Type"] == "bind" and NODE_ID_TEMPLATE not in mount["Source"]]
         mounts = [self._volume_mount(mount["Source"], mount["Target"]) for mount in given
                   if mount["Type"] == "volume"]
+        mounts += [Mount(mount["Target"], mount["Source"], type="bind") for mount in given
+                   if mount["Type"] == "bind" and NODE_ID_TEMPLATE in mount["Source"]]
         for path, tmpfs in (options.get("tmpfs") or {}).items():
             size = next((o.removeprefix("size=") for o in tmpfs.split(",") if o.startswith("size=")), None)
             mounts.append(Mount(path, None, type="tmpfs", tmpfs_size=parse_bytes(size) if size else None,
@@ -365,6 +415,7 @@ class SwarmCluster:
             image, command=["sleep", "infinity"], user=options.get("user"), workdir=options.get("working_dir"),
             env=options.get("environment"), labels=options.get("labels"), mounts=mounts,
             init=options.get("init"), cap_drop=options.get("cap_drop"), configs=configs or None,
+            read_only=options.get("read_only") or None, sysctls=options.get("sysctls"),
         )
         # Fields of the Engine API 1.41 that docker-py's ContainerSpec does not take.
         ulimits = options.get("ulimits") or []
@@ -375,13 +426,15 @@ class SwarmCluster:
         resources = Resources(cpu_limit=cpus, mem_limit=memory, cpu_reservation=cpus, mem_reservation=memory)
         if options.get("pids_limit"):
             resources.setdefault("Limits", {})["Pids"] = options["pids_limit"]
-        placement = Placement(constraints=[*self.constraints, *self._avoided()] or None,
+        placement = Placement(constraints=[*self.constraints, *constraints, *self._avoided()] or None,
                               preferences=[("spread", f"node.labels.{self.spread}")] if self.spread else None)
         log = options.get("log_config")
         task = TaskTemplate(container, resources=resources, placement=placement,
                             restart_policy=RestartPolicy(condition="none", delay=0),
-                            log_driver=DriverConfig(log["Type"]) if log else None)
-        labels = {**(options.get("labels") or {}), _SERVICE_LABEL: "true"}
+                            log_driver=DriverConfig(log["Type"]) if log else None,
+                            networks=[network] if network is not None else None)
+        labels = {**(options.get("labels") or {}), _SERVICE_LABEL: "true",
+                  **({label.SWARM_NETWORK: network} if network is not None else {})}
         return {"task_template": task, "name": options["name"], "labels": labels, "mode": ServiceMode("replicated", 1)}
 
     def _config_of(self, source: Path, target: str) -> ConfigReference:
@@ -426,6 +479,32 @@ class SwarmCluster:
 
     def __repr__(self) -> str:
         return f"<SwarmCluster manager={self.manager!r}>"
+
+
+_SSL_DETAIL = re.compile(r"\[SSL(?:: [A-Z0-9_]+)?\][^(')\"]*|EOF occurred in violation of protocol")
+_TLS_EXAMPLE = "tls=docker.tls.TLSConfig(client_cert=('cert.pem', 'key.pem'), ca_cert='ca.pem', verify=True)"
+
+
+def _tls_refusal(address: str, tls: bool, failure: str) -> str | None:
+    """What went wrong between this client's TLS settings and the engine at ``address``, said with
+    what to do, when ``failure`` (a connection's error) is a TLS disagreement; else ``None``."""
+    found = _SSL_DETAIL.search(failure)
+    detail = found.group(0).strip() if found else ""
+    if "HTTP request to an HTTPS server" in failure:
+        return (f"the engine at {address} accepts TLS connections only, and no certificates were given: "
+                f"pass SwarmCluster(..., {_TLS_EXAMPLE}) with a client certificate the engine's CA signed")
+    if "CERTIFICATE_VERIFY_FAILED" in failure:
+        return (f"the engine at {address} presented a certificate this cluster's CA does not verify ({detail}): "
+                f"give TLSConfig(ca_cert=...) the CA that signed the engines' certificates, and reach each engine "
+                f"at an address its certificate names")
+    if "WRONG_VERSION_NUMBER" in failure or "record layer failure" in failure:
+        return (f"the engine at {address} does not speak TLS ({detail}): leave tls out for it, or start it "
+                f"with dockerd --tlsverify")
+    if tls and found:
+        return (f"the engine at {address} refused this client's TLS connection ({detail}): give "
+                f"TLSConfig(client_cert=(cert, key)) a certificate signed by the CA the engine trusts "
+                f"(its dockerd --tlscacert)")
+    return None
 
 
 _from_env: dict[str, SwarmCluster] = {}

@@ -138,13 +138,15 @@ class DiskInfo:
 class _Agent:
     """The disk agent of this process for one engine (see the module's docstring)."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, host_dir: str | None = None) -> None:
         self.client = client
-        # Engines on one host may share an ID (Docker 20.10 derives it from /etc/docker/key.json),
-        # never a data root: the two together name this engine, and its disks' folder.
-        info = client.info()
-        engine = hashlib.sha256(f"{info['ID']} {info['DockerRootDir']}".encode()).hexdigest()[:12]
-        self.host_dir = f"{DISK_DIR}/{engine}"
+        if host_dir is None:
+            # Engines on one host may share an ID (Docker 20.10 derives it from /etc/docker/key.json),
+            # never a data root: the two together name this engine, and its disks' folder.
+            info = client.info()
+            engine = hashlib.sha256(f"{info['ID']} {info['DockerRootDir']}".encode()).hexdigest()[:12]
+            host_dir = f"{DISK_DIR}/{engine}"
+        self.host_dir = host_dir
         self.container_id: str | None = None
         self._lifeline: Any = None
         self._lock = threading.Lock()

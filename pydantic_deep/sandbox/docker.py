@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, BinaryIO, Concatenate, Literal, ParamSpec, Self, TypeVar
 
 import docker
 from docker.errors import APIError, NotFound
@@ -68,6 +68,7 @@ from ..engine.networks import (
     shared_network_name,
 )
 from ..engine.swarm import SwarmCluster, TaskPlacement, resolve_cluster
+from ..engine.swarm_networks import ensure_swarm_network, remove_unused_swarm_networks, shared_network_node
 from ..engine.volumes import create_volume, ensure_volume, remove_volume
 from ..errors import (
     ContainerGoneError,
@@ -104,9 +105,10 @@ from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
+from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
-from .snapshots import Snapshot, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
+from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
 
@@ -130,13 +132,17 @@ FROM_RUNTIME = _FromRuntime()
 
 
 def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeConfig, cluster: SwarmCluster | None,
-                       snapshot: Snapshot | None = None) -> str | None:
+                       snapshot: Snapshot | None = None, *, kept: bool = True) -> str | None:
     """The ``disk_size`` a sandbox gets: the one given; else its snapshot's source's; else its
-    runtime's, but on a cluster (where Swarm cannot mount a disk) no disk unless asked for.
+    runtime's, but on a cluster no disk unless asked for (see :mod:`.cluster_disk`).
+
+    Args:
+        kept: The disk outlives its sandbox (a session's, under a ``disk_name``).
 
     Raises:
-        InvalidArgumentError: a disk asked for on a cluster: by ``disk_size``, or by a runtime
-            whose ``disk_size`` is not the default.
+        InvalidArgumentError: a disk that outlives its sandbox asked for on a cluster (by
+            ``disk_size``, or by a runtime whose ``disk_size`` is not the default): it would stay
+            on one node while the session moves to others.
     """
     if isinstance(disk_size, _FromRuntime):
         if snapshot is not None and snapshot.disk_size is not None:
@@ -146,10 +152,12 @@ def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeCon
         disk_size, argument = runtime.disk_size, f"runtime {runtime.name!r}'s disk_size"
     else:
         argument = "disk_size"
-    if cluster is not None and disk_size is not None:
-        raise InvalidArgumentError(f"a sandbox on a cluster cannot have a disk: {argument}={disk_size!r} needs a "
-                                   "loop-mounted disk on the sandbox's host, which Swarm services cannot mount; "
-                                   "leave disk_size unset (on a cluster the default is no disk) or pass None")
+    if cluster is not None and disk_size is not None and kept:
+        raise InvalidArgumentError(
+            f"sessions on a cluster cannot have a disk: {argument}={disk_size!r} is a disk that keeps the session's "
+            "files on the node it was made on, and a session moves between nodes; on a cluster, sessions keep "
+            "their files on volumes (shared across nodes with SwarmCluster(volume_driver=...)): leave disk_size "
+            "unset or pass None (a DockerSandbox or SandboxPool on a cluster may have a disk_size)")
     return disk_size
 
 # What a call fails with when its container stopped or was removed under it (or the engine
@@ -297,8 +305,9 @@ class DockerSandbox(SandboxBase):
             what is written. ``None`` caps nothing: a writable root filesystem and home, as plain
             Docker gives (see :mod:`pydantic_deep.sandbox.disk` for how, and what the engine needs).
             Named ``volumes`` you mount are not on it. Started from a ``snapshot``, the default is
-            the source's size. On a ``cluster`` the default is no disk (Swarm cannot mount one),
-            and a size given there is refused.
+            the source's size. On a ``cluster`` the default is no disk, and one given is made on
+            the node that runs the task (see :mod:`pydantic_deep.sandbox.cluster_disk`); a kept
+            one (``disk_name``) is refused there.
         disk_name: Keep the disk under this name when the container goes (a session's files):
             ``stop()`` unmounts it, ``stop(remove_volumes=True)`` deletes it, and a new sandbox
             with the same ``disk_name`` gets its files back. By default the disk goes with the
@@ -398,19 +407,14 @@ class DockerSandbox(SandboxBase):
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.cluster = resolve_cluster(cluster)
-        if self.cluster is not None and (self.network or self.shared_network is not None):
-            # The isolation of networked sandboxes (engine/firewall.py) is each engine host's own;
-            # a cluster's nodes do not have it yet, so a networked sandbox there would reach others.
-            raise InvalidArgumentError(
-                "network access (network=True or shared_network) is not available on a cluster yet: networked "
-                "sandboxes are kept from each other and the hosts by each engine host's packet filter, which "
-                "the cluster's nodes do not have; run networked sandboxes with cluster=False")
-        size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot)
+        size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot,
+                                  kept=disk_name is not None)
         try:
             self.disk_size = disk_size_bytes(size)
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from None
         self._placement: TaskPlacement | None = None  # on a cluster: the node and its engine
+        self._disk_node: Mapping[str, Any] | None = None  # on a cluster: the node whose disk it uses
         self.image: str | None = None
         self.container_id: str | None = None
         self.state = SandboxState.NEW
@@ -541,7 +545,11 @@ class DockerSandbox(SandboxBase):
 
     def _release_disk(self, *, delete: bool) -> None:
         """Unmount this sandbox's disk (no container may use it any more); ``delete`` its file too."""
-        if self._disk_dir is not None:
+        if self._disk_dir is not None and self.cluster is not None:
+            if self._disk_node is not None:  # a cluster's disks go with their sandbox
+                release_on_nodes(self.cluster, self.disk_name, [self._disk_node])
+            self._disk_dir = self._disk_node = None
+        elif self._disk_dir is not None:
             release_disk(self.disk_name, delete=delete)
             self._disk_dir = None
 
@@ -573,19 +581,52 @@ class DockerSandbox(SandboxBase):
     def _start_on_cluster(self, cluster: SwarmCluster, prepared: PreparedImage) -> None:
         """Start the sandbox as a one-task Swarm service and reach its container through its
         node's engine (with the lock held)."""
-        placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress)
+        network, constraints = self._swarm_network(cluster)
+        disk_nodes: list[Mapping[str, Any]] = []
+        if self.disk_size is not None:  # made on every node it may go to, kept on the one it goes to
+            self.disk_name = self.disk_name or f"pd-disk-{uuid.uuid4().hex[:16]}"
+            disk_nodes = open_on_nodes(cluster, self.disk_name, self.disk_size, self._uid, self._gid)
+            self._disk_dir = node_disk_dir(self.disk_name)
+        try:
+            placement = cluster.run(self.name, prepared.tag, self._container_options(), progress=self.progress,
+                                    network=network, constraints=constraints)
+        except BaseException:
+            release_on_nodes(cluster, self.disk_name, disk_nodes)
+            self._disk_dir = None
+            raise
+        if disk_nodes:
+            release_on_nodes(cluster, self.disk_name, disk_nodes, but=placement.node_id)
+            self._disk_node = next(node for node in disk_nodes if node["ID"] == placement.node_id)
         try:
             self._placement, self._python, self._node = placement, prepared.python, prepared.node
-            # Swarm has no "none" network (and a networked sandbox is refused on a cluster): take the
-            # task's links down, with a helper running the sandbox's image as the node knows it.
-            cut_network(placement.client, placement.container_id, placement.image, prepared.python,
-                        self._helper_labels())
+            if network is None:
+                # Swarm has no "none" network: take the task's links down, with a helper running
+                # the sandbox's image as the node knows it.
+                cut_network(placement.client, placement.container_id, placement.image, prepared.python,
+                            self._helper_labels())
+            if disk_nodes and prepared.seeded:  # a new disk gets the snapshot's files, before first use
+                _seed_disk(placement.client, placement.image, placement.container_id, prepared.seeded)
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
             self._placement = None
+            self._release_disk(delete=True)
             raise
         self._adopt(placement.client, placement.container_id)
+
+    def _swarm_network(self, cluster: SwarmCluster) -> tuple[str | None, list[str]]:
+        """A networked sandbox's swarm network (its nodes' rules in place) and, on a shared network,
+        the constraint that puts it on the node of the network's running sandboxes; ``(None, [])``
+        without network."""
+        if not self.network and self.shared_network is None:
+            return None, []
+        netfilter = ensure_netfilter_image(docker_client())
+        network = ensure_swarm_network(
+            cluster, shared=self.shared_network, owner=self.network_owner, egress=self.network,
+            allow_private=self.allow_private, allow_metadata=not self.block_metadata,
+            helper_image=lambda node: cluster.provide(node, netfilter))
+        node = shared_network_node(cluster, network) if self.shared_network is not None else None
+        return network, [f"node.id=={node}"] if node is not None else []
 
     def _helper_labels(self) -> dict[str, str]:
         return label.managed({label.OWNER_PID: str(os.getpid()), label.OWNER_HOST: socket.gethostname()})
@@ -593,7 +634,9 @@ class DockerSandbox(SandboxBase):
     def _adopt(self, client: docker.DockerClient, container_id: str) -> None:
         self.container_id = container_id
         if self.remove_on_exit and self.cluster is not None:
-            self._finalizer = weakref.finalize(self, self.cluster.remove, self.name)
+            self._finalizer = weakref.finalize(self, _remove_service, self.cluster, self.name,
+                                               self.disk_name if self._disk_node is not None else None,
+                                               self._disk_node)
         elif self.remove_on_exit:
             self._finalizer = weakref.finalize(self, _remove_sandbox, client, container_id,
                                                self.disk_name if self._disk_dir else None, not self._keep_disk)
@@ -680,7 +723,9 @@ class DockerSandbox(SandboxBase):
                         self.cluster.remove(self.name)  # works with the node lost, too
                     else:
                         remove_container(docker_client(), self.container_id)
-                    if self.shared_network is not None:  # the last one out removes it
+                    if self.shared_network is not None and self.cluster is not None:  # the last one out...
+                        remove_unused_swarm_networks(self.cluster)
+                    elif self.shared_network is not None:  # the last one out removes it
                         remove_network_if_unused(docker_client(), self._shared_network_name())
                     if self._fork_image is not None:
                         remove_fork_image(self._fork_image)
@@ -1099,11 +1144,19 @@ class DockerSandbox(SandboxBase):
                 resume_container(self._engine(), self.container_id)
             self.state = SandboxState.RUNNING
 
-    @_in_use
-    def _refuse_on_cluster(self, action: str) -> None:
-        if self.cluster is not None:
-            raise SandboxStateError(f"{action}() is not available on a cluster yet: snapshots are images of "
-                                    "this host's engine, which the cluster's nodes do not share")
+    def _take_snapshot(self, container_id: str, name: str | None = None,
+                       kind: Literal["snapshot", "fork"] = "snapshot") -> Snapshot:
+        """A snapshot of the container, made on its engine; on a cluster, made on its node and
+        loaded into this host's engine, where snapshots live (and from where the cluster hands it to
+        the node a sandbox started from it lands on)."""
+        snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
+                             volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name, kind=kind,
+                             client=self._engine())
+        if self.cluster is None or self._placement is None:
+            return snap
+        home = bring_home(snap, self._placement.client)
+        self.cluster.known_on(self._placement.node_id, home.tag)
+        return home
 
     def snapshot(self, name: str | None = None) -> Snapshot:
         """Keep the sandbox's files as a named snapshot, to start from, restore or fork later.
@@ -1120,12 +1173,12 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             InvalidArgumentError: a malformed name, or one a snapshot already has.
-            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
+
+        On a cluster the snapshot is made on the sandbox's node and loaded into this host's engine
+        (where every snapshot lives); a sandbox started from it gets it on its node as any image.
         """
-        self._refuse_on_cluster("snapshot")
         container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
-        return take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
-                             volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name)
+        return self._take_snapshot(container_id, name)
 
     def restore(self, snapshot: Snapshot | str) -> Self:
         """Roll the sandbox back to ``snapshot``: its container is replaced by one started from the
@@ -1138,7 +1191,13 @@ class DockerSandbox(SandboxBase):
         Raises:
             SnapshotNotFoundError: there is no such snapshot.
             InvalidArgumentError: the snapshot's files belong to another user than this sandbox's.
+            SandboxStateError: a sandbox with named volumes (a session's) on a cluster, whose
+                volumes are on its nodes.
         """
+        if self.cluster is not None and self.volumes:
+            raise SandboxStateError("restore() of a sandbox with named volumes (a session's) is not available on a "
+                                    "cluster: its volumes are on the nodes it ran on; start a new sandbox from the "
+                                    "snapshot instead (DockerSandbox(snapshot=..., cluster=...))")
         snap = resolve_snapshot(snapshot)
         if snap.user != f"{self._uid}:{self._gid}":
             raise InvalidArgumentError(f"snapshot {snap.name!r} holds files of user {snap.user}, "
@@ -1164,15 +1223,12 @@ class DockerSandbox(SandboxBase):
 
         Raises:
             InvalidArgumentError: ``n`` is not a number from 1 to 64.
-            SandboxStateError: the sandbox is on a cluster (snapshots live in this host's engine).
         """
-        self._refuse_on_cluster("fork")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
             raise InvalidArgumentError(f"fork(n) needs a number of copies from 1 to 64, not {n!r}")
         with self._activity(), self._clear_errors("fork"):
             container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
-            snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
-                                 volume_paths=self._snapshot_paths(), disk_size=self.disk_size, kind="fork")
+            snap = self._take_snapshot(container_id, kind="fork")
         forks = [self._fork_from(snap) for _ in range(n)]
         try:
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pydantic-deep-fork") as pool:
@@ -1196,6 +1252,7 @@ class DockerSandbox(SandboxBase):
             block_metadata=self.block_metadata, command_timeout=self.command_timeout,
             max_output=self.max_output, ca_bundle=False, progress=self.progress,
             labels={key: value for key, value in self.labels.items() if not key.startswith(label.PREFIX)},
+            cluster=self.cluster or False,
         )
         fork.ca_bundle, fork.from_snapshot, fork._fork_image = self.ca_bundle, snap, snap.image
         return fork
@@ -1264,3 +1321,10 @@ def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | 
     remove_container(client, container_id)
     if disk is not None:
         release_disk(disk, delete=delete_disk)
+
+
+def _remove_service(cluster: SwarmCluster, name: str, disk: str | None, node: Mapping[str, Any] | None) -> None:
+    """Remove a cluster sandbox's service, then its disk on its node (garbage collection, interpreter exit)."""
+    cluster.remove(name)
+    if disk is not None and node is not None:
+        release_on_nodes(cluster, disk, [node])

@@ -41,8 +41,8 @@ from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
 from ..errors import InvalidArgumentError, SandboxStateError, SnapshotNotFoundError, shown
 
-__all__ = ["SNAPSHOT_REPOSITORY", "Snapshot", "delete_snapshot", "get_snapshot", "list_snapshots", "remove_fork_image",
-           "prune_snapshot_leftovers", "resolve_snapshot", "resume_container", "take_snapshot"]
+__all__ = ["SNAPSHOT_REPOSITORY", "Snapshot", "bring_home", "delete_snapshot", "get_snapshot", "list_snapshots",
+           "prune_snapshot_leftovers", "remove_fork_image", "resolve_snapshot", "resume_container", "take_snapshot"]
 
 logger = logging.getLogger("pydantic_deep.snapshots")
 
@@ -208,13 +208,18 @@ def delete_snapshot(name: str) -> None:
 
 def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volume_paths: list[str],
                   disk_size: int | None = None, name: str | None = None,
-                  kind: Literal["snapshot", "fork"] = "snapshot") -> Snapshot:
+                  kind: Literal["snapshot", "fork"] = "snapshot",
+                  client: docker.DockerClient | None = None) -> Snapshot:
     """Snapshot the container's files (its filesystem and the content of ``volume_paths``: its
     named volumes and its disk, which ``docker commit`` does not keep); ``disk_size`` is recorded.
 
     The container is paused for the copy and resumed after it, unless it was paused already.
+
+    Args:
+        client: The engine holding the container (a cluster node's), where the snapshot is made;
+            by default this host's.
     """
-    client = docker_client()
+    client = client or docker_client()
     created = datetime.now(UTC)
     if name is None:
         name = f"{kind}-{runtime.name.lower()}-{created:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -391,3 +396,12 @@ def prune_snapshot_leftovers(*, everything: bool = False) -> int:
                 raise
             removed += 1
     return removed
+
+
+def bring_home(snapshot: Snapshot, client: docker.DockerClient) -> Snapshot:
+    """Load ``snapshot``, made on the engine of ``client`` (a cluster node's), into this host's
+    engine, where snapshots live (and from where a cluster hands images to its nodes)."""
+    home = docker_client()
+    with engine_errors():
+        home.images.load(client.api.get_image(snapshot.tag))
+        return _size_of(home, home.api.inspect_image(snapshot.tag))

@@ -158,7 +158,8 @@ class SessionManager:
             ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
             and home on one disk of that size, kept with their files across containers, processes
             and container losses. A session keeps the size its disk was made with. On a
-            ``cluster`` the default is no disk (Swarm cannot mount one).
+            ``cluster`` the default is no disk, and a session's disk is refused (it would stay on
+            one node while the session moves to others).
             A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
             user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
             different users' never can.
