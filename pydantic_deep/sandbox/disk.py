@@ -95,18 +95,23 @@ open)
         mkdir -p "$1" && mount -o loop,nosuid,nodev "$1.img" "$1" || { rmdir "$1"; exit 1; }' sh "$HOST_DIR/$name";;
 release)
   # Pairs of name and delete flag: the disks released at once (a shutdown's) go in one operation,
-  # their unmounts side by side.
-  host 'h=$1 failed=0 pids=; shift
+  # their unmounts side by side. A disk that cannot be unmounted is kept, and said ("failed NAME").
+  failed=$(host 'h=$1; shift
         while [ $# -ge 2 ]; do
-          d=$h/$1; shift 2
-          { if grep -q " $d ext4 " /proc/self/mounts; then umount "$d" 2>/dev/null || umount -l "$d" || exit 1; fi
-            rmdir "$d" 2>/dev/null || true; } &
-          pids="$pids $!"
+          { if grep -q " $h/$1 ext4 " /proc/self/mounts; then
+              umount "$h/$1" 2>/dev/null || umount -l "$h/$1" >&2 || { echo "failed $1"; exit; }
+            fi
+            rmdir "$h/$1" 2>/dev/null || true; } &
+          shift 2
         done
-        for pid in $pids; do wait "$pid" || failed=1; done
-        exit $failed' sh "$HOST_DIR" "$@"
+        wait' sh "$HOST_DIR" "$@")
   while [ $# -ge 2 ]; do  # freeing a file's blocks takes a while: side by side too
     name=$1 delete=$2; shift 2
+    case "
+$failed
+" in *"
+failed $name
+"*) echo "failed $name"; continue;; esac
     rm -f "/disks/$name.owner"
     if [ "$delete" = 1 ]; then rm -f "/disks/$name.img" "/disks/$name.img.new" "/disks/$name.keep" & fi
   done
@@ -201,12 +206,18 @@ class _Agent:
                     self._releasing = False
                     break
             try:
-                self.run("release", *(arg for name, delete, _ in batch for arg in (name, "1" if delete else "0")))
+                said = self.run("release", *(arg for disk, deleting, _ in batch
+                                             for arg in (disk, "1" if deleting else "0")))
             except BaseException as exc:
                 for *_, future in batch:
                     future.set_exception(exc)
-            else:
-                for *_, future in batch:
+                continue
+            failed = {line.removeprefix("failed ") for line in said.splitlines()}
+            for disk, _, future in batch:
+                if disk in failed:
+                    future.set_exception(SandboxError(f"the disk {disk} could not be unmounted (in use?); "
+                                                      "`pydantic-deep prune` releases it once nothing uses it"))
+                else:
                     future.set_result(None)
         asked.result()
 
