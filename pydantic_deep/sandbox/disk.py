@@ -44,6 +44,7 @@ import os
 import socket
 import threading
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,11 +94,28 @@ open)
   host 'grep -q " $1 ext4 " /proc/self/mounts && exit
         mkdir -p "$1" && mount -o loop,nosuid,nodev "$1.img" "$1" || { rmdir "$1"; exit 1; }' sh "$HOST_DIR/$name";;
 release)
-  name=$1 delete=$2
-  host 'if grep -q " $1 ext4 " /proc/self/mounts; then umount "$1" 2>/dev/null || umount -l "$1"; fi
-        rmdir "$1" 2>/dev/null || true' sh "$HOST_DIR/$name"
-  rm -f "/disks/$name.owner"
-  if [ "$delete" = 1 ]; then rm -f "/disks/$name.img" "/disks/$name.img.new" "/disks/$name.keep"; fi;;
+  # Pairs of name and delete flag: the disks released at once (a shutdown's) go in one operation,
+  # their unmounts side by side. A disk that cannot be unmounted is kept, and said ("failed NAME").
+  failed=$(host 'h=$1; shift
+        while [ $# -ge 2 ]; do
+          { if grep -q " $h/$1 ext4 " /proc/self/mounts; then
+              umount "$h/$1" 2>/dev/null || umount -l "$h/$1" >&2 || { echo "failed $1"; exit; }
+            fi
+            rmdir "$h/$1" 2>/dev/null || true; } &
+          shift 2
+        done
+        wait' sh "$HOST_DIR" "$@")
+  while [ $# -ge 2 ]; do  # freeing a file's blocks takes a while: side by side too
+    name=$1 delete=$2; shift 2
+    case "
+$failed
+" in *"
+failed $name
+"*) echo "failed $name"; continue;; esac
+    rm -f "/disks/$name.owner"
+    if [ "$delete" = 1 ]; then rm -f "/disks/$name.img" "/disks/$name.img.new" "/disks/$name.keep" & fi
+  done
+  wait;;
 list)
   mounts=$(host 'grep " $1/" /proc/self/mounts | cut -d" " -f2' sh "$HOST_DIR" || true)
   for img in /disks/*.img; do
@@ -150,6 +168,9 @@ class _Agent:
         self.container_id: str | None = None
         self._lifeline: Any = None
         self._lock = threading.Lock()
+        self._releases: list[tuple[str, bool, Future[None]]] = []  # waiting for the next release operation
+        self._releasing = False  # a thread runs release operations until none waits
+        self._releases_lock = threading.Lock()
 
     def run(self, *args: str) -> str:
         """Run the script's operation ``args`` in the agent; its standard output."""
@@ -171,6 +192,36 @@ class _Agent:
                 raise SandboxError(f"the disk operation {args[0]} {args[1] if len(args) > 1 else ''} failed: {detail}")
             return (out or b"").decode()
         raise AssertionError("unreachable")
+
+    def release(self, name: str, delete: bool) -> None:
+        """Run the ``release`` operation for ``name``, together with the releases other threads
+        ask for meanwhile: one ``docker exec`` for a whole shutdown's disks, not one each."""
+        asked: Future[None] = Future()
+        with self._releases_lock:
+            self._releases.append((name, delete, asked))
+            lead = not self._releasing
+            self._releasing = True
+        while lead:  # until no release waits; the others wait for their result
+            with self._releases_lock:
+                batch, self._releases = self._releases, []
+                if not batch:
+                    self._releasing = False
+                    break
+            try:
+                said = self.run("release", *(arg for disk, deleting, _ in batch
+                                             for arg in (disk, "1" if deleting else "0")))
+            except BaseException as exc:
+                for *_, future in batch:
+                    future.set_exception(exc)
+                continue
+            failed = {line.removeprefix("failed ") for line in said.splitlines()}
+            for disk, _, future in batch:
+                if disk in failed:
+                    future.set_exception(SandboxError(f"the disk {disk} could not be unmounted (in use?); "
+                                                      "`pydantic-deep prune` releases it once nothing uses it"))
+                else:
+                    future.set_result(None)
+        asked.result()
 
     def _forget(self, container_id: str) -> None:
         with self._lock:
@@ -357,7 +408,7 @@ def release_disk(name: str, *, delete: bool) -> None:
 
     Call it once no container uses the disk. A disk that is not there is fine.
     """
-    _agent().run("release", name, "1" if delete else "0")
+    _agent().release(name, delete)
 
 
 def list_disks() -> list[DiskInfo]:

@@ -1306,12 +1306,18 @@ def _seed_disk(client: docker.DockerClient, image: str, container_id: str, direc
     """Copy what the image holds in ``directories`` onto the new disk mounted over them in the
     created (not yet started) container: the files a plain container would have there."""
     source = client.api.create_container(image, labels=label.managed())["Id"]
+
+    def seed(directory: str) -> None:
+        # "dir/." archives the directory's content as "./...", put into the mount itself (the
+        # engine refuses to write elsewhere in a read-only root filesystem).
+        chunks, _stat = client.api.get_archive(source, f"{directory}/.")
+        client.api.put_archive(container_id, directory, chunks)  # streamed
+
     try:
-        for directory in directories:
-            # "dir/." archives the directory's content as "./...", put into the mount itself (the
-            # engine refuses to write elsewhere in a read-only root filesystem).
-            chunks, _stat = client.api.get_archive(source, f"{directory}/.")
-            client.api.put_archive(container_id, directory, chunks)  # streamed
+        # Side by side: each is two round trips to the engine, mostly waiting (the work dir, `/uploads`
+        # and home of a fork or a restored sandbox are often small).
+        with ThreadPoolExecutor(len(directories) or 1, thread_name_prefix="pydantic-deep-seed") as executor:
+            list(executor.map(seed, directories))
     finally:
         remove_container(client, source)
 

@@ -26,10 +26,11 @@ import re
 import socket
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal, TypeVar, cast
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
@@ -47,6 +48,8 @@ __all__ = ["SNAPSHOT_REPOSITORY", "Snapshot", "bring_home", "delete_snapshot", "
 logger = logging.getLogger("pydantic_deep.snapshots")
 
 SNAPSHOT_REPOSITORY = "pydantic-deep/snapshot"
+
+_T = TypeVar("_T")
 
 # label.KIND of a snapshot's images: snapshot | fork (a fork's, removed with its last sandbox) | snapshot-partial
 # Labels a snapshot keeps from its container: what a sandbox needs to start from it. The others
@@ -268,9 +271,8 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
                     partial = client.api.commit(container_id, pause=False, conf={
                         **conf, "Labels": {**labels, label.KIND: "snapshot-partial", **mine}})["Id"]
                     helper = _helper_from(client, partial, volume_paths, mine)
-                    for path in volume_paths:
-                        chunks, _stat = client.api.get_archive(container_id, path)
-                        client.api.put_archive(helper, posixpath.dirname(path) or "/", chunks)
+                    into = helper
+                    _side_by_side(lambda path: _copy_path(client, container_id, into, path), volume_paths)
             finally:
                 if not was_paused:
                     resume_container(client, container_id)
@@ -285,6 +287,19 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
             if helper is not None:
                 remove_container(client, helper)
         return _size_of(client, client.api.inspect_image(image_id))
+
+
+def _copy_path(client: docker.DockerClient, source: str, target: str, path: str) -> None:
+    """Stream the directory ``path`` of ``source`` into ``target`` (through this process, as a tar)."""
+    chunks, _stat = client.api.get_archive(source, path)
+    client.api.put_archive(target, posixpath.dirname(path) or "/", chunks)
+
+
+def _side_by_side(work: Callable[[str], _T], paths: list[str]) -> list[_T]:
+    """``work`` for each path, all at once: each is a round trip to the engine or two, mostly
+    waiting when the files are few (a fork's, often)."""
+    with ThreadPoolExecutor(len(paths) or 1, thread_name_prefix="pydantic-deep-snapshot") as executor:
+        return list(executor.map(work, paths))
 
 
 def _remove_quietly(client: docker.DockerClient, helper: str | None, image: str) -> None:
@@ -313,7 +328,8 @@ def _helper_from(client: docker.DockerClient, image_id: str, volume_paths: list[
     labels = label.managed({label.KIND: "snapshot-helper", **owner})
     helper: str = client.api.create_container(image_id, labels=labels)["Id"]
     try:
-        leftovers = [path for path in volume_paths if _has_entries(client, helper, path)]
+        filled = _side_by_side(lambda path: _has_entries(client, helper, path), volume_paths)
+        leftovers = [path for path, full in zip(volume_paths, filled, strict=True) if full]
         if leftovers:
             # The image has files under a path that was a volume in the source: a sandbox started
             # from a snapshot, whose volumes were filled from the image. A copy cannot delete
