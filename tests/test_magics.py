@@ -21,6 +21,7 @@ def ip() -> Iterator[InteractiveShell]:
     shell.run_line_magic("load_ext", "pydantic_deep")  # twice is harmless
     yield shell
     shell.run_line_magic("unload_ext", "pydantic_deep")
+    shell.config.pop("SandboxMagics", None)  # %config lines persist on the shared shell: later modules start clean
 
 
 def magics(ip: InteractiveShell) -> SandboxMagics:
