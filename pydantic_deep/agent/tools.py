@@ -236,16 +236,15 @@ async def grep(ctx: RunContext[DeepAgentDeps], pattern: str, path: str = ".", in
 
 @_failures_to_model
 async def expose_port(ctx: RunContext[DeepAgentDeps], port: int, path: str = "/") -> str:
-    """Open a port of the sandbox to the user, and check that it answers: for a web app or API you
-    started in the sandbox. Start the server first, in the background (e.g. `nohup python -m uvicorn
-    app:app --port 8000 > server.log 2>&1 &`). Works with the sandbox's network off.
+    """Open a port of the sandbox to the user and check that it answers; gives the URL for the user.
+
+    For a web app or API you started in the sandbox: start the server first, in the background (e.g.
+    `nohup python -m uvicorn app:app --port 8000 > server.log 2>&1 &`). Works with the sandbox's
+    network off. Answers with the URL and the status and start of the page fetched from it.
 
     Args:
         port: The port the server listens on inside the sandbox.
         path: The page to fetch, from the user's side, to check it (default /).
-
-    Returns:
-        The URL to give the user, and the status and start of the page fetched from it.
     """
     backend = ctx.deps.backend
     url = await backend.aexpose(port)
