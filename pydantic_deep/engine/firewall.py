@@ -13,6 +13,9 @@ pydantic_deep makes):
   address among them. Let through are DNS to the servers the engine forwards its containers'
   queries to, and the ranges (or the metadata address) a network was made to allow. Out of a
   network made without the network (a shared network of offline sandboxes), everything is refused.
+  On the proxied network (host-pattern sandboxes, :mod:`pydantic_deep.engine.egress`), whose
+  containers Docker keeps apart, connections to the egress proxy's port (and its answers) are the
+  one thing let through between them.
 - ``PYDANTIC-DEEP-INPUT``, jumped to from ``INPUT`` (traffic to the host itself, which
   ``DOCKER-USER`` never sees): refuses every new connection from a sandbox bridge to any address of
   the host, the engine's TCP port included.
@@ -92,6 +95,7 @@ class NetworkRules:
     allow_private: tuple[str, ...] = ()
     allow_metadata: bool = False
     egress: bool = True  # False: peers only (Docker drops the rest silently; this refuses it at once)
+    proxy: str | None = None  # "address:port" of the egress proxy: the one peer its sandboxes reach
 
 
 @dataclass
@@ -107,7 +111,8 @@ def _restore_input(networks: Iterable[NetworkRules]) -> str:
     """A shell snippet printing the ``iptables-restore`` input of both chains (the resolvers are
     read on the engine's host, where the snippet runs)."""
     networks = sorted(networks, key=lambda n: n.bridge)
-    forward = [f"-A {FORWARD_CHAIN} -o {BRIDGE_PREFIX}+ {_TAG} -j RETURN"]  # Docker's ICC rules decide
+    forward = [rule for n in networks if n.proxy for rule in _proxy_rules(n.bridge, n.proxy)]
+    forward += [f"-A {FORWARD_CHAIN} -o {BRIDGE_PREFIX}+ {_TAG} -j RETURN"]  # Docker's ICC rules decide
     forward += [f"-A {FORWARD_CHAIN} -i {n.bridge} {_TAG} {_REJECT}" for n in networks if not n.egress]
     forward += [f"-A {FORWARD_CHAIN} -i {n.bridge} -d {METADATA_ADDRESS}/32 {_TAG} -j RETURN"
                 for n in networks if n.allow_metadata]
@@ -129,6 +134,15 @@ def _restore_input(networks: Iterable[NetworkRules]) -> str:
         *(f"echo '{line}'" for line in [*after_resolvers, "COMMIT"]),
         "} | iptables-restore -w --noflush",
     ])
+
+
+def _proxy_rules(bridge: str, proxy: str) -> list[str]:
+    """On a bridge with inter-container traffic off: connections to the proxy's port, and its
+    answers, pass (before Docker's rule that drops the rest between containers)."""
+    address, port = proxy.rsplit(":", 1)
+    both = f"-A {FORWARD_CHAIN} -i {bridge} -o {bridge} -p tcp"
+    return [f"{both} -d {address}/32 --dport {port} {_TAG} -j ACCEPT",
+            f"{both} -s {address}/32 --sport {port} -m conntrack --ctstate ESTABLISHED {_TAG} -j ACCEPT"]
 
 
 def _apply_script(networks: Iterable[NetworkRules]) -> str:
