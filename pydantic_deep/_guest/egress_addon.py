@@ -77,7 +77,6 @@ def record(policy: dict[str, Any], host: str, port: int, refusal: str | None, ho
 
 try:
     from mitmproxy import certs, ctx, http, tls
-    from mitmproxy.net import tls as net_tls
     from mitmproxy.proxy.server_hooks import ServerConnectionHookData
     from OpenSSL import SSL
 except ImportError:  # the control commands need none of it
@@ -175,19 +174,19 @@ else:
 
         def tls_start_server(self, data: tls.TlsData) -> None:
             policy = self.policy(data.context.client)
-            if policy is None or not policy.get("upstream_ca") or data.ssl_conn is None:
+            if policy is None or not policy.get("upstream_ca"):
                 return
-            # Upstream servers are checked against what the sandbox itself trusts (its ca_bundle).
-            ca_file = STATE / "ca" / policy["id"] / "upstream.pem"
+            # Upstream servers are checked against what the sandbox itself trusts (its ca_bundle):
+            # mitmproxy's own set-up, with that bundle as the trusted CAs (hooks run one at a time).
+            ca_file = CAS / policy["id"] / "upstream.pem"
             if not ca_file.exists():
                 ca_file.write_text(policy["upstream_ca"])
-            context = net_tls.create_proxy_server_context(
-                method=net_tls.Method.TLS_CLIENT_METHOD,
-                min_version=net_tls.Version[ctx.options.tls_version_server_min],
-                max_version=net_tls.Version[ctx.options.tls_version_server_max],
-                cipher_list=None, ecdh_curve=None, verify=net_tls.Verify.VERIFY_PEER, ca_path=None,
-                ca_pemfile=str(ca_file), client_cert=None, legacy_server_connect=False)
-            data.ssl_conn.set_context(context)
+            option = ctx.options._options["ssl_verify_upstream_trusted_ca"]
+            saved, option.value, data.ssl_conn = option.value, str(ca_file), None
+            try:
+                ctx.master.addons.get("tlsconfig").tls_start_server(data)
+            finally:
+                option.value = saved
 
         def server_connect(self, data: ServerConnectionHookData) -> None:
             policy = self.policy(data.client)

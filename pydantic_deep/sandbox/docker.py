@@ -676,17 +676,17 @@ class DockerSandbox(SandboxBase):
                 ``True``/``False`` (its container sits on another network: stop and start it).
         """
         checked = _checked_network(network)
-        new_secrets = self._secrets if secrets is _UNCHANGED else checked_secrets(secrets)
-        new_hosts = self.hosts if hosts is _UNCHANGED else checked_hosts(hosts)
-        if (new_secrets or new_hosts) and not isinstance(checked, tuple):
-            raise InvalidArgumentError("secrets and hosts are for the egress proxy: give network a list of host "
-                                       "patterns")
         with self._lock, engine_errors():
             running = self.state in (SandboxState.RUNNING, SandboxState.PAUSED)
             if running and isinstance(checked, tuple) != self.proxied:
                 raise SandboxStateError(
                     f"a running sandbox keeps its kind of network (now {self._network_text()}): a list of hosts goes "
                     "through the egress proxy on a network of its own; stop() it, set_network(), then start() it")
+            new_secrets = self._secrets if secrets is _UNCHANGED else checked_secrets(secrets)
+            new_hosts = self.hosts if hosts is _UNCHANGED else checked_hosts(hosts)
+            if (new_secrets or new_hosts) and not isinstance(checked, tuple):
+                raise InvalidArgumentError("secrets and hosts are for the egress proxy: give network a list of host "
+                                           "patterns (or secrets={}, hosts={})")
             if running and checked == self.network and (new_secrets, new_hosts) == (self._secrets, self.hosts):
                 return
             if running and self.proxied:

@@ -43,6 +43,7 @@ from ..engine.swarm import SwarmCluster, resolve_cluster
 from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_labels
 from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStateError, SessionLimitError, shown
 from ..paths import UPLOADS_DIR
+from ..results import EgressEvent
 from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
 from ..sandbox.disk import release_disk
@@ -73,6 +74,8 @@ class SessionInfo:
     disk_limit_bytes: int | None = None
     node: str | None = None
     """The cluster node the sandbox runs on (``None`` on one host, or when it is stopped)."""
+    egress: tuple[EgressEvent, ...] = ()
+    """The egress proxy's last decisions (at most 20) about a running session with a list of hosts."""
 
 
 _MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
@@ -559,7 +562,8 @@ class SessionManager:
                 memory_bytes=usage.memory_bytes if usage else 0, cpu_seconds=usage.cpu_seconds if usage else 0.0,
                 disk_bytes=usage.disk_bytes if usage else 0,
                 disk_limit_bytes=usage.disk_limit_bytes if usage else None,
-                node=sandbox.node if usage is not None and sandbox is not None else None))
+                node=sandbox.node if usage is not None and sandbox is not None else None,
+                egress=tuple(sandbox.egress_log(20)) if usage is not None and sandbox is not None else ()))
         return infos
 
     def _remove_container(self, name: str) -> None:
