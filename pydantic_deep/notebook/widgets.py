@@ -23,6 +23,7 @@ from ..engine import labels as label
 from ..engine.client import docker_client
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
+from ..sandbox.docker import DockerSandbox
 from ..sessions.manager import SessionManager
 from ..sessions.sync import SyncSessionManager
 from .magics import SandboxMagics
@@ -204,12 +205,12 @@ class SessionMonitor(_Panel):
 
     def sessions(self) -> list[dict[str, Any]]:
         """One dict per sandbox: user, runtime, state, cpu, memory, disk used and its cap, idle,
-        container, its cluster node (``None`` on one host), and how to stop it."""
+        container, its cluster node (``None`` on one host), its last egress decisions, and how to stop it."""
         if isinstance(self.source, SyncSessionManager):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
                      "memory": s.memory_bytes, "disk": s.disk_bytes, "disk_limit": s.disk_limit_bytes,
-                     "idle": s.idle_seconds, "container": s.container, "node": s.node,
+                     "idle": s.idle_seconds, "container": s.container, "node": s.node, "egress": s.egress,
                      "stop": functools.partial(manager.stop, s.user_id)}
                     for s in manager.list_sessions()]
         found = []
@@ -222,6 +223,7 @@ class SessionMonitor(_Panel):
                           "disk_limit": usage.disk_limit_bytes if usage else None,
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
                           "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
+                          "egress": sandbox.egress_log(20) if usage and isinstance(sandbox, DockerSandbox) else [],
                           "stop": functools.partial(self.source.stop, name)})
         return found
 
@@ -241,7 +243,7 @@ class SessionMonitor(_Panel):
                 f"{html.escape(session['user'])} · {html.escape(session['runtime'])} · {session['state']} · "
                 f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
                 f"{session['idle']:.0f} s · {html.escape(session['container'])}"
-                + (f" on {html.escape(session['node'])}" if session["node"] else "")), stop]))
+                + (f" on {html.escape(session['node'])}" if session["node"] else "") + _egress_text(session)), stop]))
         if not sessions:
             lines.append(widgets.HTML("<i>no sandbox running</i>"))
         self.rows.children = lines  # one assignment: traitlets sends one update
@@ -263,6 +265,16 @@ def _disk_text(session: dict[str, Any]) -> str:
     if session["disk_limit"] is None:
         return "disk not capped"
     return f"{session['disk'] / 2**20:.1f} / {session['disk_limit'] / 2**20:.0f} MB"
+
+
+def _egress_text(session: dict[str, Any]) -> str:
+    """`` · egress: 3 allowed, 1 refused (last: host)`` for a sandbox behind the egress proxy, else nothing."""
+    events = session.get("egress") or []
+    refused = [event for event in events if not event.allowed]
+    if not events:
+        return ""
+    last = f" (last: {html.escape(refused[-1].host)})" if refused else ""
+    return f" · egress: {len(events) - len(refused)} allowed, {len(refused)} refused{last}"
 
 
 def dashboard(source: SessionManager | SyncSessionManager | None = None) -> widgets.VBox:

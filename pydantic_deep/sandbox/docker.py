@@ -680,7 +680,7 @@ class DockerSandbox(SandboxBase):
             running = self.state in (SandboxState.RUNNING, SandboxState.PAUSED)
             if running and isinstance(checked, tuple) != self.proxied:
                 raise SandboxStateError(
-                    f"a running sandbox keeps its kind of network (now {self._network_text()}): a list of hosts goes "
+                    f"a running sandbox keeps its kind of network (now {self.network_summary}): a list of hosts goes "
                     "through the egress proxy on a network of its own; stop() it, set_network(), then start() it")
             new_secrets = self._secrets if secrets is _UNCHANGED else checked_secrets(secrets)
             new_hosts = self.hosts if hosts is _UNCHANGED else checked_hosts(hosts)
@@ -720,7 +720,9 @@ class DockerSandbox(SandboxBase):
         """Async form of :meth:`egress_log`."""
         return await asyncio.to_thread(self.egress_log, limit)
 
-    def _network_text(self) -> str:
+    @property
+    def network_summary(self) -> str:
+        """What the sandbox reaches, in words: ``off``, ``on (isolated)``, or ``only HOSTS (egress proxy)``."""
         if isinstance(self.network, tuple):
             return "only " + (", ".join(self.network) or "no host") + " (egress proxy)"
         return "on (isolated)" if self.network else "off"
@@ -1387,7 +1389,7 @@ class DockerSandbox(SandboxBase):
             "State": self.state.value,
             "Container": self.container_id[:12] if self.container_id else "-",
             "Work dir": self.work_dir,
-            "Network": self._network_text()
+            "Network": self.network_summary
             + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
             "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
             **({"Node": self.node} if self.node is not None else {}),
