@@ -61,5 +61,5 @@ def ensure_egress_proxy_image(client: docker.DockerClient, progress: Progress | 
     with image_lock(tag):
         if not image_exists(client, tag):
             build_image(client, tag, _dockerfile(pip_env), files=files,
-                        labels=label.managed({label.ROLE: "egress-proxy"}), progress=progress)
+                        labels=label.managed({label.ROLE: "egress-proxy", label.KIND: "egress-proxy"}), progress=progress)
     return tag
