@@ -336,3 +336,32 @@ def test_a_session_manager_gives_each_session_the_list_and_reports_its_egress(ou
 def test_bad_egress_arguments_are_refused_with_the_reason(options: dict[str, object], problem: str) -> None:
     with pytest.raises(InvalidArgumentError, match=problem):
         DockerSandbox("python-minimal", **options)  # type: ignore[arg-type]
+
+
+def test_the_notebook_magics_set_change_and_show_the_list(outside: Outside) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "pydantic_deep")
+    magics = shell.magics_manager.registry["SandboxMagics"]
+    try:
+        shell.run_line_magic("config", "SandboxMagics.runtime = 'python-minimal'")
+        shell.run_line_magic("config", f"SandboxMagics.network = '{REFUSED}'")
+        shell.run_line_magic("config", "SandboxMagics.session = 'egress'")
+        box = magics.sandbox_for()
+        assert isinstance(box, DockerSandbox) and box.network == (REFUSED,)
+        box.set_network([REFUSED], hosts=outside.hosts)  # the test's names, pinned (not a magic's business)
+        with capture_output() as shown:
+            shell.run_line_magic("sandbox", f"network {ALLOWED}")
+        assert f"only {ALLOWED} (egress proxy)" in shown.stdout
+        with capture_output():
+            shell.run_cell_magic("sandbox", "--shell --no-raise", FETCH.format(urls=f"https://{ALLOWED}/"))
+        with capture_output() as shown:
+            shell.run_line_magic("sandbox", "egress")
+        assert f"allowed {ALLOWED}:443" in shown.stdout
+        with pytest.raises(UsageError, match="keeps its kind of network"):
+            shell.run_line_magic("sandbox", "network on")
+    finally:
+        shell.run_line_magic("unload_ext", "pydantic_deep")
