@@ -22,6 +22,7 @@ from .certs import CONTAINER_CA_PATH, resolve_ca_bundle
 __all__ = ["MITMPROXY_VERSION", "egress_proxy_tag", "ensure_egress_proxy_image"]
 
 MITMPROXY_VERSION = "11.0.2"  # the last release for Python 3.11, the air-gapped base's
+_LABELS = label.managed({label.ROLE: "egress-proxy", label.KIND: "egress-proxy"})
 
 
 def _addon() -> bytes:
@@ -30,7 +31,8 @@ def _addon() -> bytes:
 
 def egress_proxy_tag() -> str:
     """The proxy image's tag for this version of the addon and of its recipe."""
-    digest = hashlib.sha256(_addon() + _dockerfile("").encode()).hexdigest()[:12]
+    recipe = _dockerfile("") + repr(sorted(_LABELS.items()))
+    digest = hashlib.sha256(_addon() + recipe.encode()).hexdigest()[:12]
     return f"pydantic-deep/egress-proxy:{digest}"
 
 
@@ -60,6 +62,6 @@ def ensure_egress_proxy_image(client: docker.DockerClient, progress: Progress | 
         pip_env = " ".join(f"{name}={value}" for name, value in ca_bundle.environment().items())
     with image_lock(tag):
         if not image_exists(client, tag):
-            build_image(client, tag, _dockerfile(pip_env), files=files,
-                        labels=label.managed({label.ROLE: "egress-proxy", label.KIND: "egress-proxy"}), progress=progress)
+            build_image(client, tag, _dockerfile(pip_env), files=files, progress=progress,
+                        labels=_LABELS)
     return tag
