@@ -250,6 +250,16 @@ def test_changing_the_list_on_a_running_sandbox_takes_effect(box: DockerSandbox)
     assert "403" in fetch(box, f"https://{REFUSED}/")[f"https://{REFUSED}/"]
 
 
+def test_a_sandbox_attached_by_another_object_keeps_its_list_and_log(box: DockerSandbox, outside: Outside) -> None:
+    """As a session adopted by a later process: the hosts come from the container's label, the
+    secrets and pins from the caller, and the proxy gets them again."""
+    adopted = DockerSandbox.attach(box.name, hosts=outside.hosts, ca_bundle=outside.ca_file)
+    assert adopted.network == (ALLOWED,) and adopted.proxied
+    assert fetch(adopted, f"https://{ALLOWED}/")[f"https://{ALLOWED}/"] == f"200 hello from {ALLOWED}"
+    assert adopted.egress_log()[-1] == box.egress_log()[-1]
+    assert (adopted.egress_log()[-1].host, adopted.egress_log()[-1].allowed) == (ALLOWED, True)
+
+
 def _container_pids(container_id: str) -> list[int]:
     top = docker_client().api.top(container_id, ps_args="-eo pid")
     return [int(row[0]) for row in top["Processes"]]
