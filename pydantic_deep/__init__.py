@@ -35,7 +35,7 @@ from .errors import (
 )
 from .execution.channel import CommandStream
 from .images.certs import CaBundle, resolve_ca_bundle
-from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
+from .results import EgressEvent, ExecuteResult, FileInfo, OutputChunk, ResourceUsage
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
 from .sandbox.backends import default_backend, open_sandbox
 from .sandbox.base import SandboxBase, SandboxState
@@ -58,6 +58,7 @@ __all__ = [
     "DeepAgentDeps",
     "DockerSandbox",
     "DockerUnavailableError",
+    "EgressEvent",
     "ExecuteResult",
     "FileInfo",
     "ImageBuildError",

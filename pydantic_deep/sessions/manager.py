@@ -159,6 +159,8 @@ class SessionManager:
             and home on one disk of that size, kept with their files across containers, processes
             and container losses. A session keeps the size its disk was made with. On a
             ``cluster`` the default is no disk (Swarm cannot mount one).
+            ``network=["pypi.org", ...]`` with ``secrets=`` gives every session those hosts only,
+            through the egress proxy, each with its own decisions log (``SessionInfo.egress``).
             A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
             user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
             different users' never can.
