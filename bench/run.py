@@ -27,8 +27,8 @@ from pydantic_deep.engine.client import docker_client
 
 RUNTIME = "python-minimal"
 NODE_RUNTIME = "node-minimal"
-GROUPS = ("echo", "concurrency", "start", "disk", "network", "files", "output", "idle", "sessions", "node", "snapshots",
-          "cluster", "preview")
+GROUPS = ("echo", "concurrency", "start", "disk", "network", "egress", "files", "output", "idle", "sessions", "node",
+          "snapshots", "cluster", "preview")
 ROWS: list[tuple[str, str, str, str, str]] = []
 
 
@@ -226,6 +226,47 @@ def bench_network_start(rounds: int) -> None:
         row(f"{runtime}: isolated networked start to first command, median of {rounds} (vs the network off)",
             f"{networked * 1e3:.0f} ms", f"{offline * 1e3:.0f} ms", f"{networked / offline:.2f}x the baseline",
             "<= 1.5x")
+
+
+# Times `count` HTTPS requests (a new connection each, as pip's first request to a host), one per line.
+_REQUESTS = r"""python3 - <<'EOF'
+import time, urllib.request
+for _ in range({count}):
+    started = time.perf_counter()
+    urllib.request.urlopen("{url}", timeout=30).read()
+    print(time.perf_counter() - started)
+EOF"""
+
+
+def bench_egress(rounds: int, per_round: int = 5) -> None:
+    """An HTTPS request from a sandbox whose network is a list of hosts (through the egress proxy:
+    tunnelled, and with a secret header: TLS terminated by the proxy) against a networked sandbox
+    going direct, in alternating rounds of the same run."""
+    url, host = "https://pypi.org/simple/six/", "pypi.org"
+    sandboxes = {"direct": DockerSandbox(RUNTIME, network=True),
+                 "proxy": DockerSandbox(RUNTIME, network=[host]),
+                 "proxy+secret": DockerSandbox(RUNTIME, network=[host], secrets={host: {"X-Bench": "not-a-secret"}})}
+    samples: dict[str, list[float]] = {name: [] for name in sandboxes}
+    try:
+        for sandbox in sandboxes.values():
+            sandbox.start().execute(_REQUESTS.format(count=1, url=url), timeout=120)  # warm: DNS, the proxy's CA
+        for _ in range(rounds):
+            for name, sandbox in sandboxes.items():
+                result = sandbox.execute(_REQUESTS.format(count=per_round, url=url), timeout=300)
+                if result.exit_code:
+                    raise SandboxError(f"the {name} requests failed: {result.output[-500:]}")
+                samples[name] += [float(line) for line in result.stdout.split()]
+    finally:
+        for sandbox in sandboxes.values():
+            sandbox.stop()
+    direct = statistics.median(samples["direct"])
+    for name, what, target in (("proxy", "through the egress proxy (tunnelled)", "<= 1.5x"),
+                               ("proxy+secret", "through the egress proxy adding a secret header (TLS terminated)",
+                                "<= 2x")):
+        ours = statistics.median(samples[name])
+        row(f"HTTPS request to {host} on a new connection {what}, median of {len(samples[name])} "
+            "(vs a networked sandbox going direct)", f"{ours * 1e3:.0f} ms", f"{direct * 1e3:.0f} ms",
+            f"{ours / direct:.2f}x the baseline", target)
 
 
 def bench_files_case(size_mb: int) -> dict[str, float]:
@@ -667,6 +708,7 @@ def main() -> None:
         "start": lambda: bench_start(5 if args.quick else 10),
         "disk": lambda: bench_disk(5 if args.quick else 10),
         "network": lambda: bench_network_start(5 if args.quick else 10),
+        "egress": lambda: bench_egress(3 if args.quick else 6),
         "files": bench_files,
         "output": bench_output,
         "idle": lambda: bench_idle(20 if args.quick else 100),

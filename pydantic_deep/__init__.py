@@ -38,7 +38,7 @@ from .execution.channel import CommandStream
 from .execution.ports import ExposedPort
 from .execution.terminal import Terminal
 from .images.certs import CaBundle, resolve_ca_bundle
-from .results import ExecuteResult, FileInfo, OutputChunk, ResourceUsage
+from .results import EgressEvent, ExecuteResult, FileInfo, OutputChunk, ResourceUsage
 from .runtimes import BUILTIN_RUNTIMES, get_runtime, list_runtimes, register_runtime
 from .sandbox.backends import default_backend, open_sandbox
 from .sandbox.base import SandboxBase, SandboxState
@@ -61,6 +61,7 @@ __all__ = [
     "DeepAgentDeps",
     "DockerSandbox",
     "DockerUnavailableError",
+    "EgressEvent",
     "ExecuteResult",
     "ExposedPort",
     "FileInfo",

@@ -16,6 +16,7 @@ from .engine.swarm_networks import remove_unused_swarm_networks
 from .errors import InvalidArgumentError, SandboxError
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
+from .images.egress_proxy import ensure_egress_proxy_image
 from .images.netfilter import ensure_netfilter_image
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
@@ -46,6 +47,9 @@ def _images_bootstrap(args: argparse.Namespace) -> None:
     started = time.monotonic()
     print(f"{ensure_netfilter_image(client)}: the network rules' helper, for remote engines "
           f"({time.monotonic() - started:.1f} s)", flush=True)
+    started = time.monotonic()
+    print(f"{ensure_egress_proxy_image(client, _print_line if args.verbose else None)}: the egress proxy, for "
+          f"sandboxes with a list of hosts ({time.monotonic() - started:.1f} s)", flush=True)
 
 
 def _images_build(args: argparse.Namespace) -> None:

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ._html import field_table
 from .arguments import checked_text
-from .errors import shown
+from .errors import InvalidArgumentError, shown
+from .hosts import checked_host_patterns
 from .paths import TOOLS_DIR, UPLOADS_DIR
 
 __all__ = ["DEFAULT_DISK_SIZE", "PackageManager", "RuntimeConfig", "disk_size_bytes"]
@@ -112,7 +113,9 @@ class RuntimeConfig(BaseModel):
         setup_commands: Shell commands run as root at build time, before packages are installed.
         env_vars: Environment variables set in the running container (not baked into the image).
         work_dir: Absolute path of the working directory, owned by the sandbox user.
-        network: Whether containers of this runtime get network access (builds always have it).
+        network: Whether containers of this runtime get network access (builds always have it):
+            ``True``, ``False``, or a list of host patterns (``["pypi.org", "*.example.com"]``)
+            that are all they reach, through the egress proxy (see :class:`DockerSandbox`).
         cache_image: Reuse a previously built image with the same content hash.
         disk_size: What a sandbox of this runtime may write to the host's disk, all paths together
             (Docker's notation, at least ``"16m"``), unless the sandbox is given its own
@@ -131,7 +134,7 @@ class RuntimeConfig(BaseModel):
     setup_commands: list[str] = Field(default_factory=list)
     env_vars: dict[str, str] = Field(default_factory=dict)
     work_dir: str = "/workspace"
-    network: bool = False
+    network: bool | list[str] = False
     cache_image: bool = True
     disk_size: str | None = DEFAULT_DISK_SIZE
 
@@ -168,9 +171,22 @@ class RuntimeConfig(BaseModel):
             rows["Setup commands"] = len(self.setup_commands)
         rows["Env vars"] = ", ".join(self.env_vars) or "-"  # names only: values may be secrets
         rows["Work dir"] = self.work_dir
-        rows["Network"] = "on" if self.network else "off"
+        rows["Network"] = (", ".join(self.network) or "no host" if isinstance(self.network, list)
+                           else "on" if self.network else "off")
         rows["Disk"] = f"at most {self.disk_size}" if self.disk_size else "not capped"
         return field_table("RuntimeConfig", rows)
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _check_network(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (list, tuple, str)):
+            try:
+                return list(checked_host_patterns(value))  # type: ignore[arg-type]
+            except InvalidArgumentError as exc:
+                raise ValueError(str(exc)) from None
+        raise ValueError(f"network must be True, False or a list of host patterns, not {type(value).__name__}")
 
     @field_validator("disk_size")
     @classmethod

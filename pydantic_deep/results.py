@@ -1,11 +1,12 @@
-"""What comes back from a sandbox: a command's result and output, a container's usage, a file's entry."""
+"""What comes back from a sandbox: a command's result and output, a container's usage, a file's entry,
+an egress decision."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ExecuteResult", "FileInfo", "OutputChunk", "ResourceUsage"]
+__all__ = ["EgressEvent", "ExecuteResult", "FileInfo", "OutputChunk", "ResourceUsage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +79,24 @@ class FileInfo:
     size: int
     is_dir: bool
     modified: float
+
+
+@dataclass(frozen=True, slots=True)
+class EgressEvent:
+    """One decision of the egress proxy about a sandbox's request (``network=[host patterns]``).
+
+    Attributes:
+        time: When, in seconds since the epoch.
+        host: The host asked for (a CONNECT's, an HTTP request's ``Host``, or a TLS SNI).
+        port: Its port.
+        allowed: Whether the request went out.
+        reason: Why it was refused (empty when allowed).
+        how: ``"CONNECT"``, ``"TLS SNI"``, or the HTTP method of a plain HTTP request.
+    """
+
+    time: float
+    host: str
+    port: int
+    allowed: bool
+    reason: str = ""
+    how: str = ""

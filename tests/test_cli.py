@@ -59,7 +59,8 @@ def test_images_list_shows_built_runtime_images() -> None:
 
 
 def test_images_bootstrap_builds_all_bases_or_the_ones_named() -> None:
-    assert len(run_cli("images", "bootstrap").splitlines()) == 4  # present already: one line each (3 bases, netfilter)
+    # Present already: one line each (3 bases, netfilter, the egress proxy).
+    assert len(run_cli("images", "bootstrap").splitlines()) == 5
     assert run_cli("images", "bootstrap", "python").startswith("pydantic-deep/debian-python:3.11-bookworm: ")
     refused = subprocess.run([*CLI, "images", "bootstrap", "nope"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "no base 'nope'; choose from debian, python, node" in refused.stderr

@@ -292,7 +292,7 @@ def test_a_shared_network_without_the_network_joins_peers_and_nothing_else(outsi
 
 
 @pytest.mark.parametrize("options, problem", [
-    ({"network": ["pypi.org"]}, "network must be True or False"),
+    ({"network": "pypi.org"}, "not the string 'pypi.org'"),
     ({"allow_private": "10.0.0.0/8"}, "list of IPv4 ranges"),
     ({"allow_private": ["10.0.0.1/8"]}, "is not an IPv4 range"),
     ({"allow_private": ["0.0.0.0/0"]}, "every private network"),

@@ -22,8 +22,12 @@ def runtime_section(deps: DeepAgentDeps) -> str:
     lines = ["## Runtime Environment", "", f"**Name:** {runtime.name}"]
     if runtime.description:
         lines.append(f"**Description:** {runtime.description}")
-    lines += [f"**Working directory:** {sandbox.work_dir}",
-              f"**Network:** {'on' if sandbox.network else 'off (package installs will fail)'}"]
+    if isinstance(sandbox.network, tuple):
+        network = (f"only {', '.join(sandbox.network) or 'no host'}, through an HTTP(S) proxy (set in the "
+                   "environment); other hosts are refused")
+    else:
+        network = "on" if sandbox.network else "off (package installs will fail)"
+    lines += [f"**Working directory:** {sandbox.work_dir}", f"**Network:** {network}"]
     if runtime.packages:
         lines += ["", f"**Pre-installed packages** (use directly without installation, {runtime.package_manager}):"]
         lines += [f"- {package}" for package in runtime.packages]

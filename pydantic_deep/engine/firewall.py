@@ -4,7 +4,7 @@ outside world.
 Docker already keeps its networks apart from each other, and a network made with
 ``enable_icc=false`` keeps its containers apart (see :mod:`pydantic_deep.engine.networks`). What
 Docker lets through is the host itself and whatever the host can route to: its own addresses and
-ports, the private networks it sits on, the cloud metadata address. Two chains of the host's
+ports, the private networks it sits on, the cloud metadata address. Chains of the host's
 ``filter`` table close that, for every bridge whose name starts with ``pdn-`` (the networks
 pydantic_deep makes):
 
@@ -13,6 +13,10 @@ pydantic_deep makes):
   address among them. Let through are DNS to the servers the engine forwards its containers'
   queries to, and the ranges (or the metadata address) a network was made to allow. Out of a
   network made without the network (a shared network of offline sandboxes), everything is refused.
+- ``PYDANTIC-DEEP-PROXY``, jumped to from ``DOCKER-USER`` for traffic between two ``pdn-``
+  bridges' ports: on the proxied network (host-pattern sandboxes,
+  :mod:`pydantic_deep.engine.egress`), whose containers Docker keeps apart, connections to the
+  egress proxy's port (and its answers) are the one thing let through between them.
 - ``PYDANTIC-DEEP-INPUT``, jumped to from ``INPUT`` (traffic to the host itself, which
   ``DOCKER-USER`` never sees): refuses every new connection from a sandbox bridge to any address of
   the host, the engine's TCP port included.
@@ -74,10 +78,12 @@ BLOCKED_RANGES = (
 COMMENT = "pydantic-deep"
 FORWARD_CHAIN = "PYDANTIC-DEEP"
 INPUT_CHAIN = "PYDANTIC-DEEP-INPUT"
+PROXY_CHAIN = "PYDANTIC-DEEP-PROXY"
 _TAG = f"-m comment --comment {COMMENT}"
 _REJECT = "-j REJECT --reject-with icmp-admin-prohibited"
 _JUMPS = (f"DOCKER-USER -i {BRIDGE_PREFIX}+ {_TAG} -j {FORWARD_CHAIN}",
-          f"INPUT -i {BRIDGE_PREFIX}+ {_TAG} -j {INPUT_CHAIN}")
+          f"INPUT -i {BRIDGE_PREFIX}+ {_TAG} -j {INPUT_CHAIN}",
+          f"DOCKER-USER -i {BRIDGE_PREFIX}+ -o {BRIDGE_PREFIX}+ {_TAG} -j {PROXY_CHAIN}")
 
 # The DNS servers the engine forwards its containers' queries to (from the containers' own network
 # namespaces, so through the forward path): the host's, or systemd-resolved's upstream ones.
@@ -93,6 +99,7 @@ class NetworkRules:
     allow_private: tuple[str, ...] = ()
     allow_metadata: bool = False
     egress: bool = True  # False: peers only (Docker drops the rest silently; this refuses it at once)
+    proxy: str | None = None  # "address:port" of the egress proxy: the one peer its sandboxes reach
 
 
 @dataclass
@@ -105,10 +112,11 @@ _applied = _Applied()
 
 
 def _restore_input(networks: Iterable[NetworkRules]) -> str:
-    """A shell snippet printing the ``iptables-restore`` input of both chains (the resolvers are
+    """A shell snippet printing the ``iptables-restore`` input of the chains (the resolvers are
     read on the engine's host, where the snippet runs)."""
     networks = sorted(networks, key=lambda n: n.bridge)
     forward = [f"-A {FORWARD_CHAIN} -o {BRIDGE_PREFIX}+ {_TAG} -j RETURN"]  # Docker's ICC rules decide
+    forward += [rule for n in networks if n.proxy for rule in _proxy_rules(n.bridge, n.proxy)]
     forward += [f"-A {FORWARD_CHAIN} -i {n.bridge} {_TAG} {_REJECT}" for n in networks if not n.egress]
     forward += [f"-A {FORWARD_CHAIN} -i {n.bridge} -d {METADATA_ADDRESS}/32 {_TAG} -j RETURN"
                 for n in networks if n.allow_metadata]
@@ -118,7 +126,7 @@ def _restore_input(networks: Iterable[NetworkRules]) -> str:
     after_resolvers += [f"-A {FORWARD_CHAIN} -d {cidr} {_TAG} {_REJECT}" for cidr in BLOCKED_RANGES]
     after_resolvers += [f"-A {INPUT_CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED {_TAG} -j RETURN",
                         f"-A {INPUT_CHAIN} {_TAG} {_REJECT}"]
-    head = ["*filter", f":{FORWARD_CHAIN} - [0:0]", f":{INPUT_CHAIN} - [0:0]", *forward]
+    head = ["*filter", f":{FORWARD_CHAIN} - [0:0]", f":{INPUT_CHAIN} - [0:0]", f":{PROXY_CHAIN} - [0:0]", *forward]
     resolver = (f"-A {FORWARD_CHAIN} -d $ns/32 -p %s --dport 53 {_TAG} -j RETURN")
     return "\n".join([
         "{",
@@ -130,6 +138,15 @@ def _restore_input(networks: Iterable[NetworkRules]) -> str:
         *(f"echo '{line}'" for line in [*after_resolvers, "COMMIT"]),
         "} | iptables-restore -w --noflush",
     ])
+
+
+def _proxy_rules(bridge: str, proxy: str) -> list[str]:
+    """On a bridge with inter-container traffic off: connections to the proxy's port, and its
+    answers, pass (before Docker's rule that drops the rest between containers)."""
+    address, port = proxy.rsplit(":", 1)
+    both = f"-A {PROXY_CHAIN} -i {bridge} -o {bridge} -p tcp"
+    return [f"{both} -d {address}/32 --dport {port} {_TAG} -j ACCEPT",
+            f"{both} -s {address}/32 --sport {port} -m conntrack --ctstate ESTABLISHED {_TAG} -j ACCEPT"]
 
 
 def _apply_script(networks: Iterable[NetworkRules]) -> str:
@@ -146,7 +163,7 @@ def _apply_script(networks: Iterable[NetworkRules]) -> str:
 def _remove_script() -> str:
     lines = [f"while iptables -w -C {jump} 2>/dev/null; do iptables -w -D {jump}; done" for jump in _JUMPS]
     lines += [f"iptables -w -F {chain} 2>/dev/null && iptables -w -X {chain} || true"
-              for chain in (FORWARD_CHAIN, INPUT_CHAIN)]
+              for chain in (FORWARD_CHAIN, INPUT_CHAIN, PROXY_CHAIN)]
     return "\n".join(lines)
 
 
@@ -214,7 +231,7 @@ def apply_rules(client: docker.DockerClient, networks: Sequence[NetworkRules], *
 
 
 def remove_rules(client: docker.DockerClient, *, helper_image: HelperImage) -> None:
-    """Remove both chains and the jumps to them (when no pydantic_deep network is left)."""
+    """Remove the chains and the jumps to them (when no pydantic_deep network is left)."""
     local = (os.geteuid() == 0 and shutil.which("iptables") is not None
              and client.api.base_url.startswith("http+docker://localhost") and _docker_user_here())
     with _applied.lock:

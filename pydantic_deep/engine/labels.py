@@ -13,6 +13,8 @@ __all__ = [
     "DISK",
     "DISK_KEEP",
     "DISK_SIZE",
+    "EGRESS_HOSTS",
+    "EGRESS_ID",
     "FROM_SNAPSHOT",
     "IMAGE",
     "KIND",
@@ -29,6 +31,7 @@ __all__ = [
     "NETWORK_ALLOW_METADATA",
     "NETWORK_ALLOW_PRIVATE",
     "NETWORK_EGRESS",
+    "NETWORK_PROXY",
     "ROLE",
     "OWNER_HOST",
     "OWNER_PID",
@@ -113,6 +116,14 @@ NETWORK = PREFIX + "network"
 NETWORK_EGRESS = PREFIX + "egress"
 NETWORK_ALLOW_PRIVATE = PREFIX + "allow-private"
 NETWORK_ALLOW_METADATA = PREFIX + "allow-metadata"
+NETWORK_PROXY = PREFIX + "egress-proxy"
+"""On the proxied network: the name of the egress proxy container, the one peer its sandboxes reach."""
+
+# -- host-pattern sandboxes (see pydantic_deep.engine.egress) -------------------------------------
+EGRESS_ID = PREFIX + "egress-id"
+"""On a sandbox behind the egress proxy: the id its CA and decisions log have in the proxy."""
+EGRESS_HOSTS = PREFIX + "egress-hosts"
+"""On a sandbox behind the egress proxy: its allowed host patterns as JSON (never its secrets)."""
 
 # -- images ------------------------------------------------------------------------------------
 KIND = PREFIX + "kind"

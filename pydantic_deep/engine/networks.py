@@ -16,6 +16,11 @@
   A sandbox sits on one network only: with two, Docker's name resolution would answer a peer's name
   with its address on the other network.
 
+- The *proxied* network (``pydantic-deep-proxied``, bridge ``pdn-proxied``) for sandboxes whose
+  network is a list of host patterns: an internal bridge (no route out) with inter-container
+  communication off, where the egress proxy (:mod:`pydantic_deep.engine.egress`) is the one peer
+  its sandboxes reach; the proxy goes out through the egress network.
+
 Every bridge's name starts with ``pdn-``: the host's packet filter rules of
 :mod:`pydantic_deep.engine.firewall` go by that prefix. Networks carry the label
 ``pydantic-deep.network``; :func:`remove_unused_networks` removes those without containers.
@@ -37,14 +42,18 @@ from ..errors import InvalidArgumentError, shown
 from . import labels as label
 from .firewall import BRIDGE_PREFIX, HelperImage, NetworkRules, apply_rules, remove_rules
 
-__all__ = ["checked_private_ranges", "checked_shared_name", "ensure_egress_network", "ensure_shared_network",
-           "network_rules", "remove_network_if_unused", "remove_unused_networks", "secure", "shared_network_name"]
+__all__ = ["PROXIED_NETWORK", "PROXY_PORT", "checked_private_ranges", "checked_shared_name", "ensure_egress_network",
+           "ensure_proxied_network", "ensure_shared_network", "network_rules", "remove_network_if_unused",
+           "remove_unused_networks", "secure", "shared_network_name"]
 
 LABEL = label.NETWORK
 _LABEL_EGRESS = label.NETWORK_EGRESS
 _LABEL_ALLOW = label.NETWORK_ALLOW_PRIVATE
 _LABEL_METADATA = label.NETWORK_ALLOW_METADATA
 _BRIDGE_OPTION = "com.docker.network.bridge.name"
+PROXY_PORT = 3128
+"""The egress proxy's port on the proxied network."""
+PROXIED_NETWORK = "pydantic-deep-proxied"
 _SHARED_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_.-]{0,61}[a-z0-9])?")
 
 
@@ -128,6 +137,25 @@ def ensure_egress_network(client: docker.DockerClient, allow_private: tuple[str,
                            labels={LABEL: "egress", **_setting_labels(True, allow_private, allow_metadata)})
 
 
+def ensure_proxied_network(client: docker.DockerClient, proxy: str) -> str:
+    """The proxied network (made if missing), whose one reachable peer is the container ``proxy``."""
+    return _ensure_network(client, PROXIED_NETWORK, f"{BRIDGE_PREFIX}proxied", internal=True, icc=False,
+                           labels={LABEL: "proxied", label.NETWORK_PROXY: proxy,
+                                   **_setting_labels(False, (), False)})
+
+
+def _proxy_address(client: docker.DockerClient, network: dict[str, Any]) -> str | None:
+    """``address:port`` of the proxy on a proxied network, or ``None`` while it is not on it."""
+    proxy = (network.get("Labels") or {}).get(label.NETWORK_PROXY)
+    if proxy is None:
+        return None
+    containers = client.api.inspect_network(network["Id"]).get("Containers") or {}
+    for container in containers.values():
+        if container.get("Name") == proxy and container.get("IPv4Address"):
+            return f"{container['IPv4Address'].split('/')[0]}:{PROXY_PORT}"
+    return None
+
+
 def ensure_shared_network(client: docker.DockerClient, name: str, owner: str | None = None, *, egress: bool,
                           allow_private: tuple[str, ...] = (), allow_metadata: bool = False) -> str:
     """The shared network ``name`` of ``owner`` (made if missing, with this setting); returns its
@@ -168,7 +196,8 @@ def network_rules(client: docker.DockerClient) -> list[NetworkRules]:
         if not bridge.startswith(BRIDGE_PREFIX):
             continue
         rules.append(NetworkRules(bridge, tuple(json.loads(labels.get(_LABEL_ALLOW) or "[]")),
-                                  labels.get(_LABEL_METADATA) == "true", labels.get(_LABEL_EGRESS) != "false"))
+                                  labels.get(_LABEL_METADATA) == "true", labels.get(_LABEL_EGRESS) != "false",
+                                  proxy=_proxy_address(client, network)))
     return rules
 
 
@@ -190,9 +219,25 @@ def remove_network_if_unused(client: docker.DockerClient, name: str) -> bool:
     return True
 
 
+def _remove_proxy_if_alone(client: docker.DockerClient, network: dict[str, Any]) -> None:
+    """Remove the egress proxy of a proxied network that no sandbox is on any more."""
+    proxy = (network.get("Labels") or {}).get(label.NETWORK_PROXY)
+    if proxy is None:
+        return
+    containers = (client.api.inspect_network(network["Id"]).get("Containers") or {}).values()
+    if all(container.get("Name") == proxy for container in containers):
+        try:
+            client.api.remove_container(proxy, force=True)
+        except NotFound:
+            pass
+
+
 def remove_unused_networks(client: docker.DockerClient, *, helper_image: HelperImage) -> int:
-    """Remove every pydantic_deep network without containers, then the host's rules of those gone
-    (all of them when no network is left). Returns how many networks were removed."""
+    """Remove every pydantic_deep network without containers (and the egress proxy when no sandbox
+    is behind it), then the host's rules of those gone (all of them when no network is left).
+    Returns how many networks were removed."""
+    for network in _ours(client):
+        _remove_proxy_if_alone(client, network)
     removed = sum(remove_network_if_unused(client, network["Name"]) for network in _ours(client))
     if not _ours(client):
         remove_rules(client, helper_image=helper_image)

@@ -29,7 +29,7 @@ import certifi
 from .._cache import cache_dir
 from ..errors import InvalidArgumentError
 
-__all__ = ["CONTAINER_CA_PATH", "CaBundle", "resolve_ca_bundle"]
+__all__ = ["CONTAINER_CA_PATH", "CaBundle", "bundle_with", "resolve_ca_bundle"]
 
 CONTAINER_CA_PATH = "/etc/pydantic-deep/ca-certificates.crt"
 _HOST_VARIABLES = ("PYDANTIC_DEEP_CA_BUNDLE", "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
@@ -110,3 +110,16 @@ def resolve_ca_bundle(ca_bundle: str | os.PathLike[str] | bool | None = None) ->
         if value and Path(value).is_file():
             return CaBundle(Path(value).resolve())
     return None
+
+
+def bundle_with(ca_bundle: CaBundle | None, extra_pem: str) -> CaBundle:
+    """``ca_bundle`` (or the public roots, without one) plus the certificates of ``extra_pem``: for a
+    sandbox that also trusts its egress proxy's CA of its own."""
+    base = ca_bundle.pem if ca_bundle is not None else Path(certifi.where()).read_bytes()
+    data = base.rstrip() + b"\n" + extra_pem.strip().encode() + b"\n"
+    path = cache_dir("ca") / f"{hashlib.sha256(data).hexdigest()}.crt"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return CaBundle(path)

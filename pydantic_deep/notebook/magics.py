@@ -6,8 +6,11 @@ from cell to cell, or as a shell script (``--shell``, and images with neither). 
 is produced; the last expression is displayed as Jupyter would (a DataFrame as a table, a figure as
 an image); an exception shows the container's traceback and fails the cell.
 
-Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session``, ``timeout``, and
-``backend`` (``"local"`` runs cells in a :class:`LocalSandbox`, on this machine, not isolated).
+Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session``, ``timeout``,
+``network`` (``"on"``, ``"off"``, or host patterns ``"pypi.org,*.example.com"``: the only hosts new
+sandboxes reach, through the egress proxy; empty: the runtime's), and ``backend`` (``"local"`` runs
+cells in a :class:`LocalSandbox`, on this machine, not isolated). ``%sandbox network HOST...`` changes
+the hosts of a running sandbox, ``%sandbox egress`` shows what it was allowed and refused.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Enum, Float, Unicode, default
 
-from ..errors import SandboxError
+from ..errors import SandboxError, SandboxStateError
 from ..results import OutputChunk
 from ..runtimes import get_runtime, list_runtimes
 from ..sandbox.backends import BACKENDS, default_backend, open_sandbox
@@ -62,6 +65,8 @@ class SandboxMagics(Magics):
     session = Unicode("notebook", help="The name of the sandbox a cell runs in without -s.").tag(config=True)
     timeout = Float(600.0, help="Seconds a --shell cell may run (-t overrides it, and limits Python cells).").tag(
         config=True)
+    network = Unicode("", help="New sandboxes' network: 'on', 'off', or comma-separated host patterns "
+                      "('pypi.org,*.example.com'), the only hosts they reach; empty: the runtime's.").tag(config=True)
     backend = Enum(list(BACKENDS), help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for "
                    "where Docker cannot run). Default: $PYDANTIC_DEEP_BACKEND, else docker.").tag(config=True)
 
@@ -96,7 +101,9 @@ class SandboxMagics(Magics):
         config = wanted or get_runtime(self.runtime)
         if self.backend == "local":
             print("Starting a LocalSandbox: cells run on this machine, NOT ISOLATED", file=sys.stderr)
-        sandbox = open_sandbox(config, backend=self.backend, progress=self.progress)
+        network = _network_setting(self.network.split(",") if self.network.strip() else [])
+        options = {} if network is None else {"network": network}
+        sandbox = open_sandbox(config, backend=self.backend, progress=self.progress, **options)
         self.sandboxes[name] = sandbox.start()
         return sandbox
 
@@ -140,7 +147,8 @@ class SandboxMagics(Magics):
     @magic_arguments()
     @argument("subcommand", nargs="*", help="line magic only: status | runtimes | upload PATH | files [DIR] | "
                                              "restart | stop | pause | resume | snapshot [NAME] | restore NAME | "
-                                             "fork N | expose PORT | preview PORT | terminal [COMMAND]")
+                                             "fork N | expose PORT | preview PORT | terminal [COMMAND] | "
+                                             "network [on | off | HOST...] | egress")
     @argument("-s", "--sandbox", dest="name", help="the sandbox to use (default: the notebook's)")
     @argument("-r", "--runtime", help="the runtime to run the sandbox with")
     @argument("-t", "--timeout", type=float, help="seconds the cell may run")
@@ -159,7 +167,7 @@ class SandboxMagics(Magics):
         Cell: ``%%sandbox [-s NAME] [-r RUNTIME] [-t SECONDS] [-o VAR] [--shell] [--no-raise]``.
         Line: ``%sandbox status | runtimes | upload PATH | files [DIR] | restart | stop | pause | resume |
         snapshot [NAME] | restore NAME | fork N | expose PORT | preview PORT [--absolute] [--run CMD] [--path P] |
-        terminal [COMMAND]``.
+        terminal [COMMAND] | network [on | off | HOST...] | egress``.
         ``expose`` prints the host URL of a port of the sandbox; ``preview`` shows the app in an iframe
         under the cell (see :meth:`SandboxBase.preview`), after starting it with ``--run``;
         ``terminal`` opens an interactive terminal on the sandbox under the cell (a shell, or COMMAND).
@@ -246,14 +254,14 @@ class SandboxMagics(Magics):
             return self._port_subcommand(command, int(rest[0]), args)
         elif command == "terminal":
             self._show_terminal(args.name, args.runtime, " ".join(rest) or None)
-        elif command in ("pause", "resume", "snapshot", "restore", "fork"):
+        elif command in ("pause", "resume", "snapshot", "restore", "fork", "network", "egress"):
             if self.backend != "docker":
                 raise UsageError(f"%sandbox {command} needs the docker backend (a LocalSandbox has no container)")
             self._container_subcommand(command, rest, args)
         else:
             raise UsageError(f"unknown subcommand {command!r}: status, runtimes, upload PATH, files [DIR], "
                              "restart, stop, pause, resume, snapshot [NAME], restore NAME, fork N, expose PORT, "
-                             "preview PORT, terminal [COMMAND]")
+                             "preview PORT, terminal [COMMAND], network [on | off | HOST...], egress")
         return None
 
     def _show_terminal(self, name: str | None, runtime: str | None, command: str | None) -> None:
@@ -308,6 +316,16 @@ class SandboxMagics(Magics):
             snapshot = self._docker_sandbox_for(args.name, args.runtime).snapshot(rest[0] if rest else None)
             print(f"Snapshot {snapshot.name!r} of {name!r}: {snapshot.size_bytes / 1e6:.1f} MB of files "
                   "(variables are not kept: re-run their cells after a restore)")
+        elif command == "network":
+            self._network_subcommand(name, rest, args)
+        elif command == "egress":
+            events = self._docker_sandbox_for(args.name, args.runtime).egress_log(50)
+            for event in events:
+                print(f"{time.strftime('%H:%M:%S', time.localtime(event.time))} "
+                      f"{'allowed' if event.allowed else 'REFUSED'} {event.host}:{event.port}"
+                      + (f" ({event.reason})" if event.reason else ""))
+            if not events:
+                print(f"No egress decision for {name!r} (only a sandbox with a list of hosts goes through the proxy)")
         elif command == "restore":
             if len(rest) != 1:
                 raise UsageError("usage: %sandbox restore NAME")
@@ -325,6 +343,19 @@ class SandboxMagics(Magics):
                 self.stop(fork_name)  # a fork of that name from before
                 self.sandboxes[fork_name] = fork
             print(f"Forked {name!r} into {', '.join(names)}: run cells in one with %%sandbox -s NAME")
+
+    def _network_subcommand(self, name: str, rest: list[str], args: Any) -> None:
+        sandbox = self._docker_sandbox_for(args.name, args.runtime)
+        if not rest:
+            print(f"{name!r}: network {sandbox.network_summary}")
+            return
+        network = _network_setting(rest)
+        assert network is not None
+        try:
+            sandbox.set_network(network)
+        except SandboxStateError as exc:
+            raise UsageError(f"{exc}; or %config SandboxMagics.network and %sandbox stop, then run a cell") from None
+        print(f"{name!r}: network {sandbox.network_summary}")
 
     @_transfer_arguments
     @line_magic
@@ -351,6 +382,14 @@ class SandboxMagics(Magics):
                 self._user_ns[name] = interpreter.pull(name)
             except CellError as exc:
                 raise UsageError(f"{name}: {exc.evalue}") from None
+
+
+def _network_setting(words: list[str]) -> bool | list[str] | None:
+    """``on``/``off``, or host patterns, as ``DockerSandbox(network=)`` takes them; ``None`` for none given."""
+    words = [word.strip() for word in words if word.strip()]
+    if words in (["on"], ["off"]):
+        return words == ["on"]
+    return words or None
 
 
 def _write_chunk(chunk: OutputChunk) -> None:

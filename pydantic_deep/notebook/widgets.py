@@ -27,6 +27,7 @@ from ..execution.ports import ExposedPort
 from ..images.builder import image_exists
 from ..runtimes import get_runtime, list_runtimes
 from ..sandbox.base import SandboxBase
+from ..sandbox.docker import DockerSandbox
 from ..sessions.manager import SessionManager
 from ..sessions.sync import SyncSessionManager
 from .charts import HISTORY_SECONDS, History, sparkline, state_badge
@@ -220,14 +221,14 @@ class SessionMonitor(_Panel):
 
     def sessions(self) -> list[dict[str, Any]]:
         """One dict per sandbox: user, runtime, state, cpu, memory, disk used and its cap, idle,
-        container, its cluster node (``None`` on one host), how to stop it, and how to get it
-        (for a terminal)."""
+        container, its cluster node (``None`` on one host), its open ports, its last egress decisions,
+        how to stop it, and how to get it (for a terminal)."""
         if isinstance(self.source, SyncSessionManager):
             manager = self.source
             return [{"user": s.user_id, "runtime": s.runtime, "state": s.state, "cpu": s.cpu_seconds,
                      "memory": s.memory_bytes, "disk": s.disk_bytes, "disk_limit": s.disk_limit_bytes,
                      "idle": s.idle_seconds, "container": s.container, "node": s.node, "exposed": s.exposed,
-                     "stop": functools.partial(manager.stop, s.user_id),
+                     "egress": s.egress, "stop": functools.partial(manager.stop, s.user_id),
                      "sandbox": functools.partial(manager.get_or_create, s.user_id)}
                     for s in manager.list_sessions()]
         found = []
@@ -241,6 +242,7 @@ class SessionMonitor(_Panel):
                           "idle": sandbox.idle_seconds, "container": (sandbox.container_id or "")[:12],
                           "node": getattr(sandbox, "node", None),  # a LocalSandbox has none
                           "exposed": sandbox.exposed,
+                          "egress": sandbox.egress_log(20) if usage and isinstance(sandbox, DockerSandbox) else [],
                           "stop": functools.partial(self.source.stop, name),
                           "sandbox": lambda sandbox=sandbox: sandbox})
         return found
@@ -286,7 +288,7 @@ class SessionMonitor(_Panel):
                    f"{session['cpu']:.1f} · {session['memory'] / 2**20:.1f} MB · {_disk_text(session)} · "
                    f"{session['idle']:.0f} s · {html.escape(session['container'])}"
                    + (f" on {html.escape(session['node'])}" if session["node"] else "")
-                   + _ports_html(session["exposed"]))
+                   + _ports_html(session["exposed"]) + _egress_text(session))
         cpu, memory, span = history.cpu_percent(), history.memory(), history.shown_span(now)
         cpu_now = cpu[-1][1] if cpu else 0.0
         charts = (sparkline(cpu, now, span=span, floor=100, colour="#d84315", kind="cpu", label="CPU, % of one core")
@@ -339,6 +341,16 @@ def _disk_text(session: dict[str, Any]) -> str:
     if session["disk_limit"] is None:
         return "disk not capped"
     return f"{session['disk'] / 2**20:.1f} / {session['disk_limit'] / 2**20:.0f} MB"
+
+
+def _egress_text(session: dict[str, Any]) -> str:
+    """`` · egress: 3 allowed, 1 refused (last: host)`` for a sandbox behind the egress proxy, else nothing."""
+    events = session.get("egress") or []
+    refused = [event for event in events if not event.allowed]
+    if not events:
+        return ""
+    last = f" (last: {html.escape(refused[-1].host)})" if refused else ""
+    return f" · egress: {len(events) - len(refused)} allowed, {len(refused)} refused{last}"
 
 
 def dashboard(source: SessionManager | SyncSessionManager | None = None) -> widgets.VBox:

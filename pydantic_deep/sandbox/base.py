@@ -99,8 +99,8 @@ class SandboxBase(abc.ABC):
     """What identifies the running sandbox (its container id); ``None`` before it started."""
     tools_dir: str
     """Where the supervisor and the notebook interpreters are, as commands see it."""
-    network: bool
-    """Whether commands can reach the network."""
+    network: bool | tuple[str, ...]
+    """Whether commands can reach the network; or the host patterns they may reach (through an egress proxy)."""
     command_timeout: float
     """Seconds a command may run when it is given no ``timeout``."""
     max_output: int

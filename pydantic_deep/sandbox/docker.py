@@ -14,6 +14,8 @@ Safe defaults, each overridable by an argument of the same name:
 - no network unless the runtime or the sandbox asks for it (``network=True``), and then the outside
   world only: not other sandboxes, the host, private networks (``allow_private``) or the cloud
   metadata address (``block_metadata``); sandboxes talk only on a ``shared_network`` they all name;
+  or only the hosts listed (``network=["pypi.org"]``), through the egress proxy, which adds the
+  ``secrets`` headers on the way out;
 - labels on every container (``pydantic-deep.managed``, ``.session``, ``.runtime``, ``.created``,
   ``.owner-pid``), so ``pydantic-deep prune`` can find anything a killed process left behind.
 
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import io
+import json
 import logging
 import math
 import os
@@ -58,7 +61,18 @@ from ..engine import labels as label
 from ..engine.api import attach_stdin
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
+from ..engine.egress import (
+    EgressPolicy,
+    drop_policy,
+    ensure_egress_proxy,
+    issue_ca,
+    proxy_environment,
+    put_policy,
+    read_log,
+    sandbox_address,
+)
 from ..engine.networks import (
+    PROXIED_NETWORK,
     checked_private_ranges,
     checked_shared_name,
     ensure_egress_network,
@@ -89,8 +103,10 @@ from ..execution.channel import (
 )
 from ..execution.terminal import Terminal, checked_terminal_size
 from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
+from ..hosts import checked_host_patterns, checked_hosts, checked_secrets
 from ..images.builder import Progress
-from ..images.certs import CONTAINER_CA_PATH, CaBundle, resolve_ca_bundle
+from ..images.certs import CONTAINER_CA_PATH, CaBundle, bundle_with, resolve_ca_bundle
+from ..images.egress_proxy import ensure_egress_proxy_image
 from ..images.netfilter import ensure_netfilter_image
 from ..images.prepare import (
     HOME_DIR,
@@ -102,7 +118,7 @@ from ..images.prepare import (
 )
 from ..images.runtime import ensure_runtime_image
 from ..paths import UPLOADS_DIR, resolve_sandbox_path
-from ..results import ExecuteResult, FileInfo, ResourceUsage
+from ..results import EgressEvent, ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
 from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
@@ -129,6 +145,18 @@ class _FromRuntime:
 
 
 FROM_RUNTIME = _FromRuntime()
+
+_UNCHANGED: Any = object()  # set_network's "keep what the sandbox has"
+
+
+def _checked_network(network: object) -> bool | tuple[str, ...]:
+    """``network`` as a sandbox holds it: ``True``, ``False``, or its host patterns, checked."""
+    if isinstance(network, bool):
+        return network
+    if isinstance(network, (list, tuple, str)):
+        return checked_host_patterns(network)  # type: ignore[arg-type]
+    raise InvalidArgumentError(f"network must be True, False or a list of host patterns like ['pypi.org'], "
+                               f"not {shown(repr(network))}")
 
 
 def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeConfig, cluster: SwarmCluster | None,
@@ -250,6 +278,16 @@ def _parse_user(user: str) -> tuple[int, int]:
     return int(uid), int(gid or uid)
 
 
+def _refuse_host_list_on_cluster(network: bool | tuple[str, ...], cluster: SwarmCluster | None) -> None:
+    # Host lists go through the egress proxy of the engine host (engine/egress.py); a cluster's
+    # nodes run none, so the list could not be enforced there.
+    if cluster is not None and isinstance(network, tuple):
+        raise InvalidArgumentError(
+            "a list of hosts (network=[...]) is not available on a cluster yet: it is enforced by the egress "
+            "proxy of one engine host, which the cluster's nodes do not run; use network=True (isolated, full "
+            "network) on the cluster, or cluster=False for a host list")
+
+
 class DockerSandbox(SandboxBase):
     """An isolated Docker container running a runtime, for agents and notebooks.
 
@@ -267,7 +305,16 @@ class DockerSandbox(SandboxBase):
     Args:
         runtime: A runtime name (see :data:`BUILTIN_RUNTIMES`) or a :class:`RuntimeConfig`; default
             ``python-minimal``, or the runtime of ``snapshot``.
-        network: Give the container network access; ``None`` follows ``runtime.network``. A
+        network: Give the container network access; ``None`` follows ``runtime.network``. A list
+            of host patterns (``["pypi.org", "*.example.com"]``; ``*.`` covers the names below, a
+            ``:port`` other ports than 80 and 443) gives it those hosts and nothing else: the sandbox
+            sits on an internal network with no route out, and its one way out is the engine's
+            egress proxy, which admits a request by host name (an HTTP request's ``Host``, an
+            HTTPS ``CONNECT``, the TLS SNI) and refuses the rest with a ``403`` saying which host
+            and why. ``HTTP(S)_PROXY`` and ``NO_PROXY`` are set, so pip, npm, curl and requests
+            work unchanged; direct connections, DNS, the host, other sandboxes and the metadata
+            address are out of reach. :meth:`set_network` changes the list of a running sandbox,
+            :meth:`egress_log` tells what was allowed and refused. ``True``: a
             networked sandbox reaches the outside world through the host's route, and nothing else:
             not other sandboxes (whoever's), not the host's own addresses and ports (the engine's
             TCP port included), not private, shared or link-local ranges (``allow_private`` lists
@@ -282,6 +329,16 @@ class DockerSandbox(SandboxBase):
             (:class:`InvalidArgumentError`).
         network_owner: Whose ``shared_network`` it is: sandboxes of different owners never share
             one, whatever name they give. A :class:`SessionManager` sets it to the user.
+        secrets: Headers the egress proxy adds to the sandbox's HTTPS requests to a host,
+            ``{host pattern: {header: value}}`` (``{"api.example.com": {"Authorization": "Bearer
+            ..."}}``); needs a list ``network`` (the host must be in it too). The value never
+            enters the sandbox (its environment, files, command lines, memory): the proxy
+            terminates TLS for those hosts with a CA of the sandbox's own, which only the sandbox
+            trusts (added to its CA bundle), and checks the server against the sandbox's
+            ``ca_bundle``. Never added to plain HTTP requests.
+        hosts: Names the egress proxy connects to at the given IPv4 address instead of asking
+            DNS, ``{"api.internal.test": "198.18.0.2"}`` (as ``/etc/hosts`` would); needs a list
+            ``network``. The proxy's own isolation still applies (no private ranges, not the host).
         allow_private: IPv4 ranges (``["10.1.2.0/24"]``) the networked sandbox may reach although
             they are private, e.g. an internal package mirror. The host's own addresses stay out of
             reach; so does the metadata address unless ``block_metadata=False``. Each distinct
@@ -345,7 +402,9 @@ class DockerSandbox(SandboxBase):
         self,
         runtime: str | RuntimeConfig | None = None,
         *,
-        network: bool | None = None,
+        network: bool | Sequence[str] | None = None,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+        hosts: Mapping[str, str] | None = None,
         shared_network: str | None = None,
         network_owner: str | None = None,
         allow_private: Sequence[str] = (),
@@ -374,9 +433,18 @@ class DockerSandbox(SandboxBase):
     ) -> None:
         self.from_snapshot: Snapshot | None = resolve_snapshot(snapshot) if snapshot is not None else None
         self.runtime: RuntimeConfig = self._runtime_for(runtime, self.from_snapshot)
-        self.network = self.runtime.network if network is None else network
-        if not isinstance(self.network, bool):
-            raise InvalidArgumentError(f"network must be True or False, not {shown(repr(self.network))}")
+        self.network: bool | tuple[str, ...] = _checked_network(self.runtime.network if network is None else network)
+        self._secrets = checked_secrets(secrets)
+        self.hosts = checked_hosts(hosts)
+        if (self._secrets or self.hosts) and not self.proxied:
+            raise InvalidArgumentError("secrets and hosts are for the egress proxy: give network a list of host "
+                                       "patterns (e.g. network=['api.example.com'])")
+        if self.proxied and (shared_network is not None or allow_private):
+            raise InvalidArgumentError("a sandbox with a list of hosts (network=[...]) reaches those hosts through "
+                                       "the egress proxy only: shared_network and allow_private do not apply to it")
+        self._egress_id: str | None = None  # its CA's and log's id in the proxy, while it runs
+        self._egress_address: str | None = None  # its address on the proxied network
+        self._egress_ca: CaBundle | None = None  # its ca_bundle plus the proxy's CA of its own
         self.shared_network = checked_shared_name(shared_network) if shared_network is not None else None
         if network_owner is not None and not re.fullmatch(r"[a-z0-9]{1,64}", network_owner):
             raise InvalidArgumentError(f"network_owner must be 1-64 lowercase letters and digits (a hash of "
@@ -407,6 +475,7 @@ class DockerSandbox(SandboxBase):
         self.volumes = _checked_volumes(volumes)
         self.remove_on_exit = remove_on_exit
         self.cluster = resolve_cluster(cluster)
+        _refuse_host_list_on_cluster(self.network, self.cluster)
         size = resolved_disk_size(disk_size, self.runtime, self.cluster, self.from_snapshot,
                                   kept=disk_name is not None)
         try:
@@ -457,6 +526,11 @@ class DockerSandbox(SandboxBase):
         if self._channel is None or not self._channel.multiplexed:
             return None
         return "python3" if self._python is not None else "node"
+
+    @property
+    def proxied(self) -> bool:
+        """Its network is a list of host patterns: it goes out through the egress proxy only."""
+        return isinstance(self.network, tuple)
 
     @property
     def node(self) -> str | None:
@@ -523,10 +597,14 @@ class DockerSandbox(SandboxBase):
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
                     self._lifeline = attach_stdin(client, container.id)
                 container.start()
+                if self.proxied:
+                    self._egress_address = sandbox_address(client.api.inspect_container(container.id))
+                    self._put_policy(client)
                 self._python, self._node = prepared.python, prepared.node
                 self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
+                self._forget_egress(client)
                 self._release_disk(delete=not self._keep_disk)
                 raise
             self._adopt(client, container.id)
@@ -568,15 +646,107 @@ class DockerSandbox(SandboxBase):
     def _ensure_network(self, client: docker.DockerClient) -> str:
         """The container's network (``"none"`` with the network off and no shared network); the
         host's rules for it are in place when this returns."""
-        if self.shared_network is not None:
-            network = ensure_shared_network(client, self.shared_network, self.network_owner, egress=self.network,
-                                            allow_private=self.allow_private, allow_metadata=not self.block_metadata)
+        if self.proxied:
+            ensure_egress_proxy(client, functools.partial(ensure_egress_proxy_image, client, self.progress))
+            if self._egress_id is None:  # a CA of its own, made in the proxy, that only it trusts
+                self._egress_id = uuid.uuid4().hex
+                self._egress_ca = bundle_with(self.ca_bundle, issue_ca(client, self._egress_id))
+            network = PROXIED_NETWORK
+        elif self.shared_network is not None:
+            network = ensure_shared_network(client, self.shared_network, self.network_owner,
+                                            egress=self.network is True, allow_private=self.allow_private,
+                                            allow_metadata=not self.block_metadata)
         elif self.network:
             network = ensure_egress_network(client, self.allow_private, not self.block_metadata)
         else:
             return "none"
         secure(client, helper_image=functools.partial(ensure_netfilter_image, client))
         return network
+
+    def _policy(self) -> EgressPolicy:
+        assert isinstance(self.network, tuple) and self._egress_id is not None
+        return EgressPolicy(self._egress_id, self.network, self._secrets, self.hosts,
+                            self.ca_bundle.pem.decode() if self.ca_bundle is not None else None)
+
+    def _put_policy(self, client: docker.DockerClient) -> None:
+        if self._egress_address is None:
+            raise SandboxError(f"the sandbox {self.name} has no address on {PROXIED_NETWORK}")
+        put_policy(client, self._egress_address, self._policy())
+
+    def _forget_egress(self, client: docker.DockerClient) -> None:
+        """Drop the sandbox's policy, CA and log from the proxy (its container is gone)."""
+        if self._egress_id is not None:
+            drop_policy(client, self._egress_address or "-", self._egress_id)
+        self._egress_id = self._egress_address = self._egress_ca = None
+
+    def set_network(self, network: bool | Sequence[str], *,
+                    secrets: Mapping[str, Mapping[str, str]] | None = _UNCHANGED,
+                    hosts: Mapping[str, str] | None = _UNCHANGED) -> None:
+        """Change what the sandbox may reach; on a running sandbox with a list of hosts, a new
+        list (and ``secrets``, ``hosts``) takes effect at once, for the next request.
+
+        Args:
+            network: As :class:`DockerSandbox` takes it.
+            secrets: New secret headers (default: keep them; ``None`` or ``{}``: none).
+            hosts: New pinned names (default: keep them).
+
+        Raises:
+            InvalidArgumentError: a bad pattern, secret or host (nothing changed).
+            SandboxStateError: a running sandbox asked to switch between a list of hosts and
+                ``True``/``False`` (its container sits on another network: stop and start it).
+        """
+        checked = _checked_network(network)
+        _refuse_host_list_on_cluster(checked, self.cluster)
+        with self._lock, engine_errors():
+            running = self.state in (SandboxState.RUNNING, SandboxState.PAUSED)
+            if running and isinstance(checked, tuple) != self.proxied:
+                raise SandboxStateError(
+                    f"a running sandbox keeps its kind of network (now {self.network_summary}): a list of hosts goes "
+                    "through the egress proxy on a network of its own; stop() it, set_network(), then start() it")
+            new_secrets = self._secrets if secrets is _UNCHANGED else checked_secrets(secrets)
+            new_hosts = self.hosts if hosts is _UNCHANGED else checked_hosts(hosts)
+            if (new_secrets or new_hosts) and not isinstance(checked, tuple):
+                raise InvalidArgumentError("secrets and hosts are for the egress proxy: give network a list of host "
+                                           "patterns (or secrets={}, hosts={})")
+            if running and checked == self.network and (new_secrets, new_hosts) == (self._secrets, self.hosts):
+                return
+            if running and self.proxied:
+                old = (self.network, self._secrets, self.hosts)
+                self.network, self._secrets, self.hosts = checked, new_secrets, new_hosts
+                try:
+                    self._put_policy(self._engine())
+                except BaseException:
+                    self.network, self._secrets, self.hosts = old
+                    raise
+            else:
+                self.network, self._secrets, self.hosts = checked, new_secrets, new_hosts
+
+    async def aset_network(self, network: bool | Sequence[str], *,
+                           secrets: Mapping[str, Mapping[str, str]] | None = _UNCHANGED,
+                           hosts: Mapping[str, str] | None = _UNCHANGED) -> None:
+        """Async form of :meth:`set_network`."""
+        await asyncio.to_thread(functools.partial(self.set_network, network, secrets=secrets, hosts=hosts))
+
+    def egress_log(self, limit: int | None = None) -> list[EgressEvent]:
+        """The egress proxy's decisions about this sandbox's requests since it started, oldest
+        first (the last ``limit`` ones); empty unless its network is a list of hosts. Not a use:
+        reading it never keeps a sandbox from going idle."""
+        if not self.proxied or self._egress_id is None:
+            return []
+        with self._clear_errors("egress_log"):
+            events = [EgressEvent(**entry) for entry in read_log(self._engine(), self._egress_id)]
+        return events[-limit:] if limit else events
+
+    async def aegress_log(self, limit: int | None = None) -> list[EgressEvent]:
+        """Async form of :meth:`egress_log`."""
+        return await asyncio.to_thread(self.egress_log, limit)
+
+    @property
+    def network_summary(self) -> str:
+        """What the sandbox reaches, in words: ``off``, ``on (isolated)``, or ``only HOSTS (egress proxy)``."""
+        if isinstance(self.network, tuple):
+            return "only " + (", ".join(self.network) or "no host") + " (egress proxy)"
+        return "on (isolated)" if self.network else "off"
 
     def _start_on_cluster(self, cluster: SwarmCluster, prepared: PreparedImage) -> None:
         """Start the sandbox as a one-task Swarm service and reach its container through its
@@ -678,6 +848,8 @@ class DockerSandbox(SandboxBase):
             raise SandboxStateError(f"container {container!r} is not a running pydantic_deep sandbox")
         disk = labels.get(label.DISK)
         options = {**options, "disk_size": labels.get(label.DISK_SIZE) if disk else None}
+        if label.EGRESS_HOSTS in labels and not isinstance(options.get("network"), (list, tuple)):
+            options["network"] = json.loads(labels[label.EGRESS_HOSTS])
         if attrs["State"]["Paused"]:  # paused by another process: a channel cannot open on it frozen
             with engine_errors():
                 resume_container(client, attrs["Id"])
@@ -696,6 +868,9 @@ class DockerSandbox(SandboxBase):
             sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
                                      "").rsplit("/", 1)[0] or None
         with sandbox._lock, engine_errors():
+            if sandbox.proxied and label.EGRESS_ID in labels:  # this process's secrets and list, at once
+                sandbox._egress_id, sandbox._egress_address = labels[label.EGRESS_ID], sandbox_address(attrs)
+                sandbox._put_policy(client)
             sandbox._python, sandbox._node = recorded_interpreters(client.images.get(attrs["Image"]).labels)
             sandbox._channel = sandbox._open_channel(attrs["Id"])
             sandbox._adopt(client, attrs["Id"])
@@ -723,6 +898,7 @@ class DockerSandbox(SandboxBase):
                         self.cluster.remove(self.name)  # works with the node lost, too
                     else:
                         remove_container(docker_client(), self.container_id)
+                    self._forget_egress(docker_client())
                     if self.shared_network is not None and self.cluster is not None:  # the last one out...
                         remove_unused_swarm_networks(self.cluster)
                     elif self.shared_network is not None:  # the last one out removes it
@@ -851,10 +1027,15 @@ class DockerSandbox(SandboxBase):
                        for part, target in targets.items() if target not in self.volumes.values()]
             disk_labels = {label.DISK: self.disk_name, label.DISK_KEEP: str(self._keep_disk).lower(),
                            label.DISK_SIZE: str(self.disk_size)}
-        if self.ca_bundle is not None:
-            environment.update(self.ca_bundle.environment())
-            mounts.append(docker.types.Mount(CONTAINER_CA_PATH, str(self.ca_bundle.host_file()), type="bind",
+        ca_bundle = self._egress_ca or self.ca_bundle
+        if ca_bundle is not None:
+            environment.update(ca_bundle.environment())
+            mounts.append(docker.types.Mount(CONTAINER_CA_PATH, str(ca_bundle.host_file()), type="bind",
                                              read_only=True))
+        egress_labels = {}
+        if isinstance(self.network, tuple) and self._egress_id is not None:
+            environment.update(proxy_environment())
+            egress_labels = {label.EGRESS_ID: self._egress_id, label.EGRESS_HOSTS: json.dumps(list(self.network))}
         return dict(
             # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
             entrypoint=["sh", "-c", "read -r _"] if self.remove_on_exit else ["sleep", "infinity"],
@@ -870,6 +1051,7 @@ class DockerSandbox(SandboxBase):
             labels={
                 **self.labels,
                 **disk_labels,
+                **egress_labels,
                 label.MANAGED: "true",
                 label.SESSION: self.session_id,
                 label.RUNTIME: self.runtime.name,
@@ -888,7 +1070,8 @@ class DockerSandbox(SandboxBase):
             if self.max_file_size else None,
             tmpfs={"/tmp": f"rw,exec,nosuid,nodev,mode=1777,size={self.tmp_size}"} if self.tmp_size else None,
             # Without IPv6 nothing reaches the host or a neighbour past the IPv4 rules.
-            sysctls={"net.ipv6.conf.all.disable_ipv6": "1"} if self.network or self.shared_network else None,
+            sysctls={"net.ipv6.conf.all.disable_ipv6": "1"} if self.network is not False or self.shared_network
+            else None,
             cap_drop=["ALL"] if self.drop_capabilities else None,
             security_opt=["no-new-privileges"] if self.no_new_privileges else None,
             pids_limit=self.pids_limit,
@@ -1243,7 +1426,8 @@ class DockerSandbox(SandboxBase):
 
     def _fork_from(self, snap: Snapshot) -> DockerSandbox:
         fork = DockerSandbox(
-            self.runtime, network=self.network, user=self.user, memory=self.memory, cpus=self.cpus,
+            self.runtime, network=self.network, secrets=self._secrets, hosts=self.hosts, user=self.user,
+            memory=self.memory, cpus=self.cpus,
             pids_limit=self.pids_limit,
             max_file_size=str(self.max_file_size) if self.max_file_size else None,
             tmp_size=str(self.tmp_size) if self.tmp_size else None,
@@ -1293,7 +1477,7 @@ class DockerSandbox(SandboxBase):
             "State": self.state.value,
             "Container": self.container_id[:12] if self.container_id else "-",
             "Work dir": self.work_dir,
-            "Network": ("on (isolated)" if self.network else "off")
+            "Network": self.network_summary
             + (f", shared network {self.shared_network!r}" if self.shared_network else ""),
             "Disk": f"{self.disk_size / 2 ** 20:,.0f} MB" if self.disk_size else "not capped",
             **({"Node": self.node} if self.node is not None else {}),

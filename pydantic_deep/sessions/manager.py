@@ -44,6 +44,7 @@ from ..engine.volumes import create_volume, find_volumes, remove_volume, volume_
 from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStateError, SessionLimitError, shown
 from ..execution.ports import ExposedPort
 from ..paths import UPLOADS_DIR
+from ..results import EgressEvent
 from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
 from ..sandbox.disk import release_disk
@@ -76,6 +77,8 @@ class SessionInfo:
     """The cluster node the sandbox runs on (``None`` on one host, or when it is stopped)."""
     exposed: tuple[ExposedPort, ...] = ()
     """The sandbox's ports open on the host (:meth:`SandboxBase.expose`), with their URLs."""
+    egress: tuple[EgressEvent, ...] = ()
+    """The egress proxy's last decisions (at most 20) about a running session with a list of hosts."""
 
 
 _SHUTDOWN_THREADS = 32  # sessions ended at once by shutdown()
@@ -161,6 +164,8 @@ class SessionManager:
             and container losses. A session keeps the size its disk was made with. On a
             ``cluster`` the default is no disk, and a session's disk is refused (it would stay on
             one node while the session moves to others).
+            ``network=["pypi.org", ...]`` with ``secrets=`` gives every session those hosts only,
+            through the egress proxy, each with its own decisions log (``SessionInfo.egress``).
             A ``shared_network`` is each user's own: the manager sets ``network_owner`` to the
             user's key, so a user's sandboxes (of managers sharing the name) can meet on it and
             different users' never can.
@@ -576,7 +581,8 @@ class SessionManager:
                 disk_bytes=usage.disk_bytes if usage else 0,
                 disk_limit_bytes=usage.disk_limit_bytes if usage else None,
                 node=sandbox.node if usage is not None and sandbox is not None else None,
-                exposed=tuple(sandbox.exposed) if sandbox is not None else ()))
+                exposed=tuple(sandbox.exposed) if sandbox is not None else (),
+                egress=tuple(sandbox.egress_log(20)) if usage is not None and sandbox is not None else ()))
         return infos
 
     def _remove_container(self, name: str) -> None:
