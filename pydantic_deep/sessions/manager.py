@@ -28,6 +28,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Self
@@ -45,7 +46,7 @@ from ..errors import InvalidArgumentError, InvalidArgumentTypeError, SandboxStat
 from ..paths import UPLOADS_DIR
 from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
-from ..sandbox.disk import release_disk
+from ..sandbox.disk import list_disks, release_disk
 from ..sandbox.docker import FROM_RUNTIME, DockerSandbox, resolved_disk_size
 from ..sandbox.pool import SandboxPool
 from ..sandbox.snapshots import Snapshot, resolve_snapshot
@@ -56,6 +57,8 @@ __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 
 logger = logging.getLogger("pydantic_deep.sessions")
 
+DEFAULT_WARM = 2
+"""Started sandboxes a :class:`SessionManager` keeps ready for new users unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def _checked_manager_name(name: str) -> str:
     return name
 
 
-def _check_options(default_idle_timeout: float, max_sessions: int | None, pool_size: int, orphans: str) -> None:
+def _check_options(default_idle_timeout: float, max_sessions: int | None, orphans: str) -> None:
     """Refuse, before anything is made, options a manager could only misread."""
     if isinstance(default_idle_timeout, bool) or not isinstance(default_idle_timeout, (int, float)):
         raise InvalidArgumentTypeError(
@@ -100,9 +103,26 @@ def _check_options(default_idle_timeout: float, max_sessions: int | None, pool_s
             f"default_idle_timeout must be a positive number of seconds, not {default_idle_timeout!r}")
     if max_sessions is not None:
         _check_count("max_sessions", max_sessions, 1)
-    _check_count("pool_size", pool_size, 0)
     if orphans not in ("adopt", "reap"):
         raise InvalidArgumentError(f"orphans must be 'adopt' or 'reap', not {shown(str(orphans))}")
+
+
+def _warm_capacity(warm: int | None, pool_size: int | None, sandbox_options: Mapping[str, Any]) -> int:
+    """How many started sandboxes to keep ready: ``warm`` (or its older name ``pool_size``), by
+    default :data:`DEFAULT_WARM`, or none where sandboxes cannot be started before their user is
+    known (a ``shared_network`` is each user's own)."""
+    if warm is not None and pool_size is not None:
+        raise InvalidArgumentError("warm and pool_size are the same setting (pool_size is its older name): give one")
+    argument, size = ("pool_size", pool_size) if pool_size is not None else ("warm", warm)
+    shared = sandbox_options.get("shared_network") is not None
+    if size is None:
+        return 0 if shared else DEFAULT_WARM
+    _check_count(argument, size, 0)
+    if size and shared:
+        raise InvalidArgumentError(f"shared_network cannot be used with {argument}={size}: warm sandboxes start "
+                                   "before their user is known, and each user's shared network is their own; "
+                                   f"leave {argument} out (no warm capacity) or set it to 0")
+    return size
 
 
 def _check_count(argument: str, value: int, least: int) -> None:
@@ -138,8 +158,15 @@ class SessionManager:
             :class:`SessionLimitError`.
         registry: Where sessions are recorded; :class:`InMemoryRegistry` by default, or a
             :class:`RedisRegistry` shared by several processes.
-        pool_size: Keep this many started sandboxes of the default runtime ready, so a new user's
-            first command does not wait for a container start.
+        warm: Keep this many started sandboxes of the default runtime ready (default
+            :data:`DEFAULT_WARM`, 2), so a new user's first command does not wait for a container
+            start: a new user's session takes one (renamed for them; never another user's) and the
+            pool starts a replacement in the background. Under a burst larger than ``warm`` users
+            are served first come, first served, each at worst as fast as a cold start of their
+            own. ``0`` starts every session cold. The capacity is started when the manager is made
+            and stopped by :meth:`shutdown` (and at interpreter exit). Not with a
+            ``shared_network`` (whose default is none).
+        pool_size: The older name of ``warm``.
         orphans: What to do with this manager's containers left by a process that is gone:
             ``"adopt"`` them (the user gets the same container and files back) or ``"reap"`` them
             (containers removed, files kept).
@@ -162,8 +189,8 @@ class SessionManager:
 
     Raises:
         InvalidArgumentError: ``network_owner`` among the options (the manager sets it), or a
-            ``shared_network`` with a warm pool (whose sandboxes start before their user is known),
-            or a ``disk_size`` on a ``cluster`` (where the default is no disk).
+            ``shared_network`` with ``warm`` capacity (whose sandboxes start before their user is
+            known), or a ``disk_size`` on a ``cluster`` (where the default is no disk).
     """
 
     def __init__(
@@ -174,20 +201,18 @@ class SessionManager:
         name: str = "default",
         max_sessions: int | None = None,
         registry: SessionRegistry | None = None,
-        pool_size: int = 0,
+        warm: int | None = None,
+        pool_size: int | None = None,
         orphans: Literal["adopt", "reap"] = "adopt",
         pause_after: float | None = None,
         cluster: SwarmCluster | str | bool | None = None,
         **sandbox_options: Any,
     ) -> None:
-        _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
+        _check_options(default_idle_timeout, max_sessions, orphans)
         if "network_owner" in sandbox_options:
             raise InvalidArgumentError("network_owner is set by the session manager, to each user's own key; "
                                        "leave it out")
-        if pool_size and sandbox_options.get("shared_network") is not None:
-            raise InvalidArgumentError("shared_network cannot be used with pool_size: a warm pool's sandboxes "
-                                       "start before their user is known, and each user's shared network is "
-                                       "their own")
+        warm = _warm_capacity(warm, pool_size, sandbox_options)
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
         self.name = _checked_manager_name(name)
@@ -205,8 +230,17 @@ class SessionManager:
         self._creating: dict[str, concurrent.futures.Future[DockerSandbox]] = {}
         self._guard = threading.Lock()
         self._recovered: concurrent.futures.Future[tuple[int, int]] | None = None
-        self._pool = SandboxPool(self.default_runtime, size=pool_size, factory=self._pooled_sandbox) \
-            if pool_size else None
+        # Session volumes in the engine when this manager recovered: with a registry of its own, a new
+        # user's first session asks the engine for an earlier process's record only when there is one.
+        self._engine_sessions: set[str] = set()
+        # A warm sandbox handed to a new user is named for them and recorded in the engine in the
+        # background (off the user's first call); anything else done to that session waits for it.
+        self._settling: dict[str, concurrent.futures.Future[None]] = {}
+        self._settler: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool = SandboxPool(self.default_runtime, size=warm, factory=self._pooled_sandbox) if warm else None
+        if self._pool is not None:
+            self._pool.start()
+            weakref.finalize(self, self._pool.close)  # at interpreter exit: the warm sandboxes go
         self._cleanup_stop = threading.Event()
         self._cleanup_thread: threading.Thread | None = None
 
@@ -232,7 +266,7 @@ class SessionManager:
 
     @property
     def pool(self) -> SandboxPool | None:
-        """The warm pool that serves new users (``pool_size > 0``), started on first use."""
+        """The warm capacity that serves new users (``warm > 0``), refilled in the background."""
         return self._pool
 
     @property
@@ -304,8 +338,9 @@ class SessionManager:
                       snapshot: Snapshot | None = None) -> DockerSandbox:
         """Find, attach, repair or create the user's sandbox (in a worker thread); from
         ``snapshot``, a new container with the snapshot's files in the session's volumes."""
+        self._wait_settled(key)
         with engine_errors(), self.registry.lock(self._registry_key(key)):
-            record = self.registry.get(self._registry_key(key)) or self._record_from_engine(key)
+            record = self.registry.get(self._registry_key(key)) or self._engine_record(key)
             sandbox = self._sandboxes.get(key)
             if snapshot is not None:
                 if sandbox is not None:
@@ -318,6 +353,7 @@ class SessionManager:
                 if sandbox is not None and wanted is not None and sandbox.runtime != wanted:
                     sandbox.stop()  # the files stay in the volumes
                     sandbox = None
+            pooled = None
             if record is not None:
                 if sandbox is None:  # stopped, died or removed: a new container, the same files
                     runtime = wanted or RuntimeConfig.model_validate_json(record.runtime)
@@ -327,13 +363,20 @@ class SessionManager:
                     raise SessionLimitError(
                         f"the session manager {self.name!r} is full: {self.max_sessions} sessions at once")
                 runtime = wanted or self.default_runtime
-                pooled = self._from_pool(key, runtime) if snapshot is None else None
+                pooled = self._from_pool(runtime) if snapshot is None else None
                 sandbox = pooled or self._new_sandbox(key, runtime, None, snapshot)
-                record = SessionRecord(user_id, sandbox.name, dict(sandbox.volumes), runtime.model_dump_json(),
+                # A Swarm service cannot be renamed: a session on a cluster keeps the pool's name.
+                name = self._container_name(key) if pooled is not None and self.cluster is None else sandbox.name
+                record = SessionRecord(user_id, name, dict(sandbox.volumes), runtime.model_dump_json(),
                                        created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
-                self._write_session_volume(key, record)
+                if name != sandbox.name and not self._shared:
+                    self._settle_later(key, sandbox, record)
+                else:  # another process may look for it at once: named and recorded before anyone can
+                    self._settle(key, sandbox, record)
+            # A warm sandbox may get its name for the user in the background: the record has it already.
             self.registry.put(self._registry_key(key), replace(
-                record, container=sandbox.name, runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
+                record, container=record.container if sandbox is pooled else sandbox.name,
+                runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
             self._sandboxes[key] = sandbox
             return sandbox
 
@@ -374,13 +417,54 @@ class SessionManager:
         volumes = {work: self.default_runtime.work_dir, uploads: UPLOADS_DIR}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
 
-    def _from_pool(self, key: str, runtime: RuntimeConfig) -> DockerSandbox | None:
+    def _from_pool(self, runtime: RuntimeConfig) -> DockerSandbox | None:
+        """A warm sandbox for a new session of ``runtime`` (first come, first served); ``None``
+        without warm capacity of that runtime (after :meth:`shutdown` too)."""
         if self._pool is None or runtime != self.default_runtime:
             return None
-        sandbox = self._pool.acquire()
-        if self.cluster is None:  # a Swarm service cannot be renamed: the session keeps the pool's name
-            sandbox.rename(self._container_name(key))
-        return sandbox
+        try:
+            return self._pool.acquire()
+        except SandboxStateError:  # closed by shutdown(): a session made after it starts cold
+            return None
+
+    def _settle(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+        """Name a new session's container for its user and record the session in the engine."""
+        if sandbox.name != record.container:
+            sandbox.rename(record.container)
+        self._write_session_volume(key, record)
+
+    def _settle_later(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+        """:meth:`_settle` in the background: the user's first call does not wait for the engine.
+        Until it is done, the session is only this process's (its registry is too)."""
+        with self._guard:
+            if self._settler is None:
+                self._settler = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=8, thread_name_prefix=f"pydantic-deep-settle-{self.name}")
+            self._settling[key] = self._settler.submit(self._settle_logged, key, sandbox, record)
+
+    def _settle_logged(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+        try:
+            with engine_errors():
+                self._settle(key, sandbox, record)
+        except Exception:  # the session works; only a later process could not find it
+            logger.warning("Naming and recording the session of %r in the engine failed", record.user_id,
+                           exc_info=True)
+
+    def _wait_settled(self, key: str) -> None:
+        """Wait until the session's container is named and recorded (see :meth:`_settle_later`)."""
+        settling = self._settling.get(key)
+        if settling is not None:
+            settling.result()
+            with self._guard:
+                if self._settling.get(key) is settling:
+                    del self._settling[key]
+
+    def _engine_record(self, key: str) -> SessionRecord | None:
+        """The session's record in the engine: looked up only when it may be there (always with a
+        shared registry; with this manager's own, when a session volume was found on recovery)."""
+        if not self._shared and key not in self._engine_sessions:
+            return None
+        return self._record_from_engine(key)
 
     def _attach(self, container: str) -> DockerSandbox | None:
         try:
@@ -401,6 +485,7 @@ class SessionManager:
         else:
             labels[label.WORK_VOLUME], labels[label.UPLOADS_VOLUME] = _split_volumes(record.volumes)
         create_volume(self._container_name(key), labels)
+        self._engine_sessions.add(key)
 
     def _record_from_engine(self, key: str) -> SessionRecord | None:
         labels = volume_labels(self._container_name(key))
@@ -431,11 +516,12 @@ class SessionManager:
 
     def _end_session(self, key: str, remove_files: bool, *, only_if_idle: float | None = None) -> bool:
         """Stop the session's container; with ``remove_files``, forget the session and its files."""
+        self._wait_settled(key)
         with engine_errors(), self.registry.lock(self._registry_key(key)):
             sandbox = self._sandboxes.get(key)
             if only_if_idle is not None and (sandbox is None or sandbox.busy or sandbox.idle_seconds < only_if_idle):
                 return False  # used again since it was found idle
-            record = self.registry.get(self._registry_key(key)) or self._record_from_engine(key)
+            record = self.registry.get(self._registry_key(key)) or self._engine_record(key)
             self._sandboxes.pop(key, None)
             if record is None and sandbox is None:
                 return False
@@ -453,6 +539,7 @@ class SessionManager:
                     else:
                         remove_volume(volume)
                 remove_volume(self._container_name(key))
+                self._engine_sessions.discard(key)
                 self.registry.delete(self._registry_key(key))
             elif record is not None:  # dormant: the files wait for the user's next session
                 self.registry.put(self._registry_key(key), replace(record, container=""))
@@ -534,6 +621,9 @@ class SessionManager:
             keys |= {key for name in find_volumes(self._labels()) if (key := naming.session_key(self.name, name))}
         running = sum(1 for key in keys if key in self._sandboxes or self._is_running(key))
         await asyncio.gather(*(asyncio.to_thread(self._end_session, key, not keep_files) for key in keys))
+        if self._settler is not None:
+            self._settler.shutdown()
+            self._settler = None
         return running
 
     def _is_running(self, key: str) -> bool:
@@ -602,6 +692,8 @@ class SessionManager:
         client = docker_client()
         adopted = reaped = 0
         with engine_errors():
+            self._engine_sessions |= {key for name in find_volumes(self._labels())
+                                      if (key := naming.session_key(self.name, name))}
             containers = client.containers.list(all=True, filters={"label": f"{label.MANAGER}={self.name}"})
             for container in containers:
                 if not self._orphaned(container):
@@ -627,10 +719,28 @@ class SessionManager:
                     for volume in volumes:
                         remove_volume(volume)
                 reaped += 1
+            if self.cluster is None and resolved_disk_size(self.sandbox_options.get("disk_size", FROM_RUNTIME),
+                                                           self.default_runtime, self.cluster):
+                reaped += self._reap_warm_disks()
         if adopted or reaped:
             logger.info("Session manager %r: adopted %d and reaped %d container(s) of a process that is gone",
                         self.name, adopted, reaped)
         return adopted, reaped
+
+    def _reap_warm_disks(self) -> int:
+        """Delete the disks of warm sandboxes that a process that is gone was starting (killed
+        before their container was made, so the containers' reaping above did not find them)."""
+        prefix = naming.pool_name(self.name).rsplit("-", 1)[0] + "-"
+        in_use = {c.labels.get(label.DISK) for c in docker_client().containers.list(
+            all=True, filters={"label": f"{label.MANAGER}={self.name}"})}
+        reaped = 0
+        for disk in list_disks():
+            host, _, pid = disk.owner.partition(" ")
+            if disk.name.startswith(prefix) and disk.name not in in_use \
+                    and owner_gone({label.OWNER_HOST: host, label.OWNER_PID: pid}):
+                release_disk(disk.name, delete=True)
+                reaped += 1
+        return reaped
 
     def _orphaned(self, container: docker.models.containers.Container) -> bool:
         """Left by a process on this host that is gone (with a shared registry, nothing is)."""
