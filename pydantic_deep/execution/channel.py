@@ -271,6 +271,16 @@ class SupervisorChannel:
         return cls(sock, client, container_id)._said_hello()
 
     @classmethod
+    def attached(cls, sock: socket.socket, client: docker.DockerClient, container_id: str) -> SupervisorChannel:
+        """A channel over the stream attached to a container whose main process is the supervisor
+        (see :func:`~pydantic_deep.engine.api.attach_stream`), once it says hello.
+
+        Raises:
+            ChannelClosedError: the supervisor did not start.
+        """
+        return cls(sock, client, container_id)._said_hello()
+
+    @classmethod
     def open_local(cls, sock: socket.socket, label: str) -> SupervisorChannel:
         """A channel over ``sock``, connected to a supervisor that runs on this machine."""
         return cls(sock, None, label, framed=False)._said_hello()

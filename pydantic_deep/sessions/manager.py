@@ -25,6 +25,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -624,7 +625,18 @@ class SessionManager:
         if self._settler is not None:
             self._settler.shutdown()
             self._settler = None
+        if self._pool is not None and self.cluster is None:
+            await asyncio.to_thread(self._sweep_warm)
         return running
+
+    def _sweep_warm(self) -> None:
+        """Remove what a warm start of this process left when it failed half-way (the engine went
+        away in the middle, say), once every session has ended: nobody's files."""
+        filters = {"label": [f"{label.POOL}={self.name}", f"{label.OWNER_PID}={os.getpid()}"]}
+        with engine_errors():
+            for container in docker_client().containers.list(all=True, filters=filters):
+                if naming.session_key(self.name, container.name) is None:  # not renamed for a user
+                    _reap(container, keep_files=False)
 
     def _is_running(self, key: str) -> bool:
         record = self.registry.get(self._registry_key(key))
@@ -710,14 +722,7 @@ class SessionManager:
                         continue
                 # A warm pool's sandbox nobody got, or a session to reap: the container goes;
                 # files go only when no session names them.
-                volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
-                disk = container.labels.get(label.DISK)
-                container.remove(force=True)
-                if disk:  # a pool's disk goes; a session's is unmounted, its files kept
-                    release_disk(disk, delete=record is None)
-                if record is None:
-                    for volume in volumes:
-                        remove_volume(volume)
+                _reap(container, keep_files=record is not None)
                 reaped += 1
             if self.cluster is None and resolved_disk_size(self.sandbox_options.get("disk_size", FROM_RUNTIME),
                                                            self.default_runtime, self.cluster):
@@ -761,6 +766,18 @@ class SessionManager:
             "Name": self.name, "Default runtime": self.default_runtime.name,
             "Idle timeout": f"{self.default_idle_timeout:g} s", "Running sessions": self.session_count,
         })
+
+
+def _reap(container: docker.models.containers.Container, *, keep_files: bool) -> None:
+    """Remove a container of the manager, and unless ``keep_files`` its disk and volumes."""
+    volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+    disk = container.labels.get(label.DISK)
+    container.remove(force=True)
+    if disk:  # a pool's disk goes; a session's is unmounted, its files kept
+        release_disk(disk, delete=not keep_files)
+    if not keep_files:
+        for volume in volumes:
+            remove_volume(volume)
 
 
 def _user_from_label(text: str) -> str:
