@@ -79,6 +79,7 @@ from ..errors import (
     shown,
 )
 from ..execution.channel import (
+    SUPERVISOR_GONE,
     Channel,
     ChannelClosedError,
     DockerExecChannel,
@@ -555,11 +556,13 @@ class DockerSandbox(SandboxBase):
         command = prepared.supervisor_command()
         if command is None or prepared.tag in _no_supervisor_first:
             return None
-        if self.remove_on_exit:
-            return command  # our stream's end (this process's, or stop()'s) is the container's end
-        # The container outlives this process (a session's): when the stream ends, its main process
-        # idles, and a later process opens a channel of its own with an exec.
-        return ["/bin/sh", "-c", '"$@"; exec sleep infinity', "sh", *command]
+        # When the supervisor ends, the channel is told (it closes, keeping the stream) and commands
+        # go through a supervisor run by an exec. The stream's end (this process's, or stop()'s)
+        # ends the container; a session's outlives this process (a later one opens a channel with
+        # an exec), its main process idling.
+        then = "read -r _" if self.remove_on_exit else "exec sleep infinity"
+        gone = SUPERVISOR_GONE.decode()
+        return ["/bin/sh", "-c", f'"$@"; echo "{gone}" >&2; {then}', "sh", *command]
 
     def _start_with_supervisor(self, client: docker.DockerClient, container_id: str) -> Channel:
         """Start the container whose main process is the supervisor; its stream is the channel."""
@@ -771,6 +774,9 @@ class DockerSandbox(SandboxBase):
             if self._channel is None:
                 raise SandboxStateError("this sandbox was stopped while the command was starting")
             if not self._channel.alive:
+                kept = getattr(self._channel, "stream_kept", None)
+                if kept is not None and self._lifeline is None:
+                    self._lifeline = kept  # its end is still the container's (remove_on_exit)
                 self._channel = self._open_channel(container_id)
             return self._channel
 
