@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pydantic_deep import DockerSandbox, SandboxError, SandboxPool, SessionManager
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.sandbox.disk import list_disks
 
 RUNTIME = "python-minimal"
 NODE_RUNTIME = "node-minimal"
@@ -771,9 +772,9 @@ def side_users(upstream: Upstream, image: str, count: int) -> None:
     capacity of ``count``, upstream, and plain docker-py; then shutdown and what it left."""
     client = docker_client()
 
-    async def ours(warm: int) -> tuple[float, list[float], float, int]:
-        name = f"bench-{'warm' if warm else 'cold'}"
-        manager = SessionManager(RUNTIME, name=name, warm=warm)
+    async def ours(warm: int, **options: object) -> tuple[float, list[float], float, int]:
+        name = f"bench-{'warm' if warm else 'cold'}{'-nodisk' if options else ''}"
+        manager = SessionManager(RUNTIME, name=name, warm=warm, **options)
         if manager.pool is not None:
             await asyncio.to_thread(manager.pool.wait_ready, 600)
         await manager.recover()  # what a server does when it starts
@@ -791,10 +792,12 @@ def side_users(upstream: Upstream, image: str, count: int) -> None:
         assert await manager.shutdown(keep_files=False) == count
         stopped = time.perf_counter() - started
         left = len(client.containers.list(all=True, filters={"label": f"pydantic-deep.manager={name}"})) + len(
-            [v for v in client.volumes.list() if v.name.startswith(f"pd-{name}-")])
+            [v for v in client.volumes.list() if v.name.startswith(f"pd-{name}-")]) + len(
+            [d for d in list_disks() if d.name.startswith(f"pd-{name}-")])
         return serve, list(latencies), stopped, left
 
     cold, cold_latencies, cold_shutdown, cold_left = asyncio.run(ours(0))
+    bare, _, _, bare_left = asyncio.run(ours(0, disk_size=None))  # upstream has no disk either
     warm, warm_latencies, warm_shutdown, warm_left = asyncio.run(ours(count))
     theirs = upstream("users", image=image, count=count)
     started = time.perf_counter()
@@ -812,6 +815,9 @@ def side_users(upstream: Upstream, image: str, count: int) -> None:
     side(f"{count} users' first get_or_create + one command, at once, cold (docker-py: run + exec_run, thread pool)",
          f"{cold:.2f} s", f"{u:.2f} s", f"{plain:.2f} s", f"{times(cold, u)} upstream, {times(cold, plain)} docker-py",
          "<= 0.8x upstream" if count == 20 else "all served")
+    side(f"{count} users at once, cold, without the capped disk (`disk_size=None`; upstream has none)",
+         f"{bare:.2f} s", f"{u:.2f} s", f"{plain:.2f} s", f"{times(bare, u)} upstream, {times(bare, plain)} docker-py",
+         "")
     side(f"{count} users at once, with warm capacity of {count} (upstream has none: its cold figure)",
          f"{warm:.3f} s", f"{u:.2f} s", f"{plain:.2f} s", f"{times(warm, u)} upstream",
          "<= 0.3 s" if count == 20 else "all served")
@@ -821,7 +827,8 @@ def side_users(upstream: Upstream, image: str, count: int) -> None:
          f"{ms(statistics.median(theirs['latencies']))} / {ms(percentile(theirs['latencies'], 0.95))}", "", "",
          "warm p50 <= 50 ms" if count == 100 else "")
     side(f"{count} users: shutdown, and what it left (containers, volumes)",
-         f"{cold_shutdown:.2f} s cold / {warm_shutdown:.2f} s warm (files removed), {cold_left + warm_left} left",
+         f"{cold_shutdown:.2f} s cold / {warm_shutdown:.2f} s warm (files removed), "
+         f"{cold_left + warm_left + bare_left} left",
          f"{theirs['shutdown']:.2f} s, {theirs['left']} left" + (" (LEAKED, removed after)" if theirs["left"] else ""),
          "", "", "0 left")
 

@@ -108,16 +108,18 @@ def _check_options(default_idle_timeout: float, max_sessions: int | None, orphan
         raise InvalidArgumentError(f"orphans must be 'adopt' or 'reap', not {shown(str(orphans))}")
 
 
-def _warm_capacity(warm: int | None, pool_size: int | None, sandbox_options: Mapping[str, Any]) -> int:
+def _warm_capacity(warm: int | None, pool_size: int | None, sandbox_options: Mapping[str, Any],
+                   cluster: SwarmCluster | None) -> int:
     """How many started sandboxes to keep ready: ``warm`` (or its older name ``pool_size``), by
     default :data:`DEFAULT_WARM`, or none where sandboxes cannot be started before their user is
-    known (a ``shared_network`` is each user's own)."""
+    known (a ``shared_network`` is each user's own) and on a cluster (where each would hold its
+    reservation of a node's memory and CPU)."""
     if warm is not None and pool_size is not None:
         raise InvalidArgumentError("warm and pool_size are the same setting (pool_size is its older name): give one")
     argument, size = ("pool_size", pool_size) if pool_size is not None else ("warm", warm)
     shared = sandbox_options.get("shared_network") is not None
     if size is None:
-        return 0 if shared else DEFAULT_WARM
+        return 0 if shared or cluster is not None else DEFAULT_WARM
     _check_count(argument, size, 0)
     if size and shared:
         raise InvalidArgumentError(f"shared_network cannot be used with {argument}={size}: warm sandboxes start "
@@ -166,7 +168,8 @@ class SessionManager:
             are served first come, first served, each at worst as fast as a cold start of their
             own. ``0`` starts every session cold. The capacity is started when the manager is made
             and stopped by :meth:`shutdown` (and at interpreter exit). Not with a
-            ``shared_network`` (whose default is none).
+            ``shared_network``; on a ``cluster`` the default is none (each would hold its
+            reservation on a node).
         pool_size: The older name of ``warm``.
         orphans: What to do with this manager's containers left by a process that is gone:
             ``"adopt"`` them (the user gets the same container and files back) or ``"reap"`` them
@@ -213,7 +216,6 @@ class SessionManager:
         if "network_owner" in sandbox_options:
             raise InvalidArgumentError("network_owner is set by the session manager, to each user's own key; "
                                        "leave it out")
-        warm = _warm_capacity(warm, pool_size, sandbox_options)
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
         self.name = _checked_manager_name(name)
@@ -223,6 +225,7 @@ class SessionManager:
         self.pause_after = _checked_pause_after(pause_after)
         self._pause_after: dict[str, float | None] = {}  # per session, where get_or_create set it
         self.cluster = resolve_cluster(cluster)
+        warm = _warm_capacity(warm, pool_size, sandbox_options, self.cluster)
         # A disk asked for on a cluster is refused now, not at the first user's session.
         resolved_disk_size(sandbox_options.get("disk_size", FROM_RUNTIME), self.default_runtime, self.cluster)
         self.sandbox_options = {**sandbox_options, "cluster": self.cluster or False}
@@ -282,7 +285,7 @@ class SessionManager:
                             snapshot: Snapshot | str | None = None, pause_after: float | None = None) -> DockerSandbox:
         """The user's sandbox: the same one on every call, with the user's files.
 
-        Creates it on first use (from the warm pool when there is one), re-attaches to it from
+        Creates it on first use (from warm capacity when there is some), re-attaches to it from
         another process, and replaces a container that died or was removed, files included.
         With ``runtime`` different from the session's, the container is replaced by one of that
         runtime, again with the same files. A paused session is handed back as it is: its next
@@ -606,7 +609,7 @@ class SessionManager:
             self._cleanup_thread = None
 
     async def shutdown(self, *, keep_files: bool = True) -> int:
-        """Stop every session (of every process, with a shared registry) and the warm pool.
+        """Stop every session (of every process, with a shared registry) and the warm capacity.
 
         Args:
             keep_files: Keep the users' volumes for their next session; ``False`` removes them.
