@@ -826,7 +826,7 @@ def side_users(upstream: Upstream, image: str, count: int) -> None:
          f"{ms(statistics.median(cold_latencies))} / {ms(percentile(cold_latencies, 0.95))} cold",
          f"{ms(statistics.median(theirs['latencies']))} / {ms(percentile(theirs['latencies'], 0.95))}", "", "",
          "warm p50 <= 50 ms" if count == 100 else "")
-    side(f"{count} users: shutdown, and what it left (containers, volumes)",
+    side(f"{count} users: shutdown, and what it left (containers, volumes, disks)",
          f"{cold_shutdown:.2f} s cold / {warm_shutdown:.2f} s warm (files removed), "
          f"{cold_left + warm_left + bare_left} left",
          f"{theirs['shutdown']:.2f} s, {theirs['left']} left" + (" (LEAKED, removed after)" if theirs["left"] else ""),
