@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +25,21 @@ from pathlib import Path
 
 from pydantic_deep import DockerSandbox, SandboxError, SandboxPool, SessionManager
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.sandbox.disk import list_disks
 
 RUNTIME = "python-minimal"
 NODE_RUNTIME = "node-minimal"
 GROUPS = ("echo", "concurrency", "start", "disk", "network", "egress", "files", "output", "idle", "sessions", "node",
-          "snapshots", "cluster", "preview")
+          "snapshots", "cluster", "preview", "upstream")
 ROWS: list[tuple[str, str, str, str, str]] = []
+SIDE_ROWS: list[tuple[str, str, str, str, str, str]] = []  # case, ours, upstream, plain docker-py, ratios, target
+
+# Upstream, as our seed page documents it: pydantic-deep 0.3.44 on pydantic-ai-backend 0.2.29, in a
+# virtualenv of its own (never the project's), made on first use.
+UPSTREAM_VERSIONS = {"pydantic-deep": "0.3.44", "pydantic-ai-backend": "0.2.29"}
+UPSTREAM_VENV = Path(os.environ.get("PYDANTIC_DEEP_BENCH_UPSTREAM", "/var/cache/pydantic-deep-bench/upstream"))
+UPSTREAM_IMAGE = "pydantic-deep-bench/upstream:python-minimal"
+"""The one image every column of the side-by-side table runs: our python-minimal runtime's, tagged."""
 
 
 def row(case: str, ours: str, baseline: str, ratio: str, target: str) -> None:
@@ -685,6 +695,276 @@ def bench_preview(requests: int) -> None:
         f"{size / 2**20 / seconds['tunnel']:.0f} MB/s", f"{size / 2**20 / seconds['published']:.0f} MB/s",
         f"{seconds['published'] / seconds['tunnel']:.2f}x the baseline's speed", "")
     row("exposed port: 100 MB download, host peak RSS growth", f"{rss_growth:.1f} MB", "", "", "bounded (window)")
+# -- side by side with upstream (issue 19) ------------------------------------------------------
+
+
+def side(case: str, ours: str, upstream: str, plain: str, ratios: str, target: str = "") -> None:
+    SIDE_ROWS.append((case, ours, upstream, plain, ratios, target))
+    print(f"  {case}: ours {ours}, upstream {upstream}, docker-py {plain} ({ratios})", file=sys.stderr, flush=True)
+
+
+def ensure_upstream() -> Path:
+    """The upstream virtualenv's python, made (and the pinned versions installed) when missing."""
+    python = UPSTREAM_VENV / "bin" / "python"
+    wanted = " ".join(f"{name}=={version}" for name, version in UPSTREAM_VERSIONS.items())
+    probe = ("import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in "
+             f"{list(UPSTREAM_VERSIONS)!r}))")
+    if python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True, text=True,
+                                          cwd="/").stdout.strip() == wanted:
+        return python
+    print(f"Installing {wanted} into {UPSTREAM_VENV}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(UPSTREAM_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q",
+                    *(f"{name}[sandbox]=={version}" if name == "pydantic-deep" else f"{name}[docker]=={version}"
+                      for name, version in UPSTREAM_VERSIONS.items())], check=True)
+    return python
+
+
+class Upstream:
+    """bench/upstream_driver.py in the upstream virtualenv: one case a call, under the same load as ours."""
+
+    def __init__(self, python: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.process = subprocess.Popen([str(python), str(Path(__file__).with_name("upstream_driver.py"))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/", env=env)
+
+    def __call__(self, case: str, **args: object) -> dict:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"case": case, "args": args}) + "\n")
+        self.process.stdin.flush()
+        answer = json.loads(self.process.stdout.readline())
+        if "error" in answer:
+            raise UpstreamFailed(answer["error"])
+        return answer["ok"]
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(60)
+
+
+class UpstreamFailed(Exception):
+    """A case that failed on upstream's side (shown in its column)."""
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds >= 0.01 else f"{seconds * 1e3:.2f} ms"
+
+
+def times(ours: float, other: float) -> str:
+    """How ours compares with another figure where lower is better: ``0.62x`` (ours takes 0.62 of it)."""
+    return f"{ours / other:.2f}x"
+
+
+def tag_upstream_image() -> str:
+    docker_client().images.get(image_of(RUNTIME)).tag(UPSTREAM_IMAGE)
+    return UPSTREAM_IMAGE
+
+
+def bench_upstream(rounds: int, calls: int, user_counts: tuple[int, ...]) -> None:
+    """Ours, upstream and plain docker-py side by side, on the same image, interleaved round by round."""
+    image = tag_upstream_image()
+    upstream = Upstream(ensure_upstream())
+    try:
+        side_start(upstream, image, rounds)
+        side_execute(upstream, image, calls)
+        side_sleeps(upstream, image)
+        side_files(upstream, image)
+        side_output(upstream, image)
+        side_first_calls(upstream, image)
+        for count in user_counts:
+            side_users(upstream, image, count)
+    finally:
+        upstream.close()
+
+
+def side_start(upstream: Upstream, image: str, rounds: int) -> None:
+    client = docker_client()
+    ours, theirs, plain = [], [], []
+    DockerSandbox(RUNTIME).start().stop()  # a disk prepared ahead, as after any first start
+    for _ in range(rounds):
+        sandbox = DockerSandbox(RUNTIME)
+        started = time.perf_counter()
+        assert sandbox.start().execute("echo hi").output == "hi\n"
+        ours.append(time.perf_counter() - started)
+        sandbox.stop()
+        theirs.append(upstream("start", image=image)["seconds"])
+        started = time.perf_counter()
+        container = client.containers.run(image, ["sleep", "infinity"], detach=True, init=True)
+        container.exec_run(["sh", "-c", "echo hi"])
+        plain.append(time.perf_counter() - started)
+        container.remove(force=True)
+    o, u, p = statistics.median(ours), statistics.median(theirs), statistics.median(plain)
+    side(f"start to first command result, cold, median of {rounds} (docker-py: containers.run + exec_run)",
+         ms(o), ms(u), ms(p), f"{times(o, u)} upstream, {times(o, p)} docker-py", "<= 0.8x both")
+
+
+def side_execute(upstream: Upstream, image: str, calls: int) -> None:
+    client = docker_client()
+    with DockerSandbox(RUNTIME) as sandbox:
+        sandbox.execute("echo warm-up")
+        ours = timed(lambda: sandbox.execute("echo hi"), calls)
+        container = client.containers.get(sandbox.container_id)
+        plain = timed(lambda: container.exec_run(["sh", "-c", "echo hi"]), calls)
+    theirs = upstream("execute", image=image, calls=calls)["samples"]
+    for q in (0.5, 0.95):
+        o, u, p = percentile(ours, q), percentile(theirs, q), percentile(plain, q)
+        side(f'execute("echo hi") p{int(q * 100)}, {calls} calls (docker-py: exec_run)', ms(o), ms(u), ms(p),
+             f"{u / o:.0f}x faster than upstream, {p / o:.0f}x docker-py", "ahead")
+
+
+def side_sleeps(upstream: Upstream, image: str) -> None:
+    client = docker_client()
+    with DockerSandbox(RUNTIME) as sandbox:
+        async def ours_all() -> float:
+            started = time.perf_counter()
+            await asyncio.gather(*(sandbox.aexecute("sleep 1") for _ in range(20)))
+            return time.perf_counter() - started
+
+        ours = asyncio.run(ours_all())
+        container = client.containers.get(sandbox.container_id)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(20) as threads:
+            list(threads.map(lambda _: container.exec_run(["sh", "-c", "sleep 1"]), range(20)))
+        plain = time.perf_counter() - started
+    theirs = upstream("sleeps", image=image, count=20)["seconds"]
+    side("20 concurrent `sleep 1` in one sandbox (upstream and docker-py: 20 threads)", f"{ours:.2f} s",
+         f"{theirs:.2f} s", f"{plain:.2f} s", f"{times(ours, theirs)} upstream, {times(ours, plain)} docker-py",
+         "ahead")
+
+
+def side_files(upstream: Upstream, image: str) -> None:
+    client = docker_client()
+    data = bytes(range(256)) * (10 * 2**20 // 256)
+    with DockerSandbox(RUNTIME) as sandbox:
+        sandbox.execute("true")
+        started = time.perf_counter()
+        sandbox.write_file("/workspace/data.bin", data)
+        intact = sandbox.read_file("/workspace/data.bin") == data
+        ours = time.perf_counter() - started
+        assert intact
+        started = time.perf_counter()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            entry = tarfile.TarInfo("raw.bin")
+            entry.size = len(data)
+            tar.addfile(entry, io.BytesIO(data))
+        client.api.put_archive(sandbox.container_id, "/workspace", buffer.getvalue())
+        chunks, _ = client.api.get_archive(sandbox.container_id, "/workspace/raw.bin")
+        back = b"".join(chunks)
+        plain = time.perf_counter() - started
+        assert len(back) > len(data)
+    theirs = upstream("files", image=image, size_mb=10)
+    shown = f"{theirs['seconds']:.2f} s" if theirs["intact"] else \
+        f"FAILED: read back {theirs['read_back']} of {len(data)} bytes ({theirs['seconds']:.2f} s)"
+    side("10 MB write + read back (docker-py: put_archive + get_archive)", f"{ours:.2f} s", shown, f"{plain:.2f} s",
+         (f"{times(ours, theirs['seconds'])} upstream, " if theirs["intact"] else "upstream fails, ")
+         + f"{times(ours, plain)} docker-py", "ahead")
+
+
+def side_output(upstream: Upstream, image: str) -> None:
+    figures = in_subprocess("output", RUNTIME)
+    theirs = upstream("output", image=image, size=300_000_000)
+    side("a command printing 300 MB: wall time (docker-py: a streamed exec)", f"{figures['ours_s']:.2f} s",
+         f"{theirs['seconds']:.2f} s", f"{figures['raw_s']:.2f} s",
+         f"{theirs['seconds'] / figures['ours_s']:.1f}x faster than upstream, "
+         f"{figures['raw_s'] / figures['ours_s']:.1f}x docker-py", "ahead")
+    side("a command printing 300 MB: host peak RSS growth", f"{figures['ours_rss_mb']:.1f} MB",
+         f"{theirs['rss_mb']:.0f} MB", "", f"{theirs['rss_mb'] / max(figures['ours_rss_mb'], 0.1):.0f}x less",
+         "ahead")
+
+
+def side_first_calls(upstream: Upstream, image: str) -> None:
+    """Five threads make a new sandbox's first call at once: containers made, and left after stop()."""
+    client = docker_client()
+    sandbox = DockerSandbox(RUNTIME)
+    label_filter = {"label": f"pydantic-deep.session={sandbox.session_id}"}
+    barrier = threading.Barrier(5)
+
+    def call(_: int) -> bool:
+        barrier.wait()
+        return sandbox.execute("echo hi").output == "hi\n"
+
+    with ThreadPoolExecutor(5) as threads:
+        answered = sum(threads.map(call, range(5)))
+    made = len(client.containers.list(all=True, filters=label_filter))
+    sandbox.stop()
+    left = len(client.containers.list(all=True, filters=label_filter))
+    theirs = upstream("first_calls", image=image, count=5)
+
+    def shown(answered: int, made: int, left: int) -> str:
+        leak = f", {left} LEAKED" if left else ", 0 left"
+        return f"{answered}/5 answered, {made} container{'s' if made != 1 else ''} made{leak}"
+
+    side("5 concurrent first calls of a new sandbox, then stop() (upstream's leaked containers removed after)",
+         shown(answered, made, left), shown(theirs["answered"], theirs["made"], theirs["left"]), "",
+         "", "1 made, 0 left")
+
+
+def side_users(upstream: Upstream, image: str, count: int) -> None:
+    """``count`` users' first get_or_create + one command, all at once: ours cold and with warm
+    capacity of ``count``, upstream, and plain docker-py; then shutdown and what it left."""
+    client = docker_client()
+
+    async def ours(warm: int, **options: object) -> tuple[float, list[float], float, int]:
+        name = f"bench-{'warm' if warm else 'cold'}{'-nodisk' if options else ''}"
+        manager = SessionManager(RUNTIME, name=name, warm=warm, **options)
+        if manager.pool is not None:
+            await asyncio.to_thread(manager.pool.wait_ready, 600)
+        await manager.recover()  # what a server does when it starts
+
+        async def one(user: str) -> float:
+            started = time.perf_counter()
+            sandbox = await manager.get_or_create(user)
+            assert (await sandbox.aexecute("echo hi")).output == "hi\n"
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        latencies = await asyncio.gather(*(one(f"user-{i}") for i in range(count)))
+        serve = time.perf_counter() - started
+        started = time.perf_counter()
+        assert await manager.shutdown(keep_files=False) == count
+        stopped = time.perf_counter() - started
+        left = len(client.containers.list(all=True, filters={"label": f"pydantic-deep.manager={name}"})) + len(
+            [v for v in client.volumes.list() if v.name.startswith(f"pd-{name}-")]) + len(
+            [d for d in list_disks() if d.name.startswith(f"pd-{name}-")])
+        return serve, list(latencies), stopped, left
+
+    cold, cold_latencies, cold_shutdown, cold_left = asyncio.run(ours(0))
+    bare, _, _, bare_left = asyncio.run(ours(0, disk_size=None))  # upstream has no disk either
+    warm, warm_latencies, warm_shutdown, warm_left = asyncio.run(ours(count))
+    theirs = upstream("users", image=image, count=count)
+    started = time.perf_counter()
+    with ThreadPoolExecutor() as threads:
+        def naive(_: int) -> object:
+            container = client.containers.run(image, ["sleep", "infinity"], detach=True, init=True)
+            container.exec_run(["sh", "-c", "echo hi"])
+            return container
+
+        containers = list(threads.map(naive, range(count)))
+    plain = time.perf_counter() - started
+    with ThreadPoolExecutor() as threads:
+        list(threads.map(lambda c: c.remove(force=True), containers))
+    u = theirs["seconds"]
+    side(f"{count} users' first get_or_create + one command, at once, cold (docker-py: run + exec_run, thread pool)",
+         f"{cold:.2f} s", f"{u:.2f} s", f"{plain:.2f} s", f"{times(cold, u)} upstream, {times(cold, plain)} docker-py",
+         "<= 0.8x upstream" if count == 20 else "all served")
+    side(f"{count} users at once, cold, without the capped disk (`disk_size=None`; upstream has none)",
+         f"{bare:.2f} s", f"{u:.2f} s", f"{plain:.2f} s", f"{times(bare, u)} upstream, {times(bare, plain)} docker-py",
+         "")
+    side(f"{count} users at once, with warm capacity of {count} (upstream has none: its cold figure)",
+         f"{warm:.3f} s", f"{u:.2f} s", f"{plain:.2f} s", f"{times(warm, u)} upstream",
+         "<= 0.3 s" if count == 20 else "all served")
+    side(f"{count} users: p50 / p95 per user, warm / cold (upstream: cold)",
+         f"{ms(statistics.median(warm_latencies))} / {ms(percentile(warm_latencies, 0.95))} warm, "
+         f"{ms(statistics.median(cold_latencies))} / {ms(percentile(cold_latencies, 0.95))} cold",
+         f"{ms(statistics.median(theirs['latencies']))} / {ms(percentile(theirs['latencies'], 0.95))}", "", "",
+         "warm p50 <= 50 ms" if count == 100 else "")
+    side(f"{count} users: shutdown, and what it left (containers, volumes, disks)",
+         f"{cold_shutdown:.2f} s cold / {warm_shutdown:.2f} s warm (files removed), "
+         f"{cold_left + warm_left + bare_left} left",
+         f"{theirs['shutdown']:.2f} s, {theirs['left']} left" + (" (LEAKED, removed after)" if theirs["left"] else ""),
+         "", "", "0 left")
 
 
 def main() -> None:
@@ -717,6 +997,8 @@ def main() -> None:
         "snapshots": lambda: bench_snapshots(3 if args.quick else 5),
         "cluster": lambda: bench_cluster(20 if args.quick else 60, calls),
         "preview": lambda: bench_preview(100 if args.quick else 300),
+        "upstream": lambda: bench_upstream(5 if args.quick else 10, 100 if args.quick else 300,
+                                           (20,) if args.quick else (20, 100)),
     }
     for name in args.only or GROUPS:
         groups[name]()
@@ -724,6 +1006,12 @@ def main() -> None:
     print("| case | ours | baseline | ratio | target |\n|---|---|---|---|---|")
     for case, ours, baseline, ratio, target in ROWS:
         print(f"| {case} | {ours} | {baseline} | {ratio} | {target} |")
+    if SIDE_ROWS:
+        print(f"\nSide by side with upstream (pydantic-deep {UPSTREAM_VERSIONS['pydantic-deep']}, pydantic-ai-backend "
+              f"{UPSTREAM_VERSIONS['pydantic-ai-backend']}) and plain docker-py, on one image ({UPSTREAM_IMAGE})\n")
+        print("| case | ours | upstream | plain docker-py | ours against them | target |\n|---|---|---|---|---|---|")
+        for side_row in SIDE_ROWS:
+            print("| " + " | ".join(side_row) + " |")
 
 
 if __name__ == "__main__":

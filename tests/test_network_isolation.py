@@ -309,7 +309,7 @@ def test_a_session_manager_keeps_shared_networks_per_user() -> None:
         SessionManager(name="test-net", network_owner="x")
     with pytest.raises(InvalidArgumentError, match="cannot be used with pool_size"):
         SessionManager(name="test-net", pool_size=1, shared_network="team")
-    manager = SessionManager(name="test-net")
+    manager = SessionManager(name="test-net", warm=0)  # made, never shut down
     assert naming.network_owner(manager._key("alice")) != naming.network_owner(manager._key("bob"))
 
 

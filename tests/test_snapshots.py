@@ -406,7 +406,7 @@ PAUSED_THEN_KILLED = """
 import asyncio, os, signal, sys
 from pydantic_deep import SessionManager
 async def main():
-    manager = SessionManager("python-minimal", name=sys.argv[1], pause_after=0)
+    manager = SessionManager("python-minimal", name=sys.argv[1], pause_after=0, warm=0)  # reaped: test_warm
     sandbox = await manager.get_or_create("erin")
     print(sandbox.execute("setsid sleep 1000 >/dev/null 2>&1 & echo $!").stdout.strip(), flush=True)
     assert await manager.pause_idle() == 1

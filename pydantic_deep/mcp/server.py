@@ -175,8 +175,9 @@ class SandboxMCPServer:
         if idle_timeout < 0:
             raise InvalidArgumentError(f"idle_timeout must be 0 (never) or a positive number of seconds, "
                                        f"not {idle_timeout}")
+        # No warm capacity: a stdio server has one client, whose first call pays one start.
         self.manager = SessionManager(runtime, idle_timeout or float("inf"), name=name, max_sessions=max_sessions,
-                                      **sandbox_options)
+                                      warm=0, **sandbox_options)
         self.idle_timeout = idle_timeout
         self.ephemeral = ephemeral
         self.workspace = workspace

@@ -8,9 +8,11 @@ an image); an exception shows the container's traceback and fails the cell.
 
 Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session``, ``timeout``,
 ``network`` (``"on"``, ``"off"``, or host patterns ``"pypi.org,*.example.com"``: the only hosts new
-sandboxes reach, through the egress proxy; empty: the runtime's), and ``backend`` (``"local"`` runs
-cells in a :class:`LocalSandbox`, on this machine, not isolated). ``%sandbox network HOST...`` changes
-the hosts of a running sandbox, ``%sandbox egress`` shows what it was allowed and refused.
+sandboxes reach, through the egress proxy; empty: the runtime's), ``warm`` (started sandboxes of
+``runtime`` kept ready, 1 by default, so the notebook's first cell does not wait for a container
+start; used while ``network`` is empty), and ``backend`` (``"local"`` runs cells in a
+:class:`LocalSandbox`, on this machine, not isolated). ``%sandbox network HOST...`` changes the hosts
+of a running sandbox, ``%sandbox egress`` shows what it was allowed and refused.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Enum, Float, Unicode, default
+from traitlets import Enum, Float, Int, TraitError, Unicode, default, observe, validate
 
 from ..errors import SandboxError, SandboxStateError
 from ..results import OutputChunk
@@ -34,6 +36,7 @@ from ..runtimes import get_runtime, list_runtimes
 from ..sandbox.backends import BACKENDS, default_backend, open_sandbox
 from ..sandbox.base import SandboxBase
 from ..sandbox.docker import DockerSandbox
+from ..sandbox.pool import SandboxPool
 from .interpreter import CellError, Event, SandboxInterpreter
 
 __all__ = ["SandboxMagics"]
@@ -70,9 +73,19 @@ class SandboxMagics(Magics):
     backend = Enum(list(BACKENDS), help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for "
                    "where Docker cannot run). Default: $PYDANTIC_DEEP_BACKEND, else docker.").tag(config=True)
 
+    warm = Int(1, help="Started sandboxes of `runtime` kept ready (docker backend), so the notebook's first cell, "
+               "and the first of each new -s sandbox, does not wait for a container start; 0 for none.").tag(
+        config=True)
+
     @default("backend")
     def _default_backend(self) -> str:
         return default_backend()
+
+    @validate("warm")
+    def _check_warm(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            raise TraitError(f"warm must be 0 or more, not {proposal['value']}")
+        return int(proposal["value"])
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -81,6 +94,22 @@ class SandboxMagics(Magics):
         self.progress: Callable[[str], None] = _print_progress  # where image build logs go
         self.widgets: list[Any] = []  # closed (their threads stopped) on %unload_ext
         self._languages: dict[str, str | None] = {}  # by container id
+        self.pool: SandboxPool | None = None
+        """The notebook's warm capacity (``warm`` sandboxes of ``runtime``), refilled in the background."""
+        self._rewarm()
+
+    @observe("runtime", "warm", "backend", "network")
+    def _settings_changed(self, change: Any) -> None:
+        if hasattr(self, "pool"):  # not while the traits are first set
+            self._rewarm()
+
+    def _rewarm(self) -> None:
+        """Keep ``warm`` sandboxes of ``runtime`` ready, in place of those of the settings before."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self.warm and self.backend == "docker" and not self.network.strip():  # the pool's have the runtime's network
+            self.pool = SandboxPool(self.runtime, size=self.warm, progress=self.progress).start()
 
     @property
     def _user_ns(self) -> dict[str, Any]:
@@ -102,9 +131,13 @@ class SandboxMagics(Magics):
         if self.backend == "local":
             print("Starting a LocalSandbox: cells run on this machine, NOT ISOLATED", file=sys.stderr)
         network = _network_setting(self.network.split(",") if self.network.strip() else [])
-        options = {} if network is None else {"network": network}
-        sandbox = open_sandbox(config, backend=self.backend, progress=self.progress, **options)
-        self.sandboxes[name] = sandbox.start()
+        sandbox: SandboxBase
+        if network is None and self.pool is not None and self.pool.runtime == config:
+            sandbox = self.pool.acquire()  # a started one, nobody else's: no container start to wait for
+        else:
+            options = {} if network is None else {"network": network}
+            sandbox = open_sandbox(config, backend=self.backend, progress=self.progress, **options).start()
+        self.sandboxes[name] = sandbox
         return sandbox
 
     def interpreter_for(self, name: str | None = None, runtime: str | None = None) -> SandboxInterpreter:
@@ -135,7 +168,11 @@ class SandboxMagics(Magics):
             sandbox.stop()
 
     def close(self) -> None:
-        """Stop every sandbox of this notebook and every widget's thread (on ``%unload_ext``)."""
+        """Stop every sandbox of this notebook, its warm capacity and every widget's thread (on
+        ``%unload_ext``)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
         for widget in self.widgets:
             widget.close()
         self.widgets.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections import deque
@@ -23,6 +24,10 @@ logger = logging.getLogger("pydantic_deep.pool")
 _FIRST_RETRY = 1.0
 _LONGEST_RETRY = 60.0
 
+# Most cold starts under way at once for callers who found nothing ready: more only queue up in
+# the engine (which starts containers a few at a time) and slow every one of them down.
+MOST_COLD_STARTS = 16
+
 
 class SandboxPool:
     """Keeps ``size`` started sandboxes of one runtime ready, refilled in the background.
@@ -30,6 +35,12 @@ class SandboxPool:
     :meth:`acquire` hands out a ready sandbox, or starts one when none is ready. A sandbox is
     handed out once and never comes back: the caller owns it and stops it, so nobody ever gets a
     sandbox with another user's files or processes in it.
+
+    Under a burst larger than the pool, callers are served first come, first served: each one that
+    finds nothing ready queues up and sets a cold start going, and every sandbox that becomes
+    ready (its own start, another caller's, or the background refill's) goes to the caller who has
+    waited longest. Nobody waits longer than a cold start of their own would take, and everyone is
+    served.
 
     When the refill cannot start a sandbox (the image fails to build, the engine is gone...),
     :meth:`wait_ready` raises that error instead of waiting, and :meth:`acquire`, which then has
@@ -67,6 +78,9 @@ class SandboxPool:
         self.sandbox_options = sandbox_options
         self._factory = factory
         self._ready: deque[DockerSandbox] = deque()
+        self._waiters: deque[concurrent.futures.Future[DockerSandbox]] = deque()  # first come, first served
+        self._cold_starts: set[threading.Thread] = set()
+        self._start_slots = threading.BoundedSemaphore(MOST_COLD_STARTS)
         self._changed = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -76,6 +90,11 @@ class SandboxPool:
     def ready(self) -> int:
         """How many started sandboxes wait to be acquired."""
         return len(self._ready)
+
+    @property
+    def waiting(self) -> int:
+        """How many callers of :meth:`acquire` wait for a sandbox now."""
+        return len(self._waiters)
 
     def start(self) -> Self:
         """Start the background refill; returns at once (see :meth:`wait_ready`)."""
@@ -103,42 +122,96 @@ class SandboxPool:
             return full
 
     def acquire(self) -> DockerSandbox:
-        """A started sandbox that nobody else has had; started now if none is ready.
+        """A started sandbox that nobody else has had: a ready one, else the first to become ready
+        (after the callers who came before).
 
         Raises:
-            SandboxStateError: the pool was closed.
-            SandboxError: none was ready and starting one failed (``ImageBuildError``,
-                ``DockerUnavailableError``...).
+            SandboxStateError: the pool was closed (before or while waiting).
+            SandboxError: none was ready and the cold start set going for this call failed
+                (``ImageBuildError``, ``DockerUnavailableError``...).
         """
+        return self._claim().result()
+
+    async def aacquire(self) -> DockerSandbox:
+        """Async form of :meth:`acquire`: waits without holding a thread."""
+        return await asyncio.wrap_future(self._claim())
+
+    def _claim(self) -> concurrent.futures.Future[DockerSandbox]:
+        """A future of the sandbox this caller gets: done at once when one is ready; else the caller
+        queues up and a cold start is set going on its behalf."""
+        claim: concurrent.futures.Future[DockerSandbox] = concurrent.futures.Future()
+        dead = []
         with self._changed:
             if self._closed:
                 raise SandboxStateError("this pool was closed")
             while self._ready:
                 sandbox = self._ready.popleft()
-                self._changed.notify_all()
                 if sandbox.alive:
-                    return sandbox
-                sandbox.stop()  # died while it waited (killed from outside)
+                    claim.set_result(sandbox)
+                    break
+                dead.append(sandbox)  # died while it waited (killed from outside)
+            else:
+                self._waiters.append(claim)
+                starter = threading.Thread(target=self._cold_start, args=(claim,), name="pydantic-deep-pool-start",
+                                           daemon=True)
+                self._cold_starts.add(starter)
+                starter.start()
+            self._changed.notify_all()  # the refill makes up what was taken
+        for sandbox in dead:
+            sandbox.stop()
         self.start()
-        return self._new_sandbox().start()
+        return claim
 
-    async def aacquire(self) -> DockerSandbox:
-        """Async form of :meth:`acquire`."""
-        with self._changed:
-            if self._ready and not self._closed and self._ready[0].alive:
-                sandbox = self._ready.popleft()
+    def _cold_start(self, claim: concurrent.futures.Future[DockerSandbox]) -> None:
+        """Start a sandbox for a caller who found none ready; it goes to whoever waits longest."""
+        try:
+            with self._start_slots:
+                if not claim.done():  # served meanwhile: another start does not help anybody
+                    try:
+                        self._offer(self._start_one())
+                    except Exception as exc:
+                        with self._changed:
+                            waiting = claim in self._waiters
+                            if waiting:
+                                self._waiters.remove(claim)
+                        if waiting:  # its caller gets the error of the start made for it
+                            claim.set_exception(exc)
+        finally:
+            with self._changed:
+                self._cold_starts.discard(threading.current_thread())
                 self._changed.notify_all()
-                return sandbox
-        return await asyncio.to_thread(self.acquire)
+
+    def _offer(self, sandbox: DockerSandbox) -> None:
+        """Hand a newly started sandbox to the caller who has waited longest, else keep it ready."""
+        with self._changed:
+            while self._waiters and not self._closed:
+                claim = self._waiters.popleft()
+                try:
+                    claim.set_result(sandbox)
+                except concurrent.futures.InvalidStateError:  # its caller gave up (a cancelled task)
+                    continue
+                return
+            if not self._closed:
+                self._ready.append(sandbox)
+                self._changed.notify_all()
+                return
+        sandbox.stop(remove_volumes=True)  # closed: nobody's files yet
 
     def close(self) -> None:
         """Stop the refill and every sandbox still waiting. Safe to call more than once."""
         with self._changed:
             self._closed = True
             waiting, self._ready = list(self._ready), deque()
+            callers, self._waiters = list(self._waiters), deque()
+            starts = list(self._cold_starts)
             self._changed.notify_all()
+        for claim in callers:
+            if not claim.done():
+                claim.set_exception(SandboxStateError("this pool was closed while waiting for a sandbox"))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        for starter in starts:  # what they started is stopped by _offer, the pool being closed
+            starter.join()
         for sandbox in waiting:
             sandbox.stop(remove_volumes=True)  # nobody's files yet
 
@@ -168,12 +241,7 @@ class SandboxPool:
             retry_after = _FIRST_RETRY
             with self._changed:
                 self._failure = None
-                keep = not self._closed
-                if keep:
-                    self._ready.append(sandbox)
-                    self._changed.notify_all()
-            if not keep:
-                sandbox.stop()
+            self._offer(sandbox)
 
     def _start_one(self) -> DockerSandbox:
         sandbox = self._new_sandbox()
@@ -199,4 +267,5 @@ class SandboxPool:
         await asyncio.to_thread(self.close)
 
     def __repr__(self) -> str:
-        return f"<SandboxPool runtime={self.runtime.name!r} ready={self.ready}/{self.size} closed={self._closed}>"
+        return (f"<SandboxPool runtime={self.runtime.name!r} ready={self.ready}/{self.size} waiting={self.waiting} "
+                f"closed={self._closed}>")

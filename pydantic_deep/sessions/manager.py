@@ -25,9 +25,11 @@ import concurrent.futures
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Self
@@ -47,7 +49,7 @@ from ..paths import UPLOADS_DIR
 from ..results import EgressEvent
 from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
-from ..sandbox.disk import release_disk
+from ..sandbox.disk import list_disks, release_disk
 from ..sandbox.docker import FROM_RUNTIME, DockerSandbox, resolved_disk_size
 from ..sandbox.pool import SandboxPool
 from ..sandbox.snapshots import Snapshot, resolve_snapshot
@@ -58,6 +60,8 @@ __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 
 logger = logging.getLogger("pydantic_deep.sessions")
 
+DEFAULT_WARM = 2
+"""Started sandboxes a :class:`SessionManager` keeps ready for new users unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def _checked_manager_name(name: str) -> str:
     return name
 
 
-def _check_options(default_idle_timeout: float, max_sessions: int | None, pool_size: int, orphans: str) -> None:
+def _check_options(default_idle_timeout: float, max_sessions: int | None, orphans: str) -> None:
     """Refuse, before anything is made, options a manager could only misread."""
     if isinstance(default_idle_timeout, bool) or not isinstance(default_idle_timeout, (int, float)):
         raise InvalidArgumentTypeError(
@@ -107,9 +111,28 @@ def _check_options(default_idle_timeout: float, max_sessions: int | None, pool_s
             f"default_idle_timeout must be a positive number of seconds, not {default_idle_timeout!r}")
     if max_sessions is not None:
         _check_count("max_sessions", max_sessions, 1)
-    _check_count("pool_size", pool_size, 0)
     if orphans not in ("adopt", "reap"):
         raise InvalidArgumentError(f"orphans must be 'adopt' or 'reap', not {shown(str(orphans))}")
+
+
+def _warm_capacity(warm: int | None, pool_size: int | None, sandbox_options: Mapping[str, Any],
+                   cluster: SwarmCluster | None) -> int:
+    """How many started sandboxes to keep ready: ``warm`` (or its older name ``pool_size``), by
+    default :data:`DEFAULT_WARM`, or none where sandboxes cannot be started before their user is
+    known (a ``shared_network`` is each user's own) and on a cluster (where each would hold its
+    reservation of a node's memory and CPU)."""
+    if warm is not None and pool_size is not None:
+        raise InvalidArgumentError("warm and pool_size are the same setting (pool_size is its older name): give one")
+    argument, size = ("pool_size", pool_size) if pool_size is not None else ("warm", warm)
+    shared = sandbox_options.get("shared_network") is not None
+    if size is None:
+        return 0 if shared or cluster is not None else DEFAULT_WARM
+    _check_count(argument, size, 0)
+    if size and shared:
+        raise InvalidArgumentError(f"shared_network cannot be used with {argument}={size}: warm sandboxes start "
+                                   "before their user is known, and each user's shared network is their own; "
+                                   f"leave {argument} out (no warm capacity) or set it to 0")
+    return size
 
 
 def _check_count(argument: str, value: int, least: int) -> None:
@@ -145,8 +168,16 @@ class SessionManager:
             :class:`SessionLimitError`.
         registry: Where sessions are recorded; :class:`InMemoryRegistry` by default, or a
             :class:`RedisRegistry` shared by several processes.
-        pool_size: Keep this many started sandboxes of the default runtime ready, so a new user's
-            first command does not wait for a container start.
+        warm: Keep this many started sandboxes of the default runtime ready (default
+            :data:`DEFAULT_WARM`, 2), so a new user's first command does not wait for a container
+            start: a new user's session takes one (renamed for them; never another user's) and the
+            pool starts a replacement in the background. Under a burst larger than ``warm`` users
+            are served first come, first served, each at worst as fast as a cold start of their
+            own. ``0`` starts every session cold. The capacity is started when the manager is made
+            and stopped by :meth:`shutdown` (and at interpreter exit). Not with a
+            ``shared_network``; on a ``cluster`` the default is none (each would hold its
+            reservation on a node).
+        pool_size: The older name of ``warm``.
         orphans: What to do with this manager's containers left by a process that is gone:
             ``"adopt"`` them (the user gets the same container and files back) or ``"reap"`` them
             (containers removed, files kept).
@@ -172,8 +203,8 @@ class SessionManager:
 
     Raises:
         InvalidArgumentError: ``network_owner`` among the options (the manager sets it), or a
-            ``shared_network`` with a warm pool (whose sandboxes start before their user is known),
-            or a ``disk_size`` on a ``cluster`` (where the default is no disk).
+            ``shared_network`` with ``warm`` capacity (whose sandboxes start before their user is
+            known), or a ``disk_size`` on a ``cluster`` (where the default is no disk).
     """
 
     def __init__(
@@ -184,20 +215,17 @@ class SessionManager:
         name: str = "default",
         max_sessions: int | None = None,
         registry: SessionRegistry | None = None,
-        pool_size: int = 0,
+        warm: int | None = None,
+        pool_size: int | None = None,
         orphans: Literal["adopt", "reap"] = "adopt",
         pause_after: float | None = None,
         cluster: SwarmCluster | str | bool | None = None,
         **sandbox_options: Any,
     ) -> None:
-        _check_options(default_idle_timeout, max_sessions, pool_size, orphans)
+        _check_options(default_idle_timeout, max_sessions, orphans)
         if "network_owner" in sandbox_options:
             raise InvalidArgumentError("network_owner is set by the session manager, to each user's own key; "
                                        "leave it out")
-        if pool_size and sandbox_options.get("shared_network") is not None:
-            raise InvalidArgumentError("shared_network cannot be used with pool_size: a warm pool's sandboxes "
-                                       "start before their user is known, and each user's shared network is "
-                                       "their own")
         self.default_runtime = resolve_runtime(default_runtime)
         self.default_idle_timeout = default_idle_timeout
         self.name = _checked_manager_name(name)
@@ -207,6 +235,7 @@ class SessionManager:
         self.pause_after = _checked_pause_after(pause_after)
         self._pause_after: dict[str, float | None] = {}  # per session, where get_or_create set it
         self.cluster = resolve_cluster(cluster)
+        warm = _warm_capacity(warm, pool_size, sandbox_options, self.cluster)
         # A disk asked for on a cluster is refused now, not at the first user's session.
         resolved_disk_size(sandbox_options.get("disk_size", FROM_RUNTIME), self.default_runtime, self.cluster)
         self.sandbox_options = {**sandbox_options, "cluster": self.cluster or False}
@@ -215,8 +244,17 @@ class SessionManager:
         self._creating: dict[str, concurrent.futures.Future[DockerSandbox]] = {}
         self._guard = threading.Lock()
         self._recovered: concurrent.futures.Future[tuple[int, int]] | None = None
-        self._pool = SandboxPool(self.default_runtime, size=pool_size, factory=self._pooled_sandbox) \
-            if pool_size else None
+        # Session volumes in the engine when this manager recovered: with a registry of its own, a new
+        # user's first session asks the engine for an earlier process's record only when there is one.
+        self._engine_sessions: set[str] = set()
+        # A warm sandbox handed to a new user is named for them and recorded in the engine in the
+        # background (off the user's first call); anything else done to that session waits for it.
+        self._settling: dict[str, concurrent.futures.Future[None]] = {}
+        self._settler: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool = SandboxPool(self.default_runtime, size=warm, factory=self._pooled_sandbox) if warm else None
+        if self._pool is not None:
+            self._pool.start()
+            weakref.finalize(self, self._pool.close)  # at interpreter exit: the warm sandboxes go
         self._cleanup_stop = threading.Event()
         self._cleanup_thread: threading.Thread | None = None
 
@@ -242,7 +280,7 @@ class SessionManager:
 
     @property
     def pool(self) -> SandboxPool | None:
-        """The warm pool that serves new users (``pool_size > 0``), started on first use."""
+        """The warm capacity that serves new users (``warm > 0``), refilled in the background."""
         return self._pool
 
     @property
@@ -257,7 +295,7 @@ class SessionManager:
                             snapshot: Snapshot | str | None = None, pause_after: float | None = None) -> DockerSandbox:
         """The user's sandbox: the same one on every call, with the user's files.
 
-        Creates it on first use (from the warm pool when there is one), re-attaches to it from
+        Creates it on first use (from warm capacity when there is some), re-attaches to it from
         another process, and replaces a container that died or was removed, files included.
         With ``runtime`` different from the session's, the container is replaced by one of that
         runtime, again with the same files. A paused session is handed back as it is: its next
@@ -314,8 +352,9 @@ class SessionManager:
                       snapshot: Snapshot | None = None) -> DockerSandbox:
         """Find, attach, repair or create the user's sandbox (in a worker thread); from
         ``snapshot``, a new container with the snapshot's files in the session's volumes."""
+        self._wait_settled(key)
         with engine_errors(), self.registry.lock(self._registry_key(key)):
-            record = self.registry.get(self._registry_key(key)) or self._record_from_engine(key)
+            record = self.registry.get(self._registry_key(key)) or self._engine_record(key)
             sandbox = self._sandboxes.get(key)
             if snapshot is not None:
                 if sandbox is not None:
@@ -328,6 +367,7 @@ class SessionManager:
                 if sandbox is not None and wanted is not None and sandbox.runtime != wanted:
                     sandbox.stop()  # the files stay in the volumes
                     sandbox = None
+            pooled = None
             if record is not None:
                 if sandbox is None:  # stopped, died or removed: a new container, the same files
                     runtime = wanted or RuntimeConfig.model_validate_json(record.runtime)
@@ -337,13 +377,20 @@ class SessionManager:
                     raise SessionLimitError(
                         f"the session manager {self.name!r} is full: {self.max_sessions} sessions at once")
                 runtime = wanted or self.default_runtime
-                pooled = self._from_pool(key, runtime) if snapshot is None else None
+                pooled = self._from_pool(runtime) if snapshot is None else None
                 sandbox = pooled or self._new_sandbox(key, runtime, None, snapshot)
-                record = SessionRecord(user_id, sandbox.name, dict(sandbox.volumes), runtime.model_dump_json(),
+                # A Swarm service cannot be renamed: a session on a cluster keeps the pool's name.
+                name = self._container_name(key) if pooled is not None and self.cluster is None else sandbox.name
+                record = SessionRecord(user_id, name, dict(sandbox.volumes), runtime.model_dump_json(),
                                        created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
-                self._write_session_volume(key, record)
+                if name != sandbox.name and not self._shared:
+                    self._settle_later(key, sandbox, record)
+                else:  # another process may look for it at once: named and recorded before anyone can
+                    self._settle(key, sandbox, record)
+            # A warm sandbox may get its name for the user in the background: the record has it already.
             self.registry.put(self._registry_key(key), replace(
-                record, container=sandbox.name, runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
+                record, container=record.container if sandbox is pooled else sandbox.name,
+                runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
             self._sandboxes[key] = sandbox
             return sandbox
 
@@ -384,13 +431,56 @@ class SessionManager:
         volumes = {work: self.default_runtime.work_dir, uploads: UPLOADS_DIR}
         return DockerSandbox(self.default_runtime, name=name, volumes=volumes, **options)
 
-    def _from_pool(self, key: str, runtime: RuntimeConfig) -> DockerSandbox | None:
+    def _from_pool(self, runtime: RuntimeConfig) -> DockerSandbox | None:
+        """A warm sandbox for a new session of ``runtime`` (first come, first served); ``None``
+        without warm capacity of that runtime (after :meth:`shutdown` too)."""
         if self._pool is None or runtime != self.default_runtime:
             return None
-        sandbox = self._pool.acquire()
-        if self.cluster is None:  # a Swarm service cannot be renamed: the session keeps the pool's name
-            sandbox.rename(self._container_name(key))
-        return sandbox
+        try:
+            return self._pool.acquire()
+        except SandboxStateError:  # closed by shutdown(): a session made after it starts cold
+            return None
+
+    def _settle(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+        """Name a new session's container for its user and record the session in the engine."""
+        if sandbox.name != record.container:
+            sandbox.rename(record.container)
+        self._write_session_volume(key, record)
+
+    def _settle_later(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+        """:meth:`_settle` in the background: the user's first call does not wait for the engine.
+        Until it is done, the session is only this process's (its registry is too)."""
+        with self._guard:
+            if self._settler is None:
+                # One at a time: under a burst, the users' first commands go first (several at once
+                # took twice as long for a burst of 100, measured).
+                self._settler = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"pydantic-deep-settle-{self.name}")
+            self._settling[key] = self._settler.submit(self._settle_logged, key, sandbox, record)
+
+    def _settle_logged(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+        try:
+            with engine_errors():
+                self._settle(key, sandbox, record)
+        except Exception:  # the session works; only a later process could not find it
+            logger.warning("Naming and recording the session of %r in the engine failed", record.user_id,
+                           exc_info=True)
+
+    def _wait_settled(self, key: str) -> None:
+        """Wait until the session's container is named and recorded (see :meth:`_settle_later`)."""
+        settling = self._settling.get(key)
+        if settling is not None:
+            settling.result()
+            with self._guard:
+                if self._settling.get(key) is settling:
+                    del self._settling[key]
+
+    def _engine_record(self, key: str) -> SessionRecord | None:
+        """The session's record in the engine: looked up only when it may be there (always with a
+        shared registry; with this manager's own, when a session volume was found on recovery)."""
+        if not self._shared and key not in self._engine_sessions:
+            return None
+        return self._record_from_engine(key)
 
     def _attach(self, container: str) -> DockerSandbox | None:
         try:
@@ -411,6 +501,7 @@ class SessionManager:
         else:
             labels[label.WORK_VOLUME], labels[label.UPLOADS_VOLUME] = _split_volumes(record.volumes)
         create_volume(self._container_name(key), labels)
+        self._engine_sessions.add(key)
 
     def _record_from_engine(self, key: str) -> SessionRecord | None:
         labels = volume_labels(self._container_name(key))
@@ -441,11 +532,12 @@ class SessionManager:
 
     def _end_session(self, key: str, remove_files: bool, *, only_if_idle: float | None = None) -> bool:
         """Stop the session's container; with ``remove_files``, forget the session and its files."""
+        self._wait_settled(key)
         with engine_errors(), self.registry.lock(self._registry_key(key)):
             sandbox = self._sandboxes.get(key)
             if only_if_idle is not None and (sandbox is None or sandbox.busy or sandbox.idle_seconds < only_if_idle):
                 return False  # used again since it was found idle
-            record = self.registry.get(self._registry_key(key)) or self._record_from_engine(key)
+            record = self.registry.get(self._registry_key(key)) or self._engine_record(key)
             self._sandboxes.pop(key, None)
             if record is None and sandbox is None:
                 return False
@@ -467,6 +559,7 @@ class SessionManager:
                     else:
                         remove_volume(volume)
                 remove_volume(self._container_name(key))
+                self._engine_sessions.discard(key)
                 self.registry.delete(self._registry_key(key))
             elif record is not None:  # dormant: the files wait for the user's next session
                 self.registry.put(self._registry_key(key), replace(record, container=""))
@@ -532,7 +625,7 @@ class SessionManager:
             self._cleanup_thread = None
 
     async def shutdown(self, *, keep_files: bool = True) -> int:
-        """Stop every session (of every process, with a shared registry) and the warm pool.
+        """Stop every session (of every process, with a shared registry) and the warm capacity.
 
         Args:
             keep_files: Keep the users' volumes for their next session; ``False`` removes them.
@@ -555,7 +648,21 @@ class SessionManager:
                                                    thread_name_prefix="pydantic-deep-shutdown") as executor:
             await asyncio.gather(*(loop.run_in_executor(executor, self._end_session, key, not keep_files)
                                    for key in keys))
+        if self._settler is not None:
+            self._settler.shutdown()
+            self._settler = None
+        if self._pool is not None and self.cluster is None:
+            await asyncio.to_thread(self._sweep_warm)
         return running
+
+    def _sweep_warm(self) -> None:
+        """Remove what a warm start of this process left when it failed half-way (the engine went
+        away in the middle, say), once every session has ended: nobody's files."""
+        filters = {"label": [f"{label.POOL}={self.name}", f"{label.OWNER_PID}={os.getpid()}"]}
+        with engine_errors():
+            for container in docker_client().containers.list(all=True, filters=filters):
+                if naming.session_key(self.name, container.name) is None:  # not renamed for a user
+                    _reap(container, keep_files=False)
 
     def _is_running(self, key: str) -> bool:
         record = self.registry.get(self._registry_key(key))
@@ -625,6 +732,8 @@ class SessionManager:
         client = docker_client()
         adopted = reaped = 0
         with engine_errors():
+            self._engine_sessions |= {key for name in find_volumes(self._labels())
+                                      if (key := naming.session_key(self.name, name))}
             containers = client.containers.list(all=True, filters={"label": f"{label.MANAGER}={self.name}"})
             for container in containers:
                 if not self._orphaned(container):
@@ -641,19 +750,34 @@ class SessionManager:
                         continue
                 # A warm pool's sandbox nobody got, or a session to reap: the container goes;
                 # files go only when no session names them.
-                volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
-                disk = container.labels.get(label.DISK)
-                container.remove(force=True)
-                if disk:  # a pool's disk goes; a session's is unmounted, its files kept
-                    release_disk(disk, delete=record is None)
-                if record is None:
-                    for volume in volumes:
-                        remove_volume(volume)
+                _reap(container, keep_files=record is not None)
                 reaped += 1
+            if self.cluster is None and resolved_disk_size(self.sandbox_options.get("disk_size", FROM_RUNTIME),
+                                                           self.default_runtime, self.cluster):
+                try:
+                    reaped += self._reap_warm_disks()
+                except Exception:  # best effort: the sessions come first
+                    logger.warning("Looking for the disks of warm sandboxes of a process that is gone failed",
+                                   exc_info=True)
         if adopted or reaped:
             logger.info("Session manager %r: adopted %d and reaped %d container(s) of a process that is gone",
                         self.name, adopted, reaped)
         return adopted, reaped
+
+    def _reap_warm_disks(self) -> int:
+        """Delete the disks of warm sandboxes that a process that is gone was starting (killed
+        before their container was made, so the containers' reaping above did not find them)."""
+        prefix = naming.pool_name(self.name).rsplit("-", 1)[0] + "-"
+        in_use = {c.labels.get(label.DISK) for c in docker_client().containers.list(
+            all=True, filters={"label": f"{label.MANAGER}={self.name}"})}
+        reaped = 0
+        for disk in list_disks():
+            host, _, pid = disk.owner.partition(" ")
+            if disk.name.startswith(prefix) and disk.name not in in_use \
+                    and owner_gone({label.OWNER_HOST: host, label.OWNER_PID: pid}):
+                release_disk(disk.name, delete=True)
+                reaped += 1
+        return reaped
 
     def _orphaned(self, container: docker.models.containers.Container) -> bool:
         """Left by a process on this host that is gone (with a shared registry, nothing is)."""
@@ -674,6 +798,18 @@ class SessionManager:
             "Name": self.name, "Default runtime": self.default_runtime.name,
             "Idle timeout": f"{self.default_idle_timeout:g} s", "Running sessions": self.session_count,
         })
+
+
+def _reap(container: docker.models.containers.Container, *, keep_files: bool) -> None:
+    """Remove a container of the manager, and unless ``keep_files`` its disk and volumes."""
+    volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+    disk = container.labels.get(label.DISK)
+    container.remove(force=True)
+    if disk:  # a pool's disk goes; a session's is unmounted, its files kept
+        release_disk(disk, delete=not keep_files)
+    if not keep_files:
+        for volume in volumes:
+            remove_volume(volume)
 
 
 def _user_from_label(text: str) -> str:

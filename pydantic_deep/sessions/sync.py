@@ -64,7 +64,7 @@ class SyncSessionManager:
         default_runtime: As for :class:`SessionManager`.
         default_idle_timeout: As for :class:`SessionManager`.
         **options: The other :class:`SessionManager` arguments (``name``, ``registry``,
-            ``pool_size``, sandbox options...).
+            ``warm``, sandbox options...).
 
     Attributes:
         manager: The :class:`SessionManager` it forwards to.
@@ -172,7 +172,7 @@ class SyncSessionManager:
 
     @property
     def pool(self) -> SandboxPool | None:
-        """The warm pool, if any."""
+        """The warm capacity that serves new users (see ``warm``), if any."""
         return self.manager.pool
 
     @property
