@@ -840,7 +840,7 @@ class DockerSandbox(SandboxBase):
             return None, []
         netfilter = ensure_netfilter_image(docker_client())
         network = ensure_swarm_network(
-            cluster, shared=self.shared_network, owner=self.network_owner, egress=self.network,
+            cluster, shared=self.shared_network, owner=self.network_owner, egress=self.network is True,
             allow_private=self.allow_private, allow_metadata=not self.block_metadata,
             helper_image=lambda node: cluster.provide(node, netfilter))
         node = shared_network_node(cluster, network) if self.shared_network is not None else None
