@@ -21,8 +21,7 @@ import docker
 
 from .relay import plain_end
 
-__all__ = ["Exec", "archive_stat", "attach_stdin", "attach_stream", "create_network", "docker_frames", "engine_client",
-           "engine_key"]
+__all__ = ["Exec", "archive_stat", "attach_stdin", "create_network", "docker_frames", "engine_client", "engine_key"]
 
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header: stream, size
 
@@ -86,16 +85,6 @@ class Exec:
 def attach_stdin(client: docker.DockerClient, container_id: str) -> Any:
     """A stream to the container's main process's standard input (closed, it reads end of file)."""
     return client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
-
-
-def attach_stream(client: docker.DockerClient, container_id: str) -> socket.socket:
-    """A raw stream to the container's main process, as :meth:`Exec.open_socket` gives one to an
-    exec: its stdin in, its framed stdout and stderr out. Made before the container starts, it
-    misses nothing the process writes; closed, the process reads end of file."""
-    sock: socket.socket = client.api.attach_socket(
-        container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})._sock
-    sock.settimeout(None)
-    return sock
 
 
 def archive_stat(client: docker.DockerClient, container_id: str, path: str) -> dict[str, Any] | None:

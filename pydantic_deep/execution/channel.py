@@ -50,10 +50,6 @@ OutputCallback = Callable[[OutputChunk], object]
 # Extra seconds the host waits past a command's own timeout before it calls the channel dead.
 _GRACE = 30.0
 _HELLO_TIMEOUT = 15.0
-
-SUPERVISOR_GONE = b"pydantic-deep: the supervisor is gone"
-"""What the container's main process writes to its standard error when the supervisor it ran ended
-(see :meth:`SupervisorChannel.attached`): the channel closes, as an exec's stream would end."""
 # What `timeout -s KILL` exits with when it had to kill the command (128 + SIGKILL).
 _KILLED = 137
 OOM_NOTE = ("\n[pydantic-deep] Out of memory: the kernel killed a process of this command at the sandbox's "
@@ -263,12 +259,8 @@ class SupervisorChannel:
     multiplexed = True
 
     def __init__(self, sock: socket.socket, client: docker.DockerClient | None, container_id: str, *,
-                 framed: bool = True, main_process: bool = False) -> None:
+                 framed: bool = True) -> None:
         self._sock = sock
-        # The stream is attached to the container's main process, whose stdin's end is the container's
-        # end: when the supervisor dies or is given up on, the stream is kept open (stream_kept), not closed.
-        self._main_process = main_process
-        self.stream_kept: socket.socket | None = None
         self._client = client  # None: a local supervisor (LocalSandbox), not in a container
         self._framed = framed  # docker's stdout/stderr framing around the supervisor's frames
         self.container_id = container_id
@@ -295,20 +287,6 @@ class SupervisorChannel:
         """
         sock = Exec(client, container_id, list(command), stdin=True).open_socket()
         return cls(sock, client, container_id)._said_hello()
-
-    @classmethod
-    def attached(cls, sock: socket.socket, client: docker.DockerClient, container_id: str) -> SupervisorChannel:
-        """A channel over the stream attached to a container whose main process runs the supervisor
-        (see :func:`~pydantic_deep.engine.api.attach_stream`), once it says hello.
-
-        That process writes :data:`SUPERVISOR_GONE` to its standard error when the supervisor ends,
-        then waits for the end of its standard input: the channel then closes, and keeps the stream
-        open in :attr:`stream_kept` (closing it would end the container).
-
-        Raises:
-            ChannelClosedError: the supervisor did not start.
-        """
-        return cls(sock, client, container_id, main_process=True)._said_hello()
 
     @classmethod
     def open_local(cls, sock: socket.socket, label: str) -> SupervisorChannel:
@@ -387,7 +365,7 @@ class SupervisorChannel:
             pass
 
     def _give_up(self, timeout: float) -> None:
-        self._close(keep_stream=self._main_process)
+        self.close()
         # A supervisor that stopped answering (frozen, say) cannot act on the closed stream: kill
         # the process group of each of its commands (each leads its own), then the supervisor.
         pid = json.loads(self._hello.outcome().output)["pid"]
@@ -423,15 +401,13 @@ class SupervisorChannel:
                 if stream == 1:
                     frames += payload
                     self._dispatch(frames)
-                elif self._main_process and SUPERVISOR_GONE in payload:
-                    break
                 else:
                     logger.warning("supervisor in %s: %s", self.container_id[:12],
                                    payload.decode(errors="replace").rstrip())
         except OSError:
             pass
         finally:
-            self._close(keep_stream=self._main_process)
+            self.close()
 
     def _dispatch(self, frames: bytearray) -> None:
         header = protocol.HEADER
@@ -486,23 +462,16 @@ class SupervisorChannel:
 
     def close(self) -> None:
         """Close the stream (the supervisor then kills what still runs) and fail what is pending."""
-        self._close(keep_stream=False)
-
-    def _close(self, *, keep_stream: bool) -> None:
-        """Close the channel; with ``keep_stream``, leave the stream open in :attr:`stream_kept`."""
         with self._state_lock:
             if self._closed:
                 return
             self._closed = True
             pending, self._pending = self._pending, {}
-        if keep_stream:
-            self.stream_kept = self._sock
-        else:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._sock.close()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
         error = ChannelClosedError("the execution channel closed while the command ran")
         self._hello.finish(error=error)
         for item in pending.values():

@@ -58,7 +58,7 @@ from .._html import field_table
 from ..arguments import file_content
 from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine import labels as label
-from ..engine.api import attach_stdin, attach_stream
+from ..engine.api import attach_stdin
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import container_running, container_stops_within, remove_container
 from ..engine.egress import (
@@ -94,7 +94,6 @@ from ..errors import (
     shown,
 )
 from ..execution.channel import (
-    SUPERVISOR_GONE,
     Channel,
     ChannelClosedError,
     DockerExecChannel,
@@ -136,13 +135,6 @@ _R = TypeVar("_R")
 
 
 _exec_fallback_logged: set[str | None] = set()
-# Prepared images whose supervisor did not start as a container's main process: their sandboxes
-# start the classic way (see DockerSandbox._supervisor_entrypoint).
-_no_supervisor_first: set[str] = set()
-
-
-class _SupervisorDidNotStart(Exception):
-    """The supervisor, as the container's main process, did not say hello."""
 
 
 class _FromRuntime:
@@ -495,13 +487,12 @@ class DockerSandbox(SandboxBase):
         self.image: str | None = None
         self.container_id: str | None = None
         self.state = SandboxState.NEW
-        self._lock = threading.RLock()  # start, stop and the channel
+        self._lock = threading.Lock()  # start, stop and the channel
         self._channel: Channel | None = None
         self._finalizer: weakref.finalize | None = None
         self._python: str | None = None  # the image's python3, or None
         self._node: str | None = None  # the image's node, or None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
-        self._supervisor_first: list[str] | None = None  # the main process, when it is the supervisor
         self._fork_image: str | None = None  # a fork's image: removed with the fork's last sandbox
         if self.from_snapshot is not None and self.from_snapshot.user != f"{self._uid}:{self._gid}":
             raise InvalidArgumentError(f"user={user!r} differs from the user of snapshot {self.from_snapshot.name!r} "
@@ -584,7 +575,6 @@ class DockerSandbox(SandboxBase):
             if self.cluster is not None:
                 self._start_on_cluster(self.cluster, prepared)
                 return self
-            self._supervisor_first = self._supervisor_entrypoint(prepared)
             for volume in self.volumes:
                 ensure_volume(volume)
             new_disk = False
@@ -602,26 +592,16 @@ class DockerSandbox(SandboxBase):
             try:
                 if new_disk and prepared.seeded:
                     _seed_disk(client, prepared.tag, container.id, prepared.seeded)
-                self._python, self._node = prepared.python, prepared.node
-                if self._supervisor_first is not None:
-                    self._channel = self._start_with_supervisor(client, container.id)
-                else:
-                    if self.remove_on_exit:
-                        # The container's main process waits for EOF on this stream: when this process
-                        # ends, even by SIGKILL, the stream closes and the container removes itself.
-                        self._lifeline = attach_stdin(client, container.id)
-                    container.start()
-                    self._channel = self._open_channel(container.id)
+                if self.remove_on_exit:
+                    # The container's main process waits for EOF on this stream: when this process
+                    # ends, even by SIGKILL, the stream closes and the container removes itself.
+                    self._lifeline = attach_stdin(client, container.id)
+                container.start()
                 if self.proxied:  # its address is known once it runs: the proxy learns its policy
                     self._egress_address = sandbox_address(client.api.inspect_container(container.id))
                     self._put_policy(client)
-            except _SupervisorDidNotStart:
-                remove_container(client, container.id)
-                self._release_disk(delete=not self._keep_disk)
-                # An interpreter too old for the supervisor, say: this image's sandboxes start the
-                # classic way from now on (see _supervisor_entrypoint). The lock is re-entrant.
-                _no_supervisor_first.add(prepared.tag)
-                return self.start()
+                self._python, self._node = prepared.python, prepared.node
+                self._channel = self._open_channel(container.id)
             except BaseException:
                 remove_container(client, container.id)
                 self._forget_egress(client)
@@ -631,34 +611,6 @@ class DockerSandbox(SandboxBase):
         if self.disk_size is not None and not self._keep_disk:
             prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
         return self
-
-    def _supervisor_entrypoint(self, prepared: PreparedImage) -> list[str] | None:
-        """The container's main process when it is the supervisor: the channel is then the stream
-        attached to it before the start (no exec to create and start after it), and its hello
-        comes as the container starts. ``None`` where the image has none, or could not run it."""
-        command = prepared.supervisor_command()
-        if command is None or prepared.tag in _no_supervisor_first:
-            return None
-        # When the supervisor ends, the channel is told (it closes, keeping the stream) and commands
-        # go through a supervisor run by an exec. The stream's end (this process's, or stop()'s)
-        # ends the container; a session's outlives this process (a later one opens a channel with
-        # an exec), its main process idling.
-        then = "read -r _" if self.remove_on_exit else "exec sleep infinity"
-        gone = SUPERVISOR_GONE.decode()
-        return ["/bin/sh", "-c", f'"$@"; echo "{gone}" >&2; {then}', "sh", *command]
-
-    def _start_with_supervisor(self, client: docker.DockerClient, container_id: str) -> Channel:
-        """Start the container whose main process is the supervisor; its stream is the channel."""
-        sock = attach_stream(client, container_id)
-        try:
-            client.api.start(container_id)
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            return SupervisorChannel.attached(sock, client, container_id)
-        except ChannelClosedError:
-            raise _SupervisorDidNotStart from None
 
     def _disk_paths(self) -> tuple[str, ...]:
         """The paths the disk is mounted over, that a snapshot keeps: the work dir, ``/uploads``, home."""
@@ -997,9 +949,6 @@ class DockerSandbox(SandboxBase):
             if self._channel is None:
                 raise SandboxStateError("this sandbox was stopped while the command was starting")
             if not self._channel.alive:
-                kept = getattr(self._channel, "stream_kept", None)
-                if kept is not None and self._lifeline is None:
-                    self._lifeline = kept  # its end is still the container's (remove_on_exit)
                 self._channel = self._open_channel(container_id)
             return self._channel
 
@@ -1089,10 +1038,8 @@ class DockerSandbox(SandboxBase):
             egress_labels = {label.EGRESS_ID: self._egress_id, label.EGRESS_HOSTS: json.dumps(list(self.network))}
         return dict(
             # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
-            entrypoint=self._supervisor_first or (["sh", "-c", "read -r _"] if self.remove_on_exit
-                                                  else ["sleep", "infinity"]),
-            # docker-py sets StdinOnce with it: EOF once we go.
-            stdin_open=self.remove_on_exit or self._supervisor_first is not None,
+            entrypoint=["sh", "-c", "read -r _"] if self.remove_on_exit else ["sleep", "infinity"],
+            stdin_open=self.remove_on_exit,  # docker-py sets StdinOnce with it: EOF once we go
             auto_remove=self.remove_on_exit,
             name=self.name,
             user=f"{self._uid}:{self._gid}",
