@@ -54,6 +54,10 @@ def test_bad_cluster_arguments_are_refused_and_unknown_engines_say_what_to_do() 
     with pytest.raises(InvalidArgumentError, match="cluster must be a SwarmCluster"):
         DockerSandbox(cluster=3)  # type: ignore[arg-type]
     cluster = SwarmCluster("tcp://manager:2376", nodes={"gpu-1": "tcp://10.0.0.21:2376"})
+    with pytest.raises(InvalidArgumentError, match="a list of hosts .* is not available on a cluster"):
+        DockerSandbox(cluster=cluster, network=["pypi.org"])  # its nodes run no egress proxy
+    with pytest.raises(InvalidArgumentError, match="a list of hosts .* is not available on a cluster"):
+        DockerSandbox(cluster=cluster, network=True).set_network(["pypi.org"])
     labelled = {"ID": "n2", "Spec": {"Labels": {"pydantic-deep.engine": "tcp://10.0.0.22:2376"}},
                 "Description": {"Hostname": "cpu-2"}}
     given = {"ID": "n1", "Spec": {"Labels": {}}, "Description": {"Hostname": "gpu-1"}}

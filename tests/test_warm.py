@@ -22,7 +22,6 @@ from pydantic_deep import InvalidArgumentError, SandboxPool, SandboxStateError, 
 from pydantic_deep.engine.client import docker_client
 from pydantic_deep.sandbox.disk import list_disks
 from pydantic_deep.sessions import naming
-from pydantic_deep.sessions.manager import DEFAULT_WARM
 
 pytestmark = pytest.mark.warm
 
@@ -141,10 +140,11 @@ def test_warm_arguments() -> None:
 
 
 @pytest.mark.anyio
-async def test_first_use_is_served_from_warm_capacity_by_default() -> None:
-    manager = SessionManager("python-minimal", name=unique_name())
+async def test_first_use_is_served_from_warm_capacity() -> None:
+    assert SessionManager("python-minimal", name=unique_name()).pool is None  # DEFAULT_WARM: a manager starts nothing
+    manager = SessionManager("python-minimal", name=unique_name(), warm=2)
     try:
-        assert manager.pool is not None and manager.pool.size == DEFAULT_WARM
+        assert manager.pool is not None and manager.pool.size == 2
         assert await asyncio.to_thread(manager.pool.wait_ready, 120)
         ready = {s.container_id for s in manager.pool._ready}
         sandbox = await manager.get_or_create("ada")
@@ -200,12 +200,13 @@ def test_sync_facade_serves_from_warm_capacity() -> None:
 def shell() -> Any:
     shell = InteractiveShell.instance()
     shell.config.SandboxMagics.runtime = "python-minimal"  # read when the extension loads
+    shell.config.SandboxMagics.warm = 1
     shell.run_line_magic("load_ext", "pydantic_deep")
     try:
         yield shell
     finally:
         shell.run_line_magic("unload_ext", "pydantic_deep")
-        del shell.config.SandboxMagics["runtime"]
+        del shell.config.SandboxMagics["runtime"], shell.config.SandboxMagics["warm"]
 
 
 def test_a_notebooks_first_cell_runs_in_a_warm_sandbox(shell: Any) -> None:

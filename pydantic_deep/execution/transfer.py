@@ -75,7 +75,7 @@ write)
   while [ -n "$dir" ] && [ ! -e "$dir" ]; do dir=${dir%/*}; done
   [ -z "$dir" ] || [ -d "$dir" ] || { printf '%s' "$dir" >&2; exit 93; }  # a file where a directory must be
   mkdir -p -- "${real%/*}" || exit 1
-  part="${real%/*}/.${real##*/}.part-$$"
+  part="${real%/*}/.pydantic-deep-part-$$"  # not from the name: a 255-byte name leaves no room
   echo ready
   cat > "$part"; status=$?
   [ $status = 0 ] || cat > /dev/null  # take the rest, so that the sender finishes and hears why

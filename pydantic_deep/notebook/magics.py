@@ -9,7 +9,7 @@ an image); an exception shows the container's traceback and fails the cell.
 Settings, through ``%config SandboxMagics.<name> = ...``: ``runtime``, ``session``, ``timeout``,
 ``network`` (``"on"``, ``"off"``, or host patterns ``"pypi.org,*.example.com"``: the only hosts new
 sandboxes reach, through the egress proxy; empty: the runtime's), ``warm`` (started sandboxes of
-``runtime`` kept ready, 1 by default, so the notebook's first cell does not wait for a container
+``runtime`` kept ready, 0 by default, so the notebook's first cell does not wait for a container
 start; used while ``network`` is empty), and ``backend`` (``"local"`` runs cells in a
 :class:`LocalSandbox`, on this machine, not isolated). ``%sandbox network HOST...`` changes the hosts
 of a running sandbox, ``%sandbox egress`` shows what it was allowed and refused.
@@ -73,7 +73,7 @@ class SandboxMagics(Magics):
     backend = Enum(list(BACKENDS), help="docker, or local: LocalSandbox, on this machine and NOT ISOLATED (for "
                    "where Docker cannot run). Default: $PYDANTIC_DEEP_BACKEND, else docker.").tag(config=True)
 
-    warm = Int(1, help="Started sandboxes of `runtime` kept ready (docker backend), so the notebook's first cell, "
+    warm = Int(0, help="Started sandboxes of `runtime` kept ready (docker backend), so the notebook's first cell, "
                "and the first of each new -s sandbox, does not wait for a container start; 0 for none.").tag(
         config=True)
 

@@ -60,8 +60,10 @@ __all__ = ["SessionInfo", "SessionLimitError", "SessionManager"]
 
 logger = logging.getLogger("pydantic_deep.sessions")
 
-DEFAULT_WARM = 2
-"""Started sandboxes a :class:`SessionManager` keeps ready for new users unless told otherwise."""
+DEFAULT_WARM = 0
+"""Started sandboxes a :class:`SessionManager` keeps ready for new users unless told otherwise:
+none, since warm capacity runs containers from the moment the manager is made (a server sizes it
+for its bursts with ``warm=N``; a manager made in passing should start nothing)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class SessionManager:
         registry: Where sessions are recorded; :class:`InMemoryRegistry` by default, or a
             :class:`RedisRegistry` shared by several processes.
         warm: Keep this many started sandboxes of the default runtime ready (default
-            :data:`DEFAULT_WARM`, 2), so a new user's first command does not wait for a container
+            :data:`DEFAULT_WARM`, 0), so a new user's first command does not wait for a container
             start: a new user's session takes one (renamed for them; never another user's) and the
             pool starts a replacement in the background. Under a burst larger than ``warm`` users
             are served first come, first served, each at worst as fast as a cold start of their
