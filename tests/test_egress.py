@@ -375,3 +375,4 @@ def test_the_notebook_magics_set_change_and_show_the_list(outside: Outside) -> N
             shell.run_line_magic("sandbox", "network on")
     finally:
         shell.run_line_magic("unload_ext", "pydantic_deep")
+        shell.config.pop("SandboxMagics", None)  # %config lines persist on the shared shell

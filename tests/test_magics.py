@@ -17,6 +17,7 @@ from pydantic_deep.notebook.magics import SandboxFailure, SandboxMagics
 @pytest.fixture(scope="module")
 def ip() -> Iterator[InteractiveShell]:
     shell = InteractiveShell.instance()
+    shell.config.pop("SandboxMagics", None)  # the defaults, whatever an earlier module configured
     shell.run_line_magic("load_ext", "pydantic_deep")
     shell.run_line_magic("load_ext", "pydantic_deep")  # twice is harmless
     yield shell
