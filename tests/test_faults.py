@@ -232,8 +232,10 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def upload_under_way(sandbox: DockerSandbox, name: str) -> bool:
-    """An upload to ``/uploads/<name>`` has written its first megabyte (under whatever name)."""
-    found = sandbox.execute(f"find /uploads -maxdepth 1 -name '*{name}*' -size +1M")
+    """An upload to ``/uploads/<name>`` has written its first megabyte (under its own name, or the
+    file API's temporary one)."""
+    found = sandbox.execute(f"find /uploads -maxdepth 1 \\( -name '*{name}*' -o -name '.pydantic-deep-part-*' \\) "
+                            "-size +1M")
     return found.output.strip() != ""
 
 
