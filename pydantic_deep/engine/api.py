@@ -68,7 +68,9 @@ class Exec:
         raw = self._api.exec_start(self.id, socket=True, tty=self._tty)
         if isinstance(raw, ssl.SSLSocket):  # an engine over TLS: docker-py hands out the TLS socket itself
             return plain_end(raw)
-        sock: socket.socket = raw._sock
+        # The socket is still the connection's that docker-py's pool may close (or hand out again)
+        # once the response behind it is collected: take its descriptor into a socket of our own.
+        sock = socket.socket(fileno=raw._sock.detach())
         sock.settimeout(None)
         return sock
 
