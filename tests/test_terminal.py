@@ -88,7 +88,7 @@ def test_an_interactive_interpreter_answers(box: SandboxBase) -> None:
         screen.expect(">" if interpreter == "node" else ">>> ")
         term.write("1+1\n")
         screen.expect(r"1\+1\n2\n")
-        term.write("\x04" if interpreter == "python3" else ".exit\n")  # leave the interpreter: back in the shell
+        term.write("exit()\n" if interpreter == "python3" else ".exit\n")  # leave the interpreter: back in the shell
         screen.expect(r"[$#] $")  # the shell's prompt
         term.write("echo shell=$((6*7))\n")
         screen.expect("shell=42")
