@@ -14,8 +14,36 @@ from typing import TypeVar
 import pytest
 
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.sandbox.base import SandboxBase
 
 T = TypeVar("T")
+
+# Tries each host:port from inside a sandbox; one line each: "connected", or why not (errno name).
+CONNECT_PROBE = r"""python3 - {targets} <<'EOF'
+import errno, socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout={timeout}).close()
+        print(target, "connected")
+    except OSError as exc:
+        print(target, errno.errorcode.get(exc.errno, type(exc).__name__))
+EOF"""
+# A server on all the sandbox's interfaces at port 8000, up before the command returns.
+SERVE_ON_8000 = ("nohup python3 -c 'import socket; s = socket.create_server((\"0.0.0.0\", 8000)); "
+                 "[s.accept()[0].close() for _ in iter(int, 1)]' >/dev/null 2>&1 & "
+                 "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
+                 "2>/dev/null && exit 0; sleep 0.05; done; exit 1")
+
+
+def probe_connections(sandbox: SandboxBase, *targets: str, timeout: float = 2,
+                      template: str = CONNECT_PROBE) -> dict[str, str]:
+    """What each ``host:port`` gave a connection from inside ``sandbox``: ``"connected"`` or the
+    errno's name (``template``: another prober of the same output, e.g. one in Node.js)."""
+    result = sandbox.execute(template.format(targets=" ".join(targets), timeout=timeout), timeout=60)
+    outcome = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert set(outcome) == set(targets), result.output
+    return outcome
 
 
 def poll_until(condition: Callable[[], T], what: str | Callable[[], str], *, timeout: float = 60,

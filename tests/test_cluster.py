@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from docker.tls import TLSConfig
-from helpers import poll_until
+from helpers import SERVE_ON_8000, poll_until, probe_connections
 from local_swarm import LocalSwarm, SwarmNode, make_certificates
 
 from pydantic_deep import (
@@ -385,29 +385,6 @@ def test_wrong_or_missing_certificates_fail_clearly_and_start_nothing(swarm: Loc
 
 # -- networked sandboxes on the cluster (issue 21 on every node) ---------------------------------
 
-# Tries each host:port, one line each: "connected", or why not (errno name).
-_PROBE = r"""python3 - {targets} <<'EOF'
-import errno, socket, sys
-for target in sys.argv[1:]:
-    host, port = target.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=2).close()
-        print(target, "connected")
-    except OSError as exc:
-        print(target, errno.errorcode.get(exc.errno, type(exc).__name__))
-EOF"""
-# A server on all the sandbox's interfaces, up before the command returns.
-_SERVE = ("nohup python3 -c 'import socket; s = socket.create_server((\"0.0.0.0\", 8000)); "
-          "[s.accept()[0].close() for _ in iter(int, 1)]' >/dev/null 2>&1 & "
-          "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
-          "2>/dev/null && exit 0; sleep 0.05; done; exit 1")
-
-
-def _probe(sandbox: DockerSandbox, *targets: str) -> dict[str, str]:
-    result = sandbox.execute(_PROBE.format(targets=" ".join(targets)), timeout=60)
-    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
-
-
 def _address(sandbox: DockerSandbox) -> str:
     assert sandbox._placement is not None and sandbox.container_id is not None
     networks = sandbox._placement.client.api.inspect_container(sandbox.container_id)["NetworkSettings"]["Networks"]
@@ -446,8 +423,8 @@ def test_networked_sandboxes_reach_the_outside_but_not_each_other_nor_the_nodes(
                 sandbox.start()
             probe, neighbour, elsewhere = sandboxes
             for server in (neighbour, elsewhere):
-                assert server.execute(_SERVE, timeout=30).exit_code == 0
-                assert _probe(server, "127.0.0.1:8000") == {"127.0.0.1:8000": "connected"}  # it does answer
+                assert server.execute(SERVE_ON_8000, timeout=30).exit_code == 0
+                assert probe_connections(server, "127.0.0.1:8000") == {"127.0.0.1:8000": "connected"}  # it does answer
             node2, node3 = swarm.nodes["node2"], swarm.nodes["node3"]
             targets = {
                 outside: "connected",
@@ -458,7 +435,7 @@ def test_networked_sandboxes_reach_the_outside_but_not_each_other_nor_the_nodes(
                 f"{swarm.registry}": "refused",  # the cluster's registry, a private address
                 "169.254.169.254:80": "refused",  # the metadata address
             }
-            outcome = _probe(probe, *targets)
+            outcome = probe_connections(probe, *targets)
             assert {t: "connected" if o == "connected" else "refused" for t, o in outcome.items()} == targets, outcome
             # The nodes' addresses are routed: refused at once by the node's packet filter ("No
             # route to host"), not left to time out. (A neighbour's packets are dropped by Docker's
@@ -479,10 +456,10 @@ def test_a_shared_network_puts_its_sandboxes_on_one_node_where_they_talk(swarm: 
         second.start()
         stranger.start()
         assert second.node == first.node  # a shared network is a bridge on one node
-        assert first.execute(_SERVE, timeout=30).exit_code == 0
+        assert first.execute(SERVE_ON_8000, timeout=30).exit_code == 0
         target = f"{_address(first)}:8000"
-        assert _probe(second, target) == {target: "connected"}
-        assert _probe(stranger, target)[target] != "connected"  # another owner's "team" is another network
+        assert probe_connections(second, target) == {target: "connected"}
+        assert probe_connections(stranger, target)[target] != "connected"  # another owner's "team" is another network
     finally:
         for sandbox in (first, second, stranger):
             sandbox.stop()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import poll_until
+from helpers import poll_until, probe_connections
 
 from pydantic_deep import DockerSandbox, InvalidArgumentError, SandboxStateError, SessionManager
 from pydantic_deep.engine.client import docker_client
@@ -46,17 +46,6 @@ for url in sys.argv[1:]:
         print(url, exc.code, exc.reason, exc.read().decode(errors="replace").strip().replace("\n", " ")[:300])
     except Exception as exc:
         print(url, "failed", getattr(exc, "reason", exc))
-EOF"""
-# Tries each host:port directly (no proxy); one line each: "connected", or the errno's name.
-PROBE = r"""python3 - {targets} <<'EOF'
-import errno, socket, sys
-for target in sys.argv[1:]:
-    host, port = target.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-        print(target, "connected")
-    except OSError as exc:
-        print(target, errno.errorcode.get(exc.errno, type(exc).__name__))
 EOF"""
 # Prints every file, /proc/*/environ and /proc/*/cmdline holding the needle (given in hex: not itself in an argv).
 SEARCH = textwrap.dedent("""
@@ -179,13 +168,6 @@ def fetch(sandbox: DockerSandbox, *urls: str) -> dict[str, str]:
     return outcome
 
 
-def probe(sandbox: DockerSandbox, *targets: str) -> dict[str, str]:
-    result = sandbox.execute(PROBE.format(targets=" ".join(targets)), timeout=60)
-    outcome = dict(line.split(" ", 1) for line in result.stdout.splitlines())
-    assert set(outcome) == set(targets), result.output
-    return outcome
-
-
 @pytest.fixture(scope="module")
 def box(outside: Outside) -> Iterator[DockerSandbox]:
     with DockerSandbox("python-minimal", network=[ALLOWED], hosts=outside.hosts, ca_bundle=outside.ca_file) as box:
@@ -222,7 +204,7 @@ def test_direct_connections_dns_the_metadata_address_and_the_host_are_out_of_rea
     gateway = docker_client().api.inspect_network("pydantic-deep-proxied")["IPAM"]["Config"][0]["Gateway"]
     targets = [f"{outside.address}:443", f"{outside.host_side}:22", f"{gateway}:22", f"{gateway}:2375",
                "169.254.169.254:80", "1.1.1.1:443"]
-    outcome = probe(box, *targets)
+    outcome = probe_connections(box, *targets, timeout=3)
     assert all(result in ("EHOSTUNREACH", "ENETUNREACH", "timeout") for result in outcome.values()), outcome
     dns = box.execute("getent hosts pypi.org; echo exit=$?; python3 -c \"import socket; s = socket.socket(socket."
                       "AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(b'x', ('8.8.8.8', 53)); s.recv(9)\" "

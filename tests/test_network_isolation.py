@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from helpers import CONNECT_PROBE, SERVE_ON_8000, probe_connections
 
 from pydantic_deep import DockerSandbox, InvalidArgumentError, SandboxPool, SessionManager
 from pydantic_deep.engine.client import docker_client
@@ -40,17 +41,6 @@ from pydantic_deep.sessions import naming
 
 pytestmark = pytest.mark.network
 
-# Tries each host:port and prints one line per target: "connected", or why not (errno name).
-PROBE = r"""python3 - {targets} <<'EOF'
-import errno, socket, sys
-for target in sys.argv[1:]:
-    host, port = target.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=2).close()
-        print(target, "connected")
-    except OSError as exc:
-        print(target, errno.errorcode.get(exc.errno, type(exc).__name__))
-EOF"""
 NODE_PROBE = r"""node -e '
 const net = require("net");
 for (const target of process.argv.slice(1)) {{
@@ -61,22 +51,15 @@ for (const target of process.argv.slice(1)) {{
   s.on("error", (e) => console.log(target, e.code));
 }}' {targets}"""
 # A server on all the sandbox's interfaces, up before the command returns.
-SERVE = ("nohup python3 -c 'import socket; s = socket.create_server((\"0.0.0.0\", 8000)); "
-         "[s.accept()[0].close() for _ in iter(int, 1)]' >/dev/null 2>&1 & "
-         "for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 8000))' "
-         "2>/dev/null && exit 0; sleep 0.05; done; exit 1")
+
 
 
 def probe(sandbox: DockerSandbox, *targets: str, node: bool = False) -> dict[str, str]:
-    template = NODE_PROBE if node else PROBE
-    result = sandbox.execute(template.format(targets=" ".join(targets)), timeout=60)
-    outcome = dict(line.split(" ", 1) for line in result.stdout.splitlines())
-    assert set(outcome) == set(targets), result.output
-    return outcome
+    return probe_connections(sandbox, *targets, template=NODE_PROBE if node else CONNECT_PROBE)
 
 
 def serve(sandbox: DockerSandbox) -> None:
-    assert sandbox.execute(SERVE, timeout=30).exit_code == 0
+    assert sandbox.execute(SERVE_ON_8000, timeout=30).exit_code == 0
 
 
 def addresses(sandbox: DockerSandbox) -> dict[str, str]:
@@ -225,8 +208,8 @@ def test_a_networked_sandbox_reaches_neither_the_host_nor_the_engine(host_server
         assert box.image is not None
         # Control: a plain container on Docker's default bridge reaches the same server.
         control = docker_client().containers.run(
-            box.image, ["sh", "-c", PROBE.format(targets=f"172.17.0.1:{host_server}")], network_mode="bridge",
-            user="1000:1000", remove=True, labels={"pydantic-deep.owner-pid": str(os.getpid())})
+            box.image, ["sh", "-c", CONNECT_PROBE.format(targets=f"172.17.0.1:{host_server}", timeout=2)],
+            network_mode="bridge", user="1000:1000", remove=True, labels={"pydantic-deep.owner-pid": str(os.getpid())})
         assert control.decode().split() == [f"172.17.0.1:{host_server}", "connected"]
         outcome = probe(box, *targets)
         assert all(result == "EHOSTUNREACH" for result in outcome.values()), outcome
