@@ -145,6 +145,14 @@ class _Collector:
         )
 
 
+def _checked_terminal(command: str | None, cols: int, rows: int) -> tuple[int, int]:
+    """``(cols, rows)`` of a terminal about to open, its size and command checked as any channel's."""
+    size = checked_terminal_size(cols, rows)
+    if command is not None:
+        _checked_command(command, None)
+    return size
+
+
 def _checked_command(command: str, timeout: float | None) -> None:
     """Refuse, before anything is sent, a command the shell would not get unchanged (a NUL byte,
     a lone surrogate), one too long to start, and a timeout the supervisor cannot wait for."""
@@ -203,9 +211,7 @@ class DockerExecChannel:
                  on_output: Callable[[str], object] | None = None,
                  on_activity: Callable[[], object] | None = None) -> Terminal:
         """Open a :class:`Terminal` over a ``docker exec -it`` of its own (the engine's PTY)."""
-        cols, rows = checked_terminal_size(cols, rows)
-        if command is not None:
-            _checked_command(command, None)
+        cols, rows = _checked_terminal(command, cols, rows)
         return _ExecTerminalLink(self.client, self.container_id, command, cols, rows, on_output,
                                  on_activity).terminal
 
@@ -444,9 +450,7 @@ class SupervisorChannel:
                  on_output: Callable[[str], object] | None = None,
                  on_activity: Callable[[], object] | None = None) -> Terminal:
         """Open a :class:`Terminal`: ``command`` (``None``: an interactive shell) on a new PTY."""
-        cols, rows = checked_terminal_size(cols, rows)
-        if command is not None:
-            _checked_command(command, None)
+        cols, rows = _checked_terminal(command, cols, rows)
         request_id = next(self._ids)
         terminal = Terminal(_ChannelTerminalLink(self, request_id), cols=cols, rows=rows, on_output=on_output,
                             on_activity=on_activity)
