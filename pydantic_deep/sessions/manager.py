@@ -522,6 +522,7 @@ class SessionManager:
         Returns:
             Whether a container was running.
         """
+        await self._ensure_recovered()  # the session may be an earlier process's
         return await asyncio.to_thread(self._end_session, self._key(user_id), False)
 
     async def release(self, user_id: str) -> bool:
@@ -530,6 +531,7 @@ class SessionManager:
         Returns:
             Whether there was a session to end.
         """
+        await self._ensure_recovered()  # the session may be an earlier process's, its files kept
         return await asyncio.to_thread(self._end_session, self._key(user_id), True)
 
     def _end_session(self, key: str, remove_files: bool, *, only_if_idle: float | None = None) -> bool:
@@ -721,7 +723,8 @@ class SessionManager:
     async def recover(self) -> tuple[int, int]:
         """Adopt or reap the containers of this manager left by processes that are gone.
 
-        Runs by itself before the first :meth:`get_or_create`; call it to do so earlier.
+        Runs by itself before the first :meth:`get_or_create`, :meth:`stop` or :meth:`release`;
+        call it to do so earlier.
 
         Returns:
             ``(adopted, reaped)``.
