@@ -1102,20 +1102,7 @@ class DockerSandbox(SandboxBase):
     @_in_use
     def execute(self, command: str, timeout: float | None = None, *,
                 on_output: OutputCallback | None = None) -> ExecuteResult:
-        """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
-
-        Args:
-            command: A shell command line: quoting, pipes and variables work as in ``sh``.
-            timeout: Seconds before the command's whole process group is killed (default
-                :attr:`command_timeout`, at most 1,000,000); the result then has ``timed_out=True``.
-            on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
-                on the channel's reader thread: keep it quick, and do not wait in it for another
-                command of this sandbox.
-
-        Raises:
-            InvalidArgumentError: the command holds a NUL byte or a lone surrogate, or the timeout
-                is not a positive number of seconds; nothing ran.
-        """
+        """The contract's :meth:`SandboxBase.execute`, through the container's channel."""
         return self._live_channel().run(command, timeout=self._timeout(timeout), max_output=self.max_output,
                                         on_output=on_output)
 
@@ -1158,17 +1145,7 @@ class DockerSandbox(SandboxBase):
 
     @_in_use
     def write_file(self, path: str, content: bytes | str) -> str:
-        """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
-
-        Missing parent directories are created. Returns the absolute path written.
-
-        Raises:
-            InvalidArgumentError: an unusable path (empty, NUL, too long), or text content UTF-8
-                cannot hold.
-            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
-            IsADirectoryError: a directory is there (it is left as it is).
-            NotADirectoryError: a parent on the path is a file.
-        """
+        """The contract's :meth:`SandboxBase.write_file`, through the container's channel."""
         data = file_content(content)
         return self._put_file(path, io.BytesIO(data), len(data))
 
@@ -1186,14 +1163,7 @@ class DockerSandbox(SandboxBase):
 
     @_in_use
     def read_file(self, path: str) -> bytes:
-        """The content of the file at ``path``.
-
-        Raises:
-            SandboxFileNotFoundError: there is no such file.
-            IsADirectoryError: the path is a directory.
-            InvalidArgumentError: an unusable path (empty, NUL, too long).
-            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
-        """
+        """The contract's :meth:`SandboxBase.read_file`, through the container's channel."""
         buffer = io.BytesIO()
         self._copy_out(path, buffer)
         return buffer.getvalue()
