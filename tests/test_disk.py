@@ -17,7 +17,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 from helpers import poll_until
@@ -306,17 +305,29 @@ async def test_prune_finds_every_disk_a_killed_process_left_and_keeps_sessions_f
             os.rmdir(f"{DISK_DIR}/{other}")
 
 
-def test_on_a_cluster_the_default_is_no_disk_and_a_sessions_disk_is_refused() -> None:
-    """On a cluster a disk is made on every node a sandbox may go to: not by default, and never a
-    session's (kept) disk, which would stay on one node while the session moves."""
-    cluster = cast(SwarmCluster, object())  # only whether there is one matters here
+def test_on_a_cluster_the_default_is_no_disk_and_a_sessions_disk_needs_the_session_storage(tmp_path: Path) -> None:
+    """On a cluster a sandbox's own disk is made on every node it may go to, not by default; a
+    session's (kept) disk only in a session storage every node mounts (never on one node, where it
+    would stay while the session moves), and there by default."""
+    cluster = SwarmCluster("tcp://manager:2376")
     runtime = get_runtime("python-minimal")
     assert resolved_disk_size(FROM_RUNTIME, runtime, None) == runtime.disk_size == "10g"
     assert resolved_disk_size(FROM_RUNTIME, runtime, cluster) is None
     assert resolved_disk_size(None, runtime, cluster) is None
     assert resolved_disk_size("1g", runtime, cluster, kept=False) == "1g"  # a sandbox's own (tests/test_cluster.py)
-    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk: disk_size='1g'"):
+    with pytest.raises(InvalidArgumentError, match="cannot have a disk without a session storage: disk_size='1g'"):
         resolved_disk_size("1g", runtime, cluster)
     with pytest.raises(InvalidArgumentError, match="runtime 'python-minimal'.s disk_size='2g'"):
         resolved_disk_size(FROM_RUNTIME, RuntimeConfig.model_validate(
             {**runtime.model_dump(exclude_unset=True), "disk_size": "2g"}), cluster)
+    stored = SwarmCluster("tcp://manager:2376", volume_driver="local", session_storage=tmp_path,
+                          volume_driver_options={"type": "nfs", "o": "addr=10.0.0.5,rw", "device": ":/x/{name}"})
+    assert resolved_disk_size(FROM_RUNTIME, runtime, stored) == "10g"  # a session's quota by default
+    assert resolved_disk_size("1g", runtime, stored) == "1g"
+    assert resolved_disk_size(FROM_RUNTIME, runtime, stored, kept=False) is None
+    # The session's directories in the storage reach its task as volumes of the driver.
+    spec = stored.service_spec("image", {"name": "s", "mounts": [
+        {"Type": "bind", "Source": f"{tmp_path}/pd-x-disk/work", "Target": "/workspace"}]})
+    [mount] = spec["task_template"]["ContainerSpec"]["Mounts"]
+    assert (mount["Type"], mount["Source"], mount["VolumeOptions"]["DriverConfig"]["Options"]["device"]) == (
+        "volume", "pd-x-disk-work", ":/x/pd-x-disk/work")

@@ -33,7 +33,7 @@ from ..engine import labels as label
 from ..engine.client import docker_client
 from ..engine.containers import remove_container
 from ..errors import SandboxError
-from .disk import DISK_DIR, _agent, _Agent
+from .disk import DISK_DIR, _Agent, _agent
 
 __all__ = ["FoundDisk", "find_disks", "prune_disks"]
 

@@ -13,7 +13,8 @@ import hashlib
 import re
 import uuid
 
-__all__ = ["disk_name", "is_pool_disk", "network_owner", "pool_name", "session_key", "session_name", "user_key", "volume_names"]
+__all__ = ["disk_name", "is_pool_disk", "network_owner", "pool_name", "session_key", "session_name", "user_key",
+           "volume_names"]
 
 _PREFIX = "pd-"
 _KEY = re.compile(r"[0-9a-f]{32}")
