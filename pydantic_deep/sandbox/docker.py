@@ -121,7 +121,7 @@ from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import EgressEvent, ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
+from .cluster_disk import node_disk_dir, open_in_storage, open_on_nodes, release_in_storage, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
 from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
@@ -162,30 +162,34 @@ def _checked_network(network: object) -> bool | tuple[str, ...]:
 def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeConfig, cluster: SwarmCluster | None,
                        snapshot: Snapshot | None = None, *, kept: bool = True) -> str | None:
     """The ``disk_size`` a sandbox gets: the one given; else its snapshot's source's; else its
-    runtime's, but on a cluster no disk unless asked for (see :mod:`.cluster_disk`).
+    runtime's, but on a cluster no disk unless asked for (see :mod:`.cluster_disk`), except for a
+    session's on a cluster with a ``session_storage``, which is made there.
 
     Args:
         kept: The disk outlives its sandbox (a session's, under a ``disk_name``).
 
     Raises:
-        InvalidArgumentError: a disk that outlives its sandbox asked for on a cluster (by
-            ``disk_size``, or by a runtime whose ``disk_size`` is not the default): it would stay
-            on one node while the session moves to others.
+        InvalidArgumentError: a disk that outlives its sandbox asked for on a cluster without a
+            ``session_storage`` (by ``disk_size``, or by a runtime whose ``disk_size`` is not the
+            default): it would stay on one node while the session moves to others.
     """
+    stored = cluster is not None and kept and cluster.session_storage is not None
     if isinstance(disk_size, _FromRuntime):
         if snapshot is not None and snapshot.disk_size is not None:
             return str(snapshot.disk_size)
-        if cluster is None or runtime.disk_size == DEFAULT_DISK_SIZE:
-            return runtime.disk_size if cluster is None else None
+        if cluster is None or stored or runtime.disk_size == DEFAULT_DISK_SIZE:
+            return runtime.disk_size if cluster is None or stored else None
         disk_size, argument = runtime.disk_size, f"runtime {runtime.name!r}'s disk_size"
     else:
         argument = "disk_size"
-    if cluster is not None and disk_size is not None and kept:
+    if cluster is not None and disk_size is not None and kept and not stored:
         raise InvalidArgumentError(
-            f"sessions on a cluster cannot have a disk: {argument}={disk_size!r} is a disk that keeps the session's "
-            "files on the node it was made on, and a session moves between nodes; on a cluster, sessions keep "
-            "their files on volumes (shared across nodes with SwarmCluster(volume_driver=...)): leave disk_size "
-            "unset or pass None (a DockerSandbox or SandboxPool on a cluster may have a disk_size)")
+            f"sessions on a cluster cannot have a disk without a session storage: {argument}={disk_size!r} would "
+            "keep the session's files on the node it was made on, and a session moves between nodes; give the "
+            "cluster the directory on this host that its volume driver serves to every node "
+            "(SwarmCluster(volume_driver=..., session_storage='/export/sessions')) for a quota that follows the "
+            "session, or leave disk_size unset or None (a DockerSandbox or SandboxPool on a cluster may have a "
+            "disk_size)")
     return disk_size
 
 # What a call fails with when its container stopped or was removed under it (or the engine
@@ -364,7 +368,8 @@ class DockerSandbox(SandboxBase):
             Named ``volumes`` you mount are not on it. Started from a ``snapshot``, the default is
             the source's size. On a ``cluster`` the default is no disk, and one given is made on
             the node that runs the task (see :mod:`pydantic_deep.sandbox.cluster_disk`); a kept
-            one (``disk_name``) is refused there.
+            one (``disk_name``) is made in the cluster's ``session_storage`` (the runtime's size
+            by default), and refused on a cluster without one.
         disk_name: Keep the disk under this name when the container goes (a session's files):
             ``stop()`` unmounts it, ``stop(remove_volumes=True)`` deletes it, and a new sandbox
             with the same ``disk_name`` gets its files back. By default the disk goes with the
@@ -626,6 +631,8 @@ class DockerSandbox(SandboxBase):
         if self._disk_dir is not None and self.cluster is not None:
             if self._disk_node is not None:  # a cluster's disks go with their sandbox
                 release_on_nodes(self.cluster, self.disk_name, [self._disk_node])
+            elif self._keep_disk and delete:  # a session's stays mounted in the storage till its files go
+                release_in_storage(self.cluster, self.disk_name)
             self._disk_dir = self._disk_node = None
         elif self._disk_dir is not None:
             release_disk(self.disk_name, delete=delete)
@@ -753,7 +760,10 @@ class DockerSandbox(SandboxBase):
         node's engine (with the lock held)."""
         network, constraints = self._swarm_network(cluster)
         disk_nodes: list[Mapping[str, Any]] = []
-        if self.disk_size is not None:  # made on every node it may go to, kept on the one it goes to
+        new_disk = False
+        if self.disk_size is not None and self._keep_disk:  # a session's: in the storage every node mounts
+            self._disk_dir, new_disk = open_in_storage(cluster, self.disk_name, self.disk_size, self._uid, self._gid)
+        elif self.disk_size is not None:  # made on every node it may go to, kept on the one it goes to
             self.disk_name = self.disk_name or f"pd-disk-{uuid.uuid4().hex[:16]}"
             disk_nodes = open_on_nodes(cluster, self.disk_name, self.disk_size, self._uid, self._gid)
             self._disk_dir = node_disk_dir(self.disk_name)
@@ -774,13 +784,13 @@ class DockerSandbox(SandboxBase):
                 # the sandbox's image as the node knows it.
                 cut_network(placement.client, placement.container_id, placement.image, prepared.python,
                             self._helper_labels())
-            if disk_nodes and prepared.seeded:  # a new disk gets the snapshot's files, before first use
+            if (disk_nodes or new_disk) and prepared.seeded:  # a new disk gets the snapshot's files, before use
                 _seed_disk(placement.client, placement.image, placement.container_id, prepared.seeded)
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
             self._placement = None
-            self._release_disk(delete=True)
+            self._release_disk(delete=not self._keep_disk)
             raise
         self._adopt(placement.client, placement.container_id)
 
@@ -867,6 +877,8 @@ class DockerSandbox(SandboxBase):
             sandbox.disk_name, sandbox._keep_disk = disk, labels.get(label.DISK_KEEP) == "true"
             sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
                                      "").rsplit("/", 1)[0] or None
+            if cluster is not None and cluster.session_storage is not None and sandbox._keep_disk:
+                sandbox._disk_dir = f"{cluster.session_storage}/{disk}"  # on the node, a volume serving it
         with sandbox._lock, engine_errors():
             if sandbox.proxied and label.EGRESS_ID in labels:  # this process's secrets and list, at once
                 sandbox._egress_id, sandbox._egress_address = labels[label.EGRESS_ID], sandbox_address(attrs)
