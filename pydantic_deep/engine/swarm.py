@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 NODE_ID_TEMPLATE = "{{.Node.ID}}"
 """Swarm's template for the id of the node a task runs on (in a mount's source, say)."""
 
+# Seconds a task may wait on its node (assigned, preparing...) before the node's engine is asked
+# whether it is there at all.
+_PENDING_BEFORE_ASKING = 3.0
 _RUNNING, _FAILED = "running", {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 _SERVICE_LABEL = label.SERVICE
 
@@ -82,6 +85,10 @@ class TaskPlacement:
     client: docker.DockerClient
     container_id: str
     image: str
+
+
+class _PlacedOnLostNode(Exception):
+    """A sandbox's task waits on a node whose engine does not answer: it goes elsewhere."""
 
 
 class SwarmCluster:
@@ -334,21 +341,28 @@ class SwarmCluster:
                 :attr:`start_timeout` (the message says why, e.g. no node has the memory).
         """
         reference = self.distribute(image, progress)
-        spec = self.service_spec(reference, options, network=network, constraints=constraints)
-        try:
-            service_id = self.client.api.create_service(**spec)["ID"]
-        except APIError as exc:
-            raise SandboxError(f"Swarm refused the sandbox's service {name}: {exc.explanation}") from None
-        try:
-            return self._wait_running(service_id, name)
-        except BaseException:
-            self.remove(name)
-            raise
-
-    def _wait_running(self, service: str, name: str) -> TaskPlacement:
         deadline = time.monotonic() + self.start_timeout
+        while True:
+            # The spec is made anew each round: it keeps the task off the nodes found lost so far.
+            spec = self.service_spec(reference, options, network=network, constraints=constraints)
+            try:
+                service_id = self.client.api.create_service(**spec)["ID"]
+            except APIError as exc:
+                raise SandboxError(f"Swarm refused the sandbox's service {name}: {exc.explanation}") from None
+            try:
+                return self._wait_running(service_id, name, deadline)
+            except _PlacedOnLostNode:
+                self.remove(name)  # and again, elsewhere
+            except BaseException:
+                self.remove(name)
+                raise
+
+    def _wait_running(self, service: str, name: str, deadline: float) -> TaskPlacement:
         status: dict[str, Any] = {}
         delay = 0.02
+        # A node that died a moment ago is still "ready" to Swarm until its heartbeats are missed,
+        # and a task placed there would wait for it: after a while pending, its engine is asked.
+        pending_since = time.monotonic()
         while time.monotonic() < deadline:
             tasks = self.client.api.tasks(filters={"service": service})
             task = max(tasks, key=lambda t: t["Version"]["Index"], default=None)
@@ -359,6 +373,10 @@ class SwarmCluster:
                 if status["State"] in _FAILED:
                     raise SandboxError(f"the sandbox {name}'s task {status['State']}: "
                                        f"{status.get('Err') or status.get('Message')}")
+                if task.get("NodeID") and time.monotonic() - pending_since > _PENDING_BEFORE_ASKING:
+                    if self.unreachable(self.client.api.inspect_node(task["NodeID"])):
+                        raise _PlacedOnLostNode
+                    pending_since = time.monotonic()
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
         raise SandboxError(f"the sandbox {name} was not running within {self.start_timeout:g} s: "
