@@ -172,13 +172,14 @@ class _Agent:
         self._releasing = False  # a thread runs release operations until none waits
         self._releases_lock = threading.Lock()
 
-    def run(self, *args: str) -> str:
-        """Run the script's operation ``args`` in the agent; its standard output."""
+    def run(self, *args: str, script: str = _SCRIPT) -> str:
+        """Run the script's operation ``args`` in the agent (``script``: another module's, such as
+        the snapshots' disk files'); its standard output."""
         for attempt in (1, 2):
             container_id = self._ensure()
             try:
                 exec_id = self.client.api.exec_create(
-                    container_id, ["sh", "-c", _SCRIPT, "sh", *args], user="0:0",
+                    container_id, ["sh", "-c", script, "sh", *args], user="0:0",
                     environment={"HOST_DIR": self.host_dir})["Id"]
                 out, err = self.client.api.exec_start(exec_id, demux=True)
             except APIError as exc:  # NotFound included

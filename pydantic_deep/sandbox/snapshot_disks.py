@@ -1,0 +1,208 @@
+"""Snapshots of disks: a sandbox's disk (``disk_size``) kept whole, as a file, by a snapshot.
+
+A sandbox with a disk has its work dir, ``/uploads`` and home on one ext4 filesystem in a sparse
+file (see :mod:`pydantic_deep.sandbox.disk`). A snapshot keeps that file as it is: with the sandbox
+paused, the filesystem is frozen (``fsfreeze``: what was written reaches the file, nothing more is
+until it thaws), the file copied (``cp``: only the blocks written, in the kernel), the filesystem
+thawed. That is one copy of the bytes at the disk's speed, where copying the files into an image
+(a tar stream through the engine into a helper's layer, then the commit of that layer) is three.
+What starts from the snapshot gets a copy of the file as its disk, mounted: its files are there at
+once, nothing is unpacked. A fork's copies are made the same way, straight as the forks' disks.
+
+The files live on the engine's host, in the disk directory's ``snapshots`` folder, as
+``<file>.img``; the snapshot's image names its file (:data:`~pydantic_deep.engine.labels.SNAPSHOT_DISK`)
+and which of the disk's directories were mounted where. ``<file>.owner`` marks a file whose image is
+not committed yet, with the process making it: ``pydantic-deep prune`` removes the files of
+snapshots that failed half-way (their process gone), and any no image names.
+
+Operations run in the disk agent, as the disk's own do (one ``docker exec`` each).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+
+from ..engine import labels as label
+from ..engine.containers import remove_container
+from .disk import _agent, _owner_gone, open_disk, release_disk
+
+__all__ = ["DISK_PARTS", "clone_disk", "copy_disk", "drop_snapshot_disks", "mark_committed", "new_snapshot_disk",
+           "prune_snapshot_disks", "snapshot_disk_sizes", "unpack_snapshot_disk"]
+
+DISK_PARTS = ("work", "uploads", "home")
+"""The directories of a disk a snapshot keeps (``tmp``, when ``/tmp`` is on the disk, is not kept)."""
+
+# Run in the disk agent (see disk.py): /disks is the engine's disk directory, and a disk NAME is
+# mounted at $HOST_DIR/NAME in the mount namespace of the shim, reached through its /proc root.
+# A target is a path under /disks without ".img": "snapshots/FILE" or a new disk's name.
+_SCRIPT = r"""
+set -eu
+op=$1; shift
+owned() { printf '%s\n' "$owner" > "/disks/$1.owner"; }
+case $op in
+copy)
+  # copy NAME OWNER TARGET...: the mounted disk NAME's file, frozen while the first copy is made,
+  # then copied from that one to the other targets side by side (the disk thawed meanwhile).
+  name=$1 owner=$2; shift 2
+  mkdir -p /disks/snapshots
+  for target; do owned "$target"; done  # before any byte: prune sees them as being made
+  mounted=/proc/$(cat /run/shim)/root$HOST_DIR/$name
+  first=$1; shift
+  fsfreeze -f "$mounted"
+  trap 'fsfreeze -u "$mounted"' EXIT
+  cp --reflink=auto "/disks/$name.img" "/disks/$first.img.new"
+  fsfreeze -u "$mounted"
+  trap - EXIT
+  mv "/disks/$first.img.new" "/disks/$first.img"
+  pids=
+  for target; do
+    { cp --reflink=auto "/disks/$first.img" "/disks/$target.img.new" &&
+      mv "/disks/$target.img.new" "/disks/$target.img"; } &
+    pids="$pids $!"
+  done
+  for pid in $pids; do wait "$pid"; done;;
+clone)
+  # clone FILE NAME SIZE KEEP OWNER: the disk NAME made a copy of the snapshot's FILE (unless it
+  # exists), grown or shrunk to SIZE, with a journal if KEEP (a session's). Mounted by "open" after.
+  file=$1 name=$2 size=$3 keep=$4 owner=$5
+  img=/disks/$name.img
+  [ -e "$img" ] && exit
+  owned "$name"
+  cp --reflink=auto "/disks/snapshots/$file.img" "$img.new"
+  if [ "$(stat -c %s "$img.new")" != "$size" ]; then
+    e2fsck -fp "$img.new" >/dev/null || [ $? -le 1 ]  # 1: fixed (a frozen copy is marked unclean)
+    [ "$(stat -c %s "$img.new")" -lt "$size" ] && truncate -s "$size" "$img.new"
+    resize2fs -f "$img.new" "$((size / 1024))K" >/dev/null 2>&1 || {
+      rm -f "$img.new"; echo "the snapshot's files do not fit in a disk of $size bytes" >&2; exit 1; }
+    truncate -s "$size" "$img.new"
+  fi
+  if [ "$keep" = 1 ] && ! dumpe2fs -h "$img.new" 2>/dev/null | grep -q has_journal; then
+    tune2fs -O has_journal "$img.new" >/dev/null
+  fi
+  mv "$img.new" "$img"
+  echo new;;
+committed)
+  rm -f "/disks/snapshots/$1.owner";;
+drop)
+  for file; do rm -f "/disks/snapshots/$file.img" "/disks/snapshots/$file.img.new" "/disks/snapshots/$file.owner" & done
+  wait;;
+list)
+  # FILE, kilobytes on the host's disk, owner (empty once its image is committed)
+  for path in /disks/snapshots/*.img /disks/snapshots/*.owner; do
+    [ -e "$path" ] || continue
+    file=${path##*/}; file=${file%.img}; file=${file%.owner}
+    case " ${seen:-} " in *" $file "*) continue;; esac
+    seen="${seen:-} $file"
+    kilobytes=0; [ -e "/disks/snapshots/$file.img" ] && kilobytes=$(du -k "/disks/snapshots/$file.img" | cut -f1)
+    printf '%s\t%s\t%s\n' "$file" "$kilobytes" "$(cat "/disks/snapshots/$file.owner" 2>/dev/null || true)"
+  done;;
+esac
+"""
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _run(*args: str) -> str:
+    return _agent().run(*args, script=_SCRIPT)
+
+
+def new_snapshot_disk(snapshot_name: str) -> str:
+    """A file name for the disk of the snapshot ``snapshot_name`` (unique: a name may be reused)."""
+    return f"{snapshot_name}-{uuid.uuid4().hex[:8]}"
+
+
+def copy_disk(disk: str, *, snapshot_file: str | None = None, disks: tuple[str, ...] = ()) -> None:
+    """Copy the mounted disk ``disk`` consistently (frozen for the first copy; its container must be
+    paused, so that nothing waits on the frozen filesystem) to a snapshot's file, and/or as the new,
+    unmounted disks ``disks`` (a fork's: :func:`~pydantic_deep.sandbox.disk.open_disk` mounts them)."""
+    targets = [*([f"snapshots/{snapshot_file}"] if snapshot_file else []), *disks]
+    _run("copy", disk, _owner(), *targets)
+
+
+def mark_committed(snapshot_file: str) -> None:
+    """The snapshot's image is committed: its file is kept by the image's label, not a process."""
+    _run("committed", snapshot_file)
+
+
+def clone_disk(snapshot_file: str, name: str, size: int, *, keep: bool) -> bool:
+    """Make the disk ``name`` a copy of a snapshot's file, of ``size`` bytes, unless it exists
+    (then it keeps its own files). Mount it with :func:`~pydantic_deep.sandbox.disk.open_disk`.
+
+    Returns:
+        Whether it was made now.
+
+    Raises:
+        SandboxError: the snapshot's files do not fit in ``size``, or the copy failed.
+    """
+    return _run("clone", snapshot_file, name, str(size), "1" if keep else "0", _owner()).strip() == "new"
+
+
+def drop_snapshot_disks(*files: str) -> None:
+    """Delete snapshots' files (none is an error)."""
+    if files:
+        _run("drop", *files)
+
+
+def snapshot_disk_sizes() -> dict[str, tuple[int, str]]:
+    """Every snapshot file on this engine: its name → (bytes it takes on the host, owner)."""
+    found = {}
+    for line in _run("list").splitlines():
+        file, kilobytes, owner = line.split("\t", 2)
+        found[file] = (int(kilobytes) * 1024, owner)
+    return found
+
+
+def prune_snapshot_disks(kept: set[str], *, everything: bool = False) -> int:
+    """Delete the snapshot files no snapshot image names (``kept``), but those a live process is
+    still making (with ``everything``, those too).
+
+    Returns:
+        How many were deleted.
+    """
+    orphans = [file for file, (_bytes, owner) in snapshot_disk_sizes().items()
+               if file not in kept and (everything or _owner_gone(owner))]
+    drop_snapshot_disks(*orphans)
+    return len(orphans)
+
+
+def unpack_snapshot_disk(snapshot_file: str, parts: Mapping[str, str], image: str, *, size: int, uid: int, gid: int,
+                         target: docker.DockerClient, container_id: str, paths: list[str]) -> None:
+    """Copy the files a snapshot's disk holds at ``paths`` into the created (not yet started)
+    container ``container_id`` of the engine ``target``: for a sandbox started from it without a
+    disk of its own there (``disk_size=None``, a named volume over one of those paths, a cluster).
+
+    The snapshot's file is copied to a disk of this process, mounted, and bound into a container
+    of ``image`` (never started) on this host's engine; each path streams from there (through this
+    process, as ``docker cp`` does) into the target. Both go after.
+
+    Args:
+        parts: Where each of the disk's directories was mounted (``{"work": "/workspace", ...}``).
+    """
+    name = f"pd-disk-{uuid.uuid4().hex[:16]}"
+    try:
+        clone_disk(snapshot_file, name, size, keep=False)
+        directory, _new = open_disk(name, size, uid, gid, keep=False)
+        by_path = {path: part for part, path in parts.items()}
+        client = _agent().client
+        source = client.api.create_container(image, labels=label.managed(), host_config=client.api.create_host_config(
+            mounts=[docker.types.Mount(path, f"{directory}/{by_path[path]}", type="bind", read_only=True)
+                    for path in paths]))["Id"]
+        try:
+            def unpack(path: str) -> None:
+                chunks, _stat = client.api.get_archive(source, f"{path}/.")
+                target.api.put_archive(container_id, path, chunks)  # streamed
+
+            with ThreadPoolExecutor(len(paths) or 1, thread_name_prefix="pydantic-deep-unpack") as executor:
+                list(executor.map(unpack, paths))
+        finally:
+            remove_container(client, source)
+    finally:
+        release_disk(name, delete=True)
