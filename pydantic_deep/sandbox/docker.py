@@ -124,7 +124,7 @@ from .base import SandboxBase, SandboxState
 from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
-from .snapshot_disks import clone_disk, unpack_snapshot_disk
+from .snapshot_disks import clone_disk, fill_volumes, unpack_snapshot_disk
 from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
@@ -569,9 +569,9 @@ class DockerSandbox(SandboxBase):
                 self.image = self.from_snapshot.tag
                 # A new disk gets the files the snapshot's image holds at the paths it is mounted
                 # over (those of the snapshot's own disk are in its disk file, or the fork's copy).
-                on_disk = dict(self.from_snapshot.disk_parts).values()
+                beside = {*dict(self.from_snapshot.disk_parts).values(), *self.from_snapshot.volume_copies}
                 prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python, self.from_snapshot.node,
-                                         seeded=tuple(path for path in self._disk_paths() if path not in on_disk))
+                                         seeded=tuple(path for path in self._disk_paths() if path not in beside))
             else:
                 self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                                   progress=self.progress)
@@ -581,6 +581,7 @@ class DockerSandbox(SandboxBase):
                 return self
             for volume in self.volumes:
                 ensure_volume(volume)
+            filled = self._fill_volumes(client)
             new_disk = False
             disk_file = self.from_snapshot.disk_file if self.from_snapshot is not None else None
             if self.disk_size is not None and self._fork_disk:  # fork() copied its source's disk as this one
@@ -610,7 +611,7 @@ class DockerSandbox(SandboxBase):
             try:
                 if new_disk and prepared.seeded:
                     _seed_disk(client, prepared.tag, container.id, prepared.seeded)
-                self._unpack_snapshot_disk(client, container.id)
+                self._unpack_snapshot_disk(client, container.id, filled)
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
@@ -631,20 +632,50 @@ class DockerSandbox(SandboxBase):
             prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
         return self
 
-    def _unpack_snapshot_disk(self, client: docker.DockerClient, container_id: str) -> None:
-        """Copy into the created container the files its snapshot's disk file holds at the paths
-        its own disk does not cover (none, or a named volume there, or on a cluster): the copy
-        of the snapshot's disk mounted as its disk has them everywhere else."""
+    def _local_volumes(self, client: docker.DockerClient) -> dict[str, str]:
+        """Where the files of its named volumes of the ``local`` driver (plain directories) are on
+        the engine's host, by the path they are mounted at; none on a cluster."""
+        if self.cluster is not None:
+            return {}
+        found = {}
+        for name, path in self.volumes.items():
+            try:
+                attrs = client.api.inspect_volume(name)
+            except NotFound:
+                continue  # not there: what is at its path goes into the image, as any volume's could
+            if attrs.get("Driver") == "local" and not attrs.get("Options") and attrs.get("Mountpoint"):
+                found[path] = attrs["Mountpoint"]
+        return found
+
+    def _fill_volumes(self, client: docker.DockerClient) -> set[str]:
+        """Copy the snapshot's named volume copies into this sandbox's empty local named volumes
+        at the same paths; the paths done (a volume that holds files keeps them, and is done too)."""
         snap = self.from_snapshot
-        if snap is None or snap.disk_file is None or snap.disk_size is None:
+        if snap is None or snap.files is None or not snap.volume_copies:
+            return set()
+        local = self._local_volumes(client)
+        targets = {n: local[path] for n, path in enumerate(snap.volume_copies) if path in local}
+        if targets:
+            fill_volumes(snap.files, targets)
+        return {snap.volume_copies[n] for n in targets}
+
+    def _unpack_snapshot_disk(self, client: docker.DockerClient, container_id: str, filled: set[str]) -> None:
+        """Copy into the created container the files its snapshot keeps beside its image (its
+        disk's, its volumes') at the paths where this sandbox does not get them otherwise: a copy
+        of the snapshot's disk mounted as its disk, or a named volume filled from a copy."""
+        snap = self.from_snapshot
+        if snap is None or snap.files is None:
             return
-        parts = dict(snap.disk_parts)
-        local_disk = self._disk_dir is not None and self.cluster is None
-        paths = [path for path in parts.values() if not local_disk or path in self.volumes.values()]
+        parts = dict(snap.disk_parts) if snap.disk_file is not None else {}
+        cloned = self._disk_dir is not None and self.cluster is None and snap.disk_file is not None
+        volume_paths = set(self.volumes.values())
+        paths = [path for path in parts.values() if not cloned or path in volume_paths]
+        paths += [path for path in snap.volume_copies if path not in filled]
         if paths:
             uid, gid = (int(part) for part in snap.user.split(":"))
-            unpack_snapshot_disk(snap.disk_file, parts, snap.image, size=snap.disk_size, uid=uid, gid=gid,
-                                 target=client, container_id=container_id, paths=paths)
+            unpack_snapshot_disk(snap.files, snap.image, parts=parts, volume_copies=snap.volume_copies,
+                                 size=snap.disk_size, uid=uid, gid=gid, target=client, container_id=container_id,
+                                 paths=sorted(set(paths)))
 
     def _disk_parts(self) -> dict[str, str]:
         """Where the disk's directories a snapshot keeps are mounted: those no named volume covers."""
@@ -815,7 +846,7 @@ class DockerSandbox(SandboxBase):
                             self._helper_labels())
             if disk_nodes and prepared.seeded:  # a new disk gets the snapshot's files, before first use
                 _seed_disk(placement.client, placement.image, placement.container_id, prepared.seeded)
-            self._unpack_snapshot_disk(placement.client, placement.container_id)
+            self._unpack_snapshot_disk(placement.client, placement.container_id, set())
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
@@ -1374,11 +1405,13 @@ class DockerSandbox(SandboxBase):
         the node a sandbox started from it lands on)."""
         # A local disk is kept whole as a file; a cluster's is on its node, out of reach: its files
         # go into the image as a named volume's do.
+        # Local named volumes are copied as files too (on the host, beside the image).
         local_disk = self._disk_dir is not None and self.cluster is None
         snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
                              volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name, kind=kind,
                              client=self._engine(), disk=self.disk_name if local_disk else None,
-                             disk_parts=self._disk_parts(), fork_disks=fork_disks)
+                             disk_parts=self._disk_parts(), fork_disks=fork_disks,
+                             volume_sources=self._local_volumes(self._engine()) if kind == "snapshot" else None)
         if self.cluster is None or self._placement is None:
             return snap
         home = bring_home(snap, self._placement.client)

@@ -30,13 +30,10 @@ import docker
 
 from ..engine import labels as label
 from ..engine.containers import remove_container
-from .disk import _agent, _owner_gone, open_disk, release_disk
+from .disk import _agent, _owner_gone, disk_dir, open_disk, release_disk
 
-__all__ = ["DISK_PARTS", "clone_disk", "copy_disk", "drop_snapshot_disks", "mark_committed", "new_snapshot_disk",
+__all__ = ["clone_disk", "copy_disk", "drop_snapshot_disks", "fill_volumes", "mark_committed", "new_snapshot_disk",
            "prune_snapshot_disks", "snapshot_disk_sizes", "unpack_snapshot_disk"]
-
-DISK_PARTS = ("work", "uploads", "home")
-"""The directories of a disk a snapshot keeps (``tmp``, when ``/tmp`` is on the disk, is not kept)."""
 
 # Run in the disk agent (see disk.py): /disks is the engine's disk directory, and a disk NAME is
 # mounted at $HOST_DIR/NAME in the mount namespace of the shim, reached through its /proc root.
@@ -87,19 +84,51 @@ clone)
   fi
   mv "$img.new" "$img"
   echo new;;
+volumes)
+  # volumes FILE OWNER SOURCE...: each named volume's files (SOURCE: where they are on the host)
+  # copied as FILE.vol/N, side by side (the container is paused: nothing changes them meanwhile).
+  file=$1 owner=$2; shift 2
+  mkdir -p "/disks/snapshots/$file.vol"
+  owned "snapshots/$file"
+  root=/proc/$(cat /run/shim)/root
+  n=0 pids=
+  for source; do
+    cp -a --reflink=auto "$root$source/." "/disks/snapshots/$file.vol/$n" & pids="$pids $!"
+    n=$((n + 1))
+  done
+  for pid in $pids; do wait "$pid"; done;;
+fill)
+  # fill FILE N TARGET ...: copy FILE.vol/N into each empty TARGET (a named volume's files on the
+  # host); one that holds files keeps them. Says "filled N" for each.
+  file=$1; shift
+  root=/proc/$(cat /run/shim)/root
+  pids=
+  while [ $# -ge 2 ]; do
+    n=$1 target=$2; shift 2
+    if [ -z "$(ls -A "$root$target")" ]; then
+      { cp -a --reflink=auto "/disks/snapshots/$file.vol/$n/." "$root$target/" && echo "filled $n"; } &
+      pids="$pids $!"
+    fi
+  done
+  for pid in $pids; do wait "$pid"; done;;
 committed)
   rm -f "/disks/snapshots/$1.owner";;
 drop)
-  for file; do rm -f "/disks/snapshots/$file.img" "/disks/snapshots/$file.img.new" "/disks/snapshots/$file.owner" & done
+  for file; do
+    rm -rf "/disks/snapshots/$file.img" "/disks/snapshots/$file.img.new" "/disks/snapshots/$file.vol" &
+  done
+  wait
+  for file; do rm -f "/disks/snapshots/$file.owner"; done  # last: till then prune sees them as being made
   wait;;
 list)
   # FILE, kilobytes on the host's disk, owner (empty once its image is committed)
-  for path in /disks/snapshots/*.img /disks/snapshots/*.owner; do
+  cd /disks/snapshots 2>/dev/null || exit 0
+  for path in *.img *.img.new *.owner *.vol; do
     [ -e "$path" ] || continue
-    file=${path##*/}; file=${file%.img}; file=${file%.owner}
+    file=${path%.new}; file=${file%.img}; file=${file%.owner}; file=${file%.vol}
     case " ${seen:-} " in *" $file "*) continue;; esac
     seen="${seen:-} $file"
-    kilobytes=0; [ -e "/disks/snapshots/$file.img" ] && kilobytes=$(du -k "/disks/snapshots/$file.img" | cut -f1)
+    kilobytes=$(du -skc "$file".img* "$file".vol 2>/dev/null | tail -n 1 | cut -f1)
     printf '%s\t%s\t%s\n' "$file" "$kilobytes" "$(cat "/disks/snapshots/$file.owner" 2>/dev/null || true)"
   done;;
 esac
@@ -119,12 +148,27 @@ def new_snapshot_disk(snapshot_name: str) -> str:
     return f"{snapshot_name}-{uuid.uuid4().hex[:8]}"
 
 
-def copy_disk(disk: str, *, snapshot_file: str | None = None, disks: tuple[str, ...] = ()) -> None:
+def copy_disk(disk: str | None, *, snapshot_file: str | None = None, disks: tuple[str, ...] = (),
+              volume_files: str | None = None, volumes: list[str] | None = None) -> None:
     """Copy the mounted disk ``disk`` consistently (frozen for the first copy; its container must be
     paused, so that nothing waits on the frozen filesystem) to a snapshot's file, and/or as the new,
-    unmounted disks ``disks`` (a fork's: :func:`~pydantic_deep.sandbox.disk.open_disk` mounts them)."""
-    targets = [*([f"snapshots/{snapshot_file}"] if snapshot_file else []), *disks]
-    _run("copy", disk, _owner(), *targets)
+    unmounted disks ``disks`` (a fork's: :func:`~pydantic_deep.sandbox.disk.open_disk` mounts them);
+    and, side by side, the named volumes whose files are at ``volumes`` on the host as
+    ``<volume_files>.vol/<n>``."""
+    work = []
+    if disk is not None:
+        work.append(("copy", disk, _owner(), *([f"snapshots/{snapshot_file}"] if snapshot_file else []), *disks))
+    if volumes and volume_files:
+        work.append(("volumes", volume_files, _owner(), *volumes))
+    with ThreadPoolExecutor(len(work) or 1, thread_name_prefix="pydantic-deep-snapshot-copy") as executor:
+        list(executor.map(lambda args: _run(*args), work))
+
+
+def fill_volumes(volume_files: str, targets: Mapping[int, str]) -> set[int]:
+    """Copy a snapshot's named volume copies (``<volume_files>.vol/<n>``) into the empty volumes
+    whose files are at ``targets[n]`` on the host. Returns the ``n`` filled (the others held files)."""
+    said = _run("fill", volume_files, *(arg for n, target in targets.items() for arg in (str(n), target)))
+    return {int(line.removeprefix("filled ")) for line in said.splitlines() if line.startswith("filled ")}
 
 
 def mark_committed(snapshot_file: str) -> None:
@@ -173,28 +217,34 @@ def prune_snapshot_disks(kept: set[str], *, everything: bool = False) -> int:
     return len(orphans)
 
 
-def unpack_snapshot_disk(snapshot_file: str, parts: Mapping[str, str], image: str, *, size: int, uid: int, gid: int,
-                         target: docker.DockerClient, container_id: str, paths: list[str]) -> None:
-    """Copy the files a snapshot's disk holds at ``paths`` into the created (not yet started)
-    container ``container_id`` of the engine ``target``: for a sandbox started from it without a
-    disk of its own there (``disk_size=None``, a named volume over one of those paths, a cluster).
+def unpack_snapshot_disk(files: str, image: str, *, parts: Mapping[str, str], volume_copies: tuple[str, ...],
+                         size: int | None, uid: int, gid: int, target: docker.DockerClient, container_id: str,
+                         paths: list[str]) -> None:
+    """Copy the files a snapshot keeps beside its image (its disk's, its named volumes') at
+    ``paths`` into the created container ``container_id`` of the engine ``target``: for a sandbox
+    started from it whose own disk or volumes do not take them at those paths (``disk_size=None``,
+    a named volume over a disk's path, a disk over a volume's, a cluster).
 
-    The snapshot's file is copied to a disk of this process, mounted, and bound into a container
-    of ``image`` (never started) on this host's engine; each path streams from there (through this
-    process, as ``docker cp`` does) into the target. Both go after.
+    The snapshot's disk file is copied to a disk of this process and mounted; that and the volume
+    copies are bound into a container of ``image`` (never started) on this host's engine; each
+    path streams from there (through this process, as ``docker cp`` does) into the target. Both go
+    after.
 
     Args:
         parts: Where each of the disk's directories was mounted (``{"work": "/workspace", ...}``).
+        volume_copies: The paths of the named volumes copied as ``<files>.vol/<n>``.
+        size: The disk's size.
     """
     name = f"pd-disk-{uuid.uuid4().hex[:16]}"
     try:
-        clone_disk(snapshot_file, name, size, keep=False)
-        directory, _new = open_disk(name, size, uid, gid, keep=False)
-        by_path = {path: part for part, path in parts.items()}
+        sources = {path: f"{disk_dir('snapshots')}/{files}.vol/{n}" for n, path in enumerate(volume_copies)}
+        if any(path in parts.values() for path in paths) and size is not None:
+            clone_disk(files, name, size, keep=False)
+            directory, _new = open_disk(name, size, uid, gid, keep=False)
+            sources |= {path: f"{directory}/{part}" for part, path in parts.items()}
         client = _agent().client
         source = client.api.create_container(image, labels=label.managed(), host_config=client.api.create_host_config(
-            mounts=[docker.types.Mount(path, f"{directory}/{by_path[path]}", type="bind", read_only=True)
-                    for path in paths]))["Id"]
+            mounts=[docker.types.Mount(path, sources[path], type="bind", read_only=True) for path in paths]))["Id"]
         try:
             def unpack(path: str) -> None:
                 chunks, _stat = client.api.get_archive(source, f"{path}/.")

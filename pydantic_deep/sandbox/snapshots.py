@@ -94,11 +94,13 @@ class Snapshot:
         node: The image's ``node`` (runs the supervisor where there is no ``python3``), or ``None``.
         disk_size: The source's disk (``disk_size``) in bytes, which sandboxes started from the
             snapshot get by default; ``None`` when it had none.
-        disk_file: The copy of the source's disk it keeps (a file in the disk directory's
-            ``snapshots`` folder on the engine's host), or ``None``: then the disk's files are in
-            the image (a snapshot of a cluster sandbox, whose disk is on its node).
-        disk_parts: Where each directory of ``disk_file`` (``work``, ``uploads``, ``home``) was
-            mounted in the source, as pairs.
+        files: The name of its files on the engine's host (in the disk directory's ``snapshots``
+            folder): ``<files>.img``, a copy of the source's disk (see ``disk_file``), and
+            ``<files>.vol/<n>``, a copy of the named volume at ``volume_copies[n]``; ``None`` when
+            it keeps everything in the image (a snapshot of a cluster sandbox, say).
+        disk_parts: Where each directory of the source's disk (``work``, ``uploads``, ``home``)
+            was mounted in it, as pairs.
+        volume_copies: The paths of the source's named volumes whose content is kept as files.
     """
 
     name: str
@@ -112,8 +114,16 @@ class Snapshot:
     python: str | None
     node: str | None = None
     disk_size: int | None = None
-    disk_file: str | None = None
+    files: str | None = None
     disk_parts: tuple[tuple[str, str], ...] = ()
+    volume_copies: tuple[str, ...] = ()
+
+    @property
+    def disk_file(self) -> str | None:
+        """The name of its copy of the source's disk (``<disk_file>.img`` on the engine's host), or
+        ``None``: the source had no disk, or it was out of reach (on a cluster node), and the
+        disk's files are in the image."""
+        return self.files if self.files and self.disk_parts else None
 
     @property
     def tag(self) -> str:
@@ -150,8 +160,9 @@ class Snapshot:
             python=labels.get(label.PYTHON) or None,
             node=labels.get(label.NODEJS) or None,
             disk_size=int(labels[label.SNAPSHOT_DISK_SIZE]) if labels.get(label.SNAPSHOT_DISK_SIZE) else None,
-            disk_file=labels.get(label.SNAPSHOT_DISK) or None,
+            files=labels.get(label.SNAPSHOT_DISK) or None,
             disk_parts=tuple(sorted(parts.items())),
+            volume_copies=tuple(json.loads(labels.get(label.SNAPSHOT_VOLUME_COPIES) or "[]")),
         )
 
 
@@ -255,7 +266,8 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
                   disk_size: int | None = None, name: str | None = None,
                   kind: Literal["snapshot", "fork"] = "snapshot",
                   client: docker.DockerClient | None = None, disk: str | None = None,
-                  disk_parts: Mapping[str, str] | None = None, fork_disks: tuple[str, ...] = ()) -> Snapshot:
+                  disk_parts: Mapping[str, str] | None = None, fork_disks: tuple[str, ...] = (),
+                  volume_sources: Mapping[str, str] | None = None) -> Snapshot:
     """Snapshot the container's files (its filesystem and the content of ``volume_paths``: its
     named volumes and its disk, which ``docker commit`` does not keep); ``disk_size`` is recorded.
 
@@ -269,6 +281,8 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
             the image. Without it, every path of ``volume_paths`` is.
         fork_disks: For a fork: the disk is copied as these new disks (one per fork) instead of
             a snapshot's file.
+        volume_sources: Named volumes (path → where the volume's files are on the engine's host)
+            copied as files beside the image (a snapshot's, not a fork's), not into it.
     """
     client = client or docker_client()
     created = datetime.now(UTC)
@@ -303,12 +317,15 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
         }
         # The image's own settings, not the container's (the CA bundle's variables, say).
         conf = {"Labels": labels, "Env": base["Config"].get("Env") or []}
-        disk_file = new_snapshot_disk(name) if disk is not None and kind == "snapshot" else None
+        volume_copies = sorted(volume_sources or {}) if kind == "snapshot" else []
+        files = new_snapshot_disk(name) if kind == "snapshot" and (disk is not None or volume_copies) else None
+        disk_file = files if disk is not None else None
         on_disk = set((disk_parts or {}).values()) if disk is not None else set()
-        copied_paths = [path for path in volume_paths if path not in on_disk]
+        copied_paths = [path for path in volume_paths if path not in on_disk and path not in volume_copies]
         if disk is not None:
             labels[label.SNAPSHOT_DISK_PARTS] = json.dumps(dict(disk_parts or {}), sort_keys=True)
-            labels[label.SNAPSHOT_DISK] = disk_file or ""
+        labels[label.SNAPSHOT_DISK] = files or ""
+        labels[label.SNAPSHOT_VOLUME_COPIES] = json.dumps(volume_copies)
         was_paused = attrs["State"]["Paused"]
         if not was_paused:
             client.api.pause(container_id)
@@ -317,8 +334,10 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
         disk_copy = None
         try:
             try:
-                if disk is not None:  # beside the commit, in the same pause
-                    disk_copy = _background(lambda: copy_disk(disk, snapshot_file=disk_file, disks=fork_disks))
+                if disk is not None or volume_copies:  # beside the commit, in the same pause
+                    disk_copy = _background(lambda: copy_disk(
+                        disk, snapshot_file=disk_file, disks=fork_disks, volume_files=files,
+                        volumes=[(volume_sources or {})[path] for path in volume_copies]))
                 if not copied_paths:
                     image_id = client.api.commit(container_id, repository=repository, tag=version, conf=conf,
                                                  pause=False)["Id"]
@@ -343,16 +362,16 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
         except BaseException:
             if partial is not None:
                 _remove_quietly(client, helper, partial)
-            elif helper is None and disk is not None:  # the image may be committed already
+            elif helper is None and disk_copy is not None:  # the image may be committed already
                 _remove_image_quietly(client, tag)
-            if disk_file is not None:
-                _drop_quietly(disk_file)
+            if files is not None:
+                _drop_quietly(files)
             raise
         finally:
             if helper is not None:
                 remove_container(client, helper)
-        if disk_file is not None:
-            mark_committed(disk_file)
+        if files is not None:
+            mark_committed(files)
         return _size_of(client, client.api.inspect_image(image_id))
 
 
