@@ -74,7 +74,7 @@ def _prune(args: argparse.Namespace) -> None:
     remove the sandbox networks nobody is on, and the host's packet filter rules of those."""
     client = docker_client()
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}):
+    for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}, ignore_removed=True):
         if not args.all and not owner_gone(container.labels):
             continue
         container.remove(force=True)

@@ -76,7 +76,8 @@ clone)
     e2fsck -fp "$img.new" >/dev/null || [ $? -le 1 ]  # 1: fixed (a frozen copy is marked unclean)
     [ "$(stat -c %s "$img.new")" -lt "$size" ] && truncate -s "$size" "$img.new"
     resize2fs -f "$img.new" "$((size / 1024))K" >/dev/null 2>&1 || {
-      rm -f "$img.new"; echo "the snapshot's files do not fit in a disk of $size bytes" >&2; exit 1; }
+      rm -f "$img.new"; echo "the snapshot's files do not fit in a disk of $size bytes: pass a larger disk_size" >&2
+      exit 1; }
     truncate -s "$size" "$img.new"
   fi
   if [ "$keep" = 1 ] && ! dumpe2fs -h "$img.new" 2>/dev/null | grep -q has_journal; then

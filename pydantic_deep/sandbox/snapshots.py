@@ -217,8 +217,12 @@ def get_snapshot(name: str) -> Snapshot:
 def list_snapshots() -> list[Snapshot]:
     """Every snapshot on the engine (of every process, before and after restarts), oldest first."""
     client = docker_client()
-    images = [client.api.inspect_image(image["Id"])
-              for image in client.api.images(filters={"label": f"{label.KIND}=snapshot"})]
+    images = []
+    for image in client.api.images(filters={"label": f"{label.KIND}=snapshot"}):
+        try:
+            images.append(client.api.inspect_image(image["Id"]))
+        except ImageNotFound:
+            continue  # deleted meanwhile (by another process)
     with_disks = any((attrs["Config"]["Labels"] or {}).get(label.SNAPSHOT_DISK) for attrs in images)
     disk_files = snapshot_disk_sizes() if with_disks else {}  # one look at all the files
     found = [_size_of(client, attrs, disk_files) for attrs in images]
