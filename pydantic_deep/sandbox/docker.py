@@ -124,7 +124,7 @@ from .base import SandboxBase, SandboxState
 from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
-from .snapshot_disks import clone_disk, fill_volumes, unpack_snapshot_disk
+from .snapshot_disks import clone_disk, fill_volumes, spread_disk, unpack_snapshot_disk
 from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
@@ -1399,7 +1399,7 @@ class DockerSandbox(SandboxBase):
             self.state = SandboxState.RUNNING
 
     def _take_snapshot(self, container_id: str, name: str | None = None,
-                       kind: Literal["snapshot", "fork"] = "snapshot", fork_disks: tuple[str, ...] = ()) -> Snapshot:
+                       kind: Literal["snapshot", "fork"] = "snapshot", fork_disk: str | None = None) -> Snapshot:
         """A snapshot of the container, made on its engine; on a cluster, made on its node and
         loaded into this host's engine, where snapshots live (and from where the cluster hands it to
         the node a sandbox started from it lands on)."""
@@ -1410,7 +1410,7 @@ class DockerSandbox(SandboxBase):
         snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
                              volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name, kind=kind,
                              client=self._engine(), disk=self.disk_name if local_disk else None,
-                             disk_parts=self._disk_parts(), fork_disks=fork_disks,
+                             disk_parts=self._disk_parts(), fork_disk=fork_disk,
                              volume_sources=self._local_volumes(self._engine()) if kind == "snapshot" else None)
         if self.cluster is None or self._placement is None:
             return snap
@@ -1425,8 +1425,10 @@ class DockerSandbox(SandboxBase):
         volumes (a session's work dir and ``/uploads``) and of its disk (``disk_size``: the work dir,
         ``/uploads`` and home), and the disk's size, taken at one moment: the sandbox is paused
         for the copy and resumed after it (a paused sandbox stays paused). Not kept: memory and
-        processes (interpreter variables), and ``/tmp``. It lives in the engine as an image, so it
-        outlives this process: see :func:`pydantic_deep.list_snapshots`.
+        processes (interpreter variables), and ``/tmp``. It lives in the engine as an image, with
+        a copy of the disk's file and of local named volumes beside it on the engine's host (see
+        :mod:`pydantic_deep.sandbox.snapshot_disks`), so it outlives this process: see
+        :func:`pydantic_deep.list_snapshots`.
 
         Args:
             name: Its name (letters, digits, ``_.-``); default ``snapshot-<runtime>-<time>-<random>``.
@@ -1486,16 +1488,22 @@ class DockerSandbox(SandboxBase):
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
             raise InvalidArgumentError(f"fork(n) needs a number of copies from 1 to 64, not {n!r}")
-        # A local disk is copied straight as each fork's disk, in the same pause as the commit.
+        # A local disk is copied straight as the first fork's disk, in the same pause as the commit;
+        # that copy to the others once the source runs again.
         disks = tuple(f"pd-disk-{uuid.uuid4().hex[:16]}" for _ in range(n)) \
             if self._disk_dir is not None and self.cluster is None else ()
         with self._activity(), self._clear_errors("fork"):
             container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
+            snap = None
             try:
-                snap = self._take_snapshot(container_id, kind="fork", fork_disks=disks)
+                snap = self._take_snapshot(container_id, kind="fork", fork_disk=disks[0] if disks else None)
+                if disks:
+                    spread_disk(disks[0], disks[1:])
             except BaseException:
                 for disk in disks:
                     release_disk(disk, delete=True)
+                if snap is not None:
+                    remove_fork_image(snap.image)
                 raise
         forks = [self._fork_from(snap, disk) for disk in disks or (None,) * n]
         try:

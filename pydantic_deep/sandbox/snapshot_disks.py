@@ -2,9 +2,11 @@
 
 A sandbox with a disk has its work dir, ``/uploads`` and home on one ext4 filesystem in a sparse
 file (see :mod:`pydantic_deep.sandbox.disk`). A snapshot keeps that file as it is: with the sandbox
-paused, the filesystem is frozen (``fsfreeze``: what was written reaches the file, nothing more is
-until it thaws), the file copied (``cp``: only the blocks written, in the kernel), the filesystem
-thawed. That is one copy of the bytes at the disk's speed, where copying the files into an image
+paused (no process of it writes), the filesystem is frozen and thawed at once (``fsfreeze``: what
+was written reaches the file, consistent, the journal checkpointed), and the file copied (``cp``:
+only the blocks written, in the kernel) before the sandbox resumes. A freeze held for the whole copy
+would be no more consistent (nothing writes), and a process killed meanwhile would leave the disk
+frozen. That is one copy of the bytes at the disk's speed, where copying the files into an image
 (a tar stream through the engine into a helper's layer, then the commit of that layer) is three.
 What starts from the snapshot gets a copy of the file as its disk, mounted: its files are there at
 once, nothing is unpacked. A fork's copies are made the same way, straight as the forks' disks.
@@ -33,7 +35,7 @@ from ..engine.containers import remove_container
 from .disk import _agent, _owner_gone, disk_dir, open_disk, release_disk
 
 __all__ = ["clone_disk", "copy_disk", "drop_snapshot_disks", "fill_volumes", "mark_committed", "new_snapshot_disk",
-           "prune_snapshot_disks", "snapshot_disk_sizes", "unpack_snapshot_disk"]
+           "prune_snapshot_disks", "snapshot_disk_sizes", "spread_disk", "unpack_snapshot_disk"]
 
 # Run in the disk agent (see disk.py): /disks is the engine's disk directory, and a disk NAME is
 # mounted at $HOST_DIR/NAME in the mount namespace of the shim, reached through its /proc root.
@@ -44,22 +46,25 @@ op=$1; shift
 owned() { printf '%s\n' "$owner" > "/disks/$1.owner"; }
 case $op in
 copy)
-  # copy NAME OWNER TARGET...: the mounted disk NAME's file, frozen while the first copy is made,
-  # then copied from that one to the other targets side by side (the disk thawed meanwhile).
-  name=$1 owner=$2; shift 2
+  # copy NAME OWNER TARGET: the mounted disk NAME's file, copied to TARGET. Its container is
+  # paused: no process writes to the disk. A freeze writes everything cached to the file (and,
+  # with a journal, in place: a clean copy); thawed at once, so that a process killed meanwhile
+  # (and this script with it, trap or not) cannot leave the disk frozen, as it could for the copy.
+  name=$1 owner=$2 target=$3
   mkdir -p /disks/snapshots
-  for target; do owned "$target"; done  # before any byte: prune sees them as being made
+  owned "$target"  # before any byte: prune sees it as being made
   mounted=/proc/$(cat /run/shim)/root$HOST_DIR/$name
-  first=$1; shift
-  fsfreeze -f "$mounted"
-  trap 'fsfreeze -u "$mounted"' EXIT
-  cp --reflink=auto "/disks/$name.img" "/disks/$first.img.new"
-  fsfreeze -u "$mounted"
-  trap - EXIT
-  mv "/disks/$first.img.new" "/disks/$first.img"
+  fsfreeze -f "$mounted" && fsfreeze -u "$mounted"
+  cp --reflink=auto "/disks/$name.img" "/disks/$target.img.new"
+  mv "/disks/$target.img.new" "/disks/$target.img";;
+spread)
+  # spread NAME OWNER TARGET...: the unmounted disk NAME (a fork's first) copied to the other
+  # TARGETs side by side.
+  name=$1 owner=$2; shift 2
   pids=
   for target; do
-    { cp --reflink=auto "/disks/$first.img" "/disks/$target.img.new" &&
+    owned "$target"
+    { cp --reflink=auto "/disks/$name.img" "/disks/$target.img.new" &&
       mv "/disks/$target.img.new" "/disks/$target.img"; } &
     pids="$pids $!"
   done
@@ -149,20 +154,26 @@ def new_snapshot_disk(snapshot_name: str) -> str:
     return f"{snapshot_name}-{uuid.uuid4().hex[:8]}"
 
 
-def copy_disk(disk: str | None, *, snapshot_file: str | None = None, disks: tuple[str, ...] = (),
+def copy_disk(disk: str | None, *, snapshot_file: str | None = None, fork_disk: str | None = None,
               volume_files: str | None = None, volumes: list[str] | None = None) -> None:
-    """Copy the mounted disk ``disk`` consistently (frozen for the first copy; its container must be
-    paused, so that nothing waits on the frozen filesystem) to a snapshot's file, and/or as the new,
-    unmounted disks ``disks`` (a fork's: :func:`~pydantic_deep.sandbox.disk.open_disk` mounts them);
-    and, side by side, the named volumes whose files are at ``volumes`` on the host as
-    ``<volume_files>.vol/<n>``."""
-    work = []
+    """Copy the mounted disk ``disk`` consistently (its container must be paused) to a snapshot's
+    file or as the new, unmounted disk ``fork_disk`` (a fork's:
+    :func:`~pydantic_deep.sandbox.disk.open_disk` mounts it); and, side by side, the named volumes
+    whose files are at ``volumes`` on the host as ``<volume_files>.vol/<n>``."""
+    work: list[tuple[str, ...]] = []
     if disk is not None:
-        work.append(("copy", disk, _owner(), *([f"snapshots/{snapshot_file}"] if snapshot_file else []), *disks))
+        work.append(("copy", disk, _owner(), f"snapshots/{snapshot_file}" if snapshot_file else fork_disk or ""))
     if volumes and volume_files:
         work.append(("volumes", volume_files, _owner(), *volumes))
     with ThreadPoolExecutor(len(work) or 1, thread_name_prefix="pydantic-deep-snapshot-copy") as executor:
         list(executor.map(lambda args: _run(*args), work))
+
+
+def spread_disk(disk: str, copies: tuple[str, ...]) -> None:
+    """Copy the unmounted disk ``disk`` (a fork's, made by :func:`copy_disk`) as the new disks
+    ``copies``, side by side."""
+    if copies:
+        _run("spread", disk, _owner(), *copies)
 
 
 def fill_volumes(volume_files: str, targets: Mapping[int, str]) -> set[int]:

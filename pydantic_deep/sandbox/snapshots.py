@@ -270,7 +270,7 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
                   disk_size: int | None = None, name: str | None = None,
                   kind: Literal["snapshot", "fork"] = "snapshot",
                   client: docker.DockerClient | None = None, disk: str | None = None,
-                  disk_parts: Mapping[str, str] | None = None, fork_disks: tuple[str, ...] = (),
+                  disk_parts: Mapping[str, str] | None = None, fork_disk: str | None = None,
                   volume_sources: Mapping[str, str] | None = None) -> Snapshot:
     """Snapshot the container's files (its filesystem and the content of ``volume_paths``: its
     named volumes and its disk, which ``docker commit`` does not keep); ``disk_size`` is recorded.
@@ -283,7 +283,7 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
         disk: The container's disk (on this host's engine), kept whole as the snapshot's disk file;
             the paths of ``disk_parts`` (its directories' mount points) then are not copied into
             the image. Without it, every path of ``volume_paths`` is.
-        fork_disks: For a fork: the disk is copied as these new disks (one per fork) instead of
+        fork_disk: For a fork: the disk is copied as this new disk (the first fork's) instead of
             a snapshot's file.
         volume_sources: Named volumes (path → where the volume's files are on the engine's host)
             copied as files beside the image (a snapshot's, not a fork's), not into it.
@@ -340,7 +340,7 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
             try:
                 if disk is not None or volume_copies:  # beside the commit, in the same pause
                     disk_copy = _background(lambda: copy_disk(
-                        disk, snapshot_file=disk_file, disks=fork_disks, volume_files=files,
+                        disk, snapshot_file=disk_file, fork_disk=fork_disk, volume_files=files,
                         volumes=[(volume_sources or {})[path] for path in volume_copies]))
                 if not copied_paths:
                     image_id = client.api.commit(container_id, repository=repository, tag=version, conf=conf,
