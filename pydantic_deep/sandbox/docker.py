@@ -125,7 +125,15 @@ from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
 from .snapshot_disks import clone_disk, fill_volumes, spread_disk, unpack_snapshot_disk
-from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
+from .snapshots import (
+    Snapshot,
+    bring_home,
+    pause_container,
+    remove_fork_image,
+    resolve_snapshot,
+    resume_container,
+    take_snapshot,
+)
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
 
@@ -1372,7 +1380,7 @@ class DockerSandbox(SandboxBase):
             if self.state is not SandboxState.RUNNING or self.container_id is None:
                 raise SandboxStateError(f"only a running sandbox can be paused; this one is {self.state.value}")
             with self._clear_errors("pause"):
-                self._engine().api.pause(self.container_id)
+                pause_container(self._engine(), self.container_id)
             self.state = SandboxState.PAUSED
 
     def pause_if_idle(self, idle: float) -> bool:

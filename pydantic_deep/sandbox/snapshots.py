@@ -58,8 +58,8 @@ from .snapshot_disks import (
 )
 
 __all__ = ["SNAPSHOT_REPOSITORY", "Snapshot", "bring_home", "delete_snapshot", "get_snapshot", "list_snapshots",
-           "prune_snapshot_files", "prune_snapshot_leftovers", "remove_fork_image", "resolve_snapshot",
-           "resume_container", "take_snapshot"]
+           "pause_container", "prune_snapshot_files", "prune_snapshot_leftovers", "remove_fork_image",
+           "resolve_snapshot", "resume_container", "take_snapshot"]
 
 logger = logging.getLogger("pydantic_deep.snapshots")
 
@@ -332,7 +332,7 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
         labels[label.SNAPSHOT_VOLUME_COPIES] = json.dumps(volume_copies)
         was_paused = attrs["State"]["Paused"]
         if not was_paused:
-            client.api.pause(container_id)
+            pause_container(client, container_id)
         repository, version = tag.rsplit(":", 1)
         helper = partial = None
         disk_copy = None
@@ -431,6 +431,20 @@ def _remove_quietly(client: docker.DockerClient, helper: str | None, image: str)
         client.api.remove_image(image)
     except Exception:
         logger.warning("Could not remove the parts of a failed snapshot; `pydantic-deep prune` will", exc_info=True)
+
+
+def pause_container(client: docker.DockerClient, container_id: str, attempts: int = 3) -> None:
+    """Freeze the container (the cgroup freezer), trying again when a moment's work in the kernel
+    kept one of its processes from freezing in time ("unable to freeze": seen on a loaded host
+    right after a burst of writes); runc has thawed it again then."""
+    for attempt in range(1, attempts + 1):
+        try:
+            client.api.pause(container_id)
+            return
+        except APIError as exc:
+            if attempt == attempts or "unable to freeze" not in str(exc.explanation):
+                raise
+            logger.info("Pausing %s failed (%s); trying again", container_id[:12], exc.explanation)
 
 
 def resume_container(client: docker.DockerClient, container_id: str) -> None:
