@@ -21,7 +21,7 @@ from .images.netfilter import ensure_netfilter_image
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
 from .sandbox.disk_prune import prune_disks
-from .sandbox.snapshots import delete_snapshot, list_snapshots, prune_snapshot_leftovers
+from .sandbox.snapshots import delete_snapshot, list_snapshots, prune_snapshot_files, prune_snapshot_leftovers
 from .sessions.naming import is_pool_disk
 
 
@@ -85,6 +85,9 @@ def _prune(args: argparse.Namespace) -> None:
     print(f"Removed {removed} container(s)" + (f" and {images} image(s) of failed snapshots and ended forks"
                                                 if images else ""))
     print(f"Released {prune_disks(everything=args.all, warm=is_pool_disk)} disk(s)")
+    files = prune_snapshot_files(everything=args.all)
+    if files:
+        print(f"Removed {files} disk file(s) of failed or deleted snapshots")
     cluster = resolve_cluster(None)
     if cluster is not None:  # $PYDANTIC_DEEP_CLUSTER: the sandbox services this host's processes left
         services = [service for service in cluster.client.services.list(filters={"label": label.MANAGED_FILTER})

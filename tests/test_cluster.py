@@ -512,6 +512,21 @@ def test_a_disk_caps_a_cluster_sandbox_on_its_node_and_goes_with_it(swarm: Local
 # -- snapshots and forks (issue 16) on the cluster -----------------------------------------------
 
 
+def test_a_snapshot_with_a_disk_file_starts_on_a_cluster_node(cluster: SwarmCluster) -> None:
+    """A snapshot taken on this host keeps its disk as a file here, out of the nodes' reach: a
+    sandbox started from it on the cluster gets its files unpacked onto its own disk there."""
+    with DockerSandbox(disk_size="32m", memory="256m", cpus=0.25) as local:
+        local.write_file("notes.txt", "from this host")
+        snap = local.snapshot()
+    try:
+        assert snap.disk_file is not None
+        with DockerSandbox(snapshot=snap, cluster=cluster, memory="256m", cpus=0.25) as remote:
+            assert remote.read_file("notes.txt") == b"from this host"
+            assert remote.usage().disk_limit_bytes is not None
+    finally:
+        delete_snapshot(snap.name)
+
+
 def test_snapshots_and_forks_of_a_cluster_sandbox_start_on_other_nodes(swarm: LocalSwarm,
                                                                        cluster: SwarmCluster) -> None:
     source = DockerSandbox(cluster=cluster, memory="256m", cpus=0.25, disk_size="100m")

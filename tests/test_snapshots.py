@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import glob
 import io
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
@@ -19,6 +21,7 @@ from IPython.utils.capture import capture_output
 from pydantic_deep import (
     DockerSandbox,
     InvalidArgumentError,
+    SandboxError,
     SandboxState,
     SandboxStateError,
     SessionManager,
@@ -31,10 +34,13 @@ from pydantic_deep.engine.client import docker_client
 from pydantic_deep.notebook.interpreter import SandboxInterpreter
 from pydantic_deep.notebook.magics import SandboxMagics
 from pydantic_deep.notebook.widgets import SessionMonitor
+from pydantic_deep.sandbox.disk import disk_dir
+from pydantic_deep.sandbox.snapshot_disks import snapshot_disk_sizes
 
 pytestmark = pytest.mark.snapshot
 
 CLI = [sys.executable, "-m", "pydantic_deep.cli"]
+MB = 2 ** 20
 
 
 def unique(prefix: str = "test") -> str:
@@ -191,6 +197,31 @@ async def test_a_session_starts_from_a_snapshot_and_rolls_back_to_it(snapshot_na
         await manager.shutdown(keep_files=False)
 
 
+@pytest.mark.anyio
+async def test_a_session_on_volumes_keeps_them_as_files_and_rolls_back(snapshot_names: list[str]) -> None:
+    """Without a disk (disk_size=None) a session's files are in two local named volumes: a snapshot
+    copies them as files beside its image, a restore fills the emptied volumes from those, and a
+    sandbox with a disk gets them unpacked onto it."""
+    manager = SessionManager("python-minimal", name=unique(), disk_size=None)
+    name = unique()
+    snapshot_names.append(name)
+    try:
+        sandbox = await manager.get_or_create("alice")
+        sandbox.write_file("notes.txt", "v1")
+        sandbox.write_file("/uploads/in.txt", "data")
+        snapshot = await sandbox.asnapshot(name)
+        assert snapshot.volume_copies == ("/uploads", "/workspace") and snapshot.disk_file is None
+        assert snapshot.files in snapshot_disk_sizes() and snapshot.size_bytes > 0
+        sandbox.execute("rm /uploads/in.txt; echo v2 > notes.txt; echo junk > junk.txt")
+        restored = await manager.get_or_create("alice", snapshot=name)
+        assert restored.read_file("notes.txt") == b"v1" and not restored.exists("junk.txt")
+        assert restored.read_file("/uploads/in.txt") == b"data"
+        with DockerSandbox(snapshot=name, disk_size="32m") as on_disk:
+            assert on_disk.read_file("notes.txt") == b"v1" and on_disk.read_file("/uploads/in.txt") == b"data"
+    finally:
+        await manager.shutdown(keep_files=False)
+
+
 @pytest.mark.disk
 def test_a_disk_is_kept_by_snapshots_and_forks_with_its_cap(snapshot_names: list[str]) -> None:
     """The disk (disk_size) is bind-mounted, which docker commit leaves out: a snapshot copies its
@@ -231,6 +262,78 @@ def test_a_disk_is_kept_by_snapshots_and_forks_with_its_cap(snapshot_names: list
         assert started.execute("touch /etc/x").exit_code != 0  # the root is read-only, as with any disk
     with DockerSandbox(snapshot=name, disk_size=None) as uncapped:  # no disk: the files in its own layer
         assert uncapped.read_file("work.txt") == b"in the work dir" and uncapped.usage().disk_limit_bytes is None
+
+
+def on_host(*names: str) -> list[str]:
+    """What of the disks or snapshot disk files ``names`` is on this host (the engine's): loop
+    devices, mounts, files."""
+    paths = [disk_dir(name) for name in names]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout.splitlines()
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    return ([f"loop device: {line}" for line in loops for path in paths if f"{path}.img" in line]
+            + [f"mount: {line}" for line in mounts for path in paths if f" {path} " in line]
+            + [found for path in paths for found in glob.glob(f"{path}.*") + glob.glob(path)])
+
+
+KILLED_MID_DISK_COPY = """
+import os, signal, time
+from pydantic_deep import DockerSandbox
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.sandbox import snapshots
+print(os.getpid(), flush=True)
+sandbox = DockerSandbox("python-minimal", disk_size="32m").start()
+copy = snapshots.copy_disk
+def killed(*args, **kwargs):
+    copy(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # the file made, its image not committed
+snapshots.copy_disk = killed
+docker_client().api.commit = lambda *args, **kwargs: time.sleep(60)  # beside the copy: never done
+sandbox.snapshot("never-committed")
+"""
+
+
+@pytest.mark.disk
+def test_a_disk_is_kept_as_a_file_that_delete_and_prune_leave_nothing_of(snapshot_names: list[str]) -> None:
+    """A disk's snapshot is its file, copied (the image holds little); what starts from it has a
+    copy, also unpacked into a named volume over one of its paths; delete, and prune after a
+    process killed mid-snapshot, leave no image, file, loop device or mount."""
+    name = unique()
+    snapshot_names.append(name)
+    volume = f"{unique('pd-test')}-uploads"
+    with DockerSandbox("python-minimal", disk_size="64m") as sandbox:
+        sandbox.write_file("a.txt", "old")
+        sandbox.write_file("/uploads/u.txt", "uploaded")
+        sandbox.execute("head -c 20m /dev/urandom > big.bin")
+        snapshot = sandbox.snapshot(name)
+        sandbox.write_file("a.txt", "new")
+        assert snapshot.disk_file is not None
+        assert dict(snapshot.disk_parts) == {"home": "/home/sandbox", "uploads": "/uploads", "work": "/workspace"}
+        file_bytes, owner = snapshot_disk_sizes()[snapshot.disk_file]
+        assert owner == "" and 20 * MB < file_bytes < 40 * MB  # sparse: what was written, not 64 MB
+        # The size shown is the disk file and the image's layer, little (the root is read-only).
+        assert file_bytes <= snapshot.size_bytes < file_bytes + MB
+        with DockerSandbox(snapshot=name, volumes={volume: "/uploads"}) as started:
+            assert started.read_file("a.txt") == b"old" and started.disk_size == 64 * MB
+            assert started.read_file("/uploads/u.txt") == b"uploaded"  # in the named volume
+            started_disk = started.disk_name
+        docker_client().volumes.get(volume).remove()
+        with pytest.raises(SandboxError, match="do not fit in a disk of 16777216 bytes: pass a larger disk_size"):
+            DockerSandbox(snapshot=name, disk_size="16m").start()
+        source_disk = sandbox.disk_name
+    assert on_host(started_disk, source_disk) == []
+    delete_snapshot(name)
+    assert docker_client().api.images(all=True, filters={"label": f"pydantic-deep.snapshot={name}"}) == []
+    assert on_host(f"snapshots/{snapshot.disk_file}") == []
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_DISK_COPY], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    orphans = [file for file, (_bytes, owner) in snapshot_disk_sizes().items()
+               if owner.endswith(f" {killed.stdout.strip()}")]
+    assert len(orphans) == 1 and orphans[0].startswith("never-committed-")
+    assert docker_client().api.images(filters={"label": "pydantic-deep.snapshot=never-committed"}) == []
+    pruned = subprocess.run([*CLI, "prune"], capture_output=True, text=True, check=True).stdout
+    assert "disk file(s) of failed or deleted snapshots" in pruned, pruned
+    assert on_host(f"snapshots/{orphans[0]}") == []
 
 
 def test_fork_gives_independent_copies(snapshot_names: list[str]) -> None:

@@ -48,10 +48,13 @@ __all__ = [
     "SNAPSHOT",
     "SNAPSHOT_BASE",
     "SNAPSHOT_CREATED",
+    "SNAPSHOT_DISK",
+    "SNAPSHOT_DISK_PARTS",
     "SNAPSHOT_DISK_SIZE",
     "SNAPSHOT_RUNTIME",
     "SNAPSHOT_SOURCE",
     "SNAPSHOT_USER",
+    "SNAPSHOT_VOLUME_COPIES",
     "SNAPSHOT_VOLUME_PATHS",
     "UPLOADS_VOLUME",
     "USER_ID",
@@ -149,7 +152,16 @@ SNAPSHOT_RUNTIME = PREFIX + "snapshot-runtime"
 SNAPSHOT_CREATED = PREFIX + "snapshot-created"
 SNAPSHOT_USER = PREFIX + "snapshot-user"
 SNAPSHOT_VOLUME_PATHS = PREFIX + "snapshot-volume-paths"
-"""Where the source's named volumes and disk were mounted: their files are in the image at those paths."""
+"""Where the source's named volumes and disk were mounted: their files are in the image at those
+paths, but those in the snapshot's disk file (:data:`SNAPSHOT_DISK_PARTS`)."""
+SNAPSHOT_DISK = PREFIX + "snapshot-disk"
+"""The name of the snapshot's files in the disk directory's ``snapshots`` folder (``NAME.img``, a
+copy of the source's disk; ``NAME.vol/N``, its named volumes' content), or empty (see
+pydantic_deep.sandbox.snapshot_disks)."""
+SNAPSHOT_VOLUME_COPIES = PREFIX + "snapshot-volume-copies"
+"""JSON: the paths of the source's named volumes whose content is in ``NAME.vol/N`` (N: the index)."""
+SNAPSHOT_DISK_PARTS = PREFIX + "snapshot-disk-parts"
+"""JSON: where each directory of that disk file (work, uploads, home) was mounted in the source."""
 SNAPSHOT_BASE = PREFIX + "snapshot-base"
 SNAPSHOT_DISK_SIZE = PREFIX + "snapshot-disk-size"
 """The source's disk (``disk_size``) in bytes, or empty: sandboxes started from the snapshot get one

@@ -120,7 +120,7 @@ def prune_disks(*, everything: bool = False, warm: Callable[[str], bool] = lambd
         ours = disk.folder == own_folder
         if disk.in_use or (ours and disk.name in labelled):
             continue
-        if not (everything and ours) and not _owner_gone(disk.owner):
+        if not (everything and ours) and not disk_owner_gone(disk.owner):
             continue
         delete = not disk.keep or (ours and warm(disk.name) and disk.name not in recorded)
         if disk.mounted or delete:  # else a stopped session's files, unmounted already
@@ -144,7 +144,7 @@ def prune_disks(*, everything: bool = False, warm: Callable[[str], bool] = lambd
     return released
 
 
-def _owner_gone(owner: str) -> bool:
+def disk_owner_gone(owner: str) -> bool:
     """Whether ``"<host> <pid>"`` names a process of this host that has ended ("" has no owner)."""
     host, _, pid = owner.partition(" ")
     if not owner:

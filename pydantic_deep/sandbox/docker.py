@@ -124,7 +124,16 @@ from .base import SandboxBase, SandboxState
 from .cluster_disk import node_disk_dir, open_in_storage, open_on_nodes, release_in_storage, release_on_nodes
 from .disk import open_disk, prepare_disk, release_disk, take_disk
 from .offline import cut_network
-from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
+from .snapshot_disks import clone_disk, fill_volumes, spread_disk, unpack_snapshot_disk
+from .snapshots import (
+    Snapshot,
+    bring_home,
+    pause_container,
+    remove_fork_image,
+    resolve_snapshot,
+    resume_container,
+    take_snapshot,
+)
 
 __all__ = ["DEFAULT_DISK_SIZE", "FROM_RUNTIME", "DockerSandbox"]
 
@@ -499,6 +508,7 @@ class DockerSandbox(SandboxBase):
         self._node: str | None = None  # the image's node, or None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
         self._fork_image: str | None = None  # a fork's image: removed with the fork's last sandbox
+        self._fork_disk = False  # a fork's disk_name is a copy of its source's disk, made by fork()
         if self.from_snapshot is not None and self.from_snapshot.user != f"{self._uid}:{self._gid}":
             raise InvalidArgumentError(f"user={user!r} differs from the user of snapshot {self.from_snapshot.name!r} "
                                        f"({self.from_snapshot.user}), who owns its files: leave user out")
@@ -570,9 +580,11 @@ class DockerSandbox(SandboxBase):
             client = docker_client()
             if self.from_snapshot is not None:  # committed from a prepared image: ready as it is
                 self.image = self.from_snapshot.tag
-                # A new disk gets the files the snapshot holds at the paths it is mounted over.
+                # A new disk gets the files the snapshot's image holds at the paths it is mounted
+                # over (those of the snapshot's own disk are in its disk file, or the fork's copy).
+                beside = {*dict(self.from_snapshot.disk_parts).values(), *self.from_snapshot.volume_copies}
                 prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python, self.from_snapshot.node,
-                                         seeded=self._disk_paths())
+                                         seeded=tuple(path for path in self._disk_paths() if path not in beside))
             else:
                 self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
                                                   progress=self.progress)
@@ -582,8 +594,23 @@ class DockerSandbox(SandboxBase):
                 return self
             for volume in self.volumes:
                 ensure_volume(volume)
+            filled = self._fill_volumes(client)
             new_disk = False
-            if self.disk_size is not None and self._keep_disk:
+            disk_file = self.from_snapshot.disk_file if self.from_snapshot is not None else None
+            if self.disk_size is not None and self._fork_disk:  # fork() copied its source's disk as this one
+                self._disk_dir, _made = open_disk(self.disk_name, self.disk_size, self._uid, self._gid, keep=False)
+                self._fork_disk = False  # once: a later start (a restore, say) makes its own
+            elif self.disk_size is not None and disk_file is not None:  # a copy of the snapshot's disk
+                self.disk_name = self.disk_name if self._keep_disk else f"pd-disk-{uuid.uuid4().hex[:16]}"
+                try:
+                    new_disk = clone_disk(disk_file, self.disk_name, self.disk_size, keep=self._keep_disk)
+                    self._disk_dir, _made = open_disk(self.disk_name, self.disk_size, self._uid, self._gid,
+                                                      keep=self._keep_disk)
+                except BaseException:
+                    if not self._keep_disk:
+                        release_disk(self.disk_name, delete=True)
+                    raise
+            elif self.disk_size is not None and self._keep_disk:
                 self._disk_dir, new_disk = open_disk(self.disk_name, self.disk_size, self._uid, self._gid,
                                                      keep=True)
             elif self.disk_size is not None:
@@ -597,6 +624,7 @@ class DockerSandbox(SandboxBase):
             try:
                 if new_disk and prepared.seeded:
                     _seed_disk(client, prepared.tag, container.id, prepared.seeded)
+                self._unpack_snapshot_disk(client, container.id, filled)
                 if self.remove_on_exit:
                     # The container's main process waits for EOF on this stream: when this process
                     # ends, even by SIGKILL, the stream closes and the container removes itself.
@@ -616,6 +644,56 @@ class DockerSandbox(SandboxBase):
         if self.disk_size is not None and not self._keep_disk:
             prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
         return self
+
+    def _local_volumes(self, client: docker.DockerClient) -> dict[str, str]:
+        """Where the files of its named volumes of the ``local`` driver (plain directories) are on
+        the engine's host, by the path they are mounted at; none on a cluster."""
+        if self.cluster is not None:
+            return {}
+        found = {}
+        for name, path in self.volumes.items():
+            try:
+                attrs = client.api.inspect_volume(name)
+            except NotFound:
+                continue  # not there: what is at its path goes into the image, as any volume's could
+            if attrs.get("Driver") == "local" and not attrs.get("Options") and attrs.get("Mountpoint"):
+                found[path] = attrs["Mountpoint"]
+        return found
+
+    def _fill_volumes(self, client: docker.DockerClient) -> set[str]:
+        """Copy the snapshot's named volume copies into this sandbox's empty local named volumes
+        at the same paths; the paths done (a volume that holds files keeps them, and is done too)."""
+        snap = self.from_snapshot
+        if snap is None or snap.files is None or not snap.volume_copies:
+            return set()
+        local = self._local_volumes(client)
+        targets = {n: local[path] for n, path in enumerate(snap.volume_copies) if path in local}
+        if targets:
+            fill_volumes(snap.files, targets)
+        return {snap.volume_copies[n] for n in targets}
+
+    def _unpack_snapshot_disk(self, client: docker.DockerClient, container_id: str, filled: set[str]) -> None:
+        """Copy into the created container the files its snapshot keeps beside its image (its
+        disk's, its volumes') at the paths where this sandbox does not get them otherwise: a copy
+        of the snapshot's disk mounted as its disk, or a named volume filled from a copy."""
+        snap = self.from_snapshot
+        if snap is None or snap.files is None:
+            return
+        parts = dict(snap.disk_parts) if snap.disk_file is not None else {}
+        cloned = self._disk_dir is not None and self.cluster is None and snap.disk_file is not None
+        volume_paths = set(self.volumes.values())
+        paths = [path for path in parts.values() if not cloned or path in volume_paths]
+        paths += [path for path in snap.volume_copies if path not in filled]
+        if paths:
+            uid, gid = (int(part) for part in snap.user.split(":"))
+            unpack_snapshot_disk(snap.files, snap.image, parts=parts, volume_copies=snap.volume_copies,
+                                 size=snap.disk_size, uid=uid, gid=gid, target=client, container_id=container_id,
+                                 paths=sorted(set(paths)))
+
+    def _disk_parts(self) -> dict[str, str]:
+        """Where the disk's directories a snapshot keeps are mounted: those no named volume covers."""
+        targets = {"work": self.work_dir, "uploads": UPLOADS_DIR, "home": HOME_DIR}
+        return {part: path for part, path in targets.items() if path not in self.volumes.values()}
 
     def _disk_paths(self) -> tuple[str, ...]:
         """The paths the disk is mounted over, that a snapshot keeps: the work dir, ``/uploads``, home."""
@@ -786,6 +864,7 @@ class DockerSandbox(SandboxBase):
                             self._helper_labels())
             if (disk_nodes or new_disk) and prepared.seeded:  # a new disk gets the snapshot's files, before use
                 _seed_disk(placement.client, placement.image, placement.container_id, prepared.seeded)
+            self._unpack_snapshot_disk(placement.client, placement.container_id, set())
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
@@ -1283,7 +1362,7 @@ class DockerSandbox(SandboxBase):
             if self.state is not SandboxState.RUNNING or self.container_id is None:
                 raise SandboxStateError(f"only a running sandbox can be paused; this one is {self.state.value}")
             with self._clear_errors("pause"):
-                self._engine().api.pause(self.container_id)
+                pause_container(self._engine(), self.container_id)
             self.state = SandboxState.PAUSED
 
     def pause_if_idle(self, idle: float) -> bool:
@@ -1310,13 +1389,19 @@ class DockerSandbox(SandboxBase):
             self.state = SandboxState.RUNNING
 
     def _take_snapshot(self, container_id: str, name: str | None = None,
-                       kind: Literal["snapshot", "fork"] = "snapshot") -> Snapshot:
+                       kind: Literal["snapshot", "fork"] = "snapshot", fork_disk: str | None = None) -> Snapshot:
         """A snapshot of the container, made on its engine; on a cluster, made on its node and
         loaded into this host's engine, where snapshots live (and from where the cluster hands it to
         the node a sandbox started from it lands on)."""
+        # A local disk is kept whole as a file; a cluster's is on its node, out of reach: its files
+        # go into the image as a named volume's do.
+        # Local named volumes are copied as files too (on the host, beside the image).
+        local_disk = self._disk_dir is not None and self.cluster is None
         snap = take_snapshot(container_id, runtime=self.runtime, user=f"{self._uid}:{self._gid}",
                              volume_paths=self._snapshot_paths(), disk_size=self.disk_size, name=name, kind=kind,
-                             client=self._engine())
+                             client=self._engine(), disk=self.disk_name if local_disk else None,
+                             disk_parts=self._disk_parts(), fork_disk=fork_disk,
+                             volume_sources=self._local_volumes(self._engine()) if kind == "snapshot" else None)
         if self.cluster is None or self._placement is None:
             return snap
         home = bring_home(snap, self._placement.client)
@@ -1330,8 +1415,10 @@ class DockerSandbox(SandboxBase):
         volumes (a session's work dir and ``/uploads``) and of its disk (``disk_size``: the work dir,
         ``/uploads`` and home), and the disk's size, taken at one moment: the sandbox is paused
         for the copy and resumed after it (a paused sandbox stays paused). Not kept: memory and
-        processes (interpreter variables), and ``/tmp``. It lives in the engine as an image, so it
-        outlives this process: see :func:`pydantic_deep.list_snapshots`.
+        processes (interpreter variables), and ``/tmp``. It lives in the engine as an image, with
+        a copy of the disk's file and of local named volumes beside it on the engine's host (see
+        :mod:`pydantic_deep.sandbox.snapshot_disks`), so it outlives this process: see
+        :func:`pydantic_deep.list_snapshots`.
 
         Args:
             name: Its name (letters, digits, ``_.-``); default ``snapshot-<runtime>-<time>-<random>``.
@@ -1391,10 +1478,24 @@ class DockerSandbox(SandboxBase):
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
             raise InvalidArgumentError(f"fork(n) needs a number of copies from 1 to 64, not {n!r}")
+        # A local disk is copied straight as the first fork's disk, in the same pause as the commit;
+        # that copy to the others once the source runs again.
+        disks = tuple(f"pd-disk-{uuid.uuid4().hex[:16]}" for _ in range(n)) \
+            if self._disk_dir is not None and self.cluster is None else ()
         with self._activity(), self._clear_errors("fork"):
             container_id = self._running_id() if self.state is SandboxState.PAUSED else self._live_container()
-            snap = self._take_snapshot(container_id, kind="fork")
-        forks = [self._fork_from(snap) for _ in range(n)]
+            snap = None
+            try:
+                snap = self._take_snapshot(container_id, kind="fork", fork_disk=disks[0] if disks else None)
+                if disks:
+                    spread_disk(disks[0], disks[1:])
+            except BaseException:
+                for disk in disks:
+                    release_disk(disk, delete=True)
+                if snap is not None:
+                    remove_fork_image(snap.image)
+                raise
+        forks = [self._fork_from(snap, disk) for disk in disks or (None,) * n]
         try:
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pydantic-deep-fork") as pool:
                 list(pool.map(DockerSandbox.start, forks))
@@ -1402,11 +1503,13 @@ class DockerSandbox(SandboxBase):
             for fork in forks:
                 fork.stop()
             with engine_errors():
+                for disk in disks:  # those of forks that did not start
+                    release_disk(disk, delete=True)
                 remove_fork_image(snap.image)
             raise
         return forks
 
-    def _fork_from(self, snap: Snapshot) -> DockerSandbox:
+    def _fork_from(self, snap: Snapshot, disk: str | None) -> DockerSandbox:
         fork = DockerSandbox(
             self.runtime, network=self.network, secrets=self._secrets, hosts=self.hosts, user=self.user,
             memory=self.memory, cpus=self.cpus,
@@ -1421,6 +1524,8 @@ class DockerSandbox(SandboxBase):
             cluster=self.cluster or False,
         )
         fork.ca_bundle, fork.from_snapshot, fork._fork_image = self.ca_bundle, snap, snap.image
+        if disk is not None:
+            fork.disk_name, fork._fork_disk = disk, True
         return fork
 
     async def apause(self) -> None:

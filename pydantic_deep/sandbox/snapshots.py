@@ -7,6 +7,12 @@ out. Those are copied in while the container is paused, so the snapshot is one c
 a tar stream out of the paused container (the engine reads it from the host side, nothing runs in
 the container) straight into a helper container made from the commit, itself committed.
 
+A sandbox with a disk (``disk_size``) keeps its work dir, ``/uploads`` and home on it, not in the
+image: the snapshot keeps a copy of the disk's file beside the image (see
+:mod:`pydantic_deep.sandbox.snapshot_disks`), made in the same pause, one copy at the disk's speed;
+what starts from it gets a copy of that file as its disk. The image then holds the container's own
+changes (little: a disk's sandbox has a read-only root) and any named volumes.
+
 Everything about a snapshot lives in its image's labels (name, source container and runtime, user,
 which paths were volumes, when), so a new process lists and starts from it with nothing in memory.
 A container started from it has its files at once (overlay layers, nothing copied); an empty named
@@ -25,9 +31,10 @@ import posixpath
 import re
 import socket
 import tarfile
+import threading
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Literal, TypeVar, cast
@@ -41,9 +48,18 @@ from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
 from ..errors import InvalidArgumentError, SandboxStateError, SnapshotNotFoundError, shown
+from .snapshot_disks import (
+    copy_disk,
+    drop_snapshot_disks,
+    mark_committed,
+    new_snapshot_disk,
+    prune_snapshot_disks,
+    snapshot_disk_sizes,
+)
 
 __all__ = ["SNAPSHOT_REPOSITORY", "Snapshot", "bring_home", "delete_snapshot", "get_snapshot", "list_snapshots",
-           "prune_snapshot_leftovers", "remove_fork_image", "resolve_snapshot", "resume_container", "take_snapshot"]
+           "pause_container", "prune_snapshot_files", "prune_snapshot_leftovers", "remove_fork_image",
+           "resolve_snapshot", "resume_container", "take_snapshot"]
 
 logger = logging.getLogger("pydantic_deep.snapshots")
 
@@ -70,12 +86,21 @@ class Snapshot:
         user: The ``uid:gid`` the files belong to.
         source: The name of the container it was taken of.
         created: When it was taken (UTC).
-        size_bytes: What it adds to its runtime's image: the files it holds.
-        volume_paths: The paths that were named volumes in the source (their content is in the image).
+        size_bytes: What it takes on the host beyond its runtime's image: the files it holds (its
+            image's layer and its disk file).
+        volume_paths: The paths that were named volumes or on the disk in the source, whose
+            content it keeps (in the image, or in its disk file: ``disk_parts``).
         python: The image's ``python3`` (runs the execution channel's supervisor), or ``None``.
         node: The image's ``node`` (runs the supervisor where there is no ``python3``), or ``None``.
         disk_size: The source's disk (``disk_size``) in bytes, which sandboxes started from the
             snapshot get by default; ``None`` when it had none.
+        files: The name of its files on the engine's host (in the disk directory's ``snapshots``
+            folder): ``<files>.img``, a copy of the source's disk (see ``disk_file``), and
+            ``<files>.vol/<n>``, a copy of the named volume at ``volume_copies[n]``; ``None`` when
+            it keeps everything in the image (a snapshot of a cluster sandbox, say).
+        disk_parts: Where each directory of the source's disk (``work``, ``uploads``, ``home``)
+            was mounted in it, as pairs.
+        volume_copies: The paths of the source's named volumes whose content is kept as files.
     """
 
     name: str
@@ -89,6 +114,16 @@ class Snapshot:
     python: str | None
     node: str | None = None
     disk_size: int | None = None
+    files: str | None = None
+    disk_parts: tuple[tuple[str, str], ...] = ()
+    volume_copies: tuple[str, ...] = ()
+
+    @property
+    def disk_file(self) -> str | None:
+        """The name of its copy of the source's disk (``<disk_file>.img`` on the engine's host), or
+        ``None``: the source had no disk, or it was out of reach (on a cluster node), and the
+        disk's files are in the image."""
+        return self.files if self.files and self.disk_parts else None
 
     @property
     def tag(self) -> str:
@@ -111,19 +146,23 @@ class Snapshot:
         })
 
     @classmethod
-    def _from_image(cls, attrs: dict[str, Any], base_size: int | None = None) -> Snapshot:
+    def _from_image(cls, attrs: dict[str, Any], base_size: int | None = None, disk_bytes: int = 0) -> Snapshot:
         labels = attrs["Config"]["Labels"] or {}
         size = attrs.get("Size", 0)
+        parts = json.loads(labels.get(label.SNAPSHOT_DISK_PARTS) or "{}")
         return cls(
             name=labels[label.SNAPSHOT], image=attrs["Id"],
             runtime=RuntimeConfig.model_validate_json(labels[label.RUNTIME_CONFIG]),
             user=labels.get(label.SNAPSHOT_USER, "1000:1000"), source=labels.get(label.SNAPSHOT_SOURCE, ""),
             created=datetime.fromisoformat(labels[label.SNAPSHOT_CREATED]),
-            size_bytes=size - base_size if base_size is not None and base_size <= size else size,
+            size_bytes=(size - base_size if base_size is not None and base_size <= size else size) + disk_bytes,
             volume_paths=tuple(json.loads(labels.get(label.SNAPSHOT_VOLUME_PATHS, "[]"))),
             python=labels.get(label.PYTHON) or None,
             node=labels.get(label.NODEJS) or None,
             disk_size=int(labels[label.SNAPSHOT_DISK_SIZE]) if labels.get(label.SNAPSHOT_DISK_SIZE) else None,
+            files=labels.get(label.SNAPSHOT_DISK) or None,
+            disk_parts=tuple(sorted(parts.items())),
+            volume_copies=tuple(json.loads(labels.get(label.SNAPSHOT_VOLUME_COPIES) or "[]")),
         )
 
 
@@ -146,13 +185,21 @@ def _snapshot_attrs(client: docker.DockerClient, name: str) -> dict[str, Any]:
     return attrs
 
 
-def _size_of(client: docker.DockerClient, attrs: dict[str, Any]) -> Snapshot:
-    base = (attrs["Config"]["Labels"] or {}).get(label.SNAPSHOT_BASE)
+def _size_of(client: docker.DockerClient, attrs: dict[str, Any],
+             disk_files: Mapping[str, tuple[int, str]] | None = None) -> Snapshot:
+    """The snapshot of the image ``attrs``, with its size (``disk_files``: :func:`snapshot_disk_sizes`,
+    asked here when not given and the snapshot has a disk file)."""
+    labels = attrs["Config"]["Labels"] or {}
+    base = labels.get(label.SNAPSHOT_BASE)
     try:
         base_size = client.api.inspect_image(base)["Size"] if base else None
     except ImageNotFound:
         base_size = None
-    return Snapshot._from_image(attrs, base_size)
+    disk_file = labels.get(label.SNAPSHOT_DISK)
+    if disk_file and disk_files is None:
+        disk_files = snapshot_disk_sizes()
+    disk_bytes = (disk_files or {}).get(disk_file or "", (0, ""))[0]
+    return Snapshot._from_image(attrs, base_size, disk_bytes)
 
 
 @engine_errors()
@@ -170,8 +217,15 @@ def get_snapshot(name: str) -> Snapshot:
 def list_snapshots() -> list[Snapshot]:
     """Every snapshot on the engine (of every process, before and after restarts), oldest first."""
     client = docker_client()
-    found = [_size_of(client, client.api.inspect_image(image["Id"]))
-             for image in client.api.images(filters={"label": f"{label.KIND}=snapshot"})]
+    images = []
+    for image in client.api.images(filters={"label": f"{label.KIND}=snapshot"}):
+        try:
+            images.append(client.api.inspect_image(image["Id"]))
+        except ImageNotFound:
+            continue  # deleted meanwhile (by another process)
+    with_disks = any((attrs["Config"]["Labels"] or {}).get(label.SNAPSHOT_DISK) for attrs in images)
+    disk_files = snapshot_disk_sizes() if with_disks else {}  # one look at all the files
+    found = [_size_of(client, attrs, disk_files) for attrs in images]
     return sorted(found, key=lambda snapshot: (snapshot.created, snapshot.name))
 
 
@@ -204,6 +258,9 @@ def delete_snapshot(name: str) -> None:
         client.api.remove_image(f"{SNAPSHOT_REPOSITORY}:{name}")
     except NotFound:
         pass
+    disk_file = (attrs["Config"]["Labels"] or {}).get(label.SNAPSHOT_DISK)
+    if disk_file:  # sandboxes started from it have copies of their own
+        drop_snapshot_disks(disk_file)
 
 
 # -- taking a snapshot ------------------------------------------------------------------------
@@ -212,7 +269,9 @@ def delete_snapshot(name: str) -> None:
 def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volume_paths: list[str],
                   disk_size: int | None = None, name: str | None = None,
                   kind: Literal["snapshot", "fork"] = "snapshot",
-                  client: docker.DockerClient | None = None) -> Snapshot:
+                  client: docker.DockerClient | None = None, disk: str | None = None,
+                  disk_parts: Mapping[str, str] | None = None, fork_disk: str | None = None,
+                  volume_sources: Mapping[str, str] | None = None) -> Snapshot:
     """Snapshot the container's files (its filesystem and the content of ``volume_paths``: its
     named volumes and its disk, which ``docker commit`` does not keep); ``disk_size`` is recorded.
 
@@ -221,6 +280,13 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
     Args:
         client: The engine holding the container (a cluster node's), where the snapshot is made;
             by default this host's.
+        disk: The container's disk (on this host's engine), kept whole as the snapshot's disk file;
+            the paths of ``disk_parts`` (its directories' mount points) then are not copied into
+            the image. Without it, every path of ``volume_paths`` is.
+        fork_disk: For a fork: the disk is copied as this new disk (the first fork's) instead of
+            a snapshot's file.
+        volume_sources: Named volumes (path → where the volume's files are on the engine's host)
+            copied as files beside the image (a snapshot's, not a fork's), not into it.
     """
     client = client or docker_client()
     created = datetime.now(UTC)
@@ -255,14 +321,28 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
         }
         # The image's own settings, not the container's (the CA bundle's variables, say).
         conf = {"Labels": labels, "Env": base["Config"].get("Env") or []}
+        volume_copies = sorted(volume_sources or {}) if kind == "snapshot" else []
+        files = new_snapshot_disk(name) if kind == "snapshot" and (disk is not None or volume_copies) else None
+        disk_file = files if disk is not None else None
+        on_disk = set((disk_parts or {}).values()) if disk is not None else set()
+        copied_paths = [path for path in volume_paths if path not in on_disk and path not in volume_copies]
+        if disk is not None:
+            labels[label.SNAPSHOT_DISK_PARTS] = json.dumps(dict(disk_parts or {}), sort_keys=True)
+        labels[label.SNAPSHOT_DISK] = files or ""
+        labels[label.SNAPSHOT_VOLUME_COPIES] = json.dumps(volume_copies)
         was_paused = attrs["State"]["Paused"]
         if not was_paused:
-            client.api.pause(container_id)
+            pause_container(client, container_id)
         repository, version = tag.rsplit(":", 1)
         helper = partial = None
+        disk_copy = None
         try:
             try:
-                if not volume_paths:
+                if disk is not None or volume_copies:  # beside the commit, in the same pause
+                    disk_copy = _background(lambda: copy_disk(
+                        disk, snapshot_file=disk_file, fork_disk=fork_disk, volume_files=files,
+                        volumes=[(volume_sources or {})[path] for path in volume_copies]))
+                if not copied_paths:
                     image_id = client.api.commit(container_id, repository=repository, tag=version, conf=conf,
                                                  pause=False)["Id"]
                 else:
@@ -270,23 +350,64 @@ def take_snapshot(container_id: str, *, runtime: RuntimeConfig, user: str, volum
                     # helper made from that commit (never started): all while the source is paused.
                     partial = client.api.commit(container_id, pause=False, conf={
                         **conf, "Labels": {**labels, label.KIND: "snapshot-partial", **mine}})["Id"]
-                    helper = _helper_from(client, partial, volume_paths, mine)
+                    helper = _helper_from(client, partial, copied_paths, mine)
                     into = helper
-                    _side_by_side(lambda path: _copy_path(client, container_id, into, path), volume_paths)
+                    _side_by_side(lambda path: _copy_path(client, container_id, into, path), copied_paths)
             finally:
-                if not was_paused:
-                    resume_container(client, container_id)
+                try:
+                    if disk_copy is not None:
+                        disk_copy.result()
+                finally:
+                    if not was_paused:
+                        resume_container(client, container_id)
             if helper is not None:
                 image_id = client.api.commit(helper, repository=repository, tag=version, conf=conf,
                                              pause=False)["Id"]
         except BaseException:
             if partial is not None:
                 _remove_quietly(client, helper, partial)
+            elif helper is None and disk_copy is not None:  # the image may be committed already
+                _remove_image_quietly(client, tag)
+            if files is not None:
+                _drop_quietly(files)
             raise
         finally:
             if helper is not None:
                 remove_container(client, helper)
+        if files is not None:
+            mark_committed(files)
         return _size_of(client, client.api.inspect_image(image_id))
+
+
+def _background(work: Callable[[], _T]) -> Future[_T]:
+    """``work`` run in a thread of its own, now."""
+    future: Future[_T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="pydantic-deep-snapshot-disk", daemon=True).start()
+    return future
+
+
+def _remove_image_quietly(client: docker.DockerClient, tag: str) -> None:
+    try:
+        client.api.remove_image(tag)
+    except (NotFound, ImageNotFound):
+        pass
+    except Exception:
+        logger.warning("Could not remove the image of a failed snapshot (%s)", tag, exc_info=True)
+
+
+def _drop_quietly(disk_file: str) -> None:
+    try:
+        drop_snapshot_disks(disk_file)
+    except Exception:
+        logger.warning("Could not remove the disk file of a failed snapshot; `pydantic-deep prune` will",
+                       exc_info=True)
 
 
 def _copy_path(client: docker.DockerClient, source: str, target: str, path: str) -> None:
@@ -310,6 +431,20 @@ def _remove_quietly(client: docker.DockerClient, helper: str | None, image: str)
         client.api.remove_image(image)
     except Exception:
         logger.warning("Could not remove the parts of a failed snapshot; `pydantic-deep prune` will", exc_info=True)
+
+
+def pause_container(client: docker.DockerClient, container_id: str, attempts: int = 3) -> None:
+    """Freeze the container (the cgroup freezer), trying again when a moment's work in the kernel
+    kept one of its processes from freezing in time ("unable to freeze": seen on a loaded host
+    right after a burst of writes); runc has thawed it again then."""
+    for attempt in range(1, attempts + 1):
+        try:
+            client.api.pause(container_id)
+            return
+        except APIError as exc:
+            if attempt == attempts or "unable to freeze" not in str(exc.explanation):
+                raise
+            logger.info("Pausing %s failed (%s); trying again", container_id[:12], exc.explanation)
 
 
 def resume_container(client: docker.DockerClient, container_id: str) -> None:
@@ -412,6 +547,20 @@ def prune_snapshot_leftovers(*, everything: bool = False) -> int:
                 raise
             removed += 1
     return removed
+
+
+@engine_errors()
+def prune_snapshot_files(*, everything: bool = False) -> int:
+    """Remove the disk files of snapshots that failed half-way (their process gone; with
+    ``everything``, any process's) or whose image is gone: any file no snapshot's image names.
+
+    Returns:
+        How many files were removed.
+    """
+    client = docker_client()
+    kept = {image["Labels"].get(label.SNAPSHOT_DISK) for image in client.api.images(
+        all=True, filters={"label": f"{label.KIND}=snapshot"}) if image.get("Labels")}
+    return prune_snapshot_disks({file for file in kept if file}, everything=everything)
 
 
 def bring_home(snapshot: Snapshot, client: docker.DockerClient) -> Snapshot:
