@@ -54,6 +54,7 @@ const IGNORING_XFSZ = "trap '' XFSZ; exec /bin/sh -c \"$1\" sh";
 const SCRIPT_PIPE_LIMIT = 1024;
 const OOM_COUNTERS = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"];
 const SIGKILL = os.constants.signals.SIGKILL;
+const PF_DYING = 0x4 | 0x400; // PF_EXITING | PF_SIGNALED: a dying process's flags (include/linux/sched.h)
 const KILLED_BY_SIGKILL = 128 + SIGKILL;
 const REAP_WAIT_MS = 1000, REAP_STEP_MS = 10;
 const EARLY_REAP_ATTEMPTS = 2; // turns of the event loop to see a shell whose pipes closed become a zombie
@@ -1229,13 +1230,15 @@ class Forker {
   mayReapEarly() {
     // Whether a shell's exit status read from /proc (its parent, the forker, has yet to reap it)
     // may be told: not once the forker is dying. A command's `kill -9 $PPID` kills the forker
-    // before its shell exits; the supervisor must then end with no EXIT (the test of a supervisor
-    // killed mid-command), and would otherwise see the shell's exit first, before the forker's.
-    // Any fatal signal puts SIGKILL among the pending signals of the forker (field 31 of its
-    // stat) at once, in kill() itself.
+    // before its shell exits; the supervisor must then end with no EXIT (as when a command kills
+    // the supervisor itself), and could otherwise see the shell's exit before the forker's. In
+    // /proc/PID/stat a process hit by a fatal signal shows it from kill() on: SIGKILL among its
+    // pending signals (field 31), then PF_SIGNALED and PF_EXITING in its flags (field 9) as it
+    // takes it, then the state Z.
     if (this.state === "failed") return true;
     const fields = processStat(this.child.pid);
-    return fields !== null && fields[0] !== "Z" && fields[0] !== "X" && !(Number(fields[28]) & (1 << (SIGKILL - 1)));
+    return fields !== null && fields[0] !== "Z" && fields[0] !== "X" && !(Number(fields[6]) & PF_DYING)
+      && !(Number(fields[28]) & (1 << (SIGKILL - 1)));
   }
 
   spawn(args, stdio, reply) {
