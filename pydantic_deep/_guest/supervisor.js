@@ -10,9 +10,12 @@
 //   FIFOs instead: `mkfifo` (coreutils) creates a batch of them in a private directory ahead of
 //   time; opening both ends of one and unlinking it leaves an anonymous pipe. Without `mkfifo` or a
 //   writable directory the supervisor does not start, and the host falls back to `docker exec`.
-// - Spawning. Node.js forks (Python's posix_spawn does not): a spawn blocks its thread for a
-//   millisecond or more, longer than a quick command takes. Shells are spawned by two worker
-//   threads, so the main thread goes on moving frames meanwhile, and two shells wait ready.
+// - Spawning. Node.js forks itself (Python's posix_spawn does not): a spawn costs a core 1-4 ms,
+//   longer than a quick command takes. Where there is perl (every Debian-based image: perl-base is
+//   Essential) a small perl process started once, the forker (see FORKER), forks the shells in a
+//   tenth of that; the shells are its children. Without perl (Alpine, say; said once on stderr)
+//   shells are spawned by two worker threads, so the main thread goes on moving frames meanwhile.
+//   Either way two shells wait ready.
 // - Signals. libuv resets every signal to its default in a child, but commands must ignore SIGXFSZ
 //   (a write past the file size limit then fails with "File too large" instead of killing the
 //   program). A waiting shell runs `trap '' XFSZ` first (a bare `trap` in a command lists it); a
@@ -1021,7 +1024,7 @@ sub failure {
   my $request = shift;
   my $errno = $! + 0;
   my $text = "$!";
-  my ($name) = grep { $!{$_} } keys %!;
+  my ($name) = sort grep { $!{$_} } keys %!;  # sorted: EAGAIN, not its alias EWOULDBLOCK
   return "e $request " . ($name // "E$errno") . " $text\n";
 }
 
