@@ -73,6 +73,10 @@ if ("PYDANTIC_DEEP_NODE_OPTIONS" in environment) {
   environment.NODE_OPTIONS = environment.PYDANTIC_DEEP_NODE_OPTIONS;
   delete environment.PYDANTIC_DEEP_NODE_OPTIONS;
 }
+// PYDANTIC_DEEP_FORKER=off: Node.js spawns the shells itself, as where there is no perl (the
+// conformance suite runs the supervisor both ways).
+const FORKER_OFF = environment.PYDANTIC_DEEP_FORKER === "off";
+delete environment.PYDANTIC_DEEP_FORKER;
 
 function killGroup(group, signal = SIGKILL) {
   // False when the group has no process left.
@@ -1262,6 +1266,7 @@ class Forker {
 
 function startSpawner(forkerDied) {
   // The forker where there is perl, else the Spawner (Node.js's own spawning), said once.
+  if (FORKER_OFF) return new Spawner();
   const candidates = ["/usr/bin", ...(environment.PATH || "").split(":")].filter((d) => path.isAbsolute(d));
   for (const candidate of candidates.map((directory) => path.join(directory, "perl"))) {
     try {
