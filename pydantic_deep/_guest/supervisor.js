@@ -1013,7 +1013,8 @@ use POSIX ();
 $0 = "pydantic-deep-forker";
 my $supervisor = getppid;
 sub fail { syswrite STDOUT, "fail $_[0]\n"; exit 1 }
-my $null = POSIX::open("/dev/null", POSIX::O_RDONLY()) // fail("cannot open /dev/null: $!");
+# Perl opens files close-on-exec: a child keeps only the descriptors it dup2()s into 0-3.
+open(my $null, "<", "/dev/null") or fail("cannot open /dev/null: $!");
 opendir(my $fds, "/proc/$supervisor/fd") or fail("cannot open the supervisor's /proc/$supervisor/fd: $!");
 closedir $fds;
 my $probe = syscall(434, $$ + 0, 0);  # pidfd_open(2)
@@ -1035,40 +1036,31 @@ sub failure {
 sub spawn {
   my ($request, @fields) = @_;
   my @wanted = splice @fields, 0, 4;
-  my (@sources, @opened);
+  my @sources;  # handles, closed when they go out of scope
   for my $target (0 .. 3) {
     if ($wanted[$target] eq "") {
-      push @sources, $target == 0 ? $null : -1;
+      push @sources, $target == 0 ? $null : undef;
       next;
     }
     my $mode = $target == 1 || $target == 2 ? POSIX::O_WRONLY() : POSIX::O_RDONLY();
-    my $fd = POSIX::open("/proc/$supervisor/fd/$wanted[$target]", $mode);
-    if (!defined $fd) {
-      my $answer = failure($request);
-      POSIX::close($_) for @opened;
-      return $answer;
-    }
-    push @opened, $fd;
-    push @sources, $fd;
+    sysopen(my $source, "/proc/$supervisor/fd/$wanted[$target]", $mode) or return failure($request);
+    push @sources, $source;
   }
   my $pid = fork;
   if (defined $pid && $pid == 0) {
     # Every source is above 2, and the one for 3 above the others: no dup2 undoes an earlier one.
+    # (Its signal mask is empty and no signal is ignored: Node.js started the forker so.)
     POSIX::setsid();
-    POSIX::dup2($sources[$_], $_) for 0 .. 2;
-    if ($sources[3] >= 0) { POSIX::dup2($sources[3], 3) } else { POSIX::close(3) }
-    POSIX::close($_) for grep { $_ > 3 } $null, @opened;
-    POSIX::sigprocmask(POSIX::SIG_SETMASK(), POSIX::SigSet->new);
+    POSIX::dup2(fileno $sources[$_], $_) for 0 .. 2;
+    if (defined $sources[3]) { POSIX::dup2(fileno $sources[3], 3) } else { POSIX::close(3) }
     exec { "/bin/sh" } "sh", @fields;
     syswrite STDERR, "sh: cannot run /bin/sh: $!\n";
     POSIX::_exit(127);
   }
-  my $answer = defined $pid ? undef : failure($request);
-  POSIX::close($_) for @opened;
-  return $answer if !defined $pid;
+  return failure($request) if !defined $pid;
   my $pidfd = syscall(434, $pid, 0);
   if ($pidfd < 0) {  # out of descriptors: a child we could not wait for is no child
-    $answer = failure($request);
+    my $answer = failure($request);
     kill 9, $pid;
     waitpid $pid, 0;
     return $answer;
