@@ -629,9 +629,10 @@ class Supervisor {
   }
 
   reapEarly(shell, attempts = EARLY_REAP_ATTEMPTS) {
-    // Both pipes closed: the shell has most likely exited. The spawner thread reaps it and says so,
-    // but it may be busy spawning the next shell: read the exit status of the zombie instead,
-    // from /proc/<pid>/stat (field 52, in waitpid's form).
+    // Both pipes closed: the shell has most likely exited. The spawner (a thread, or the forker)
+    // reaps it and says so, but a thread may be busy spawning the next shell and the forker's word
+    // takes a turn of the event loop: read the exit status of the zombie instead, from
+    // /proc/<pid>/stat (field 52, in waitpid's form).
     if (shell.command === null || shell.exited) return;
     const fields = processStat(shell.pid); // from field 3, the state
     if (fields === null) { // reaped already: the spawner's word is on its way
@@ -930,12 +931,6 @@ function ack(count) {
 
 class Spawner {
   // The main thread's side of the spawner threads (see spawnerThread below), used in turn.
-  // A thread may be busy spawning when a shell exits: the supervisor reads a shell's exit status
-  // from /proc as soon as its pipes close (reapEarly).
-  mayReapEarly() {
-    return true;
-  }
-
   constructor() {
     this.replies = new Map(); // request number: (error, pid) callback
     this.exits = new Map(); // pid: (code, signal) callback
@@ -981,6 +976,11 @@ class Spawner {
 
   readNow() {
     // Its threads' messages come through the event loop only.
+  }
+
+  mayReapEarly() {
+    // A thread may be busy spawning when a shell exits: its status is read from /proc at once.
+    return true;
   }
 
   onExit(pid, callback) {
