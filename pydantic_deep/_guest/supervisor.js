@@ -992,7 +992,7 @@ class Spawner {
 
 // A fork of Node.js copies its page tables (about 40 MB of memory mapped): 1-4 ms of one core per
 // shell, more than a quick command takes, in whichever thread forks. Where perl is (perl-base is
-// Essential in Debian, so in every Debian-based image) a perl process of about 3 MB, started once,
+// Essential in Debian, so in every Debian-based image) a perl process of about 7 MB, started once,
 // forks the shells instead, in a tenth of a millisecond, and waits for them. Requests come on its
 // stdin as `LENGTH\n` then LENGTH bytes of NUL-separated fields; answers go out on its stdout as
 // lines. The supervisor's pipes reach the child through /proc/<supervisor>/fd/N (they are FIFOs:
