@@ -35,7 +35,9 @@ GUEST = Path(protocol.__file__).parent
 LOCAL = {"python": [sys.executable, "-I", "-S", str(GUEST / "supervisor.py")],
          "node": ["node", str(GUEST / "supervisor.js")]}
 RUNTIMES = {"python": "python-minimal", "node": "node-minimal"}
-SUPERVISORS = ["python-local", "node-local", "python-minimal", "node-minimal"]
+# node-local-spawner: the Node.js supervisor as where there is no perl (Node.js spawns the shells).
+SUPERVISORS = ["python-local", "node-local", "node-local-spawner", "python-minimal", "node-minimal"]
+NO_FORKER = "PYDANTIC_DEEP_FORKER=off"
 TIMEOUT = 30  # seconds any one frame may take to come
 
 
@@ -143,10 +145,10 @@ def box_for(boxes: dict[str, DockerSandbox], runtime: str) -> DockerSandbox:
 @pytest.fixture(params=SUPERVISORS)
 def driver(request: pytest.FixtureRequest, boxes: dict[str, DockerSandbox]) -> Iterator[Driver]:
     kind, where = request.param.split("-", 1)
-    if where == "local":
+    if where.startswith("local"):
         if shutil.which(LOCAL[kind][0]) is None:
             pytest.fail(f"{LOCAL[kind][0]} is missing on this machine: scripts/setup installs it")
-        argv = LOCAL[kind]
+        argv = LOCAL[kind] if where == "local" else ["env", NO_FORKER, *LOCAL[kind]]
     else:
         box = box_for(boxes, RUNTIMES[kind])
         assert box.supervisor == ("python3" if kind == "python" else "node")  # what the sandbox itself runs
@@ -155,7 +157,7 @@ def driver(request: pytest.FixtureRequest, boxes: dict[str, DockerSandbox]) -> I
         argv = ["docker", "exec", "-i", box.container_id or "", *command]
     running = Driver(argv, kind)
     running.where = where  # type: ignore[attr-defined]
-    running.box = None if where == "local" else box_for(boxes, RUNTIMES[kind])  # type: ignore[attr-defined]
+    running.box = None if where.startswith("local") else box_for(boxes, RUNTIMES[kind])  # type: ignore[attr-defined]
     try:
         yield running
     finally:

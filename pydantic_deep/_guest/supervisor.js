@@ -10,9 +10,12 @@
 //   FIFOs instead: `mkfifo` (coreutils) creates a batch of them in a private directory ahead of
 //   time; opening both ends of one and unlinking it leaves an anonymous pipe. Without `mkfifo` or a
 //   writable directory the supervisor does not start, and the host falls back to `docker exec`.
-// - Spawning. Node.js forks (Python's posix_spawn does not): a spawn blocks its thread for a
-//   millisecond or more, longer than a quick command takes. Shells are spawned by two worker
-//   threads, so the main thread goes on moving frames meanwhile, and two shells wait ready.
+// - Spawning. Node.js forks itself (Python's posix_spawn does not): a spawn costs a core 1-4 ms,
+//   longer than a quick command takes. Where there is perl (every Debian-based image: perl-base is
+//   Essential) a small perl process started once, the forker (see FORKER), forks the shells in a
+//   tenth of that; the shells are its children. Without perl (Alpine, say; said once on stderr)
+//   shells are spawned by two worker threads, so the main thread goes on moving frames meanwhile.
+//   Either way two shells wait ready.
 // - Signals. libuv resets every signal to its default in a child, but commands must ignore SIGXFSZ
 //   (a write past the file size limit then fails with "File too large" instead of killing the
 //   program). A waiting shell runs `trap '' XFSZ` first (a bare `trap` in a command lists it); a
@@ -54,6 +57,7 @@ const IGNORING_XFSZ = "trap '' XFSZ; exec /bin/sh -c \"$1\" sh";
 const SCRIPT_PIPE_LIMIT = 1024;
 const OOM_COUNTERS = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"];
 const SIGKILL = os.constants.signals.SIGKILL;
+const PF_DYING = 0x4 | 0x400; // PF_EXITING | PF_SIGNALED: a dying process's flags (include/linux/sched.h)
 const KILLED_BY_SIGKILL = 128 + SIGKILL;
 const REAP_WAIT_MS = 1000, REAP_STEP_MS = 10;
 const EARLY_REAP_ATTEMPTS = 2; // turns of the event loop to see a shell whose pipes closed become a zombie
@@ -69,6 +73,10 @@ if ("PYDANTIC_DEEP_NODE_OPTIONS" in environment) {
   environment.NODE_OPTIONS = environment.PYDANTIC_DEEP_NODE_OPTIONS;
   delete environment.PYDANTIC_DEEP_NODE_OPTIONS;
 }
+// PYDANTIC_DEEP_FORKER=off: Node.js spawns the shells itself, as where there is no perl (the
+// conformance suite runs the supervisor both ways).
+const FORKER_OFF = environment.PYDANTIC_DEEP_FORKER === "off";
+delete environment.PYDANTIC_DEEP_FORKER;
 
 function killGroup(group, signal = SIGKILL) {
   // False when the group has no process left.
@@ -267,7 +275,7 @@ class Supervisor {
     this.spares = []; // waiting shells, ready for the next commands
     this.oomCounter = openOomCounter();
     this.leftoverGroups = new Set(); // process groups of finished commands that still had members
-    this.spawner = new Spawner();
+    this.spawner = startSpawner((reason) => this.forkerDied(reason));
     this.pipes = new Pipes((names, done) => this.spawner.mkfifo(names, done));
     this.sparesComing = 0; // waiting shells being spawned
     this.waiting = []; // commands that wait for one
@@ -306,13 +314,20 @@ class Supervisor {
     this.sendJson(HELLO, 0, { version: VERSION, node: process.versions.node, pid: process.pid });
   }
 
-  shutDown() {
+  shutDown(status = 0) {
     // The host's stream closed: kill every command still running, and go.
     for (const command of this.commands.values()) killGroup(command.pid);
     for (const spare of this.spares) killGroup(spare.pid);
     for (const terminal of this.terminals.values()) terminal.kill();
     this.pipes.remove();
-    process.exit(0);
+    process.exit(status);
+  }
+
+  forkerDied(reason) {
+    // The shells' parent is gone (killed: by a command's `kill -9 $PPID`, say), and their exits
+    // with it: end as a killed supervisor does, with no EXIT for what ran (the host fails it).
+    process.stderr.write(`supervisor.js: ${reason}\n`);
+    this.shutDown(1);
   }
 
   // -- frames from the host ----------------------------------------------------------------------
@@ -474,7 +489,7 @@ class Supervisor {
       // The spawner's word may come before the shell's last output has been read: two turns of the
       // event loop let that output come first, in the order it was written.
       this.spawner.onExit(pid, (code, signal) => setImmediate(() => setImmediate(
-        () => this.exited(shell, code, signal && os.constants.signals[signal]))));
+        () => this.exited(shell, code, signal))));
       done(null, shell);
     });
   }
@@ -614,22 +629,22 @@ class Supervisor {
   }
 
   reapEarly(shell, attempts = EARLY_REAP_ATTEMPTS) {
-    // Both pipes closed: the shell has most likely exited. The spawner thread reaps it and says so,
-    // but it may be busy spawning the next shell: read the exit status of the zombie instead,
-    // from /proc/<pid>/stat (field 52, in waitpid's form).
+    // Both pipes closed: the shell has most likely exited. The spawner (a thread, or the forker)
+    // reaps it and says so, but a thread may be busy spawning the next shell and the forker's word
+    // takes a turn of the event loop: read the exit status of the zombie instead, from
+    // /proc/<pid>/stat (field 52, in waitpid's form).
     if (shell.command === null || shell.exited) return;
-    let fields;
-    try {
-      const stat = fs.readFileSync(`/proc/${shell.pid}/stat`, "latin1");
-      fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // from field 3, the state
-    } catch {
-      return; // reaped already: the spawner's message is on its way
+    const fields = processStat(shell.pid); // from field 3, the state
+    if (fields === null) { // reaped already: the spawner's word is on its way
+      this.spawner.readNow();
+      return;
     }
     if (fields[0] !== "Z" || fields.length < 50) {
       // Its descriptors close a moment before it is a zombie; or it closed them and runs on.
       if (attempts > 1) setImmediate(() => this.reapEarly(shell, attempts - 1));
       return;
     }
+    if (!this.spawner.mayReapEarly()) return;
     const status = Number(fields[49]);
     if (status & 0x7f) this.exited(shell, null, status & 0x7f);
     else this.exited(shell, (status >> 8) & 0xff, null);
@@ -753,14 +768,26 @@ class Terminal {
 }
 
 function processStat(pid) {
-  // /proc/PID/stat from field 3 (the state) on, split; null when the process is gone.
+  // /proc/PID/stat from field 3 (the state) on, split; null when the process is gone. One read of
+  // at most a few hundred bytes: readFileSync() takes a hundred times longer on a /proc file
+  // (its size is 0), and a shell's exit waits for this.
+  let fd;
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "latin1");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    fd = fs.openSync(`/proc/${pid}/stat`, O_RDONLY);
   } catch {
     return null;
   }
+  try {
+    const length = fs.readSync(fd, statBuffer, 0, statBuffer.length, 0);
+    const stat = statBuffer.toString("latin1", 0, length);
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  } catch {
+    return null; // ESRCH: gone between the open and the read
+  } finally {
+    fs.closeSync(fd);
+  }
 }
+const statBuffer = Buffer.allocUnsafe(4096);
 
 function* processes() {
   // [pid, its stat fields from the state on] for every process.
@@ -918,7 +945,7 @@ class Spawner {
       if (message.exit) {
         const onExit = this.exits.get(message.pid);
         this.exits.delete(message.pid);
-        if (onExit) onExit(message.code, message.signal);
+        if (onExit) onExit(message.code, message.signal ? os.constants.signals[message.signal] : null);
         return;
       }
       const reply = this.replies.get(message.id);
@@ -947,9 +974,302 @@ class Spawner {
     this.request({ op: "mkfifo", names }, reply);
   }
 
+  readNow() {
+    // Its threads' messages come through the event loop only.
+  }
+
+  mayReapEarly() {
+    // A thread may be busy spawning when a shell exits: its status is read from /proc at once.
+    return true;
+  }
+
   onExit(pid, callback) {
     this.exits.set(pid, callback);
   }
+}
+
+// -- the forker ---------------------------------------------------------------------------------------
+
+// A fork of Node.js copies its page tables (about 40 MB of memory mapped): 1-4 ms of one core per
+// shell, more than a quick command takes, in whichever thread forks. Where perl is (perl-base is
+// Essential in Debian, so in every Debian-based image) a perl process of about 7 MB, started once,
+// forks the shells instead, in a tenth of a millisecond, and waits for them. Requests come on its
+// stdin as `LENGTH\n` then LENGTH bytes of NUL-separated fields; answers go out on its stdout as
+// lines. The supervisor's pipes reach the child through /proc/<supervisor>/fd/N (they are FIFOs:
+// pipes, which can be opened there, unlike sockets). It learns of its children's exits through
+// pidfds (Linux 5.3), which select() can wait on with no race against SIGCHLD. It exits when its
+// stdin ends. The shells are its children: `$PPID` in a command is the forker's pid, and killing it
+// ends the supervisor, as killing the supervisor itself does.
+//   v KEY=VALUE ...                 the commands' environment (first, once)
+//   s ID FD0 FD1 FD2 FD3 ARG ...    `sh ARG ...` in a new session, with the supervisor's descriptors
+//                                   FD0-3 as its 0-3 ("" for none: /dev/null for 0, closed for 3)
+//                                   -> `p ID PID`, or `e ID ERRNO-NAME message`
+//   m ID PATH ...                   FIFOs at these paths (mode 0600) -> `d ID`
+//   (unasked)                       `x PID CODE SIGNAL`: a child exited (SIGNAL 0) or was killed
+// At start it answers `ready`, or `fail REASON` and exits.
+const FORKER = String.raw`
+use strict;
+use POSIX ();
+$0 = "pydantic-deep-forker";
+my $supervisor = getppid;
+sub fail { syswrite STDOUT, "fail $_[0]\n"; exit 1 }
+# Perl opens files close-on-exec: a child keeps only the descriptors it dup2()s into 0-3.
+open(my $null, "<", "/dev/null") or fail("cannot open /dev/null: $!");
+opendir(my $fds, "/proc/$supervisor/fd") or fail("cannot open the supervisor's /proc/$supervisor/fd: $!");
+closedir $fds;
+my $probe = syscall(434, $$ + 0, 0);  # pidfd_open(2)
+$probe >= 0 or fail("no pidfd_open (Linux 5.3 or newer, allowed by seccomp): $!");
+POSIX::close($probe);
+
+my %children;  # pid by pidfd
+my $watched = "";  # select()'s bit vector: stdin and the pidfds
+vec($watched, 0, 1) = 1;
+
+sub failure {
+  my $request = shift;
+  my $errno = $! + 0;
+  my $text = "$!";
+  my ($name) = sort grep { $!{$_} } keys %!;  # sorted: EAGAIN, not its alias EWOULDBLOCK
+  return "e $request " . ($name // "E$errno") . " $text\n";
+}
+
+sub spawn {
+  my ($request, @fields) = @_;
+  my @wanted = splice @fields, 0, 4;
+  my @sources;  # handles, closed when they go out of scope
+  for my $target (0 .. 3) {
+    if ($wanted[$target] eq "") {
+      push @sources, $target == 0 ? $null : undef;
+      next;
+    }
+    my $mode = $target == 1 || $target == 2 ? POSIX::O_WRONLY() : POSIX::O_RDONLY();
+    sysopen(my $source, "/proc/$supervisor/fd/$wanted[$target]", $mode) or return failure($request);
+    push @sources, $source;
+  }
+  my $pid = fork;
+  if (defined $pid && $pid == 0) {
+    # Every source is above 2, and the one for 3 above the others: no dup2 undoes an earlier one.
+    # (Its signal mask is empty and no signal is ignored: Node.js started the forker so.)
+    POSIX::setsid();
+    POSIX::dup2(fileno $sources[$_], $_) for 0 .. 2;
+    if (defined $sources[3]) { POSIX::dup2(fileno $sources[3], 3) } else { POSIX::close(3) }
+    exec { "/bin/sh" } "sh", @fields;
+    syswrite STDERR, "sh: cannot run /bin/sh: $!\n";
+    POSIX::_exit(127);
+  }
+  return failure($request) if !defined $pid;
+  my $pidfd = syscall(434, $pid, 0);
+  if ($pidfd < 0) {  # out of descriptors: a child we could not wait for is no child
+    my $answer = failure($request);
+    kill 9, $pid;
+    waitpid $pid, 0;
+    return $answer;
+  }
+  $children{$pidfd} = $pid;
+  vec($watched, $pidfd, 1) = 1;
+  return "p $request $pid\n";
+}
+
+sub handle {
+  my ($op, @fields) = @_;
+  if ($op eq "s") { return spawn(@fields) }
+  if ($op eq "m") {
+    my $request = shift @fields;
+    POSIX::mkfifo($_, 0600) for @fields;
+    return "d $request\n";
+  }
+  if ($op eq "v") { %ENV = map { split /=/, $_, 2 } @fields }
+  return "";
+}
+
+sub answer {
+  my $answers = shift;
+  while (length $answers) {
+    my $written = syswrite STDOUT, $answers;
+    die "pydantic-deep-forker: write: $!\n" unless defined $written;
+    substr($answers, 0, $written) = "";
+  }
+}
+
+answer("ready\n");
+my $inbox = "";
+for (;;) {
+  my $ready = $watched;
+  if (select($ready, undef, undef, undef) < 0) {
+    next if $!{EINTR};
+    die "pydantic-deep-forker: select: $!\n";
+  }
+  # Exits first, and said before any fork: the supervisor waits for them to end a command.
+  my $exits = "";
+  for my $pidfd (keys %children) {
+    next unless vec($ready, $pidfd, 1);
+    my $pid = delete $children{$pidfd};
+    vec($watched, $pidfd, 1) = 0;
+    POSIX::close($pidfd);
+    waitpid $pid, 0;
+    $exits .= "x $pid " . ($? >> 8) . " " . ($? & 127) . "\n";
+  }
+  answer($exits);
+  next unless vec($ready, 0, 1);
+  exit 0 unless sysread STDIN, $inbox, 65536, length $inbox;
+  while ($inbox =~ /\A(\d+)\n/) {
+    my ($length, $start) = ($1, length($1) + 1);
+    last if length($inbox) < $start + $length;
+    my $request = substr $inbox, $start, $length;
+    substr($inbox, 0, $start + $length) = "";
+    answer(handle(split /\0/, $request, -1));
+  }
+}
+`;
+
+class Forker {
+  // The supervisor's side of the forker (see FORKER above): spawn(), mkfifo() and onExit() as the
+  // Spawner's. Until it says `ready`, requests are kept: should it fail to start, they go to a
+  // Spawner instead, and so does every later one. Once ready, its death is the supervisor's
+  // (`died`), as the shells it forked can no longer be waited for.
+  constructor(perl, died) {
+    this.died = died;
+    this.replies = new Map(); // request number: the reply callback
+    this.unsent = []; // requests made before `ready`, each as a function that makes it of a Spawner
+    this.exits = new Map(); // pid: (code, signal) callback
+    this.next = 0;
+    this.state = "starting"; // then "ready", or "failed" (a Spawner does the work)
+    this.fallback = null;
+    this.lines = "";
+    // No environment: PERL5OPT and the like cannot change how it runs, nor a LANG its locale warn.
+    this.child = childProcess.spawn(perl, ["-e", FORKER], { stdio: ["pipe", "pipe", "inherit"], env: {} });
+    this.child.stdin.on("error", () => {}); // it died: 'exit' says so
+    this.child.stdout.setEncoding("latin1");
+    this.child.stdout.on("data", (text) => this.read(text));
+    this.child.on("error", (error) => this.failed(error.message));
+    this.child.on("exit", (code, signal) => {
+      if (this.state === "ready") this.died(`the forker (perl) ended (${signal || `exit status ${code}`})`);
+      else this.failed(`perl exited (${signal || `exit status ${code}`})`);
+    });
+    const variables = Object.entries(environment).map(([name, value]) => `${name}=${value}`);
+    this.send("v", variables);
+  }
+
+  send(op, fields) {
+    const payload = Buffer.from([op, ...fields].join("\0"));
+    this.child.stdin.write(Buffer.concat([Buffer.from(`${payload.length}\n`), payload]));
+  }
+
+  request(op, fields, reply, fallback) {
+    // `fallback(spawner)` makes the same request of a Spawner.
+    if (this.state === "failed") {
+      fallback(this.fallback);
+      return;
+    }
+    const id = this.next++;
+    this.replies.set(id, reply);
+    if (this.state === "starting") this.unsent.push(fallback);
+    this.send(op, [String(id), ...fields]);
+  }
+
+  read(text) {
+    this.lines += text;
+    let end;
+    while ((end = this.lines.indexOf("\n")) >= 0) {
+      const [kind, ...words] = this.lines.slice(0, end).split(" ");
+      this.lines = this.lines.slice(end + 1);
+      if (kind === "x") {
+        const [pid, code, signal] = words.map(Number);
+        const onExit = this.exits.get(pid);
+        this.exits.delete(pid);
+        if (onExit) onExit(signal ? null : code, signal || null);
+        continue;
+      }
+      if (kind === "ready") {
+        this.state = "ready";
+        this.unsent = [];
+        continue;
+      }
+      if (kind === "fail") {
+        this.failed(words.join(" "));
+        return;
+      }
+      const id = Number(words[0]);
+      const reply = this.replies.get(id);
+      this.replies.delete(id);
+      if (kind === "p") reply(null, Number(words[1]));
+      else if (kind === "e") reply(Object.assign(new Error(words.slice(2).join(" ")), { code: words[1] }), undefined);
+      else reply(null);
+    }
+  }
+
+  readNow() {
+    // Read what the forker wrote and the event loop has yet to (its word of a shell's exit, which
+    // it reaped as the supervisor saw the shell's pipes close), without waiting for the loop's turn.
+    if (this.state === "failed") return;
+    const fd = this.child.stdout._handle ? this.child.stdout._handle.fd : -1;
+    const buffer = Buffer.allocUnsafe(4096);
+    for (let length = 1; fd >= 0 && length > 0;) {
+      try {
+        length = fs.readSync(fd, buffer, 0, buffer.length, null);
+      } catch {
+        return; // EAGAIN: nothing more yet
+      }
+      this.read(buffer.toString("latin1", 0, length));
+    }
+  }
+
+  failed(reason) {
+    // It did not start: a Spawner takes over, with every request made so far.
+    if (this.state !== "starting") return;
+    this.state = "failed";
+    process.stderr.write(`supervisor.js: ${reason}: shells are spawned by Node.js instead (slower)\n`);
+    this.child.kill("SIGKILL");
+    this.fallback = new Spawner();
+    for (const fallback of this.unsent) fallback(this.fallback);
+    this.unsent = [];
+    this.replies.clear();
+  }
+
+  mayReapEarly() {
+    // Whether a shell's exit status read from /proc (its parent, the forker, has yet to reap it)
+    // may be told: not once the forker is dying. A command's `kill -9 $PPID` kills the forker
+    // before its shell exits; the supervisor must then end with no EXIT (as when a command kills
+    // the supervisor itself), and could otherwise see the shell's exit before the forker's. In
+    // /proc/PID/stat a process hit by a fatal signal shows it from kill() on: SIGKILL among its
+    // pending signals (field 31), then PF_SIGNALED and PF_EXITING in its flags (field 9) as it
+    // takes it, then the state Z.
+    if (this.state === "failed") return true;
+    const fields = processStat(this.child.pid);
+    return fields !== null && fields[0] !== "Z" && fields[0] !== "X" && !(Number(fields[6]) & PF_DYING)
+      && !(Number(fields[28]) & (1 << (SIGKILL - 1)));
+  }
+
+  spawn(args, stdio, reply) {
+    const fds = stdio.map((fd) => (typeof fd === "number" ? String(fd) : ""));
+    while (fds.length < 4) fds.push("");
+    this.request("s", [...fds, ...args], reply, (spawner) => spawner.spawn(args, stdio, reply));
+  }
+
+  mkfifo(names, reply) {
+    this.request("m", names, reply, (spawner) => spawner.mkfifo(names, reply));
+  }
+
+  onExit(pid, callback) {
+    if (this.state === "failed") this.fallback.onExit(pid, callback);
+    else this.exits.set(pid, callback);
+  }
+}
+
+function startSpawner(forkerDied) {
+  // The forker where there is perl, else the Spawner (Node.js's own spawning), said once.
+  if (FORKER_OFF) return new Spawner();
+  const candidates = ["/usr/bin", ...(environment.PATH || "").split(":")].filter((d) => path.isAbsolute(d));
+  for (const candidate of candidates.map((directory) => path.join(directory, "perl"))) {
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+    } catch {
+      continue;
+    }
+    return new Forker(candidate, forkerDied);
+  }
+  process.stderr.write("supervisor.js: no perl in this image: shells are spawned by Node.js instead (slower)\n");
+  return new Spawner();
 }
 
 function spawnerThread() {
