@@ -122,7 +122,8 @@ from ..results import EgressEvent, ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
 from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
-from .disk import open_disk, prepare_disk, release_disk, take_disk
+from .disk import release_disk
+from .disk_stock import open_disk, prepare_disk, take_disk
 from .offline import cut_network
 from .snapshots import Snapshot, bring_home, remove_fork_image, resolve_snapshot, resume_container, take_snapshot
 

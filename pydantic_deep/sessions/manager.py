@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from typing import Any, Literal, Self
 import docker
 
 from .._html import field_table
-from ..config import DEFAULT_DISK_SIZE, RuntimeConfig
+from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
@@ -50,6 +51,7 @@ from ..results import EgressEvent
 from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
 from ..sandbox.disk import list_disks, release_disk
+from ..sandbox.disk_stock import claim_disk, prepare_disk
 from ..sandbox.docker import FROM_RUNTIME, DockerSandbox, resolved_disk_size
 from ..sandbox.pool import SandboxPool
 from ..sandbox.snapshots import Snapshot, resolve_snapshot
@@ -414,7 +416,16 @@ class SessionManager:
                 release_disk(record.disk, delete=True)
             return DockerSandbox(runtime, name=name, disk_name=record.disk, **options).start()
         if record is None and resolved_disk_size(options.get("disk_size", FROM_RUNTIME), runtime, self.cluster):
-            return DockerSandbox(runtime, name=name, disk_name=naming.disk_name(name), **options).start()
+            sandbox = DockerSandbox(runtime, name=name, disk_name=naming.disk_name(name), **options)
+            if snapshot is not None or sandbox.disk_size is None:  # a snapshot's files go on a disk made for them
+                return sandbox.start()
+            # A new disk made ahead (see sandbox/disk_stock.py): the start runs no disk operation.
+            sandbox.disk_name = claim_disk(sandbox.disk_size, *_user_ids(sandbox.user))
+            try:
+                return sandbox.start()
+            except BaseException:
+                release_disk(sandbox.disk_name, delete=True)  # nobody's files yet
+                raise
         # Volumes (disk_size=None), mounted at this runtime's work dir, which may differ from the last one's.
         work, uploads = _split_volumes(record.volumes) if record else naming.volume_names(name)
         if snapshot is not None:
@@ -754,8 +765,12 @@ class SessionManager:
                 # files go only when no session names them.
                 _reap(container, keep_files=record is not None)
                 reaped += 1
-            if self.cluster is None and resolved_disk_size(self.sandbox_options.get("disk_size", FROM_RUNTIME),
-                                                           self.default_runtime, self.cluster):
+            if self.cluster is None and (size := resolved_disk_size(self.sandbox_options.get("disk_size", FROM_RUNTIME),
+                                                                    self.default_runtime, self.cluster)):
+                with contextlib.suppress(ValueError):  # a bad user: each session's start says so
+                    # New users' disks made ahead, from now on (in the background).
+                    prepare_disk(disk_size_bytes(size) or 0,
+                                 *_user_ids(self.sandbox_options.get("user", "1000:1000")), session=True)
                 try:
                     reaped += self._reap_warm_disks()
                 except Exception:  # best effort: the sessions come first
@@ -831,6 +846,12 @@ def _checked_pause_after(seconds: float | None) -> float | None:
         raise InvalidArgumentError(f"pause_after must be a number of seconds (0 or more, math.inf for never) "
                                    f"or None, not {seconds!r}")
     return None if math.isinf(seconds) else float(seconds)
+
+
+def _user_ids(user: str) -> tuple[int, int]:
+    """(uid, gid) of a sandbox's ``user`` (``"uid:gid"`` or ``"uid"``, checked by the sandbox)."""
+    uid, _, gid = user.partition(":")
+    return int(uid), int(gid or uid)
 
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:
