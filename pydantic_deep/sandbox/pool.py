@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Self
@@ -23,6 +24,11 @@ logger = logging.getLogger("pydantic_deep.pool")
 # each further failure, up to a minute (a broken image build is not retried in a tight loop).
 _FIRST_RETRY = 1.0
 _LONGEST_RETRY = 60.0
+
+# The refill starts replacements once nobody has acquired a sandbox for this long: starting them
+# during a burst would slow the first commands of the sandboxes it hands out (the engine's host's
+# CPU does both), unless callers wait for one.
+_QUIET = 0.5
 
 # Most cold starts under way at once for callers who found nothing ready: more only queue up in
 # the engine (which starts containers a few at a time) and slow every one of them down.
@@ -85,6 +91,7 @@ class SandboxPool:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._failure: Exception | None = None  # the refill's last start failed with this
+        self._taken_at = 0.0  # when a sandbox was last acquired (time.monotonic())
 
     @property
     def ready(self) -> int:
@@ -144,6 +151,7 @@ class SandboxPool:
         with self._changed:
             if self._closed:
                 raise SandboxStateError("this pool was closed")
+            self._taken_at = time.monotonic()
             while self._ready:
                 sandbox = self._ready.popleft()
                 if sandbox.alive:
@@ -227,6 +235,10 @@ class SandboxPool:
                 self._changed.wait_for(lambda: self._closed or len(self._ready) < self.size)
                 if self._closed:
                     return
+                burst = _QUIET - (time.monotonic() - self._taken_at) if not self._waiters else 0
+                if burst > 0:  # a burst may be under way: later
+                    self._changed.wait_for(lambda: self._closed, burst)
+                    continue
             try:
                 sandbox = self._start_one()
             except Exception as exc:
