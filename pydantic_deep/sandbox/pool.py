@@ -143,6 +143,21 @@ class SandboxPool:
         """Async form of :meth:`acquire`: waits without holding a thread."""
         return await asyncio.wrap_future(self._claim())
 
+    def acquire_ready(self) -> DockerSandbox | None:
+        """A ready sandbox, at once, or ``None`` (none is ready, or the next one's liveness would
+        take asking the engine): never waits, never calls the engine, so an event loop can call it.
+        :meth:`acquire` is the way when it says ``None``."""
+        with self._changed:
+            if self._closed or not self._ready:
+                return None
+            first = self._ready[0]
+            if first.supervisor is None or not first.alive:  # an exec channel asks the engine; a dead one is stopped
+                return None
+            self._taken_at = time.monotonic()
+            self._ready.popleft()
+            self._changed.notify_all()  # the refill makes up what was taken
+        return first
+
     def _claim(self) -> concurrent.futures.Future[DockerSandbox]:
         """A future of the sandbox this caller gets: done at once when one is ready; else the caller
         queues up and a cold start is set going on its behalf."""

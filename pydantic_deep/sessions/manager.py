@@ -341,7 +341,10 @@ class SessionManager:
         if not creator:
             return await asyncio.wrap_future(future)
         try:
-            sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted, snap)
+            sandbox = self._open_warm(key, user_id) if snap is None and wanted in (None, self.default_runtime) \
+                else None
+            if sandbox is None:
+                sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted, snap)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -383,18 +386,42 @@ class SessionManager:
                 runtime = wanted or self.default_runtime
                 pooled = self._from_pool(runtime) if snapshot is None else None
                 sandbox = pooled or self._new_sandbox(key, runtime, None, snapshot)
-                # A Swarm service cannot be renamed: a session on a cluster keeps the pool's name.
-                name = self._container_name(key) if pooled is not None and self.cluster is None else sandbox.name
-                record = SessionRecord(user_id, name, dict(sandbox.volumes), runtime.model_dump_json(),
-                                       created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
-                if name != sandbox.name and not self._shared:
-                    self._settle_later(key, sandbox, record)
-                else:  # another process may look for it at once: named and recorded before anyone can
-                    self._settle(key, sandbox, record)
+                record = self._new_record(key, user_id, sandbox, pooled=pooled is not None)
             # A warm sandbox may get its name for the user in the background: the record has it already.
             self.registry.put(self._registry_key(key), replace(
                 record, container=record.container if sandbox is pooled else sandbox.name,
                 runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
+            self._sandboxes[key] = sandbox
+            return sandbox
+
+    def _new_record(self, key: str, user_id: str, sandbox: DockerSandbox, *, pooled: bool) -> SessionRecord:
+        """Record a new session in the engine: now, or for a warm sandbox of this process's own
+        registry in the background, once it is named for its user."""
+        # A Swarm service cannot be renamed: a session on a cluster keeps the pool's name.
+        name = self._container_name(key) if pooled and self.cluster is None else sandbox.name
+        record = SessionRecord(user_id, name, dict(sandbox.volumes), sandbox.runtime.model_dump_json(),
+                               created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
+        if name != sandbox.name and not self._shared:
+            self._settle_later(key, sandbox, record)
+        else:  # another process may look for it at once: named and recorded before anyone can
+            self._settle(key, sandbox, record)
+        return record
+
+    def _open_warm(self, key: str, user_id: str) -> DockerSandbox | None:
+        """A new user's session from a ready warm sandbox, on the caller's event loop: nothing on
+        this path waits for the engine or for a thread (under a burst, a hop to a worker thread
+        each queued behind the others'). ``None`` when anything else is needed: :meth:`_open_session`."""
+        if self._pool is None or self._shared or self.cluster is not None or self.max_sessions is not None \
+                or key in self._sandboxes or key in self._engine_sessions or key in self._settling:
+            return None
+        with self.registry.lock(self._registry_key(key)):  # this process's own: a thread lock, held briefly
+            if self.registry.get(self._registry_key(key)) is not None:
+                return None
+            sandbox = self._pool.acquire_ready()
+            if sandbox is None:
+                return None
+            record = self._new_record(key, user_id, sandbox, pooled=True)
+            self.registry.put(self._registry_key(key), replace(record, last_used=time.time()))
             self._sandboxes[key] = sandbox
             return sandbox
 
