@@ -43,6 +43,7 @@ STOCK = int(os.environ.get("PYDANTIC_DEEP_DISK_STOCK", "8"))
 asked for (still several at once in one operation under a burst)."""
 
 _MOST_AT_ONCE = 8  # disks made in one operation: the first callers of a burst need not wait for all
+_MOST_MAKERS = 4  # operations under way at once for callers who wait: a burst of 100 is not made 8 after 8
 
 # The stock is made up again once nobody has taken a disk for this long: during a burst, making
 # disks nobody waits for would slow the starts that take them (both want the engine's host's CPU).
@@ -79,7 +80,8 @@ class _Stock:
         self.key = key
         self.ready: deque[str] = deque()
         self.waiters: deque[concurrent.futures.Future[str]] = deque()  # first come, first served
-        self.maker: threading.Thread | None = None  # makes disks while the stock or a waiter lacks one
+        self.makers: set[threading.Thread] = set()  # make disks while the stock or a waiter lacks some
+        self.in_flight = 0  # disks being made
         self.taken_at = 0.0  # when a disk was last taken (time.monotonic())
 
     def take(self) -> str:
@@ -101,26 +103,34 @@ class _Stock:
 
     def lacking_locked(self) -> int:
         wanted = STOCK if self.key[0] == _DEFAULT_SIZE else min(STOCK, 1)
-        return 0 if _closed else wanted + len(self.waiters) - len(self.ready)
+        return 0 if _closed else wanted + len(self.waiters) - len(self.ready) - self.in_flight
 
     def refill_locked(self) -> None:
-        if self.maker is None and self.lacking_locked() > 0:
-            self.maker = threading.Thread(target=self._make, name="pydantic-deep-disk", daemon=True)
-            self.maker.start()
+        """Set makers going for what lacks: one for the stock alone, several while callers wait."""
+        lacking = self.lacking_locked()
+        while lacking > 0 and len(self.makers) < (_MOST_MAKERS if self.waiters else 1):
+            maker = threading.Thread(target=self._make, name="pydantic-deep-disk", daemon=True)
+            self.makers.add(maker)
+            maker.start()
+            lacking -= _MOST_AT_ONCE
 
     def _make(self) -> None:
+        me = threading.current_thread()
         while True:
             with _lock:
                 count = min(_MOST_AT_ONCE, self.lacking_locked())
                 if count <= 0:
-                    self.maker = None
+                    self.makers.discard(me)
                     return
                 busy = _QUIET - (time.monotonic() - self.taken_at) if not self.waiters else 0
+                if busy <= 0:
+                    self.in_flight += count
             if busy > 0:  # only the stock lacks disks, and a burst may be under way: later
                 time.sleep(busy)
                 continue
             made, error = _make_disks(self.key, count)
             with _lock:
+                self.in_flight -= count
                 for name in made:
                     self._hand_locked(name)
                 if error is not None:
@@ -128,7 +138,7 @@ class _Stock:
                     for _ in range(min(count - len(made), len(self.waiters))):
                         self.waiters.popleft().set_exception(error)
                     if not self.waiters:
-                        self.maker = None
+                        self.makers.discard(me)
                         return
 
     def _hand_locked(self, name: str) -> None:
@@ -256,7 +266,7 @@ def _at_exit() -> None:
     global _closed
     with _lock:
         _closed = True
-        makers = [stock.maker for stock in _stocks.values() if stock.maker is not None]
+        makers = [maker for stock in _stocks.values() for maker in stock.makers]
         if _marker is not None:  # sessions' disks being marked as theirs: their files outlive this process
             makers.append(_marker)
     for maker in makers:
