@@ -48,6 +48,7 @@ _MOST_MAKERS = 4  # operations under way at once for callers who wait: a burst o
 # The stock is made up again once nobody has taken a disk for this long: during a burst, making
 # disks nobody waits for would slow the starts that take them (both want the engine's host's CPU).
 _QUIET = 0.5
+_MOST_DEFERRED = 2.0  # but no longer than this: a steady stream of takers does not starve the stock
 
 # Run in the agent, beside the disk script (in $DISK_SCRIPT). make: its `open` for each name, side
 # by side, saying "made NAME" or "failed NAME"; keep=2 is a session's disk not yet holding its
@@ -116,14 +117,17 @@ class _Stock:
 
     def _make(self) -> None:
         me = threading.current_thread()
+        started = time.monotonic()
         while True:
             with _lock:
                 count = min(_MOST_AT_ONCE, self.lacking_locked())
                 if count <= 0:
                     self.makers.discard(me)
                     return
-                busy = _QUIET - (time.monotonic() - self.taken_at) if not self.waiters else 0
+                now = time.monotonic()
+                busy = 0.0 if self.waiters else min(_QUIET - (now - self.taken_at), _MOST_DEFERRED - (now - started))
                 if busy <= 0:
+                    started = now
                     self.in_flight += count
             if busy > 0:  # only the stock lacks disks, and a burst may be under way: later
                 time.sleep(busy)

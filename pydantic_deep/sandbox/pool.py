@@ -29,6 +29,7 @@ _LONGEST_RETRY = 60.0
 # during a burst would slow the first commands of the sandboxes it hands out (the engine's host's
 # CPU does both), unless callers wait for one.
 _QUIET = 0.5
+_MOST_DEFERRED = 2.0  # but no longer than this: a steady stream of callers does not starve the refill
 
 # Most cold starts under way at once for callers who found nothing ready: more only queue up in
 # the engine (which starts containers a few at a time) and slow every one of them down.
@@ -245,15 +246,19 @@ class SandboxPool:
 
     def _refill(self) -> None:
         retry_after = _FIRST_RETRY
+        lacking_since: float | None = None
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._closed or len(self._ready) < self.size)
                 if self._closed:
                     return
-                burst = _QUIET - (time.monotonic() - self._taken_at) if not self._waiters else 0
-                if burst > 0:  # a burst may be under way: later
+                now = time.monotonic()
+                lacking_since = lacking_since or now
+                burst = min(_QUIET - (now - self._taken_at), _MOST_DEFERRED - (now - lacking_since))
+                if burst > 0 and not self._waiters:  # a burst may be under way: later
                     self._changed.wait_for(lambda: self._closed, burst)
                     continue
+            lacking_since = None
             try:
                 sandbox = self._start_one()
             except Exception as exc:

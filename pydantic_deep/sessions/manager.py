@@ -90,6 +90,8 @@ class SessionInfo:
 
 
 _SHUTDOWN_THREADS = 32  # sessions ended at once by shutdown()
+_SETTLE_QUIET = 0.5  # warm sessions are named and recorded once no new user got one for this long,
+_SETTLE_LATEST = 2.0  # or at the latest this long after (a steady stream of new users does not starve it)
 _MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
 
 
@@ -255,6 +257,7 @@ class SessionManager:
         # background (off the user's first call); anything else done to that session waits for it.
         self._settling: dict[str, concurrent.futures.Future[None]] = {}
         self._settler: concurrent.futures.ThreadPoolExecutor | None = None
+        self._handed_at = 0.0  # when a warm sandbox was last handed to a new user (time.monotonic())
         self._pool = SandboxPool(self.default_runtime, size=warm, factory=self._pooled_sandbox) if warm else None
         if self._pool is not None:
             self._pool.start()
@@ -490,15 +493,21 @@ class SessionManager:
     def _settle_later(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
         """:meth:`_settle` in the background: the user's first call does not wait for the engine.
         Until it is done, the session is only this process's (its registry is too)."""
+        self._handed_at = time.monotonic()
         with self._guard:
             if self._settler is None:
                 # One at a time: under a burst, the users' first commands go first (several at once
                 # took twice as long for a burst of 100, measured).
                 self._settler = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix=f"pydantic-deep-settle-{self.name}")
-            self._settling[key] = self._settler.submit(self._settle_logged, key, sandbox, record)
+            self._settling[key] = self._settler.submit(self._settle_logged, key, sandbox, record, time.monotonic())
 
-    def _settle_logged(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+    def _settle_logged(self, key: str, sandbox: DockerSandbox, record: SessionRecord, handed_at: float) -> None:
+        # Once a burst of new users is served: renaming and recording meanwhile would take the engine
+        # host's CPU from their first commands. What else is done to the session waits for it.
+        while (burst := min(_SETTLE_QUIET - (time.monotonic() - self._handed_at),
+                            _SETTLE_LATEST - (time.monotonic() - handed_at))) > 0:
+            time.sleep(burst)
         try:
             with engine_errors():
                 self._settle(key, sandbox, record)
