@@ -198,7 +198,9 @@ class SessionManager:
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
             ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
             and home on one disk of that size, kept with their files across containers, processes
-            and container losses. A session keeps the size its disk was made with. On a
+            and container losses. A session keeps the size its disk was made with. New users'
+            disks are made ahead, from :meth:`recover` on (a small stock, refilled in the
+            background; see :mod:`pydantic_deep.sandbox.disk_stock`). On a
             ``cluster`` the default is no disk, and a session's disk is refused (it would stay on
             one node while the session moves to others).
             ``network=["pypi.org", ...]`` with ``secrets=`` gives every session those hosts only,
