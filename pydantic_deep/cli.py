@@ -9,7 +9,7 @@ import time
 
 from .engine import labels as label
 from .engine.client import docker_client, start_engine
-from .engine.containers import owner_gone
+from .engine.containers import owner_gone, remove_container
 from .engine.networks import remove_unused_networks
 from .engine.swarm import resolve_cluster
 from .engine.swarm_networks import remove_unused_swarm_networks
@@ -20,8 +20,9 @@ from .images.egress_proxy import ensure_egress_proxy_image
 from .images.netfilter import ensure_netfilter_image
 from .images.runtime import ensure_runtime_image
 from .runtimes import get_runtime, list_runtimes
-from .sandbox.disk import prune_disks
+from .sandbox.disk_prune import prune_disks
 from .sandbox.snapshots import delete_snapshot, list_snapshots, prune_snapshot_leftovers
+from .sessions.naming import is_pool_disk
 
 
 def _print_line(line: str) -> None:
@@ -74,15 +75,16 @@ def _prune(args: argparse.Namespace) -> None:
     remove the sandbox networks nobody is on, and the host's packet filter rules of those."""
     client = docker_client()
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}):
+    # ignore_removed: a killed process's sandboxes remove themselves meanwhile.
+    for container in client.containers.list(all=True, filters={"label": label.MANAGED_FILTER}, ignore_removed=True):
         if not args.all and not owner_gone(container.labels):
             continue
-        container.remove(force=True)
+        remove_container(client, container.id)
         removed += 1
     images = prune_snapshot_leftovers(everything=args.all)  # after the containers that may use them
     print(f"Removed {removed} container(s)" + (f" and {images} image(s) of failed snapshots and ended forks"
                                                 if images else ""))
-    print(f"Released {prune_disks(everything=args.all)} disk(s)")
+    print(f"Released {prune_disks(everything=args.all, warm=is_pool_disk)} disk(s)")
     cluster = resolve_cluster(None)
     if cluster is not None:  # $PYDANTIC_DEEP_CLUSTER: the sandbox services this host's processes left
         services = [service for service in cluster.client.services.list(filters={"label": label.MANAGED_FILTER})

@@ -6,9 +6,12 @@ conftest itself, and importing it a second time as a plain module gives two copi
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import pytest
@@ -89,3 +92,30 @@ def session_volumes() -> list[str]:
     """Volumes of test session managers (named test-*)."""
     return [v.name for v in docker_client().volumes.list(filters={"label": "pydantic-deep.managed=true"})
             if v.name.startswith("pd-test")]
+
+
+@contextlib.contextmanager
+def namespace_behind_veth(tag: str, networks: Sequence[ipaddress.IPv4Network]) -> Iterator[str]:
+    """A network namespace of the test's own (``pdt-<tag>-<pid>``), joined to the host by a veth
+    pair: on each /30 of ``networks`` the host's side takes the first address and the namespace's
+    the second. Yields the namespace's name; it goes, with the pair, when the block ends."""
+    pid = os.getpid()
+    namespace, host_if, ns_if = f"pdt-{tag}-{pid}", f"pd{tag[0]}h{pid}", f"pd{tag[0]}n{pid}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    try:
+        ip("netns", "add", namespace)
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        ip("link", "set", ns_if, "netns", namespace)
+        for network in networks:
+            ip("addr", "add", f"{network[1]}/30", "dev", host_if)
+            ip("-n", namespace, "addr", "add", f"{network[2]}/30", "dev", ns_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", namespace, "link", "set", ns_if, "up")
+        ip("-n", namespace, "link", "set", "lo", "up")
+        yield namespace
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)  # gone with the namespace, normally

@@ -4,6 +4,7 @@ listed from inside the container."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,12 +15,16 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
 import pytest
 from helpers import answers, poll_until
 
 from pydantic_deep.engine.client import docker_client
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -68,43 +73,49 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             server.wait()
 
 
-def test_dashboard_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> None:
+@contextlib.contextmanager
+def notebook_running_in_chromium(lab: tuple[str, Path], name: str, cells: list[str]) -> Iterator[Page]:
+    """Write a notebook of ``cells`` into the lab, open it in headless Chromium and run all its
+    cells from JupyterLab's menu; the browser closes when the block ends."""
     from playwright.sync_api import expect, sync_playwright
 
     url, root = lab
     notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                  "language": "python"}})
-    notebook.cells = [nbformat.v4.new_code_cell("%load_ext pydantic_deep"),
-                      nbformat.v4.new_code_cell("from pydantic_deep.widgets import dashboard\ndashboard()")]
-    nbformat.write(notebook, root / "dashboard.ipynb")
-    upload = tmp_path / "from-the-browser.csv"
-    upload.write_text("city,visits\nLyon,3\n")
+    notebook.cells = [nbformat.v4.new_code_cell(cell) for cell in cells]
+    nbformat.write(notebook, root / name)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
+            page.goto(url.replace("dashboard.ipynb", name))
             page.wait_for_selector(".jp-Notebook", timeout=60_000)
             expect(page.locator("text=Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
             page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
             page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=30_000)
-            select = page.locator(".widget-dropdown select").first
-            try:
-                expect(select).to_be_visible(timeout=120_000)
-            except AssertionError:
-                page.screenshot(path="/tmp/shots/nodropdown.png")
-                raise
-            select.select_option("python-minimal")
-            page.locator("button:has-text('Start')").first.click()
-            log = page.locator(".widget-textarea textarea").first
-            expect(log).to_have_value(re.compile("Started <DockerSandbox runtime='python-minimal'"), timeout=300_000)
-            with page.expect_file_chooser() as chooser:
-                page.locator("button.widget-upload").first.click()
-            chooser.value.set_files(str(upload))
-            expect(page.locator("text=from-the-browser.csv").first).to_be_visible(timeout=60_000)
-            page.screenshot(path=str(Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path)) / "dashboard.png"))
+            yield page
         finally:
             browser.close()
+
+
+def test_dashboard_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    upload = tmp_path / "from-the-browser.csv"
+    upload.write_text("city,visits\nLyon,3\n")
+    cells = ["%load_ext pydantic_deep", "from pydantic_deep.widgets import dashboard\ndashboard()"]
+    with notebook_running_in_chromium(lab, "dashboard.ipynb", cells) as page:
+        select = page.locator(".widget-dropdown select").first
+        expect(select).to_be_visible(timeout=120_000)
+        select.select_option("python-minimal")
+        page.locator("button:has-text('Start')").first.click()
+        log = page.locator(".widget-textarea textarea").first
+        expect(log).to_have_value(re.compile("Started <DockerSandbox runtime='python-minimal'"), timeout=300_000)
+        with page.expect_file_chooser() as chooser:
+            page.locator("button.widget-upload").first.click()
+        chooser.value.set_files(str(upload))
+        expect(page.locator("text=from-the-browser.csv").first).to_be_visible(timeout=60_000)
+        page.screenshot(path=str(Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path)) / "dashboard.png"))
     # From inside the container: the notebook's sandbox holds the file in /uploads.
     sandboxes = docker_client().containers.list(filters={"label": "pydantic-deep.runtime=python-minimal"})
     listings = [c.exec_run(["ls", "/uploads"]).output.decode() for c in sandboxes]
@@ -144,97 +155,65 @@ def test_a_vite_app_previewed_under_its_cell_updates_without_a_reload(lab: tuple
     """%sandbox preview shows a Vite React dev server of a node-react sandbox (network off) in an
     iframe routed through the Jupyter server (jupyter-server-proxy); an edit inside the sandbox
     reaches the page by hot module replacement over the proxied WebSocket, without a reload."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, root = lab
     mark = uuid.uuid4().hex
-    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                 "language": "python"}})
-    notebook.cells = [nbformat.v4.new_code_cell("%load_ext pydantic_deep\n"
-                                                "%config SandboxMagics.runtime = 'node-react'"),
-                      nbformat.v4.new_code_cell("%%sandbox --shell\n" + VITE_APP.replace("MARK", mark)),
-                      nbformat.v4.new_code_cell('%sandbox preview 5173 --absolute --run "cd app && npx vite"')]
-    nbformat.write(notebook, root / "preview.ipynb")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url.replace("dashboard.ipynb", "preview.ipynb"))
-            page.wait_for_selector(".jp-Notebook", timeout=60_000)
-            expect(page.locator("text=Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=30_000)
-            iframe = page.locator(".pydantic-deep-preview iframe")
-            expect(iframe).to_be_visible(timeout=300_000)
-            assert "/proxy/absolute/" in (iframe.get_attribute("src") or "")  # through the Jupyter server
-            message = page.frame_locator(".pydantic-deep-preview iframe").locator("#message")
-            expect(message).to_have_text(f"Hello v1 {mark}", timeout=120_000)
-            frame = next(f for f in page.frames if "/proxy/absolute/" in f.url)
-            frame.evaluate("window.__keptAcrossUpdates = 42")
-            # The edit, made inside the sandbox (found by the mark its app carries).
-            [box] = [c for c in docker_client().containers.list(filters={"label": "pydantic-deep.runtime=node-react"})
-                     if mark in c.exec_run(["sh", "-c", "cat app/App.jsx 2>/dev/null"]).output.decode()]
-            assert box.exec_run(["sed", "-i", "s/Hello v1/Hello v2/", "app/App.jsx"]).exit_code == 0
-            expect(message).to_have_text(f"Hello v2 {mark}", timeout=60_000)
-            assert frame.evaluate("window.__keptAcrossUpdates") == 42  # the same page: not reloaded
-            page.screenshot(path=str(Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path)) / "preview.png"))
-        finally:
-            browser.close()
+    cells = ["%load_ext pydantic_deep\n%config SandboxMagics.runtime = 'node-react'",
+             "%%sandbox --shell\n" + VITE_APP.replace("MARK", mark),
+             '%sandbox preview 5173 --absolute --run "cd app && npx vite"']
+    with notebook_running_in_chromium(lab, "preview.ipynb", cells) as page:
+        iframe = page.locator(".pydantic-deep-preview iframe")
+        expect(iframe).to_be_visible(timeout=300_000)
+        assert "/proxy/absolute/" in (iframe.get_attribute("src") or "")  # through the Jupyter server
+        message = page.frame_locator(".pydantic-deep-preview iframe").locator("#message")
+        expect(message).to_have_text(f"Hello v1 {mark}", timeout=120_000)
+        frame = next(f for f in page.frames if "/proxy/absolute/" in f.url)
+        frame.evaluate("window.__keptAcrossUpdates = 42")
+        # The edit, made inside the sandbox (found by the mark its app carries).
+        [box] = [c for c in docker_client().containers.list(filters={"label": "pydantic-deep.runtime=node-react"})
+                 if mark in c.exec_run(["sh", "-c", "cat app/App.jsx 2>/dev/null"]).output.decode()]
+        assert box.exec_run(["sed", "-i", "s/Hello v1/Hello v2/", "app/App.jsx"]).exit_code == 0
+        expect(message).to_have_text(f"Hello v2 {mark}", timeout=60_000)
+        assert frame.evaluate("window.__keptAcrossUpdates") == 42  # the same page: not reloaded
+        page.screenshot(path=str(Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path)) / "preview.png"))
 
 
 @pytest.mark.terminal
 def test_terminal_and_monitor_charts_in_a_real_browser(lab: tuple[str, Path], tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, root = lab
-    url = url.replace("dashboard.ipynb", "terminal.ipynb")
     artifacts = Path(os.environ.get("PYDANTIC_DEEP_SCREENSHOTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
-    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                 "language": "python"}})
-    notebook.cells = [nbformat.v4.new_code_cell("%load_ext pydantic_deep\n"
-                                                "%config SandboxMagics.runtime = 'python-minimal'"),
-                      nbformat.v4.new_code_cell("%sandbox terminal"),
-                      nbformat.v4.new_code_cell("from pydantic_deep.widgets import SessionMonitor\n"
-                                                "SessionMonitor(interval=1)"),
-                      # A busy loop for 40 s, left running in the background: the CPU chart climbs.
-                      nbformat.v4.new_code_cell("%%sandbox --shell\nsh -c 'end=$(($(date +%s)+40)); "
-                                                "while [ $(date +%s) -lt $end ]; do :; done' >/dev/null 2>&1 &")]
-    nbformat.write(notebook, root / "terminal.ipynb")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    cells = ["%load_ext pydantic_deep\n%config SandboxMagics.runtime = 'python-minimal'",
+             "%sandbox terminal",
+             "from pydantic_deep.widgets import SessionMonitor\nSessionMonitor(interval=1)",
+             # A busy loop for 40 s, left running in the background: the CPU chart climbs.
+             "%%sandbox --shell\nsh -c 'end=$(($(date +%s)+40)); "
+             "while [ $(date +%s) -lt $end ]; do :; done' >/dev/null 2>&1 &"]
+    with notebook_running_in_chromium(lab, "terminal.ipynb", cells) as page:
+        screen = page.locator(".pd-terminal .xterm-rows").first
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.wait_for_selector(".jp-Notebook", timeout=60_000)
-            expect(page.locator("text=Python 3 (ipykernel) | Idle")).to_be_visible(timeout=60_000)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=30_000)
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=30_000)
-            screen = page.locator(".pd-terminal .xterm-rows").first
-            try:
-                expect(screen).to_contain_text("$", timeout=300_000)  # the shell's prompt
-            finally:
-                page.screenshot(path=str(artifacts / "terminal-opened.png"))
-            page.locator(".pd-terminal .xterm").first.click()
-            page.keyboard.type("echo $HOSTNAME")
-            page.keyboard.press("Enter")
-            hostname = poll_until(lambda: re.search(r"^([0-9a-f]{12})\s*$", screen.inner_text(), re.MULTILINE),
-                                  lambda: f"the terminal shows a container's hostname: {screen.inner_text()!r}",
-                                  timeout=60).group(1)
-            page.screenshot(path=str(artifacts / "terminal-hostname.png"))
-            # The hostname is the id of the notebook's container.
-            assert docker_client().containers.get(hostname).labels.get("pydantic-deep.runtime") == "python-minimal"
-
-            cpu = page.locator("svg.pd-chart[data-kind='cpu']").first
-            expect(cpu).to_be_visible(timeout=60_000)
-            expect(page.locator("svg.pd-chart[data-kind='memory'] polyline").first).to_be_attached(timeout=60_000)
-            poll_until(lambda: float(cpu.get_attribute("data-last") or 0) > 25,
-                       lambda: f"the CPU chart shows the busy loop (now {cpu.get_attribute('data-last')} %)",
-                       timeout=60, interval=0.5)
-            line = page.locator("svg.pd-chart[data-kind='cpu'] polyline").first
-            before = line.get_attribute("points")
-            page.screenshot(path=str(artifacts / "monitor-charts.png"))
-            poll_until(lambda: line.get_attribute("points") != before, "the CPU chart moves", timeout=30, interval=0.5)
-            page.screenshot(path=str(artifacts / "monitor-charts-later.png"))
+            expect(screen).to_contain_text("$", timeout=300_000)  # the shell's prompt
         finally:
-            browser.close()
+            page.screenshot(path=str(artifacts / "terminal-opened.png"))
+        page.locator(".pd-terminal .xterm").first.click()
+        page.keyboard.type("echo $HOSTNAME")
+        page.keyboard.press("Enter")
+        hostname = poll_until(lambda: re.search(r"^([0-9a-f]{12})\s*$", screen.inner_text(), re.MULTILINE),
+                              lambda: f"the terminal shows a container's hostname: {screen.inner_text()!r}",
+                              timeout=60).group(1)
+        page.screenshot(path=str(artifacts / "terminal-hostname.png"))
+        # The hostname is the id of the notebook's container.
+        assert docker_client().containers.get(hostname).labels.get("pydantic-deep.runtime") == "python-minimal"
+
+        cpu = page.locator("svg.pd-chart[data-kind='cpu']").first
+        expect(cpu).to_be_visible(timeout=60_000)
+        expect(page.locator("svg.pd-chart[data-kind='memory'] polyline").first).to_be_attached(timeout=60_000)
+        poll_until(lambda: float(cpu.get_attribute("data-last") or 0) > 25,
+                   lambda: f"the CPU chart shows the busy loop (now {cpu.get_attribute('data-last')} %)",
+                   timeout=60, interval=0.5)
+        line = page.locator("svg.pd-chart[data-kind='cpu'] polyline").first
+        before = line.get_attribute("points")
+        page.screenshot(path=str(artifacts / "monitor-charts.png"))
+        poll_until(lambda: line.get_attribute("points") != before, "the CPU chart moves", timeout=30, interval=0.5)
+        page.screenshot(path=str(artifacts / "monitor-charts-later.png"))

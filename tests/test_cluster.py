@@ -51,6 +51,11 @@ def test_bad_cluster_arguments_are_refused_and_unknown_engines_say_what_to_do() 
         SwarmCluster("tcp://manager:2376", constraints="node.role==worker")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="need a volume_driver"):
         SwarmCluster("tcp://manager:2376", volume_driver_options={"type": "nfs"})
+    with pytest.raises(InvalidArgumentError, match="session_storage needs a volume_driver .* with [{]name[}]"):
+        SwarmCluster("tcp://manager:2376", session_storage="/tmp")
+    with pytest.raises(InvalidArgumentError, match="session_storage '/nowhere/sessions' is not a directory on this"):
+        SwarmCluster("tcp://manager:2376", volume_driver="local", session_storage="/nowhere/sessions",
+                     volume_driver_options={"type": "nfs", "o": "addr=10.0.0.5", "device": ":/export/{name}"})
     with pytest.raises(InvalidArgumentError, match="cluster must be a SwarmCluster"):
         DockerSandbox(cluster=3)  # type: ignore[arg-type]
     cluster = SwarmCluster("tcp://manager:2376", nodes={"gpu-1": "tcp://10.0.0.21:2376"})
@@ -75,7 +80,7 @@ def cluster(swarm: LocalSwarm) -> SwarmCluster:
 def test_sandboxes_spread_across_nodes_and_run_commands_and_files_on_workers(cluster: SwarmCluster) -> None:
     sandboxes = [DockerSandbox(cluster=cluster, memory="256m", cpus=0.25) for _ in range(3)]
     assert [s.disk_size for s in sandboxes] == [None] * 3  # the 10g default is no disk on a cluster
-    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk: disk_size='1g'"):
+    with pytest.raises(InvalidArgumentError, match="cannot have a disk without a session storage: disk_size='1g'"):
         SessionManager(cluster=cluster, disk_size="1g")
     with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk"):
         DockerSandbox(cluster=cluster, disk_size="1g", disk_name="kept")
@@ -539,3 +544,70 @@ def test_snapshots_and_forks_of_a_cluster_sandbox_start_on_other_nodes(swarm: Lo
             sandbox.stop()
         if snap is not None:
             delete_snapshot(snap.name)
+
+
+# -- a session's quota on the cluster's session storage (issue 22) ---------------------------------
+
+
+@pytest.fixture
+def stored(swarm: LocalSwarm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmCluster]:
+    """The workers, with session files in a host directory each node binds through the local driver
+    (what an NFS export with ``crossmnt`` does across machines), named as the session storage."""
+    storage = tmp_path_factory.mktemp("storage")
+    yield SwarmCluster(swarm.manager.socket, constraints=["node.role==worker"], volume_driver="local",
+                       volume_driver_options={"type": "none", "o": "bind", "device": f"{storage}/{{name}}"},
+                       session_storage=storage)
+    for node in swarm.nodes.values():  # a node a failed test left down
+        if node.process is None:
+            node.start()
+
+
+def _storage_leftovers(storage: str) -> list[str]:
+    """Loop devices, mounts and files of the session storage ``storage``."""
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
+    return ([line for line in loops.splitlines() if f"({storage}/" in line]
+            + [line for line in Path("/proc/self/mounts").read_text().splitlines() if f" {storage}/" in line]
+            + os.listdir(storage))
+
+
+@pytest.mark.disk
+@pytest.mark.anyio
+async def test_a_session_quota_holds_on_every_node_and_across_a_node_loss(swarm: LocalSwarm,
+                                                                          stored: SwarmCluster) -> None:
+    storage = stored.session_storage
+    assert storage is not None
+    manager = SessionManager(name="test-cluster-quota", cluster=stored, memory="256m", cpus=0.25, disk_size="200m")
+    lost_node = None
+    try:
+        sandbox = await manager.get_or_create("gina")
+        disk = sandbox.disk_name
+        assert os.path.ismount(f"{storage}/{disk}")  # the session's directory in the export is its filesystem
+        result = sandbox.execute("head -c 300m /dev/zero > big; echo status=$?", timeout=120)
+        assert "No space left on device" in result.output and "status=1" in result.output, result
+        assert sandbox.execute("echo still answering").output == "still answering\n"
+        [info] = await manager.list_sessions()
+        assert info.disk_limit_bytes is not None and 180 << 20 < info.disk_limit_bytes <= 200 << 20, info
+        assert info.disk_bytes > info.disk_limit_bytes - (8 << 20)  # full
+        written = sandbox.execute("stat -c %s big").output
+
+        lost_node = swarm.nodes[sandbox.node or ""]
+        lost_node.kill()
+        # At once, before any call found the node lost (Swarm still has it ready for a while): a
+        # task placed there is found waiting on a dead engine and placed again, elsewhere.
+        moved = await manager.get_or_create("gina")
+        assert moved.node not in (None, lost_node.name)
+        with pytest.raises(NodeLostError):
+            sandbox.execute("echo on a lost node", timeout=30)
+        assert moved.execute("stat -c %s big").output == written  # its files, on the same filesystem
+        result = moved.execute("head -c 100m /dev/zero > more; echo status=$?", timeout=120)
+        assert "No space left on device" in result.output and "status=1" in result.output, result  # the same cap
+        assert moved.usage().disk_limit_bytes == info.disk_limit_bytes
+        lost_node.start()
+        poll_until(lambda: not _service_containers(lost_node, sandbox.name), "the old task's container to go")
+    finally:
+        if lost_node is not None and lost_node.process is None:
+            lost_node.start()
+        await manager.shutdown(keep_files=False)
+    poll_until(lambda: _storage_leftovers(storage) == [], "no loop device, mount or file of the disk left",
+               timeout=60)
+

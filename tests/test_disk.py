@@ -7,7 +7,9 @@ runs here."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +17,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
 
 import pytest
 from helpers import poll_until
@@ -32,7 +33,7 @@ from pydantic_deep import (
 )
 from pydantic_deep.cli import main as cli
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.sandbox.disk import disk_dir, list_disks
+from pydantic_deep.sandbox.disk import DISK_DIR, disk_dir, list_disks
 from pydantic_deep.sandbox.docker import FROM_RUNTIME, resolved_disk_size
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.disk, pytest.mark.anyio]
@@ -230,17 +231,103 @@ def test_prune_releases_the_disk_of_a_killed_owner(capsys: pytest.CaptureFixture
     assert os.path.isdir(os.path.dirname(disk_dir(disk)))
 
 
-def test_on_a_cluster_the_default_is_no_disk_and_a_sessions_disk_is_refused() -> None:
-    """On a cluster a disk is made on every node a sandbox may go to: not by default, and never a
-    session's (kept) disk, which would stay on one node while the session moves."""
-    cluster = cast(SwarmCluster, object())  # only whether there is one matters here
+KILLED_MANAGER = """
+import json, os, signal, socket, sys, time
+from pydantic_deep import DockerSandbox, SyncSessionManager
+from pydantic_deep.engine.client import docker_client
+from pydantic_deep.sandbox.disk import DISK_DIR, _Agent, list_disks
+name, other = sys.argv[1:]
+manager = SyncSessionManager("python-minimal", name=name, disk_size="64m", warm=1)
+kept = manager.get_or_create("kept")  # the warm sandbox, its disk named for the pool, now a session's
+kept.write_file("a.txt", "kept on purpose")
+manager.stop("kept")  # unmounted, files kept
+running = manager.get_or_create("running")  # its container outlives the kill (a session's does)
+box = DockerSandbox("python-minimal", disk_size="64m").start()  # then one made ahead
+# A disk in another engine's folder (an engine gone since, a swarm node's...).
+_Agent(docker_client(), host_dir=f"{DISK_DIR}/{other}").run(
+    "open", "pd-disk-elsewhere", str(64 << 20), "1000", "1000", "0", f"{socket.gethostname()} {os.getpid()}")
+def made() -> list[str]:
+    return [d.name for d in list_disks() if d.owner.endswith(f" {os.getpid()}")]
+while not ([d for d in made() if d.startswith(f"pd-{name}-pool-") and d != kept.disk_name]
+           and [d for d in made() if d.startswith("pd-disk-") and d != box.disk_name]):
+    time.sleep(0.05)  # the pool's next warm sandbox and the next disk, made in the background
+print(json.dumps({"kept": kept.disk_name, "running": running.disk_name, "box": box.disk_name,
+                  "made": made(), "pid": os.getpid()}), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+async def test_prune_finds_every_disk_a_killed_process_left_and_keeps_sessions_files(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A killed session manager with a warm pool, a sandbox, the disk made ahead and a disk in
+    another engine's folder: prune deletes all but the sessions' disks, which it only unmounts,
+    and leaves this (live) process's disks alone."""
+    name, other = f"test-{uuid.uuid4().hex[:8]}", f"test-gone-engine-{uuid.uuid4().hex[:8]}"
+    mine = DockerSandbox("python-minimal", disk_size="64m").start()  # a live owner's disks: its own, one made ahead
+    try:
+        poll_until(lambda: len(owned_disks(str(os.getpid()))) >= 2, "this process's disk made ahead")
+        live = owned_disks(str(os.getpid()))
+        killed = subprocess.run([sys.executable, "-c", KILLED_MANAGER, name, other], capture_output=True, text=True,
+                                timeout=300)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        left = json.loads(killed.stdout)
+        owned = {"label": f"pydantic-deep.owner-pid={left['pid']}"}
+        poll_until(lambda: all(c["Labels"].get("pydantic-deep.manager") == name
+                               for c in docker_client().api.containers(all=True, filters=owned)),
+                   "the killed owner's sandbox and disk agents to remove themselves (its sessions' stay)")
+        sessions = {left["kept"], left["running"]}
+        assert left["kept"].startswith(f"pd-{name}-pool-")  # named for the pool: a session's by its record
+        gone = [disk for disk in left["made"] if disk not in sessions]
+        assert len(gone) >= 3  # the sandbox's, the one made ahead, the next warm sandbox's
+        elsewhere = f"{DISK_DIR}/{other}/pd-disk-elsewhere"
+        assert os.path.ismount(elsewhere) and all(leftovers(disk) for disk in left["made"])
+        cli(["prune"])
+        assert "Released" in capsys.readouterr().out
+        for disk in gone:
+            assert leftovers(disk) == [], disk
+        assert not glob.glob(f"{elsewhere}*")
+        for disk in sessions:  # unmounted, their files kept
+            assert sorted(leftovers(disk)) == [f"{disk_dir(disk)}.img", f"{disk_dir(disk)}.keep"], disk
+        assert all(os.path.ismount(disk_dir(disk)) for disk in live)  # the live process's: untouched
+        successor = SessionManager("python-minimal", name=name, disk_size="64m")
+        assert (await successor.get_or_create("kept")).read_file("a.txt") == b"kept on purpose"
+        await successor.get_or_create("running")
+        await successor.shutdown(keep_files=False)
+        assert all(leftovers(disk) == [] for disk in sessions)
+    finally:
+        mine.stop()
+        cleanup = SessionManager("python-minimal", name=name, disk_size="64m")  # whatever a failure left
+        for user in ("kept", "running"):
+            with contextlib.suppress(Exception):
+                await cleanup.get_or_create(user)
+        await cleanup.shutdown(keep_files=False)
+        with contextlib.suppress(OSError):
+            os.rmdir(f"{DISK_DIR}/{other}")
+
+
+def test_on_a_cluster_the_default_is_no_disk_and_a_sessions_disk_needs_the_session_storage(tmp_path: Path) -> None:
+    """On a cluster a sandbox's own disk is made on every node it may go to, not by default; a
+    session's (kept) disk only in a session storage every node mounts (never on one node, where it
+    would stay while the session moves), and there by default."""
+    cluster = SwarmCluster("tcp://manager:2376")
     runtime = get_runtime("python-minimal")
     assert resolved_disk_size(FROM_RUNTIME, runtime, None) == runtime.disk_size == "10g"
     assert resolved_disk_size(FROM_RUNTIME, runtime, cluster) is None
     assert resolved_disk_size(None, runtime, cluster) is None
     assert resolved_disk_size("1g", runtime, cluster, kept=False) == "1g"  # a sandbox's own (tests/test_cluster.py)
-    with pytest.raises(InvalidArgumentError, match="sessions on a cluster cannot have a disk: disk_size='1g'"):
+    with pytest.raises(InvalidArgumentError, match="cannot have a disk without a session storage: disk_size='1g'"):
         resolved_disk_size("1g", runtime, cluster)
     with pytest.raises(InvalidArgumentError, match="runtime 'python-minimal'.s disk_size='2g'"):
         resolved_disk_size(FROM_RUNTIME, RuntimeConfig.model_validate(
             {**runtime.model_dump(exclude_unset=True), "disk_size": "2g"}), cluster)
+    stored = SwarmCluster("tcp://manager:2376", volume_driver="local", session_storage=tmp_path,
+                          volume_driver_options={"type": "nfs", "o": "addr=10.0.0.5,rw", "device": ":/x/{name}"})
+    assert resolved_disk_size(FROM_RUNTIME, runtime, stored) == "10g"  # a session's quota by default
+    assert resolved_disk_size("1g", runtime, stored) == "1g"
+    assert resolved_disk_size(FROM_RUNTIME, runtime, stored, kept=False) is None
+    # The session's directories in the storage reach its task as volumes of the driver.
+    spec = stored.service_spec("image", {"name": "s", "mounts": [
+        {"Type": "bind", "Source": f"{tmp_path}/pd-x-disk/work", "Target": "/workspace"}]})
+    [mount] = spec["task_template"]["ContainerSpec"]["Mounts"]
+    assert (mount["Type"], mount["Source"], mount["VolumeOptions"]["DriverConfig"]["Options"]["device"]) == (
+        "volume", "pd-x-disk-work", ":/x/pd-x-disk/work")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import poll_until, probe_connections
+from helpers import namespace_behind_veth, poll_until, probe_connections
 
 from pydantic_deep import DockerSandbox, InvalidArgumentError, SandboxStateError, SessionManager
 from pydantic_deep.engine.client import docker_client
@@ -123,42 +123,25 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outside]:
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
              "-days", "2", "-extfile", str(extensions), "-out", str(cert))
     ca_key.unlink()
-    pid = os.getpid()
-    namespace, host_if, ns_if = f"pdt-egr-{pid}", f"pdeh{pid}", f"pden{pid}"
-    base = ipaddress.IPv4Network("198.18.0.0/15")[4 * ((pid + 8191) % 32768)]
+    base = ipaddress.IPv4Network("198.18.0.0/15")[4 * ((os.getpid() + 8191) % 32768)]
     requests = directory / "requests.jsonl"
     requests.touch()
-    server = None
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
-    try:
-        ip("netns", "add", namespace)
-        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        ip("link", "set", ns_if, "netns", namespace)
-        ip("addr", "add", f"{base + 1}/30", "dev", host_if)
-        ip("-n", namespace, "addr", "add", f"{base + 2}/30", "dev", ns_if)
-        ip("link", "set", host_if, "up")
-        ip("-n", namespace, "link", "set", ns_if, "up")
-        ip("-n", namespace, "link", "set", "lo", "up")
+    with namespace_behind_veth("egr", [ipaddress.IPv4Network(f"{base}/30")]) as namespace:
         server = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", SERVER, str(cert), str(key),
                                    str(requests)])
+        try:
+            def answers() -> bool:
+                probe = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c",
+                                        "import socket; socket.create_connection(('127.0.0.1', 443), timeout=1)"],
+                                       capture_output=True)
+                return probe.returncode == 0
 
-        def answers() -> bool:
-            probe = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c",
-                                    "import socket; socket.create_connection(('127.0.0.1', 443), timeout=1)"],
-                                   capture_output=True)
-            return probe.returncode == 0
-
-        poll_until(answers, "the outside HTTPS server listens", timeout=20, give_up=lambda: server.poll() is not None)
-        yield Outside(str(base + 2), str(base + 1), ca_cert, requests)
-    finally:
-        if server is not None:
+            poll_until(answers, "the outside HTTPS server listens", timeout=20,
+                       give_up=lambda: server.poll() is not None)
+            yield Outside(str(base + 2), str(base + 1), ca_cert, requests)
+        finally:
             server.kill()
             server.wait()
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
 
 
 def fetch(sandbox: DockerSandbox, *urls: str) -> dict[str, str]:

@@ -198,6 +198,24 @@ def test_flooding_the_container_log_costs_the_host_no_disk(sandbox: DockerSandbo
     assert attrs["HostConfig"]["LogConfig"]["Type"] == "none" and attrs["LogPath"] == ""
 
 
+# Writes junk into every descriptor of the supervisor that /proc lets the sandbox user open.
+INTO_THE_SUPERVISOR = """for p in /proc/[0-9]*; do
+  case "$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)" in *pydantic-deep/supervisor*)
+    for fd in 0 1 2 3 4 5 6 7 8 9; do printf 'junk' 2>/dev/null > $p/fd/$fd && echo "wrote $p/fd/$fd"; done;;
+  esac
+done; echo done"""
+
+
+def test_code_cannot_write_into_its_supervisors_stream(box: DockerSandbox) -> None:
+    """The supervisor runs as the sandbox's user; being non-dumpable keeps its descriptors out of
+    that user's reach, so a program cannot garble (or hang) its own channel."""
+    if box.supervisor == "node":
+        pytest.xfail("Node.js cannot make itself non-dumpable (no prctl): the Node supervisor is still exposed")
+    result = box.execute(INTO_THE_SUPERVISOR, timeout=60)
+    assert result.output == "done\n"
+    assert_answers(box)
+
+
 # -- output -------------------------------------------------------------------------------------
 
 

@@ -17,12 +17,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from helpers import CONNECT_PROBE, SERVE_ON_8000, probe_connections
+from helpers import CONNECT_PROBE, SERVE_ON_8000, answers, namespace_behind_veth, poll_until, probe_connections
 
 from pydantic_deep import DockerSandbox, InvalidArgumentError, SandboxPool, SessionManager
 from pydantic_deep.engine.client import docker_client
@@ -81,45 +80,23 @@ class Outside:
 def outside() -> Iterator[Outside]:
     """A server in a network namespace of its own, reachable from the host through a veth pair."""
     pid = os.getpid()
-    namespace, host_if, ns_if = f"pdt-out-{pid}", f"pdth{pid}", f"pdtn{pid}"
     public = ipaddress.IPv4Network("198.18.0.0/15")[4 * (pid % 32768)]
     private = ipaddress.IPv4Network("10.233.0.0/16")[4 * (pid % 16384)]
-    server = None
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True)
-
-    try:
-        ip("netns", "add", namespace)
-        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        ip("link", "set", ns_if, "netns", namespace)
-        for base in (public, private):
-            ip("addr", "add", f"{base + 1}/30", "dev", host_if)
-            ip("-n", namespace, "addr", "add", f"{base + 2}/30", "dev", ns_if)
-        ip("link", "set", host_if, "up")
-        ip("-n", namespace, "link", "set", ns_if, "up")
-        ip("-n", namespace, "link", "set", "lo", "up")
+    networks = [ipaddress.IPv4Network(f"{base}/30") for base in (public, private)]
+    with namespace_behind_veth("out", networks) as namespace:
         server = subprocess.Popen(
             ["ip", "netns", "exec", namespace, sys.executable, "-c",
              "import socket; s = socket.create_server(('0.0.0.0', 8080)); "
              "[s.accept()[0].close() for _ in iter(int, 1)]"])
-        deadline = time.monotonic() + 10
-        while True:  # poll until the server answers through the veth pair
-            try:
-                socket.create_connection((str(public + 2), 8080), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the outside server did not start")
-                time.sleep(0.05)
-        yield Outside(f"{public + 2}:8080", f"{private + 2}:8080", f"{private}/30",
-                      [str(public + 1), str(private + 1)])
-    finally:
-        if server is not None:
+        try:
+            poll_until(answers(lambda: socket.create_connection((str(public + 2), 8080), timeout=1).close(), OSError),
+                       "the outside server answers through the veth pair", timeout=10,
+                       give_up=lambda: server.poll() is not None)
+            yield Outside(f"{public + 2}:8080", f"{private + 2}:8080", f"{private}/30",
+                          [str(public + 1), str(private + 1)])
+        finally:
             server.kill()
             server.wait()
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)  # gone with the namespace
 
 
 @pytest.fixture(scope="module")

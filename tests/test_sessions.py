@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import poll_until
+from helpers import poll_until, session_volumes
 
 from pydantic_deep import (
     DockerSandbox,
@@ -21,6 +21,7 @@ from pydantic_deep import (
     SessionManager,
 )
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.sandbox.disk import list_disks
 from pydantic_deep.sessions import naming
 
 pytestmark = pytest.mark.anyio
@@ -241,6 +242,20 @@ async def test_a_new_process_finds_the_files_of_a_clean_exit() -> None:
         assert (await second.get_or_create("gina")).read_file("draft.txt") == b"v1"
     finally:
         await second.shutdown(keep_files=False)
+
+
+async def test_a_new_process_releases_the_files_of_a_clean_exit() -> None:
+    """What notebook 05 does: the files an earlier process kept are removed by a new manager."""
+    name = unique_name()
+    first = SessionManager("python-minimal", name=name)
+    disk = (await first.get_or_create("ida")).disk_name
+    assert await first.shutdown() == 1
+    assert disk in {d.name for d in list_disks()}
+    second = SessionManager("python-minimal", name=name)
+    assert await second.release("ida")
+    assert not [v for v in session_volumes() if name in v]
+    assert disk not in {d.name for d in list_disks()}
+    assert not await second.release("ida")  # nothing left to end
 
 
 SHARING_WORKER = """

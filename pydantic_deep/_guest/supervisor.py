@@ -59,6 +59,9 @@ command that still cannot start fails with a message that names the limit.
 A command is finished when its shell exits; output its background children write later is read
 and discarded, so a server started with ``&`` keeps running and never blocks on a full pipe. When
 the host's stream closes, every command still running is killed and the supervisor exits.
+
+The supervisor makes itself non-dumpable, so that the sandbox's code (the same user) cannot reach
+its stream through ``/proc/<pid>/fd``.
 """
 
 from __future__ import annotations
@@ -820,7 +823,21 @@ class Supervisor:
                 pass
 
 
+def _out_of_reach_of_sandbox_code() -> None:
+    """Make this process non-dumpable. Code in the sandbox runs as the same user, so it could
+    otherwise open ``/proc/<pid>/fd/N`` (or ``mem``) of the supervisor and write into the channel's
+    stream; for a non-dumpable process those are the kernel's (root's) only. Commands get the flag
+    back when they exec. Best effort: a Python without ctypes keeps the old exposure."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # prctl(PR_SET_DUMPABLE, 0)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
 def main() -> None:
+    _out_of_reach_of_sandbox_code()
     # Frames own stdout; a stray print would corrupt the stream, so fd 1 is kept for them alone.
     host_out = os.dup(1)
     os.dup2(2, 1)

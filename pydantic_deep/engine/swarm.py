@@ -67,6 +67,9 @@ logger = logging.getLogger(__name__)
 NODE_ID_TEMPLATE = "{{.Node.ID}}"
 """Swarm's template for the id of the node a task runs on (in a mount's source, say)."""
 
+# Seconds a task may wait on its node (assigned, preparing...) before the node's engine is asked
+# whether it is there at all.
+_PENDING_BEFORE_ASKING = 3.0
 _RUNNING, _FAILED = "running", {"failed", "rejected", "shutdown", "complete", "orphaned", "remove"}
 _SERVICE_LABEL = label.SERVICE
 
@@ -82,6 +85,10 @@ class TaskPlacement:
     client: docker.DockerClient
     container_id: str
     image: str
+
+
+class _PlacedOnLostNode(Exception):
+    """A sandbox's task waits on a node whose engine does not answer: it goes elsewhere."""
 
 
 class SwarmCluster:
@@ -110,6 +117,15 @@ class SwarmCluster:
             survive a move to another node. ``None``: each node's own disk, lost with the node.
         volume_driver_options: The driver's options (``{"type": "nfs", "o": "addr=...,rw",
             "device": ":/export/..."}``); ``{name}`` in a value becomes the volume's name.
+        session_storage: The directory on this host that the volume driver's ``{name}`` device
+            serves to every node (the NFS export, ``/export/sessions`` for the device
+            ``":/export/sessions/{name}"``). With it, sessions get their quota on a cluster
+            (``SessionManager(disk_size=...)``, by default the runtime's ``disk_size``): each
+            session's directory there is the mount point of a size-capped filesystem of its own
+            (see :mod:`pydantic_deep.sandbox.cluster_disk`), so whichever node runs the session
+            writes into it, and the quota holds across nodes and node losses. This process's
+            Docker engine must run on this host. NFS needs the export to cross into those
+            filesystems: ``crossmnt`` (see docs/cluster.md).
         constraints: Swarm placement constraints every sandbox gets (``"node.labels.gpu==yes"``).
         spread: A node label to spread sandboxes evenly over its values (``"zone"``).
         start_timeout: Seconds a sandbox's task may take to be placed and running.
@@ -125,6 +141,7 @@ class SwarmCluster:
         registry: str | None = None,
         volume_driver: str | None = None,
         volume_driver_options: Mapping[str, str] | None = None,
+        session_storage: str | os.PathLike[str] | None = None,
         constraints: Sequence[str] = (),
         spread: str | None = None,
         start_timeout: float = 60,
@@ -143,6 +160,7 @@ class SwarmCluster:
         self.registry = registry.rstrip("/") if registry else None
         self.volume_driver = volume_driver
         self.volume_driver_options = dict(volume_driver_options or {})
+        self.session_storage = _checked_session_storage(session_storage, volume_driver, self.volume_driver_options)
         self.constraints = list(constraints)
         self.spread = spread
         self.start_timeout = start_timeout
@@ -323,21 +341,28 @@ class SwarmCluster:
                 :attr:`start_timeout` (the message says why, e.g. no node has the memory).
         """
         reference = self.distribute(image, progress)
-        spec = self.service_spec(reference, options, network=network, constraints=constraints)
-        try:
-            service_id = self.client.api.create_service(**spec)["ID"]
-        except APIError as exc:
-            raise SandboxError(f"Swarm refused the sandbox's service {name}: {exc.explanation}") from None
-        try:
-            return self._wait_running(service_id, name)
-        except BaseException:
-            self.remove(name)
-            raise
-
-    def _wait_running(self, service: str, name: str) -> TaskPlacement:
         deadline = time.monotonic() + self.start_timeout
+        while True:
+            # The spec is made anew each round: it keeps the task off the nodes found lost so far.
+            spec = self.service_spec(reference, options, network=network, constraints=constraints)
+            try:
+                service_id = self.client.api.create_service(**spec)["ID"]
+            except APIError as exc:
+                raise SandboxError(f"Swarm refused the sandbox's service {name}: {exc.explanation}") from None
+            try:
+                return self._wait_running(service_id, name, deadline)
+            except _PlacedOnLostNode:
+                self.remove(name)  # and again, elsewhere
+            except BaseException:
+                self.remove(name)
+                raise
+
+    def _wait_running(self, service: str, name: str, deadline: float) -> TaskPlacement:
         status: dict[str, Any] = {}
         delay = 0.02
+        # A node that died a moment ago is still "ready" to Swarm until its heartbeats are missed,
+        # and a task placed there would wait for it: after a while pending, its engine is asked.
+        pending_since = time.monotonic()
         while time.monotonic() < deadline:
             tasks = self.client.api.tasks(filters={"service": service})
             task = max(tasks, key=lambda t: t["Version"]["Index"], default=None)
@@ -348,6 +373,10 @@ class SwarmCluster:
                 if status["State"] in _FAILED:
                     raise SandboxError(f"the sandbox {name}'s task {status['State']}: "
                                        f"{status.get('Err') or status.get('Message')}")
+                if task.get("NodeID") and time.monotonic() - pending_since > _PENDING_BEFORE_ASKING:
+                    if self.unreachable(self.client.api.inspect_node(task["NodeID"])):
+                        raise _PlacedOnLostNode
+                    pending_since = time.monotonic()
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
         raise SandboxError(f"the sandbox {name} was not running within {self.start_timeout:g} s: "
@@ -401,10 +430,14 @@ class SwarmCluster:
         given: list[Mount] = options.get("mounts") or []
         # Host files (the CA bundle) travel as Swarm configs, which the manager hands to each node;
         # binds of a path on the task's node (a disk's, named with Swarm's {{.Node.ID}}) stay binds.
+        # Binds of a session's directory in the session storage become volumes serving it (NFS...).
+        stored = [mount for mount in given if mount["Type"] == "bind" and self._in_storage(mount["Source"])]
         configs = [self._config_of(Path(mount["Source"]), mount["Target"]) for mount in given
-                   if mount["Type"] == "bind" and NODE_ID_TEMPLATE not in mount["Source"]]
+                   if mount["Type"] == "bind" and NODE_ID_TEMPLATE not in mount["Source"] and mount not in stored]
         mounts = [self._volume_mount(mount["Source"], mount["Target"]) for mount in given
                   if mount["Type"] == "volume"]
+        mounts += [self._volume_mount(self.storage_volume(mount["Source"]), mount["Target"],
+                                      mount["Source"][len(str(self.session_storage)) + 1:]) for mount in stored]
         mounts += [Mount(mount["Target"], mount["Source"], type="bind") for mount in given
                    if mount["Type"] == "bind" and NODE_ID_TEMPLATE in mount["Source"]]
         for path, tmpfs in (options.get("tmpfs") or {}).items():
@@ -459,10 +492,19 @@ class SwarmCluster:
                 del self._lost[node_id]
         return [f"node.id!={node_id}" for node_id in self._lost]
 
-    def _volume_mount(self, name: str, target: str) -> Mount:
+    def _in_storage(self, path: str) -> bool:
+        return self.session_storage is not None and path.startswith(f"{self.session_storage}/")
+
+    def storage_volume(self, path: str) -> str:
+        """The volume that serves ``path``, a directory in :attr:`session_storage`, to a task
+        (``<disk>-work`` for ``<storage>/<disk>/work``)."""
+        return path[len(str(self.session_storage)) + 1:].replace("/", "-")
+
+    def _volume_mount(self, name: str, target: str, path: str | None = None) -> Mount:
+        """A volume mount of ``name``, whose driver's ``{name}`` is ``path`` (else ``name``)."""
         driver = None
         if self.volume_driver:
-            options = {key: value.replace("{name}", name) for key, value in self.volume_driver_options.items()}
+            options = {key: value.replace("{name}", path or name) for key, value in self.volume_driver_options.items()}
             driver = DriverConfig(self.volume_driver, options)
         return Mount(target, name, type="volume", driver_config=driver,
                      labels=label.managed())
@@ -479,6 +521,24 @@ class SwarmCluster:
 
     def __repr__(self) -> str:
         return f"<SwarmCluster manager={self.manager!r}>"
+
+
+def _checked_session_storage(storage: str | os.PathLike[str] | None, driver: str | None,
+                             options: Mapping[str, str]) -> str | None:
+    """``storage`` as an absolute path without a trailing slash, once it can be a session storage."""
+    if storage is None:
+        return None
+    path = os.path.abspath(os.fspath(storage))
+    if not driver or not any("{name}" in value for value in options.values()):
+        raise InvalidArgumentError(
+            "session_storage needs a volume_driver whose options serve it to every node, with {name} where a "
+            "session's directory goes (e.g. volume_driver='local', volume_driver_options={'type': 'nfs', "
+            "'o': 'addr=10.0.0.5,rw', 'device': ':/export/sessions/{name}'})")
+    if not os.path.isdir(path):
+        raise InvalidArgumentError(
+            f"session_storage {path!r} is not a directory on this host: give the directory the volume driver serves "
+            f"(on the host exporting it), or leave session_storage out (sessions on the cluster then have no quota)")
+    return path.rstrip("/") or "/"
 
 
 _SSL_DETAIL = re.compile(r"\[SSL(?:: [A-Z0-9_]+)?\][^(')\"]*|EOF occurred in violation of protocol")

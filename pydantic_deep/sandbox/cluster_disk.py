@@ -10,9 +10,18 @@ The service's bind mounts name that folder with Swarm's template ``{{.Node.ID}}`
 mounts the disk of the node it lands on; the disks of the other nodes are released and deleted as
 soon as it runs. The disk of the running task is released (and deleted) with its service.
 
-Only disks that go with their sandbox: a session's disk, which outlives containers, would stay on
-one node's disk while the session moves to another (sessions on a cluster keep their files on
-volumes, shared across nodes with a ``volume_driver``).
+A session's disk, which outlives containers, cannot be on a node: it would stay there while the
+session moves to another. It lives where the session's files live, on the storage every node
+mounts through the cluster's ``volume_driver`` (an NFS export), when that storage is a directory
+on this host (``SwarmCluster(session_storage=...)``): the disk is made and mounted there by this
+host's disk agent, as on one host, at ``<storage>/<disk>``, so each session's directory in the
+export *is* its size-capped filesystem. The task mounts its ``work``, ``uploads`` and ``home``
+as volumes of the driver whose device is ``<export>/<disk>/work``..., on whichever node it runs:
+every node writes into the one capped filesystem, gets ENOSPC at the quota, and a node's loss
+loses nothing. The disk stays mounted while the session exists (an NFS server cannot serve a
+directory that comes and goes under a client; mounting its file a second time while a lingering
+client still uses the first mount would corrupt it): :func:`release_in_storage` unmounts and
+deletes it when the session's files go.
 """
 
 from __future__ import annotations
@@ -22,15 +31,25 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from docker.errors import APIError, NotFound
+from requests.exceptions import ConnectionError as EngineConnectionError
+
+from ..engine.client import docker_client
 from ..engine.swarm import NODE_ID_TEMPLATE, SwarmCluster
+from ..errors import SandboxError
 from ..images.bases import MINBASE
 from .disk import DISK_DIR, _Agent
 
-__all__ = ["node_disk_dir", "open_on_nodes", "release_on_node", "release_on_nodes"]
+__all__ = ["DISK_PARTS", "node_disk_dir", "open_in_storage", "open_on_nodes", "release_in_storage",
+           "release_on_node", "release_on_nodes"]
+
+DISK_PARTS = ("work", "uploads", "home", "tmp")
+"""The directories of a disk that a sandbox mounts (``tmp`` only when ``/tmp`` is on disk)."""
 
 logger = logging.getLogger("pydantic_deep.disk")
 
@@ -103,3 +122,68 @@ def release_on_nodes(cluster: SwarmCluster, name: str, nodes: Sequence[Mapping[s
     others = [node for node in nodes if node["ID"] != but]
     with ThreadPoolExecutor(max(1, len(others))) as threads, contextlib.suppress(Exception):
         list(threads.map(release, others))
+
+
+def _storage_agent(storage: str) -> _Agent:
+    """The disk agent of this process for the session storage ``storage`` (on this host's engine)."""
+    client = docker_client()
+    with _agents_lock:
+        agent = _agents.get(("", storage))
+        if agent is None:
+            agent = _agents[("", storage)] = _Agent(client, host_dir=storage)
+        return agent
+
+
+def open_in_storage(cluster: SwarmCluster, name: str, size: int, uid: int, gid: int) -> tuple[str, bool]:
+    """Make the session disk ``name`` in the cluster's session storage (unless it exists) and mount it there.
+
+    Returns:
+        Its directory (the mount point, in the export), and whether it was made now (it is empty).
+
+    Raises:
+        SandboxError: this host's engine could not make it, or made it on another host (the
+            session storage must be on the engine's host).
+    """
+    storage = cluster.session_storage
+    assert storage is not None
+    agent = _storage_agent(storage)
+    said = agent.run("open", name, str(size), str(uid), str(gid), "1", f"{socket.gethostname()} {os.getpid()}")
+    if not os.path.exists(f"{storage}/{name}.img"):  # the engine's host is another one
+        if said.strip() == "new":
+            agent.release(name, True)
+        raise SandboxError(f"session_storage {storage} is not on the host of the Docker engine "
+                           f"({agent.client.api.base_url}), which made the disk {name} in its own {storage}: run this "
+                           f"process on the storage's host, with its engine, or leave session_storage out")
+    return f"{storage}/{name}", said.strip() == "new"
+
+
+def release_in_storage(cluster: SwarmCluster, name: str, *, timeout: float = 60) -> None:
+    """Delete the session disk ``name`` (its files) from the cluster's session storage, once the
+    volumes serving it on the nodes are gone: removing them waits for the session's last task's
+    container to go, so the filesystem is unmounted when nothing uses it. A node that does not
+    answer keeps its volume (a record that mounts nothing until used)."""
+    storage = cluster.session_storage
+    assert storage is not None
+    volumes = [cluster.storage_volume(f"{storage}/{name}/{part}") for part in DISK_PARTS]
+    deadline = time.monotonic() + timeout
+    for node in cluster.ready_nodes():
+        try:
+            engine = cluster.engine(cluster.node_address(node)).api
+        except SandboxError:
+            continue
+        for volume in volumes:
+            while True:
+                try:
+                    engine.remove_volume(volume, force=True)
+                except NotFound:
+                    pass
+                except EngineConnectionError:
+                    break
+                except APIError as exc:  # in use, by a task whose removal is under way
+                    if exc.status_code == 409 and time.monotonic() < deadline:
+                        time.sleep(0.1)
+                        continue
+                    logger.warning("Could not remove the volume %s on node %s: %s", volume, cluster.node_name(node),
+                                   exc.explanation)
+                break
+    _storage_agent(storage).release(name, True)

@@ -28,10 +28,10 @@ made in the mount namespace of the agent's containerd shim, where the engine res
 Like a sandbox, the agent is tied to this process through its standard input: it goes when the
 process goes, even by SIGKILL.
 
-What outlives a killed process is found again by ``pydantic-deep prune`` (:func:`prune_disks`):
-every disk records its owner (host and pid); a disk that no container uses and whose owner is
-gone is unmounted (its loop device goes with the mount) and, unless it holds a session's files,
-deleted.
+What outlives a killed process is found again by ``pydantic-deep prune``
+(:func:`pydantic_deep.sandbox.disk_prune.prune_disks`): every disk records its owner (host and
+pid); a disk that no container uses and whose owner is gone is unmounted (its loop device goes
+with the mount) and, unless it holds a session's files, deleted.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from ..engine.containers import remove_container
 from ..errors import SandboxError
 from ..images.bases import MINBASE, bootstrap_base
 
-__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "list_disks", "open_disk", "prune_disks", "release_disk"]
+__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "list_disks", "open_disk", "release_disk"]
 
 logger = logging.getLogger("pydantic_deep.disk")
 
@@ -172,8 +172,9 @@ class _Agent:
         self._releases_lock = threading.Lock()
 
     def run(self, *args: str, script: str = _SCRIPT) -> str:
-        """Run the operation ``args`` of ``script`` (which finds this module's in ``$DISK_SCRIPT``)
-        in the agent; its standard output."""
+        """Run the script's operation ``args`` in the agent (or another ``script`` of the same
+        environment: ``$HOST_DIR``, ``/disks``, ``/run/shim``, and this one in ``$DISK_SCRIPT``);
+        its standard output."""
         for attempt in (1, 2):
             container_id = self._ensure()
             try:
@@ -313,7 +314,8 @@ def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> tuple[
     Args:
         uid: Owner, with ``gid``, of its directories (the sandbox user).
         keep: It holds files that outlive the sandbox (a session's): it gets a journal, and
-            :func:`prune_disks` never deletes it.
+            ``pydantic-deep prune`` only unmounts it (unless it is a warm sandbox's that no
+            session got).
 
     Raises:
         SandboxError: the engine cannot make or mount it.
@@ -350,42 +352,3 @@ def list_disks() -> list[DiskInfo]:
         name, keep, mounted, kilobytes, owner = line.split("\t", 4)
         disks.append(DiskInfo(name, keep == "1", mounted == "1", int(kilobytes) * 1024, owner))
     return disks
-
-
-def prune_disks(*, everything: bool = False) -> int:
-    """Release the disks that no container uses and whose owning process is gone.
-
-    A disk holding a session's files is only unmounted (the session's next container mounts it
-    again); any other is deleted too. With ``everything``, a live owner does not keep a disk.
-
-    Returns:
-        How many disks were released.
-    """
-    client = docker_client()
-    in_use = {container.labels.get(label.DISK) for container in
-              client.containers.list(all=True, filters={"label": label.DISK})}
-    released = 0
-    for disk in list_disks():
-        if disk.name in in_use or (not everything and not _owner_gone(disk.owner)):
-            continue
-        if disk.keep and not disk.mounted:
-            continue  # a dormant session's files: nothing to release
-        release_disk(disk.name, delete=not disk.keep)
-        released += 1
-    return released
-
-
-def _owner_gone(owner: str) -> bool:
-    """Whether ``"<host> <pid>"`` names a process of this host that has ended ("" has no owner)."""
-    host, _, pid = owner.partition(" ")
-    if not owner:
-        return True
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return True
-    except PermissionError:
-        return False
-    return False

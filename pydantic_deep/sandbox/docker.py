@@ -121,7 +121,7 @@ from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import EgressEvent, ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
-from .cluster_disk import node_disk_dir, open_on_nodes, release_on_nodes
+from .cluster_disk import node_disk_dir, open_in_storage, open_on_nodes, release_in_storage, release_on_nodes
 from .disk import release_disk
 from .disk_stock import open_disk, prepare_disk, take_disk
 from .offline import cut_network
@@ -163,30 +163,34 @@ def _checked_network(network: object) -> bool | tuple[str, ...]:
 def resolved_disk_size(disk_size: str | None | _FromRuntime, runtime: RuntimeConfig, cluster: SwarmCluster | None,
                        snapshot: Snapshot | None = None, *, kept: bool = True) -> str | None:
     """The ``disk_size`` a sandbox gets: the one given; else its snapshot's source's; else its
-    runtime's, but on a cluster no disk unless asked for (see :mod:`.cluster_disk`).
+    runtime's, but on a cluster no disk unless asked for (see :mod:`.cluster_disk`), except for a
+    session's on a cluster with a ``session_storage``, which is made there.
 
     Args:
         kept: The disk outlives its sandbox (a session's, under a ``disk_name``).
 
     Raises:
-        InvalidArgumentError: a disk that outlives its sandbox asked for on a cluster (by
-            ``disk_size``, or by a runtime whose ``disk_size`` is not the default): it would stay
-            on one node while the session moves to others.
+        InvalidArgumentError: a disk that outlives its sandbox asked for on a cluster without a
+            ``session_storage`` (by ``disk_size``, or by a runtime whose ``disk_size`` is not the
+            default): it would stay on one node while the session moves to others.
     """
+    stored = cluster is not None and kept and cluster.session_storage is not None
     if isinstance(disk_size, _FromRuntime):
         if snapshot is not None and snapshot.disk_size is not None:
             return str(snapshot.disk_size)
-        if cluster is None or runtime.disk_size == DEFAULT_DISK_SIZE:
-            return runtime.disk_size if cluster is None else None
+        if cluster is None or stored or runtime.disk_size == DEFAULT_DISK_SIZE:
+            return runtime.disk_size if cluster is None or stored else None
         disk_size, argument = runtime.disk_size, f"runtime {runtime.name!r}'s disk_size"
     else:
         argument = "disk_size"
-    if cluster is not None and disk_size is not None and kept:
+    if cluster is not None and disk_size is not None and kept and not stored:
         raise InvalidArgumentError(
-            f"sessions on a cluster cannot have a disk: {argument}={disk_size!r} is a disk that keeps the session's "
-            "files on the node it was made on, and a session moves between nodes; on a cluster, sessions keep "
-            "their files on volumes (shared across nodes with SwarmCluster(volume_driver=...)): leave disk_size "
-            "unset or pass None (a DockerSandbox or SandboxPool on a cluster may have a disk_size)")
+            f"sessions on a cluster cannot have a disk without a session storage: {argument}={disk_size!r} would "
+            "keep the session's files on the node it was made on, and a session moves between nodes; give the "
+            "cluster the directory on this host that its volume driver serves to every node "
+            "(SwarmCluster(volume_driver=..., session_storage='/export/sessions')) for a quota that follows the "
+            "session, or leave disk_size unset or None (a DockerSandbox or SandboxPool on a cluster may have a "
+            "disk_size)")
     return disk_size
 
 # What a call fails with when its container stopped or was removed under it (or the engine
@@ -365,7 +369,8 @@ class DockerSandbox(SandboxBase):
             Named ``volumes`` you mount are not on it. Started from a ``snapshot``, the default is
             the source's size. On a ``cluster`` the default is no disk, and one given is made on
             the node that runs the task (see :mod:`pydantic_deep.sandbox.cluster_disk`); a kept
-            one (``disk_name``) is refused there.
+            one (``disk_name``) is made in the cluster's ``session_storage`` (the runtime's size
+            by default), and refused on a cluster without one.
         disk_name: Keep the disk under this name when the container goes (a session's files):
             ``stop()`` unmounts it, ``stop(remove_volumes=True)`` deletes it, and a new sandbox
             with the same ``disk_name`` gets its files back. By default the disk goes with the
@@ -627,6 +632,8 @@ class DockerSandbox(SandboxBase):
         if self._disk_dir is not None and self.cluster is not None:
             if self._disk_node is not None:  # a cluster's disks go with their sandbox
                 release_on_nodes(self.cluster, self.disk_name, [self._disk_node])
+            elif self._keep_disk and delete:  # a session's stays mounted in the storage till its files go
+                release_in_storage(self.cluster, self.disk_name)
             self._disk_dir = self._disk_node = None
         elif self._disk_dir is not None:
             release_disk(self.disk_name, delete=delete)
@@ -754,7 +761,10 @@ class DockerSandbox(SandboxBase):
         node's engine (with the lock held)."""
         network, constraints = self._swarm_network(cluster)
         disk_nodes: list[Mapping[str, Any]] = []
-        if self.disk_size is not None:  # made on every node it may go to, kept on the one it goes to
+        new_disk = False
+        if self.disk_size is not None and self._keep_disk:  # a session's: in the storage every node mounts
+            self._disk_dir, new_disk = open_in_storage(cluster, self.disk_name, self.disk_size, self._uid, self._gid)
+        elif self.disk_size is not None:  # made on every node it may go to, kept on the one it goes to
             self.disk_name = self.disk_name or f"pd-disk-{uuid.uuid4().hex[:16]}"
             disk_nodes = open_on_nodes(cluster, self.disk_name, self.disk_size, self._uid, self._gid)
             self._disk_dir = node_disk_dir(self.disk_name)
@@ -775,13 +785,13 @@ class DockerSandbox(SandboxBase):
                 # the sandbox's image as the node knows it.
                 cut_network(placement.client, placement.container_id, placement.image, prepared.python,
                             self._helper_labels())
-            if disk_nodes and prepared.seeded:  # a new disk gets the snapshot's files, before first use
+            if (disk_nodes or new_disk) and prepared.seeded:  # a new disk gets the snapshot's files, before use
                 _seed_disk(placement.client, placement.image, placement.container_id, prepared.seeded)
             self._channel = self._open_channel(placement.container_id)
         except BaseException:
             cluster.remove(self.name)
             self._placement = None
-            self._release_disk(delete=True)
+            self._release_disk(delete=not self._keep_disk)
             raise
         self._adopt(placement.client, placement.container_id)
 
@@ -868,6 +878,8 @@ class DockerSandbox(SandboxBase):
             sandbox.disk_name, sandbox._keep_disk = disk, labels.get(label.DISK_KEEP) == "true"
             sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
                                      "").rsplit("/", 1)[0] or None
+            if cluster is not None and cluster.session_storage is not None and sandbox._keep_disk:
+                sandbox._disk_dir = f"{cluster.session_storage}/{disk}"  # on the node, a volume serving it
         with sandbox._lock, engine_errors():
             if sandbox.proxied and label.EGRESS_ID in labels:  # this process's secrets and list, at once
                 sandbox._egress_id, sandbox._egress_address = labels[label.EGRESS_ID], sandbox_address(attrs)
@@ -1103,20 +1115,7 @@ class DockerSandbox(SandboxBase):
     @_in_use
     def execute(self, command: str, timeout: float | None = None, *,
                 on_output: OutputCallback | None = None) -> ExecuteResult:
-        """Run ``command`` with ``sh -c`` in the work dir and return its output and exit code.
-
-        Args:
-            command: A shell command line: quoting, pipes and variables work as in ``sh``.
-            timeout: Seconds before the command's whole process group is killed (default
-                :attr:`command_timeout`, at most 1,000,000); the result then has ``timed_out=True``.
-            on_output: Called with each :class:`OutputChunk` as the command produces it. It runs
-                on the channel's reader thread: keep it quick, and do not wait in it for another
-                command of this sandbox.
-
-        Raises:
-            InvalidArgumentError: the command holds a NUL byte or a lone surrogate, or the timeout
-                is not a positive number of seconds; nothing ran.
-        """
+        """The contract's :meth:`SandboxBase.execute`, through the container's channel."""
         return self._live_channel().run(command, timeout=self._timeout(timeout), max_output=self.max_output,
                                         on_output=on_output)
 
@@ -1159,17 +1158,7 @@ class DockerSandbox(SandboxBase):
 
     @_in_use
     def write_file(self, path: str, content: bytes | str) -> str:
-        """Write ``content`` to ``path`` (relative to the work dir, or under ``/uploads``).
-
-        Missing parent directories are created. Returns the absolute path written.
-
-        Raises:
-            InvalidArgumentError: an unusable path (empty, NUL, too long), or text content UTF-8
-                cannot hold.
-            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
-            IsADirectoryError: a directory is there (it is left as it is).
-            NotADirectoryError: a parent on the path is a file.
-        """
+        """The contract's :meth:`SandboxBase.write_file`, through the container's channel."""
         data = file_content(content)
         return self._put_file(path, io.BytesIO(data), len(data))
 
@@ -1187,14 +1176,7 @@ class DockerSandbox(SandboxBase):
 
     @_in_use
     def read_file(self, path: str) -> bytes:
-        """The content of the file at ``path``.
-
-        Raises:
-            SandboxFileNotFoundError: there is no such file.
-            IsADirectoryError: the path is a directory.
-            InvalidArgumentError: an unusable path (empty, NUL, too long).
-            PathOutsideSandboxError: the path leaves the work dir and ``/uploads``.
-        """
+        """The contract's :meth:`SandboxBase.read_file`, through the container's channel."""
         buffer = io.BytesIO()
         self._copy_out(path, buffer)
         return buffer.getvalue()

@@ -50,6 +50,7 @@ from ..paths import UPLOADS_DIR
 from ..results import EgressEvent
 from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
+from ..sandbox.cluster_disk import release_in_storage
 from ..sandbox.disk import list_disks, release_disk
 from ..sandbox.disk_stock import claim_disk, prepare_disk
 from ..sandbox.docker import FROM_RUNTIME, DockerSandbox, resolved_disk_size
@@ -199,9 +200,11 @@ class SessionManager:
             ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
             and home on one disk of that size, kept with their files across containers, processes
             and container losses. A session keeps the size its disk was made with. New users'
-            disks are made ahead, from :meth:`recover` on (a small stock, refilled in the
-            background; see :mod:`pydantic_deep.sandbox.disk_stock`). On a
-            ``cluster`` the default is no disk, and a session's disk is refused (it would stay on
+            disks on this host's engine are made ahead, from :meth:`recover` on (a small stock,
+            refilled in the background; see :mod:`pydantic_deep.sandbox.disk_stock`). On a
+            ``cluster`` with a ``session_storage`` the disk is made there, the same quota
+            wherever the session runs (see :mod:`pydantic_deep.sandbox.cluster_disk`); on one
+            without, the default is no disk, and a session's disk is refused (it would stay on
             one node while the session moves to others).
             ``network=["pypi.org", ...]`` with ``secrets=`` gives every session those hosts only,
             through the egress proxy, each with its own decisions log (``SessionInfo.egress``).
@@ -212,7 +215,7 @@ class SessionManager:
     Raises:
         InvalidArgumentError: ``network_owner`` among the options (the manager sets it), or a
             ``shared_network`` with ``warm`` capacity (whose sandboxes start before their user is
-            known), or a ``disk_size`` on a ``cluster`` (where the default is no disk).
+            known), or a ``disk_size`` on a ``cluster`` without a ``session_storage``.
     """
 
     def __init__(
@@ -445,11 +448,12 @@ class SessionManager:
         if record is not None and record.disk:  # the user's disk, files and quota (its size is the disk's own)
             options["disk_size"] = options.get("disk_size") or runtime.disk_size or DEFAULT_DISK_SIZE
             if snapshot is not None:  # a new disk, seeded with the snapshot's files
-                release_disk(record.disk, delete=True)
+                self._release_disk(record.disk, delete=True)
             return DockerSandbox(runtime, name=name, disk_name=record.disk, **options).start()
         if record is None and resolved_disk_size(options.get("disk_size", FROM_RUNTIME), runtime, self.cluster):
             sandbox = DockerSandbox(runtime, name=name, disk_name=naming.disk_name(name), **options)
-            if snapshot is not None or sandbox.disk_size is None:  # a snapshot's files go on a disk made for them
+            # A snapshot's files go on a disk made for them; a cluster's disks are made in its storage.
+            if snapshot is not None or sandbox.disk_size is None or self.cluster is not None:
                 return sandbox.start()
             # A new disk made ahead (see sandbox/disk_stock.py): the start runs no disk operation.
             sandbox.disk_name = claim_disk(sandbox.disk_size, *_user_ids(sandbox.user))
@@ -465,6 +469,14 @@ class SessionManager:
                 create_volume(volume)  # emptied: the engine fills an empty volume from the snapshot's image
         return DockerSandbox(runtime, name=name, volumes={work: runtime.work_dir, uploads: UPLOADS_DIR},
                              **options).start()
+
+    def _release_disk(self, disk: str, *, delete: bool) -> None:
+        """Unmount a session's disk, and with ``delete`` remove its files. On a cluster it stays
+        mounted in the session storage (every node's way to it) until its files go."""
+        if self.cluster is None:
+            release_disk(disk, delete=delete)
+        elif delete:
+            release_in_storage(self.cluster, disk)
 
     def _pooled_sandbox(self) -> DockerSandbox:
         name = naming.pool_name(self.name)
@@ -571,6 +583,7 @@ class SessionManager:
         Returns:
             Whether a container was running.
         """
+        await self._ensure_recovered()  # the session may be an earlier process's
         return await asyncio.to_thread(self._end_session, self._key(user_id), False)
 
     async def release(self, user_id: str) -> bool:
@@ -579,6 +592,7 @@ class SessionManager:
         Returns:
             Whether there was a session to end.
         """
+        await self._ensure_recovered()  # the session may be an earlier process's, its files kept
         return await asyncio.to_thread(self._end_session, self._key(user_id), True)
 
     def _end_session(self, key: str, remove_files: bool, *, only_if_idle: float | None = None) -> bool:
@@ -602,7 +616,7 @@ class SessionManager:
             for name in {self._container_name(key), record.container if record else ""} - {""}:
                 self._remove_container(name)  # another process's, or dead
             if record is not None and record.disk and not disk_released:  # mounted still, when another process ran it
-                release_disk(record.disk, delete=remove_files)
+                self._release_disk(record.disk, delete=remove_files)
             if remove_files:
                 for volume in record.volumes if record else {}:
                     if self.cluster is not None:
@@ -770,7 +784,8 @@ class SessionManager:
     async def recover(self) -> tuple[int, int]:
         """Adopt or reap the containers of this manager left by processes that are gone.
 
-        Runs by itself before the first :meth:`get_or_create`; call it to do so earlier.
+        Runs by itself before the first :meth:`get_or_create`, :meth:`stop` or :meth:`release`;
+        call it to do so earlier.
 
         Returns:
             ``(adopted, reaped)``.

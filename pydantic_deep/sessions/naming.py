@@ -13,10 +13,12 @@ import hashlib
 import re
 import uuid
 
-__all__ = ["disk_name", "network_owner", "pool_name", "session_key", "session_name", "user_key", "volume_names"]
+__all__ = ["disk_name", "is_pool_disk", "network_owner", "pool_name", "session_key", "session_name", "user_key",
+           "volume_names"]
 
 _PREFIX = "pd-"
 _KEY = re.compile(r"[0-9a-f]{32}")
+_POOL_DISK = re.compile(r"pd-[a-z0-9-]+-pool-[0-9a-f]{12}-disk")
 
 
 def user_key(user_id: str) -> str:
@@ -40,6 +42,12 @@ def session_key(manager: str, name: str) -> str | None:
 def pool_name(manager: str) -> str:
     """A new, unique name for a sandbox of ``manager``'s warm pool."""
     return f"{_PREFIX}{manager}-pool-{uuid.uuid4().hex[:12]}"
+
+
+def is_pool_disk(name: str) -> bool:
+    """Whether ``name`` is the disk of a warm pool's sandbox (which keeps that name when a user
+    gets it: only the session volume that records the session tells them apart)."""
+    return _POOL_DISK.fullmatch(name) is not None
 
 
 def volume_names(name: str) -> tuple[str, str]:
