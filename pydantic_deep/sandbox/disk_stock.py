@@ -90,16 +90,18 @@ class _Stock:
         claim: concurrent.futures.Future[str] = concurrent.futures.Future()
         with _lock:
             self.taken_at = time.monotonic()
-            if _closed:  # exiting: no stock any more, made now
-                made, error = _make_disks(self.key, 1)
-                if error is not None:
-                    raise error
-                return made[0]
-            if self.ready:
-                claim.set_result(self.ready.popleft())
-            else:
-                self.waiters.append(claim)
-            self.refill_locked()
+            closed = _closed
+            if not closed:
+                if self.ready:
+                    claim.set_result(self.ready.popleft())
+                else:
+                    self.waiters.append(claim)
+                self.refill_locked()
+        if closed:  # exiting: no stock any more, made now
+            made, error = _make_disks(self.key, 1)
+            if error is not None:
+                raise error
+            return made[0]
         return claim.result()
 
     def lacking_locked(self) -> int:
