@@ -43,6 +43,7 @@ class GatedSandbox:
     the order in which starts finish is the test's to choose."""
 
     made: list[GatedSandbox] = []
+    supervisor = "python3"  # its liveness is the channel's, which asks no engine
 
     def __init__(self) -> None:
         self.gate = threading.Event()
@@ -106,6 +107,26 @@ def test_closing_fails_the_waiters_and_stops_what_was_starting(gated: Any) -> No
         sandbox.gate.set()
     closer.join(30)
     assert not closer.is_alive() and all(s.stopped for s in gated.made)
+
+
+def test_acquire_ready_never_waits_and_never_hands_out_a_sandbox_twice(gated: Any) -> None:
+    """The event loop's path (a new session's warm sandbox): a ready one or None, at once."""
+    pool = SandboxPool("python-minimal", size=2, factory=gated)
+    try:
+        assert pool.acquire_ready() is None  # nothing ready: no wait, and no start set going for it
+        pool.start()
+        poll_until(lambda: len(gated.made) == 1, "the refill's start")
+        gated.made[0].gate.set()
+        poll_until(lambda: pool.ready == 1, "one ready")
+        assert pool.acquire_ready() is gated.made[0]
+        assert pool.acquire_ready() is None and pool.waiting == 0
+        poll_until(lambda: len(gated.made) == 2, "the refill's next start")
+        gated.made[1].gate.set()
+        poll_until(lambda: pool.ready == 1, "the next one ready")
+        gated.made[1].stopped = True  # died while it waited: acquire() stops it and serves another
+        assert pool.acquire_ready() is None and pool.ready == 1
+    finally:
+        pool.close()
 
 
 @pytest.mark.anyio

@@ -15,8 +15,8 @@ Why this way: a loop-mounted file works on every engine that can run a container
 configuration (xfs project quotas need the data root on xfs mounted with ``pquota``), and the
 file is sparse: a disk costs only what is written to it. It is made with lazy inode tables and
 (for disks that go with their sandbox) no journal, in about 10 ms, and holds about 4 MB when new.
-Each process keeps one disk per size made ahead (:func:`prepare_disk`), so that a start takes one
-at once (:func:`take_disk`) instead of waiting for a disk operation.
+Each process keeps a few disks made ahead (:mod:`.disk_stock`), so that a start or a new session
+takes one at once instead of waiting for a disk operation.
 
 Who does the privileged part: a *disk agent*, one small container per process and engine, from
 the air-gapped minbase image, with ``CAP_SYS_ADMIN`` (mount), ``CAP_SYS_PTRACE`` (enter the
@@ -57,8 +57,7 @@ from ..engine.containers import remove_container
 from ..errors import SandboxError
 from ..images.bases import MINBASE, bootstrap_base
 
-__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "list_disks", "open_disk", "prepare_disk", "release_disk",
-           "take_disk"]
+__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "list_disks", "open_disk", "release_disk"]
 
 logger = logging.getLogger("pydantic_deep.disk")
 
@@ -81,7 +80,7 @@ open)
     skel=/tmp/skel-$name
     rm -rf "$skel" && mkdir -p "$skel/work" "$skel/uploads" "$skel/home" "$skel/tmp"
     chown -R "$uid:$gid" "$skel" && chmod 1777 "$skel/tmp"
-    journal=; [ "$keep" = 1 ] || journal="-O ^has_journal"
+    journal=; [ "$keep" != 0 ] || journal="-O ^has_journal"  # 2: a session's to be (disk_stock.py)
     truncate -s "$size" "$img.new"
     lazy=lazy_itable_init=1,lazy_journal_init=1,assume_storage_prezeroed=1
     mkfs.ext4 -q -m 0 $journal -E "$lazy,root_owner=$uid:$gid" -d "$skel" "$img.new"
@@ -174,13 +173,14 @@ class _Agent:
 
     def run(self, *args: str, script: str = _SCRIPT) -> str:
         """Run the script's operation ``args`` in the agent (or another ``script`` of the same
-        environment: ``$HOST_DIR``, ``/disks``, ``/run/shim``); its standard output."""
+        environment: ``$HOST_DIR``, ``/disks``, ``/run/shim``, and this one in ``$DISK_SCRIPT``);
+        its standard output."""
         for attempt in (1, 2):
             container_id = self._ensure()
             try:
                 exec_id = self.client.api.exec_create(
                     container_id, ["sh", "-c", script, "sh", *args], user="0:0",
-                    environment={"HOST_DIR": self.host_dir})["Id"]
+                    environment={"HOST_DIR": self.host_dir, "DISK_SCRIPT": _SCRIPT})["Id"]
                 out, err = self.client.api.exec_start(exec_id, demux=True)
             except APIError as exc:  # NotFound included
                 if attempt == 1 and (isinstance(exc, NotFound) or exc.status_code == 409):
@@ -326,77 +326,9 @@ def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> tuple[
     return f"{agent.host_dir}/{name}", said.strip() == "new"
 
 
-# One disk made ahead per (size, uid, gid), for the next sandbox that goes with its disk: a start
-# then costs no disk operation. Refilled in the background after each take; released at exit.
-_spares: dict[tuple[int, int, int], str] = {}
-_refilling: dict[tuple[int, int, int], threading.Thread] = {}
-_spares_lock = threading.Lock()
-_spares_closed = False
-
-
-def take_disk(size: int, uid: int, gid: int) -> tuple[str, str]:
-    """A new mounted disk that goes with its sandbox: ``(name, host directory)``, the one made
-    ahead by :func:`prepare_disk` when there is one."""
-    with _spares_lock:
-        name = _spares.pop((size, uid, gid), None)
-    if name is None:
-        name = _new_disk_name()
-        return name, open_disk(name, size, uid, gid, keep=False)[0]
-    return name, disk_dir(name)
-
-
-def prepare_disk(size: int, uid: int, gid: int) -> None:
-    """Make the next disk for :func:`take_disk` in the background, unless one is ready or coming.
-
-    Called once a sandbox started, so that making it does not slow that start down.
-    """
-    key = (size, uid, gid)
-    with _spares_lock:
-        if key in _spares or key in _refilling or _spares_closed:
-            return
-        _refilling[key] = thread = threading.Thread(target=_refill, args=(key,), name="pydantic-deep-disk",
-                                                    daemon=True)
-        thread.start()
-
-
-def _new_disk_name() -> str:
-    return f"pd-disk-{uuid.uuid4().hex[:16]}"
-
-
-def _refill(key: tuple[int, int, int]) -> None:
-    name = _new_disk_name()
-    try:
-        open_disk(name, *key, keep=False)
-    except Exception:
-        logger.warning("Could not make a disk ahead; the next sandbox makes its own", exc_info=True)
-        name = ""
-    with _spares_lock:
-        del _refilling[key]
-        keep = bool(name) and not _spares_closed and key not in _spares
-        if keep:
-            _spares[key] = name
-    if name and not keep:
-        release_disk(name, delete=True)
-
-
 @atexit.register
 def _at_exit() -> None:
-    """Release the disks made ahead, then remove the agents (which would go by themselves once
-    this process is gone, a moment later)."""
-    global _spares_closed
-    with _spares_lock:
-        _spares_closed = True
-        threads = list(_refilling.values())
-    for thread in threads:
-        thread.join(timeout=30)
-    with _spares_lock:
-        names = list(_spares.values())
-        _spares.clear()
-    for name in names:
-        try:
-            release_disk(name, delete=True)
-        except Exception:  # the engine is gone: `pydantic-deep prune` finds it later
-            logger.warning("Could not release the spare disk %s", name, exc_info=True)
+    """Remove the agents (which would go by themselves once this process is gone, a moment later)."""
     with _agents_lock:
         agents = list(_agents.values())
     for agent in agents:

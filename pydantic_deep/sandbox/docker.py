@@ -122,7 +122,8 @@ from ..results import EgressEvent, ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
 from .base import SandboxBase, SandboxState
 from .cluster_disk import node_disk_dir, open_in_storage, open_on_nodes, release_in_storage, release_on_nodes
-from .disk import open_disk, prepare_disk, release_disk, take_disk
+from .disk import release_disk
+from .disk_stock import open_disk, prepare_disk, take_disk
 from .offline import cut_network
 from .snapshot_disks import clone_disk, fill_volumes, spread_disk, unpack_snapshot_disk
 from .snapshots import (

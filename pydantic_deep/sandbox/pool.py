@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Self
@@ -23,6 +24,12 @@ logger = logging.getLogger("pydantic_deep.pool")
 # each further failure, up to a minute (a broken image build is not retried in a tight loop).
 _FIRST_RETRY = 1.0
 _LONGEST_RETRY = 60.0
+
+# The refill starts replacements once nobody has acquired a sandbox for this long: starting them
+# during a burst would slow the first commands of the sandboxes it hands out (the engine's host's
+# CPU does both), unless callers wait for one.
+_QUIET = 0.5
+_MOST_DEFERRED = 2.0  # but no longer than this: a steady stream of callers does not starve the refill
 
 # Most cold starts under way at once for callers who found nothing ready: more only queue up in
 # the engine (which starts containers a few at a time) and slow every one of them down.
@@ -85,6 +92,7 @@ class SandboxPool:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._failure: Exception | None = None  # the refill's last start failed with this
+        self._taken_at = 0.0  # when a sandbox was last acquired (time.monotonic())
 
     @property
     def ready(self) -> int:
@@ -136,6 +144,21 @@ class SandboxPool:
         """Async form of :meth:`acquire`: waits without holding a thread."""
         return await asyncio.wrap_future(self._claim())
 
+    def acquire_ready(self) -> DockerSandbox | None:
+        """A ready sandbox, at once, or ``None`` (none is ready, or the next one's liveness would
+        take asking the engine): never waits, never calls the engine, so an event loop can call it.
+        :meth:`acquire` is the way when it says ``None``."""
+        with self._changed:
+            if self._closed or not self._ready:
+                return None
+            first = self._ready[0]
+            if first.supervisor is None or not first.alive:  # an exec channel asks the engine; a dead one is stopped
+                return None
+            self._taken_at = time.monotonic()
+            self._ready.popleft()
+            self._changed.notify_all()  # the refill makes up what was taken
+        return first
+
     def _claim(self) -> concurrent.futures.Future[DockerSandbox]:
         """A future of the sandbox this caller gets: done at once when one is ready; else the caller
         queues up and a cold start is set going on its behalf."""
@@ -144,6 +167,7 @@ class SandboxPool:
         with self._changed:
             if self._closed:
                 raise SandboxStateError("this pool was closed")
+            self._taken_at = time.monotonic()
             while self._ready:
                 sandbox = self._ready.popleft()
                 if sandbox.alive:
@@ -222,11 +246,19 @@ class SandboxPool:
 
     def _refill(self) -> None:
         retry_after = _FIRST_RETRY
+        lacking_since: float | None = None
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._closed or len(self._ready) < self.size)
                 if self._closed:
                     return
+                now = time.monotonic()
+                lacking_since = lacking_since or now
+                burst = min(_QUIET - (now - self._taken_at), _MOST_DEFERRED - (now - lacking_since))
+                if burst > 0 and not self._waiters:  # a burst may be under way: later
+                    self._changed.wait_for(lambda: self._closed, burst)
+                    continue
+            lacking_since = None
             try:
                 sandbox = self._start_one()
             except Exception as exc:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from typing import Any, Literal, Self
 import docker
 
 from .._html import field_table
-from ..config import DEFAULT_DISK_SIZE, RuntimeConfig
+from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine import labels as label
 from ..engine.client import docker_client, engine_errors
 from ..engine.containers import owner_gone, remove_container
@@ -51,6 +52,7 @@ from ..runtimes import resolve_runtime
 from ..sandbox.base import SandboxState
 from ..sandbox.cluster_disk import release_in_storage
 from ..sandbox.disk import list_disks, release_disk
+from ..sandbox.disk_stock import claim_disk, prepare_disk
 from ..sandbox.docker import FROM_RUNTIME, DockerSandbox, resolved_disk_size
 from ..sandbox.pool import SandboxPool
 from ..sandbox.snapshots import Snapshot, resolve_snapshot
@@ -89,6 +91,8 @@ class SessionInfo:
 
 
 _SHUTDOWN_THREADS = 32  # sessions ended at once by shutdown()
+_SETTLE_QUIET = 0.5  # warm sessions are named and recorded once no new user got one for this long,
+_SETTLE_LATEST = 2.0  # or at the latest this long after (a steady stream of new users does not starve it)
 _MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
 
 
@@ -195,7 +199,9 @@ class SessionManager:
         **sandbox_options: Passed to every :class:`DockerSandbox` (``memory``, ``network``, ...).
             ``disk_size`` (default ``"10g"``) is each user's quota: their work dir, ``/uploads``
             and home on one disk of that size, kept with their files across containers, processes
-            and container losses. A session keeps the size its disk was made with. On a
+            and container losses. A session keeps the size its disk was made with. New users'
+            disks on this host's engine are made ahead, from :meth:`recover` on (a small stock,
+            refilled in the background; see :mod:`pydantic_deep.sandbox.disk_stock`). On a
             ``cluster`` with a ``session_storage`` the disk is made there, the same quota
             wherever the session runs (see :mod:`pydantic_deep.sandbox.cluster_disk`); on one
             without, the default is no disk, and a session's disk is refused (it would stay on
@@ -256,6 +262,7 @@ class SessionManager:
         # background (off the user's first call); anything else done to that session waits for it.
         self._settling: dict[str, concurrent.futures.Future[None]] = {}
         self._settler: concurrent.futures.ThreadPoolExecutor | None = None
+        self._handed_at = 0.0  # when a warm sandbox was last handed to a new user (time.monotonic())
         self._pool = SandboxPool(self.default_runtime, size=warm, factory=self._pooled_sandbox) if warm else None
         if self._pool is not None:
             self._pool.start()
@@ -342,7 +349,10 @@ class SessionManager:
         if not creator:
             return await asyncio.wrap_future(future)
         try:
-            sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted, snap)
+            sandbox = self._open_warm(key, user_id) if snap is None and wanted in (None, self.default_runtime) \
+                else None
+            if sandbox is None:
+                sandbox = await asyncio.to_thread(self._open_session, key, user_id, wanted, snap)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -384,18 +394,42 @@ class SessionManager:
                 runtime = wanted or self.default_runtime
                 pooled = self._from_pool(runtime) if snapshot is None else None
                 sandbox = pooled or self._new_sandbox(key, runtime, None, snapshot)
-                # A Swarm service cannot be renamed: a session on a cluster keeps the pool's name.
-                name = self._container_name(key) if pooled is not None and self.cluster is None else sandbox.name
-                record = SessionRecord(user_id, name, dict(sandbox.volumes), runtime.model_dump_json(),
-                                       created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
-                if name != sandbox.name and not self._shared:
-                    self._settle_later(key, sandbox, record)
-                else:  # another process may look for it at once: named and recorded before anyone can
-                    self._settle(key, sandbox, record)
+                record = self._new_record(key, user_id, sandbox, pooled=pooled is not None)
             # A warm sandbox may get its name for the user in the background: the record has it already.
             self.registry.put(self._registry_key(key), replace(
                 record, container=record.container if sandbox is pooled else sandbox.name,
                 runtime=sandbox.runtime.model_dump_json(), last_used=time.time()))
+            self._sandboxes[key] = sandbox
+            return sandbox
+
+    def _new_record(self, key: str, user_id: str, sandbox: DockerSandbox, *, pooled: bool) -> SessionRecord:
+        """Record a new session in the engine: now, or for a warm sandbox of this process's own
+        registry in the background, once it is named for its user."""
+        # A Swarm service cannot be renamed: a session on a cluster keeps the pool's name.
+        name = self._container_name(key) if pooled and self.cluster is None else sandbox.name
+        record = SessionRecord(user_id, name, dict(sandbox.volumes), sandbox.runtime.model_dump_json(),
+                               created=time.time(), disk=sandbox.disk_name if sandbox.disk_size else "")
+        if name != sandbox.name and not self._shared:
+            self._settle_later(key, sandbox, record)
+        else:  # another process may look for it at once: named and recorded before anyone can
+            self._settle(key, sandbox, record)
+        return record
+
+    def _open_warm(self, key: str, user_id: str) -> DockerSandbox | None:
+        """A new user's session from a ready warm sandbox, on the caller's event loop: nothing on
+        this path waits for the engine or for a thread (under a burst, a hop to a worker thread
+        each queued behind the others'). ``None`` when anything else is needed: :meth:`_open_session`."""
+        if self._pool is None or self._shared or self.cluster is not None or self.max_sessions is not None \
+                or key in self._sandboxes or key in self._engine_sessions or key in self._settling:
+            return None
+        with self.registry.lock(self._registry_key(key)):  # this process's own: a thread lock, held briefly
+            if self.registry.get(self._registry_key(key)) is not None:
+                return None
+            sandbox = self._pool.acquire_ready()
+            if sandbox is None:
+                return None
+            record = self._new_record(key, user_id, sandbox, pooled=True)
+            self.registry.put(self._registry_key(key), replace(record, last_used=time.time()))
             self._sandboxes[key] = sandbox
             return sandbox
 
@@ -417,7 +451,17 @@ class SessionManager:
                 self._release_disk(record.disk, delete=True)
             return DockerSandbox(runtime, name=name, disk_name=record.disk, **options).start()
         if record is None and resolved_disk_size(options.get("disk_size", FROM_RUNTIME), runtime, self.cluster):
-            return DockerSandbox(runtime, name=name, disk_name=naming.disk_name(name), **options).start()
+            sandbox = DockerSandbox(runtime, name=name, disk_name=naming.disk_name(name), **options)
+            # A snapshot's files go on a disk made for them; a cluster's disks are made in its storage.
+            if snapshot is not None or sandbox.disk_size is None or self.cluster is not None:
+                return sandbox.start()
+            # A new disk made ahead (see sandbox/disk_stock.py): the start runs no disk operation.
+            sandbox.disk_name = claim_disk(sandbox.disk_size, *_user_ids(sandbox.user))
+            try:
+                return sandbox.start()
+            except BaseException:
+                release_disk(sandbox.disk_name, delete=True)  # nobody's files yet
+                raise
         # Volumes (disk_size=None), mounted at this runtime's work dir, which may differ from the last one's.
         work, uploads = _split_volumes(record.volumes) if record else naming.volume_names(name)
         if snapshot is not None:
@@ -463,15 +507,21 @@ class SessionManager:
     def _settle_later(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
         """:meth:`_settle` in the background: the user's first call does not wait for the engine.
         Until it is done, the session is only this process's (its registry is too)."""
+        self._handed_at = time.monotonic()
         with self._guard:
             if self._settler is None:
                 # One at a time: under a burst, the users' first commands go first (several at once
                 # took twice as long for a burst of 100, measured).
                 self._settler = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix=f"pydantic-deep-settle-{self.name}")
-            self._settling[key] = self._settler.submit(self._settle_logged, key, sandbox, record)
+            self._settling[key] = self._settler.submit(self._settle_logged, key, sandbox, record, time.monotonic())
 
-    def _settle_logged(self, key: str, sandbox: DockerSandbox, record: SessionRecord) -> None:
+    def _settle_logged(self, key: str, sandbox: DockerSandbox, record: SessionRecord, handed_at: float) -> None:
+        # Once a burst of new users is served: renaming and recording meanwhile would take the engine
+        # host's CPU from their first commands. What else is done to the session waits for it.
+        while (burst := min(_SETTLE_QUIET - (time.monotonic() - self._handed_at),
+                            _SETTLE_LATEST - (time.monotonic() - handed_at))) > 0:
+            time.sleep(burst)
         try:
             with engine_errors():
                 self._settle(key, sandbox, record)
@@ -768,8 +818,12 @@ class SessionManager:
                 # files go only when no session names them.
                 _reap(container, keep_files=record is not None)
                 reaped += 1
-            if self.cluster is None and resolved_disk_size(self.sandbox_options.get("disk_size", FROM_RUNTIME),
-                                                           self.default_runtime, self.cluster):
+            if self.cluster is None and (size := resolved_disk_size(self.sandbox_options.get("disk_size", FROM_RUNTIME),
+                                                                    self.default_runtime, self.cluster)):
+                with contextlib.suppress(ValueError):  # a bad user: each session's start says so
+                    # New users' disks made ahead, from now on (in the background).
+                    prepare_disk(disk_size_bytes(size) or 0,
+                                 *_user_ids(self.sandbox_options.get("user", "1000:1000")), session=True)
                 try:
                     reaped += self._reap_warm_disks()
                 except Exception:  # best effort: the sessions come first
@@ -845,6 +899,12 @@ def _checked_pause_after(seconds: float | None) -> float | None:
         raise InvalidArgumentError(f"pause_after must be a number of seconds (0 or more, math.inf for never) "
                                    f"or None, not {seconds!r}")
     return None if math.isinf(seconds) else float(seconds)
+
+
+def _user_ids(user: str) -> tuple[int, int]:
+    """(uid, gid) of a sandbox's ``user`` (``"uid:gid"`` or ``"uid"``, checked by the sandbox)."""
+    uid, _, gid = user.partition(":")
+    return int(uid), int(gid or uid)
 
 
 def _split_volumes(volumes: Mapping[str, str]) -> tuple[str, str]:
