@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,7 +42,7 @@ from ..engine.client import docker_client
 from ..engine.swarm import NODE_ID_TEMPLATE, SwarmCluster
 from ..errors import SandboxError
 from ..images.bases import MINBASE
-from .disk import DISK_DIR, _Agent
+from .disk import DISK_DIR, _Agent, disk_owner
 
 __all__ = ["DISK_PARTS", "node_disk_dir", "open_in_storage", "open_on_nodes", "release_in_storage",
            "release_on_node", "release_on_nodes"]
@@ -82,7 +81,7 @@ def open_on_nodes(cluster: SwarmCluster, name: str, size: int, uid: int, gid: in
         SandboxError: a node could not make it (the disks made on the others are released).
     """
     nodes: list[Mapping[str, Any]] = list(cluster.ready_nodes())
-    owner = f"{socket.gethostname()} {os.getpid()}"
+    owner = disk_owner()
 
     def open_on(node: Mapping[str, Any]) -> bool:
         """Whether the disk is on ``node`` now (not when the node is found lost: no sandbox goes there)."""
@@ -147,7 +146,7 @@ def open_in_storage(cluster: SwarmCluster, name: str, size: int, uid: int, gid: 
     storage = cluster.session_storage
     assert storage is not None
     agent = _storage_agent(storage)
-    said = agent.run("open", name, str(size), str(uid), str(gid), "1", f"{socket.gethostname()} {os.getpid()}")
+    said = agent.run("open", name, str(size), str(uid), str(gid), "1", disk_owner())
     if not os.path.exists(f"{storage}/{name}.img"):  # the engine's host is another one
         if said.strip() == "new":
             agent.release(name, True)

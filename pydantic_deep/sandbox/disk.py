@@ -132,6 +132,33 @@ $HOST_DIR/$name
 esac
 """
 
+# Run by the agent when its lifeline ends without the agent being removed: its process was killed.
+# The disks that process owned and nobody else holds (its stock made ahead, a sandbox's whose
+# container went with it) are released and deleted then and there, as prune would; a disk holding
+# a session's files (.keep), or that a container still mounts after 10 s, is left to prune. Busy
+# means mounted by any process of the host (a container's bind of its work dir), as prune judges.
+_WHEN_THE_OWNER_IS_GONE = r"""
+for round in $(seq 20); do
+  found=$(nsenter -t "$(cat /run/shim)" -m -- sh -c '
+    h=$1 owner=$2
+    busy=$(cat /proc/[0-9]*/mountinfo 2>/dev/null | awk "\$4 != \"/\" {print \$3}" | sort -u)
+    for o in "$h"/*.owner; do
+      [ -e "$o" ] && [ "$(cat "$o")" = "$owner" ] || continue
+      disk=${o%.owner}
+      [ -e "$disk.keep" ] && continue
+      used=0
+      for device in $(losetup -n -O NAME -j "$disk.img" 2>/dev/null); do
+        printf "%s\n" "$busy" | grep -qxF "$(cat "/sys/block/${device#/dev/}/dev")" && used=1
+      done
+      echo "$used ${disk##*/}"
+    done' sh "$HOST_DIR" "$OWNER")
+  free=$(printf '%s\n' "$found" | sed -n 's/^0 //p')
+  [ -z "$free" ] || sh -c "$DISK_SCRIPT" sh release $(printf '%s 1 ' $free) >/dev/null 2>&1 || true
+  printf '%s\n' "$found" | grep -q '^1 ' || break
+  sleep 0.5
+done
+"""
+
 
 @dataclass(frozen=True)
 class DiskInfo:
@@ -245,8 +272,10 @@ class _Agent:
             container = client.containers.create(
                 MINBASE.tag, name=f"pydantic-deep-disk-agent-{os.getpid()}-{uuid.uuid4().hex[:6]}",
                 # Note the shim's pid (whose mount namespace the engine's bind mounts are resolved
-                # in), then wait for EOF on the lifeline: this process ending ends the agent.
-                entrypoint=["sh", "-c", "echo $PPID > /run/shim; read -r _"],
+                # in), then wait for EOF on the lifeline: this process ending ends the agent, once
+                # it released what the process left (_WHEN_THE_OWNER_IS_GONE).
+                entrypoint=["sh", "-c", "echo $PPID > /run/shim; read -r _; " + _WHEN_THE_OWNER_IS_GONE],
+                environment={"HOST_DIR": self.host_dir, "DISK_SCRIPT": _SCRIPT, "OWNER": disk_owner()},
                 stdin_open=True, auto_remove=True, user="0:0", network_mode="none",
                 pid_mode="host", cap_drop=["ALL"],
                 cap_add=["SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE", "CHOWN", "DAC_OVERRIDE", "FOWNER"],
@@ -322,8 +351,13 @@ def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> tuple[
     """
     agent = _agent()
     said = agent.run("open", name, str(size), str(uid), str(gid), "1" if keep else "0",
-                     f"{socket.gethostname()} {os.getpid()}")
+                     disk_owner())
     return f"{agent.host_dir}/{name}", said.strip() == "new"
+
+
+def disk_owner() -> str:
+    """What a disk records as its owner (this process): ``"<host> <pid>"``."""
+    return f"{socket.gethostname()} {os.getpid()}"
 
 
 @atexit.register

@@ -23,7 +23,6 @@ import atexit
 import concurrent.futures
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -167,7 +166,7 @@ def _make_disks(key: _Key, count: int) -> tuple[list[str], Exception | None]:
     names = [_new_name() for _ in range(count)]
     try:
         said = disk._agent().run("make", str(size), str(uid), str(gid), "2" if session else "0",
-                                 f"{socket.gethostname()} {os.getpid()}", *names, script=_STOCK_SCRIPT)
+                                 disk.disk_owner(), *names, script=_STOCK_SCRIPT)
     except Exception as exc:
         logger.warning("Could not make disks ahead", exc_info=True)
         return [], exc

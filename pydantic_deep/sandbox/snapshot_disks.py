@@ -22,8 +22,6 @@ Operations run in the disk agent, as the disk's own do (one ``docker exec`` each
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +30,7 @@ import docker
 
 from ..engine import labels as label
 from ..engine.containers import remove_container
-from .disk import _agent, disk_dir, open_disk, release_disk
+from .disk import _agent, disk_dir, disk_owner, open_disk, release_disk
 from .disk_prune import disk_owner_gone
 
 __all__ = ["clone_disk", "copy_disk", "drop_snapshot_disks", "fill_volumes", "mark_committed", "new_snapshot_disk",
@@ -142,10 +140,6 @@ esac
 """
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()} {os.getpid()}"
-
-
 def _run(*args: str) -> str:
     return _agent().run(*args, script=_SCRIPT)
 
@@ -163,9 +157,9 @@ def copy_disk(disk: str | None, *, snapshot_file: str | None = None, fork_disk: 
     whose files are at ``volumes`` on the host as ``<volume_files>.vol/<n>``."""
     work: list[tuple[str, ...]] = []
     if disk is not None:
-        work.append(("copy", disk, _owner(), f"snapshots/{snapshot_file}" if snapshot_file else fork_disk or ""))
+        work.append(("copy", disk, disk_owner(), f"snapshots/{snapshot_file}" if snapshot_file else fork_disk or ""))
     if volumes and volume_files:
-        work.append(("volumes", volume_files, _owner(), *volumes))
+        work.append(("volumes", volume_files, disk_owner(), *volumes))
     with ThreadPoolExecutor(len(work) or 1, thread_name_prefix="pydantic-deep-snapshot-copy") as executor:
         list(executor.map(lambda args: _run(*args), work))
 
@@ -174,7 +168,7 @@ def spread_disk(disk: str, copies: tuple[str, ...]) -> None:
     """Copy the unmounted disk ``disk`` (a fork's, made by :func:`copy_disk`) as the new disks
     ``copies``, side by side."""
     if copies:
-        _run("spread", disk, _owner(), *copies)
+        _run("spread", disk, disk_owner(), *copies)
 
 
 def fill_volumes(volume_files: str, targets: Mapping[int, str]) -> set[int]:
@@ -199,7 +193,7 @@ def clone_disk(snapshot_file: str, name: str, size: int, *, keep: bool) -> bool:
     Raises:
         SandboxError: the snapshot's files do not fit in ``size``, or the copy failed.
     """
-    return _run("clone", snapshot_file, name, str(size), "1" if keep else "0", _owner()).strip() == "new"
+    return _run("clone", snapshot_file, name, str(size), "1" if keep else "0", disk_owner()).strip() == "new"
 
 
 def drop_snapshot_disks(*files: str) -> None:
