@@ -37,8 +37,8 @@ __all__ = ["STOCK", "claim_disk", "open_disk", "prepare_disk", "take_disk"]
 logger = logging.getLogger("pydantic_deep.disk")
 
 STOCK = int(os.environ.get("PYDANTIC_DEEP_DISK_STOCK", "8"))
-"""Disks of the default size (:data:`~pydantic_deep.config.DEFAULT_DISK_SIZE`) kept ready per owner
-(``$PYDANTIC_DEEP_DISK_STOCK``, default 8); of any other size, one. 0 makes each disk when it is
+"""Sessions' disks of the default size (:data:`~pydantic_deep.config.DEFAULT_DISK_SIZE`) kept ready
+per owner (``$PYDANTIC_DEEP_DISK_STOCK``, default 8); of any other size, and for sandboxes, one. 0 makes each disk when it is
 asked for (still several at once in one operation under a burst)."""
 
 _MOST_AT_ONCE = 8  # disks made in one operation: the first callers of a burst need not wait for all
@@ -104,7 +104,10 @@ class _Stock:
         return claim.result()
 
     def lacking_locked(self) -> int:
-        wanted = STOCK if self.key[0] == _DEFAULT_SIZE else min(STOCK, 1)
+        # Sessions' disks come in bursts of new users; a lone sandbox (a notebook's, a script's)
+        # needs its next one only: one ahead, not eight disks mounted for each process.
+        session = self.key[3]
+        wanted = STOCK if session and self.key[0] == _DEFAULT_SIZE else min(STOCK, 1)
         return 0 if _closed else wanted + len(self.waiters) - len(self.ready) - self.in_flight
 
     def refill_locked(self) -> None:
