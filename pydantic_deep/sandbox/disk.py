@@ -127,7 +127,9 @@ $mounts
 $HOST_DIR/$name
 "*) mounted=1;; esac
     owner=$(cat "/disks/$name.owner" 2>/dev/null || true)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$keep" "$mounted" "$(du -k "$img" | cut -f1)" "$owner"
+    kilobytes=$(du -k "$img" 2>/dev/null | cut -f1)
+    [ -n "$kilobytes" ] || continue  # deleted meanwhile (a killed process's agent releasing it)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$keep" "$mounted" "$kilobytes" "$owner"
   done;;
 esac
 """

@@ -38,8 +38,8 @@ logger = logging.getLogger("pydantic_deep.disk")
 
 STOCK = int(os.environ.get("PYDANTIC_DEEP_DISK_STOCK", "8"))
 """Sessions' disks of the default size (:data:`~pydantic_deep.config.DEFAULT_DISK_SIZE`) kept ready
-per owner (``$PYDANTIC_DEEP_DISK_STOCK``, default 8); of any other size, and for sandboxes, one. 0 makes each disk when it is
-asked for (still several at once in one operation under a burst)."""
+per owner (``$PYDANTIC_DEEP_DISK_STOCK``, default 8); of any other size, and for sandboxes, one.
+0 makes each disk when it is asked for (still several at once in one operation under a burst)."""
 
 _MOST_AT_ONCE = 8  # disks made in one operation: the first callers of a burst need not wait for all
 _MOST_MAKERS = 4  # operations under way at once for callers who wait: a burst of 100 is not made 8 after 8
