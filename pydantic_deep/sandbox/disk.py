@@ -134,24 +134,33 @@ $HOST_DIR/$name
 esac
 """
 
+# Shell, in the host's mount namespace (inside a single-quoted `sh -c`): `in_use IMG` is true when a
+# loop device of the disk file IMG is mounted anywhere at a path inside its filesystem (a sandbox's
+# bind of its work dir, say). Every process's mount table is read, so containers of any engine on
+# this host count; the disk's own mount (at its root, "/") does not.
+IN_USE = r"""
+busy=$(cat /proc/[0-9]*/mountinfo 2>/dev/null | awk "\$4 != \"/\" {print \$3}" | sort -u)
+in_use() {
+  for device in $(losetup -n -O NAME -j "$1" 2>/dev/null); do
+    printf "%s\n" "$busy" | grep -qxF "$(cat "/sys/block/${device#/dev/}/dev")" && return 0
+  done
+  return 1
+}
+"""
+
 # Run by the agent when its lifeline ends without the agent being removed: its process was killed.
 # The disks that process owned and nobody else holds (its stock made ahead, a sandbox's whose
 # container went with it) are released and deleted then and there, as prune would; a disk holding
-# a session's files (.keep), or that a container still mounts after 10 s, is left to prune. Busy
-# means mounted by any process of the host (a container's bind of its work dir), as prune judges.
+# a session's files (.keep), or that a container still mounts after 10 s (IN_USE), is left to prune.
 _WHEN_THE_OWNER_IS_GONE = r"""
 for round in $(seq 20); do
   found=$(nsenter -t "$(cat /run/shim)" -m -- sh -c '
-    h=$1 owner=$2
-    busy=$(cat /proc/[0-9]*/mountinfo 2>/dev/null | awk "\$4 != \"/\" {print \$3}" | sort -u)
+    h=$1 owner=$2""" + IN_USE + r"""
     for o in "$h"/*.owner; do
       [ -e "$o" ] && [ "$(cat "$o")" = "$owner" ] || continue
       disk=${o%.owner}
       [ -e "$disk.keep" ] && continue
-      used=0
-      for device in $(losetup -n -O NAME -j "$disk.img" 2>/dev/null); do
-        printf "%s\n" "$busy" | grep -qxF "$(cat "/sys/block/${device#/dev/}/dev")" && used=1
-      done
+      used=0; in_use "$disk.img" && used=1
       echo "$used ${disk##*/}"
     done' sh "$HOST_DIR" "$OWNER")
   free=$(printf '%s\n' "$found" | sed -n 's/^0 //p')

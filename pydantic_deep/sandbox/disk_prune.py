@@ -33,31 +33,25 @@ from ..engine import labels as label
 from ..engine.client import docker_client
 from ..engine.containers import remove_container
 from ..errors import SandboxError
-from .disk import DISK_DIR, _Agent, _agent
+from .disk import DISK_DIR, IN_USE, _Agent, _agent
 
 __all__ = ["FoundDisk", "find_disks", "prune_disks"]
 
 logger = logging.getLogger("pydantic_deep.disk")
 
 # Run in a disk agent, in the host's mount namespace: one line per disk under $1 (DISK_DIR), in
-# any engine's folder. A disk is busy when the loop device of its file is mounted anywhere at a
-# path inside the filesystem (a sandbox's bind of its work dir, say): the mount tables of every
-# process are read, so containers of any engine on this host count.
+# any engine's folder; busy as IN_USE judges.
 _SURVEY = r"""
 set -eu
 nsenter -t "$(cat /run/shim)" -m -- sh -c '
-root=$1
-busy=$(cat /proc/[0-9]*/mountinfo 2>/dev/null | awk "\$4 != \"/\" {print \$3}" | sort -u)
+root=$1""" + IN_USE + r"""
 mounts=$(cut -d" " -f2,3 /proc/self/mounts)
 for img in "$root"/*/*.img; do
   [ -e "$img" ] || continue
   disk=${img%.img}; folder=${disk%/*}; folder=${folder##*/}; name=${disk##*/}
   keep=0; [ -e "$disk.keep" ] && keep=1
   mounted=0; printf "%s\n" "$mounts" | grep -qxF "$disk ext4" && mounted=1
-  used=0
-  for device in $(losetup -n -O NAME -j "$img" 2>/dev/null); do
-    printf "%s\n" "$busy" | grep -qxF "$(cat "/sys/block/${device#/dev/}/dev")" && used=1
-  done
+  used=0; in_use "$img" && used=1
   owner=$(cat "$disk.owner" 2>/dev/null || true)
   printf "%s\t%s\t%s\t%s\t%s\t%s\n" "$folder" "$name" "$keep" "$mounted" "$used" "$owner"
 done' sh "$1"
