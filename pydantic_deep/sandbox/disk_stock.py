@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 
+from .._burst import burst_left
 from ..config import DEFAULT_DISK_SIZE, disk_size_bytes
 from ..errors import SandboxError
 from . import disk
@@ -43,11 +44,6 @@ per owner (``$PYDANTIC_DEEP_DISK_STOCK``, default 8); of any other size, and for
 
 _MOST_AT_ONCE = 8  # disks made in one operation: the first callers of a burst need not wait for all
 _MOST_MAKERS = 4  # operations under way at once for callers who wait: a burst of 100 is not made 8 after 8
-
-# The stock is made up again once nobody has taken a disk for this long: during a burst, making
-# disks nobody waits for would slow the starts that take them (both want the engine's host's CPU).
-_QUIET = 0.5
-_MOST_DEFERRED = 2.0  # but no longer than this: a steady stream of takers does not starve the stock
 
 # Run in the agent, beside the disk script (in $DISK_SCRIPT). make: its `open` for each name, side
 # by side, saying "made NAME" or "failed NAME"; keep=2 is a session's disk not yet holding its
@@ -128,10 +124,10 @@ class _Stock:
                 if count <= 0:
                     self.makers.discard(me)
                     return
-                now = time.monotonic()
-                busy = 0.0 if self.waiters else min(_QUIET - (now - self.taken_at), _MOST_DEFERRED - (now - started))
+                # The stock is made up once a burst is served (see _burst), unless callers wait.
+                busy = 0.0 if self.waiters else burst_left(self.taken_at, started)
                 if busy <= 0:
-                    started = now
+                    started = time.monotonic()
                     self.in_flight += count
             if busy > 0:  # only the stock lacks disks, and a burst may be under way: later
                 time.sleep(busy)

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Self
 
+from .._burst import burst_left
 from ..config import RuntimeConfig
 from ..errors import InvalidArgumentError, SandboxStateError
 from ..runtimes import resolve_runtime
@@ -24,12 +25,6 @@ logger = logging.getLogger("pydantic_deep.pool")
 # each further failure, up to a minute (a broken image build is not retried in a tight loop).
 _FIRST_RETRY = 1.0
 _LONGEST_RETRY = 60.0
-
-# The refill starts replacements once nobody has acquired a sandbox for this long: starting them
-# during a burst would slow the first commands of the sandboxes it hands out (the engine's host's
-# CPU does both), unless callers wait for one.
-_QUIET = 0.5
-_MOST_DEFERRED = 2.0  # but no longer than this: a steady stream of callers does not starve the refill
 
 # Most cold starts under way at once for callers who found nothing ready: more only queue up in
 # the engine (which starts containers a few at a time) and slow every one of them down.
@@ -252,10 +247,10 @@ class SandboxPool:
                 self._changed.wait_for(lambda: self._closed or len(self._ready) < self.size)
                 if self._closed:
                     return
-                now = time.monotonic()
-                lacking_since = lacking_since or now
-                burst = min(_QUIET - (now - self._taken_at), _MOST_DEFERRED - (now - lacking_since))
-                if burst > 0 and not self._waiters:  # a burst may be under way: later
+                lacking_since = lacking_since or time.monotonic()
+                burst = burst_left(self._taken_at, lacking_since)
+                # A burst may be under way: replacements later (see _burst), unless callers wait.
+                if burst > 0 and not self._waiters:
                     self._changed.wait_for(lambda: self._closed, burst)
                     continue
             lacking_since = None

@@ -37,6 +37,7 @@ from typing import Any, Literal, Self
 
 import docker
 
+from .._burst import burst_left
 from .._html import field_table
 from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine import labels as label
@@ -91,8 +92,6 @@ class SessionInfo:
 
 
 _SHUTDOWN_THREADS = 32  # sessions ended at once by shutdown()
-_SETTLE_QUIET = 0.5  # warm sessions are named and recorded once no new user got one for this long,
-_SETTLE_LATEST = 2.0  # or at the latest this long after (a steady stream of new users does not starve it)
 _MANAGER_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
 
 
@@ -519,8 +518,7 @@ class SessionManager:
     def _settle_logged(self, key: str, sandbox: DockerSandbox, record: SessionRecord, handed_at: float) -> None:
         # Once a burst of new users is served: renaming and recording meanwhile would take the engine
         # host's CPU from their first commands. What else is done to the session waits for it.
-        while (burst := min(_SETTLE_QUIET - (time.monotonic() - self._handed_at),
-                            _SETTLE_LATEST - (time.monotonic() - handed_at))) > 0:
+        while (burst := burst_left(self._handed_at, handed_at)) > 0:
             time.sleep(burst)
         try:
             with engine_errors():
