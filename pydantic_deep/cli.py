@@ -14,6 +14,7 @@ from .engine.networks import remove_unused_networks
 from .engine.swarm import resolve_cluster
 from .engine.swarm_networks import remove_unused_swarm_networks
 from .errors import InvalidArgumentError, SandboxError
+from .execution.dial_in import sweep_dial_ins
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
 from .images.egress_proxy import ensure_egress_proxy_image
@@ -85,6 +86,9 @@ def _prune(args: argparse.Namespace) -> None:
     print(f"Removed {removed} container(s)" + (f" and {images} image(s) of failed snapshots and ended forks"
                                                 if images else ""))
     print(f"Released {prune_disks(everything=args.all, warm=is_pool_disk)} disk(s)")
+    sockets = sweep_dial_ins(client)
+    if sockets:
+        print(f"Removed {sockets} directory(ies) of sockets that removed containers' supervisors dialled in on")
     files = prune_snapshot_files(everything=args.all)
     if files:
         print(f"Removed {files} disk file(s) of failed or deleted snapshots")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import answers, own_containers, poll_until, session_volumes
+from helpers import answers, dial_in_sockets, own_containers, poll_until, session_volumes
 from local_swarm import LocalSwarm
 
 from pydantic_deep import DockerSandbox
@@ -23,10 +23,12 @@ from pydantic_deep.images.netfilter import ensure_netfilter_image
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_containers() -> Iterator[None]:
-    """Fail the run if any test leaves one of its containers, or a session's volume, behind."""
+    """Fail the run if any test leaves one of its containers, a session's volume, or a socket for a
+    supervisor to dial in on behind."""
     yield
     assert own_containers() == [], "containers leaked by the test run"
     assert session_volumes() == [], "session volumes leaked by the test run"
+    assert dial_in_sockets() == [], "sockets for supervisors to dial in on left"
 
 
 @pytest.fixture(scope="session", autouse=True)

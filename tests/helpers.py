@@ -17,6 +17,7 @@ from typing import TypeVar
 import pytest
 
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.execution.dial_in import unused_dial_ins
 from pydantic_deep.sandbox.base import SandboxBase
 
 T = TypeVar("T")
@@ -86,6 +87,12 @@ def own_containers() -> list[str]:
     return [c.name for c in docker_client().containers.list(
         all=True, filters={"label": f"pydantic-deep.owner-pid={os.getpid()}"})
         if c.labels.get("pydantic-deep.kind") != "disk-agent"]
+
+
+def dial_in_sockets() -> list[str]:
+    """Directories of sockets this process made for new containers' supervisors to dial in on,
+    still there though no container uses them."""
+    return [name for name in unused_dial_ins(docker_client(), older_than=0) if f"-{os.getpid()}-" in name]
 
 
 def session_volumes() -> list[str]:

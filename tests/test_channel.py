@@ -6,11 +6,13 @@ import asyncio
 import logging
 
 import pytest
-from helpers import poll_until
+from helpers import dial_in_sockets, poll_until
 
 from pydantic_deep import DockerSandbox, OutputChunk, RuntimeConfig, SandboxError
+from pydantic_deep.engine.client import docker_client
 from pydantic_deep.execution import channel as channel_module
 from pydantic_deep.execution.channel import ChannelClosedError, DockerExecChannel, SupervisorChannel
+from pydantic_deep.execution.dial_in import DialIn
 from pydantic_deep.sandbox import docker as sandbox_module
 
 
@@ -122,9 +124,8 @@ def test_image_without_python_or_node_falls_back_to_exec_and_says_so_once(
 def test_node_images_get_the_supervisor_channel() -> None:
     with DockerSandbox("node-minimal") as box:
         assert isinstance(box._channel, SupervisorChannel) and box.supervisor == "node" and not box.has_python
-        execs_before = len(_inspect(box)["ExecIDs"] or [])
         assert box.execute("node -e 'console.log(6*7)'").output == "42\n"
-        assert len(_inspect(box)["ExecIDs"] or []) == execs_before  # no docker exec of its own
+        assert not _inspect(box)["ExecIDs"]  # its supervisor dialled in: no docker exec at all
 
 
 def test_supervisor_is_not_visible_as_a_user_file(sandbox: DockerSandbox) -> None:
@@ -134,6 +135,35 @@ def test_supervisor_is_not_visible_as_a_user_file(sandbox: DockerSandbox) -> Non
 
 
 def _inspect(sandbox: DockerSandbox) -> dict:
-    from pydantic_deep.engine.client import docker_client
-
     return docker_client().api.inspect_container(sandbox.container_id)
+
+
+def test_a_new_sandbox_s_supervisor_dials_in_and_nothing_can_dial_in_after_it() -> None:
+    with DockerSandbox(runtime="python-minimal") as box:
+        # Started with the container (a child of its init, pid 1), not by a docker exec.
+        assert not _inspect(box)["ExecIDs"] and _supervisor_parent(box) == "1\n"
+        dial = "import socket; socket.socket(socket.AF_UNIX).connect('/run/pydantic-deep-channel.sock')"
+        assert "ConnectionRefusedError" in box.execute(f'python3 -c "{dial}"').output
+        # No longer listened on, the socket stays while the container does: the engine's archive
+        # calls (docker cp) mount every bind mount's source again.
+        chunks, _ = docker_client().api.get_archive(box.container_id, "/etc/hostname")
+        assert b"".join(chunks)
+        with pytest.raises(SandboxError, match="channel closed"):  # the next channel is a docker exec's
+            box.execute("kill -9 $PPID", timeout=5)
+        assert box.execute("echo back").output == "back\n" and _supervisor_parent(box) == "0\n"
+    assert dial_in_sockets() == []  # removed with the container
+
+
+def test_a_supervisor_that_does_not_dial_in_gets_its_channel_from_docker_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox_module, "_DIAL_IN_TIMEOUT", 0.5)
+    monkeypatch.setattr(DialIn, "entrypoint", lambda self, main: ["sh", "-c", main])  # no supervisor starts
+    with DockerSandbox(runtime="python-minimal") as box:
+        assert box.execute("echo hi").output == "hi\n" and _inspect(box)["ExecIDs"]
+        assert box.image not in sandbox_module._no_dial_in  # the next container is waited for again
+    assert dial_in_sockets() == []
+
+
+def _supervisor_parent(sandbox: DockerSandbox) -> str:
+    """The parent pid of the supervisor (its commands' parent), in the container's pid namespace:
+    1 when it started with the container, 0 (outside it) when a docker exec started it."""
+    return sandbox.execute("cut -d' ' -f4 /proc/$PPID/stat").output

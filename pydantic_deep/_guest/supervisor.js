@@ -1315,8 +1315,20 @@ function hostStream(fd, readable) {
 function main() {
   // Frames own fd 1; nothing else of this process writes there (console.log would corrupt it).
   console.log = console.info = console.debug = console.error;
-  const supervisor = new Supervisor(hostStream(0, true), hostStream(1, false));
-  supervisor.serve();
+  const dial = process.argv.indexOf("--dial");
+  if (dial === -1) {
+    new Supervisor(hostStream(0, true), hostStream(1, false)).serve();
+    return;
+  }
+  // Started with the container: frames go over the host's socket (supervisor.py's `_dial`); when
+  // nobody listens there (the host gave up waiting, a restart of the container), exit quietly.
+  const host = net.connect(process.argv[dial + 1]);
+  const unanswered = () => process.exit(0);
+  host.once("error", unanswered);
+  host.once("connect", () => {
+    host.off("error", unanswered);
+    new Supervisor(host, host).serve();
+  });
 }
 
 if (isMainThread) main();

@@ -1,8 +1,11 @@
 """The execution channel's far end: a small supervisor that runs *inside* the container.
 
-It is copied into every container whose image has ``python3`` (3.8 or newer) and started once per
-channel with ``docker exec -i``; images with ``node`` and no ``python3`` run its Node.js twin,
-``supervisor.js``, which speaks the same protocol (``tests/test_protocol.py`` holds both to it).
+It is copied into every container whose image has ``python3`` (3.8 or newer). A new container on
+an engine of the host's machine starts it with ``--dial PATH``: it connects to the host's socket
+bind-mounted at PATH and speaks over that (``execution/dial_in.py``); otherwise it is started once
+per channel with ``docker exec -i`` and speaks over its standard streams. Images with ``node`` and
+no ``python3`` run its Node.js twin, ``supervisor.js``, which speaks the same protocol
+(``tests/test_protocol.py`` holds both to it).
 From then on, commands travel as frames over that one open stream instead of costing a
 ``docker exec`` each (about 50 ms, against well under 1 ms here).
 
@@ -836,8 +839,23 @@ def _out_of_reach_of_sandbox_code() -> None:
         pass
 
 
+def _dial(path: str) -> int:
+    """A connection to the host's socket at ``path``; exits quietly when nobody listens there
+    (the host gave up waiting, or this is a restart of the container)."""
+    host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        host.connect(path)
+    except OSError:
+        sys.exit(0)
+    return host.detach()
+
+
 def main() -> None:
     _out_of_reach_of_sandbox_code()
+    if sys.argv[1:2] == ["--dial"]:  # started with the container: frames go over the host's socket
+        host = _dial(sys.argv[2])
+        Supervisor(host_in=host, host_out=host).serve()
+        return
     # Frames own stdout; a stray print would corrupt the stream, so fd 1 is kept for them alone.
     host_out = os.dup(1)
     os.dup2(2, 1)

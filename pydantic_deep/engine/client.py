@@ -6,11 +6,14 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 from docker.errors import DockerException
@@ -18,7 +21,7 @@ from requests.exceptions import ConnectionError as EngineConnectionError
 
 from ..errors import DockerUnavailableError
 
-__all__ = ["docker_client", "engine_address", "engine_errors", "start_engine"]
+__all__ = ["docker_client", "engine_address", "engine_errors", "engine_id", "engine_on_this_machine", "start_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ _HOW_TO_START = (
 )
 _client: docker.DockerClient | None = None
 _client_lock = threading.Lock()
+_infos: weakref.WeakKeyDictionary[docker.DockerClient, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def engine_address() -> str:
@@ -53,6 +57,25 @@ def docker_client() -> docker.DockerClient:
                 ) from exc
             _client = client
         return _client
+
+
+def engine_on_this_machine(client: docker.DockerClient) -> bool:
+    """Whether ``client``'s engine runs on this machine, beside this process: reached over a UNIX
+    socket, and naming itself as this machine does. An engine in a VM (Docker Desktop's) or behind a
+    forwarded socket names another machine; its bind mounts cannot share a socket with us."""
+    return client.api.base_url.startswith("http+docker://localhost") and _info(client)["Name"] == socket.gethostname()
+
+
+def engine_id(client: docker.DockerClient) -> str:
+    """The engine's own id (``docker info``'s), which tells apart engines of one machine."""
+    return str(_info(client)["ID"])
+
+
+def _info(client: docker.DockerClient) -> dict[str, Any]:
+    """What ``docker info`` says of the engine (asked once per client)."""
+    if client not in _infos:
+        _infos[client] = client.info()
+    return _infos[client]
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "CREATED",
+    "DIAL_IN",
     "DISK",
     "DISK_KEEP",
     "DISK_SIZE",
@@ -90,6 +91,9 @@ FROM_SNAPSHOT = PREFIX + "from-snapshot"
 """The snapshot the container started from."""
 POOL = PREFIX + "pool"
 """The session manager whose warm pool made the container."""
+DIAL_IN = PREFIX + "dial-in"
+"""The directory (in this machine's temporary directory) of the socket its supervisor dialled in on,
+kept while the container is: the engine's archive calls need its bind mount's source."""
 
 ROLE = PREFIX + "role"
 """What a short-lived helper container is for (``"firewall-helper"``)."""

@@ -1,8 +1,9 @@
 """Execution channels: how a command gets from the host into a running container and back.
 
-:class:`SupervisorChannel` keeps one ``docker exec -i`` stream open to the supervisor inside the
-container (``_guest/supervisor.py``, or its Node.js twin ``supervisor.js`` in images without
-``python3``) and multiplexes every command over it: well under a millisecond per command instead of a
+:class:`SupervisorChannel` keeps one stream open to the supervisor inside the container
+(``_guest/supervisor.py``, or its Node.js twin ``supervisor.js`` in images without ``python3``): the
+socket it dialled in on when the container started (:mod:`.dial_in`), else a ``docker exec -i``'s.
+It multiplexes every command over it: well under a millisecond per command instead of a
 ``docker exec`` each, any number of commands at once, and async callers wait on the event loop
 instead of on a thread. :class:`DockerExecChannel` is the fallback for images with neither
 ``python3`` nor ``node``: one ``docker exec`` per command.
@@ -268,7 +269,8 @@ class SupervisorChannel:
                  framed: bool = True) -> None:
         self._sock = sock
         self._client = client  # None: a local supervisor (LocalSandbox), not in a container
-        self._framed = framed  # docker's stdout/stderr framing around the supervisor's frames
+        # docker's stdout/stderr framing around the supervisor's frames (none on a dialled socket)
+        self._framed = framed
         self.container_id = container_id
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -293,6 +295,12 @@ class SupervisorChannel:
         """
         sock = Exec(client, container_id, list(command), stdin=True).open_socket()
         return cls(sock, client, container_id)._said_hello()
+
+    @classmethod
+    def open_dialled(cls, sock: socket.socket, client: docker.DockerClient, container_id: str) -> SupervisorChannel:
+        """A channel over ``sock``, the connection a container's supervisor dialled in on (see
+        :mod:`~pydantic_deep.execution.dial_in`), once the supervisor says hello."""
+        return cls(sock, client, container_id, framed=False)._said_hello()
 
     @classmethod
     def open_local(cls, sock: socket.socket, label: str) -> SupervisorChannel:

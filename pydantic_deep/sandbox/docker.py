@@ -59,7 +59,7 @@ from ..arguments import file_content
 from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine import labels as label
 from ..engine.api import attach_stdin
-from ..engine.client import docker_client, engine_errors
+from ..engine.client import docker_client, engine_errors, engine_on_this_machine
 from ..engine.containers import container_running, container_stops_within, remove_container
 from ..engine.egress import (
     EgressPolicy,
@@ -101,6 +101,7 @@ from ..execution.channel import (
     Process,
     SupervisorChannel,
 )
+from ..execution.dial_in import DialIn, remove_dial_in
 from ..execution.terminal import Terminal, checked_terminal_size
 from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
 from ..hosts import checked_host_patterns, checked_hosts, checked_secrets
@@ -145,6 +146,11 @@ _R = TypeVar("_R")
 
 
 _exec_fallback_logged: set[str | None] = set()
+# Images whose supervisor could not run (a too old Python): their containers are not waited for to dial in.
+_no_dial_in: set[str | None] = set()
+# How long a new container's supervisor may take to dial in (a Python's start, under load) before
+# its channel is opened with `docker exec` instead.
+_DIAL_IN_TIMEOUT = 10.0
 
 
 class _FromRuntime:
@@ -508,6 +514,7 @@ class DockerSandbox(SandboxBase):
         self._python: str | None = None  # the image's python3, or None
         self._node: str | None = None  # the image's node, or None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
+        self._dial_in: str | None = None  # the directory of the socket its supervisor dialled in on
         self._fork_image: str | None = None  # a fork's image: removed with the fork's last sandbox
         self._fork_disk = False  # a fork's disk_name is a copy of its source's disk, made by fork()
         if self.from_snapshot is not None and self.from_snapshot.user != f"{self._uid}:{self._gid}":
@@ -617,30 +624,34 @@ class DockerSandbox(SandboxBase):
             elif self.disk_size is not None:
                 self.disk_name, self._disk_dir = take_disk(self.disk_size, self._uid, self._gid)
                 new_disk = True
-            try:
-                container = self._create_container(client, prepared.tag)
-            except BaseException:
-                self._release_disk(delete=not self._keep_disk)
-                raise
-            try:
-                if new_disk and prepared.seeded:
-                    _seed_disk(client, prepared.tag, container.id, prepared.seeded)
-                self._unpack_snapshot_disk(client, container.id, filled)
-                if self.remove_on_exit:
-                    # The container's main process waits for EOF on this stream: when this process
-                    # ends, even by SIGKILL, the stream closes and the container removes itself.
-                    self._lifeline = attach_stdin(client, container.id)
-                container.start()
-                if self.proxied:  # its address is known once it runs: the proxy learns its policy
-                    self._egress_address = sandbox_address(client.api.inspect_container(container.id))
-                    self._put_policy(client)
-                self._python, self._node = prepared.python, prepared.node
-                self._channel = self._open_channel(container.id)
-            except BaseException:
-                remove_container(client, container.id)
-                self._forget_egress(client)
-                self._release_disk(delete=not self._keep_disk)
-                raise
+            with self._dial_in_socket(client, prepared) as dial_in:
+                self._dial_in = dial_in.name if dial_in is not None else None
+                try:
+                    container = self._create_container(client, prepared.tag, dial_in)
+                except BaseException:
+                    self._release_disk(delete=not self._keep_disk)
+                    self._remove_dial_in()
+                    raise
+                try:
+                    if new_disk and prepared.seeded:
+                        _seed_disk(client, prepared.tag, container.id, prepared.seeded)
+                    self._unpack_snapshot_disk(client, container.id, filled)
+                    if self.remove_on_exit:
+                        # The container's main process waits for EOF on this stream: when this process
+                        # ends, even by SIGKILL, the stream closes and the container removes itself.
+                        self._lifeline = attach_stdin(client, container.id)
+                    container.start()
+                    if self.proxied:  # its address is known once it runs: the proxy learns its policy
+                        self._egress_address = sandbox_address(client.api.inspect_container(container.id))
+                        self._put_policy(client)
+                    self._python, self._node = prepared.python, prepared.node
+                    self._channel = self._first_channel(container.id, dial_in)
+                except BaseException:
+                    remove_container(client, container.id)
+                    self._forget_egress(client)
+                    self._release_disk(delete=not self._keep_disk)
+                    self._remove_dial_in()
+                    raise
             self._adopt(client, container.id)
         if self.disk_size is not None and not self._keep_disk:
             prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
@@ -717,12 +728,41 @@ class DockerSandbox(SandboxBase):
             release_disk(self.disk_name, delete=delete)
             self._disk_dir = None
 
-    def _create_container(self, client: docker.DockerClient, image: str) -> Any:
+    def _dial_in_socket(self, client: docker.DockerClient, prepared: PreparedImage
+                        ) -> contextlib.AbstractContextManager[DialIn | None]:
+        """The socket the new container's supervisor dials (no longer listening on leaving the
+        ``with``), or ``None`` where its channel is opened with ``docker exec``: an engine on
+        another machine, an image without a supervisor, one whose supervisor could not run before."""
+        supervisor = prepared.supervisor_command()
+        if supervisor is None or self.image in _no_dial_in or not engine_on_this_machine(client):
+            return contextlib.nullcontext()
+        return contextlib.closing(DialIn(client, supervisor))
+
+    def _remove_dial_in(self) -> None:
+        """Remove the directory of its dial-in socket, once its container is removed."""
+        if self._dial_in is not None:
+            remove_dial_in(self._dial_in)
+            self._dial_in = None
+
+    def _first_channel(self, container_id: str, dial_in: DialIn | None) -> Channel:
+        """The new container's channel: the supervisor that dialled in, else one ``docker exec`` opens."""
+        if dial_in is not None:
+            client = self._engine()
+            connection = dial_in.accept(_DIAL_IN_TIMEOUT, lambda: container_running(client, container_id))
+            if connection is not None:
+                return SupervisorChannel.open_dialled(connection, client, container_id)
+        channel = self._open_channel(container_id)
+        if dial_in is not None and not isinstance(channel, SupervisorChannel):
+            _no_dial_in.add(self.image)  # no supervisor runs in this image: do not wait for one again
+        return channel
+
+    def _create_container(self, client: docker.DockerClient, image: str, dial_in: DialIn | None) -> Any:
         """Create the container on its network (made, and its host rules written, first)."""
         for attempt in range(3):
             network = self._ensure_network(client)
             try:
-                return client.containers.create(image, network_mode=network, **self._container_options())
+                return client.containers.create(image, network_mode=network,
+                                                 **self._container_options(dial_in))
             except NotFound as exc:
                 # A network removed by a concurrent prune between our look and our use: make it again.
                 if "network" not in str(exc.explanation) or attempt == 2:
@@ -899,7 +939,8 @@ class DockerSandbox(SandboxBase):
                                                self._disk_node)
         elif self.remove_on_exit:
             self._finalizer = weakref.finalize(self, _remove_sandbox, client, container_id,
-                                               self.disk_name if self._disk_dir else None, not self._keep_disk)
+                                               self.disk_name if self._disk_dir else None, not self._keep_disk,
+                                               self._dial_in)
         self.state = SandboxState.RUNNING
         self.last_used = time.monotonic()
 
@@ -953,6 +994,7 @@ class DockerSandbox(SandboxBase):
         )
         sandbox.image = labels.get(label.IMAGE)
         sandbox._placement = placement
+        sandbox._dial_in = labels.get(label.DIAL_IN)  # removed with the container, by whoever removes it
         if disk:
             sandbox.disk_name, sandbox._keep_disk = disk, labels.get(label.DISK_KEEP) == "true"
             sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
@@ -990,6 +1032,7 @@ class DockerSandbox(SandboxBase):
                         self.cluster.remove(self.name)  # works with the node lost, too
                     else:
                         remove_container(docker_client(), self.container_id)
+                        self._remove_dial_in()
                     self._forget_egress(docker_client())
                     if self.shared_network is not None and self.cluster is not None:  # the last one out...
                         remove_unused_swarm_networks(self.cluster)
@@ -1102,11 +1145,17 @@ class DockerSandbox(SandboxBase):
         detail = exc.explanation if isinstance(exc, APIError) and exc.explanation else str(exc)
         return SandboxError(f"{action} failed: {detail}")
 
-    def _container_options(self) -> dict[str, Any]:
+    def _container_options(self, dial_in: DialIn | None = None) -> dict[str, Any]:
         environment = {"HOME": HOME_DIR, **self.runtime.env_vars}
         # Mounts, not binds: binds are also declared as the container's volumes, which a snapshot's
         # commit would carry into its image (and every container of the snapshot would get them).
         mounts = [docker.types.Mount(path, name, type="volume") for name, path in self.volumes.items()]
+        # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
+        main = "read -r _" if self.remove_on_exit else "exec sleep infinity"
+        dial_in_labels = {}
+        if dial_in is not None:
+            mounts.append(dial_in.mount)
+            dial_in_labels = {label.DIAL_IN: dial_in.name}
         disk_labels = {}
         if self._disk_dir is not None:
             # A bind mount of a missing source fails (a `volumes` bind would create it on the host's
@@ -1129,8 +1178,7 @@ class DockerSandbox(SandboxBase):
             environment.update(proxy_environment())
             egress_labels = {label.EGRESS_ID: self._egress_id, label.EGRESS_HOSTS: json.dumps(list(self.network))}
         return dict(
-            # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
-            entrypoint=["sh", "-c", "read -r _"] if self.remove_on_exit else ["sleep", "infinity"],
+            entrypoint=dial_in.entrypoint(main) if dial_in is not None else ["sh", "-c", main],
             stdin_open=self.remove_on_exit,  # docker-py sets StdinOnce with it: EOF once we go
             auto_remove=self.remove_on_exit,
             name=self.name,
@@ -1144,6 +1192,7 @@ class DockerSandbox(SandboxBase):
                 **self.labels,
                 **disk_labels,
                 **egress_labels,
+                **dial_in_labels,
                 label.MANAGED: "true",
                 label.SESSION: self.session_id,
                 label.RUNTIME: self.runtime.name,
@@ -1594,9 +1643,13 @@ def _seed_disk(client: docker.DockerClient, image: str, container_id: str, direc
         remove_container(client, source)
 
 
-def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | None, delete_disk: bool) -> None:
-    """Remove a sandbox's container, then release its disk (garbage collection, interpreter exit)."""
+def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | None, delete_disk: bool,
+                    dial_in: str | None) -> None:
+    """Remove a sandbox's container, then release its disk and the directory of its dial-in
+    socket (garbage collection, interpreter exit)."""
     remove_container(client, container_id)
+    if dial_in is not None:
+        remove_dial_in(dial_in)
     if disk is not None:
         release_disk(disk, delete=delete_disk)
 
