@@ -10,11 +10,11 @@ import time
 from .engine import labels as label
 from .engine.client import docker_client, start_engine
 from .engine.containers import owner_gone, remove_container
+from .engine.dial_in_dirs import sweep_dial_in_dirs
 from .engine.networks import remove_unused_networks
 from .engine.swarm import resolve_cluster
 from .engine.swarm_networks import remove_unused_swarm_networks
 from .errors import InvalidArgumentError, SandboxError
-from .execution.dial_in import sweep_dial_ins
 from .images.bases import AIRGAPPED_BASES, bootstrap_base
 from .images.certs import resolve_ca_bundle
 from .images.egress_proxy import ensure_egress_proxy_image
@@ -86,7 +86,7 @@ def _prune(args: argparse.Namespace) -> None:
     print(f"Removed {removed} container(s)" + (f" and {images} image(s) of failed snapshots and ended forks"
                                                 if images else ""))
     print(f"Released {prune_disks(everything=args.all, warm=is_pool_disk)} disk(s)")
-    sockets = sweep_dial_ins(client)
+    sockets = sweep_dial_in_dirs(client)
     if sockets:
         print(f"Removed {sockets} directory(ies) of sockets that removed containers' supervisors dialled in on")
     files = prune_snapshot_files(everything=args.all)

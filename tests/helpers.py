@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.execution.dial_in import unused_dial_ins
+from pydantic_deep.engine.dial_in_dirs import unused_dial_in_dirs
 from pydantic_deep.sandbox.base import SandboxBase
 
 T = TypeVar("T")
@@ -92,7 +92,7 @@ def own_containers() -> list[str]:
 def dial_in_sockets() -> list[str]:
     """Directories of sockets this process made for new containers' supervisors to dial in on,
     still there though no container uses them."""
-    return [name for name in unused_dial_ins(docker_client(), older_than=0) if f"-{os.getpid()}-" in name]
+    return [name for name in unused_dial_in_dirs(docker_client(), older_than=0) if f"-{os.getpid()}-" in name]
 
 
 def session_volumes() -> list[str]:

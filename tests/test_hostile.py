@@ -201,10 +201,11 @@ def test_flooding_the_container_log_costs_the_host_no_disk(sandbox: DockerSandbo
 
 
 # Writes junk into every descriptor of the supervisor that /proc lets the sandbox user open (its
-# own process: the container's init and main process name it in their arguments too).
+# own process: the container's init, which started it, names it in its arguments too).
 INTO_THE_SUPERVISOR = """for p in /proc/[0-9]*; do
   set -- $(tr '\\0' ' ' < $p/cmdline 2>/dev/null)
-  case "$1 $2 $3 $4" in *python3\\ -I\\ -S\\ /opt/pydantic-deep/supervisor.py|*node\\ /opt/pydantic-deep/supervisor.js*)
+  case "$1 $2 $3 $4" in
+    *python3\\ -I\\ -S\\ /opt/pydantic-deep/supervisor.py*|*node\\ /opt/pydantic-deep/supervisor.js*)
     for fd in 0 1 2 3 4 5 6 7 8 9; do printf 'junk' 2>/dev/null > $p/fd/$fd && echo "wrote $p/fd/$fd"; done;;
   esac
 done; echo done"""

@@ -106,10 +106,16 @@ _SCRIPT_PIPE_LIMIT = 1024
 # Python ignores SIGPIPE and SIGXFSZ, and commands would inherit that: `yes | head` would complain
 # of a broken pipe. SIGPIPE gets its default back. SIGXFSZ stays ignored on purpose: a write past
 # the per-file size limit then fails with "File too large", which every program reports, instead
-# of killing the program with no message.
-_DEFAULT_SIGNALS = (signal.SIGPIPE,)
+# of killing the program with no message. A supervisor that started with its container was started
+# in the background by a shell, which ignores SIGINT and SIGQUIT there: commands get them back too
+# (an interrupt must reach the interpreter).
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT)
 _OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 _KILLED_BY_SIGKILL = 128 + signal.SIGKILL
+# Waiting shells kept ready. A command takes one and only the last one is replaced at once; the
+# others are once a command's EXIT is sent, so a shell's start (a core's half millisecond) is not
+# on the path of a command that does not need it.
+_SPARES = 2
 # How long a command may wait, at the process limit, for killed leftovers to be reaped by init.
 _REAP_WAIT, _REAP_STEP = 1.0, 0.01
 
@@ -257,7 +263,7 @@ class Supervisor:
         # Converted once: handing os.environ to posix_spawn re-encodes it on every command.
         self.environment = dict(os.environb)
         self.devnull = os.open(os.devnull, os.O_RDONLY)
-        self.spare: _Shell | None = None
+        self.spares: list[_Shell] = []  # waiting shells, oldest first
         self.oom_counter = _open_oom_counter()
         # Process groups of finished commands that still had members: their background jobs.
         self.leftover_groups: set[int] = set()
@@ -280,8 +286,9 @@ class Supervisor:
         self.send(kind, request_id, json.dumps(message).encode())
 
     def serve(self) -> None:
-        self._keep_spare()
+        self._keep_spares(1)
         self.send_json(HELLO, 0, {"version": VERSION, "python": sys.version.split()[0], "pid": os.getpid()})
+        self._keep_spares(_SPARES)
         while True:
             for key, events in self.selector.select(self._next_timeout()):
                 role, command = key.data
@@ -487,8 +494,8 @@ class Supervisor:
             self.send_json(ERROR, request_id, {"message": "cannot run the command: it holds a NUL byte"})
             return
         shell = None
-        if self.spare is not None and not spec.get("stdin") and len(script) <= _SCRIPT_PIPE_LIMIT:
-            shell, self.spare = self.spare, None
+        if self.spares and not spec.get("stdin") and len(script) <= _SCRIPT_PIPE_LIMIT:
+            shell = self.spares.pop(0)
             script_fd = shell.script_fd
             assert script_fd is not None  # a waiting shell always has its script pipe
             try:
@@ -507,7 +514,7 @@ class Supervisor:
                           "them all" if exc.errno == errno.EAGAIN else str(exc))
                 self.send_json(ERROR, request_id, {"message": f"cannot start /bin/sh: {reason}"})
                 return
-        self._keep_spare()  # while the command runs, so it is up before the next one comes
+        self._keep_spares(1)  # none left: one now, while the command runs, so the next one finds it
         timeout = spec.get("timeout")
         command = _Command(request_id, shell.pid, time.monotonic() + timeout if timeout else None,
                            spec.get("max_output"), _read_oom_kills(self.oom_counter))
@@ -532,7 +539,7 @@ class Supervisor:
             if exc.errno != errno.EAGAIN or not self.leftover_groups:
                 raise
         # A group whose processes all ended may have passed its number on to a running command.
-        running = {*self.by_pid, *([self.spare.pid] if self.spare else [])}
+        running = {*self.by_pid, *(spare.pid for spare in self.spares)}
         for group in self.leftover_groups - running:
             self._kill_group(group)
         self.leftover_groups.clear()
@@ -659,6 +666,7 @@ class Supervisor:
         self.send_json(EXIT, command.request_id,
                        {"exit_code": exit_code, "timed_out": command.timed_out, "dropped": command.dropped,
                         "oom_killed": self._oom_killed(command, exit_code)})
+        self._keep_spares(_SPARES)  # once the command's answer is out: off its path
 
     def _oom_killed(self, command: _Command, exit_code: int) -> bool:
         """Whether the OOM killer struck this command (see the module's docstring)."""
@@ -667,13 +675,13 @@ class Supervisor:
             return False
         return not command.overlapped or (exit_code == _KILLED_BY_SIGKILL and not command.timed_out)
 
-    def _keep_spare(self) -> None:
-        """Have a waiting shell ready for the next command."""
-        if self.spare is None:
+    def _keep_spares(self, count: int) -> None:
+        """Have ``count`` waiting shells ready for the next commands."""
+        while len(self.spares) < count:
             try:
-                self.spare = self._spawn(None, False)
+                self.spares.append(self._spawn(None, False))
             except OSError:
-                pass  # the pids limit, say: commands then start their own shell
+                return  # the pids limit, say: commands then start their own shell
 
     def _next_timeout(self) -> float | None:
         deadlines = [c.deadline for c in self.commands.values() if c.deadline and not c.timed_out]
@@ -696,8 +704,8 @@ class Supervisor:
     def _kill_all(self) -> None:
         for command in list(self.commands.values()):
             self._signal(command, signal.SIGKILL)
-        if self.spare is not None:
-            self.spare.kill()
+        for spare in self.spares:
+            spare.kill()
         for terminal in self.terminals.values():
             self._kill_session(terminal)
 

@@ -1,5 +1,5 @@
 """The one adapter over docker-py's low-level internals: raw exec streams, attach sockets, the
-multiplexed frame reader, the archive endpoint's stat.
+multiplexed frame reader, the archive endpoint's stat, a container's creation without its lookup.
 
 docker-py hands out a hijacked socket only through private attributes (``_sock``), and has no call
 for ``HEAD /containers/{id}/archive``. Everything that needs them goes through this module, so a
@@ -21,7 +21,8 @@ import docker
 
 from .relay import plain_end
 
-__all__ = ["Exec", "archive_stat", "attach_stdin", "create_network", "docker_frames", "engine_client", "engine_key"]
+__all__ = ["Exec", "archive_stat", "attach_stdin", "create_container", "create_network", "docker_frames",
+           "engine_client", "engine_key"]
 
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header: stream, size
 
@@ -82,6 +83,14 @@ class Exec:
     def exit_code(self) -> int:
         """Its exit code, once it ended."""
         return int(self._api.exec_inspect(self.id)["ExitCode"])
+
+
+def create_container(client: docker.DockerClient, image: str, **options: Any) -> str:
+    """Create a container as ``client.containers.create(image, **options)`` does, and return its
+    id: without the lookup that follows there, one engine call less on every sandbox's start."""
+    arguments = docker.models.containers._create_container_args(
+        {**options, "image": image, "command": options.get("command"), "version": client.api._version})
+    return str(client.api.create_container(**arguments)["Id"])
 
 
 def attach_stdin(client: docker.DockerClient, container_id: str) -> Any:

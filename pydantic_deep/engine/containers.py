@@ -14,7 +14,8 @@ from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ReadTimeout
 
 from .api import archive_stat
-from .labels import OWNER_HOST, OWNER_PID
+from .dial_in_dirs import remove_dial_in_dir
+from .labels import DIAL_IN, OWNER_HOST, OWNER_PID
 
 __all__ = ["container_running", "container_stops_within", "is_directory", "owner_gone", "path_stat",
            "remove_container"]
@@ -87,9 +88,13 @@ def container_stops_within(client: docker.DockerClient, container_id: str, secon
 
 
 def remove_container(client: docker.DockerClient, container_id: str) -> None:
-    """Remove a container and its anonymous volumes; one that is already gone, or going, is fine."""
+    """Remove a container and its anonymous volumes, then the directory of the socket its
+    supervisor dialled in on; one that is already gone, or going, is fine."""
     try:
+        dial_in = (client.api.inspect_container(container_id)["Config"]["Labels"] or {}).get(DIAL_IN)
         client.api.remove_container(container_id, force=True, v=True)
+        if dial_in:
+            remove_dial_in_dir(dial_in)
     except NotFound:
         pass
     except APIError as exc:

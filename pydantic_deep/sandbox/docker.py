@@ -58,9 +58,10 @@ from .._html import field_table
 from ..arguments import file_content
 from ..config import DEFAULT_DISK_SIZE, RuntimeConfig, disk_size_bytes
 from ..engine import labels as label
-from ..engine.api import attach_stdin
+from ..engine.api import attach_stdin, create_container
 from ..engine.client import docker_client, engine_errors, engine_on_this_machine
 from ..engine.containers import container_running, container_stops_within, remove_container
+from ..engine.dial_in_dirs import remove_dial_in_dir
 from ..engine.egress import (
     EgressPolicy,
     drop_policy,
@@ -71,6 +72,7 @@ from ..engine.egress import (
     read_log,
     sandbox_address,
 )
+from ..engine.loss import close_when_engine_lost
 from ..engine.networks import (
     PROXIED_NETWORK,
     checked_private_ranges,
@@ -101,7 +103,7 @@ from ..execution.channel import (
     Process,
     SupervisorChannel,
 )
-from ..execution.dial_in import DialIn, remove_dial_in
+from ..execution.dial_in import DialIn
 from ..execution.terminal import Terminal, checked_terminal_size
 from ..execution.transfer import FileOp, check_outcome, file_command, read_from, write_into
 from ..hosts import checked_host_patterns, checked_hosts, checked_secrets
@@ -514,7 +516,9 @@ class DockerSandbox(SandboxBase):
         self._python: str | None = None  # the image's python3, or None
         self._node: str | None = None  # the image's node, or None
         self._lifeline: Any = None  # the stdin stream that ties the container to this process
-        self._dial_in: str | None = None  # the directory of the socket its supervisor dialled in on
+        # The directory of the socket its supervisor dialled in on: removed with the container,
+        # and by stop() too when the container went another way (docker rm, its engine).
+        self._dial_in: str | None = None
         self._fork_image: str | None = None  # a fork's image: removed with the fork's last sandbox
         self._fork_disk = False  # a fork's disk_name is a copy of its source's disk, made by fork()
         if self.from_snapshot is not None and self.from_snapshot.user != f"{self._uid}:{self._gid}":
@@ -627,32 +631,32 @@ class DockerSandbox(SandboxBase):
             with self._dial_in_socket(client, prepared) as dial_in:
                 self._dial_in = dial_in.name if dial_in is not None else None
                 try:
-                    container = self._create_container(client, prepared.tag, dial_in)
+                    container_id = self._create_container(client, prepared.tag, dial_in)
                 except BaseException:
                     self._release_disk(delete=not self._keep_disk)
                     self._remove_dial_in()
                     raise
                 try:
                     if new_disk and prepared.seeded:
-                        _seed_disk(client, prepared.tag, container.id, prepared.seeded)
-                    self._unpack_snapshot_disk(client, container.id, filled)
+                        _seed_disk(client, prepared.tag, container_id, prepared.seeded)
+                    self._unpack_snapshot_disk(client, container_id, filled)
                     if self.remove_on_exit:
                         # The container's main process waits for EOF on this stream: when this process
                         # ends, even by SIGKILL, the stream closes and the container removes itself.
-                        self._lifeline = attach_stdin(client, container.id)
-                    container.start()
+                        self._lifeline = attach_stdin(client, container_id)
+                    client.api.start(container_id)
                     if self.proxied:  # its address is known once it runs: the proxy learns its policy
-                        self._egress_address = sandbox_address(client.api.inspect_container(container.id))
+                        self._egress_address = sandbox_address(client.api.inspect_container(container_id))
                         self._put_policy(client)
                     self._python, self._node = prepared.python, prepared.node
-                    self._channel = self._first_channel(container.id, dial_in)
+                    self._channel = self._first_channel(container_id, dial_in)
                 except BaseException:
-                    remove_container(client, container.id)
+                    remove_container(client, container_id)
                     self._forget_egress(client)
                     self._release_disk(delete=not self._keep_disk)
                     self._remove_dial_in()
                     raise
-            self._adopt(client, container.id)
+            self._adopt(client, container_id)
         if self.disk_size is not None and not self._keep_disk:
             prepare_disk(self.disk_size, self._uid, self._gid)  # the next sandbox's, in the background
         return self
@@ -739,9 +743,8 @@ class DockerSandbox(SandboxBase):
         return contextlib.closing(DialIn(client, supervisor))
 
     def _remove_dial_in(self) -> None:
-        """Remove the directory of its dial-in socket, once its container is removed."""
         if self._dial_in is not None:
-            remove_dial_in(self._dial_in)
+            remove_dial_in_dir(self._dial_in)
             self._dial_in = None
 
     def _first_channel(self, container_id: str, dial_in: DialIn | None) -> Channel:
@@ -750,19 +753,21 @@ class DockerSandbox(SandboxBase):
             client = self._engine()
             connection = dial_in.accept(_DIAL_IN_TIMEOUT, lambda: container_running(client, container_id))
             if connection is not None:
-                return SupervisorChannel.open_dialled(connection, client, container_id)
+                dialled = SupervisorChannel.open_dialled(connection, client, container_id)
+                # Unlike a docker exec's stream, it would outlive the engine: closed when that goes.
+                close_when_engine_lost(client, dialled)
+                return dialled
         channel = self._open_channel(container_id)
         if dial_in is not None and not isinstance(channel, SupervisorChannel):
             _no_dial_in.add(self.image)  # no supervisor runs in this image: do not wait for one again
         return channel
 
-    def _create_container(self, client: docker.DockerClient, image: str, dial_in: DialIn | None) -> Any:
-        """Create the container on its network (made, and its host rules written, first)."""
+    def _create_container(self, client: docker.DockerClient, image: str, dial_in: DialIn | None) -> str:
+        """Create the container on its network (made, and its host rules written, first); its id."""
         for attempt in range(3):
             network = self._ensure_network(client)
             try:
-                return client.containers.create(image, network_mode=network,
-                                                 **self._container_options(dial_in))
+                return create_container(client, image, network_mode=network, **self._container_options(dial_in))
             except NotFound as exc:
                 # A network removed by a concurrent prune between our look and our use: make it again.
                 if "network" not in str(exc.explanation) or attempt == 2:
@@ -994,7 +999,6 @@ class DockerSandbox(SandboxBase):
         )
         sandbox.image = labels.get(label.IMAGE)
         sandbox._placement = placement
-        sandbox._dial_in = labels.get(label.DIAL_IN)  # removed with the container, by whoever removes it
         if disk:
             sandbox.disk_name, sandbox._keep_disk = disk, labels.get(label.DISK_KEEP) == "true"
             sandbox._disk_dir = next((m["Source"] for m in attrs["Mounts"] if m["Destination"] == sandbox.work_dir),
@@ -1032,7 +1036,6 @@ class DockerSandbox(SandboxBase):
                         self.cluster.remove(self.name)  # works with the node lost, too
                     else:
                         remove_container(docker_client(), self.container_id)
-                        self._remove_dial_in()
                     self._forget_egress(docker_client())
                     if self.shared_network is not None and self.cluster is not None:  # the last one out...
                         remove_unused_swarm_networks(self.cluster)
@@ -1042,6 +1045,7 @@ class DockerSandbox(SandboxBase):
                         remove_fork_image(self._fork_image)
                 self.state = SandboxState.STOPPED
             self._finalizer = self._channel = None
+            self._remove_dial_in()  # its container is gone, this way or another (docker rm, its engine)
             if self._lifeline is not None:
                 self._lifeline.close()
                 self._lifeline = None
@@ -1151,7 +1155,9 @@ class DockerSandbox(SandboxBase):
         # commit would carry into its image (and every container of the snapshot would get them).
         mounts = [docker.types.Mount(path, name, type="volume") for name, path in self.volumes.items()]
         # Tied to this process (remove_on_exit): wait for EOF on stdin, then exit and be removed.
-        main = "read -r _" if self.remove_on_exit else "exec sleep infinity"
+        # Exec'd, the main process no longer names the supervisor in its arguments (a `pkill -f
+        # supervisor` must not end the container).
+        main = "exec cat >/dev/null" if self.remove_on_exit else "exec sleep infinity"
         dial_in_labels = {}
         if dial_in is not None:
             mounts.append(dial_in.mount)
@@ -1645,11 +1651,10 @@ def _seed_disk(client: docker.DockerClient, image: str, container_id: str, direc
 
 def _remove_sandbox(client: docker.DockerClient, container_id: str, disk: str | None, delete_disk: bool,
                     dial_in: str | None) -> None:
-    """Remove a sandbox's container, then release its disk and the directory of its dial-in
-    socket (garbage collection, interpreter exit)."""
+    """Remove a sandbox's container, then release its disk (garbage collection, interpreter exit)."""
     remove_container(client, container_id)
-    if dial_in is not None:
-        remove_dial_in(dial_in)
+    if dial_in is not None:  # the container may have gone another way
+        remove_dial_in_dir(dial_in)
     if disk is not None:
         release_disk(disk, delete=delete_disk)
 
