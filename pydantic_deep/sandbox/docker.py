@@ -1231,6 +1231,7 @@ class DockerSandbox(SandboxBase):
         return shared_network_name(self.shared_network, self.network_owner)
 
     def _gone(self) -> ContainerGoneError:
+        self._remove_dial_in()  # the container went without us: the directory it needed goes now
         return ContainerGoneError(
             f"the container {self.name} is gone: it stopped or was removed from outside (docker kill, "
             "docker rm, an engine restart). A SessionManager replaces it on the next get_or_create; "

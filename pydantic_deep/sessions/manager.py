@@ -377,8 +377,6 @@ class SessionManager:
                 wanted = snapshot.runtime
             elif record is not None and record.container:
                 if sandbox is None or not sandbox.alive:
-                    if sandbox is not None:  # its container died: what it holds goes (the files stay)
-                        sandbox.stop()
                     sandbox = self._attach(record.container)
                 if sandbox is not None and wanted is not None and sandbox.runtime != wanted:
                     sandbox.stop()  # the files stay in the volumes
