@@ -112,10 +112,13 @@ _SCRIPT_PIPE_LIMIT = 1024
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT)
 _OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 _KILLED_BY_SIGKILL = 128 + signal.SIGKILL
-# Waiting shells kept ready. A command takes one and only the last one is replaced at once; the
-# others are once a command's EXIT is sent, so a shell's start (a core's half millisecond) is not
-# on the path of a command that does not need it.
+# Waiting shells kept ready. A command takes one, and only the last one is replaced at once; the
+# others are a moment after a command's end, so that a shell's start (half a millisecond of a core)
+# is not on the path of commands that do not need it: the next of a quick series finds the shell
+# started during the one before, and a burst of first commands across many sandboxes (a burst of
+# users) runs before their spares are made again.
 _SPARES = 2
+_REFILL_AFTER = 0.25
 # How long a command may wait, at the process limit, for killed leftovers to be reaped by init.
 _REAP_WAIT, _REAP_STEP = 1.0, 0.01
 
@@ -264,6 +267,7 @@ class Supervisor:
         self.environment = dict(os.environb)
         self.devnull = os.open(os.devnull, os.O_RDONLY)
         self.spares: list[_Shell] = []  # waiting shells, oldest first
+        self.refill_at: float | None = None  # when to bring the spares back to _SPARES
         self.oom_counter = _open_oom_counter()
         # Process groups of finished commands that still had members: their background jobs.
         self.leftover_groups: set[int] = set()
@@ -307,6 +311,9 @@ class Supervisor:
                     self._terminal_ready(command, events)
             self._reap()
             self._enforce_deadlines()
+            if self.refill_at is not None and time.monotonic() >= self.refill_at:
+                self.refill_at = None
+                self._keep_spares(_SPARES)
 
     # -- frames from the host ------------------------------------------------------------------
 
@@ -666,7 +673,8 @@ class Supervisor:
         self.send_json(EXIT, command.request_id,
                        {"exit_code": exit_code, "timed_out": command.timed_out, "dropped": command.dropped,
                         "oom_killed": self._oom_killed(command, exit_code)})
-        self._keep_spares(_SPARES)  # once the command's answer is out: off its path
+        if len(self.spares) < _SPARES and self.refill_at is None:
+            self.refill_at = time.monotonic() + _REFILL_AFTER
 
     def _oom_killed(self, command: _Command, exit_code: int) -> bool:
         """Whether the OOM killer struck this command (see the module's docstring)."""
@@ -685,6 +693,8 @@ class Supervisor:
 
     def _next_timeout(self) -> float | None:
         deadlines = [c.deadline for c in self.commands.values() if c.deadline and not c.timed_out]
+        if self.refill_at is not None:
+            deadlines.append(self.refill_at)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _enforce_deadlines(self) -> None:
