@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 
 import pytest
 from helpers import dial_in_sockets, poll_until
@@ -167,3 +168,27 @@ def _supervisor_parent(sandbox: DockerSandbox) -> str:
     """The parent pid of the supervisor (its commands' parent), in the container's pid namespace:
     1 when it started with the container, 0 (outside it) when a docker exec started it."""
     return sandbox.execute("cut -d' ' -f4 /proc/$PPID/stat").output
+
+
+_SCHED_ATTR_RUNTIME = r"""
+import ctypes, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def runtime(pid):  # sched_getattr(2): sched_runtime is a fair task's time slice (Linux 6.12+)
+    attr = ctypes.create_string_buffer(48)
+    assert libc.syscall(315, pid, attr, 48, 0) == 0, ctypes.get_errno()
+    return struct.unpack("=IIQiIQQQ", attr.raw)[5]
+print(runtime(os.getppid()), runtime(0))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="sched_getattr's number here is x86-64's")
+def test_the_supervisor_asks_for_short_time_slices_and_commands_get_the_default(sandbox: DockerSandbox) -> None:
+    # `exec`: the command's process is the supervisor's own child, so its parent is the supervisor.
+    sandbox.write_file("/workspace/slices.py", _SCHED_ATTR_RUNTIME)
+    result = sandbox.execute("exec python3 /workspace/slices.py")
+    assert result.exit_code == 0, result.output
+    supervisor, command = map(int, result.output.split())
+    if command == 0:
+        pytest.skip("this kernel does not report time slices (Linux before 6.12)")
+    assert supervisor == 100_000  # the supervisor's _SLICE_NS
+    assert command > supervisor  # SCHED_FLAG_RESET_ON_FORK: the default, not the supervisor's

@@ -572,3 +572,47 @@ def test_a_port_nothing_listens_on_is_closed_with_a_reason(driver: Driver) -> No
     driver.send(protocol.PORT_ACK, 99, protocol.ACK.pack(1))
     assert driver.execute(5, "echo still here").stdout == b"still here\n"
 
+
+
+# -- the Python supervisor's JSON: json's C half, without the module (and the module where there is none)
+
+PAYLOADS = [
+    {"command": "echo hi", "timeout": 30, "max_output": 1_000_000, "stdin": False},
+    {"command": 'printf "%s\\n" \'a "quoted" \\\\ path\'\t\u00e9\u4e2d\U0001f600 \x01\x1f', "timeout": 0.25,
+     "max_output": None, "stdin": True},
+    {"command": None, "cols": 80, "rows": 24},
+    {"signal": 9},
+    {"port": 5173, "nested": {"list": [1, 2.5, -3e-7, True, None]}},
+]
+
+
+@pytest.fixture(params=["c-half", "json-module"])
+def json_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "json-module":  # as under a Python built without _json
+        monkeypatch.setattr(protocol, "_json", None)
+        monkeypatch.setattr(protocol, "_scan_json", None)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_the_supervisor_reads_frames_as_json_loads_does(json_way: str, payload: dict) -> None:
+    for text in (json.dumps(payload), json.dumps(payload, ensure_ascii=False), json.dumps(payload, indent=1)):
+        assert protocol._loads(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize("bad", [b"", b"{", b'{"command": "x"} trailing', b'{"a": 1,}', b"\xff\xfe", b"[1, 2"])
+def test_a_malformed_frame_fails_as_json_loads_fails(json_way: str, bad: bytes) -> None:
+    with pytest.raises(ValueError) as ours:
+        protocol._loads(bad)
+    with pytest.raises(ValueError) as theirs:
+        json.loads(bad)
+    assert type(ours.value) is type(theirs.value) and str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("message", [
+    {"version": 1, "python": "3.11.2", "pid": 7},
+    {"exit_code": 137, "timed_out": True, "dropped": 0, "oom_killed": False},
+    {"message": 'cannot run the command: \'x\\y "z"\'\n\t\u00e9\u4e2d\U0001f600\x00\x7f'},
+])
+def test_the_supervisor_writes_what_json_dumps_writes(json_way: str, message: dict) -> None:
+    assert protocol._dumps(message) == json.dumps(message).encode()
