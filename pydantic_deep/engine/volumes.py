@@ -10,11 +10,9 @@ from .labels import managed
 __all__ = ["create_volume", "ensure_volume", "find_volumes", "remove_volume", "volume_labels"]
 
 def ensure_volume(name: str) -> None:
-    """Create the volume ``name`` (labelled as ours) unless it exists."""
-    try:
-        docker_client().volumes.get(name)
-    except NotFound:
-        create_volume(name)
+    """Create the volume ``name`` (labelled as ours) unless it exists: the engine's create keeps
+    an existing volume as it is, labels and files."""
+    docker_client().volumes.create(name, labels=managed())
 
 
 def create_volume(name: str, labels: dict[str, str] | None = None) -> None:

@@ -38,9 +38,9 @@ from docker.errors import DockerException
 
 from ..engine import labels as label
 from ..errors import ImageNotAvailableError
-from .builder import Progress, build_image, image_exists, image_lock
+from .builder import Progress, build_image, image_exists, image_id, image_lock
 
-__all__ = ["AIRGAPPED_BASES", "AirgappedBase", "bootstrap_base", "ensure_base_image"]
+__all__ = ["AIRGAPPED_BASES", "AirgappedBase", "bootstrap_base", "ensure_base_image", "resolve_base_image"]
 
 logger = logging.getLogger("pydantic_deep.images")
 
@@ -79,6 +79,7 @@ ADD node-root.tar /
 CMD ["node"]
 """
 _resolved: dict[str, str] = {}
+_resolving: dict[str, threading.Lock] = {}  # held while a ref is resolved
 _resolved_lock = threading.Lock()
 
 
@@ -91,14 +92,36 @@ def ensure_base_image(client: docker.DockerClient, ref: str, *, progress: Progre
     Raises:
         ImageNotAvailableError: not local, not pullable, and no stand-in is allowed or known.
     """
+    return resolve_base_image(client, ref, progress=progress)[0]
+
+
+def resolve_base_image(client: docker.DockerClient, ref: str, *,
+                       progress: Progress | None = None) -> tuple[str, str]:
+    """:func:`ensure_base_image`, and the id of the image it returns (in the same look at the engine)."""
+    known = _known_resolution(client, ref)
+    if known is not None:
+        return known
     with _resolved_lock:
-        if ref in _resolved and image_exists(client, _resolved[ref]):
-            return _resolved[ref]
-    if image_exists(client, ref):
-        return _remember(ref, ref)
+        resolving = _resolving.setdefault(ref, threading.Lock())
+    with resolving:  # the first callers of a burst: one resolution (one pull attempt), not one each
+        return _known_resolution(client, ref) or _resolve(client, ref, progress)
+
+
+def _known_resolution(client: docker.DockerClient, ref: str) -> tuple[str, str] | None:
+    """What ``ref`` resolved to before and its id, while that image is there."""
+    with _resolved_lock:
+        resolved = _resolved.get(ref)
+    if resolved is not None and (found := image_id(client, resolved)) is not None:
+        return resolved, found
+    return None
+
+
+def _resolve(client: docker.DockerClient, ref: str, progress: Progress | None) -> tuple[str, str]:
+    if (found := image_id(client, ref)) is not None:
+        return _remember(ref, ref), found
     try:
         client.images.pull(ref)
-        return _remember(ref, ref)
+        return _remember(ref, ref), _existing_id(client, ref)
     except DockerException as exc:
         pull_error = str(exc).splitlines()[0][:200]
     base = AIRGAPPED_BASES.get(_repository(ref))
@@ -114,7 +137,16 @@ def ensure_base_image(client: docker.DockerClient, ref: str, *, progress: Progre
             f"forbids its air-gapped stand-in {base.tag}"
         )
     bootstrap_base(client, base, progress=progress)
-    return _remember(ref, base.tag, because=f"using {base.tag} ({base.contents}), built from Debian packages")
+    resolved = _remember(ref, base.tag, because=f"using {base.tag} ({base.contents}), built from Debian packages")
+    return resolved, _existing_id(client, resolved)
+
+
+def _existing_id(client: docker.DockerClient, ref: str) -> str:
+    """The id of an image just pulled or built (which a concurrent prune may have removed again)."""
+    found = image_id(client, ref)
+    if found is None:
+        raise ImageNotAvailableError(f"The image {ref!r} was removed as soon as it was made; try again")
+    return found
 
 
 def _remember(ref: str, resolved: str, *, because: str | None = None) -> str:

@@ -19,7 +19,7 @@ from docker.errors import APIError, ImageNotFound
 from .._cache import cache_dir
 from ..errors import ImageBuildError
 
-__all__ = ["Progress", "build_image", "image_exists", "image_lock"]
+__all__ = ["Progress", "build_image", "image_exists", "image_id", "image_lock"]
 
 logger = logging.getLogger("pydantic_deep.images")
 
@@ -50,11 +50,15 @@ def image_lock(tag: str) -> Iterator[None]:
 
 def image_exists(client: docker.DockerClient, tag: str) -> bool:
     """Whether ``tag`` names an image in the local engine."""
+    return image_id(client, tag) is not None
+
+
+def image_id(client: docker.DockerClient, ref: str) -> str | None:
+    """The id of the image ``ref`` names in the local engine, or ``None`` when there is none."""
     try:
-        client.images.get(tag)
+        return str(client.images.get(ref).id)
     except ImageNotFound:
-        return False
-    return True
+        return None
 
 
 def build_image(

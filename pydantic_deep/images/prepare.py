@@ -111,9 +111,10 @@ def recorded_seeded(labels: dict[str, str]) -> tuple[str, ...]:
 
 
 def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
-                  roots: tuple[str, ...]) -> PreparedImage:
-    """The prepared form of ``image`` for a sandbox user and its directories, made once."""
-    image_id = client.images.get(image).id
+                  roots: tuple[str, ...], *, image_id: str | None = None) -> PreparedImage:
+    """The prepared form of ``image`` (whose id is ``image_id``, when the caller knows it) for a
+    sandbox user and its directories, made once."""
+    image_id = image_id or str(client.images.get(image).id)
     key = (image_id, uid, gid, roots)
     with _prepared_lock:
         if key in _prepared:

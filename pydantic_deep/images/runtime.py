@@ -20,11 +20,11 @@ import docker
 
 from ..config import RuntimeConfig
 from ..engine import labels as label
-from .bases import APT_CLEANUP, ensure_base_image
-from .builder import Progress, build_image, image_exists, image_lock
+from .bases import APT_CLEANUP, resolve_base_image
+from .builder import Progress, build_image, image_id, image_lock
 from .certs import CONTAINER_CA_PATH, CaBundle
 
-__all__ = ["ensure_runtime_image", "render_dockerfile", "runtime_image_tag"]
+__all__ = ["ensure_runtime_image", "render_dockerfile", "resolve_runtime_image", "runtime_image_tag"]
 
 logger = logging.getLogger("pydantic_deep.images")
 
@@ -95,16 +95,28 @@ def ensure_runtime_image(
         ImageNotAvailableError: the (base) image cannot be had.
         ImageBuildError: the build failed; nothing was tagged.
     """
+    return resolve_runtime_image(client, runtime, ca_bundle=ca_bundle, progress=progress)[0]
+
+
+def resolve_runtime_image(
+    client: docker.DockerClient,
+    runtime: RuntimeConfig,
+    *,
+    ca_bundle: CaBundle | None = None,
+    progress: Progress | None = None,
+) -> tuple[str, str]:
+    """:func:`ensure_runtime_image`, and the id of the image it returns: each image is looked up
+    once (a start's only engine calls before its container's are these)."""
     if runtime.image is not None:
-        return ensure_base_image(client, runtime.image, progress=progress)
+        return resolve_base_image(client, runtime.image, progress=progress)
     assert runtime.base_image is not None
-    base = ensure_base_image(client, runtime.base_image, progress=progress)
-    tag = runtime_image_tag(runtime, client.images.get(base).id, ca_bundle)
-    if runtime.cache_image and image_exists(client, tag):
-        return tag
+    base, base_id = resolve_base_image(client, runtime.base_image, progress=progress)
+    tag = runtime_image_tag(runtime, base_id, ca_bundle)
+    if runtime.cache_image and (found := image_id(client, tag)) is not None:
+        return tag, found
     with image_lock(tag):
-        if runtime.cache_image and image_exists(client, tag):
-            return tag  # built by whoever held the lock before us
+        if runtime.cache_image and (found := image_id(client, tag)) is not None:
+            return tag, found  # built by whoever held the lock before us
         logger.info("Building image %s for runtime %r (once; later starts reuse it)", tag, runtime.name)
         started = time.monotonic()
         build_image(
@@ -114,4 +126,4 @@ def ensure_runtime_image(
             progress=progress, nocache=not runtime.cache_image,
         )
         logger.info("Built %s in %.1f s", tag, time.monotonic() - started)
-    return tag
+    return tag, str(client.images.get(tag).id)

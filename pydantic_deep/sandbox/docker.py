@@ -119,7 +119,7 @@ from ..images.prepare import (
     recorded_interpreters,
     supervisor_command,
 )
-from ..images.runtime import ensure_runtime_image
+from ..images.runtime import resolve_runtime_image
 from ..paths import UPLOADS_DIR, resolve_sandbox_path
 from ..results import EgressEvent, ExecuteResult, FileInfo, ResourceUsage
 from ..runtimes import resolve_runtime
@@ -598,9 +598,10 @@ class DockerSandbox(SandboxBase):
                 prepared = PreparedImage(self.from_snapshot.image, self.from_snapshot.python, self.from_snapshot.node,
                                          seeded=tuple(path for path in self._disk_paths() if path not in beside))
             else:
-                self.image = ensure_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
-                                                  progress=self.progress)
-                prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots)
+                self.image, image_id = resolve_runtime_image(client, self.runtime, ca_bundle=self.ca_bundle,
+                                                             progress=self.progress)
+                prepared = prepare_image(client, self.image, self._uid, self._gid, self.allowed_roots,
+                                         image_id=image_id)
             if self.cluster is not None:
                 self._start_on_cluster(self.cluster, prepared)
                 return self
