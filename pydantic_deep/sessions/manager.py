@@ -777,6 +777,9 @@ class SessionManager:
                 future.set_result(await asyncio.to_thread(self._recover))
             except BaseException as exc:
                 future.set_exception(exc)
+        if future.done():  # as on every call but the first few: no hop through the event loop
+            future.result()
+            return
         await asyncio.wrap_future(future)
 
     async def recover(self) -> tuple[int, int]:
