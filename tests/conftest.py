@@ -15,7 +15,7 @@ from local_swarm import LocalSwarm
 
 from pydantic_deep import DockerSandbox
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.engine.dial_in_dirs import remove_dial_in_dir
+from pydantic_deep.engine.dial_in_dirs import remove_dial_in_dir, sweep_dial_in_dirs
 from pydantic_deep.engine.firewall import rules_installed
 from pydantic_deep.engine.networks import LABEL as NETWORK_LABEL
 from pydantic_deep.engine.networks import remove_unused_networks
@@ -28,9 +28,11 @@ def no_leaked_containers() -> Iterator[None]:
     yield
     assert own_containers() == [], "containers leaked by the test run"
     assert session_volumes() == [], "session volumes leaked by the test run"
-    # Directories of dial-in sockets whose containers went where this process did not see it (the
-    # engine removed them): the next process's first dial-in sweeps them; this one does it here.
-    # tests/test_channel.py holds the paths that remove them at once to it.
+    # Directories of dial-in sockets whose containers went where no process saw it (the engine
+    # removed them: those of the test's subprocesses that ended, say): the next process's first
+    # dial-in sweeps them; this run does it here, its own included. tests/test_channel.py holds
+    # the paths that remove them at once to it.
+    sweep_dial_in_dirs(docker_client())
     for name in dial_in_sockets():
         remove_dial_in_dir(name)
 

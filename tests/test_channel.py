@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 from helpers import dial_in_sockets, poll_until
 
 from pydantic_deep import DockerSandbox, OutputChunk, RuntimeConfig, SandboxError
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.engine.dial_in_dirs import make_dial_in_dir, remove_dial_in_dir, sweep_dial_in_dirs
 from pydantic_deep.execution import channel as channel_module
 from pydantic_deep.execution.channel import ChannelClosedError, DockerExecChannel, SupervisorChannel
 from pydantic_deep.execution.dial_in import DialIn
@@ -192,3 +196,20 @@ def test_the_supervisor_asks_for_short_time_slices_and_commands_get_the_default(
         pytest.skip("this kernel does not report time slices (Linux before 6.12)")
     assert supervisor == 100_000  # the supervisor's _SLICE_NS
     assert command > supervisor  # SCHED_FLAG_RESET_ON_FORK: the default, not the supervisor's
+
+
+def test_a_sweep_takes_dial_in_directories_of_ended_processes_and_leaves_live_ones() -> None:
+    client = docker_client()
+    made = subprocess.run([sys.executable, "-c", "from pydantic_deep.engine.client import docker_client; "
+                           "from pydantic_deep.engine.dial_in_dirs import make_dial_in_dir; "
+                           "print(make_dial_in_dir(docker_client()))"], capture_output=True, text=True, check=True)
+    orphaned = made.stdout.strip()  # its process ended before any container named it
+    assert os.path.isdir(orphaned)
+    mine = make_dial_in_dir(client)  # this process's, as if its container were being created
+    try:
+        sweep_dial_in_dirs(client)
+        assert not os.path.exists(orphaned)
+        assert os.path.isdir(mine)
+    finally:
+        for path in (orphaned, mine):
+            remove_dial_in_dir(os.path.basename(path))

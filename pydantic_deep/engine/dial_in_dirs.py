@@ -5,7 +5,8 @@ Each is made in this machine's temporary directory for one container, bind-mount
 while the container does: the engine's archive calls (``docker cp`` among them) mount every bind
 mount's source again. :func:`~.containers.remove_container` removes it with the container; what
 containers removed otherwise left (by their engine, when the process that tied them to itself
-died) goes at the next process's first dial-in on that engine, or at ``pydantic-deep prune``.
+died) goes at the next process's first dial-in on that engine, or at ``pydantic-deep prune``: once
+no container names it and the process that made it is gone (or it is ten minutes old).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def remove_dial_in_dir(name: str) -> None:
 
 
 def sweep_dial_in_dirs(client: docker.DockerClient) -> int:
-    """Remove the directories made for ``client``'s engine that no container of it names; how many."""
+    """Remove the directories made for ``client``'s engine that no container of it names (and that
+    no live process may still be about to use); how many."""
     unused = unused_dial_in_dirs(client, older_than=_SWEEP_AFTER)
     for name in unused:
         remove_dial_in_dir(name)
@@ -62,10 +64,23 @@ def sweep_dial_in_dirs(client: docker.DockerClient) -> int:
 
 
 def unused_dial_in_dirs(client: docker.DockerClient, *, older_than: float) -> list[str]:
-    """The directories made for ``client``'s engine more than ``older_than`` seconds ago that no
-    container of it names."""
+    """The directories made for ``client``'s engine that no container of it names, made more than
+    ``older_than`` seconds ago or by a process that is gone (whose container can no longer come)."""
     prefix = _engine_prefix(client)
     named = {c["Labels"].get(DIAL_IN) for c in client.api.containers(all=True, filters={"label": DIAL_IN})}
     return sorted(entry.name for entry in os.scandir(tempfile.gettempdir())
                   if entry.name.startswith(prefix) and entry.name not in named
-                  and time.time() - entry.stat(follow_symlinks=False).st_mtime >= older_than)
+                  and (time.time() - entry.stat(follow_symlinks=False).st_mtime >= older_than
+                       or _maker_gone(entry.name[len(prefix):])))
+
+
+def _maker_gone(rest: str) -> bool:
+    """Whether the process whose pid begins ``rest`` (``<pid>-<random>``) has ended; a pid in use
+    again counts as the maker's."""
+    try:
+        os.kill(int(rest.split("-", 1)[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        pass
+    return False
