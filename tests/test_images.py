@@ -12,7 +12,7 @@ import pytest
 
 from pydantic_deep import DockerSandbox, ImageBuildError, ImageNotAvailableError, RuntimeConfig
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.images.bases import PYTHON, ensure_base_image
+from pydantic_deep.images.bases import PYTHON, resolve_base_image
 from pydantic_deep.images.builder import image_exists
 from pydantic_deep.images.certs import resolve_ca_bundle
 from pydantic_deep.images.runtime import ensure_runtime_image, render_dockerfile, runtime_image_tag
@@ -134,8 +134,8 @@ def test_unpullable_base_resolves_to_the_airgapped_stand_in_with_one_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="pydantic_deep.images.runtime"):
-        assert ensure_base_image(docker_client(), "python:3.10-slim") == PYTHON.tag
-        assert ensure_base_image(docker_client(), "python:3.10-slim") == PYTHON.tag
+        assert resolve_base_image(docker_client(), "python:3.10-slim")[0] == PYTHON.tag
+        assert resolve_base_image(docker_client(), "python:3.10-slim")[0] == PYTHON.tag
     [record] = caplog.records
     assert record.getMessage() == (
         "Base image python:3.10-slim cannot be pulled; using pydantic-deep/debian-python:3.11-bookworm "
@@ -145,7 +145,7 @@ def test_unpullable_base_resolves_to_the_airgapped_stand_in_with_one_log_line(
 def test_fallback_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYDANTIC_DEEP_BASE_FALLBACK", "never")
     with pytest.raises(ImageNotAvailableError, match="PYDANTIC_DEEP_BASE_FALLBACK=never"):
-        ensure_base_image(docker_client(), "python:3.9-slim")
+        resolve_base_image(docker_client(), "python:3.9-slim")
 
 
 def test_unknown_image_without_stand_in_says_what_to_do() -> None:

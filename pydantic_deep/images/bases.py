@@ -40,7 +40,7 @@ from ..engine import labels as label
 from ..errors import ImageNotAvailableError
 from .builder import Progress, build_image, image_exists, image_id, image_lock
 
-__all__ = ["AIRGAPPED_BASES", "AirgappedBase", "bootstrap_base", "ensure_base_image", "resolve_base_image"]
+__all__ = ["AIRGAPPED_BASES", "AirgappedBase", "bootstrap_base", "resolve_base_image"]
 
 logger = logging.getLogger("pydantic_deep.images")
 
@@ -83,21 +83,17 @@ _resolving: dict[str, threading.Lock] = {}  # held while a ref is resolved
 _resolved_lock = threading.Lock()
 
 
-def ensure_base_image(client: docker.DockerClient, ref: str, *, progress: Progress | None = None) -> str:
+def resolve_base_image(client: docker.DockerClient, ref: str, *,
+                       progress: Progress | None = None) -> tuple[str, str]:
     """Make ``ref`` usable as a base: local, pulled, or replaced by its air-gapped equivalent.
 
     Returns:
-        The image reference to build FROM: ``ref`` itself, or an air-gapped stand-in.
+        The image reference to build FROM (``ref`` itself, or an air-gapped stand-in) and its id,
+        from the same look at the engine.
 
     Raises:
         ImageNotAvailableError: not local, not pullable, and no stand-in is allowed or known.
     """
-    return resolve_base_image(client, ref, progress=progress)[0]
-
-
-def resolve_base_image(client: docker.DockerClient, ref: str, *,
-                       progress: Progress | None = None) -> tuple[str, str]:
-    """:func:`ensure_base_image`, and the id of the image it returns (in the same look at the engine)."""
     known = _known_resolution(client, ref)
     if known is not None:
         return known
