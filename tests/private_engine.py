@@ -22,6 +22,8 @@ import pytest
 from docker.errors import DockerException
 from helpers import answers, poll_until
 
+from pydantic_deep.sandbox.disk import engine_disk_folder
+
 __all__ = ["PrivateEngine", "image_with_ancestors"]
 
 _START_TIMEOUT = 60.0
@@ -99,7 +101,8 @@ class PrivateEngine:
 
     def close(self) -> None:
         """Remove every container, stop the daemon (which stops its containerd and the shims),
-        and delete its directory."""
+        and delete its directory and its disks' folder."""
+        disks = None
         try:
             if self._crashed:  # containers still run in their shims: a daemon must stop them
                 self.start()
@@ -108,6 +111,7 @@ class PrivateEngine:
                     client = self.client()
                     for container in client.containers.list(all=True):
                         container.remove(force=True, v=True)
+                    disks = Path(engine_disk_folder(client))  # made by a sandbox's disk agent, if any
                 self._process.send_signal(signal.SIGTERM)
                 try:
                     self._process.wait(_START_TIMEOUT)
@@ -118,6 +122,9 @@ class PrivateEngine:
             self._log.close()
             _unmount_below(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
+            if disks is not None:
+                _unmount_below(disks)
+                shutil.rmtree(disks, ignore_errors=True)
 
 
 def image_with_ancestors(client: docker.DockerClient, tag: str) -> list[str]:

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -33,7 +34,9 @@ from pydantic_deep import (
 )
 from pydantic_deep.cli import main as cli
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.sandbox.disk import DISK_DIR, disk_dir, list_disks
+from pydantic_deep.errors import SandboxError
+from pydantic_deep.sandbox.disk import DISK_DIR, disk_dir, list_disks, open_disk
+from pydantic_deep.sandbox.disk_prune import prune_disks
 from pydantic_deep.sandbox.docker import FROM_RUNTIME, resolved_disk_size
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.disk, pytest.mark.anyio]
@@ -234,6 +237,7 @@ KILLED_MANAGER = """
 import json, os, signal, socket, subprocess, sys, time
 from pydantic_deep import DockerSandbox, SyncSessionManager
 from pydantic_deep.engine.client import docker_client
+from pydantic_deep.errors import SandboxError
 from pydantic_deep.sandbox.disk import DISK_DIR, _Agent, list_disks
 name, other = sys.argv[1:]
 manager = SyncSessionManager("python-minimal", name=name, disk_size="64m", warm=1)
@@ -306,6 +310,34 @@ async def test_prune_finds_every_disk_a_killed_process_left_and_keeps_sessions_f
         await cleanup.shutdown(keep_files=False)
         with contextlib.suppress(OSError):
             os.rmdir(f"{DISK_DIR}/{other}")
+
+
+def test_prune_deletes_a_disk_whose_make_was_cut_short_and_leaves_one_being_made() -> None:
+    """A process killed while its disk agent made a disk takes the agent with it, mid-mkfs: the
+    disk's file is left half made, under its temporary name, with its owner recorded. Prune
+    deletes it; one that a live process is making is left alone."""
+    folder = os.path.dirname(disk_dir("x"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    cut_short, being_made = (f"pd-disk-{uuid.uuid4().hex[:16]}" for _ in range(2))
+    for name, pid in ((cut_short, gone.pid), (being_made, os.getpid())):
+        with open(f"{folder}/{name}.img.new", "wb") as half_made:
+            half_made.truncate(64 << 20)
+        Path(f"{folder}/{name}.owner").write_text(f"{socket.gethostname()} {pid}\n")
+    try:
+        assert {cut_short, being_made} <= {disk.name for disk in list_disks()}
+        prune_disks()
+        assert leftovers(cut_short) == []
+        assert sorted(leftovers(being_made)) == [f"{folder}/{being_made}.img.new", f"{folder}/{being_made}.owner"]
+    finally:
+        for path in glob.glob(f"{folder}/{being_made}.*") + glob.glob(f"{folder}/{cut_short}.*"):
+            os.remove(path)
+
+
+def test_a_disk_that_cannot_be_made_leaves_nothing_behind() -> None:
+    with pytest.raises(SandboxError, match="the disk operation open"):
+        open_disk(name := f"pd-disk-{uuid.uuid4().hex[:16]}", 4096, 1000, 1000, keep=False)  # too small for ext4
+    assert leftovers(name) == []
 
 
 def test_on_a_cluster_the_default_is_no_disk_and_a_sessions_disk_needs_the_session_storage(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from ..engine.containers import remove_container
 from ..errors import SandboxError
 from ..images.bases import MINBASE, bootstrap_base
 
-__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "list_disks", "open_disk", "release_disk"]
+__all__ = ["DISK_DIR", "DiskInfo", "disk_dir", "engine_disk_folder", "list_disks", "open_disk", "release_disk"]
 
 logger = logging.getLogger("pydantic_deep.disk")
 
@@ -76,20 +76,23 @@ case $op in
 open)
   name=$1 size=$2 uid=$3 gid=$4 keep=$5 owner=$6
   img=/disks/$name.img
+  # The owner first: a make cut short (its process killed, and this agent with it) leaves a
+  # half-made "$img.new" that prune then finds as that owner's.
+  printf '%s\n' "$owner" > "/disks/$name.owner"
   if [ ! -e "$img" ]; then
     skel=/tmp/skel-$name
     rm -rf "$skel" && mkdir -p "$skel/work" "$skel/uploads" "$skel/home" "$skel/tmp"
     chown -R "$uid:$gid" "$skel" && chmod 1777 "$skel/tmp"
     journal=; [ "$keep" != 0 ] || journal="-O ^has_journal"  # 2: a session's to be (disk_stock.py)
-    truncate -s "$size" "$img.new"
     lazy=lazy_itable_init=1,lazy_journal_init=1,assume_storage_prezeroed=1
-    mkfs.ext4 -q -m 0 $journal -E "$lazy,root_owner=$uid:$gid" -d "$skel" "$img.new"
+    { truncate -s "$size" "$img.new" &&
+      mkfs.ext4 -q -m 0 $journal -E "$lazy,root_owner=$uid:$gid" -d "$skel" "$img.new"; } ||
+      { rm -rf "$skel" "$img.new" "/disks/$name.owner"; exit 1; }
     rm -rf "$skel"
     mv "$img.new" "$img"
     echo new
   fi
   if [ "$keep" = 1 ]; then : > "/disks/$name.keep"; fi
-  printf '%s\n' "$owner" > "/disks/$name.owner"
   host 'grep -q " $1 ext4 " /proc/self/mounts && exit
         mkdir -p "$1" && mount -o loop,nosuid,nodev "$1.img" "$1" || { rmdir "$1"; exit 1; }' sh "$HOST_DIR/$name";;
 release)
@@ -117,9 +120,10 @@ failed $name
   wait;;
 list)
   mounts=$(host 'grep " $1/" /proc/self/mounts | cut -d" " -f2' sh "$HOST_DIR" || true)
-  for img in /disks/*.img; do
+  for img in /disks/*.img /disks/*.img.new; do  # .img.new alone: half made (see open)
     [ -e "$img" ] || continue
-    name=${img##*/}; name=${name%.img}
+    name=${img##*/}; name=${name%.new}; name=${name%.img}
+    [ "$img" = "/disks/$name.img" ] || [ ! -e "/disks/$name.img" ] || continue
     keep=0; [ -e "/disks/$name.keep" ] && keep=1
     mounted=0; case "
 $mounts
@@ -195,13 +199,7 @@ class _Agent:
 
     def __init__(self, client: docker.DockerClient, host_dir: str | None = None) -> None:
         self.client = client
-        if host_dir is None:
-            # Engines on one host may share an ID (Docker 20.10 derives it from /etc/docker/key.json),
-            # never a data root: the two together name this engine, and its disks' folder.
-            info = client.info()
-            engine = hashlib.sha256(f"{info['ID']} {info['DockerRootDir']}".encode()).hexdigest()[:12]
-            host_dir = f"{DISK_DIR}/{engine}"
-        self.host_dir = host_dir
+        self.host_dir = host_dir if host_dir is not None else engine_disk_folder(client)
         self.container_id: str | None = None
         self._lifeline: Any = None
         self._lock = threading.Lock()
@@ -335,6 +333,15 @@ def _agent() -> _Agent:
         if agent is None:
             agent = _agents[id(client)] = _Agent(client)
         return agent
+
+
+def engine_disk_folder(client: docker.DockerClient) -> str:
+    """The folder of the disks of ``client``'s engine, on that engine's host."""
+    # Engines on one host may share an ID (Docker 20.10 derives it from /etc/docker/key.json),
+    # never a data root: the two together name the engine.
+    info = client.info()
+    engine = hashlib.sha256(f"{info['ID']} {info['DockerRootDir']}".encode()).hexdigest()[:12]
+    return f"{DISK_DIR}/{engine}"
 
 
 def disk_dir(name: str) -> str:

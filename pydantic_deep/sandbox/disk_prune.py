@@ -46,9 +46,10 @@ set -eu
 nsenter -t "$(cat /run/shim)" -m -- sh -c '
 root=$1""" + IN_USE + r"""
 mounts=$(cut -d" " -f2,3 /proc/self/mounts)
-for img in "$root"/*/*.img; do
+for img in "$root"/*/*.img "$root"/*/*.img.new; do  # .img.new alone: a make cut short (disk.py)
   [ -e "$img" ] || continue
-  disk=${img%.img}; folder=${disk%/*}; folder=${folder##*/}; name=${disk##*/}
+  disk=${img%.new}; disk=${disk%.img}; folder=${disk%/*}; folder=${folder##*/}; name=${disk##*/}
+  [ "$img" = "$disk.img" ] || [ ! -e "$disk.img" ] || continue
   keep=0; [ -e "$disk.keep" ] && keep=1
   mounted=0; printf "%s\n" "$mounts" | grep -qxF "$disk ext4" && mounted=1
   used=0; in_use "$img" && used=1
