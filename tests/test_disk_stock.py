@@ -48,7 +48,21 @@ def test_a_burst_larger_than_the_stock_gets_disks_of_its_own(small_stock: int) -
     assert all(leftovers(name) == [] for name in names)
 
 
-async def test_new_sessions_take_disks_made_ahead_each_their_own(small_stock: int) -> None:
+@pytest.mark.parametrize("marker", ["written here", "by the disk agent"])
+async def test_new_sessions_take_disks_made_ahead_each_their_own(small_stock: int, marker: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each session gets its own disk, marked as holding its files: by this process where the
+    engine's disk folder is its to write (as here: root, on the engine's host), else (a remote
+    engine, a user without root) by the disk agent in the background."""
+    if marker == "by the disk agent":
+        monkeypatch.setattr(disk_stock, "_marked_here", lambda name: False)
+    agent_marked, mark = [], disk_stock._mark
+
+    def marking_by_agent() -> None:
+        agent_marked.append(True)
+        mark()
+
+    monkeypatch.setattr(disk_stock, "_mark", marking_by_agent)
     manager = SessionManager("python-minimal", name=f"test-{uuid.uuid4().hex[:8]}")
     try:
         await manager.recover()  # fills the stock
@@ -60,8 +74,9 @@ async def test_new_sessions_take_disks_made_ahead_each_their_own(small_stock: in
             sandbox.write_file("mine.txt", user)
         for user, sandbox in zip(users, sandboxes, strict=True):
             assert sandbox.execute("cat mine.txt; ls").output == f"{user}mine.txt\n"  # its own file only
-        # Marked as holding the sessions' files (in the background): prune never deletes them.
-        poll_until(lambda: all(d.keep for d in list_disks() if d.name in disks), "the sessions' disks are kept")
+        # Marked as holding the sessions' files: prune never deletes them.
+        poll_until(lambda: {d.name for d in list_disks() if d.keep} >= set(disks), "the sessions' disks are kept")
+        assert bool(agent_marked) == (marker == "by the disk agent")
     finally:
         await manager.shutdown(keep_files=False)
     assert all(leftovers(disk) == [] for disk in disks)

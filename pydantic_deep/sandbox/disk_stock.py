@@ -11,7 +11,8 @@ together in one operation.
 
 A disk of the stock is never shared: it is new and empty when it is handed out, and handed out
 once. It goes with its sandbox, or becomes a session's (marked as holding the session's files in
-the background, right after: see :func:`claim_disk`). The stock is released when this process exits;
+the background, right after, where this process cannot write the marker itself: see
+:func:`claim_disk`). The stock is released when this process exits;
 after a crash it is found like any disk whose owner is gone: its name is ``pd-disk-<random>``, its
 owner this process, no container uses it, and it holds no session's files, so
 ``pydantic-deep prune`` deletes it.
@@ -222,7 +223,8 @@ def claim_disk(size: int, uid: int, gid: int) -> str:
     whose start (:func:`open_disk`) then costs no disk operation.
 
     Its start marks it as holding the session's files (a disk so marked is never deleted by
-    ``pydantic-deep prune``), in the background, once its container is being made. A disk claimed
+    ``pydantic-deep prune``): at once where the engine's disk folder is this process's to write,
+    else in the background, once its container is being made. A disk claimed
     for a session that does not start goes back with ``release_disk(name, delete=True)``.
     """
     name = _stock((size, uid, gid, True)).take()
@@ -246,20 +248,35 @@ def _mark() -> None:
             logger.warning("Could not mark the disks %s as holding sessions' files", names, exc_info=True)
 
 
+def _marked_here(name: str) -> bool:
+    """Mark a session's disk as holding its files by writing its marker from this process, where
+    the engine's disk folder is on this machine and this process may write there (root, say):
+    no ``docker exec`` into the agent, and marked before its container starts. False otherwise."""
+    file = disk_dir(name)
+    try:
+        if not os.path.exists(f"{file}.img"):  # the folder is another machine's (a remote engine)
+            return False
+        with open(f"{file}.keep", "a"):
+            return True
+    except OSError:  # not ours to write
+        return False
+
+
 def open_disk(name: str, size: int, uid: int, gid: int, *, keep: bool) -> tuple[str, bool]:
     """:func:`.disk.open_disk`, without a disk operation for a disk just :func:`claimed <claim_disk>`
-    (which is marked as a session's in the background)."""
+    (which is marked as a session's at once where this process can, else in the background)."""
     global _marker
     with _lock:
         fresh = name in _claimed
         _claimed.discard(name)
-        if fresh:
+    if not fresh:
+        return disk.open_disk(name, size, uid, gid, keep=keep)
+    if not _marked_here(name):
+        with _lock:
             _to_mark.append(name)
             if _marker is None:
                 _marker = threading.Thread(target=_mark, name="pydantic-deep-disk-keep", daemon=True)
                 _marker.start()
-    if not fresh:
-        return disk.open_disk(name, size, uid, gid, keep=keep)
     return disk_dir(name), True
 
 
