@@ -237,7 +237,6 @@ KILLED_MANAGER = """
 import json, os, signal, socket, subprocess, sys, time
 from pydantic_deep import DockerSandbox, SyncSessionManager
 from pydantic_deep.engine.client import docker_client
-from pydantic_deep.errors import SandboxError
 from pydantic_deep.sandbox.disk import DISK_DIR, _Agent, list_disks
 name, other = sys.argv[1:]
 manager = SyncSessionManager("python-minimal", name=name, disk_size="64m", warm=1)

@@ -10,9 +10,9 @@ than the stock the callers queue up first come, first served, and the disks they
 together in one operation.
 
 A disk of the stock is never shared: it is new and empty when it is handed out, and handed out
-once. It goes with its sandbox, or becomes a session's (marked as holding the session's files in
-the background, right after, where this process cannot write the marker itself: see
-:func:`claim_disk`). The stock is released when this process exits;
+once. It goes with its sandbox, or becomes a session's (marked as holding the session's files, by
+this process where it can write the marker, else in the background: see :func:`claim_disk`). The
+stock is released when this process exits;
 after a crash it is found like any disk whose owner is gone: its name is ``pd-disk-<random>``, its
 owner this process, no container uses it, and it holds no session's files, so
 ``pydantic-deep prune`` deletes it.
@@ -224,8 +224,8 @@ def claim_disk(size: int, uid: int, gid: int) -> str:
 
     Its start marks it as holding the session's files (a disk so marked is never deleted by
     ``pydantic-deep prune``): at once where the engine's disk folder is this process's to write,
-    else in the background, once its container is being made. A disk claimed
-    for a session that does not start goes back with ``release_disk(name, delete=True)``.
+    else in the background, once its container is being made. A disk claimed for a session that
+    does not start goes back with ``release_disk(name, delete=True)``.
     """
     name = _stock((size, uid, gid, True)).take()
     with _lock:
