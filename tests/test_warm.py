@@ -176,7 +176,8 @@ async def test_first_use_is_served_from_warm_capacity() -> None:
         final = naming.session_name(manager.name, naming.user_key("ada"))
         poll_until(lambda: sandbox.name == final, lambda: sandbox.name)
         assert docker_client().containers.get(final).id == sandbox.container_id
-        assert final in session_volumes()
+        # Renamed first, then recorded (the two are one background step): the record may come a moment later.
+        poll_until(lambda: final in session_volumes(), "the session's record in the engine")
         assert await manager.cleanup_idle(max_idle=0) == 1  # files kept, container gone
         again = await manager.get_or_create("ada")
         assert again.container_id not in ready and again.read_file("kept.txt") == b"ada's"
