@@ -1134,7 +1134,7 @@ vec($watched, fileno $frames_in, 1) = 1;
 my @waiting_shell;  # its arguments (w)
 my @spares;  # waiting shells: {pid, script, out, err}
 my %spare_pids;
-my %commands;  # the commands of r, by pid: {id, pid, budget, dropped, timed_out, overlapped, oom}
+my %commands;  # the commands of r, by pid: {id, budget, dropped, timed_out, overlapped, oom, ended}
 my %readers;  # commands' output, by descriptor: [command, fd (1 or 2), handle]
 my $supervisor_busy = 0;  # commands of the supervisor's own run (n)
 my $outbox = "";  # frames for the host, not written yet
@@ -1267,7 +1267,6 @@ sub run {
       $readers{fileno $handle} = [$command, $fd, $handle];
       vec($watched, fileno $handle, 1) = 1;
     }
-    $command->{pid} = $spare->{pid};
     return "p $request $spare->{pid}\n";
   }
   return "e $request ENOSPARE no waiting shell\n";
@@ -1286,8 +1285,9 @@ sub said {
 }
 
 sub read_output {
-  # Read what is there on a command's output descriptor: what to say of it. At the end of the
-  # stream it is closed; after its command ended (a background child's) it is dropped.
+  # Read what is there on a command's output descriptor (all of it, or one chunk) and frame it for
+  # the host. At the end of the stream it is closed; after its command ended (a background
+  # child's) it is dropped.
   my ($descriptor, $all) = @_;
   my ($command, $fd, $handle) = @{$readers{$descriptor}};
   for (;;) {
@@ -1313,9 +1313,9 @@ sub exited {
     @spares = grep { $_->{pid} != $pid } @spares;
     return "";
   }
-  my $code = ($status >> 8) . " " . ($status & 127);
+  my $said = "x $pid " . ($status >> 8) . " " . ($status & 127) . "\n";
   my $command = delete $commands{$pid};
-  return "x $pid $code\n" unless $command;
+  return $said unless $command;
   # Whatever the shell wrote before it exited is in its pipes: said before its exit.
   for my $descriptor (grep { $readers{$_}[0] == $command } keys %readers) {
     read_output($descriptor, 1);
@@ -1328,7 +1328,7 @@ sub exited {
     && (!$command->{overlapped} || ($exit_code == 137 && !$command->{timed_out}));
   frame(EXIT_FRAME, $command->{id}, sprintf('{"exit_code": %d, "timed_out": %s, "dropped": %d, "oom_killed": %s}',
     $exit_code, $command->{timed_out} ? "true" : "false", $command->{dropped}, $oom ? "true" : "false"));
-  return "x $pid $code $command->{dropped}\n";
+  return $said;
 }
 
 sub handle {
