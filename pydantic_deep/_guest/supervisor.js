@@ -1307,6 +1307,13 @@ sub read_output {
   }
 }
 
+sub output_order {
+  # Commands' output descriptors, each command's stdout before its stderr (its stdout pipe was made
+  # first): select() does not say which was written first, and a hash's order is random, so a
+  # command's budget would go to its stderr first now and then.
+  return sort { $a <=> $b } keys %readers;
+}
+
 sub exited {
   my ($pid, $status) = @_;
   if (delete $spare_pids{$pid}) {  # a waiting shell killed before it got a command
@@ -1317,7 +1324,7 @@ sub exited {
   my $command = delete $commands{$pid};
   return $said unless $command;
   # Whatever the shell wrote before it exited is in its pipes: said before its exit.
-  for my $descriptor (grep { $readers{$_}[0] == $command } keys %readers) {
+  for my $descriptor (grep { $readers{$_}[0] == $command } output_order()) {
     read_output($descriptor, 1);
   }
   $command->{ended} = 1;  # from now on its pipes are read and dropped, so background children never block
@@ -1387,7 +1394,7 @@ for (;;) {
     }
   }
   relay_frames() if vec($ready, fileno $frames_in, 1);
-  for my $descriptor (keys %readers) {
+  for my $descriptor (output_order()) {
     read_output($descriptor, 0) if vec($ready, $descriptor, 1) && $readers{$descriptor};
   }
   my $answers = "";
