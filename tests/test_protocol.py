@@ -2,13 +2,15 @@
 
 Each test runs against the Python supervisor (``_guest/supervisor.py``) and its Node.js twin
 (``supervisor.js``), both as a local subprocess fed through pipes and inside a real container
-(python-minimal, node-minimal) through ``docker exec -i``, the way the channel starts them. A
+(python-minimal, node-minimal) through ``docker exec -i``, the way the channel starts them; the
+Node.js one with each of its ways to fork (the forker program, the perl forker, Node.js's own). A
 behaviour one supervisor has and the other lacks fails here, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -27,7 +29,8 @@ from helpers import poll_until
 
 from pydantic_deep import BUILTIN_RUNTIMES, DockerSandbox
 from pydantic_deep._guest import supervisor as protocol
-from pydantic_deep.images.prepare import supervisor_command
+from pydantic_deep.images import forker
+from pydantic_deep.images.prepare import FORKER_PATH, supervisor_command
 
 pytestmark = pytest.mark.protocol
 
@@ -35,9 +38,13 @@ GUEST = Path(protocol.__file__).parent
 LOCAL = {"python": [sys.executable, "-I", "-S", str(GUEST / "supervisor.py")],
          "node": ["node", str(GUEST / "supervisor.js")]}
 RUNTIMES = {"python": "python-minimal", "node": "node-minimal"}
-# node-local-spawner: the Node.js supervisor as where there is no perl (Node.js spawns the shells).
-SUPERVISORS = ["python-local", "node-local", "node-local-spawner", "python-minimal", "node-minimal"]
+# node-local: the perl forker (no forker program beside the package's supervisor.js); -spawner: as
+# where there is no forker (Node.js spawns the shells); node-minimal: the forker program, -perl: the
+# perl forker in the same container.
+SUPERVISORS = ["python-local", "node-local", "node-local-spawner", "python-minimal", "node-minimal",
+               "node-minimal-perl"]
 NO_FORKER = "PYDANTIC_DEEP_FORKER=off"
+PERL_FORKER = "PYDANTIC_DEEP_FORKER=perl"
 TIMEOUT = 30  # seconds any one frame may take to come
 
 
@@ -154,7 +161,8 @@ def driver(request: pytest.FixtureRequest, boxes: dict[str, DockerSandbox]) -> I
         assert box.supervisor == ("python3" if kind == "python" else "node")  # what the sandbox itself runs
         command = supervisor_command(box._python, box._node)
         assert command is not None
-        argv = ["docker", "exec", "-i", box.container_id or "", *command]
+        chosen = ["-e", PERL_FORKER] if where.endswith("-perl") else []
+        argv = ["docker", "exec", "-i", *chosen, box.container_id or "", *command]
     running = Driver(argv, kind)
     running.where = where  # type: ignore[attr-defined]
     running.box = None if where.startswith("local") else box_for(boxes, RUNTIMES[kind])  # type: ignore[attr-defined]
@@ -616,3 +624,52 @@ def test_a_malformed_frame_fails_as_json_loads_fails(json_way: str, bad: bytes) 
 ])
 def test_the_supervisor_writes_what_json_dumps_writes(json_way: str, message: dict) -> None:
     assert protocol._dumps(message) == json.dumps(message).encode()
+
+
+# -- the forker's forms ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [(None, FORKER_PATH), (PERL_FORKER, "/usr/bin/perl")])
+def test_node_sandboxes_fork_through_the_forker_program_or_perl_when_told(
+        boxes: dict[str, DockerSandbox], chosen: str | None, expected: str) -> None:
+    # A command's parent is the forker that forked its shell (see FORKER in supervisor.js).
+    box = box_for(boxes, "node-minimal")
+    command = supervisor_command(box._python, box._node)
+    assert command is not None
+    driver = Driver(["docker", "exec", "-i", *(["-e", chosen] if chosen else []), box.container_id or "", *command],
+                    "node")
+    try:
+        assert driver.execute(1, "readlink /proc/$PPID/exe").stdout.decode().strip() == expected
+    finally:
+        assert driver.close() == 0
+
+
+def test_without_a_c_compiler_the_forker_program_is_left_out_and_said_once(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("PYDANTIC_DEEP_CACHE_DIR", str(tmp_path))
+    forker._built.cache_clear()
+    forker._unavailable.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pydantic_deep.images"):
+            assert forker._built() is None and forker._built() is None
+        warnings = [r.getMessage() for r in caplog.records if "forker program" in r.getMessage()]
+        assert len(warnings) == 1 and "no-such-cc" in warnings[0] and "perl" in warnings[0], warnings
+    finally:
+        forker._built.cache_clear()
+        forker._unavailable.cache_clear()
+
+
+def test_the_forker_program_is_built_once_into_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYDANTIC_DEEP_CACHE_DIR", str(tmp_path))
+    forker._built.cache_clear()
+    try:
+        program = forker._built()
+        assert program is not None and program.startswith(b"\x7fELF")
+        [built] = (tmp_path / "forker").iterdir()
+        assert built.read_bytes() == program
+        forker._built.cache_clear()
+        before = built.stat().st_mtime_ns
+        assert forker._built() == program and built.stat().st_mtime_ns == before  # taken, not compiled again
+    finally:
+        forker._built.cache_clear()

@@ -11,11 +11,13 @@
 //   time; opening both ends of one and unlinking it leaves an anonymous pipe. Without `mkfifo` or a
 //   writable directory the supervisor does not start, and the host falls back to `docker exec`.
 // - Spawning. Node.js forks itself (Python's posix_spawn does not): a spawn costs a core 1-4 ms,
-//   longer than a quick command takes. Where there is perl (every Debian-based image: perl-base is
-//   Essential) a small perl process started once, the forker (see FORKER), forks the shells in a
-//   tenth of that, and runs the commonest commands itself; the shells are its children. Without
-//   perl (Alpine, say; said once on stderr) shells are spawned by two worker threads, so the main
-//   thread goes on moving frames meanwhile. Either way two shells wait ready.
+//   longer than a quick command takes. A small process started once, the forker (see FORKER),
+//   forks the shells in a tenth of that, and runs the commonest commands itself; the shells are its
+//   children. It is a static program beside this file (_guest/forker.c, built on the host: see
+//   images/forker.py) that needs nothing from the image, or else, where the host could not build
+//   it, a perl script (every Debian-based image has perl: perl-base is Essential). With neither
+//   (said once on stderr) shells are spawned by two worker threads, so the main thread goes on
+//   moving frames meanwhile. Either way two shells wait ready.
 // - Signals. libuv resets every signal to its default in a child, but commands must ignore SIGXFSZ
 //   (a write past the file size limit then fails with "File too large" instead of killing the
 //   program). A waiting shell runs `trap '' XFSZ` first (a bare `trap` in a command lists it); a
@@ -76,10 +78,11 @@ if ("PYDANTIC_DEEP_NODE_OPTIONS" in environment) {
   environment.NODE_OPTIONS = environment.PYDANTIC_DEEP_NODE_OPTIONS;
   delete environment.PYDANTIC_DEEP_NODE_OPTIONS;
 }
-// PYDANTIC_DEEP_FORKER=off: Node.js spawns the shells itself, as where there is no perl (the
-// conformance suite runs the supervisor both ways).
-const FORKER_OFF = environment.PYDANTIC_DEEP_FORKER === "off";
+// PYDANTIC_DEEP_FORKER=perl: the perl forker even where the program is; =off: Node.js spawns the
+// shells itself, as where there is neither (the conformance suite runs the supervisor every way).
+const FORKER_CHOICE = environment.PYDANTIC_DEEP_FORKER;
 delete environment.PYDANTIC_DEEP_FORKER;
+const FORKER_PROGRAM = path.join(__dirname, "forker");
 
 function killGroup(group, signal = SIGKILL) {
   // False when the group has no process left.
@@ -1065,9 +1068,14 @@ class Spawner {
 // -- the forker ---------------------------------------------------------------------------------------
 
 // A fork of Node.js copies its page tables (about 40 MB of memory mapped): 1-4 ms of one core per
-// shell, more than a quick command takes, in whichever thread forks. Where perl is (perl-base is
-// Essential in Debian, so in every Debian-based image) a perl process of about 7 MB, started once,
-// forks the shells instead, in a tenth of a millisecond, and waits for them. It also runs the
+// shell, more than a quick command takes, in whichever thread forks. A small process started once,
+// the forker, forks the shells instead, in a tenth of a millisecond, and waits for them. It comes
+// in two forms that speak the protocol below alike: a static C program (_guest/forker.c, placed
+// beside this file when the image is prepared) that forks with vfork(), and this perl script for
+// where the program is not (perl-base is Essential in Debian, so in every Debian-based image). A
+// perl process of about 7 MB cannot vfork: after each fork() the pages it writes fault and are
+// copied again (some 110 a command), and the child frees them all when it execs the shell; the
+// program's `echo hi` costs the sandbox 1.7 ms of CPU, perl's 2.5 ms. The forker also runs the
 // commonest command itself (no stdin, a short script), from end to end: it keeps two waiting shells
 // of its own on pipes it made, hands the script to one, and writes the command's output (cut to its
 // budget) and EXIT to the host's stream, which it shares with the supervisor (its descriptor 3);
@@ -1084,7 +1092,7 @@ class Spawner {
 //   v KEY=VALUE ...                 the commands' environment (first, once)
 //   w ARG ...                       `sh ARG ...` is a waiting shell: keep SPARES of them (once)
 //   s ID FD0 FD1 FD2 FD3 ARG ...    `sh ARG ...` in a new session, with the supervisor's descriptors
-//                                   FD0-3 as its 0-3 ("" for none: /dev/null for 0, closed for 3)
+//                                   FD0-3 as its 0-3 ("" for none: /dev/null for 0, else closed)
 //                                   -> `p ID PID`, or `e ID ERRNO-NAME message`
 //   r ID REQUEST BUDGET SCRIPT      the host's command REQUEST: SCRIPT to a waiting shell, its output
 //                                   cut to BUDGET bytes ("" for no limit), its frames to the host
@@ -1423,7 +1431,8 @@ class Forker {
   // Spawner's. Until it says `ready`, requests are kept: should it fail to start, they go to a
   // Spawner instead, and so does every later one. Once ready, its death is the supervisor's
   // (`died`), as the shells it forked can no longer be waited for.
-  constructor(perl, died, hostOut) {
+  constructor(program, args, died, hostOut) {
+    // `program args` is the forker: its C program, or perl with the FORKER script.
     this.died = died;
     this.hostOut = hostOut;
     this.replies = new Map(); // request number: the reply callback
@@ -1433,17 +1442,17 @@ class Forker {
     this.state = "starting"; // then "ready", or "failed" (a Spawner does the work)
     this.fallback = null;
     this.inbox = Buffer.alloc(0);
-    // No environment: PERL5OPT and the like cannot change how it runs, nor a LANG its locale warn.
+    // No environment: perl's PERL5OPT and the like cannot change how it runs, nor a LANG its locale warn.
     // Its 3 is the host's stream, its 4 the supervisor's frames for it (see FORKER).
-    this.child = childProcess.spawn(perl, ["-e", FORKER],
+    this.child = childProcess.spawn(program, args,
       { stdio: ["pipe", "pipe", "inherit", hostOut.fd, "pipe"], env: {} });
     hostOut.through(this.child.stdio[4]);
     this.child.stdin.on("error", () => {}); // it died: 'exit' says so
     this.child.stdout.on("data", (chunk) => this.read(chunk));
     this.child.on("error", (error) => this.failed(error.message));
     this.child.on("exit", (code, signal) => {
-      if (this.state === "ready") this.died(`the forker (perl) ended (${signal || `exit status ${code}`})`);
-      else this.failed(`perl exited (${signal || `exit status ${code}`})`);
+      if (this.state === "ready") this.died(`the forker ended (${signal || `exit status ${code}`})`);
+      else this.failed(`the forker exited (${signal || `exit status ${code}`})`);
     });
     const variables = Object.entries(environment).map(([name, value]) => `${name}=${value}`);
     this.send("v", variables);
@@ -1588,19 +1597,27 @@ class Forker {
 }
 
 function startSpawner(forkerDied, hostOut) {
-  // The forker where there is perl, else the Spawner (Node.js's own spawning), said once.
-  if (FORKER_OFF) return new Spawner();
-  const candidates = ["/usr/bin", ...(environment.PATH || "").split(":")].filter((d) => path.isAbsolute(d));
-  for (const candidate of candidates.map((directory) => path.join(directory, "perl"))) {
-    try {
-      fs.accessSync(candidate, fs.constants.X_OK);
-    } catch {
-      continue;
-    }
-    return new Forker(candidate, forkerDied, hostOut);
+  // The forker program, else the perl forker where there is perl, else the Spawner (Node.js's own
+  // spawning), said once.
+  if (FORKER_CHOICE === "off") return new Spawner();
+  if (FORKER_CHOICE !== "perl" && isExecutable(FORKER_PROGRAM)) {
+    return new Forker(FORKER_PROGRAM, [String(SPARES)], forkerDied, hostOut);
   }
-  process.stderr.write("supervisor.js: no perl in this image: shells are spawned by Node.js instead (slower)\n");
+  const candidates = ["/usr/bin", ...(environment.PATH || "").split(":")].filter((d) => path.isAbsolute(d));
+  const perl = candidates.map((directory) => path.join(directory, "perl")).find(isExecutable);
+  if (perl !== undefined) return new Forker(perl, ["-e", FORKER], forkerDied, hostOut);
+  process.stderr.write("supervisor.js: no forker program and no perl in this image: shells are spawned by " +
+    "Node.js instead (slower)\n");
   return new Spawner();
+}
+
+function isExecutable(file) {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function spawnerThread() {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 __all__ = ["ChunkReader", "entries_tar", "iter_single_file"]
 
@@ -18,16 +18,18 @@ def _directory_info(name: str, uid: int, gid: int) -> tarfile.TarInfo:
     return info
 
 
-def entries_tar(directories: Iterable[tuple[str, int, int]], files: Mapping[str, bytes] = {}) -> bytes:
+def entries_tar(directories: Iterable[tuple[str, int, int]], files: Mapping[str, bytes] = {},
+                executables: Collection[str] = ()) -> bytes:
     """A small in-memory tar: ``directories`` as ``(relative name, uid, gid)`` with mode 0755,
-    then root-owned ``files`` (relative name to content) with mode 0644."""
+    then root-owned ``files`` (relative name to content) with mode 0644, or 0755 for those named
+    in ``executables``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, uid, gid in directories:
             tar.addfile(_directory_info(name, uid, gid))
         for name, content in files.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(content), 0o644, time.time()
+            info.size, info.mode, info.mtime = len(content), 0o755 if name in executables else 0o644, time.time()
             tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
 

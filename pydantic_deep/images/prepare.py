@@ -28,15 +28,17 @@ from ..engine.containers import path_stat, remove_container
 from ..paths import TOOLS_DIR
 from .archive import ChunkReader, entries_tar, iter_single_file
 from .builder import image_lock
+from .forker import forker_program
 
-__all__ = ["HOME_DIR", "JS_KERNEL_PATH", "JS_SUPERVISOR_PATH", "KERNEL_PATH", "SUPERVISOR_PATH", "TOOLS_DIR",
-           "PreparedImage", "prepare_image"]
+__all__ = ["FORKER_PATH", "HOME_DIR", "JS_KERNEL_PATH", "JS_SUPERVISOR_PATH", "KERNEL_PATH", "SUPERVISOR_PATH",
+           "TOOLS_DIR", "PreparedImage", "prepare_image"]
 
 HOME_DIR = "/home/sandbox"
 SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.py"
 JS_SUPERVISOR_PATH = f"{TOOLS_DIR}/supervisor.js"
 KERNEL_PATH = f"{TOOLS_DIR}/kernel.py"
 JS_KERNEL_PATH = f"{TOOLS_DIR}/kernel.js"
+FORKER_PATH = f"{TOOLS_DIR}/forker"  # supervisor.js's helper, beside it (see images/forker.py)
 _PYTHON_CANDIDATES = ("/usr/local/bin/python3", "/usr/bin/python3")
 # What a prepared image holds and records beside the guest files (its labels): a change prepares anew.
 _RECIPE = 4
@@ -121,6 +123,8 @@ def prepare_image(client: docker.DockerClient, image: str, uid: int, gid: int,
             return _prepared[key]
     tools = {path: files("pydantic_deep._guest").joinpath(path.rsplit("/", 1)[1]).read_bytes()
              for path in (SUPERVISOR_PATH, JS_SUPERVISOR_PATH, KERNEL_PATH, JS_KERNEL_PATH)}
+    if (forker := forker_program(client)) is not None:
+        tools[FORKER_PATH] = forker
     setup_hash = hashlib.sha256(json.dumps([_RECIPE, uid, gid, roots]).encode() + b"".join(tools.values())).hexdigest()
     tag = f"pydantic-deep/prepared:{image_id.removeprefix('sha256:')[:12]}-{setup_hash[:12]}"
     with image_lock(tag):
@@ -186,7 +190,7 @@ def _setup_archive(client: docker.DockerClient, container_id: str, uid: int, gid
             if str(number).encode() not in taken:
                 entries[name] = current.rstrip(b"\n") + b"\n" + entry.encode() + b"\n"
     return entries_tar([(path.lstrip("/"), owner, group) for path, (owner, group) in sorted(directories.items())],
-                       entries)
+                       entries, executables={FORKER_PATH.lstrip("/")})
 
 
 def _holds_files(client: docker.DockerClient, container_id: str, directory: str) -> bool:
