@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -238,6 +239,24 @@ def test_long_commands_and_refused_ones(driver: Driver) -> None:
     kind, rid, payload = driver.read()
     assert (kind, rid) == (protocol.ERROR, 3) and json.loads(payload)["message"].startswith("cannot run the command")
     assert driver.execute(4, "echo still here").stdout == b"still here\n"  # one bad command fails alone
+
+
+@pytest.mark.parametrize("spelling", ["ascii", "utf-8", "indented", "slashes escaped", "an unknown key"])
+def test_a_command_reads_the_same_in_any_json_spelling(driver: Driver, spelling: str) -> None:
+    # The Node.js supervisor's forker program reads the commonest commands itself (not JSON.parse).
+    text = 'é中😀 "q" \\ a/b\t.'
+    spec: dict[str, object] = {"command": "printf '%s\\n' " + shlex.quote(text), "timeout": 10.5, "max_output": None,
+                               "stdin": None}
+    if spelling == "an unknown key":
+        spec["later"] = [1, {"x": None}]
+    payload = {"utf-8": json.dumps(spec, ensure_ascii=False), "indented": json.dumps(spec, indent=1),
+               "slashes escaped": json.dumps(spec).replace("/", "\\/")}.get(spelling, json.dumps(spec))
+    driver.send(protocol.RUN, 1, payload.encode())
+    result = driver.until_exit(1)
+    assert (result.stdout.decode(), result.status["exit_code"]) == (text + "\n", 0)
+    driver.send(protocol.RUN, 2, b'{"command": "echo \\ud800", "timeout": 10, "max_output": 100}')
+    kind, rid, error = driver.read()
+    assert (kind, rid) == (protocol.ERROR, 2) and "surrogate" in json.loads(error)["message"]
 
 
 # -- stdin and signals ----------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 /* The forker of supervisor.js, as a static program: it needs nothing from the image.
 
-   supervisor.js describes the protocol (see FORKER there, whose perl twin this is). It forks
-   with vfork(): the child borrows the forker's memory until it execs the shell, so nothing of
-   the forker is copied or faulted in again, as it is after perl's fork() (about 110 page faults
-   and 0.7 ms of a core per command). Build: cc -static -O2 -o forker forker.c
-   Usage: forker SPARES (descriptors 0-4 as supervisor.js's Forker sets them up). */
+   supervisor.js describes it (see FORKER there, whose perl twin speaks the same requests). It
+   forks with vfork(): the child borrows the forker's memory until it execs the shell, so nothing
+   of the forker is copied or faulted in again, as it is after perl's fork() (about 110 page
+   faults and 0.7 ms of a core per command). Unlike the perl forker it reads the host's frames
+   itself (descriptor 5): it runs the commonest command (RUN with no stdin and a script of at most
+   SCRIPT_LIMIT bytes) from end to end, with its timeout and SIGNALs, and passes every other frame
+   on to the supervisor unchanged (descriptor 6), so that such a command costs Node.js nothing.
+   Build: cc -static -O2 -o forker forker.c. Usage: forker SPARES, with descriptors 0-6 as
+   supervisor.js's Forker sets them up. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -18,19 +22,24 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
 
-enum { STDOUT_FRAME = 11, STDERR_FRAME = 12, EXIT_FRAME = 13 };
+enum { RUN_FRAME = 1, SIGNAL_FRAME = 3, STDOUT_FRAME = 11, STDERR_FRAME = 12, EXIT_FRAME = 13 };
+enum { HEADER_SIZE = 9, SCRIPT_LIMIT = 1024 };  /* supervisor.js's HEADER_SIZE, SCRIPT_PIPE_LIMIT */
 enum { HOST_BACKLOG = 1 << 20, MAX_SPARES = 64, CHUNK = 65536 };
+#define MAX_TIMER_MS 2147483647LL  /* as Node.js's setTimeout() takes it */
 
 typedef struct { char *data; size_t length, capacity; } Buffer;
 
 typedef struct Command {
   uint32_t id;
+  pid_t pid;  /* its shell's, which leads its process group */
+  long long deadline;  /* CLOCK_MONOTONIC ms of its timeout; 0: none */
   long long budget;  /* < 0: no limit */
   long long dropped;
   int timed_out, overlapped, ended, open_readers;
@@ -43,12 +52,13 @@ typedef struct { pid_t pid; Command *command; } Child;  /* by pidfd */
 
 static pid_t supervisor;
 static int host = -1, frames_in = -1, null_fd = -1, oom_counter = -1;
+static int host_in = -1, to_supervisor = -1;  /* the host's frames, and those passed on */
 static char **waiting_shell;  /* argv of a waiting shell, from `w` */
 static char **environment;  /* the shells' environment, from `v` */
 static Spare spares[MAX_SPARES];
 static int spare_count, spares_wanted;
 static int supervisor_busy, host_gone;
-static Buffer outbox, frames, inbox, answers;
+static Buffer outbox, frames, inbox, answers, host_inbox, passed_on;
 /* By descriptor: what each open descriptor is (the pidfds, and the commands' output pipes). */
 static Reader *readers;
 static Child *children;
@@ -231,8 +241,8 @@ done:
 }
 
 static void keep_spares(void) {
-  /* Waiting shells up to SPARES; at the process limit fewer (commands of r then get none, and
-     the supervisor starts their shells). */
+  /* Waiting shells up to SPARES; at the process limit fewer (the host's commands then go to the
+     supervisor, which starts their shells). */
   while (waiting_shell && spare_count < spares_wanted) {
     int script[2], out[2], err[2];
     if (pipe2(script, O_CLOEXEC) < 0) return;
@@ -255,36 +265,304 @@ static Child *child_of(pid_t pid) {
   return NULL;
 }
 
-static void run(char **fields, int count) {
-  uint32_t request = strtoul(fields[0], NULL, 10);
-  if (count != 4) { errno = EINVAL; failure(request); return; }
+static long long now_ms(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec * 1000LL + now.tv_nsec / 1000000;
+}
+
+static int commands_running(void) {
+  for (int fd = 0; fd < table_size; fd++) if (children[fd].command) return 1;
+  return 0;
+}
+
+static void all_overlapped(void) {
+  for (int fd = 0; fd < table_size; fd++) if (children[fd].command) children[fd].command->overlapped = 1;
+}
+
+static int start_command(uint32_t id, long long budget, double timeout, const char *script, size_t length) {
+  /* The host's command ID: SCRIPT to a waiting shell. 0 when none waits. */
   while (spare_count) {
     Spare spare = spares[0];
     memmove(spares, spares + 1, --spare_count * sizeof *spares);
-    ssize_t written = write(spare.script, fields[3], strlen(fields[3]));  /* at most 1 KB: never blocks */
+    ssize_t written = write(spare.script, script, length);  /* at most SCRIPT_LIMIT: never blocks */
     close(spare.script);
     if (written < 0) {  /* the shell died (a pkill sh): its exit comes, and is told */
       close(spare.out);
       close(spare.err);
       continue;
     }
-    int overlapped = supervisor_busy;
-    for (int fd = 0; fd < table_size; fd++)
-      if (children[fd].command) { children[fd].command->overlapped = 1; overlapped = 1; }
+    /* Overlap decides the OOM report (see supervisor.py's docstring): the supervisor's commands
+       learn of this one from `o`. */
+    int overlapped = supervisor_busy || commands_running();
+    all_overlapped();
+    if (supervisor_busy) append(&answers, "o\n", 2);
     Command *command = must(calloc(1, sizeof *command));
-    command->id = strtoul(fields[1], NULL, 10);
-    command->budget = *fields[2] ? atoll(fields[2]) : -1;
-    command->overlapped = overlapped;
-    command->oom = oom_kills();
-    command->open_readers = 2;
+    *command = (Command){.id = id, .pid = spare.pid, .budget = budget, .overlapped = overlapped,
+                         .oom = oom_kills(), .open_readers = 2};
+    if (timeout != 0) {  /* as Node.js's setTimeout(), which the supervisor's own commands use */
+      double ms = timeout * 1000 < 1 ? 1 : timeout * 1000;
+      command->deadline = now_ms() + (ms > MAX_TIMER_MS ? MAX_TIMER_MS : (long long)ms);
+    }
     child_of(spare.pid)->command = command;
     grow_tables(spare.out > spare.err ? spare.out : spare.err);
     readers[spare.out] = (Reader){command, 1};
     readers[spare.err] = (Reader){command, 2};
-    appendf(&answers, "p %u %d\n", request, spare.pid);
+    return 1;
+  }
+  return 0;
+}
+
+static Command *command_of(uint32_t id) {
+  for (int fd = 0; fd < table_size; fd++)
+    if (children[fd].command && children[fd].command->id == id) return children[fd].command;
+  return NULL;
+}
+
+static void time_out(void) {
+  /* Kill the process group of every command past its deadline. */
+  long long now = now_ms();
+  for (int fd = 0; fd < table_size; fd++) {
+    Command *command = children[fd].command;
+    if (!command || !command->deadline || command->deadline > now) continue;
+    command->deadline = 0;
+    command->timed_out = 1;
+    kill(-command->pid, SIGKILL);
+  }
+}
+
+static int next_timeout(void) {
+  /* poll()'s timeout: the ms to the nearest deadline, or -1. */
+  long long nearest = 0;
+  for (int fd = 0; fd < table_size; fd++) {
+    Command *command = children[fd].command;
+    if (command && command->deadline && (!nearest || command->deadline < nearest)) nearest = command->deadline;
+  }
+  if (!nearest) return -1;
+  long long wait = nearest - now_ms();
+  return wait < 0 ? 0 : wait > MAX_TIMER_MS ? (int)MAX_TIMER_MS : (int)wait;
+}
+
+/* -- the host's frames: a JSON reader for what RUN and SIGNAL hold ------------------------------
+
+   It understands exactly what the host sends (supervisor.py's docstring): an object of strings,
+   numbers, booleans and nulls, in ASCII with escapes (Python's json.dumps). Anything else is not
+   refused here but passed on: the supervisor reads it with JSON.parse and answers as it would. */
+
+typedef struct { const char *at, *end; } Json;
+
+static void skip_space(Json *json) {
+  while (json->at < json->end && (*json->at == ' ' || *json->at == '\t' || *json->at == '\n' || *json->at == '\r'))
+    json->at++;
+}
+
+static int read_hex4(Json *json, unsigned *unit) {
+  if (json->end - json->at < 4) return 0;
+  *unit = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = *json->at++;
+    *unit = *unit * 16 + (c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : 99);
+    if (*unit > 0xFFFF) return 0;
+  }
+  return 1;
+}
+
+static int read_string(Json *json, Buffer *text) {
+  /* A string's UTF-8 into TEXT (a NUL or a lone surrogate: not understood). */
+  if (json->at >= json->end || *json->at++ != '"') return 0;
+  while (json->at < json->end) {
+    unsigned char c = *json->at++;
+    if (c == '"') return 1;
+    if (c < 0x20 || c >= 0x80) return 0;
+    if (c != '\\') { append(text, &c, 1); continue; }
+    if (json->at >= json->end) return 0;
+    const char *simple = strchr("\"\\/bfnrt", *json->at);
+    if (simple && *json->at) {
+      static const char decoded[] = "\"\\/\b\f\n\r\t";
+      append(text, &decoded[simple - "\"\\/bfnrt"], 1);
+      json->at++;
+      continue;
+    }
+    if (*json->at++ != 'u') return 0;
+    unsigned unit, low;
+    if (!read_hex4(json, &unit) || unit == 0 || (unit >= 0xDC00 && unit <= 0xDFFF)) return 0;
+    uint32_t point = unit;
+    if (unit >= 0xD800 && unit <= 0xDBFF) {
+      if (json->end - json->at < 2 || json->at[0] != '\\' || json->at[1] != 'u') return 0;
+      json->at += 2;
+      if (!read_hex4(json, &low) || low < 0xDC00 || low > 0xDFFF) return 0;
+      point = 0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00);
+    }
+    unsigned char utf8[4];
+    size_t size = point < 0x80 ? 1 : point < 0x800 ? 2 : point < 0x10000 ? 3 : 4;
+    if (size == 1) utf8[0] = point;
+    else {
+      for (size_t i = size - 1; i > 0; i--, point >>= 6) utf8[i] = 0x80 | (point & 0x3F);
+      utf8[0] = (0xF00 >> size) | point;
+    }
+    append(text, utf8, size);
+  }
+  return 0;
+}
+
+typedef struct { int is_null; double number; int boolean; Buffer text; char type; } JsonValue;  /* type: s n b z */
+
+static int read_value(Json *json, JsonValue *value) {
+  if (json->at >= json->end) return 0;
+  if (*json->at == '"') { value->text.length = 0; value->type = 's'; return read_string(json, &value->text); }
+  static const char *const words[] = {"true", "false", "null"};
+  for (int i = 0; i < 3; i++) {
+    size_t size = strlen(words[i]);
+    if ((size_t)(json->end - json->at) >= size && !memcmp(json->at, words[i], size)) {
+      json->at += size;
+      value->type = i == 2 ? 'z' : 'b';
+      value->boolean = i == 0;
+      return 1;
+    }
+  }
+  char number[64];
+  size_t size = 0;
+  while (json->at + size < json->end && size < sizeof number - 1 && strchr("-+.eE0123456789", json->at[size])
+         && json->at[size])
+    size++;
+  if (!size || size == sizeof number - 1) return 0;
+  memcpy(number, json->at, size);
+  number[size] = 0;
+  char *parsed;
+  value->number = strtod(number, &parsed);
+  if (parsed != number + size) return 0;
+  json->at += size;
+  value->type = 'n';
+  return 1;
+}
+
+typedef struct { Buffer command; int has_command, stdin_given; double timeout; long long max_output; } RunSpec;
+
+static int read_run(const char *payload, size_t length, RunSpec *spec) {
+  /* A RUN frame's spec, when it is all understood: {"command", "timeout", "max_output", "stdin"}. */
+  Json json = {payload, payload + length};
+  JsonValue value = {0};
+  spec->command.length = 0;
+  spec->has_command = spec->stdin_given = 0;
+  spec->timeout = 0;
+  spec->max_output = -1;
+  skip_space(&json);
+  if (json.at >= json.end || *json.at++ != '{') return 0;
+  skip_space(&json);
+  if (json.at < json.end && *json.at == '}') json.at++;
+  else for (;;) {
+    Buffer key = {0};
+    skip_space(&json);
+    int understood = read_string(&json, &key);
+    skip_space(&json);
+    understood = understood && json.at < json.end && *json.at++ == ':';
+    skip_space(&json);
+    understood = understood && read_value(&json, &value);
+    append(&key, "", 1);
+    if (understood && !strcmp(key.data, "command") && value.type == 's') {
+      spec->command.length = 0;
+      append(&spec->command, value.text.data, value.text.length);
+      spec->has_command = 1;
+    } else if (understood && !strcmp(key.data, "timeout") && (value.type == 'n' || value.type == 'z')) {
+      spec->timeout = value.type == 'n' ? value.number : 0;
+    } else if (understood && !strcmp(key.data, "max_output") && value.type == 'z') {
+      spec->max_output = -1;
+    } else if (understood && !strcmp(key.data, "max_output") && value.type == 'n' && value.number >= 0
+               && value.number <= 9007199254740992.0 && value.number == (double)(long long)value.number) {
+      spec->max_output = (long long)value.number;
+    } else if (understood && !strcmp(key.data, "stdin") && (value.type == 'b' || value.type == 'z')) {
+      spec->stdin_given = value.type == 'b' && value.boolean;
+    } else {
+      understood = 0;
+    }
+    free(key.data);
+    if (!understood) { free(value.text.data); return 0; }
+    skip_space(&json);
+    if (json.at < json.end && *json.at == ',') { json.at++; continue; }
+    if (json.at < json.end && *json.at++ == '}') break;
+    free(value.text.data);
+    return 0;
+  }
+  free(value.text.data);
+  skip_space(&json);
+  return json.at == json.end && spec->has_command;
+}
+
+static int took_frame(int kind, uint32_t id, const char *payload, size_t length) {
+  /* Whether this process handles the host's frame (else the supervisor does). */
+  static RunSpec spec;
+  if (kind == RUN_FRAME) {
+    if (!read_run(payload, length, &spec) || spec.stdin_given || memchr(spec.command.data, 0, spec.command.length)
+        || spec.command.length + 1 > SCRIPT_LIMIT)
+      return 0;
+    append(&spec.command, "\n", 1);
+    return start_command(id, spec.max_output, spec.timeout, spec.command.data, spec.command.length);
+  }
+  Command *command = kind == SIGNAL_FRAME ? command_of(id) : NULL;
+  if (!command) return 0;
+  /* {"signal": N}: anything else is ignored, as the supervisor's kill() would throw it away. */
+  Json json = {payload, payload + length};
+  JsonValue value = {0};
+  Buffer key = {0};
+  skip_space(&json);
+  if (json.at < json.end && *json.at++ == '{') {
+    skip_space(&json);
+    if (read_string(&json, &key) && (skip_space(&json), json.at < json.end && *json.at++ == ':')
+        && (skip_space(&json), read_value(&json, &value)) && value.type == 'n' && key.length == 6
+        && !memcmp(key.data, "signal", 6) && value.number >= 0 && value.number < 65)
+      kill(-command->pid, (int)value.number);
+  }
+  free(key.data);
+  free(value.text.data);
+  return 1;
+}
+
+static void end_of_host(void) {
+  /* The host's stream ended: this process's commands are killed, and the supervisor is told by
+     the end of what it is passed, so that it shuts down (and this process with it). */
+  for (int fd = 0; fd < table_size; fd++)
+    if (children[fd].command) kill(-children[fd].pid, SIGKILL);
+  append(&answers, "h\n", 2);
+  close(host_in);
+  close(to_supervisor);
+  host_in = to_supervisor = -1;
+  passed_on.length = 0;
+}
+
+static void read_host(void) {
+  char chunk[CHUNK];
+  ssize_t length = read(host_in, chunk, sizeof chunk);
+  if (length < 0) {
+    if (errno == EINTR || errno == EAGAIN) return;
+    end_of_host();
     return;
   }
-  appendf(&answers, "e %u ENOSPARE no waiting shell\n", request);
+  if (length == 0) { end_of_host(); return; }
+  append(&host_inbox, chunk, length);
+  size_t used = 0;
+  while (host_inbox.length - used >= HEADER_SIZE) {
+    const unsigned char *header = (const unsigned char *)host_inbox.data + used;
+    uint32_t id = (uint32_t)header[1] << 24 | header[2] << 16 | header[3] << 8 | header[4];
+    size_t size = (size_t)header[5] << 24 | header[6] << 16 | header[7] << 8 | header[8];
+    if (host_inbox.length - used < HEADER_SIZE + size) break;
+    if (!took_frame(header[0], id, (const char *)header + HEADER_SIZE, size))
+      append(&passed_on, header, HEADER_SIZE + size);
+    used += HEADER_SIZE + size;
+  }
+  consume(&host_inbox, used);
+}
+
+static void pass_on(void) {
+  while (passed_on.length) {
+    ssize_t written = write(to_supervisor, passed_on.data, passed_on.length);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) passed_on.length = 0;  /* the supervisor is gone: its end comes */
+      return;
+    }
+    consume(&passed_on, written);
+  }
 }
 
 static void said(Command *command, int fd, const char *chunk, size_t length) {
@@ -330,9 +608,14 @@ static void exited(pid_t pid, int status, Command *command) {
     memmove(spares + i, spares + i + 1, (--spare_count - i) * sizeof *spares);
     return;
   }
-  appendf(&answers, "x %d %d %d\n", pid, WIFEXITED(status) ? WEXITSTATUS(status) : 0,
-          WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  if (!command) return;
+  if (!command) {  /* a shell of `s` */
+    appendf(&answers, "x %d %d %d\n", pid, WIFEXITED(status) ? WEXITSTATUS(status) : 0,
+            WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    return;
+  }
+  /* A group with members left (background children) is the supervisor's to kill when the
+     sandbox runs out of processes, as those of its own commands. */
+  if (kill(-pid, 0) == 0) appendf(&answers, "l %d\n", pid);
   /* Whatever the shell wrote before it exited is in its pipes: said before its exit, stdout
      first (its pipe was made first, and has the lower descriptor). */
   for (int fd = 0; fd < table_size; fd++)
@@ -372,17 +655,15 @@ static void handle(char *request, size_t length) {
   char **rest = fields + 1;
   int rest_count = count - 1;
   if (!strcmp(op, "s")) spawn(rest, rest_count);
-  else if (!strcmp(op, "r")) run(rest, rest_count);
   else if (!strcmp(op, "m")) make_fifos(rest, rest_count);
   else if (!strcmp(op, "v")) set_environment(rest, rest_count);
   else if (!strcmp(op, "w")) { free_strings(waiting_shell); waiting_shell = copy_strings("sh", rest, rest_count); }
-  else if (!strcmp(op, "t") && rest_count == 1) {  /* before its kill */
-    Child *child = child_of(atoi(rest[0]));
-    if (child && child->command) child->command->timed_out = 1;
-  } else if (!strcmp(op, "n") && rest_count == 1) {
+  else if (!strcmp(op, "n") && rest_count == 1) {
     supervisor_busy = atoi(rest[0]);
-    if (supervisor_busy)
-      for (int fd = 0; fd < table_size; fd++) if (children[fd].command) children[fd].command->overlapped = 1;
+    if (supervisor_busy && commands_running()) {
+      all_overlapped();
+      append(&answers, "o\n", 2);
+    }
   }
   free(fields);
 }
@@ -427,12 +708,14 @@ int main(int argc, char **argv) {
   spares_wanted = argc > 1 ? atoi(argv[1]) : 2;
   if (spares_wanted < 0 || spares_wanted > MAX_SPARES) spares_wanted = 2;
   supervisor = getppid();
-  /* The host's stream (3) and the supervisor's frames for it (4), moved above 4 and closed on
-     exec; /dev/null then takes 3, so that every pipe is above it (see start_shell). */
-  if ((host = fcntl(3, F_DUPFD_CLOEXEC, 5)) < 0) fail("no host stream on descriptor 3");
-  if ((frames_in = fcntl(4, F_DUPFD_CLOEXEC, 5)) < 0) fail("no frames on descriptor 4");
-  close(3);
-  close(4);
+  /* The host's stream (3), the supervisor's frames for it (4), the host's frames (5) and the
+     supervisor's end of those passed on (6), moved above 6 and closed on exec; /dev/null then
+     takes 3, so that every pipe is above it (see start_shell). */
+  if ((host = fcntl(3, F_DUPFD_CLOEXEC, 7)) < 0) fail("no host stream on descriptor 3");
+  if ((frames_in = fcntl(4, F_DUPFD_CLOEXEC, 7)) < 0) fail("no frames on descriptor 4");
+  if ((host_in = fcntl(5, F_DUPFD_CLOEXEC, 7)) < 0) fail("no host frames on descriptor 5");
+  if ((to_supervisor = fcntl(6, F_DUPFD_CLOEXEC, 7)) < 0) fail("no way to the supervisor on descriptor 6");
+  for (int fd = 3; fd <= 6; fd++) close(fd);
   if ((null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) fail("cannot open /dev/null");
   if ((oom_counter = open("/sys/fs/cgroup/memory.events", O_RDONLY | O_CLOEXEC)) < 0)
     oom_counter = open("/sys/fs/cgroup/memory/memory.oom_control", O_RDONLY | O_CLOEXEC);
@@ -447,6 +730,8 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, ignore);
   fcntl(host, F_SETFL, O_NONBLOCK);
   fcntl(frames_in, F_SETFL, O_NONBLOCK);
+  fcntl(host_in, F_SETFL, O_NONBLOCK);
+  fcntl(to_supervisor, F_SETFL, O_NONBLOCK);
   grow_tables(64);
   append(&answers, "ready\n", 6);
   answer();
@@ -455,27 +740,30 @@ int main(int argc, char **argv) {
   for (;;) {
     /* While the host is slow to take frames, commands' output and the supervisor's frames wait. */
     int backlog = outbox.length > HOST_BACKLOG, count = 0;
-    if (watched_capacity < table_size + 3) {
-      watched_capacity = table_size + 3;
+    if (watched_capacity < table_size + 5) {
+      watched_capacity = table_size + 5;
       watched = must(realloc(watched, watched_capacity * sizeof *watched));
     }
     watched[count++] = (struct pollfd){0, POLLIN, 0};
     /* (A negative descriptor is skipped: a host that hung up would otherwise wake poll() at once.) */
     watched[count++] = (struct pollfd){outbox.length ? host : -1, POLLOUT, 0};
+    watched[count++] = (struct pollfd){passed_on.length < HOST_BACKLOG ? host_in : -1, POLLIN, 0};
+    watched[count++] = (struct pollfd){passed_on.length ? to_supervisor : -1, POLLOUT, 0};
     if (!backlog) watched[count++] = (struct pollfd){frames_in, POLLIN, 0};
     for (int fd = 0; fd < table_size; fd++)
       if (children[fd].pid || (readers[fd].command && !backlog)) watched[count++] = (struct pollfd){fd, POLLIN, 0};
-    if (poll(watched, count, -1) < 0) {
+    if (poll(watched, count, next_timeout()) < 0) {
       if (errno == EINTR) continue;
       fail("poll");
     }
     /* Requests first: a timeout's word comes before its kill, and so before the shell's exit. */
     if (watched[0].revents) read_requests();
-    if (!backlog && watched[2].revents) relay_frames();
+    if (watched[2].revents) read_host();
+    if (!backlog && watched[4].revents) relay_frames();
     /* Output before exits; each command's stdout before its stderr (the lower descriptor). */
-    for (int i = 2; i < count; i++)
+    for (int i = 4; i < count; i++)
       if (watched[i].revents && readers[watched[i].fd].command) read_output(watched[i].fd, 0);
-    for (int i = 2; i < count; i++) {
+    for (int i = 4; i < count; i++) {
       int pidfd = watched[i].fd;
       if (!watched[i].revents || !children[pidfd].pid) continue;
       Child child = children[pidfd];
@@ -485,7 +773,9 @@ int main(int argc, char **argv) {
       while (waitpid(child.pid, &status, 0) < 0 && errno == EINTR) {}
       exited(child.pid, status, child.command);
     }
+    time_out();
     write_host();  /* a command's last output and its EXIT, before the supervisor hears of its end */
+    pass_on();
     answer();
     keep_spares();  /* while the command just handed out runs, so one waits for the next */
   }

@@ -310,7 +310,8 @@ class HostOut extends EventEmitter {
 
 class Supervisor {
   constructor(hostIn, hostOut) {
-    this.hostIn = hostIn;
+    // hostIn: the host's stream's descriptor (`fd`) and `open()`, which starts reading it.
+    this.hostIn = null; // the stream the host's frames come from (see listen)
     this.hostOut = hostOut;
     this.commands = new Map(); // by request id
     this.terminals = new Map(); // by request id
@@ -319,7 +320,14 @@ class Supervisor {
     this.spares = []; // waiting shells, ready for the next commands
     this.oomCounter = openOomCounter();
     this.leftoverGroups = new Set(); // process groups of finished commands that still had members
-    this.spawner = startSpawner((reason) => this.forkerDied(reason), hostOut);
+    this.spawner = startSpawner(hostIn, hostOut, {
+      died: (reason) => this.forkerDied(reason),
+      listen: (stream, endsHost) => this.listen(stream, endsHost),
+      hostEnded: () => this.shutDown(),
+      overlapped: () => { for (const command of this.commands.values()) command.overlapped = true; },
+      leftover: (group) => this.leftoverGroups.add(group),
+    });
+    if (this.hostIn === null) this.listen(hostIn.open(), true);
     this.pipes = new Pipes((names, done) => this.spawner.mkfifo(names, done));
     this.sparesComing = 0; // waiting shells being spawned
     this.waiting = []; // commands that wait for one
@@ -328,9 +336,18 @@ class Supervisor {
     this.ports = new Ports((kind, id, payload) => this.send(kind, id, payload));
     hostOut.on("drain", () => this.pauseOutput(false));
     hostOut.on("error", () => this.shutDown());
-    hostIn.on("data", (chunk) => this.readHost(chunk));
-    hostIn.on("end", () => this.shutDown());
-    hostIn.on("error", () => this.shutDown());
+  }
+
+  listen(stream, endsHost) {
+    // Read the host's frames from `stream` from now on: the host's stream, or (`endsHost` false)
+    // the forker program's pipe of those it passes on, whose end says nothing (it says `h`).
+    this.hostIn = stream;
+    stream.on("data", (chunk) => {
+      if (this.hostIn === stream) this.readHost(chunk);
+    });
+    if (!endsHost) return;
+    stream.on("end", () => this.shutDown());
+    stream.on("error", () => this.shutDown());
   }
 
   send(kind, requestId, payload = Buffer.alloc(0)) {
@@ -581,7 +598,7 @@ class Supervisor {
     }
     this.starting.set(requestId, []);
     if (!spec.stdin && script.length <= SCRIPT_PIPE_LIMIT) {
-      if (this.spawner.runsCommands) {
+      if (this.spawner.takesRuns) {
         this.runInForker(requestId, spec, script);
         return;
       }
@@ -1056,6 +1073,10 @@ class Spawner {
     return false; // the supervisor's own waiting shells run them
   }
 
+  get takesRuns() {
+    return false;
+  }
+
   busy() {
     // It runs no commands.
   }
@@ -1069,40 +1090,47 @@ class Spawner {
 
 // A fork of Node.js copies its page tables (about 40 MB of memory mapped): 1-4 ms of one core per
 // shell, more than a quick command takes, in whichever thread forks. A small process started once,
-// the forker, forks the shells instead, in a tenth of a millisecond, and waits for them. It comes
-// in two forms that speak the protocol below alike: a static C program (_guest/forker.c, placed
-// beside this file when the image is prepared) that forks with vfork(), and this perl script for
-// where the program is not (perl-base is Essential in Debian, so in every Debian-based image). A
-// perl process of about 7 MB cannot vfork: after each fork() the pages it writes fault and are
-// copied again (some 110 a command), and the child frees them all when it execs the shell; the
-// program's `echo hi` costs the sandbox 1.7 ms of CPU, perl's 2.5 ms. The forker also runs the
-// commonest command itself (no stdin, a short script), from end to end: it keeps two waiting shells
-// of its own on pipes it made, hands the script to one, and writes the command's output (cut to its
-// budget) and EXIT to the host's stream, which it shares with the supervisor (its descriptor 3);
-// the supervisor's own frames reach the host through it too (its descriptor 4), a whole frame at a
-// time, so that the two never interleave. Node.js's work for each socket, FIFO, spawn and exit of
-// such a command took 0.55 ms of a core per `echo hi`; relaying its output and exit through
-// Node.js, 0.31 ms; now 0.26 ms. Requests come on its stdin as `LENGTH\n` then LENGTH bytes of
-// NUL-separated fields; answers go out on its stdout as lines. The supervisor's pipes reach the
-// child through /proc/<supervisor>/fd/N (they are FIFOs: pipes, which can be opened there, unlike
-// sockets). It learns of its children's exits through pidfds (Linux 5.3), which select() can wait
-// on with no race against SIGCHLD. It exits when its stdin or the supervisor's frames end (killing
-// the commands it runs). The shells are its children: `$PPID` in a command is the forker's pid, and
-// killing it ends the supervisor, as killing the supervisor itself does.
+// the forker, forks the shells instead, in a tenth of a millisecond, and waits for them. The
+// shells are its children: `$PPID` in a command is the forker's pid, and killing it ends the
+// supervisor, as killing the supervisor itself does. It comes in two forms:
+// - a static C program (_guest/forker.c, placed beside this file when the image is prepared: see
+//   images/forker.py) that needs nothing from the image and forks with vfork(). It reads the host's
+//   frames itself (its descriptor 5) and runs the commonest command (no stdin, a script of at most
+//   SCRIPT_PIPE_LIMIT bytes) from end to end, its timeout and SIGNALs included, and passes every
+//   other frame on to the supervisor unchanged (its descriptor 6): such a command costs Node.js
+//   nothing. `echo hi` costs the sandbox 1.1 ms of CPU in all (the Python supervisor's: 1.25 ms).
+// - this perl script, where the program is not (perl-base is Essential in Debian, so in every
+//   Debian-based image). The supervisor reads the host's frames and hands the commonest command to
+//   it (`r`). A perl process of about 7 MB cannot vfork: after each fork() the pages it writes fault
+//   and are copied again (some 110 a command), and the child frees them all when it execs the
+//   shell: `echo hi` costs the sandbox 2.5 ms of CPU, 0.5 ms of it in Node.js.
+// Either keeps two waiting shells of its own on pipes it made, hands a command's script to one, and
+// writes the command's output (cut to its budget) and EXIT to the host's stream, which it shares
+// with the supervisor (its descriptor 3); the supervisor's own frames reach the host through it too
+// (its descriptor 4), a whole frame at a time, so that the two never interleave. Requests come on
+// its stdin as `LENGTH\n` then LENGTH bytes of NUL-separated fields; answers go out on its stdout
+// as lines. The supervisor's pipes reach the child through /proc/<supervisor>/fd/N (they are FIFOs:
+// pipes, which can be opened there, unlike sockets). It learns of its children's exits through
+// pidfds (Linux 5.3), which select() can wait on with no race against SIGCHLD. It exits when its
+// stdin or the supervisor's frames end (killing the commands it runs).
 //   v KEY=VALUE ...                 the commands' environment (first, once)
 //   w ARG ...                       `sh ARG ...` is a waiting shell: keep SPARES of them (once)
 //   s ID FD0 FD1 FD2 FD3 ARG ...    `sh ARG ...` in a new session, with the supervisor's descriptors
 //                                   FD0-3 as its 0-3 ("" for none: /dev/null for 0, else closed)
 //                                   -> `p ID PID`, or `e ID ERRNO-NAME message`
-//   r ID REQUEST BUDGET SCRIPT      the host's command REQUEST: SCRIPT to a waiting shell, its output
-//                                   cut to BUDGET bytes ("" for no limit), its frames to the host
-//                                   -> `p ID PID`, or `e ID ENOSPARE ...` when none waits
-//   t PID                           the command of `r` in PID is about to be killed for its timeout
-//   n 1|0                           whether commands of the supervisor's own run (they overlap
-//                                   those of `r`, for the OOM report)
+//   r ID REQUEST BUDGET SCRIPT      (perl) the host's command REQUEST: SCRIPT to a waiting shell, its
+//                                   output cut to BUDGET bytes ("" for no limit), its frames to the
+//                                   host -> `p ID PID`, or `e ID ENOSPARE ...` when none waits
+//   t PID                           (perl) the command of `r` in PID is about to be killed for its
+//                                   timeout
+//   n 1|0                           whether commands of the supervisor's own run (they overlap the
+//                                   forker's, for the OOM report; the program answers `o` if any)
 //   m ID PATH ...                   FIFOs at these paths (mode 0600) -> `d ID`
 //   (unasked)                       `x PID CODE SIGNAL`: a child exited (SIGNAL 0) or was killed (a
 //                                   command of `r`: once its EXIT went to the host)
+//   (unasked, the program)          `o`: a command of its own overlaps the supervisor's; `l PID`: a
+//                                   command of its own ended, its process group PID still with
+//                                   members; `h`: the host's stream ended (it killed its commands)
 // At start it answers `ready`, or `fail REASON` and exits.
 const FORKER = String.raw`
 use strict;
@@ -1431,9 +1459,12 @@ class Forker {
   // Spawner's. Until it says `ready`, requests are kept: should it fail to start, they go to a
   // Spawner instead, and so does every later one. Once ready, its death is the supervisor's
   // (`died`), as the shells it forked can no longer be waited for.
-  constructor(program, args, died, hostOut) {
-    // `program args` is the forker: its C program, or perl with the FORKER script.
-    this.died = died;
+  constructor(program, args, hostIn, hostOut, hooks) {
+    // `program args` is the forker: its C program (`front`: it reads the host's frames, and passes
+    // on those it does not take), or perl with the FORKER script. `hooks` are the supervisor's.
+    this.front = args[0] !== "-e";
+    this.hooks = hooks;
+    this.hostIn = hostIn;
     this.hostOut = hostOut;
     this.replies = new Map(); // request number: the reply callback
     this.unsent = []; // requests made before `ready`, each as a function that makes it of a Spawner
@@ -1444,14 +1475,16 @@ class Forker {
     this.inbox = Buffer.alloc(0);
     // No environment: perl's PERL5OPT and the like cannot change how it runs, nor a LANG its locale warn.
     // Its 3 is the host's stream, its 4 the supervisor's frames for it (see FORKER).
-    this.child = childProcess.spawn(program, args,
-      { stdio: ["pipe", "pipe", "inherit", hostOut.fd, "pipe"], env: {} });
+    // The program's 5 is the host's stream too, and 6 its frames passed on.
+    const stdio = ["pipe", "pipe", "inherit", hostOut.fd, "pipe", ...(this.front ? [hostIn.fd, "pipe"] : [])];
+    this.child = childProcess.spawn(program, args, { stdio, env: {} });
     hostOut.through(this.child.stdio[4]);
+    if (this.front) hooks.listen(this.child.stdio[6], false);
     this.child.stdin.on("error", () => {}); // it died: 'exit' says so
     this.child.stdout.on("data", (chunk) => this.read(chunk));
     this.child.on("error", (error) => this.failed(error.message));
     this.child.on("exit", (code, signal) => {
-      if (this.state === "ready") this.died(`the forker ended (${signal || `exit status ${code}`})`);
+      if (this.state === "ready") hooks.died(`the forker ended (${signal || `exit status ${code}`})`);
       else this.failed(`the forker exited (${signal || `exit status ${code}`})`);
     });
     const variables = Object.entries(environment).map(([name, value]) => `${name}=${value}`);
@@ -1460,8 +1493,13 @@ class Forker {
   }
 
   get runsCommands() {
-    // Whether run() may be asked: the forker runs commands itself (not once a Spawner took over).
+    // Whether the forker runs commands itself (not once a Spawner took over): it keeps the waiting shells.
     return this.state !== "failed";
+  }
+
+  get takesRuns() {
+    // Whether run() may be asked: the program took the commands it could run already.
+    return this.runsCommands && !this.front;
   }
 
   send(op, fields) {
@@ -1493,6 +1531,18 @@ class Forker {
         this.exits.delete(pid);
         if (onExit) onExit(signal ? null : code, signal || null);
         continue;
+      }
+      if (kind === "o") { // a command of the program's overlaps those of the supervisor
+        this.hooks.overlapped();
+        continue;
+      }
+      if (kind === "l") { // a command of the program's ended, its group still with members
+        this.hooks.leftover(Number(words[0]));
+        continue;
+      }
+      if (kind === "h") { // the host's stream ended
+        this.hooks.hostEnded();
+        return;
       }
       if (kind === "ready") {
         this.state = "ready";
@@ -1536,6 +1586,7 @@ class Forker {
     process.stderr.write(`supervisor.js: ${reason}: shells are spawned by Node.js instead (slower)\n`);
     this.child.kill("SIGKILL");
     this.hostOut.bypass();
+    if (this.front) this.hooks.listen(this.hostIn.open(), true);
     this.fallback = new Spawner();
     for (const fallback of this.unsent) fallback(this.fallback);
     this.unsent = [];
@@ -1596,16 +1647,16 @@ class Forker {
   }
 }
 
-function startSpawner(forkerDied, hostOut) {
+function startSpawner(hostIn, hostOut, hooks) {
   // The forker program, else the perl forker where there is perl, else the Spawner (Node.js's own
   // spawning), said once.
   if (FORKER_CHOICE === "off") return new Spawner();
   if (FORKER_CHOICE !== "perl" && isExecutable(FORKER_PROGRAM)) {
-    return new Forker(FORKER_PROGRAM, [String(SPARES)], forkerDied, hostOut);
+    return new Forker(FORKER_PROGRAM, [String(SPARES)], hostIn, hostOut, hooks);
   }
   const candidates = ["/usr/bin", ...(environment.PATH || "").split(":")].filter((d) => path.isAbsolute(d));
   const perl = candidates.map((directory) => path.join(directory, "perl")).find(isExecutable);
-  if (perl !== undefined) return new Forker(perl, ["-e", FORKER], forkerDied, hostOut);
+  if (perl !== undefined) return new Forker(perl, ["-e", FORKER], hostIn, hostOut, hooks);
   process.stderr.write("supervisor.js: no forker program and no perl in this image: shells are spawned by " +
     "Node.js instead (slower)\n");
   return new Spawner();
@@ -1665,7 +1716,7 @@ function main() {
   console.log = console.info = console.debug = console.error;
   const dial = process.argv.indexOf("--dial");
   if (dial === -1) {
-    new Supervisor(hostStream(0, true), new HostOut(hostStream(1, false), 1)).serve();
+    new Supervisor({ fd: 0, open: () => hostStream(0, true) }, new HostOut(hostStream(1, false), 1)).serve();
     return;
   }
   // Started with the container: frames go over the host's socket (supervisor.py's `_dial`); when
@@ -1675,7 +1726,8 @@ function main() {
   host.once("error", unanswered);
   host.once("connect", () => {
     host.off("error", unanswered);
-    new Supervisor(host, new HostOut(host, host._handle.fd)).serve();
+    host.pause(); // not read yet (before 'connect' returns: see Supervisor.listen), perhaps never by Node.js
+    new Supervisor({ fd: host._handle.fd, open: () => host.resume() }, new HostOut(host, host._handle.fd)).serve();
   });
 }
 
