@@ -1,6 +1,7 @@
 /* The forker of supervisor.js, as a static program: it needs nothing from the image.
 
-   supervisor.js describes it (see FORKER there, whose perl twin speaks the same requests). It
+   supervisor.js describes it (see FORKER there: its perl twin takes the same requests, and `r`
+   and `t` besides, as the supervisor reads the host's frames where the perl one runs). It
    forks with vfork(): the child borrows the forker's memory until it execs the shell, so nothing
    of the forker is copied or faulted in again, as it is after perl's fork() (about 110 page
    faults and 0.7 ms of a core per command). Unlike the perl forker it reads the host's frames
@@ -65,7 +66,11 @@ static Child *children;
 static int table_size;
 
 static void *must(void *pointer) {
-  if (!pointer) { static const char message[] = "pydantic-deep-forker: out of memory\n"; write(2, message, sizeof message - 1); _exit(1); }
+  if (!pointer) {
+    static const char message[] = "pydantic-deep-forker: out of memory\n";
+    write(2, message, sizeof message - 1);
+    _exit(1);  /* the supervisor ends with it */
+  }
   return pointer;
 }
 
@@ -122,7 +127,7 @@ static long long oom_kills(void) {
 
 static void frame(int kind, uint32_t id, const char *payload, size_t length) {
   if (host_gone) return;
-  unsigned char head[9] = {(unsigned char)kind};
+  unsigned char head[HEADER_SIZE] = {(unsigned char)kind};
   for (int i = 0; i < 4; i++) {
     head[1 + i] = (unsigned char)(id >> (24 - 8 * i));
     head[5 + i] = (unsigned char)(length >> (24 - 8 * i));
@@ -160,9 +165,9 @@ static void relay_frames(void) {
   if (length == 0) exit_now();
   append(&frames, chunk, length);
   size_t whole = 0;
-  while (frames.length - whole >= 9) {
+  while (frames.length - whole >= HEADER_SIZE) {
     const unsigned char *size_bytes = (const unsigned char *)frames.data + whole + 5;
-    size_t size = 9 + ((size_t)size_bytes[0] << 24 | size_bytes[1] << 16 | size_bytes[2] << 8 | size_bytes[3]);
+    size_t size = HEADER_SIZE + ((size_t)size_bytes[0] << 24 | size_bytes[1] << 16 | size_bytes[2] << 8 | size_bytes[3]);
     if (frames.length - whole < size) break;
     whole += size;
   }

@@ -1459,10 +1459,10 @@ class Forker {
   // Spawner's. Until it says `ready`, requests are kept: should it fail to start, they go to a
   // Spawner instead, and so does every later one. Once ready, its death is the supervisor's
   // (`died`), as the shells it forked can no longer be waited for.
-  constructor(program, args, hostIn, hostOut, hooks) {
+  constructor(program, args, front, hostIn, hostOut, hooks) {
     // `program args` is the forker: its C program (`front`: it reads the host's frames, and passes
     // on those it does not take), or perl with the FORKER script. `hooks` are the supervisor's.
-    this.front = args[0] !== "-e";
+    this.front = front;
     this.hooks = hooks;
     this.hostIn = hostIn;
     this.hostOut = hostOut;
@@ -1652,11 +1652,11 @@ function startSpawner(hostIn, hostOut, hooks) {
   // spawning), said once.
   if (FORKER_CHOICE === "off") return new Spawner();
   if (FORKER_CHOICE !== "perl" && isExecutable(FORKER_PROGRAM)) {
-    return new Forker(FORKER_PROGRAM, [String(SPARES)], hostIn, hostOut, hooks);
+    return new Forker(FORKER_PROGRAM, [String(SPARES)], true, hostIn, hostOut, hooks);
   }
   const candidates = ["/usr/bin", ...(environment.PATH || "").split(":")].filter((d) => path.isAbsolute(d));
   const perl = candidates.map((directory) => path.join(directory, "perl")).find(isExecutable);
-  if (perl !== undefined) return new Forker(perl, ["-e", FORKER], hostIn, hostOut, hooks);
+  if (perl !== undefined) return new Forker(perl, ["-e", FORKER], false, hostIn, hostOut, hooks);
   process.stderr.write("supervisor.js: no forker program and no perl in this image: shells are spawned by " +
     "Node.js instead (slower)\n");
   return new Spawner();
@@ -1726,7 +1726,9 @@ function main() {
   host.once("error", unanswered);
   host.once("connect", () => {
     host.off("error", unanswered);
-    host.pause(); // not read yet (before 'connect' returns: see Supervisor.listen), perhaps never by Node.js
+    // Paused before the 'connect' handlers return, Node.js does not start reading it: the forker
+    // program reads the host's frames where there is one (see Supervisor.listen).
+    host.pause();
     new Supervisor({ fd: host._handle.fd, open: () => host.resume() }, new HostOut(host, host._handle.fd)).serve();
   });
 }
