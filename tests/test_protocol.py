@@ -39,11 +39,11 @@ GUEST = Path(protocol.__file__).parent
 LOCAL = {"python": [sys.executable, "-I", "-S", str(GUEST / "supervisor.py")],
          "node": ["node", str(GUEST / "supervisor.js")]}
 RUNTIMES = {"python": "python-minimal", "node": "node-minimal"}
-# node-local: the perl forker (no forker program beside the package's supervisor.js); -spawner: as
-# where there is no forker (Node.js spawns the shells); node-minimal: the forker program, -perl: the
-# perl forker in the same container.
-SUPERVISORS = ["python-local", "node-local", "node-local-spawner", "python-minimal", "node-minimal",
-               "node-minimal-perl"]
+# node-local: the perl forker (no forker program beside the package's supervisor.js); -program: the
+# forker program beside a copy of it; -spawner: as where there is no forker (Node.js spawns the
+# shells); node-minimal: the forker program, -perl: the perl forker in the same container.
+SUPERVISORS = ["python-local", "node-local", "node-local-program", "node-local-spawner", "python-minimal",
+               "node-minimal", "node-minimal-perl"]
 NO_FORKER = "PYDANTIC_DEEP_FORKER=off"
 PERL_FORKER = "PYDANTIC_DEEP_FORKER=perl"
 TIMEOUT = 30  # seconds any one frame may take to come
@@ -150,13 +150,31 @@ def box_for(boxes: dict[str, DockerSandbox], runtime: str) -> DockerSandbox:
     return boxes[runtime]
 
 
+def supervisor_beside(directory: Path, forker: bytes) -> list[str]:
+    """supervisor.js copied into ``directory``, with ``forker`` as the forker program beside it."""
+    directory.mkdir(exist_ok=True)
+    shutil.copy(GUEST / "supervisor.js", directory / "supervisor.js")
+    (directory / "forker").write_bytes(forker)
+    (directory / "forker").chmod(0o755)
+    return ["node", str(directory / "supervisor.js")]
+
+
+@pytest.fixture(scope="module")
+def program_supervisor(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    program = forker._built()
+    if program is None:
+        pytest.fail("the forker program cannot be built here (cc, libc6-dev): scripts/setup installs them")
+    return supervisor_beside(tmp_path_factory.mktemp("program"), program)
+
+
 @pytest.fixture(params=SUPERVISORS)
 def driver(request: pytest.FixtureRequest, boxes: dict[str, DockerSandbox]) -> Iterator[Driver]:
     kind, where = request.param.split("-", 1)
     if where.startswith("local"):
         if shutil.which(LOCAL[kind][0]) is None:
             pytest.fail(f"{LOCAL[kind][0]} is missing on this machine: scripts/setup installs it")
-        argv = LOCAL[kind] if where == "local" else ["env", NO_FORKER, *LOCAL[kind]]
+        argv = {"local": LOCAL[kind], "local-spawner": ["env", NO_FORKER, *LOCAL[kind]]}.get(where) \
+            or request.getfixturevalue("program_supervisor")
     else:
         box = box_for(boxes, RUNTIMES[kind])
         assert box.supervisor == ("python3" if kind == "python" else "node")  # what the sandbox itself runs
@@ -373,6 +391,36 @@ def test_out_of_memory_is_reported(runtime: str) -> None:
         assert (result.oom_killed, result.exit_code) == (True, 137), result
         after = box.execute("echo fine")
         assert (after.output, after.oom_killed) == ("fine\n", False)
+
+
+@pytest.mark.parametrize("supervisor", ["python-minimal", "node-minimal", "node-minimal-perl"])
+def test_out_of_memory_is_told_to_the_command_it_killed_not_to_one_beside_it(supervisor: str) -> None:
+    # A command with stdin runs in a shell of the supervisor's own, one without in the forker's
+    # (Node.js): each order of the two, so that each side learns of the other's commands.
+    hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' x); echo survived"
+    runtime = RUNTIMES[supervisor.split("-")[0]]
+    with DockerSandbox(runtime, memory="256m") as box:
+        command = supervisor_command(box._python, box._node)
+        assert command is not None
+        chosen = ["-e", PERL_FORKER] if supervisor.endswith("-perl") else []
+        driver = Driver(["docker", "exec", "-i", *chosen, box.container_id or "", *command], "node")
+        try:
+            # The first waits for its stdin to end, or (without one) for a file.
+            waits = {1: "cat >/dev/null", 3: "until [ -e /tmp/hog-done ]; do sleep 0.05; done"}
+            for first, second in ((1, 2), (3, 4)):
+                driver.run(first, f"echo started; {waits[first]}; sleep 0.2", stdin=first == 1, timeout=60)
+                assert driver.read() == (protocol.STDOUT, first, b"started\n")
+                driver.run(second, hog, stdin=second == 4, timeout=60)
+                assert driver.until_exit(second).status == {
+                    "exit_code": 137, "timed_out": False, "dropped": 0, "oom_killed": True}
+                if first == 1:
+                    driver.send(protocol.STDIN, first, b"")
+                else:
+                    box.execute("touch /tmp/hog-done")
+                assert driver.until_exit(first).status == {
+                    "exit_code": 0, "timed_out": False, "dropped": 0, "oom_killed": False}
+        finally:
+            assert driver.close() == 0
 
 
 def test_the_users_node_options_reach_commands_not_the_supervisor() -> None:
@@ -659,6 +707,21 @@ def test_node_sandboxes_fork_through_the_forker_program_or_perl_when_told(
                     "node")
     try:
         assert driver.execute(1, "readlink /proc/$PPID/exe").stdout.decode().strip() == expected
+    finally:
+        assert driver.close() == 0
+
+
+@pytest.mark.parametrize("program", ["#!/bin/sh\necho 'fail made to fail'\nexit 1\n", "#!/bin/sh\nexit 3\n"])
+def test_a_forker_program_that_fails_to_start_leaves_the_host_to_the_supervisor(tmp_path: Path, program: str) -> None:
+    # It says `fail`, or exits without a word: Node.js spawns the shells and reads the host's frames itself.
+    driver = Driver(supervisor_beside(tmp_path, program.encode()), "node")
+    try:
+        assert driver.execute(1, "echo quick").stdout == b"quick\n"
+        driver.run(2, "tr a-z A-Z", stdin=True)
+        driver.send(protocol.STDIN, 2, b"slow\n")
+        driver.send(protocol.STDIN, 2, b"")
+        assert driver.until_exit(2).stdout == b"SLOW\n"
+        assert driver.execute(3, "sleep 5", timeout=0.3).status["timed_out"]
     finally:
         assert driver.close() == 0
 
