@@ -150,10 +150,15 @@ static void write_host(void) {
   }
 }
 
-static void exit_now(void) {
-  /* The supervisor ended: so do the commands this process runs. */
+static void kill_commands(void) {
+  /* The process group of every command this process runs (not the supervisor's shells). */
   for (int fd = 0; fd < table_size; fd++)
     if (children[fd].command) kill(-children[fd].pid, SIGKILL);
+}
+
+static void exit_now(void) {
+  /* The supervisor ended: so do the commands this process runs. */
+  kill_commands();
   exit(0);
 }
 
@@ -444,63 +449,73 @@ static int read_value(Json *json, JsonValue *value) {
 
 typedef struct { Buffer command; int has_command, stdin_given; double timeout; long long max_output; } RunSpec;
 
+static int read_member(Json *json, Buffer *key, JsonValue *value) {
+  /* An object's `"key": value`, after any space: KEY as a NUL-terminated string. */
+  key->length = 0;
+  skip_space(json);
+  if (!read_string(json, key)) return 0;
+  skip_space(json);
+  if (json->at >= json->end || *json->at++ != ':') return 0;
+  skip_space(json);
+  if (!read_value(json, value)) return 0;
+  append(key, "", 1);
+  return 1;
+}
+
+static int take_run_member(const char *key, const JsonValue *value, RunSpec *spec) {
+  /* Whether KEY and its VALUE are a RUN spec's as understood here. */
+  if (!strcmp(key, "command") && value->type == 's') {
+    spec->command.length = 0;
+    append(&spec->command, value->text.data, value->text.length);
+    spec->has_command = 1;
+  } else if (!strcmp(key, "timeout") && (value->type == 'n' || value->type == 'z')) {
+    spec->timeout = value->type == 'n' ? value->number : 0;
+  } else if (!strcmp(key, "max_output") && value->type == 'z') {
+    spec->max_output = -1;
+  } else if (!strcmp(key, "max_output") && value->type == 'n' && value->number >= 0
+             && value->number <= 9007199254740992.0 && value->number == (double)(long long)value->number) {
+    spec->max_output = (long long)value->number;
+  } else if (!strcmp(key, "stdin") && (value->type == 'b' || value->type == 'z')) {
+    spec->stdin_given = value->type == 'b' && value->boolean;
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
 static int read_run(const char *payload, size_t length, RunSpec *spec) {
-  /* A RUN frame's spec, when it is all understood: {"command", "timeout", "max_output", "stdin"}. */
+  /* A RUN frame's spec, when it is all understood: {"command", "timeout", "max_output", "stdin"}.
+     (A NUL or a lone surrogate in the command is not understood: see read_string.) */
   Json json = {payload, payload + length};
   JsonValue value = {0};
+  Buffer key = {0};
   spec->command.length = 0;
   spec->has_command = spec->stdin_given = 0;
   spec->timeout = 0;
   spec->max_output = -1;
   skip_space(&json);
-  if (json.at >= json.end || *json.at++ != '{') return 0;
+  int understood = json.at < json.end && *json.at++ == '{';
   skip_space(&json);
-  if (json.at < json.end && *json.at == '}') json.at++;
-  else for (;;) {
-    Buffer key = {0};
+  if (understood && json.at < json.end && *json.at == '}') json.at++;
+  else while (understood) {
+    understood = read_member(&json, &key, &value) && take_run_member(key.data, &value, spec);
     skip_space(&json);
-    int understood = read_string(&json, &key);
-    skip_space(&json);
-    understood = understood && json.at < json.end && *json.at++ == ':';
-    skip_space(&json);
-    understood = understood && read_value(&json, &value);
-    append(&key, "", 1);
-    if (understood && !strcmp(key.data, "command") && value.type == 's') {
-      spec->command.length = 0;
-      append(&spec->command, value.text.data, value.text.length);
-      spec->has_command = 1;
-    } else if (understood && !strcmp(key.data, "timeout") && (value.type == 'n' || value.type == 'z')) {
-      spec->timeout = value.type == 'n' ? value.number : 0;
-    } else if (understood && !strcmp(key.data, "max_output") && value.type == 'z') {
-      spec->max_output = -1;
-    } else if (understood && !strcmp(key.data, "max_output") && value.type == 'n' && value.number >= 0
-               && value.number <= 9007199254740992.0 && value.number == (double)(long long)value.number) {
-      spec->max_output = (long long)value.number;
-    } else if (understood && !strcmp(key.data, "stdin") && (value.type == 'b' || value.type == 'z')) {
-      spec->stdin_given = value.type == 'b' && value.boolean;
-    } else {
-      understood = 0;
-    }
-    free(key.data);
-    if (!understood) { free(value.text.data); return 0; }
-    skip_space(&json);
-    if (json.at < json.end && *json.at == ',') { json.at++; continue; }
-    if (json.at < json.end && *json.at++ == '}') break;
-    free(value.text.data);
-    return 0;
+    if (!understood || json.at >= json.end) { understood = 0; break; }
+    char next = *json.at++;
+    if (next == '}') break;
+    understood = next == ',';
   }
+  free(key.data);
   free(value.text.data);
   skip_space(&json);
-  return json.at == json.end && spec->has_command;
+  return understood && json.at == json.end && spec->has_command;
 }
 
 static int took_frame(int kind, uint32_t id, const char *payload, size_t length) {
   /* Whether this process handles the host's frame (else the supervisor does). */
   static RunSpec spec;
   if (kind == RUN_FRAME) {
-    if (!read_run(payload, length, &spec) || spec.stdin_given || memchr(spec.command.data, 0, spec.command.length)
-        || spec.command.length + 1 > SCRIPT_LIMIT)
-      return 0;
+    if (!read_run(payload, length, &spec) || spec.stdin_given || spec.command.length + 1 > SCRIPT_LIMIT) return 0;
     append(&spec.command, "\n", 1);
     return start_command(id, spec.max_output, spec.timeout, spec.command.data, spec.command.length);
   }
@@ -511,13 +526,9 @@ static int took_frame(int kind, uint32_t id, const char *payload, size_t length)
   JsonValue value = {0};
   Buffer key = {0};
   skip_space(&json);
-  if (json.at < json.end && *json.at++ == '{') {
-    skip_space(&json);
-    if (read_string(&json, &key) && (skip_space(&json), json.at < json.end && *json.at++ == ':')
-        && (skip_space(&json), read_value(&json, &value)) && value.type == 'n' && key.length == 6
-        && !memcmp(key.data, "signal", 6) && value.number >= 0 && value.number < 65)
-      kill(-command->pid, (int)value.number);
-  }
+  if (json.at < json.end && *json.at++ == '{' && read_member(&json, &key, &value) && !strcmp(key.data, "signal")
+      && value.type == 'n' && value.number >= 0 && value.number < 65)
+    kill(-command->pid, (int)value.number);
   free(key.data);
   free(value.text.data);
   return 1;
@@ -526,8 +537,7 @@ static int took_frame(int kind, uint32_t id, const char *payload, size_t length)
 static void end_of_host(void) {
   /* The host's stream ended: this process's commands are killed, and the supervisor is told by
      the end of what it is passed, so that it shuts down (and this process with it). */
-  for (int fd = 0; fd < table_size; fd++)
-    if (children[fd].command) kill(-children[fd].pid, SIGKILL);
+  kill_commands();
   append(&answers, "h\n", 2);
   close(host_in);
   close(to_supervisor);
