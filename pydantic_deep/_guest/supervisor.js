@@ -324,7 +324,7 @@ class Supervisor {
       died: (reason) => this.forkerDied(reason),
       listen: (stream, endsHost) => this.listen(stream, endsHost),
       hostEnded: () => this.shutDown(),
-      overlapped: () => { for (const command of this.commands.values()) command.overlapped = true; },
+      overlapped: () => this.overlapAll(),
       leftover: (group) => this.leftoverGroups.add(group),
     });
     if (this.hostIn === null) this.listen(hostIn.open(), true);
@@ -661,7 +661,7 @@ class Supervisor {
     const command = new Command(requestId, shell, spec.max_output, readOomKills(this.oomCounter));
     if (this.commands.size) {
       command.overlapped = true;
-      for (const other of this.commands.values()) other.overlapped = true;
+      this.overlapAll();
     }
     this.commands.set(requestId, command);
     shell.command = command;
@@ -780,6 +780,11 @@ class Supervisor {
       exit_code: exitCode, timed_out: command.timedOut, dropped: command.dropped,
       oom_killed: this.oomKilled(command, exitCode),
     });
+  }
+
+  overlapAll() {
+    // Another command runs beside every running one (for the OOM report: see oomKilled).
+    for (const command of this.commands.values()) command.overlapped = true;
   }
 
   oomKilled(command, exitCode) {
