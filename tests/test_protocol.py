@@ -150,6 +150,13 @@ def box_for(boxes: dict[str, DockerSandbox], runtime: str) -> DockerSandbox:
     return boxes[runtime]
 
 
+def in_container(box: DockerSandbox, *, perl_forker: bool = False) -> list[str]:
+    """What starts ``box``'s own supervisor through ``docker exec -i`` (with the perl forker, if asked)."""
+    command = supervisor_command(box._python, box._node)
+    assert command is not None
+    return ["docker", "exec", "-i", *(["-e", PERL_FORKER] if perl_forker else []), box.container_id or "", *command]
+
+
 def supervisor_beside(directory: Path, forker: bytes) -> list[str]:
     """supervisor.js copied into ``directory``, with ``forker`` as the forker program beside it."""
     directory.mkdir(exist_ok=True)
@@ -178,10 +185,7 @@ def driver(request: pytest.FixtureRequest, boxes: dict[str, DockerSandbox]) -> I
     else:
         box = box_for(boxes, RUNTIMES[kind])
         assert box.supervisor == ("python3" if kind == "python" else "node")  # what the sandbox itself runs
-        command = supervisor_command(box._python, box._node)
-        assert command is not None
-        chosen = ["-e", PERL_FORKER] if where.endswith("-perl") else []
-        argv = ["docker", "exec", "-i", *chosen, box.container_id or "", *command]
+        argv = in_container(box, perl_forker=where.endswith("-perl"))
     running = Driver(argv, kind)
     running.where = where  # type: ignore[attr-defined]
     running.box = None if where.startswith("local") else box_for(boxes, RUNTIMES[kind])  # type: ignore[attr-defined]
@@ -398,12 +402,9 @@ def test_out_of_memory_is_told_to_the_command_it_killed_not_to_one_beside_it(sup
     # A command with stdin runs in a shell of the supervisor's own, one without in the forker's
     # (Node.js): each order of the two, so that each side learns of the other's commands.
     hog = "x=$(head -c 400000000 /dev/zero | tr '\\0' x); echo survived"
-    runtime = RUNTIMES[supervisor.split("-")[0]]
-    with DockerSandbox(runtime, memory="256m") as box:
-        command = supervisor_command(box._python, box._node)
-        assert command is not None
-        chosen = ["-e", PERL_FORKER] if supervisor.endswith("-perl") else []
-        driver = Driver(["docker", "exec", "-i", *chosen, box.container_id or "", *command], "node")
+    kind = supervisor.split("-")[0]
+    with DockerSandbox(RUNTIMES[kind], memory="256m") as box:
+        driver = Driver(in_container(box, perl_forker=supervisor.endswith("-perl")), kind)
         try:
             # The first waits for its stdin to end, or (without one) for a file.
             waits = {1: "cat >/dev/null", 3: "until [ -e /tmp/hog-done ]; do sleep 0.05; done"}
@@ -696,15 +697,11 @@ def test_the_supervisor_writes_what_json_dumps_writes(json_way: str, message: di
 # -- the forker's forms ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("chosen", "expected"), [(None, FORKER_PATH), (PERL_FORKER, "/usr/bin/perl")])
+@pytest.mark.parametrize(("perl_forker", "expected"), [(False, FORKER_PATH), (True, "/usr/bin/perl")])
 def test_node_sandboxes_fork_through_the_forker_program_or_perl_when_told(
-        boxes: dict[str, DockerSandbox], chosen: str | None, expected: str) -> None:
+        boxes: dict[str, DockerSandbox], perl_forker: bool, expected: str) -> None:
     # A command's parent is the forker that forked its shell (see FORKER in supervisor.js).
-    box = box_for(boxes, "node-minimal")
-    command = supervisor_command(box._python, box._node)
-    assert command is not None
-    driver = Driver(["docker", "exec", "-i", *(["-e", chosen] if chosen else []), box.container_id or "", *command],
-                    "node")
+    driver = Driver(in_container(box_for(boxes, "node-minimal"), perl_forker=perl_forker), "node")
     try:
         assert driver.execute(1, "readlink /proc/$PPID/exe").stdout.decode().strip() == expected
     finally:
