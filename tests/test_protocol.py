@@ -708,6 +708,23 @@ def test_node_sandboxes_fork_through_the_forker_program_or_perl_when_told(
         assert driver.close() == 0
 
 
+def test_the_forker_program_asks_for_short_time_slices_and_commands_get_the_default(
+        boxes: dict[str, DockerSandbox]) -> None:
+    # As the Python supervisor does (test_channel): `exec`, so that /proc/self is the command's
+    # own process and $PPID its forker. The kernel shows a task's slice where it has sched debug.
+    driver = Driver(in_container(box_for(boxes, "node-minimal")), "node")
+    try:
+        slices = driver.execute(1, "exec sed -n 's/^se.slice *: *//p' /proc/$PPID/sched /proc/self/sched").stdout
+        slices = slices.split()
+    finally:
+        assert driver.close() == 0
+    if len(slices) != 2:
+        pytest.skip("this kernel does not show time slices in /proc/PID/sched (Linux 6.12+ with sched debug)")
+    forker_slice, command_slice = map(int, slices)
+    assert forker_slice == 100_000  # forker.c's ask_for_short_slices
+    assert command_slice > forker_slice  # SCHED_FLAG_RESET_ON_FORK: the default, not the forker's
+
+
 @pytest.mark.parametrize("program", ["#!/bin/sh\necho 'fail made to fail'\nexit 1\n", "#!/bin/sh\nexit 3\n"])
 def test_a_forker_program_that_fails_to_start_leaves_the_host_to_the_supervisor(tmp_path: Path, program: str) -> None:
     # It says `fail`, or exits without a word: Node.js spawns the shells and reads the host's frames itself.

@@ -719,6 +719,22 @@ static void read_requests(void) {
 
 static void ignore(int signal) { (void)signal; }
 
+/* As supervisor.py's _ask_for_short_slices: Linux's EEVDF scheduler lets a task that wakes preempt
+   the one running on its CPU only when its own slice is the shorter, so with equal slices the
+   forker, woken by a command's output or exit, waited for a new waiting shell (its start is half a
+   millisecond of a core) to use up its slice. The shells get the default back at fork
+   (SCHED_FLAG_RESET_ON_FORK); kernels before 6.12 ignore the slice. */
+static void ask_for_short_slices(void) {
+  struct {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+  } attr = {sizeof attr, 0 /* SCHED_OTHER */, 1 /* SCHED_FLAG_RESET_ON_FORK */, 0, 0, 100000 /* ns */, 0, 0};
+  syscall(SYS_sched_setattr, 0, &attr, 0);  /* best effort */
+}
+
 int main(int argc, char **argv) {
   spares_wanted = argc > 1 ? atoi(argv[1]) : 2;
   if (spares_wanted < 0 || spares_wanted > MAX_SPARES) spares_wanted = 2;
@@ -743,6 +759,7 @@ int main(int argc, char **argv) {
   /* A write to a waiting shell that died fails (EPIPE) instead of killing the forker; a handled
      signal (unlike an ignored one) is the default again in the programs the shells run. */
   signal(SIGPIPE, ignore);
+  ask_for_short_slices();
   fcntl(host, F_SETFL, O_NONBLOCK);
   fcntl(frames_in, F_SETFL, O_NONBLOCK);
   fcntl(host_in, F_SETFL, O_NONBLOCK);
