@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ from pydantic_deep import (
 from pydantic_deep.cli import main as cli
 from pydantic_deep.engine.client import docker_client
 from pydantic_deep.errors import SandboxError
-from pydantic_deep.sandbox.disk import DISK_DIR, disk_dir, list_disks, open_disk
+from pydantic_deep.sandbox.disk import DISK_DIR, _Agent, disk_dir, list_disks, open_disk
 from pydantic_deep.sandbox.disk_prune import prune_disks
 from pydantic_deep.sandbox.docker import FROM_RUNTIME, resolved_disk_size
 
@@ -337,6 +338,54 @@ def test_a_disk_that_cannot_be_made_leaves_nothing_behind() -> None:
     with pytest.raises(SandboxError, match="the disk operation open"):
         open_disk(name := f"pd-disk-{uuid.uuid4().hex[:16]}", 4096, 1000, 1000, keep=False)  # too small for ext4
     assert leftovers(name) == []
+
+
+# Its arguments, 200 kB on stdout and a line on stderr; exit code $2.
+_ANSWERING = 'head -c 200000 /dev/zero | tr "\\0" "$1"; echo "err $1" >&2; exit "$2"'
+
+
+def test_the_disk_agent_answers_operations_asked_at_once_over_its_stream_without_an_exec() -> None:
+    agent = _Agent(docker_client())
+    try:
+        assert agent.run(script="echo first") == "first\n"
+        with ThreadPoolExecutor(16) as threads:  # answers of 200 kB, ending together
+            outcomes = list(threads.map(lambda n: _outcome(agent, chr(ord("a") + n), n % 3), range(16)))
+        assert outcomes == [(chr(ord("a") + n) * 200_000 if n % 3 == 0 else f"err {chr(ord('a') + n)}")
+                            for n in range(16)]
+        assert agent.run("two words", "", "x", script='printf "%s|" "$@"') == "two words||x|"  # each argument a line
+        with pytest.raises(ValueError, match="lines"):
+            agent.run("a\nb", script="true")
+        assert docker_client().api.inspect_container(agent.container_id)["ExecIDs"] is None
+    finally:
+        agent.close()
+
+
+def _outcome(agent: _Agent, letter: str, code: int) -> str:
+    try:
+        return agent.run(letter, str(code), script=_ANSWERING)
+    except SandboxError as exc:  # the operation failed: its standard error says why
+        return str(exc).rsplit(": ", 1)[1]
+
+
+def test_a_disk_agent_removed_from_outside_is_replaced_even_during_an_operation() -> None:
+    client = docker_client()
+    agent = _Agent(client)
+    try:
+        agent.run(script="true")
+        first = agent.container_id
+        client.api.remove_container(first, force=True)  # between operations
+        assert agent.run(script="echo again") == "again\n" and agent.container_id != first
+        second = agent.container_id
+        with ThreadPoolExecutor(1) as thread:  # during one: it runs again in a new agent
+            slow = thread.submit(agent.run, script="sleep 1; echo done")
+            poll_until(lambda: any("sleep 1" in " ".join(process) for process in client.api.top(second)["Processes"]),
+                       "the operation to run", timeout=20)
+            client.api.remove_container(second, force=True)
+            assert slow.result(30) == "done\n"
+        assert agent.container_id not in (first, second)
+    finally:
+        agent.close()
+    assert client.containers.list(all=True, filters={"id": agent.container_id or "none"}) == []
 
 
 def test_on_a_cluster_the_default_is_no_disk_and_a_sessions_disk_needs_the_session_storage(tmp_path: Path) -> None:

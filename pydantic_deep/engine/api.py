@@ -21,8 +21,8 @@ import docker
 
 from .relay import plain_end
 
-__all__ = ["Exec", "archive_stat", "attach_stdin", "create_container", "create_network", "docker_frames",
-           "engine_client", "engine_key"]
+__all__ = ["Exec", "archive_stat", "attach_stdin", "attach_stdio", "create_container", "create_network",
+           "docker_frames", "engine_client", "engine_key"]
 
 _DOCKER_FRAME = struct.Struct(">BxxxI")  # docker's stdout/stderr multiplexing header: stream, size
 
@@ -66,14 +66,7 @@ class Exec:
     def open_socket(self) -> socket.socket:
         """Start it and return the raw stream, blocking: write its stdin there, read its output
         with :func:`docker_frames` (with a tty: as it is). The caller closes it."""
-        raw = self._api.exec_start(self.id, socket=True, tty=self._tty)
-        if isinstance(raw, ssl.SSLSocket):  # an engine over TLS: docker-py hands out the TLS socket itself
-            return plain_end(raw)
-        # The socket is still the connection's that docker-py's pool may close (or hand out again)
-        # once the response behind it is collected: take its descriptor into a socket of our own.
-        sock = socket.socket(fileno=raw._sock.detach())
-        sock.settimeout(None)
-        return sock
+        return _own_socket(self._api.exec_start(self.id, socket=True, tty=self._tty))
 
     def resize(self, cols: int, rows: int) -> None:
         """Set the size of a started ``tty`` exec's pseudo-terminal."""
@@ -96,6 +89,25 @@ def create_container(client: docker.DockerClient, image: str, **options: Any) ->
 def attach_stdin(client: docker.DockerClient, container_id: str) -> Any:
     """A stream to the container's main process's standard input (closed, it reads end of file)."""
     return client.api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+
+
+def attach_stdio(client: docker.DockerClient, container_id: str) -> socket.socket:
+    """A blocking stream to and from the container's main process: write its standard input there,
+    read its output with :func:`docker_frames` (closed, the process reads end of file). Attach
+    before the container starts to have all of its output."""
+    return _own_socket(client.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                                      "stream": 1}))
+
+
+def _own_socket(raw: Any) -> socket.socket:
+    """The hijacked connection docker-py returns for a stream, as a blocking socket of our own."""
+    if isinstance(raw, ssl.SSLSocket):  # an engine over TLS: docker-py hands out the TLS socket itself
+        return plain_end(raw)
+    # The socket is still the connection's that docker-py's pool may close (or hand out again)
+    # once the response behind it is collected: take its descriptor into a socket of our own.
+    sock = socket.socket(fileno=raw._sock.detach())
+    sock.settimeout(None)
+    return sock
 
 
 def archive_stat(client: docker.DockerClient, container_id: str, path: str) -> dict[str, Any] | None:

@@ -22,7 +22,6 @@ apart, from how disks are recorded:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -31,7 +30,6 @@ from dataclasses import dataclass
 
 from ..engine import labels as label
 from ..engine.client import docker_client
-from ..engine.containers import remove_container
 from ..errors import SandboxError
 from .disk import DISK_DIR, IN_USE, _Agent, _agent
 
@@ -132,10 +130,8 @@ def prune_disks(*, everything: bool = False, warm: Callable[[str], bool] = lambd
                     continue
                 released += 1
         finally:
-            if agent is not home and agent.container_id is not None:
-                with contextlib.suppress(Exception):
-                    remove_container(client, agent.container_id)
-                agent._forget(agent.container_id)
+            if agent is not home:
+                agent.close()
     return released
 
 

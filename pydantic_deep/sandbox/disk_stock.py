@@ -1,10 +1,10 @@
 """Disks made ahead: a small stock of ready disks, so a start or a new session runs no disk operation.
 
-Making a disk (truncate, ``mkfs.ext4``, loop device, mount; see :mod:`.disk`) is one ``docker exec``
-into the disk agent: about 60 ms alone, and much more when a burst of new sessions asks for twenty at
-once (each its own exec, which the engine runs a few at a time). So this process keeps, per disk
-size and owner, a few disks made, formatted, attached and mounted (:data:`STOCK`), and refills the
-stock in the background, several disks in one exec. A sandbox that goes with its disk
+Making a disk (truncate, ``mkfs.ext4``, loop device, mount; see :mod:`.disk`) is an operation of
+the disk agent: some 60 ms alone, and much more when a burst of new sessions asks for twenty at
+once, beside their containers' starts. So this process keeps, per disk size and owner, a few disks
+made, formatted, attached and mounted (:data:`STOCK`), and refills the stock in the background,
+several disks in one operation. A sandbox that goes with its disk
 (:func:`take_disk`) and a new session (:func:`claim_disk`) take one at once; under a burst larger
 than the stock the callers queue up first come, first served, and the disks they wait for are made
 together in one operation.
@@ -251,7 +251,7 @@ def _mark() -> None:
 def _marked_here(name: str) -> bool:
     """Mark a session's disk as holding its files by writing its marker from this process, where
     the engine's disk folder is on this machine and this process may write there (root, say):
-    no ``docker exec`` into the agent, and marked before its container starts. False otherwise."""
+    no operation of the agent, and marked before its container starts. False otherwise."""
     file = disk_dir(name)
     try:
         if not os.path.exists(f"{file}.img"):  # the folder is another machine's (a remote engine)
