@@ -304,3 +304,25 @@ def test_the_helper_container_writes_the_same_rules_as_this_process() -> None:
         _run(client, _remove_script(), local=False, helper_image=lambda: ensure_netfilter_image(client))
     assert rules_installed() == []
     assert client.containers.list(all=True, filters={"label": "pydantic-deep.role=firewall-helper"}) == []
+
+
+_REACH_LOCALHOST = {
+    "python-minimal": "python3 -c 'import socket; s = socket.create_server((\"localhost\", 0)); "
+                      "socket.create_connection((\"localhost\", s.getsockname()[1])); print(\"reached\")'",
+    "node-minimal": "node -e 'const net = require(\"net\"); const s = net.createServer().listen(0, \"localhost\", "
+                    "() => net.connect(s.address().port, \"localhost\", () => { console.log(\"reached\"); "
+                    "process.exit(0); }))'",
+}
+
+
+@pytest.mark.parametrize("runtime", sorted(_REACH_LOCALHOST))
+def test_a_sandbox_off_the_network_has_loopback_alone_and_localhost_resolves(runtime: str) -> None:
+    # Off every network, it is off the engine's networking too (a quicker start: see
+    # pydantic_deep.engine.networks), and the engine writes no /etc/hosts: ours says what it would.
+    with DockerSandbox(runtime=runtime) as box:
+        assert docker_client().api.inspect_container(box.container_id)["Config"]["NetworkDisabled"] is True
+        assert box.execute("ls /sys/class/net").output == "lo\n"
+        addresses = {line.split()[0] for line in box.execute("getent ahosts localhost").output.splitlines()}
+        assert {"127.0.0.1", "::1"} <= addresses
+        assert box.execute(_REACH_LOCALHOST[runtime]).output == "reached\n"
+        assert box.execute("echo '1.2.3.4 x' >> /etc/hosts").exit_code != 0  # one file, every sandbox's

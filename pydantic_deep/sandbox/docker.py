@@ -79,6 +79,7 @@ from ..engine.networks import (
     checked_shared_name,
     ensure_egress_network,
     ensure_shared_network,
+    loopback_hosts_mount,
     remove_network_if_unused,
     secure,
     shared_network_name,
@@ -771,8 +772,11 @@ class DockerSandbox(SandboxBase):
         """Create the container on its network (made, and its host rules written, first); its id."""
         for attempt in range(3):
             network = self._ensure_network(client)
+            options = self._container_options(dial_in)
+            if network == "none" and engine_on_this_machine(client):
+                options.update(network_disabled=True, mounts=[*options["mounts"], loopback_hosts_mount()])
             try:
-                return create_container(client, image, network_mode=network, **self._container_options(dial_in))
+                return create_container(client, image, network_mode=network, **options)
             except NotFound as exc:
                 # A network removed by a concurrent prune between our look and our use: make it again.
                 if "network" not in str(exc.explanation) or attempt == 2:
