@@ -233,9 +233,11 @@ def bench_network_start(rounds: int) -> None:
                 samples[network].append(time.perf_counter() - started)
                 sandbox.stop()
         networked, offline = statistics.median(samples[True]), statistics.median(samples[False])
+        # Reported, no target since the network off skips the engine's networking (half its start): the
+        # ratio now holds Docker's bridge set-up as well as the isolation (docs/benchmarks.md).
         row(f"{runtime}: isolated networked start to first command, median of {rounds} (vs the network off)",
             f"{networked * 1e3:.0f} ms", f"{offline * 1e3:.0f} ms", f"{networked / offline:.2f}x the baseline",
-            "<= 1.5x")
+            "reported")
 
 
 # Times `count` HTTPS requests (a new connection each, as pip's first request to a host), one per line.
