@@ -252,6 +252,7 @@ class _Agent:
         An agent that ended (removed or stopped from outside, even during the operation) is
         replaced once and the operation run again: every operation may run twice.
         """
+        operation = " ".join(args[:2]) or "of a script"
         for attempt in (1, 2):
             requests = self._ensure()
             try:
@@ -260,11 +261,14 @@ class _Agent:
                 self._forget(requests)
                 if attempt == 1:
                     continue
-                raise SandboxError(f"the disk agent ended during the disk operation {args[0]}, twice; "
+                raise SandboxError(f"the disk agent ended during the disk operation {operation}, twice; "
                                    "see the engine's log (it must run a container with CAP_SYS_ADMIN)") from None
+            except TimeoutError:
+                raise SandboxError(f"the disk operation {operation} took more than {_OPERATION_TIMEOUT} s; "
+                                   "see the engine's log") from None
             if code != 0:
                 detail = err.strip() or f"exit code {code}"
-                raise SandboxError(f"the disk operation {args[0]} {args[1] if len(args) > 1 else ''} failed: {detail}")
+                raise SandboxError(f"the disk operation {operation} failed: {detail}")
             return out
         raise AssertionError("unreachable")
 
@@ -386,7 +390,12 @@ class _Requests:
             raise SandboxError(f"the disk agent did not start within {_READY_TIMEOUT} s; see the engine's log")
 
     def run(self, script: str, args: Sequence[str]) -> tuple[int, str, str]:
-        """``sh SCRIPT ARGS...`` in the agent: its exit code, standard output and error."""
+        """``sh SCRIPT ARGS...`` in the agent: its exit code, standard output and error.
+
+        Raises:
+            _AgentEnded: the agent ended before it answered.
+            TimeoutError: it did not answer within _OPERATION_TIMEOUT seconds.
+        """
         if any("\n" in arg for arg in args):
             raise ValueError(f"a disk operation's arguments are lines: {args!r}")
         digest = hashlib.sha256(script.encode()).hexdigest()[:16]
@@ -405,11 +414,7 @@ class _Requests:
             except OSError:
                 self._end_locked()
                 raise _AgentEnded from None
-        try:
-            return answer.result(_OPERATION_TIMEOUT)
-        except TimeoutError:
-            raise SandboxError(f"the disk operation {args[0] if args else script[:20]} took more than "
-                               f"{_OPERATION_TIMEOUT} s; see the engine's log") from None
+        return answer.result(_OPERATION_TIMEOUT)
 
     def close(self) -> None:
         """End the stream: the agent cleans up and ends (its waiting callers get _AgentEnded)."""
