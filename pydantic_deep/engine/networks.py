@@ -72,7 +72,8 @@ def loopback_hosts_mount() -> docker.types.Mount:
     """A read-only ``/etc/hosts`` as the engine writes it (``localhost`` and the IPv6 names), for a
     container off the engine's networking (see the module's docstring), from a file of this
     machine's: its engine must be on this machine."""
-    path = cache_dir("hosts") / "hosts"
+    # Named by its content, as a CA bundle's file is: a version that writes other lines uses another file.
+    path = cache_dir("hosts") / f"hosts-{hashlib.sha256(_LOOPBACK_HOSTS).hexdigest()[:12]}"
     if not path.exists():
         written = path.with_suffix(f".{os.getpid()}.tmp")
         written.write_bytes(_LOOPBACK_HOSTS)
