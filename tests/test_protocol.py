@@ -714,10 +714,10 @@ def test_the_forker_program_asks_for_short_time_slices_and_commands_get_the_defa
     # own process and $PPID its forker. The kernel shows a task's slice where it has sched debug.
     driver = Driver(in_container(box_for(boxes, "node-minimal")), "node")
     try:
-        slices = driver.execute(1, "exec sed -n 's/^se.slice *: *//p' /proc/$PPID/sched /proc/self/sched").stdout
-        slices = slices.split()
+        shown = driver.execute(1, "exec sed -n 's/^se.slice *: *//p' /proc/$PPID/sched /proc/self/sched").stdout
     finally:
         assert driver.close() == 0
+    slices = shown.split()
     if len(slices) != 2:
         pytest.skip("this kernel does not show time slices in /proc/PID/sched (Linux 6.12+ with sched debug)")
     forker_slice, command_slice = map(int, slices)
