@@ -1,4 +1,4 @@
-"""The host directory where pydantic_deep keeps build locks and materialized CA bundles."""
+"""The host directory where pydantic_deep keeps build locks and the files it binds into containers."""
 
 from __future__ import annotations
 
@@ -12,3 +12,11 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Write ``path`` through a temporary file beside it: a container started meanwhile (bound to
+    it) or a concurrent reader never sees half of it."""
+    written = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    written.write_bytes(content)
+    written.replace(path)

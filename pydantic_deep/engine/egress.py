@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, NotFound
 
-from .._cache import cache_dir
+from .._cache import cache_dir, write_atomically
 from ..errors import SandboxError
 from . import labels as label
 from .api import Exec, docker_frames
@@ -114,9 +113,7 @@ def _resolv_conf() -> str:
     path = cache_dir("egress") / "resolv.conf"
     text = "".join(f"nameserver {server}\n" for server in servers) + "options ndots:0\n"
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomically(path, text.encode())
     return str(path)
 
 

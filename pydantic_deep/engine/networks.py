@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -45,7 +44,7 @@ from typing import Any
 import docker
 from docker.errors import APIError, NotFound
 
-from .._cache import cache_dir
+from .._cache import cache_dir, write_atomically
 from ..errors import InvalidArgumentError, shown
 from . import labels as label
 from .firewall import BRIDGE_PREFIX, HelperImage, NetworkRules, apply_rules, remove_rules
@@ -66,18 +65,17 @@ _SHARED_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_.-]{0,61}[a-z0-9])?")
 # What the engine writes to /etc/hosts for a container with a network namespace of its own.
 _LOOPBACK_HOSTS = (b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n"
                    b"ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")
+# Named by its content, as a CA bundle's file is: a version that writes other lines uses another file.
+_LOOPBACK_HOSTS_NAME = f"hosts-{hashlib.sha256(_LOOPBACK_HOSTS).hexdigest()[:12]}"
 
 
 def loopback_hosts_mount() -> docker.types.Mount:
     """A read-only ``/etc/hosts`` as the engine writes it (``localhost`` and the IPv6 names), for a
     container off the engine's networking (see the module's docstring), from a file of this
     machine's: its engine must be on this machine."""
-    # Named by its content, as a CA bundle's file is: a version that writes other lines uses another file.
-    path = cache_dir("hosts") / f"hosts-{hashlib.sha256(_LOOPBACK_HOSTS).hexdigest()[:12]}"
+    path = cache_dir("hosts") / _LOOPBACK_HOSTS_NAME
     if not path.exists():
-        written = path.with_suffix(f".{os.getpid()}.tmp")
-        written.write_bytes(_LOOPBACK_HOSTS)
-        written.replace(path)  # atomic: a container never gets half a file
+        write_atomically(path, _LOOPBACK_HOSTS)
     return docker.types.Mount("/etc/hosts", str(path), type="bind", read_only=True)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import certifi
 
-from .._cache import cache_dir
+from .._cache import cache_dir, write_atomically
 from ..errors import InvalidArgumentError
 
 __all__ = ["CONTAINER_CA_PATH", "CaBundle", "bundle_with", "resolve_ca_bundle"]
@@ -70,9 +70,7 @@ class CaBundle:
         """A host file holding :attr:`pem`, to bind-mount into containers."""
         path = cache_dir("ca") / f"{self.digest}.crt"
         if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(self.pem)
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a bundle
+            write_atomically(path, self.pem)
         return path
 
     @staticmethod
@@ -119,7 +117,5 @@ def bundle_with(ca_bundle: CaBundle | None, extra_pem: str) -> CaBundle:
     data = base.rstrip() + b"\n" + extra_pem.strip().encode() + b"\n"
     path = cache_dir("ca") / f"{hashlib.sha256(data).hexdigest()}.crt"
     if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomically(path, data)
     return CaBundle(path)
