@@ -670,6 +670,42 @@ def json_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return str(request.param)
 
 
+def test_the_python_supervisor_writes_a_turns_frames_at_once_and_a_reads_worth_at_once() -> None:
+    # In a process of its own: a Supervisor takes over SIGCHLD and the signal wake-up descriptor.
+    script = """if True:
+        import json, os, socket, sys
+        sys.path.insert(0, sys.argv[1])
+        import supervisor as protocol
+        host, here = socket.socketpair()
+        here.setblocking(False)
+        s = protocol.Supervisor(host_in=host.fileno(), host_out=host.fileno())
+        def pending():
+            try:
+                return here.recv(1 << 20)
+            except BlockingIOError:
+                return b""
+        s.send(protocol.STDOUT, 1, b"hi\\n")
+        s.send_json(protocol.EXIT, 1, {"exit_code": 0})
+        before = pending()
+        s.flush()
+        turn = pending()
+        s.send(protocol.STDOUT, 2, b"x" * 65536)
+        print(json.dumps({"before": len(before), "turn": turn.hex(), "big": len(pending())}))
+    """
+    done = subprocess.run([sys.executable, "-I", "-c", script, str(GUEST)], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    header = protocol.HEADER.size
+    assert seen["before"] == 0  # nothing goes out in the middle of a turn...
+    # ...and then the command's output and its EXIT go out together, in one read of the host's
+    frames = bytes.fromhex(seen["turn"])
+    assert protocol.HEADER.unpack_from(frames) == (protocol.STDOUT, 1, 3)
+    kind, request_id, length = protocol.HEADER.unpack_from(frames, header + 3)
+    assert (kind, request_id) == (protocol.EXIT, 1) and len(frames) == 2 * header + 3 + length
+    assert seen["big"] == header + 65536  # a read's worth of output does not wait for the turn to end
+
+
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_the_supervisor_reads_frames_as_json_loads_does(json_way: str, payload: dict) -> None:
     for text in (json.dumps(payload), json.dumps(payload, ensure_ascii=False), json.dumps(payload, indent=1)):
