@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from helpers import dial_in_sockets, poll_until
@@ -107,6 +108,38 @@ def test_a_frozen_supervisor_never_hangs_the_caller(sandbox: DockerSandbox, monk
     supervisors = sandbox.execute(f"{processes} | grep -c '^[^ ]*python3 .*/opt/pydantic-deep/supervisor.py'")
     assert supervisors.output == "1\n"
     assert sandbox.execute(f"{processes} | grep -c '^sleep 10'").output == "0\n"  # its command too
+
+
+@pytest.mark.anyio
+async def test_a_frozen_supervisor_never_hangs_an_async_caller(sandbox: DockerSandbox,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channel_module, "_GRACE", 0.5)
+    with pytest.raises(ChannelClosedError, match="did not answer within 2 s"):
+        await sandbox.aexecute("kill -STOP $PPID; sleep 10", timeout=1.5)
+    assert (await sandbox.aexecute("echo recovered")).output == "recovered\n"
+
+
+@pytest.mark.anyio
+async def test_answers_that_come_while_the_loop_is_busy_wake_it_once(sandbox: DockerSandbox,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    wakeups: list[object] = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        wakeups.append(callback)
+        return call_soon_threadsafe(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    commands = [asyncio.create_task(sandbox.aexecute(f"echo {i}")) for i in range(20)]
+    await asyncio.sleep(0)  # each task has sent its command and waits
+    channel = sandbox._channel
+    assert isinstance(channel, SupervisorChannel) and len(channel._pending) == 20
+    # The loop stays busy (this wait holds it) until every answer is in.
+    poll_until(lambda: not channel._pending, "the twenty answers", timeout=30)
+    results = await asyncio.gather(*commands)
+    assert [r.output for r in results] == [f"{i}\n" for i in range(20)]
+    assert len(wakeups) == 1, wakeups
 
 
 def test_image_without_python_or_node_falls_back_to_exec_and_says_so_once(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -26,9 +27,10 @@ import subprocess
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import docker
 
@@ -122,7 +124,8 @@ class _Collector:
         self.combined = _OutputBuffer(max_output)
         self.streams = {"stdout": _OutputBuffer(max_output), "stderr": _OutputBuffer(max_output)}
         self.on_output = on_output
-        self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in self.streams}
+        self.decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in self.streams} \
+            if on_output is not None else {}
 
     def add(self, stream: str, chunk: bytes) -> None:
         self.combined.add(chunk)
@@ -361,14 +364,17 @@ class SupervisorChannel:
         request_id, pending = self._submit(command, timeout, max_output, on_output)
         loop = asyncio.get_running_loop()
         finished = loop.create_future()
-        pending.on_done(lambda: loop.call_soon_threadsafe(_resolve, finished))
+        pending.on_done(functools.partial(_LoopWakeups.of(loop).wake, finished))
+        deadline = loop.call_later(timeout + _GRACE, _resolve, finished)
         try:
-            await asyncio.wait_for(finished, timeout + _GRACE)
-        except TimeoutError:
-            self._give_up(timeout)
+            await finished
         except asyncio.CancelledError:
             self.kill(request_id)
             raise
+        finally:
+            deadline.cancel()
+        if not pending.done.is_set():
+            self._give_up(timeout)
         return pending.outcome()
 
     def kill(self, request_id: int, signum: int = 9) -> None:
@@ -748,3 +754,48 @@ class CommandStream:
 def _resolve(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class _LoopWakeups:
+    """Wakes one event loop's waiters for finished commands, a batch at a time.
+
+    Under a burst (a hundred users' first commands), answers come in while the loop is still busy
+    sending the next commands. One ``call_soon_threadsafe`` per batch rather than per answer spares
+    each reader thread but the first a write to the loop's self-pipe (another turn at the GIL,
+    which the loop is waiting for) and the loop as many wake-ups.
+    """
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWakeups]] = \
+        weakref.WeakKeyDictionary()
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._finished: list[asyncio.Future[Any]] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _LoopWakeups:
+        with cls._guard:
+            wakeups = cls._by_loop.get(loop)
+            if wakeups is None:
+                wakeups = cls._by_loop[loop] = cls(loop)
+            return wakeups
+
+    def wake(self, future: asyncio.Future[Any]) -> None:
+        """Resolve ``future`` on its loop, soon (from any thread)."""
+        with self._lock:
+            self._finished.append(future)
+            if len(self._finished) > 1:  # a wake-up is on its way already
+                return
+        try:
+            self._loop.call_soon_threadsafe(self._resolve_finished)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            with self._lock:
+                self._finished.clear()
+
+    def _resolve_finished(self) -> None:
+        with self._lock:
+            finished, self._finished = self._finished, []
+        for future in finished:
+            _resolve(future)
