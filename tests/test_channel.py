@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import platform
 import subprocess
 import sys
+import weakref
 from typing import Any
 
 import pytest
@@ -140,6 +142,18 @@ async def test_answers_that_come_while_the_loop_is_busy_wake_it_once(sandbox: Do
     results = await asyncio.gather(*commands)
     assert [r.output for r in results] == [f"{i}\n" for i in range(20)]
     assert len(wakeups) == 1, wakeups
+
+
+def test_an_event_loop_that_ran_commands_is_not_kept_after_it_ends(sandbox: DockerSandbox) -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def one() -> str:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return (await sandbox.aexecute("echo hi")).output
+
+    assert asyncio.run(one()) == "hi\n"
+    gc.collect()
+    assert loops[0]() is None
 
 
 def test_image_without_python_or_node_falls_back_to_exec_and_says_so_once(

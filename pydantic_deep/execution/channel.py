@@ -769,8 +769,8 @@ class _LoopWakeups:
         weakref.WeakKeyDictionary()
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        # No reference to the loop: it would keep the loop, this one's key, forever.
         self._finished: list[asyncio.Future[Any]] = []
         self._lock = threading.Lock()
 
@@ -779,7 +779,7 @@ class _LoopWakeups:
         with cls._guard:
             wakeups = cls._by_loop.get(loop)
             if wakeups is None:
-                wakeups = cls._by_loop[loop] = cls(loop)
+                wakeups = cls._by_loop[loop] = cls()
             return wakeups
 
     def wake(self, future: asyncio.Future[Any]) -> None:
@@ -789,7 +789,7 @@ class _LoopWakeups:
             if len(self._finished) > 1:  # a wake-up is on its way already
                 return
         try:
-            self._loop.call_soon_threadsafe(self._resolve_finished)
+            future.get_loop().call_soon_threadsafe(self._resolve_finished)
         except RuntimeError:  # the loop is closed: nobody waits any more
             with self._lock:
                 self._finished.clear()
