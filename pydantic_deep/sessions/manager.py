@@ -527,11 +527,14 @@ class SessionManager:
             logger.warning("Naming and recording the session of %r in the engine failed", record.user_id,
                            exc_info=True)
 
-    def _wait_settled(self, key: str) -> None:
-        """Wait until the session's container is named and recorded (see :meth:`_settle_later`)."""
+    def _wait_settled(self, key: str, *, cancel: bool = False) -> None:
+        """Wait until the session's container is named and recorded (see :meth:`_settle_later`);
+        with ``cancel``, unless that has yet to begin: then it never does (the container keeps the
+        pool's name, and the sandbox, which stops it, knows it by its id)."""
         settling = self._settling.get(key)
         if settling is not None:
-            settling.result()
+            if not (cancel and settling.cancel()):
+                settling.result()
             with self._guard:
                 if self._settling.get(key) is settling:
                     del self._settling[key]
@@ -595,7 +598,8 @@ class SessionManager:
 
     def _end_session(self, key: str, remove_files: bool, *, only_if_idle: float | None = None) -> bool:
         """Stop the session's container; with ``remove_files``, forget the session and its files."""
-        self._wait_settled(key)
+        # A session ended with its files needs no name or record: nobody will look for it again.
+        self._wait_settled(key, cancel=remove_files)
         with engine_errors(), self.registry.lock(self._registry_key(key)):
             sandbox = self._sandboxes.get(key)
             if only_if_idle is not None and (sandbox is None or sandbox.busy or sandbox.idle_seconds < only_if_idle):
